@@ -1,0 +1,368 @@
+//! The audit event model shared by every part of the proxy.
+//!
+//! A [`NewEvent`] is what producers (the proxy, the admin API, the app itself)
+//! offer to the pipeline. The pipeline's single writer turns it into an
+//! [`AuditEvent`] by stamping `seq` and the hash chain (see [`chain`]); stores
+//! persist `AuditEvent`s exactly as given.
+
+pub mod chain;
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// One stored audit record, as every store, query and export returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: String,
+    pub seq: i64,
+    #[serde(with = "timestamp_format")]
+    pub timestamp: DateTime<Utc>,
+    pub event_type: EventType,
+    pub level: Level,
+    pub message: String,
+    pub request_id: Option<String>,
+    pub metadata: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// An event before the writer has placed it in the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub id: String,
+    pub timestamp: DateTime<Utc>,
+    pub event_type: EventType,
+    pub level: Level,
+    pub message: String,
+    pub request_id: Option<String>,
+    pub metadata: Value,
+}
+
+/// The standard event types, plus caller-defined `UPPER_SNAKE` names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    Request,
+    Response,
+    ComplianceCheck,
+    ComplianceViolation,
+    Error,
+    Authentication,
+    Configuration,
+    System,
+    Custom,
+    /// A caller-defined type such as `USER_LOGIN`; always a valid
+    /// `UPPER_SNAKE` name that is not one of the standard ones.
+    Other(String),
+}
+
+/// Event severity, ordered from least to most severe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Level {
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+/// Why a string is not an acceptable event type or level.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("event type must be 1 to 64 characters of A-Z, 0-9 and _, starting with a letter")]
+    BadEventType,
+    #[error("level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")]
+    BadLevel,
+}
+
+/// Formats a timestamp the way every event carries it: RFC 3339, UTC,
+/// microseconds, `Z` suffix. Fixed width, so text order is time order.
+pub fn format_timestamp(ts: &DateTime<Utc>) -> String {
+    ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// Parses an RFC 3339 timestamp with any offset into UTC.
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The current time at the precision events keep, so a stored and re-read
+/// timestamp compares equal to the one that was hashed.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// A fresh time-ordered id (UUID v7), as text.
+pub fn new_id() -> String {
+    Uuid::now_v7().to_string()
+}
+
+// === impl NewEvent ===
+
+impl NewEvent {
+    /// A new event of `event_type` at its default level, stamped now.
+    pub fn new(event_type: EventType, message: impl Into<String>) -> Self {
+        let level = event_type.default_level();
+        Self {
+            id: new_id(),
+            timestamp: now(),
+            event_type,
+            level,
+            message: message.into(),
+            request_id: None,
+            metadata: Value::Object(Default::default()),
+        }
+    }
+
+    pub fn with_level(mut self, level: Level) -> Self {
+        self.level = level;
+        self
+    }
+
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = Some(request_id.into());
+        self
+    }
+
+    pub fn with_metadata(mut self, metadata: Value) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Places the event in the chain after `prev_hash` with number `seq`.
+    pub fn seal(self, seq: i64, prev_hash: &str) -> AuditEvent {
+        let mut event = AuditEvent {
+            id: self.id,
+            seq,
+            timestamp: self.timestamp,
+            event_type: self.event_type,
+            level: self.level,
+            message: self.message,
+            request_id: self.request_id,
+            metadata: self.metadata,
+            prev_hash: prev_hash.to_owned(),
+            hash: String::new(),
+        };
+        event.hash = chain::event_hash(&event);
+        event
+    }
+}
+
+// === impl EventType ===
+
+impl EventType {
+    const STANDARD: [(EventType, &'static str); 9] = [
+        (EventType::Request, "REQUEST"),
+        (EventType::Response, "RESPONSE"),
+        (EventType::ComplianceCheck, "COMPLIANCE_CHECK"),
+        (EventType::ComplianceViolation, "COMPLIANCE_VIOLATION"),
+        (EventType::Error, "ERROR"),
+        (EventType::Authentication, "AUTHENTICATION"),
+        (EventType::Configuration, "CONFIGURATION"),
+        (EventType::System, "SYSTEM"),
+        (EventType::Custom, "CUSTOM"),
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventType::Request => "REQUEST",
+            EventType::Response => "RESPONSE",
+            EventType::ComplianceCheck => "COMPLIANCE_CHECK",
+            EventType::ComplianceViolation => "COMPLIANCE_VIOLATION",
+            EventType::Error => "ERROR",
+            EventType::Authentication => "AUTHENTICATION",
+            EventType::Configuration => "CONFIGURATION",
+            EventType::System => "SYSTEM",
+            EventType::Custom => "CUSTOM",
+            EventType::Other(name) => name,
+        }
+    }
+
+    /// The level an event of this type gets when its producer names none.
+    pub fn default_level(&self) -> Level {
+        match self {
+            EventType::ComplianceViolation | EventType::Authentication => Level::Warning,
+            EventType::Error => Level::Error,
+            _ => Level::Info,
+        }
+    }
+
+    pub fn is_standard(&self) -> bool {
+        !matches!(self, EventType::Other(_))
+    }
+}
+
+impl FromStr for EventType {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some((t, _)) = Self::STANDARD.iter().find(|(_, name)| *name == s) {
+            return Ok(t.clone());
+        }
+        let valid = (1..=64).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_uppercase())
+            && s.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if valid {
+            Ok(EventType::Other(s.to_owned()))
+        } else {
+            Err(ParseError::BadEventType)
+        }
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+// === impl Level ===
+
+impl Level {
+    pub const ALL: [Level; 5] = [
+        Level::Debug,
+        Level::Info,
+        Level::Warning,
+        Level::Error,
+        Level::Critical,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warning => "WARNING",
+            Level::Error => "ERROR",
+            Level::Critical => "CRITICAL",
+        }
+    }
+
+    /// A number that sorts like the level, for stores that filter by minimum.
+    pub fn rank(&self) -> i64 {
+        match self {
+            Level::Debug => 10,
+            Level::Info => 20,
+            Level::Warning => 30,
+            Level::Error => 40,
+            Level::Critical => 50,
+        }
+    }
+}
+
+impl FromStr for Level {
+    type Err = ParseError;
+
+    /// Accepts any case, and `WARN` for `WARNING`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "DEBUG" => Ok(Level::Debug),
+            "INFO" => Ok(Level::Info),
+            "WARNING" | "WARN" => Ok(Level::Warning),
+            "ERROR" => Ok(Level::Error),
+            "CRITICAL" => Ok(Level::Critical),
+            _ => Err(ParseError::BadLevel),
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Level {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Level {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+mod timestamp_format {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_timestamp(ts))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_timestamp(&s).ok_or_else(|| serde::de::Error::custom("timestamp is not RFC 3339"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_round_trip_and_reject_bad_names() {
+        for (t, name) in EventType::STANDARD.iter() {
+            assert_eq!(name.parse::<EventType>().unwrap(), *t);
+            assert_eq!(t.as_str(), *name);
+        }
+        assert_eq!(
+            "USER_LOGIN".parse::<EventType>().unwrap(),
+            EventType::Other("USER_LOGIN".into())
+        );
+        for bad in ["", "user_login", "1ABC", "A-B", "A B", &"A".repeat(65)] {
+            assert!(bad.parse::<EventType>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn levels_order_and_parse_any_case() {
+        assert!(Level::Debug < Level::Info && Level::Error < Level::Critical);
+        assert_eq!("warn".parse::<Level>().unwrap(), Level::Warning);
+        assert_eq!("Critical".parse::<Level>().unwrap(), Level::Critical);
+        assert!("loud".parse::<Level>().is_err());
+    }
+
+    #[test]
+    fn default_levels_follow_the_contract() {
+        assert_eq!(EventType::Request.default_level(), Level::Info);
+        assert_eq!(EventType::ComplianceViolation.default_level(), Level::Warning);
+        assert_eq!(EventType::Authentication.default_level(), Level::Warning);
+        assert_eq!(EventType::Error.default_level(), Level::Error);
+        assert_eq!(
+            EventType::Other("USER_LOGIN".into()).default_level(),
+            Level::Info
+        );
+    }
+
+    #[test]
+    fn timestamps_have_fixed_width_microseconds() {
+        let ts = parse_timestamp("2026-01-02T03:04:05.5+01:00").unwrap();
+        assert_eq!(format_timestamp(&ts), "2026-01-02T02:04:05.500000Z");
+        let json = serde_json::to_value(NewEvent::new(EventType::System, "x").seal(1, "00")).unwrap();
+        let s = json["timestamp"].as_str().unwrap();
+        assert_eq!(s.len(), 27);
+        assert!(s.ends_with('Z'));
+    }
+}

@@ -1,0 +1,14 @@
+//! llm-audit-proxy: an audit sidecar for OpenAI-compatible LLM APIs.
+//!
+//! Data flow: the [`proxy`] accepts the app's call, keeps or assigns its
+//! request id, names the operation and forwards it upstream, teeing request
+//! and response bodies through [`capture`] without holding back a byte. When
+//! a body ends, fails or is dropped, the captured copy is decoded, parsed
+//! (JSON or SSE), sanitised and turned into REQUEST, RESPONSE and ERROR
+//! events by the [`pipeline`], which offers them to a bounded queue. A single
+//! writer stamps `seq` and the hash chain ([`event::chain`]) and appends
+//! batches to the configured [`store`]. The [`admin`] listener queries and
+//! exports through the same store interface.
+
+pub mod event;
+pub mod store;
