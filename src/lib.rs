@@ -12,3 +12,5 @@
 
 pub mod event;
 pub mod store;
+pub mod pipeline;
+pub mod readiness;

@@ -1,0 +1,149 @@
+//! From captured calls to stored events, off the request path.
+//!
+//! Producers hold a [`Handle`] and *offer* events: a full queue drops the
+//! event and counts it, so a slow or broken store never slows the app's
+//! calls (what happens to the calls then is `audit.on_store_failure`'s
+//! choice, enforced by the proxy through [`health::StoreHealth`]). One
+//! writer task ([`writer`]) is the only place `seq` and the hash chain are
+//! stamped, so the chain is a true record of write order.
+
+pub mod health;
+pub mod writer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::event::{AuditEvent, Level, NewEvent};
+
+pub use health::StoreHealth;
+pub use writer::{spawn_writer, WriterConfig};
+
+/// What the writer receives.
+pub(crate) enum WriterMsg {
+    Event(NewEvent),
+    /// An event whose producer waits for the stored result.
+    EventAck(NewEvent, oneshot::Sender<Result<AuditEvent, SubmitError>>),
+    /// Answered once everything queued before it has been written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Counters shared by the handle and the writer.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    pub offered: AtomicU64,
+    /// Offered but not queued because the queue was full or closed.
+    pub dropped: AtomicU64,
+    /// Below `audit.log_level`, or auditing disabled.
+    pub filtered: AtomicU64,
+    pub written: AtomicU64,
+    pub write_failures: AtomicU64,
+    /// Events lost after the writer gave up on a batch at shutdown.
+    pub lost: AtomicU64,
+    pub queue_depth: AtomicU64,
+}
+
+/// Why a waited-for event was not stored.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("auditing is disabled")]
+    Disabled,
+    #[error("the event's level is below audit.log_level")]
+    BelowLevel,
+    #[error("the event queue is full")]
+    QueueFull,
+    #[error("the audit writer has stopped")]
+    Closed,
+    #[error("the store refused the event: {0}")]
+    Store(String),
+}
+
+/// The producers' side of the pipeline. Cheap to clone.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<WriterMsg>,
+    min_level: Level,
+    enabled: bool,
+    stats: Arc<PipelineStats>,
+}
+
+// === impl Handle ===
+
+impl Handle {
+    pub(crate) fn new(
+        tx: mpsc::Sender<WriterMsg>,
+        min_level: Level,
+        enabled: bool,
+        stats: Arc<PipelineStats>,
+    ) -> Self {
+        Self {
+            tx,
+            min_level,
+            enabled,
+            stats,
+        }
+    }
+
+    /// Queues `event` without waiting. Returns false when it was filtered
+    /// out or dropped (a full queue is counted in [`PipelineStats::dropped`]).
+    pub fn offer(&self, event: NewEvent) -> bool {
+        if !self.accepts(event.level) {
+            self.stats.filtered.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.stats.offered.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(WriterMsg::Event(event)) {
+            Ok(()) => {
+                self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    dropped_total = self.stats.dropped.load(Ordering::Relaxed),
+                    "Audit event dropped: the queue is full or closed."
+                );
+                false
+            }
+        }
+    }
+
+    /// Queues `event` and waits until it is stored, returning it sealed.
+    /// For callers that must answer with the stored event (the admin API);
+    /// never used on the proxy's request path.
+    pub async fn submit(&self, event: NewEvent) -> Result<AuditEvent, SubmitError> {
+        if !self.enabled {
+            return Err(SubmitError::Disabled);
+        }
+        if event.level < self.min_level {
+            return Err(SubmitError::BelowLevel);
+        }
+        let (ack_tx, ack_rx) = oneshot::channel();
+        self.stats.offered.fetch_add(1, Ordering::Relaxed);
+        if self.tx.try_send(WriterMsg::EventAck(event, ack_tx)).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(SubmitError::QueueFull);
+        }
+        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+        ack_rx.await.unwrap_or(Err(SubmitError::Closed))
+    }
+
+    /// Waits until every event queued before this call has been written
+    /// (or the writer has stopped).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(WriterMsg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Whether an event at `level` would be stored at all.
+    pub fn accepts(&self, level: Level) -> bool {
+        self.enabled && level >= self.min_level
+    }
+
+    pub fn stats(&self) -> &Arc<PipelineStats> {
+        &self.stats
+    }
+}

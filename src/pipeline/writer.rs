@@ -1,0 +1,232 @@
+//! The single writer: batches queued events, stamps `seq` and the hash
+//! chain, and appends them to the store.
+//!
+//! "When to flush" is this loop: `recv_many` takes whatever is queued (up to
+//! `max_batch`) as soon as anything is, so a quiet proxy writes at once and a
+//! busy one writes in large transactions. "How to write" is one
+//! `append_batch` call, retried with backoff while the error is retriable.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+use super::health::{self, StoreHealth, StoreHealthSetter};
+use super::{Handle, PipelineStats, SubmitError, WriterMsg};
+use crate::event::{chain::GENESIS_HASH, AuditEvent, EventType, Level, NewEvent};
+use crate::store::{SharedStore, StoreError};
+
+/// The writer's settings, from the `audit` and `queue` config slices.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub enabled: bool,
+    pub min_level: Level,
+    /// Events the queue holds before offers are dropped.
+    pub queue_capacity: usize,
+    /// Most events written in one transaction.
+    pub max_batch: usize,
+    /// How often an idle writer checks that the store still answers.
+    pub health_interval: Duration,
+    /// Attempts for one batch once the queue has closed (shutdown), so a
+    /// dead store cannot hold the process forever.
+    pub shutdown_attempts: u32,
+}
+
+struct Writer {
+    store: SharedStore,
+    rx: mpsc::Receiver<WriterMsg>,
+    cfg: WriterConfig,
+    stats: Arc<PipelineStats>,
+    health: StoreHealthSetter,
+    seq: i64,
+    prev_hash: String,
+    /// Drops already reported in an ERROR event.
+    reported_drops: u64,
+}
+
+type Ack = oneshot::Sender<Result<AuditEvent, SubmitError>>;
+
+/// Starts the writer on `tracker` and returns the producers' handle and the
+/// health view. The writer ends once every `Handle` is dropped and the queue
+/// is drained.
+pub async fn spawn_writer(
+    store: SharedStore,
+    cfg: WriterConfig,
+    tracker: &TaskTracker,
+) -> Result<(Handle, StoreHealth), StoreError> {
+    let head = store.head().await?;
+    let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
+    let stats = Arc::new(PipelineStats::default());
+    let (setter, health) = health::channel();
+    let handle = Handle::new(tx, cfg.min_level, cfg.enabled, stats.clone());
+    let writer = Writer {
+        store,
+        rx,
+        stats,
+        health: setter,
+        seq: head.as_ref().map_or(0, |h| h.seq),
+        prev_hash: head.map_or_else(|| GENESIS_HASH.to_owned(), |h| h.hash),
+        reported_drops: 0,
+        cfg,
+    };
+    tracker.spawn(writer.run());
+    Ok((handle, health))
+}
+
+// === impl Writer ===
+
+impl Writer {
+    async fn run(mut self) {
+        let mut msgs = Vec::with_capacity(self.cfg.max_batch);
+        let mut batch: Vec<AuditEvent> = Vec::with_capacity(self.cfg.max_batch);
+        let mut acks: Vec<(usize, Ack)> = Vec::new();
+        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        loop {
+            let received = tokio::select! {
+                n = self.rx.recv_many(&mut msgs, self.cfg.max_batch) => n,
+                () = tokio::time::sleep(self.cfg.health_interval) => {
+                    self.check_health().await;
+                    continue;
+                }
+            };
+            if received == 0 {
+                break;
+            }
+            for msg in msgs.drain(..) {
+                match msg {
+                    WriterMsg::Event(e) => batch.push(self.seal(e)),
+                    WriterMsg::EventAck(e, ack) => {
+                        acks.push((batch.len(), ack));
+                        batch.push(self.seal(e));
+                    }
+                    WriterMsg::Flush(done) => flushes.push(done),
+                }
+            }
+            let taken = batch.len() as u64;
+            let _ = self
+                .stats
+                .queue_depth
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                    Some(d.saturating_sub(taken))
+                });
+            self.report_drops(&mut batch);
+            if !batch.is_empty() {
+                let result = self.write(&batch).await;
+                for (i, ack) in acks.drain(..) {
+                    let reply = match &result {
+                        Ok(()) => Ok(batch[i].clone()),
+                        Err(e) => Err(SubmitError::Store(e.clone())),
+                    };
+                    let _ = ack.send(reply);
+                }
+                batch.clear();
+            }
+            for done in flushes.drain(..) {
+                let _ = done.send(());
+            }
+        }
+        tracing::debug!(
+            written = self.stats.written.load(Ordering::Relaxed),
+            "Audit writer stopped."
+        );
+    }
+
+    fn seal(&mut self, event: NewEvent) -> AuditEvent {
+        self.seq += 1;
+        let sealed = event.seal(self.seq, &self.prev_hash);
+        self.prev_hash.clone_from(&sealed.hash);
+        sealed
+    }
+
+    /// Appends an ERROR event for drops not yet reported, so the record
+    /// itself says that it has a gap.
+    fn report_drops(&mut self, batch: &mut Vec<AuditEvent>) {
+        let dropped = self.stats.dropped.load(Ordering::Relaxed);
+        if dropped == self.reported_drops || !self.health.get() {
+            return;
+        }
+        let newly = dropped - self.reported_drops;
+        self.reported_drops = dropped;
+        let event = NewEvent::new(
+            EventType::Error,
+            format!("{newly} audit events were dropped because the event queue was full"),
+        )
+        .with_metadata(json!({
+            "error_type": "events_dropped",
+            "details": {"dropped": newly, "dropped_total": dropped},
+        }));
+        batch.push(self.seal(event));
+    }
+
+    /// Writes `batch`, retrying while the error is retriable. Returns the
+    /// last error's message if the batch could not be written.
+    async fn write(&mut self, batch: &[AuditEvent]) -> Result<(), String> {
+        let mut delay = Duration::from_millis(50);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let started = tokio::time::Instant::now();
+            match self.store.append_batch(batch.to_vec()).await {
+                Ok(()) => {
+                    self.stats
+                        .written
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    if !self.health.set(true) {
+                        tracing::info!("Audit store accepts writes again.");
+                    }
+                    tracing::trace!(
+                        events = batch.len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "Audit batch written."
+                    );
+                    return Ok(());
+                }
+                Err(error) => {
+                    self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                    if self.health.set(false) {
+                        tracing::error!(%error, events = batch.len(), "Audit store write failed.");
+                    }
+                    let closing = self.rx.is_closed();
+                    if !error.is_retriable() || (closing && attempts >= self.cfg.shutdown_attempts)
+                    {
+                        self.stats
+                            .lost
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        // The chain must continue from what the store holds,
+                        // not from the batch that never landed.
+                        self.rewind().await;
+                        tracing::error!(%error, lost = batch.len(), "Audit batch abandoned.");
+                        return Err(error.to_string());
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn rewind(&mut self) {
+        if let Ok(head) = self.store.head().await {
+            self.seq = head.as_ref().map_or(0, |h| h.seq);
+            self.prev_hash = head.map_or_else(|| GENESIS_HASH.to_owned(), |h| h.hash);
+        }
+    }
+
+    async fn check_health(&mut self) {
+        match self.store.health().await {
+            Ok(()) => {
+                if !self.health.set(true) {
+                    tracing::info!("Audit store answers again.");
+                }
+            }
+            Err(error) => {
+                if self.health.set(false) {
+                    tracing::error!(%error, "Audit store health check failed.");
+                }
+            }
+        }
+    }
+}
