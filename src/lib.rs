@@ -14,3 +14,4 @@ pub mod event;
 pub mod store;
 pub mod pipeline;
 pub mod readiness;
+pub mod config;

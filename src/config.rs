@@ -1,0 +1,317 @@
+//! The validated configuration, and how it is loaded.
+//!
+//! Sources, lowest to highest: built-in defaults < the TOML file <
+//! environment variables < command-line flags. Every key is listed in
+//! [`keys`] with its environment variable. Loading checks everything in one
+//! pass and reports every error with its dotted key, so `check-config` and
+//! `serve` agree and a user fixes a file in one round.
+
+pub mod env;
+pub mod keys;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::event::Level;
+
+pub use env::{EnvSource, ProcessEnv};
+
+/// Everything `serve` and the offline commands need, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub capture: CaptureConfig,
+    pub admin: AdminConfig,
+    pub audit: AuditConfig,
+    pub queue: QueueConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    /// Overrides the provider name derived from the upstream host.
+    pub provider: Option<String>,
+    /// Until upstream's response headers arrive.
+    pub upstream_timeout: Duration,
+    /// Longest silence between two chunks of a response body.
+    pub stream_idle_timeout: Duration,
+    /// How long in-flight calls may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Extra PEM CA certificates trusted for the upstream, besides the
+    /// built-in web roots.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// The upstream base URL, split for request building.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Path prefix without a trailing slash ("" for none).
+    pub path_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// Bytes of each body copied for the event; the rest is forwarded and
+    /// counted, not kept.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub tokens: Vec<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    pub log_level: Level,
+    pub storage: StorageKind,
+    pub file_path: PathBuf,
+    pub file_rotation: Rotation,
+    pub retention_days: u32,
+    pub memory_limit: usize,
+    pub max_store_mb: u64,
+    pub on_store_failure: FailMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub capacity: usize,
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    Memory,
+    File,
+    Sqlite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    Hourly,
+    Daily,
+    Weekly,
+}
+
+/// What the proxy does with LLM calls while the store cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Keep serving; count and report the events that could not be stored.
+    FailOpen,
+    /// Refuse new calls with 503 until the store accepts writes again.
+    FailClosed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// A credential from the configuration: never printed, never serialised.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+/// Where a configuration value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    Env(&'static str),
+    Flag(&'static str),
+}
+
+/// One problem with the configuration, naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+    pub origin: Origin,
+}
+
+/// Every problem found in one load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// Values given on the command line, by key name (see [`keys`]).
+pub type FlagValues = BTreeMap<&'static str, String>;
+
+/// Loads the configuration from `file` (if any), `env` and `flags`.
+pub fn load(
+    file: Option<&Path>,
+    env: &dyn EnvSource,
+    flags: &FlagValues,
+) -> Result<Config, ConfigErrors> {
+    validate::load(file, env, flags)
+}
+
+/// Checks a file alone (with the environment and no flags), as
+/// `check-config` does.
+pub fn check_file(file: &Path, env: &dyn EnvSource) -> Result<Config, ConfigErrors> {
+    validate::load(Some(file), env, &FlagValues::new())
+}
+
+// === impl Config ===
+
+impl Config {
+    /// The effective configuration as JSON with credentials masked, for the
+    /// CONFIGURATION event.
+    pub fn to_masked_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "proxy": {
+                "listen": self.proxy.listen.to_string(),
+                "upstream": self.proxy.upstream.to_string(),
+                "provider": self.proxy.provider,
+                "upstream_timeout_secs": self.proxy.upstream_timeout.as_secs_f64(),
+                "stream_idle_timeout_secs": self.proxy.stream_idle_timeout.as_secs_f64(),
+                "shutdown_grace_secs": self.proxy.shutdown_grace.as_secs_f64(),
+                "ca_bundle": self.proxy.ca_bundle.as_ref().map(|p| p.display().to_string()),
+            },
+            "capture": {"max_body_bytes": self.capture.max_body_bytes},
+            "admin": {
+                "listen": self.admin.listen.to_string(),
+                "tokens": self.admin.tokens.iter().map(|_| "[MASKED]").collect::<Vec<_>>(),
+            },
+            "audit": {
+                "enabled": self.audit.enabled,
+                "log_level": self.audit.log_level.as_str(),
+                "storage": self.audit.storage.as_str(),
+                "file_path": self.audit.file_path.display().to_string(),
+                "file_rotation": self.audit.file_rotation.as_str(),
+                "retention_days": self.audit.retention_days,
+                "memory_limit": self.audit.memory_limit,
+                "max_store_mb": self.audit.max_store_mb,
+                "on_store_failure": self.audit.on_store_failure.as_str(),
+            },
+            "queue": {"capacity": self.queue.capacity, "max_batch": self.queue.max_batch},
+            "log": {"format": self.log.format.as_str()},
+        })
+    }
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// The upstream URI for an incoming `path_and_query`.
+    pub fn uri_for(&self, path_and_query: &str) -> Result<http::Uri, http::Error> {
+        let pq = if path_and_query.is_empty() {
+            "/"
+        } else {
+            path_and_query
+        };
+        http::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{}", self.path_prefix, pq))
+            .build()
+    }
+
+    pub fn host(&self) -> &str {
+        self.authority.host()
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.path_prefix)
+    }
+}
+
+// === impl Secret ===
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([MASKED])")
+    }
+}
+
+// === impl StorageKind, Rotation, FailMode, LogFormat ===
+
+impl StorageKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StorageKind::Memory => "memory",
+            StorageKind::File => "file",
+            StorageKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+impl Rotation {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Rotation::Hourly => "hourly",
+            Rotation::Daily => "daily",
+            Rotation::Weekly => "weekly",
+        }
+    }
+}
+
+impl FailMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FailMode::FailOpen => "fail_open",
+            FailMode::FailClosed => "fail_closed",
+        }
+    }
+}
+
+impl LogFormat {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        }
+    }
+}
+
+// === impl ConfigError ===
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)?;
+        match &self.origin {
+            Origin::Default => Ok(()),
+            Origin::File(p) => write!(f, " (in {})", p.display()),
+            Origin::Env(name) => write!(f, " (from environment variable {name})"),
+            Origin::Flag(flag) => write!(f, " (from flag {flag})"),
+        }
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}

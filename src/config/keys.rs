@@ -1,0 +1,123 @@
+//! Every configuration key, with its environment variable and flag.
+//!
+//! This table is the single list the loader, the unknown-key check and the
+//! README's reference are kept in step with.
+
+/// One configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// Dotted TOML path, e.g. `audit.log_level`.
+    pub name: &'static str,
+    pub env: &'static str,
+    /// The `serve` flag that sets it, if any.
+    pub flag: Option<&'static str>,
+}
+
+const fn key(name: &'static str, env: &'static str, flag: Option<&'static str>) -> Key {
+    Key { name, env, flag }
+}
+
+pub const PROXY_LISTEN: Key = key("proxy.listen", "LLM_AUDIT_PROXY_LISTEN", Some("--listen"));
+pub const PROXY_UPSTREAM: Key = key(
+    "proxy.upstream",
+    "LLM_AUDIT_PROXY_UPSTREAM",
+    Some("--upstream"),
+);
+pub const PROXY_PROVIDER: Key = key("proxy.provider", "LLM_AUDIT_PROXY_PROVIDER", None);
+pub const PROXY_UPSTREAM_TIMEOUT: Key = key(
+    "proxy.upstream_timeout_secs",
+    "LLM_AUDIT_PROXY_UPSTREAM_TIMEOUT",
+    Some("--upstream-timeout"),
+);
+pub const PROXY_STREAM_IDLE_TIMEOUT: Key = key(
+    "proxy.stream_idle_timeout_secs",
+    "LLM_AUDIT_PROXY_STREAM_IDLE_TIMEOUT",
+    Some("--stream-idle-timeout"),
+);
+pub const PROXY_SHUTDOWN_GRACE: Key = key(
+    "proxy.shutdown_grace_secs",
+    "LLM_AUDIT_PROXY_SHUTDOWN_GRACE",
+    Some("--shutdown-grace"),
+);
+pub const PROXY_CA_BUNDLE: Key = key("proxy.ca_bundle", "LLM_AUDIT_PROXY_CA_BUNDLE", None);
+pub const CAPTURE_MAX_BODY_BYTES: Key = key(
+    "capture.max_body_bytes",
+    "LLM_AUDIT_PROXY_CAPTURE_MAX_BODY_BYTES",
+    None,
+);
+pub const ADMIN_LISTEN: Key = key(
+    "admin.listen",
+    "LLM_AUDIT_PROXY_ADMIN_LISTEN",
+    Some("--admin-listen"),
+);
+pub const ADMIN_TOKENS: Key = key(
+    "admin.tokens",
+    "LLM_AUDIT_PROXY_ADMIN_TOKEN",
+    Some("--admin-token"),
+);
+pub const AUDIT_ENABLED: Key = key("audit.enabled", "LLM_AUDIT_PROXY_AUDIT_ENABLED", None);
+pub const AUDIT_LOG_LEVEL: Key = key(
+    "audit.log_level",
+    "LLM_AUDIT_PROXY_LOG_LEVEL",
+    Some("--log-level"),
+);
+pub const AUDIT_STORAGE: Key = key("audit.storage", "LLM_AUDIT_PROXY_STORAGE", Some("--storage"));
+pub const AUDIT_FILE_PATH: Key = key(
+    "audit.file_path",
+    "LLM_AUDIT_PROXY_FILE_PATH",
+    Some("--file-path"),
+);
+pub const AUDIT_FILE_ROTATION: Key = key(
+    "audit.file_rotation",
+    "LLM_AUDIT_PROXY_FILE_ROTATION",
+    None,
+);
+pub const AUDIT_RETENTION_DAYS: Key = key(
+    "audit.retention_days",
+    "LLM_AUDIT_PROXY_RETENTION_DAYS",
+    None,
+);
+pub const AUDIT_MEMORY_LIMIT: Key = key(
+    "audit.memory_limit",
+    "LLM_AUDIT_PROXY_MEMORY_LIMIT",
+    None,
+);
+pub const AUDIT_MAX_STORE_MB: Key = key(
+    "audit.max_store_mb",
+    "LLM_AUDIT_PROXY_MAX_STORE_MB",
+    None,
+);
+pub const AUDIT_ON_STORE_FAILURE: Key = key(
+    "audit.on_store_failure",
+    "LLM_AUDIT_PROXY_ON_STORE_FAILURE",
+    None,
+);
+pub const QUEUE_CAPACITY: Key = key("queue.capacity", "LLM_AUDIT_PROXY_QUEUE_CAPACITY", None);
+pub const QUEUE_MAX_BATCH: Key = key("queue.max_batch", "LLM_AUDIT_PROXY_QUEUE_MAX_BATCH", None);
+pub const LOG_FORMAT: Key = key("log.format", "LLM_AUDIT_PROXY_LOG_FORMAT", Some("--log-format"));
+
+/// Every key, in reference order.
+pub const ALL: &[Key] = &[
+    PROXY_LISTEN,
+    PROXY_UPSTREAM,
+    PROXY_PROVIDER,
+    PROXY_UPSTREAM_TIMEOUT,
+    PROXY_STREAM_IDLE_TIMEOUT,
+    PROXY_SHUTDOWN_GRACE,
+    PROXY_CA_BUNDLE,
+    CAPTURE_MAX_BODY_BYTES,
+    ADMIN_LISTEN,
+    ADMIN_TOKENS,
+    AUDIT_ENABLED,
+    AUDIT_LOG_LEVEL,
+    AUDIT_STORAGE,
+    AUDIT_FILE_PATH,
+    AUDIT_FILE_ROTATION,
+    AUDIT_RETENTION_DAYS,
+    AUDIT_MEMORY_LIMIT,
+    AUDIT_MAX_STORE_MB,
+    AUDIT_ON_STORE_FAILURE,
+    QUEUE_CAPACITY,
+    QUEUE_MAX_BATCH,
+    LOG_FORMAT,
+];

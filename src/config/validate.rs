@@ -1,0 +1,454 @@
+//! One pass over every key: pick the highest-precedence source, parse it,
+//! and collect every error with its key.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::keys::{self, Key};
+use super::*;
+
+/// A value as one of the sources gave it.
+enum Raw<'a> {
+    Toml(&'a toml::Value),
+    Str(&'a str),
+}
+
+struct Layers<'a> {
+    file_path: Option<PathBuf>,
+    file: BTreeMap<String, toml::Value>,
+    env: &'a dyn EnvSource,
+    flags: &'a FlagValues,
+    errors: Vec<ConfigError>,
+}
+
+pub(super) fn load(
+    file: Option<&Path>,
+    env: &dyn EnvSource,
+    flags: &FlagValues,
+) -> Result<Config, ConfigErrors> {
+    let mut layers = Layers {
+        file_path: file.map(Path::to_path_buf),
+        file: BTreeMap::new(),
+        env,
+        flags,
+        errors: Vec::new(),
+    };
+    if let Some(path) = file {
+        layers.read_file(path);
+    }
+    let l = &mut layers;
+
+    let proxy = ProxyConfig {
+        listen: l.get(keys::PROXY_LISTEN, default_addr(8080), parse_addr),
+        upstream: l.get(
+            keys::PROXY_UPSTREAM,
+            default_upstream(),
+            parse_upstream,
+        ),
+        provider: l.get(keys::PROXY_PROVIDER, None, |r| {
+            parse_string(r).map(|s| Some(s).filter(|s| !s.is_empty()))
+        }),
+        upstream_timeout: l.get(
+            keys::PROXY_UPSTREAM_TIMEOUT,
+            Duration::from_secs(600),
+            parse_secs,
+        ),
+        stream_idle_timeout: l.get(
+            keys::PROXY_STREAM_IDLE_TIMEOUT,
+            Duration::from_secs(300),
+            parse_secs,
+        ),
+        shutdown_grace: l.get(
+            keys::PROXY_SHUTDOWN_GRACE,
+            Duration::from_secs(30),
+            parse_secs,
+        ),
+        ca_bundle: l.get(keys::PROXY_CA_BUNDLE, None, parse_ca_bundle),
+    };
+    let capture = CaptureConfig {
+        max_body_bytes: l.get(keys::CAPTURE_MAX_BODY_BYTES, 1024 * 1024, |r| {
+            parse_int(r, 0, 256 * 1024 * 1024).map(|n| n as usize)
+        }),
+    };
+    let admin = AdminConfig {
+        listen: l.get(keys::ADMIN_LISTEN, default_addr(9090), parse_addr),
+        tokens: l.get(keys::ADMIN_TOKENS, Vec::new(), parse_tokens),
+    };
+    let audit = AuditConfig {
+        enabled: l.get(keys::AUDIT_ENABLED, true, parse_bool),
+        log_level: l.get(keys::AUDIT_LOG_LEVEL, Level::Info, |r| {
+            parse_string(r)?
+                .parse()
+                .map_err(|_| "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL".to_owned())
+        }),
+        storage: l.get(keys::AUDIT_STORAGE, StorageKind::Sqlite, parse_storage),
+        file_path: l.get(
+            keys::AUDIT_FILE_PATH,
+            PathBuf::from("./audit_logs/"),
+            |r| {
+                let s = parse_string(r)?;
+                if s.is_empty() {
+                    return Err("must not be empty".to_owned());
+                }
+                Ok(PathBuf::from(s))
+            },
+        ),
+        file_rotation: l.get(keys::AUDIT_FILE_ROTATION, Rotation::Daily, |r| {
+            match parse_string(r)?.to_ascii_lowercase().as_str() {
+                "hourly" => Ok(Rotation::Hourly),
+                "daily" => Ok(Rotation::Daily),
+                "weekly" => Ok(Rotation::Weekly),
+                _ => Err("must be one of hourly, daily, weekly".to_owned()),
+            }
+        }),
+        retention_days: l.get(keys::AUDIT_RETENTION_DAYS, 90, |r| {
+            parse_int(r, 0, 36_500).map(|n| n as u32)
+        }),
+        memory_limit: l.get(keys::AUDIT_MEMORY_LIMIT, 1000, |r| {
+            parse_int(r, 1, 10_000_000).map(|n| n as usize)
+        }),
+        max_store_mb: l.get(keys::AUDIT_MAX_STORE_MB, 0, |r| {
+            parse_int(r, 0, 16 * 1024 * 1024)
+        }),
+        on_store_failure: l.get(keys::AUDIT_ON_STORE_FAILURE, FailMode::FailOpen, |r| {
+            match parse_string(r)?.to_ascii_lowercase().as_str() {
+                "fail_open" => Ok(FailMode::FailOpen),
+                "fail_closed" => Ok(FailMode::FailClosed),
+                _ => Err("must be fail_open or fail_closed".to_owned()),
+            }
+        }),
+    };
+    let queue = QueueConfig {
+        capacity: l.get(keys::QUEUE_CAPACITY, 10_000, |r| {
+            parse_int(r, 1, 10_000_000).map(|n| n as usize)
+        }),
+        max_batch: l.get(keys::QUEUE_MAX_BATCH, 512, |r| {
+            parse_int(r, 1, 100_000).map(|n| n as usize)
+        }),
+    };
+    let default_format = if std::io::stderr().is_terminal() {
+        LogFormat::Text
+    } else {
+        LogFormat::Json
+    };
+    let log = LogConfig {
+        format: l.get(keys::LOG_FORMAT, default_format, |r| {
+            match parse_string(r)?.to_ascii_lowercase().as_str() {
+                "json" => Ok(LogFormat::Json),
+                "text" => Ok(LogFormat::Text),
+                _ => Err("must be json or text".to_owned()),
+            }
+        }),
+    };
+
+    if admin.tokens.is_empty() && !admin.listen.ip().is_loopback() {
+        let origin = l.origin_of(keys::ADMIN_LISTEN);
+        l.errors.push(ConfigError {
+            key: keys::ADMIN_LISTEN.name.to_owned(),
+            message: format!(
+                "{} is not a loopback address; set admin.tokens ({}) to expose the admin API",
+                admin.listen,
+                keys::ADMIN_TOKENS.env
+            ),
+            origin,
+        });
+    }
+    l.check_unknown_keys();
+
+    if layers.errors.is_empty() {
+        Ok(Config {
+            proxy,
+            capture,
+            admin,
+            audit,
+            queue,
+            log,
+        })
+    } else {
+        Err(ConfigErrors(layers.errors))
+    }
+}
+
+fn default_addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn default_upstream() -> Upstream {
+    Upstream {
+        scheme: http::uri::Scheme::HTTPS,
+        authority: http::uri::Authority::from_static("api.openai.com"),
+        path_prefix: String::new(),
+    }
+}
+
+// === impl Layers ===
+
+impl Layers<'_> {
+    fn read_file(&mut self, path: &Path) {
+        let origin = Origin::File(path.to_path_buf());
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.errors.push(ConfigError {
+                    key: "config".to_owned(),
+                    message: format!("cannot read {}: {e}", path.display()),
+                    origin: Origin::Flag("--config"),
+                });
+                return;
+            }
+        };
+        let table: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                self.errors.push(ConfigError {
+                    key: "config".to_owned(),
+                    message: format!("not valid TOML: {}", e.message()),
+                    origin,
+                });
+                return;
+            }
+        };
+        for (section, value) in table {
+            match value {
+                toml::Value::Table(inner) => {
+                    for (k, v) in inner {
+                        self.file.insert(format!("{section}.{k}"), v);
+                    }
+                }
+                other => {
+                    self.file.insert(section, other);
+                }
+            }
+        }
+    }
+
+    /// The value of `key` from the highest-precedence source that has it,
+    /// parsed; `default` when none has it or it fails to parse (the error
+    /// is recorded).
+    fn get<T>(&mut self, key: Key, default: T, parse: impl Fn(&Raw) -> Result<T, String>) -> T {
+        let (raw_owned, origin);
+        let raw = if let Some(v) = self.flags.get(key.name) {
+            origin = Origin::Flag(key.flag.unwrap_or(key.name));
+            Raw::Str(v.as_str())
+        } else if let Some(v) = self.env.get(key.env) {
+            origin = Origin::Env(key.env);
+            raw_owned = v;
+            Raw::Str(raw_owned.as_str())
+        } else if let Some(v) = self.file.get(key.name) {
+            origin = self.file_origin();
+            Raw::Toml(v)
+        } else {
+            return default;
+        };
+        match parse(&raw) {
+            Ok(v) => v,
+            Err(message) => {
+                self.errors.push(ConfigError {
+                    key: key.name.to_owned(),
+                    message,
+                    origin,
+                });
+                default
+            }
+        }
+    }
+
+    fn origin_of(&self, key: Key) -> Origin {
+        if self.flags.contains_key(key.name) {
+            Origin::Flag(key.flag.unwrap_or(key.name))
+        } else if self.env.get(key.env).is_some() {
+            Origin::Env(key.env)
+        } else if self.file.contains_key(key.name) {
+            self.file_origin()
+        } else {
+            Origin::Default
+        }
+    }
+
+    fn file_origin(&self) -> Origin {
+        self.file_path
+            .clone()
+            .map_or(Origin::Default, Origin::File)
+    }
+
+    fn check_unknown_keys(&mut self) {
+        let unknown: Vec<String> = self
+            .file
+            .keys()
+            .filter(|k| !keys::ALL.iter().any(|key| key.name == k.as_str()))
+            .cloned()
+            .collect();
+        for key in unknown {
+            self.errors.push(ConfigError {
+                message: "unknown key".to_owned(),
+                key,
+                origin: self.file_origin(),
+            });
+        }
+    }
+}
+
+// === parsers ===
+
+fn parse_string(raw: &Raw) -> Result<String, String> {
+    match raw {
+        Raw::Str(s) => Ok((*s).to_owned()),
+        Raw::Toml(toml::Value::String(s)) => Ok(s.clone()),
+        Raw::Toml(other) => Err(format!("must be a string, not {}", other.type_str())),
+    }
+}
+
+fn parse_int(raw: &Raw, min: u64, max: u64) -> Result<u64, String> {
+    let n: i64 = match raw {
+        Raw::Str(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("must be a whole number from {min} to {max}"))?,
+        Raw::Toml(toml::Value::Integer(i)) => *i,
+        Raw::Toml(other) => {
+            return Err(format!(
+                "must be a whole number from {min} to {max}, not {}",
+                other.type_str()
+            ))
+        }
+    };
+    u64::try_from(n)
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("must be a whole number from {min} to {max}, not {n}"))
+}
+
+fn parse_secs(raw: &Raw) -> Result<Duration, String> {
+    let secs: f64 = match raw {
+        Raw::Str(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| "must be a number of seconds".to_owned())?,
+        Raw::Toml(toml::Value::Integer(i)) => *i as f64,
+        Raw::Toml(toml::Value::Float(f)) => *f,
+        Raw::Toml(other) => {
+            return Err(format!(
+                "must be a number of seconds, not {}",
+                other.type_str()
+            ))
+        }
+    };
+    if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(format!("must be more than 0 and at most 86400 seconds, not {secs}"))
+    }
+}
+
+fn parse_bool(raw: &Raw) -> Result<bool, String> {
+    match raw {
+        Raw::Toml(toml::Value::Boolean(b)) => Ok(*b),
+        Raw::Str(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err("must be true or false".to_owned()),
+        },
+        Raw::Toml(other) => Err(format!("must be true or false, not {}", other.type_str())),
+    }
+}
+
+fn parse_addr(raw: &Raw) -> Result<SocketAddr, String> {
+    let s = parse_string(raw)?;
+    let s = s.trim();
+    if let Some(port) = s.strip_prefix("localhost:") {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(default_addr(port));
+        }
+    }
+    s.parse()
+        .map_err(|_| format!("must be an IP address and port such as 127.0.0.1:8080, not {s:?}"))
+}
+
+fn parse_upstream(raw: &Raw) -> Result<Upstream, String> {
+    let s = parse_string(raw)?;
+    let uri: http::Uri = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("must be an http:// or https:// URL, not {s:?}"))?;
+    let scheme = uri
+        .scheme()
+        .filter(|s| **s == http::uri::Scheme::HTTP || **s == http::uri::Scheme::HTTPS)
+        .cloned()
+        .ok_or_else(|| format!("must start with http:// or https://, not {s:?}"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("must name a host, not {s:?}"))?;
+    if authority.as_str().contains('@') {
+        return Err("must not carry credentials; the app's own headers are forwarded".to_owned());
+    }
+    if uri.query().is_some() {
+        return Err("must not have a query string".to_owned());
+    }
+    Ok(Upstream {
+        scheme,
+        authority,
+        path_prefix: uri.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+fn parse_ca_bundle(raw: &Raw) -> Result<Option<PathBuf>, String> {
+    let s = parse_string(raw)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let path = PathBuf::from(&s);
+    if path.is_file() {
+        Ok(Some(path))
+    } else {
+        Err(format!("{s} is not a readable file"))
+    }
+}
+
+fn parse_tokens(raw: &Raw) -> Result<Vec<Secret>, String> {
+    let list: Vec<String> = match raw {
+        Raw::Str(s) => s.split(',').map(|t| t.trim().to_owned()).collect(),
+        Raw::Toml(toml::Value::String(s)) => vec![s.clone()],
+        Raw::Toml(toml::Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| "must be a list of strings".to_owned())
+            })
+            .collect::<Result<_, _>>()?,
+        Raw::Toml(other) => {
+            return Err(format!("must be a list of strings, not {}", other.type_str()))
+        }
+    };
+    let list: Vec<String> = list.into_iter().filter(|t| !t.is_empty()).collect();
+    if let Some(short) = list.iter().find(|t| t.len() < 16) {
+        return Err(format!(
+            "each token must be at least 16 characters (one has {})",
+            short.len()
+        ));
+    }
+    Ok(list.into_iter().map(Secret::new).collect())
+}
+
+fn parse_storage(raw: &Raw) -> Result<StorageKind, String> {
+    match parse_string(raw)?.to_ascii_lowercase().as_str() {
+        "sqlite" => Ok(StorageKind::Sqlite),
+        "memory" => Ok(StorageKind::Memory),
+        "file" => Ok(StorageKind::File),
+        "postgres" | "api" => Err(
+            "postgres and api stores are not available in this build; use sqlite, file or memory"
+                .to_owned(),
+        ),
+        other => Err(format!(
+            "must be one of sqlite, file, memory, not {other:?}"
+        )),
+    }
+}
+
+#[cfg(test)]
+#[path = "validate/tests.rs"]
+mod tests;

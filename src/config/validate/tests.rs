@@ -1,0 +1,139 @@
+use std::collections::HashMap;
+use std::io::Write;
+
+use super::*;
+
+fn env(pairs: &[(&'static str, &'static str)]) -> HashMap<&'static str, &'static str> {
+    pairs.iter().copied().collect()
+}
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn errors(r: Result<Config, ConfigErrors>) -> Vec<ConfigError> {
+    r.unwrap_err().0
+}
+
+#[test]
+fn defaults_match_the_contract() {
+    let c = load(None, &env(&[]), &FlagValues::new()).unwrap();
+    assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.proxy.upstream.to_string(), "https://api.openai.com");
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.audit.storage, StorageKind::Sqlite);
+    assert_eq!(c.audit.file_path, PathBuf::from("./audit_logs/"));
+    assert_eq!(c.audit.log_level, Level::Info);
+    assert_eq!(c.audit.retention_days, 90);
+    assert_eq!(c.audit.memory_limit, 1000);
+    assert_eq!(c.audit.on_store_failure, FailMode::FailOpen);
+    assert_eq!(c.proxy.shutdown_grace, Duration::from_secs(30));
+    assert!(c.audit.enabled);
+}
+
+#[test]
+fn flag_beats_env_beats_file() {
+    let f = file("[proxy]\nlisten = \"127.0.0.1:1000\"\nupstream = \"http://127.0.0.1:1\"\n[audit]\nlog_level = \"ERROR\"\n");
+    let e = env(&[
+        ("LLM_AUDIT_PROXY_LISTEN", "127.0.0.1:2000"),
+        ("LLM_AUDIT_PROXY_LOG_LEVEL", "warning"),
+    ]);
+    let mut flags = FlagValues::new();
+    flags.insert("proxy.listen", "127.0.0.1:3000".into());
+    let c = load(Some(f.path()), &e, &flags).unwrap();
+    assert_eq!(c.proxy.listen.port(), 3000);
+    assert_eq!(c.audit.log_level, Level::Warning);
+    assert_eq!(c.proxy.upstream.to_string(), "http://127.0.0.1:1");
+}
+
+#[test]
+fn every_error_is_reported_with_its_key() {
+    let f = file(
+        "[proxy]\nlisten = \"nowhere\"\nupstream = \"ftp://x\"\nupstream_timeout_secs = -1\n\
+         [audit]\nlog_level = \"LOUD\"\nstorage = \"postgres\"\nretention_days = \"x\"\nfile_rotation = \"monthly\"\n\
+         [bogus]\nthing = 1\n",
+    );
+    let errs = errors(load(Some(f.path()), &env(&[]), &FlagValues::new()));
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    for k in [
+        "proxy.listen",
+        "proxy.upstream",
+        "proxy.upstream_timeout_secs",
+        "audit.log_level",
+        "audit.storage",
+        "audit.retention_days",
+        "audit.file_rotation",
+        "bogus.thing",
+    ] {
+        assert!(keys.contains(&k), "{k} missing from {keys:?}");
+    }
+    let text = ConfigErrors(errs).to_string();
+    assert!(text.contains("audit.log_level: must be one of"), "{text}");
+}
+
+#[test]
+fn env_errors_name_the_variable() {
+    let errs = errors(load(
+        None,
+        &env(&[("LLM_AUDIT_PROXY_MEMORY_LIMIT", "lots")]),
+        &FlagValues::new(),
+    ));
+    assert_eq!(errs[0].key, "audit.memory_limit");
+    assert!(errs[0].to_string().contains("LLM_AUDIT_PROXY_MEMORY_LIMIT"));
+}
+
+#[test]
+fn admin_off_loopback_needs_a_token() {
+    let e = env(&[("LLM_AUDIT_PROXY_ADMIN_LISTEN", "0.0.0.0:9090")]);
+    let errs = errors(load(None, &e, &FlagValues::new()));
+    assert_eq!(errs[0].key, "admin.listen");
+    let e = env(&[
+        ("LLM_AUDIT_PROXY_ADMIN_LISTEN", "0.0.0.0:9090"),
+        ("LLM_AUDIT_PROXY_ADMIN_TOKEN", "0123456789abcdef0123"),
+    ]);
+    let c = load(None, &e, &FlagValues::new()).unwrap();
+    assert_eq!(c.admin.tokens.len(), 1);
+    assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+}
+
+#[test]
+fn short_tokens_are_refused() {
+    let errs = errors(load(
+        None,
+        &env(&[("LLM_AUDIT_PROXY_ADMIN_TOKEN", "short")]),
+        &FlagValues::new(),
+    ));
+    assert_eq!(errs[0].key, "admin.tokens");
+}
+
+#[test]
+fn upstream_prefix_is_kept() {
+    let e = env(&[("LLM_AUDIT_PROXY_UPSTREAM", "http://127.0.0.1:8000/gateway/v1/")]);
+    let c = load(None, &e, &FlagValues::new()).unwrap();
+    let uri = c.proxy.upstream.uri_for("/chat/completions?x=1").unwrap();
+    assert_eq!(uri.to_string(), "http://127.0.0.1:8000/gateway/v1/chat/completions?x=1");
+}
+
+#[test]
+fn unreadable_and_malformed_files_are_errors() {
+    let errs = errors(load(
+        Some(Path::new("/nonexistent/llm-audit-proxy.toml")),
+        &env(&[]),
+        &FlagValues::new(),
+    ));
+    assert_eq!(errs[0].key, "config");
+    let f = file("[proxy\nlisten=");
+    let errs = errors(load(Some(f.path()), &env(&[]), &FlagValues::new()));
+    assert!(errs[0].message.contains("not valid TOML"));
+}
+
+#[test]
+fn masked_json_hides_tokens() {
+    let e = env(&[("LLM_AUDIT_PROXY_ADMIN_TOKEN", "0123456789abcdef0123")]);
+    let c = load(None, &e, &FlagValues::new()).unwrap();
+    let json = c.to_masked_json().to_string();
+    assert!(!json.contains("0123456789abcdef0123"));
+    assert!(json.contains("[MASKED]"));
+}
