@@ -1,0 +1,3 @@
+//! Capturing and interpreting bodies for the audit record.
+
+pub mod tee;

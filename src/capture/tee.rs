@@ -1,0 +1,282 @@
+//! A body wrapper that forwards every frame untouched and keeps a capped
+//! copy for the audit record.
+//!
+//! The copy is handed over exactly once, when the body ends, fails or is
+//! dropped. Drop is how a client that went away is noticed: hyper drops the
+//! response body when the connection closes, and the wrapped upstream body
+//! goes with it, which cancels the upstream call.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+/// How a captured body ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// The last frame was passed on.
+    Complete,
+    /// The body failed; the message is the error's text.
+    Error(String),
+    /// The body was dropped before its end (the reader went away).
+    Dropped,
+}
+
+/// What a tee saw of one body.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// Up to the cap, from the start of the body.
+    pub bytes: Bytes,
+    /// Every data byte that passed, captured or not.
+    pub total_bytes: u64,
+    /// True when `total_bytes` exceeds what `bytes` holds.
+    pub truncated: bool,
+    pub end: BodyEnd,
+    pub first_byte_at: Option<Instant>,
+    pub ended_at: Instant,
+}
+
+/// The error text of a body that upstream left idle too long, so records
+/// can tell a timeout from other failures.
+pub const IDLE_TIMEOUT_MESSAGE: &str = "upstream stream idle timeout";
+
+/// Called once with the capture.
+pub type OnDone = Box<dyn FnOnce(Captured) + Send + 'static>;
+
+/// The copy being built.
+pub struct Capture {
+    buf: BytesMut,
+    cap: usize,
+    total: u64,
+    first_byte_at: Option<Instant>,
+    on_done: Option<OnDone>,
+}
+
+pin_project! {
+    /// Forwards `inner` frame by frame while copying data into a [`Capture`].
+    pub struct TeeBody<B> {
+        #[pin]
+        inner: B,
+        capture: Option<Capture>,
+    }
+
+    impl<B> PinnedDrop for TeeBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(capture) = this.capture.take() {
+                capture.finish(BodyEnd::Dropped);
+            }
+        }
+    }
+}
+
+// === impl Capture ===
+
+impl Capture {
+    /// A capture that keeps at most `cap` bytes and calls `on_done` once.
+    pub fn new(cap: usize, on_done: OnDone) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            cap,
+            total: 0,
+            first_byte_at: None,
+            on_done: Some(on_done),
+        }
+    }
+
+    /// Records `data` as having passed.
+    pub fn observe(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if self.first_byte_at.is_none() {
+            self.first_byte_at = Some(Instant::now());
+        }
+        self.total += data.len() as u64;
+        let room = self.cap.saturating_sub(self.buf.len());
+        if room > 0 {
+            self.buf.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// True once the capture holds all it may.
+    pub fn is_full(&self) -> bool {
+        self.buf.len() >= self.cap
+    }
+
+    /// Ends the capture and hands it over.
+    pub fn finish(mut self, end: BodyEnd) {
+        if let Some(on_done) = self.on_done.take() {
+            on_done(Captured {
+                truncated: self.total > self.buf.len() as u64,
+                bytes: std::mem::take(&mut self.buf).freeze(),
+                total_bytes: self.total,
+                end,
+                first_byte_at: self.first_byte_at,
+                ended_at: Instant::now(),
+            });
+        }
+    }
+
+    /// The bytes captured so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Capture {
+    /// A capture dropped unfinished (its request was cancelled while the
+    /// proxy was still reading) is reported as dropped, so every call's
+    /// record is completed.
+    fn drop(&mut self) {
+        if let Some(on_done) = self.on_done.take() {
+            on_done(Captured {
+                truncated: self.total > self.buf.len() as u64,
+                bytes: std::mem::take(&mut self.buf).freeze(),
+                total_bytes: self.total,
+                end: BodyEnd::Dropped,
+                first_byte_at: self.first_byte_at,
+                ended_at: Instant::now(),
+            });
+        }
+    }
+}
+
+impl fmt::Debug for Capture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Capture")
+            .field("captured", &self.buf.len())
+            .field("cap", &self.cap)
+            .field("total", &self.total)
+            .finish()
+    }
+}
+
+// === impl TeeBody ===
+
+impl<B> TeeBody<B> {
+    pub fn new(inner: B, capture: Capture) -> Self {
+        Self {
+            inner,
+            capture: Some(capture),
+        }
+    }
+}
+
+impl<B> Body for TeeBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: fmt::Display,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(capture)) = (frame.data_ref(), this.capture.as_mut()) {
+                    capture.observe(data);
+                }
+            }
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(capture) = this.capture.take() {
+                    capture.finish(BodyEnd::Error(error.to_string()));
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(capture) = this.capture.take() {
+                    capture.finish(BodyEnd::Complete);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+    use std::sync::{Arc, Mutex};
+
+    type Slot = Arc<Mutex<Option<Captured>>>;
+
+    fn tee_of(chunks: Vec<Result<&'static str, &'static str>>, cap: usize) -> (impl Body<Data = Bytes, Error = String> + Unpin, Slot) {
+        let slot: Slot = Arc::default();
+        let s = slot.clone();
+        let stream = futures_util::stream::iter(chunks.into_iter().map(|c| {
+            c.map(|s| Frame::data(Bytes::from_static(s.as_bytes())))
+                .map_err(str::to_owned)
+        }));
+        let capture = Capture::new(cap, Box::new(move |c| *s.lock().unwrap() = Some(c)));
+        (TeeBody::new(StreamBody::new(stream), capture), slot)
+    }
+
+    async fn drain<B: Body<Data = Bytes> + Unpin>(mut body: B) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => out.extend_from_slice(&f.into_data().unwrap_or_default()),
+                Err(_) => return (out, false),
+            }
+        }
+        (out, true)
+    }
+
+    #[tokio::test]
+    async fn forwards_everything_and_caps_the_copy() {
+        let (body, slot) = tee_of(vec![Ok("hello "), Ok("world")], 8);
+        let (out, ok) = drain(body).await;
+        assert!(ok);
+        assert_eq!(out, b"hello world");
+        let c = slot.lock().unwrap().take().unwrap();
+        assert_eq!(&c.bytes[..], b"hello wo");
+        assert_eq!(c.total_bytes, 11);
+        assert!(c.truncated);
+        assert_eq!(c.end, BodyEnd::Complete);
+        assert!(c.first_byte_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn reports_errors() {
+        let (body, slot) = tee_of(vec![Ok("part"), Err("reset")], 100);
+        let (out, ok) = drain(body).await;
+        assert!(!ok);
+        assert_eq!(out, b"part");
+        let c = slot.lock().unwrap().take().unwrap();
+        assert_eq!(c.end, BodyEnd::Error("reset".into()));
+        assert!(!c.truncated);
+    }
+
+    #[tokio::test]
+    async fn reports_drop_before_the_end() {
+        let (mut body, slot) = tee_of(vec![Ok("a"), Ok("b"), Ok("c")], 100);
+        let _ = body.frame().await;
+        drop(body);
+        let c = slot.lock().unwrap().take().unwrap();
+        assert_eq!(c.end, BodyEnd::Dropped);
+        assert_eq!(&c.bytes[..], b"a");
+    }
+}

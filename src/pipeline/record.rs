@@ -1,0 +1,434 @@
+//! One call's record: REQUEST, then ERROR if any, then RESPONSE.
+//!
+//! The proxy starts a record when a call arrives and hands it two
+//! captures as they complete. All interpretation (decoding, SSE
+//! reassembly, sanitising, summarising) happens in the record's own task,
+//! never on the request path, and the REQUEST is offered as soon as the
+//! request body is known, so a call whose response never ends still leaves
+//! its REQUEST.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use super::Handle;
+use crate::capture::body::body_to_value;
+use crate::capture::decode::decode;
+use crate::capture::operation::Operation;
+use crate::capture::sanitize::{headers_to_value, redact_query, Sanitizer};
+use crate::capture::sse;
+use crate::capture::summary::{request_model_and_stream, summarize};
+use crate::capture::tee::{BodyEnd, Captured};
+use crate::event::{EventType, NewEvent};
+
+/// Starts call records. Cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    handle: Handle,
+    sanitizer: Arc<Sanitizer>,
+    tracker: TaskTracker,
+    /// Most bytes a captured body may decode to (guards against
+    /// compression bombs).
+    max_decoded_bytes: usize,
+}
+
+/// What the proxy knows when a call arrives.
+#[derive(Debug)]
+pub struct CallInfo {
+    pub request_id: String,
+    pub method: Method,
+    /// Path and query as the app sent them.
+    pub path_and_query: String,
+    pub operation: Operation,
+    pub provider: String,
+    pub client_ip: IpAddr,
+    pub headers: HeaderMap,
+    pub started_at: Instant,
+}
+
+/// Why no upstream response arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Unreachable,
+    Timeout,
+}
+
+/// How the response side of a call ended.
+#[derive(Debug)]
+pub enum ResponseOutcome {
+    /// Upstream answered; `body` is what passed to the app.
+    Upstream {
+        status: StatusCode,
+        headers: HeaderMap,
+        headers_at: Instant,
+        body: Captured,
+    },
+    /// Upstream did not answer; the app got the proxy's error `status`.
+    Failed {
+        failure: Failure,
+        status: StatusCode,
+        detail: String,
+        at: Instant,
+    },
+    /// The app went away before upstream answered.
+    ClientAborted { at: Instant },
+}
+
+/// The proxy's ends of one record.
+pub struct CallRecord {
+    request: Option<oneshot::Sender<Captured>>,
+    response: Option<oneshot::Sender<ResponseOutcome>>,
+}
+
+/// What was learnt from the request that the RESPONSE needs too.
+struct RequestFacts {
+    model: Option<String>,
+    stream: bool,
+}
+
+// === impl Recorder ===
+
+impl Recorder {
+    pub fn new(
+        handle: Handle,
+        sanitizer: Arc<Sanitizer>,
+        tracker: TaskTracker,
+        capture_cap: usize,
+    ) -> Self {
+        Self {
+            handle,
+            sanitizer,
+            tracker,
+            max_decoded_bytes: capture_cap.saturating_mul(8).max(1024 * 1024),
+        }
+    }
+
+    /// Starts the record of one call; its task waits for the captures.
+    pub fn start(&self, info: CallInfo) -> CallRecord {
+        let (req_tx, req_rx) = oneshot::channel();
+        let (resp_tx, resp_rx) = oneshot::channel();
+        let this = self.clone();
+        self.tracker
+            .spawn(async move { this.record(info, req_rx, resp_rx).await });
+        CallRecord {
+            request: Some(req_tx),
+            response: Some(resp_tx),
+        }
+    }
+
+    pub fn sanitizer(&self) -> &Arc<Sanitizer> {
+        &self.sanitizer
+    }
+
+    async fn record(
+        self,
+        info: CallInfo,
+        req_rx: oneshot::Receiver<Captured>,
+        resp_rx: oneshot::Receiver<ResponseOutcome>,
+    ) {
+        let request = req_rx.await.ok();
+        let (event, facts) = self.request_event(&info, request.as_ref());
+        self.handle.offer(event);
+        let outcome = resp_rx.await.unwrap_or(ResponseOutcome::ClientAborted {
+            at: Instant::now(),
+        });
+        if let Some(error) = self.error_event(&info, &outcome) {
+            self.handle.offer(error);
+        }
+        self.handle.offer(self.response_event(&info, &facts, outcome));
+    }
+
+    fn request_event(
+        &self,
+        info: &CallInfo,
+        captured: Option<&Captured>,
+    ) -> (NewEvent, RequestFacts) {
+        let (mut data, truncated, body_bytes) = match captured {
+            Some(c) => {
+                let (value, truncated) = self.interpret(&info.headers, c, false, "");
+                (value, truncated, c.total_bytes)
+            }
+            None => (Value::Null, false, 0),
+        };
+        let (mut model, stream) = request_model_and_stream(&data);
+        if model.is_none() {
+            model.clone_from(&info.operation.azure_deployment);
+        }
+        self.sanitizer.redact_value(&mut data);
+        let path = redact_query(&info.path_and_query);
+        let mut meta = Map::new();
+        meta.insert("provider".into(), json!(info.provider));
+        meta.insert("operation".into(), json!(info.operation.name));
+        meta.insert("method".into(), json!(info.method.as_str()));
+        meta.insert("path".into(), json!(path));
+        meta.insert("model".into(), json!(model));
+        meta.insert("stream".into(), json!(stream));
+        meta.insert("client_ip".into(), json!(info.client_ip.to_string()));
+        meta.insert(
+            "headers".into(),
+            headers_to_value(&info.headers, &self.sanitizer),
+        );
+        meta.insert("request_data".into(), data);
+        meta.insert("body_bytes".into(), json!(body_bytes));
+        meta.insert("truncated".into(), json!(truncated));
+        if let Some(end) = captured.map(|c| &c.end).filter(|e| **e != BodyEnd::Complete) {
+            meta.insert("body_complete".into(), json!(false));
+            meta.insert("body_end".into(), json!(end_label(end)));
+        }
+        if let Some(d) = &info.operation.azure_deployment {
+            meta.insert("azure_deployment".into(), json!(d));
+        }
+        if let Some(v) = &info.operation.api_version {
+            meta.insert("api_version".into(), json!(v));
+        }
+        let event = NewEvent::new(
+            EventType::Request,
+            format!(
+                "{} {} ({})",
+                info.method,
+                path.split('?').next().unwrap_or_default(),
+                info.operation.name
+            ),
+        )
+        .with_request_id(info.request_id.clone())
+        .with_metadata(Value::Object(meta));
+        (event, RequestFacts { model, stream })
+    }
+
+    fn error_event(&self, info: &CallInfo, outcome: &ResponseOutcome) -> Option<NewEvent> {
+        let (error_type, message, detail) = match outcome {
+            ResponseOutcome::Failed {
+                failure, detail, ..
+            } => match failure {
+                Failure::Unreachable => (
+                    "upstream_unreachable",
+                    "Upstream could not be reached",
+                    detail.clone(),
+                ),
+                Failure::Timeout => (
+                    "upstream_timeout",
+                    "Upstream sent no response headers in time",
+                    detail.clone(),
+                ),
+            },
+            ResponseOutcome::Upstream { body, .. } => match &body.end {
+                BodyEnd::Error(e) if is_idle_timeout(e) => (
+                    "stream_idle_timeout",
+                    "Upstream went silent in the middle of the response body",
+                    e.clone(),
+                ),
+                BodyEnd::Error(e) => (
+                    "upstream_stream_error",
+                    "Upstream's response body failed before its end",
+                    e.clone(),
+                ),
+                _ => return None,
+            },
+            ResponseOutcome::ClientAborted { .. } => return None,
+        };
+        Some(
+            NewEvent::new(
+                EventType::Error,
+                format!("{message} ({})", info.operation.name),
+            )
+            .with_request_id(info.request_id.clone())
+            .with_metadata(json!({
+                "error_type": error_type,
+                "details": {
+                    "message": self.sanitizer.redact_text(&detail),
+                    "operation": info.operation.name,
+                    "provider": info.provider,
+                },
+            })),
+        )
+    }
+
+    fn response_event(
+        &self,
+        info: &CallInfo,
+        facts: &RequestFacts,
+        outcome: ResponseOutcome,
+    ) -> NewEvent {
+        let ms = |at: Instant| at.saturating_duration_since(info.started_at).as_secs_f64() * 1e3;
+        let mut meta = Map::new();
+        meta.insert("provider".into(), json!(info.provider));
+        meta.insert("operation".into(), json!(info.operation.name));
+        meta.insert("stream".into(), json!(facts.stream));
+        let (status, outcome_label, model);
+        match outcome {
+            ResponseOutcome::Upstream {
+                status: s,
+                headers,
+                headers_at,
+                body,
+            } => {
+                let is_sse = sse::is_event_stream(header_str(&headers, "content-type"));
+                let (mut data, truncated) =
+                    self.interpret(&headers, &body, is_sse, &info.operation.name);
+                let summary = summarize(&info.operation.name, &data);
+                self.sanitizer.redact_value(&mut data);
+                status = Some(s.as_u16());
+                outcome_label = match &body.end {
+                    BodyEnd::Complete => "completed",
+                    BodyEnd::Error(e) if is_idle_timeout(e) => "timeout",
+                    BodyEnd::Error(_) => "upstream_error",
+                    BodyEnd::Dropped => "client_aborted",
+                };
+                model = summary.model.or_else(|| facts.model.clone());
+                meta.insert("stream".into(), json!(facts.stream || is_sse));
+                meta.insert(
+                    "latency_ms".into(),
+                    json!(round_ms(ms(body.ended_at))),
+                );
+                meta.insert(
+                    "ttfb_ms".into(),
+                    json!(round_ms(ms(body.first_byte_at.unwrap_or(headers_at)))),
+                );
+                meta.insert("usage".into(), summary.usage.unwrap_or(Value::Null));
+                meta.insert("finish_reason".into(), json!(summary.finish_reason));
+                meta.insert(
+                    "upstream_request_id".into(),
+                    json!(header_str(&headers, "x-request-id")),
+                );
+                meta.insert("headers".into(), headers_to_value(&headers, &self.sanitizer));
+                meta.insert("response_data".into(), data);
+                meta.insert("body_bytes".into(), json!(body.total_bytes));
+                meta.insert("truncated".into(), json!(truncated));
+            }
+            ResponseOutcome::Failed {
+                failure,
+                status: s,
+                at,
+                ..
+            } => {
+                status = Some(s.as_u16());
+                outcome_label = match failure {
+                    Failure::Unreachable => "upstream_error",
+                    Failure::Timeout => "timeout",
+                };
+                model = facts.model.clone();
+                meta.insert("latency_ms".into(), json!(round_ms(ms(at))));
+                meta.insert("ttfb_ms".into(), Value::Null);
+                meta.insert("usage".into(), Value::Null);
+                meta.insert("finish_reason".into(), Value::Null);
+                meta.insert("upstream_request_id".into(), Value::Null);
+                meta.insert("response_data".into(), Value::Null);
+                meta.insert("body_bytes".into(), json!(0));
+                meta.insert("truncated".into(), json!(false));
+            }
+            ResponseOutcome::ClientAborted { at } => {
+                status = None;
+                outcome_label = "client_aborted";
+                model = facts.model.clone();
+                meta.insert("latency_ms".into(), json!(round_ms(ms(at))));
+                meta.insert("ttfb_ms".into(), Value::Null);
+                meta.insert("usage".into(), Value::Null);
+                meta.insert("finish_reason".into(), Value::Null);
+                meta.insert("upstream_request_id".into(), Value::Null);
+                meta.insert("response_data".into(), Value::Null);
+                meta.insert("body_bytes".into(), json!(0));
+                meta.insert("truncated".into(), json!(false));
+            }
+        }
+        meta.insert("status".into(), json!(status));
+        meta.insert("model".into(), json!(model));
+        meta.insert("outcome".into(), json!(outcome_label));
+        let status_text = status.map_or_else(|| "no status".to_owned(), |s| s.to_string());
+        NewEvent::new(
+            EventType::Response,
+            format!(
+                "{} {} ({})",
+                info.operation.name, status_text, outcome_label
+            ),
+        )
+        .with_request_id(info.request_id.clone())
+        .with_metadata(Value::Object(meta))
+    }
+
+    /// Decodes and parses a captured body. Returns the value and whether it
+    /// is incomplete (capture or decoding hit a limit).
+    fn interpret(
+        &self,
+        headers: &HeaderMap,
+        captured: &Captured,
+        is_sse: bool,
+        operation: &str,
+    ) -> (Value, bool) {
+        let encoding = header_str(headers, "content-encoding");
+        let content_type = header_str(headers, "content-type");
+        let (bytes, mut truncated) = match decode(encoding, &captured.bytes, self.max_decoded_bytes)
+        {
+            Ok(d) => (d.bytes, d.truncated),
+            Err(_) => {
+                // Unknown encoding: describe the body rather than store
+                // bytes that cannot be read.
+                return (
+                    json!({"undecodable": true, "content_encoding": encoding, "bytes": captured.bytes.len()}),
+                    captured.truncated,
+                );
+            }
+        };
+        truncated |= captured.truncated;
+        if is_sse {
+            let events = sse::parse_events(&bytes);
+            let reassembled = sse::reassemble(operation, &events);
+            let mut value = reassembled.response;
+            if let (Some(error), Value::Object(obj)) = (reassembled.error, &mut value) {
+                obj.insert("stream_error".into(), error);
+            }
+            return (value, truncated);
+        }
+        (body_to_value(&bytes, content_type, truncated), truncated)
+    }
+}
+
+// === impl CallRecord ===
+
+impl CallRecord {
+    /// Hands over the request body's capture.
+    pub fn request_sender(&mut self) -> Option<oneshot::Sender<Captured>> {
+        self.request.take()
+    }
+
+    /// Hands over the response side's end; used once.
+    pub fn response_sender(&mut self) -> Option<oneshot::Sender<ResponseOutcome>> {
+        self.response.take()
+    }
+
+    /// Records that upstream did not answer.
+    pub fn fail(&mut self, failure: Failure, status: StatusCode, detail: String) {
+        if let Some(tx) = self.response.take() {
+            let _ = tx.send(ResponseOutcome::Failed {
+                failure,
+                status,
+                detail,
+                at: Instant::now(),
+            });
+        }
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn is_idle_timeout(message: &str) -> bool {
+    message == crate::capture::tee::IDLE_TIMEOUT_MESSAGE
+}
+
+fn end_label(end: &BodyEnd) -> &'static str {
+    match end {
+        BodyEnd::Complete => "complete",
+        BodyEnd::Error(_) => "error",
+        BodyEnd::Dropped => "dropped",
+    }
+}
+
+fn round_ms(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}

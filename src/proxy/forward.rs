@@ -1,0 +1,266 @@
+//! Forwarding one call: read the request's capped prefix, send the request
+//! upstream, and stream the response back through a capture tee.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Either};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::{IdleTimeoutBody, ProxyBody, UpstreamBody};
+use super::client::UpstreamClient;
+use super::request_id::request_id_for;
+use super::respond::{ProxyError, REQUEST_ID_HEADER};
+use crate::capture::operation::{classify, provider_for};
+use crate::capture::tee::{BodyEnd, Capture, OnDone, TeeBody};
+use crate::config::{FailMode, Upstream};
+use crate::pipeline::record::{CallInfo, CallRecord, Failure, Recorder, ResponseOutcome};
+use crate::pipeline::StoreHealth;
+
+/// Everything a call needs, shared by all connections.
+pub struct ProxyState {
+    pub client: UpstreamClient,
+    pub upstream: Upstream,
+    /// Set by configuration; otherwise derived from the upstream host.
+    pub provider_override: Option<String>,
+    /// Bytes captured per body (0 when auditing is off).
+    pub capture_cap: usize,
+    pub upstream_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    /// `None` when auditing is disabled: calls are forwarded, not recorded.
+    pub recorder: Option<Recorder>,
+    pub fail_mode: FailMode,
+    pub store_health: StoreHealth,
+}
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1),
+/// plus `proxy-authorization`, which is meant for a proxy, not upstream.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Handles one call end to end. Never fails: every problem becomes an
+/// OpenAI-style error response.
+pub async fn handle(
+    state: Arc<ProxyState>,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+) -> Response<ProxyBody> {
+    let started_at = Instant::now();
+    let request_id = request_id_for(req.headers());
+    if state.fail_mode == FailMode::FailClosed && !state.store_health.is_writable() {
+        return ProxyError::AuditStoreUnavailable.into_response(&request_id);
+    }
+    let (parts, body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let uri = match state.upstream.uri_for(&path_and_query) {
+        Ok(uri) => uri,
+        Err(_) => return ProxyError::BadRequest.into_response(&request_id),
+    };
+
+    let mut record = state.recorder.as_ref().map(|recorder| {
+        let operation = classify(&parts.method, parts.uri.path(), parts.uri.query());
+        let provider = state.provider_override.clone().unwrap_or_else(|| {
+            provider_for(state.upstream.host(), parts.uri.path()).to_owned()
+        });
+        recorder.start(CallInfo {
+            request_id: request_id.clone(),
+            method: parts.method.clone(),
+            path_and_query: path_and_query.clone(),
+            operation,
+            provider,
+            client_ip,
+            headers: parts.headers.clone(),
+            started_at,
+        })
+    });
+
+    let request_capture = Capture::new(
+        state.capture_cap,
+        on_done(record.as_mut().and_then(CallRecord::request_sender)),
+    );
+    let upstream_body = match read_prefix(body, request_capture, state.capture_cap).await {
+        Ok(b) => b,
+        Err(()) => {
+            // The app's body broke off while being read: nothing was sent.
+            if let Some(r) = record.as_mut() {
+                r.fail(
+                    Failure::Unreachable,
+                    ProxyError::BadRequest.status(),
+                    "request body could not be read from the client".into(),
+                );
+            }
+            return ProxyError::BadRequest.into_response(&request_id);
+        }
+    };
+
+    let mut upstream_req = Request::new(upstream_body);
+    *upstream_req.method_mut() = parts.method;
+    *upstream_req.uri_mut() = uri;
+    *upstream_req.headers_mut() = forwardable(parts.headers);
+    upstream_req.headers_mut().remove(header::HOST);
+
+    let sent = tokio::time::timeout(state.upstream_timeout, state.client.request(upstream_req)).await;
+    let response = match sent {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            let detail = error_chain(&error);
+            tracing::warn!(request_id = %request_id, error = %detail, "Upstream request failed.");
+            let e = ProxyError::UpstreamUnreachable;
+            if let Some(r) = record.as_mut() {
+                r.fail(Failure::Unreachable, e.status(), detail);
+            }
+            return e.into_response(&request_id);
+        }
+        Err(_) => {
+            tracing::warn!(request_id = %request_id, "Upstream response headers timed out.");
+            let e = ProxyError::UpstreamTimeout;
+            if let Some(r) = record.as_mut() {
+                r.fail(
+                    Failure::Timeout,
+                    e.status(),
+                    format!(
+                        "no response headers within {} s",
+                        state.upstream_timeout.as_secs_f64()
+                    ),
+                );
+            }
+            return e.into_response(&request_id);
+        }
+    };
+    let headers_at = Instant::now();
+    let (mut parts, incoming) = response.into_parts();
+    let response_sender = record.as_mut().and_then(CallRecord::response_sender);
+    let status = parts.status;
+    let upstream_headers = response_sender.as_ref().map(|_| parts.headers.clone());
+    let response_capture = Capture::new(
+        state.capture_cap,
+        Box::new(move |body| {
+            if let (Some(tx), Some(headers)) = (response_sender, upstream_headers) {
+                let _ = tx.send(ResponseOutcome::Upstream {
+                    status,
+                    headers,
+                    headers_at,
+                    body,
+                });
+            }
+        }),
+    );
+    parts.headers = forwardable(parts.headers);
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        parts.headers.insert(REQUEST_ID_HEADER, v);
+    }
+    let body = TeeBody::new(
+        IdleTimeoutBody::new(incoming, state.stream_idle_timeout),
+        response_capture,
+    );
+    Response::from_parts(parts, Either::Left(body))
+}
+
+/// Reads the request body up to the capture cap, so the whole of a typical
+/// LLM request is known before it goes upstream; anything longer streams
+/// on through the tee. At most one frame beyond the cap is held.
+async fn read_prefix(
+    mut body: Incoming,
+    mut capture: Capture,
+    cap: usize,
+) -> Result<UpstreamBody, ()> {
+    let mut prefix = BytesMut::new();
+    while prefix.len() < cap {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    capture.observe(data);
+                    prefix.extend_from_slice(data);
+                }
+            }
+            Some(Err(error)) => {
+                capture.finish(BodyEnd::Error(error.to_string()));
+                return Err(());
+            }
+            None => {
+                capture.finish(BodyEnd::Complete);
+                return Ok(UpstreamBody::new(prefix.freeze(), None));
+            }
+        }
+    }
+    let prefix: Bytes = prefix.freeze();
+    Ok(UpstreamBody::new(prefix, Some(TeeBody::new(body, capture))))
+}
+
+fn on_done(sender: Option<tokio::sync::oneshot::Sender<crate::capture::tee::Captured>>) -> OnDone {
+    Box::new(move |captured| {
+        if let Some(tx) = sender {
+            let _ = tx.send(captured);
+        }
+    })
+}
+
+/// `headers` without hop-by-hop headers, including those the
+/// `Connection` header names.
+fn forwardable(mut headers: HeaderMap) -> HeaderMap {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+        headers.remove(name);
+    }
+    headers
+}
+
+/// The error and its sources on one line (hyper's top-level messages alone
+/// say little, e.g. "client error (Connect)").
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret-hop".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::AUTHORIZATION, "Bearer sk-x".parse().unwrap());
+        h.insert("x-request-id", "abc".parse().unwrap());
+        let out = forwardable(h);
+        assert!(out.get(header::CONNECTION).is_none());
+        assert!(out.get("keep-alive").is_none());
+        assert!(out.get("x-secret-hop").is_none());
+        assert!(out.get(header::TRANSFER_ENCODING).is_none());
+        assert_eq!(out.get(header::AUTHORIZATION).unwrap(), "Bearer sk-x");
+        assert_eq!(out.get("x-request-id").unwrap(), "abc");
+    }
+}

@@ -1,0 +1,110 @@
+//! Responses the proxy makes itself, in the OpenAI error shape.
+//!
+//! Each carries `x-audit-proxy-error: <code>` so clients and operators can
+//! tell the proxy's own errors from upstream's.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+use serde_json::json;
+
+use super::body::ProxyBody;
+
+/// Header naming the proxy's own error code on responses it made.
+pub const PROXY_ERROR_HEADER: &str = "x-audit-proxy-error";
+/// Header carrying the call's request id on every response.
+pub const REQUEST_ID_HEADER: &str = "x-audit-request-id";
+
+/// A failure the proxy answers for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No connection to upstream, or it failed before answering.
+    UpstreamUnreachable,
+    /// Upstream sent no response headers within the configured timeout.
+    UpstreamTimeout,
+    /// `fail_closed` is set and the store cannot take events.
+    AuditStoreUnavailable,
+    /// The app's request could not be read.
+    BadRequest,
+    /// The proxy is shutting down.
+    ShuttingDown,
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::AuditStoreUnavailable | ProxyError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Short, fixed code: the `code` field, the marker header and the
+    /// metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::UpstreamUnreachable => "upstream_unreachable",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::AuditStoreUnavailable => "audit_store_unavailable",
+            ProxyError::BadRequest => "bad_request",
+            ProxyError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            ProxyError::UpstreamUnreachable => {
+                "The audit proxy could not reach the upstream API. Try again later."
+            }
+            ProxyError::UpstreamTimeout => {
+                "The upstream API did not answer in time (audit proxy upstream timeout)."
+            }
+            ProxyError::AuditStoreUnavailable => {
+                "The audit store is unavailable and the proxy is configured to fail closed."
+            }
+            ProxyError::BadRequest => "The audit proxy could not read the request.",
+            ProxyError::ShuttingDown => "The audit proxy is shutting down.",
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The OpenAI-style JSON body.
+    pub fn body_json(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.message(),
+            "type": self.kind(),
+            "param": null,
+            "code": self.code(),
+        }})
+    }
+
+    pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
+        let body = Bytes::from(self.body_json().to_string());
+        let mut response = Response::new(Either::Right(Full::new(body)));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.code()));
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert(REQUEST_ID_HEADER, v);
+        }
+        if self == ProxyError::ShuttingDown {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}

@@ -1,0 +1,26 @@
+//! The process's own diagnostics: tracing to stderr, JSON or text.
+//!
+//! Verbosity follows `RUST_LOG` (tracing's EnvFilter syntax), `info` by
+//! default. These logs never carry bodies, prompts or credentials; the
+//! audit record is the place for content, sanitised.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. A second call is a no-op (tests start
+/// several servers in one process).
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
