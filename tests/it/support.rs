@@ -1,0 +1,139 @@
+//! Shared test helpers: the mock upstream and an in-process proxy.
+
+pub mod mock;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use llm_audit_proxy::app::{self, Running};
+use llm_audit_proxy::config::{self, FlagValues};
+use serde_json::Value;
+
+pub use mock::MockUpstream;
+
+/// The proxy running in this process on ephemeral loopback ports, with its
+/// store in a temporary folder.
+pub struct TestProxy {
+    running: Option<Running>,
+    pub proxy_url: String,
+    pub admin_url: String,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub http: reqwest::Client,
+}
+
+impl TestProxy {
+    pub async fn start(upstream: &str) -> Self {
+        Self::start_with(upstream, &[]).await
+    }
+
+    /// Starts with extra configuration as environment-style pairs.
+    pub async fn start_with(upstream: &str, extra: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut proxy = Self::start_in(upstream, &dir, extra).await;
+        proxy._tmp = Some(tmp);
+        proxy
+    }
+
+    /// Starts on an existing store folder (for restart tests).
+    pub async fn start_in(upstream: &str, dir: &Path, extra: &[(&str, &str)]) -> Self {
+        let mut env: HashMap<String, String> = HashMap::new();
+        env.insert("LLM_AUDIT_PROXY_LISTEN".into(), "127.0.0.1:0".into());
+        env.insert("LLM_AUDIT_PROXY_ADMIN_LISTEN".into(), "127.0.0.1:0".into());
+        env.insert("LLM_AUDIT_PROXY_UPSTREAM".into(), upstream.into());
+        env.insert("LLM_AUDIT_PROXY_FILE_PATH".into(), dir.display().to_string());
+        env.insert("LLM_AUDIT_PROXY_LOG_FORMAT".into(), "text".into());
+        for (k, v) in extra {
+            env.insert((*k).into(), (*v).into());
+        }
+        let config = config::load(None, &env, &FlagValues::new()).unwrap();
+        let running = app::start(config).await.unwrap();
+        let proxy_url = format!("http://{}", running.proxy_addr);
+        let admin_url = format!("http://{}", running.admin_addr);
+        Self {
+            running: Some(running),
+            proxy_url,
+            admin_url,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.proxy_url)
+    }
+
+    /// GET on the admin API; returns status and JSON body.
+    pub async fn admin_get(&self, path_and_query: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path_and_query}", self.admin_url))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Events matching `query` (newest first), waiting until at least `n`
+    /// are stored (bounded: 10 s).
+    pub async fn wait_events(&self, query: &str, n: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = self.admin_get(&format!("/api/events?limit=10000&{query}")).await;
+            assert_eq!(status, 200, "{body}");
+            let events = body["events"].as_array().cloned().unwrap_or_default();
+            if events.len() >= n || tokio::time::Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The REQUEST and RESPONSE (and other) events of one call, oldest
+    /// first, once both REQUEST and RESPONSE are stored.
+    pub async fn call_events(&self, request_id: &str) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut events = self.wait_events(&format!("request_id={request_id}"), 2).await;
+            events.reverse();
+            let has = |t: &str| events.iter().any(|e| e["event_type"] == t);
+            if (has("REQUEST") && has("RESPONSE")) || tokio::time::Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Shuts down in phases and waits until done.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown();
+            running.wait().await;
+        }
+    }
+}
+
+/// The event of `event_type` among `events`.
+pub fn of_type<'a>(events: &'a [Value], event_type: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["event_type"] == event_type)
+        .unwrap_or_else(|| panic!("no {event_type} in {events:#?}"))
+}
+
+/// An address on loopback that nothing listens on.
+pub async fn dead_address() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}")
+}

@@ -1,0 +1,228 @@
+//! A mock OpenAI-compatible upstream on 127.0.0.1 with an ephemeral port.
+//! It replays fixture JSON and SSE, counts calls, and can misbehave on
+//! request (slow streams, 429s, compressed answers).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// What the mock saw of one call.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Default)]
+struct Shared {
+    calls: AtomicUsize,
+    seen: Mutex<Vec<Seen>>,
+    /// Streams dropped by the proxy before their end.
+    streams_cancelled: AtomicUsize,
+}
+
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { break };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(route(s, req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, shared, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn calls(&self) -> usize {
+        self.shared.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared.seen.lock().unwrap().clone()
+    }
+
+    pub fn streams_cancelled(&self) -> usize {
+        self.shared.streams_cancelled.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("x-request-id", "req_upstream_123")
+        .header("openai-processing-ms", "12")
+        .body(Full::new(body.into()).boxed())
+        .unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/it/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// SSE `data:` lines of a fixture file, one chunk per event, sent with
+/// `delay` between them; counts a cancellation if the reader goes away.
+fn sse(shared: Arc<Shared>, events: Vec<String>, delay: Duration) -> Response<Body> {
+    struct CancelGuard(Arc<Shared>, bool);
+    impl Drop for CancelGuard {
+        fn drop(&mut self) {
+            if !self.1 {
+                self.0.streams_cancelled.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    let stream = async_stream::stream! {
+        let mut guard = CancelGuard(shared, false);
+        for event in events {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            yield Ok::<_, Infallible>(Frame::data(Bytes::from(event)));
+        }
+        guard.1 = true;
+    };
+    Response::builder()
+        .header("content-type", "text/event-stream; charset=utf-8")
+        .header("x-request-id", "req_upstream_stream")
+        .body(StreamBody::new(stream).boxed())
+        .unwrap()
+}
+
+fn split_sse(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| format!("{e}\n\n"))
+        .collect()
+}
+
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    shared.calls.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let pq = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    shared.seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        path_and_query: pq.clone(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let stream = json["stream"].as_bool().unwrap_or(false);
+    let path = parts.uri.path().to_owned();
+    let delay_ms: u64 = parts
+        .headers
+        .get("x-mock-chunk-delay-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let delay = Duration::from_millis(delay_ms);
+    if let Some(ms) = parts.headers.get("x-mock-header-delay-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    match path.as_str() {
+        p if p.ends_with("/chat/completions") && stream => {
+            let name = if json["tools"].is_array() { "chat_stream_tools.sse" } else { "chat_stream.sse" };
+            sse(shared, split_sse(&fixture(name)), delay)
+        }
+        p if p.ends_with("/chat/completions") => {
+            let body = fixture("chat_completion.json");
+            if parts.headers.get("accept-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("gzip")) {
+                use std::io::Write;
+                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                enc.write_all(body.as_bytes()).unwrap();
+                let gz = enc.finish().unwrap();
+                let mut r = full(StatusCode::OK, "application/json", gz);
+                r.headers_mut().insert("content-encoding", "gzip".parse().unwrap());
+                return r;
+            }
+            full(StatusCode::OK, "application/json", body)
+        }
+        p if p.ends_with("/embeddings") => full(StatusCode::OK, "application/json", fixture("embeddings.json")),
+        p if p.ends_with("/responses") && stream => sse(shared, split_sse(&fixture("responses_stream.sse")), delay),
+        p if p.ends_with("/responses") => full(StatusCode::OK, "application/json", fixture("responses.json")),
+        p if p.ends_with("/models") => full(StatusCode::OK, "application/json", r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model"}]}"#),
+        "/v1/rate-limited" => {
+            let mut r = full(
+                StatusCode::TOO_MANY_REQUESTS,
+                "application/json",
+                r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+            );
+            r.headers_mut().insert("retry-after", "7".parse().unwrap());
+            r
+        }
+        "/v1/echo" => {
+            let ct = parts.headers.get("content-type").cloned();
+            let mut r = full(StatusCode::OK, "application/octet-stream", body);
+            if let Some(ct) = ct {
+                r.headers_mut().insert("content-type", ct);
+            }
+            r
+        }
+        "/v1/endless" => {
+            let events: Vec<String> = (0..1000)
+                .map(|i| format!("data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"))
+                .collect();
+            sse(shared, events, Duration::from_millis(delay_ms.max(20)))
+        }
+        "/v1/silent-stream" => {
+            // Sends one chunk, then nothing, forever.
+            let stream = async_stream::stream! {
+                yield Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n")));
+                std::future::pending::<()>().await;
+            };
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(StreamBody::new(stream).boxed())
+                .unwrap()
+        }
+        _ => full(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            r#"{"error":{"message":"Unknown path","type":"invalid_request_error","param":null,"code":null}}"#,
+        ),
+    }
+}
