@@ -11,6 +11,6 @@
 //! exports through the same store interface.
 
 pub mod event;
-pub mod store;
 pub mod pipeline;
 pub mod readiness;
+pub mod store;
