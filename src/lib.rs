@@ -10,6 +10,7 @@
 //! batches to the configured [`store`]. The [`admin`] listener queries and
 //! exports through the same store interface.
 
+pub mod admin;
 pub mod event;
 pub mod pipeline;
 pub mod readiness;
