@@ -24,7 +24,7 @@ use crate::event::{format_timestamp, AuditEvent};
 use crate::store::EventStream;
 
 /// Bytes buffered before they are passed on.
-const FLUSH_BYTES: usize = 32 * 1024;
+pub const FLUSH_BYTES: usize = 32 * 1024;
 
 /// The CSV columns, in order.
 pub const CSV_HEADER: [&str; 10] = [
