@@ -10,14 +10,14 @@
 //! batches to the configured [`store`]. The [`admin`] listener queries and
 //! exports through the same store interface.
 
-pub mod event;
-pub mod store;
-pub mod pipeline;
-pub mod readiness;
-pub mod config;
-pub mod capture;
 pub mod admin;
 pub mod app;
+pub mod capture;
 pub mod cli;
+pub mod config;
+pub mod event;
+pub mod pipeline;
 pub mod proxy;
+pub mod readiness;
+pub mod store;
 pub mod telemetry;

@@ -121,7 +121,11 @@ impl Handle {
         }
         let (ack_tx, ack_rx) = oneshot::channel();
         self.stats.offered.fetch_add(1, Ordering::Relaxed);
-        if self.tx.try_send(WriterMsg::EventAck(event, ack_tx)).is_err() {
+        if self
+            .tx
+            .try_send(WriterMsg::EventAck(event, ack_tx))
+            .is_err()
+        {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return Err(SubmitError::QueueFull);
         }

@@ -4,6 +4,8 @@
 //! stamped by the pipeline's writer. Every backend answers queries the same
 //! way (newest first, keyset cursor on `seq`) and exports oldest first.
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod memory;
 pub mod sqlite;
 
@@ -71,6 +73,8 @@ pub struct StoreStats {
     pub store_bytes: u64,
     pub oldest_timestamp: Option<String>,
     pub newest_timestamp: Option<String>,
+    /// COMPLIANCE_VIOLATION events by their `policy_name` metadata.
+    pub violations_by_policy: std::collections::BTreeMap<String, u64>,
 }
 
 /// A store failure. `retriable` tells the writer whether trying the same
@@ -126,6 +130,25 @@ pub type SharedStore = Arc<dyn AuditStore>;
 impl StoreError {
     pub fn is_retriable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_) | StoreError::Full(_))
+    }
+}
+
+// === impl EventPage ===
+
+impl EventPage {
+    /// Builds a page from up to `limit + 1` events read newest first: the
+    /// extra one only says that another page exists.
+    pub(crate) fn from_overfetched(mut events: Vec<AuditEvent>, limit: usize) -> Self {
+        let next_before_seq = if events.len() > limit {
+            events.truncate(limit);
+            events.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Self {
+            events,
+            next_before_seq,
+        }
     }
 }
 

@@ -106,12 +106,12 @@ impl Writer {
                 }
             }
             let taken = batch.len() as u64;
-            let _ = self
-                .stats
-                .queue_depth
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
-                    Some(d.saturating_sub(taken))
-                });
+            let _ =
+                self.stats
+                    .queue_depth
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                        Some(d.saturating_sub(taken))
+                    });
             self.report_drops(&mut batch);
             if !batch.is_empty() {
                 let result = self.write(&batch).await;

@@ -1,0 +1,207 @@
+//! A bounded in-memory store: the newest `limit` events, oldest dropped.
+//!
+//! For tests, demos and sidecars whose events are shipped elsewhere. It
+//! answers queries, exports and stats exactly like the persistent stores;
+//! events pushed out of the ring are counted in [`MemoryStore::dropped`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use futures_util::stream::{self, StreamExt};
+
+use super::{
+    AuditStore, ChainHead, EventFilter, EventPage, EventQuery, EventStream, StoreError, StoreStats,
+    MAX_QUERY_LIMIT,
+};
+use crate::event::{format_timestamp, AuditEvent, EventType};
+
+/// The in-memory ring store.
+#[derive(Debug)]
+pub struct MemoryStore {
+    limit: usize,
+    inner: Mutex<Ring>,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    /// Ascending `seq`, as appended.
+    events: VecDeque<AuditEvent>,
+    dropped: u64,
+}
+
+// === impl MemoryStore ===
+
+impl MemoryStore {
+    /// A store keeping at most `limit` events (at least one, so the chain
+    /// head is never lost).
+    pub fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
+        Self {
+            limit,
+            inner: Mutex::new(Ring {
+                events: VecDeque::with_capacity(limit.min(4096)),
+                dropped: 0,
+            }),
+        }
+    }
+
+    /// Events pushed out of the ring so far.
+    pub fn dropped(&self) -> u64 {
+        self.ring().dropped
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn ring(&self) -> MutexGuard<'_, Ring> {
+        // No code path panics while holding the lock, and the ring is
+        // consistent between statements, so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl AuditStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn append_batch(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        let mut ring = self.ring();
+        for event in events {
+            if ring.events.len() == self.limit {
+                ring.events.pop_front();
+                ring.dropped += 1;
+            }
+            ring.events.push_back(event);
+        }
+        Ok(())
+    }
+
+    async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
+        Ok(self.ring().events.back().map(|e| ChainHead {
+            seq: e.seq,
+            hash: e.hash.clone(),
+        }))
+    }
+
+    async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
+        let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
+        let ring = self.ring();
+        // Events are in ascending seq, so the cursor is a binary search.
+        let end = match query.before_seq {
+            Some(before) => ring.events.partition_point(|e| e.seq < before),
+            None => ring.events.len(),
+        };
+        let events = ring
+            .events
+            .range(..end)
+            .rev()
+            .filter(|e| query.filter.matches(e))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        Ok(EventPage::from_overfetched(events, limit))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<AuditEvent>, StoreError> {
+        Ok(self.ring().events.iter().find(|e| e.id == id).cloned())
+    }
+
+    fn export(&self, filter: EventFilter) -> EventStream {
+        // A snapshot is bounded by `limit`, so it cannot grow memory
+        // beyond what the store already holds.
+        let snapshot: Vec<AuditEvent> = self
+            .ring()
+            .events
+            .iter()
+            .filter(|e| filter.matches(e))
+            .cloned()
+            .collect();
+        stream::iter(snapshot.into_iter().map(Ok)).boxed()
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let ring = self.ring();
+        let mut stats = StoreStats {
+            total_events: ring.events.len() as u64,
+            oldest_timestamp: ring
+                .events
+                .iter()
+                .map(|e| e.timestamp)
+                .min()
+                .map(|t| format_timestamp(&t)),
+            newest_timestamp: ring
+                .events
+                .iter()
+                .map(|e| e.timestamp)
+                .max()
+                .map(|t| format_timestamp(&t)),
+            ..StoreStats::default()
+        };
+        let count = |map: &mut BTreeMap<String, u64>, key: &str| {
+            *map.entry(key.to_owned()).or_default() += 1;
+        };
+        for e in &ring.events {
+            count(&mut stats.by_type, e.event_type.as_str());
+            count(&mut stats.by_level, e.level.as_str());
+            if e.event_type == EventType::ComplianceViolation {
+                let policy = e.metadata["policy_name"].as_str().unwrap_or_default();
+                count(&mut stats.violations_by_policy, policy);
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        drop(self.ring());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{chain::GENESIS_HASH, NewEvent};
+
+    #[tokio::test]
+    async fn conforms() {
+        crate::store::conformance::conformance_suite(|| async {
+            (
+                std::sync::Arc::new(MemoryStore::new(10_000)) as crate::store::SharedStore,
+                (),
+            )
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn ring_drops_oldest_and_counts_them() {
+        let store = MemoryStore::new(3);
+        let mut prev = GENESIS_HASH.to_owned();
+        let events: Vec<_> = (1..=5)
+            .map(|seq| {
+                let e = NewEvent::new(EventType::Custom, format!("e{seq}")).seal(seq, &prev);
+                prev.clone_from(&e.hash);
+                e
+            })
+            .collect();
+        store.append_batch(events.clone()).await.unwrap();
+        assert_eq!(store.dropped(), 2);
+        let page = store
+            .query(&EventQuery {
+                filter: EventFilter::default(),
+                limit: 10,
+                before_seq: None,
+            })
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = page.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [5, 4, 3]);
+        assert_eq!(store.head().await.unwrap().unwrap().seq, 5);
+        assert!(store.get(&events[0].id).await.unwrap().is_none());
+        assert_eq!(store.stats().await.unwrap().total_events, 3);
+    }
+}

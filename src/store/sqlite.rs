@@ -1,0 +1,562 @@
+//! The default store: one SQLite file, `audit.db`, in the configured folder.
+//!
+//! The file is in WAL mode, so readers (the admin API, an offline `events`
+//! or `export` run in another process) never block the writer and the
+//! writer never blocks them. Two connections live on tokio-rusqlite's own
+//! threads: the writer, which the pipeline's single writer task drives, and
+//! a reader for queries, so a page request never waits behind a batch.
+//! Exports open a third, short-lived connection on a blocking thread and
+//! push chunks through a bounded channel, so memory stays flat whatever
+//! the size and the reads stop as soon as the consumer goes away.
+
+mod schema;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::{self, StreamExt};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, OpenFlags, OptionalExtension, TransactionBehavior};
+use tokio::sync::mpsc;
+use tokio_rusqlite::Connection;
+
+use super::{
+    AuditStore, ChainHead, EventFilter, EventPage, EventQuery, EventStream, StoreError, StoreStats,
+    MAX_QUERY_LIMIT,
+};
+use crate::event::{format_timestamp, parse_timestamp, AuditEvent, EventType, Level};
+
+/// The file name inside the store folder.
+pub const DB_FILE: &str = "audit.db";
+
+/// How long a statement waits for another connection's lock before the
+/// store reports itself unavailable.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Rows read per export step.
+const EXPORT_CHUNK: usize = 1000;
+/// Chunks an export may read ahead of its consumer.
+const EXPORT_READ_AHEAD: usize = 2;
+
+/// Every column, in the order [`read_row`] decodes them.
+const COLUMNS: &str =
+    "seq, id, timestamp, event_type, level, message, request_id, metadata, prev_hash, hash";
+
+const INSERT: &str = "INSERT INTO events \
+    (seq, id, timestamp, event_type, level, level_rank, message, request_id, metadata, prev_hash, hash) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// The SQLite store. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct SqliteStore {
+    /// `None` when opened read-only.
+    writer: Option<Connection>,
+    reader: Connection,
+    path: PathBuf,
+}
+
+/// A WHERE clause assembled from fixed fragments with `?` placeholders,
+/// and the values bound to them in order. Values never enter the SQL text.
+#[derive(Debug, Default, Clone)]
+struct Conditions {
+    fragments: Vec<String>,
+    params: Vec<SqlValue>,
+}
+
+type Chunk = Result<Vec<AuditEvent>, StoreError>;
+
+// === impl SqliteStore ===
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/audit.db` for reading and writing,
+    /// creating `dir` too. Sets WAL mode, `synchronous=NORMAL` and a busy
+    /// timeout, and applies any pending schema migrations.
+    pub async fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
+        let path = dir.join(DB_FILE);
+        let writer = Connection::open(&path).await.map_err(StoreError::from)?;
+        writer
+            .call(|conn| {
+                configure(conn)?;
+                // WAL lets readers in other processes run beside the writer;
+                // NORMAL is durable across application crashes, and WAL
+                // keeps the file consistent across power loss.
+                let mode: String =
+                    conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+                if !mode.eq_ignore_ascii_case("wal") {
+                    return Err(StoreError::Other(format!(
+                        "cannot switch the store to WAL mode (journal_mode is {mode})"
+                    )));
+                }
+                conn.pragma_update(None, "synchronous", "NORMAL")?;
+                schema::migrate(conn)
+            })
+            .await
+            .map_err(from_call)?;
+        let reader = open_reader(&path).await?;
+        Ok(SqliteStore {
+            writer: Some(writer),
+            reader,
+            path,
+        })
+    }
+
+    /// Opens an existing `dir/audit.db` for reading only, for offline
+    /// commands that run while a server writes the same file. Appends fail;
+    /// the schema is checked, never migrated.
+    pub async fn open_read_only(dir: &Path) -> Result<SqliteStore, StoreError> {
+        let path = dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(StoreError::Unavailable(format!(
+                "no audit store at {}",
+                path.display()
+            )));
+        }
+        let reader = open_reader(&path).await?;
+        reader
+            .call(|conn| {
+                let version = schema::user_version(conn)?;
+                schema::check_supported(version)
+            })
+            .await
+            .map_err(from_call)?;
+        Ok(SqliteStore {
+            writer: None,
+            reader,
+            path,
+        })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn writer(&self) -> Result<&Connection, StoreError> {
+        self.writer
+            .as_ref()
+            .ok_or_else(|| StoreError::Other("the store was opened read-only".into()))
+    }
+
+    async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&mut rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.reader.call(f).await.map_err(from_call)
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn append_batch(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.writer()?
+            .call(move |conn| {
+                // IMMEDIATE takes the write lock first, so contention shows
+                // up as BUSY before any row is written.
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                {
+                    let mut insert = tx.prepare_cached(INSERT)?;
+                    for e in &events {
+                        let metadata = serde_json::to_string(&e.metadata)
+                            .map_err(|err| StoreError::Other(format!("metadata: {err}")))?;
+                        insert.execute(params![
+                            e.seq,
+                            e.id,
+                            format_timestamp(&e.timestamp),
+                            e.event_type.as_str(),
+                            e.level.as_str(),
+                            e.level.rank(),
+                            e.message,
+                            e.request_id,
+                            metadata,
+                            e.prev_hash,
+                            e.hash,
+                        ])?;
+                    }
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .map_err(from_call)
+    }
+
+    async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
+        // Read through the writer when there is one: it is the connection
+        // that last committed, so the head is never behind the chain.
+        let conn = self.writer.as_ref().unwrap_or(&self.reader);
+        conn.call(|conn| {
+            let head = conn
+                .prepare_cached("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")?
+                .query_row([], |r| {
+                    Ok(ChainHead {
+                        seq: r.get(0)?,
+                        hash: r.get(1)?,
+                    })
+                })
+                .optional()?;
+            Ok(head)
+        })
+        .await
+        .map_err(from_call)
+    }
+
+    async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
+        let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
+        let mut conditions = Conditions::from_filter(&query.filter);
+        if let Some(before) = query.before_seq {
+            conditions.push("seq < ?", before);
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events{} ORDER BY seq DESC LIMIT ?",
+            conditions.where_sql()
+        );
+        // One row more than asked tells whether another page exists.
+        conditions.params.push(SqlValue::Integer(limit as i64 + 1));
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params_from_iter(conditions.params.iter()))?;
+            let mut events = Vec::new();
+            while let Some(row) = rows.next()? {
+                events.push(read_row(row)?);
+            }
+            Ok(EventPage::from_overfetched(events, limit))
+        })
+        .await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<AuditEvent>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE id = ?"))?;
+            let mut rows = stmt.query([id])?;
+            match rows.next()? {
+                Some(row) => Ok(Some(read_row(row)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    fn export(&self, filter: EventFilter) -> EventStream {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let error = StoreError::Other("export needs a tokio runtime".into());
+            return stream::once(async move { Err(error) }).boxed();
+        };
+        let (tx, rx) = mpsc::channel::<Chunk>(EXPORT_READ_AHEAD);
+        let path = self.path.clone();
+        // Detached on purpose: the task ends on its own when the export is
+        // done or the receiver (the download) is dropped.
+        drop(runtime.spawn_blocking(move || {
+            if let Err(error) = export_chunks(&path, &filter, &tx) {
+                let _ = tx.blocking_send(Err(error));
+            }
+        }));
+        stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        })
+        .flat_map(|chunk| {
+            let (events, error) = match chunk {
+                Ok(events) => (events, None),
+                Err(error) => (Vec::new(), Some(error)),
+            };
+            stream::iter(events.into_iter().map(Ok).chain(error.map(Err)))
+        })
+        .boxed()
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let path = self.path.clone();
+        self.read(move |conn| {
+            let mut stats = StoreStats::default();
+            let (total, oldest, newest): (i64, Option<String>, Option<String>) = conn
+                .prepare_cached("SELECT COUNT(*), MIN(timestamp), MAX(timestamp) FROM events")?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            stats.total_events = total.max(0) as u64;
+            stats.oldest_timestamp = oldest;
+            stats.newest_timestamp = newest;
+            stats.by_type = group_counts(
+                conn,
+                "SELECT event_type, COUNT(*) FROM events GROUP BY event_type",
+            )?;
+            let by_rank: BTreeMap<i64, u64> = {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT level_rank, COUNT(*) FROM events GROUP BY level_rank",
+                )?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?)))?;
+                rows.map(|r| r.map(|(rank, n)| (rank, n.max(0) as u64)))
+                    .collect::<Result<_, _>>()?
+            };
+            for (rank, count) in by_rank {
+                let level = Level::ALL
+                    .iter()
+                    .find(|l| l.rank() == rank)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown level rank {rank}")))?;
+                stats.by_level.insert(level.as_str().to_owned(), count);
+            }
+            stats.violations_by_policy = group_counts(
+                conn,
+                "SELECT COALESCE(json_extract(metadata, '$.policy_name'), ''), COUNT(*) \
+                 FROM events WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1",
+            )?;
+            stats.store_bytes = file_size(&path) + file_size(&wal_path(&path));
+            Ok(stats)
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        let Some(writer) = &self.writer else {
+            return self
+                .read(|conn| {
+                    conn.prepare_cached("SELECT seq FROM events ORDER BY seq DESC LIMIT 1")?
+                        .query_row([], |r| r.get::<_, i64>(0))
+                        .optional()?;
+                    Ok(())
+                })
+                .await;
+        };
+        writer
+            .call(|conn| {
+                conn.prepare_cached("SELECT seq FROM events ORDER BY seq DESC LIMIT 1")?
+                    .query_row([], |r| r.get::<_, i64>(0))
+                    .optional()?;
+                // Taking and releasing the write lock is the cheapest real
+                // proof that the next append can commit.
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.rollback()?;
+                Ok(())
+            })
+            .await
+            .map_err(from_call)
+    }
+}
+
+// === impl Conditions ===
+
+impl Conditions {
+    fn from_filter(filter: &EventFilter) -> Self {
+        let mut c = Conditions::default();
+        if !filter.event_types.is_empty() {
+            let placeholders = vec!["?"; filter.event_types.len()].join(", ");
+            c.fragments.push(format!("event_type IN ({placeholders})"));
+            c.params.extend(
+                filter
+                    .event_types
+                    .iter()
+                    .map(|t| SqlValue::Text(t.as_str().to_owned())),
+            );
+        }
+        // Stored timestamps are fixed-width UTC text, so text order is time
+        // order and the bounds compare as strings.
+        if let Some(start) = &filter.start_time {
+            c.push("timestamp >= ?", format_timestamp(start));
+        }
+        if let Some(end) = &filter.end_time {
+            c.push("timestamp < ?", format_timestamp(end));
+        }
+        if let Some(request_id) = &filter.request_id {
+            c.push("request_id = ?", request_id.clone());
+        }
+        if let Some(level) = filter.min_level {
+            c.push("level_rank >= ?", level.rank());
+        }
+        c
+    }
+
+    fn push(&mut self, fragment: &'static str, value: impl Into<SqlValue>) {
+        self.fragments.push(fragment.to_owned());
+        self.params.push(value.into());
+    }
+
+    fn where_sql(&self) -> String {
+        if self.fragments.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.fragments.join(" AND "))
+        }
+    }
+}
+
+// === impl StoreError ===
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as Code;
+        let message = error.to_string();
+        match error.sqlite_error_code() {
+            Some(Code::DatabaseBusy | Code::DatabaseLocked) => StoreError::Unavailable(message),
+            Some(Code::DiskFull) => StoreError::Full(message),
+            Some(Code::DatabaseCorrupt | Code::NotADatabase) => StoreError::Corrupt(message),
+            _ => StoreError::Other(message),
+        }
+    }
+}
+
+fn from_call(error: tokio_rusqlite::Error<StoreError>) -> StoreError {
+    match error {
+        tokio_rusqlite::Error::Error(e) => e,
+        tokio_rusqlite::Error::ConnectionClosed => {
+            StoreError::Unavailable("the database connection is closed".into())
+        }
+        other => StoreError::Other(other.to_string()),
+    }
+}
+
+fn configure(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Queries differ by which filters are present; keep every shape hot.
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn read_only_flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI
+}
+
+async fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let reader = Connection::open_with_flags(path, read_only_flags())
+        .await
+        .map_err(StoreError::from)?;
+    reader
+        .call(|conn| configure(conn))
+        .await
+        .map_err(from_call)?;
+    Ok(reader)
+}
+
+/// Reads every matching event up to the head seen at the start, oldest
+/// first, in keyset chunks. Runs on a blocking thread with its own
+/// connection; returns early once the receiver is gone.
+fn export_chunks(
+    path: &Path,
+    filter: &EventFilter,
+    tx: &mpsc::Sender<Chunk>,
+) -> Result<(), StoreError> {
+    let conn = rusqlite::Connection::open_with_flags(path, read_only_flags())?;
+    configure(&conn)?;
+    // Fixing the upper bound first makes an export of a busy store finish,
+    // and makes it the store as it was when the download began.
+    let head: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+    let Some(head) = head else {
+        return Ok(());
+    };
+    let mut conditions = Conditions::from_filter(filter);
+    conditions.push("seq <= ?", head);
+    conditions.push("seq > ?", 0);
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events{} ORDER BY seq ASC LIMIT ?",
+        conditions.where_sql()
+    );
+    conditions
+        .params
+        .push(SqlValue::Integer(EXPORT_CHUNK as i64));
+    let after_index = conditions.params.len() - 2;
+    let mut stmt = conn.prepare(&sql)?;
+    let mut after = i64::MIN;
+    loop {
+        if tx.is_closed() {
+            return Ok(());
+        }
+        conditions.params[after_index] = SqlValue::Integer(after);
+        let mut rows = stmt.query(params_from_iter(conditions.params.iter()))?;
+        let mut chunk = Vec::with_capacity(EXPORT_CHUNK);
+        while let Some(row) = rows.next()? {
+            match read_row(row) {
+                Ok(event) => chunk.push(event),
+                Err(error) => {
+                    // Hand over the good rows before it, so the consumer
+                    // stops exactly at the bad one.
+                    if !chunk.is_empty() {
+                        let _ = tx.blocking_send(Ok(chunk));
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        drop(rows);
+        let full = chunk.len() == EXPORT_CHUNK;
+        match chunk.last() {
+            Some(last) => after = last.seq,
+            None => return Ok(()),
+        }
+        if tx.blocking_send(Ok(chunk)).is_err() || !full {
+            return Ok(());
+        }
+    }
+}
+
+/// Decodes one row selected with [`COLUMNS`]. A value that cannot be the
+/// field it stands for makes the row corrupt, named by its seq.
+fn read_row(row: &rusqlite::Row<'_>) -> Result<AuditEvent, StoreError> {
+    let seq: i64 = row.get(0)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("event seq {seq}: {what}"));
+    let text = |i: usize, name: &str| -> Result<String, StoreError> {
+        row.get::<_, String>(i)
+            .map_err(|_| corrupt(&format!("{name} is not text")))
+    };
+    let timestamp = parse_timestamp(&text(2, "timestamp")?)
+        .ok_or_else(|| corrupt("timestamp is not RFC 3339"))?;
+    let event_type: EventType = text(3, "event_type")?
+        .parse()
+        .map_err(|_| corrupt("event_type is not a valid type"))?;
+    let level: Level = text(4, "level")?
+        .parse()
+        .map_err(|_| corrupt("level is not a valid level"))?;
+    let request_id: Option<String> = row
+        .get(6)
+        .map_err(|_| corrupt("request_id is not text or null"))?;
+    let metadata = serde_json::from_str(&text(7, "metadata")?)
+        .map_err(|_| corrupt("metadata is not valid JSON"))?;
+    Ok(AuditEvent {
+        id: text(1, "id")?,
+        seq,
+        timestamp,
+        event_type,
+        level,
+        message: text(5, "message")?,
+        request_id,
+        metadata,
+        prev_hash: text(8, "prev_hash")?,
+        hash: text(9, "hash")?,
+    })
+}
+
+fn group_counts(
+    conn: &rusqlite::Connection,
+    sql: &'static str,
+) -> Result<BTreeMap<String, u64>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut counts = BTreeMap::new();
+    for row in rows {
+        let (key, n) = row?;
+        counts.insert(key, n.max(0) as u64);
+    }
+    Ok(counts)
+}
+
+fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+#[cfg(test)]
+mod tests;

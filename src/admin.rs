@@ -1,0 +1,161 @@
+//! The admin listener's HTTP API, on its own port.
+//!
+//! | method path | does |
+//! |---|---|
+//! | `GET /healthz` | liveness: `{"status":"ok"}` while the process serves |
+//! | `GET /readyz` | readiness from [`Readiness::check`]: 200 or 503 with a reason |
+//! | `GET /api/events` | a page, newest first, filtered; `next_cursor` for the next |
+//! | `GET /api/events/{id}` | one event, 404 if absent |
+//! | `POST /api/events` | a custom event, stored through the pipeline; 201 with it |
+//! | `GET /api/export` | every matching event, oldest first, streamed as json, ndjson or csv |
+//! | `GET /api/stats` | the store's counts and size plus the pipeline's counters |
+//! | `GET /api/verify` | checks the stored hash chain |
+//!
+//! With tokens configured, every `/api/*` route requires one of them as a
+//! bearer token ([`auth`]); probes stay open. Reads go through
+//! [`AuditStore`](crate::store::AuditStore); custom events go through the
+//! pipeline [`Handle`], so the writer stays the only source of `seq` and
+//! the hash chain. Errors are JSON, mapped in one place ([`error`]).
+
+pub mod auth;
+pub mod error;
+pub mod export;
+pub mod params;
+pub mod query;
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{middleware, Json, Router};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::event::chain::ChainVerifier;
+use crate::pipeline::Handle;
+use crate::readiness::Readiness;
+use crate::store::{EventFilter, SharedStore, StoreStats};
+
+pub use error::AdminError;
+
+/// What the admin handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AdminState {
+    pub store: SharedStore,
+    pub events: Handle,
+    pub readiness: Readiness,
+    /// Accepted bearer tokens; empty means no authentication (the listener
+    /// must then be bound to loopback, which `serve` enforces).
+    pub tokens: Vec<String>,
+}
+
+/// `GET /api/stats` body: the store's numbers, flattened, plus the
+/// pipeline's counters.
+#[derive(Debug, Serialize)]
+struct StatsBody {
+    store: &'static str,
+    #[serde(flatten)]
+    stats: StoreStats,
+    pipeline: PipelineCounters,
+}
+
+#[derive(Debug, Serialize)]
+struct PipelineCounters {
+    offered: u64,
+    dropped: u64,
+    filtered: u64,
+    written: u64,
+    write_failures: u64,
+    lost: u64,
+    queue_depth: u64,
+}
+
+/// Builds the admin router.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/events", get(query::list).post(query::create))
+        .route("/api/events/{id}", get(query::get_one))
+        .route("/api/export", get(export::export))
+        .route("/api/stats", get(stats))
+        .route("/api/verify", get(verify))
+        .fallback(no_route)
+        // On the whole router, not per route, so unknown `/api/*` paths
+        // are refused without a token too rather than revealing a 404.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    match state.readiness.check() {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": reason.as_str()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn stats(State(state): State<AdminState>) -> Result<Response, AdminError> {
+    let stats = state.store.stats().await?;
+    let p = state.events.stats();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    Ok(Json(StatsBody {
+        store: state.store.kind(),
+        stats,
+        pipeline: PipelineCounters {
+            offered: load(&p.offered),
+            dropped: load(&p.dropped),
+            filtered: load(&p.filtered),
+            written: load(&p.written),
+            write_failures: load(&p.write_failures),
+            lost: load(&p.lost),
+            queue_depth: load(&p.queue_depth),
+        },
+    })
+    .into_response())
+}
+
+/// Walks the whole store oldest first. Retention removes the oldest
+/// events, so the first one seen is trusted to link to what came before.
+async fn verify(State(state): State<AdminState>) -> Result<Response, AdminError> {
+    let mut events = state.store.export(EventFilter::default());
+    let mut verifier = ChainVerifier::new();
+    let mut first_bad = None;
+    while let Some(event) = events.next().await {
+        if let Err(broken) = verifier.check(&event?) {
+            first_bad = Some(broken);
+            break;
+        }
+    }
+    let head = verifier
+        .head()
+        .map(|(seq, hash)| json!({"seq": seq, "hash": hash}));
+    Ok(Json(json!({
+        "ok": first_bad.is_none(),
+        "events_checked": verifier.checked(),
+        "first_bad_seq": first_bad.as_ref().map(|b| b.seq),
+        "reason": first_bad.as_ref().map(|b| b.reason.as_str()),
+        "head": head,
+    }))
+    .into_response())
+}
+
+async fn no_route() -> AdminError {
+    AdminError::NoRoute
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+//! `/api/events`: paged queries, one event by id, and custom events.
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::error::AdminError;
+use super::params::{self, Params, FILTER_PARAMS};
+use super::AdminState;
+use crate::event::{AuditEvent, EventType, Level, NewEvent};
+use crate::store::EventQuery;
+
+/// The largest `POST /api/events` body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The longest custom event message, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 4096;
+
+const POST_FIELDS: [&str; 5] = ["event_type", "message", "metadata", "level", "request_id"];
+
+/// `GET /api/events`: newest first, one page.
+pub async fn list(
+    State(state): State<AdminState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, AdminError> {
+    let mut allowed = FILTER_PARAMS.to_vec();
+    allowed.extend(["limit", "cursor"]);
+    let params = Params::parse(raw.as_deref(), &allowed)?;
+    let query = EventQuery {
+        filter: params.filter()?,
+        limit: params.limit()?,
+        before_seq: params.cursor()?,
+    };
+    let page = state.store.query(&query).await?;
+    Ok(Json(json!({
+        "events": page.events,
+        "next_cursor": page.next_before_seq.map(params::encode_cursor),
+    })))
+}
+
+/// `GET /api/events/{id}`.
+pub async fn get_one(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<AuditEvent>, AdminError> {
+    // Ids are UUIDs; anything long cannot match and need not reach the store.
+    if id.len() > 128 {
+        return Err(AdminError::NotFound);
+    }
+    state
+        .store
+        .get(&id)
+        .await?
+        .map(Json)
+        .ok_or(AdminError::NotFound)
+}
+
+/// `POST /api/events`: validates a custom event, stores it through the
+/// pipeline (so it joins the hash chain) and answers with the stored event.
+pub async fn create(State(state): State<AdminState>, body: Body) -> Result<Response, AdminError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|error| {
+            if is_length_limit(&error) {
+                AdminError::BodyTooLarge {
+                    limit: MAX_BODY_BYTES,
+                }
+            } else {
+                AdminError::invalid("body", "the request body could not be read")
+            }
+        })?;
+    let event = parse_custom_event(&bytes)?;
+    let stored = state
+        .events
+        .submit(event)
+        .await
+        .map_err(AdminError::Submit)?;
+    let location = format!("/api/events/{}", stored.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(stored),
+    )
+        .into_response())
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Turns a request body into a custom event, naming the field at fault.
+fn parse_custom_event(body: &[u8]) -> Result<NewEvent, AdminError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|_| AdminError::invalid("body", "the request body must be a JSON object"))?;
+    let Value::Object(mut fields) = value else {
+        return Err(AdminError::invalid(
+            "body",
+            "the request body must be a JSON object",
+        ));
+    };
+    if let Some(unknown) = fields.keys().find(|k| !POST_FIELDS.contains(&k.as_str())) {
+        return Err(AdminError::invalid(
+            unknown.as_str(),
+            format!(
+                "unknown field `{unknown}`; accepted: {}",
+                POST_FIELDS.join(", ")
+            ),
+        ));
+    }
+
+    let event_type = match fields.remove("event_type") {
+        Some(Value::String(s)) => s.parse::<EventType>().map_err(|_| {
+            AdminError::invalid(
+                "event_type",
+                "`event_type` must be CUSTOM or an UPPER_SNAKE name of 1 to 64 characters",
+            )
+        })?,
+        None | Some(Value::Null) => {
+            return Err(AdminError::invalid(
+                "event_type",
+                "`event_type` is required",
+            ))
+        }
+        Some(_) => {
+            return Err(AdminError::invalid(
+                "event_type",
+                "`event_type` must be a string",
+            ))
+        }
+    };
+    if is_reserved(&event_type) {
+        return Err(AdminError::invalid(
+            "event_type",
+            format!(
+                "`event_type` {event_type} is reserved for events the proxy records; \
+                 use CUSTOM or your own UPPER_SNAKE name"
+            ),
+        ));
+    }
+
+    let message = match fields.remove("message") {
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            return Err(AdminError::invalid(
+                "message",
+                "`message` must not be empty",
+            ))
+        }
+        Some(Value::String(s)) if s.chars().count() > MAX_MESSAGE_CHARS => {
+            return Err(AdminError::invalid(
+                "message",
+                format!("`message` must be at most {MAX_MESSAGE_CHARS} characters"),
+            ))
+        }
+        Some(Value::String(s)) => s,
+        None | Some(Value::Null) => {
+            return Err(AdminError::invalid("message", "`message` is required"))
+        }
+        Some(_) => return Err(AdminError::invalid("message", "`message` must be a string")),
+    };
+
+    let metadata = match fields.remove("metadata") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(Value::Object(m)) => Value::Object(m),
+        Some(_) => {
+            return Err(AdminError::invalid(
+                "metadata",
+                "`metadata` must be a JSON object",
+            ))
+        }
+    };
+
+    let mut event = NewEvent::new(event_type, message).with_metadata(metadata);
+
+    match fields.remove("level") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            let level = s.parse::<Level>().map_err(|_| {
+                AdminError::invalid(
+                    "level",
+                    "`level` must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+                )
+            })?;
+            event = event.with_level(level);
+        }
+        Some(_) => return Err(AdminError::invalid("level", "`level` must be a string")),
+    }
+
+    match fields.remove("request_id") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if params::valid_request_id(&s) => {
+            event = event.with_request_id(s);
+        }
+        Some(_) => {
+            return Err(AdminError::invalid(
+                "request_id",
+                "`request_id` must be 1 to 128 characters of letters, digits and -_.:",
+            ))
+        }
+    }
+    Ok(event)
+}
+
+/// Types only the proxy itself records; accepting them from callers would
+/// let anyone forge traffic or security records.
+fn is_reserved(event_type: &EventType) -> bool {
+    matches!(
+        event_type,
+        EventType::Request
+            | EventType::Response
+            | EventType::ComplianceCheck
+            | EventType::ComplianceViolation
+            | EventType::Authentication
+            | EventType::Configuration
+            | EventType::System
+            | EventType::Error
+    )
+}

@@ -1,0 +1,303 @@
+//! One behaviour suite every [`AuditStore`] backend must pass.
+//!
+//! The expected answer of every query is computed from the appended events
+//! with [`EventFilter::matches`], so each backend is held to the same
+//! oracle: newest first for pages, oldest first for exports, a keyset
+//! cursor that visits every event exactly once.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::{AuditStore, EventFilter, EventQuery, SharedStore};
+use crate::event::chain::{ChainVerifier, GENESIS_HASH};
+use crate::event::{AuditEvent, EventType, Level, NewEvent};
+
+/// How many events the suite appends.
+const EVENTS: i64 = 40;
+
+/// Runs the suite. `make` returns a fresh, empty store and a guard that
+/// keeps whatever backs it (a temporary folder) alive.
+pub(crate) async fn conformance_suite<F, Fut, G>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = (SharedStore, G)>,
+{
+    let (store, _guard) = make().await;
+    empty_store(&*store).await;
+
+    let events = sample_events();
+    // Several batches, as the writer would send them.
+    for batch in events.chunks(15) {
+        store.append_batch(batch.to_vec()).await.unwrap();
+    }
+    store.append_batch(Vec::new()).await.unwrap();
+
+    let head = store.head().await.unwrap().unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (head.seq, head.hash.as_str()),
+        (last.seq, last.hash.as_str())
+    );
+    store.health().await.unwrap();
+
+    for filter in sample_filters(&events) {
+        check_filter(&*store, &events, &filter).await;
+    }
+    limits(&*store, &events).await;
+    get_by_id(&*store, &events).await;
+    stats(&*store, &events).await;
+
+    // The stored chain is intact after a round trip through the store.
+    let mut verifier = ChainVerifier::new();
+    let mut export = store.export(EventFilter::default());
+    while let Some(e) = export.next().await {
+        verifier.check(&e.unwrap()).unwrap();
+    }
+    assert_eq!(verifier.checked(), EVENTS as u64);
+}
+
+/// Events with a spread of types, levels, request ids and metadata;
+/// timestamp `i` seconds after a fixed base, so time order is seq order.
+pub(crate) fn sample_events() -> Vec<AuditEvent> {
+    let mut prev = GENESIS_HASH.to_owned();
+    (1..=EVENTS)
+        .map(|seq| {
+            let (event_type, level) = match seq % 6 {
+                0 => (EventType::Request, None),
+                1 => (EventType::Response, None),
+                2 => (EventType::ComplianceViolation, Some(Level::Error)),
+                3 => (EventType::Error, Some(Level::Critical)),
+                4 => (EventType::Other("USER_LOGIN".into()), Some(Level::Debug)),
+                _ => (EventType::Custom, None),
+            };
+            let mut e = NewEvent::new(
+                event_type.clone(),
+                format!("event {seq}: =cmd|' naïve \"q\""),
+            )
+            .with_metadata(json!({
+                "seq": seq,
+                "policy_name": format!("policy-{}", seq % 2),
+                "nested": {"list": [1, "two", null], "text": "line\nbreak, comma"},
+            }));
+            e.timestamp = ts(seq);
+            if let Some(level) = level {
+                e = e.with_level(level);
+            }
+            if seq % 3 != 0 {
+                e = e.with_request_id(format!("req-{}", seq % 5));
+            }
+            let sealed = e.seal(seq, &prev);
+            prev.clone_from(&sealed.hash);
+            sealed
+        })
+        .collect()
+}
+
+/// The timestamp of sample event `seq`.
+pub(crate) fn ts(seq: i64) -> DateTime<Utc> {
+    let base = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    base + Duration::seconds(seq) + Duration::microseconds(123_456)
+}
+
+fn sample_filters(events: &[AuditEvent]) -> Vec<EventFilter> {
+    let t10 = events[9].timestamp;
+    let t30 = events[29].timestamp;
+    vec![
+        EventFilter::default(),
+        EventFilter {
+            event_types: vec![EventType::Request],
+            ..Default::default()
+        },
+        EventFilter {
+            event_types: vec![EventType::Request, EventType::Other("USER_LOGIN".into())],
+            ..Default::default()
+        },
+        EventFilter {
+            event_types: vec![EventType::System],
+            ..Default::default()
+        },
+        EventFilter {
+            start_time: Some(t10),
+            ..Default::default()
+        },
+        EventFilter {
+            end_time: Some(t10),
+            ..Default::default()
+        },
+        EventFilter {
+            start_time: Some(t10),
+            end_time: Some(t30),
+            ..Default::default()
+        },
+        EventFilter {
+            request_id: Some("req-2".into()),
+            ..Default::default()
+        },
+        EventFilter {
+            request_id: Some("absent".into()),
+            ..Default::default()
+        },
+        EventFilter {
+            min_level: Some(Level::Warning),
+            ..Default::default()
+        },
+        EventFilter {
+            min_level: Some(Level::Critical),
+            ..Default::default()
+        },
+        EventFilter {
+            event_types: vec![EventType::Response, EventType::ComplianceViolation],
+            start_time: Some(t10),
+            end_time: Some(t30),
+            request_id: Some("req-1".into()),
+            min_level: Some(Level::Info),
+        },
+    ]
+}
+
+async fn empty_store(store: &dyn AuditStore) {
+    assert!(store.head().await.unwrap().is_none());
+    let page = store
+        .query(&query(EventFilter::default(), 10, None))
+        .await
+        .unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(page.next_before_seq, None);
+    assert!(store.export(EventFilter::default()).next().await.is_none());
+    assert!(store.get("missing").await.unwrap().is_none());
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.total_events, 0);
+    assert!(stats.by_type.is_empty() && stats.oldest_timestamp.is_none());
+    store.health().await.unwrap();
+}
+
+async fn check_filter(store: &dyn AuditStore, events: &[AuditEvent], filter: &EventFilter) {
+    let oldest_first: Vec<&AuditEvent> = events.iter().filter(|e| filter.matches(e)).collect();
+    let newest_first: Vec<&AuditEvent> = oldest_first.iter().rev().copied().collect();
+
+    let page = store
+        .query(&query(filter.clone(), 100, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.events.iter().collect::<Vec<_>>(),
+        newest_first,
+        "{filter:?}"
+    );
+    assert_eq!(page.next_before_seq, None, "{filter:?}");
+
+    // Paging with a small limit visits every match once, in order.
+    let mut walked = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .query(&query(filter.clone(), 3, cursor))
+            .await
+            .unwrap();
+        assert!(page.events.len() <= 3);
+        walked.extend(page.events.iter().map(|e| e.seq));
+        match page.next_before_seq {
+            Some(next) => {
+                assert_eq!(Some(next), page.events.last().map(|e| e.seq));
+                cursor = Some(next);
+            }
+            None => break,
+        }
+    }
+    let expected: Vec<i64> = newest_first.iter().map(|e| e.seq).collect();
+    assert_eq!(walked, expected, "paging {filter:?}");
+
+    let exported: Vec<AuditEvent> = store
+        .export(filter.clone())
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert_eq!(
+        exported.iter().collect::<Vec<_>>(),
+        oldest_first,
+        "export {filter:?}"
+    );
+}
+
+async fn limits(store: &dyn AuditStore, events: &[AuditEvent]) {
+    let all = EventFilter::default();
+    let page = store.query(&query(all.clone(), 1, None)).await.unwrap();
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.events[0].seq, EVENTS);
+    assert_eq!(page.next_before_seq, Some(EVENTS));
+
+    // Exactly as many as match: no next page.
+    let page = store
+        .query(&query(all.clone(), EVENTS as usize, None))
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), events.len());
+    assert_eq!(page.next_before_seq, None);
+
+    let page = store.query(&query(all.clone(), 5, Some(1))).await.unwrap();
+    assert!(page.events.is_empty());
+    let page = store.query(&query(all, 5, Some(3))).await.unwrap();
+    let seqs: Vec<i64> = page.events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [2, 1]);
+
+    // Start is inclusive, end exclusive.
+    let at = EventFilter {
+        start_time: Some(events[9].timestamp),
+        end_time: Some(events[10].timestamp),
+        ..Default::default()
+    };
+    let page = store.query(&query(at, 10, None)).await.unwrap();
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.events[0].seq, 10);
+}
+
+async fn get_by_id(store: &dyn AuditStore, events: &[AuditEvent]) {
+    for e in [&events[0], &events[17], &events[events.len() - 1]] {
+        assert_eq!(store.get(&e.id).await.unwrap().as_ref(), Some(e));
+    }
+    assert!(store
+        .get("0190b6c8-0000-7000-8000-000000000000")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.get("").await.unwrap().is_none());
+}
+
+async fn stats(store: &dyn AuditStore, events: &[AuditEvent]) {
+    let stats = store.stats().await.unwrap();
+    let mut by_type = BTreeMap::new();
+    let mut by_level = BTreeMap::new();
+    let mut by_policy = BTreeMap::new();
+    for e in events {
+        *by_type.entry(e.event_type.to_string()).or_insert(0u64) += 1;
+        *by_level.entry(e.level.to_string()).or_insert(0u64) += 1;
+        if e.event_type == EventType::ComplianceViolation {
+            let policy = e.metadata["policy_name"].as_str().unwrap().to_owned();
+            *by_policy.entry(policy).or_insert(0u64) += 1;
+        }
+    }
+    assert_eq!(stats.total_events, EVENTS as u64);
+    assert_eq!(stats.by_type, by_type);
+    assert_eq!(stats.by_level, by_level);
+    assert_eq!(stats.violations_by_policy, by_policy);
+    assert_eq!(
+        stats.oldest_timestamp.as_deref(),
+        Some(crate::event::format_timestamp(&events[0].timestamp).as_str())
+    );
+    assert_eq!(
+        stats.newest_timestamp.as_deref(),
+        Some(crate::event::format_timestamp(&events[events.len() - 1].timestamp).as_str())
+    );
+}
+
+fn query(filter: EventFilter, limit: usize, before_seq: Option<i64>) -> EventQuery {
+    EventQuery {
+        filter,
+        limit,
+        before_seq,
+    }
+}

@@ -1,0 +1,258 @@
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::*;
+use crate::event::chain::{ChainVerifier, GENESIS_HASH};
+use crate::event::NewEvent;
+use crate::store::conformance::{conformance_suite, sample_events};
+use crate::store::SharedStore;
+
+fn chain(from_seq: i64, prev: &str, n: i64) -> Vec<AuditEvent> {
+    let mut prev = prev.to_owned();
+    (from_seq..from_seq + n)
+        .map(|seq| {
+            let e = NewEvent::new(EventType::Custom, format!("event {seq}"))
+                .with_metadata(json!({"n": seq}))
+                .seal(seq, &prev);
+            prev.clone_from(&e.hash);
+            e
+        })
+        .collect()
+}
+
+fn page_query(limit: usize) -> EventQuery {
+    EventQuery {
+        filter: EventFilter::default(),
+        limit,
+        before_seq: None,
+    }
+}
+
+#[tokio::test]
+async fn conforms() {
+    conformance_suite(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        (Arc::new(store) as SharedStore, dir)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn creates_the_folder_and_sets_the_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a/b");
+    let store = SqliteStore::open(&nested).await.unwrap();
+    assert!(nested.join(DB_FILE).is_file());
+    let conn = rusqlite::Connection::open(nested.join(DB_FILE)).unwrap();
+    assert_eq!(schema::user_version(&conn).unwrap(), schema::SCHEMA_VERSION);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    drop(store);
+}
+
+#[tokio::test]
+async fn reopened_store_keeps_its_events_and_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = sample_events();
+    {
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store.append_batch(events.clone()).await.unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let head = store.head().await.unwrap().unwrap();
+    assert_eq!(head.seq, events.last().unwrap().seq);
+    let page = store.query(&page_query(1000)).await.unwrap();
+    let mut expected = events.clone();
+    expected.reverse();
+    assert_eq!(page.events, expected);
+    assert!(store.stats().await.unwrap().store_bytes > 0);
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(dir.path()).await.unwrap());
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.pragma_update(None, "user_version", schema::SCHEMA_VERSION + 1)
+        .unwrap();
+    drop(conn);
+    let err = SqliteStore::open(dir.path()).await.unwrap_err();
+    assert!(err.to_string().contains("schema version"), "{err}");
+}
+
+#[tokio::test]
+async fn a_reader_handle_sees_what_another_handle_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = SqliteStore::open(dir.path()).await.unwrap();
+    let reader = SqliteStore::open_read_only(dir.path()).await.unwrap();
+    assert!(reader.head().await.unwrap().is_none());
+
+    let first = chain(1, GENESIS_HASH, 50);
+    writer.append_batch(first.clone()).await.unwrap();
+    assert_eq!(reader.head().await.unwrap().unwrap().seq, 50);
+
+    // The reader holds an export open while the writer keeps appending.
+    let mut export = reader.export(EventFilter::default());
+    let got = export.next().await.unwrap().unwrap();
+    assert_eq!(got, first[0]);
+    let more = chain(51, &first[49].hash, 50);
+    writer.append_batch(more).await.unwrap();
+    let rest: Vec<_> = export.map(|e| e.unwrap().seq).collect().await;
+    // The export is the store as it was when it began.
+    assert_eq!(rest, (2..=50).collect::<Vec<i64>>());
+
+    assert_eq!(
+        reader.query(&page_query(10)).await.unwrap().events[0].seq,
+        100
+    );
+    reader.health().await.unwrap();
+    writer.health().await.unwrap();
+    let err = reader.append_batch(chain(101, "x", 1)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Other(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn read_only_open_of_a_missing_store_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = SqliteStore::open_read_only(dir.path()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn large_export_is_complete_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let mut prev = GENESIS_HASH.to_owned();
+    let mut next = 1;
+    for _ in 0..20 {
+        let batch = chain(next, &prev, 1000);
+        prev.clone_from(&batch[999].hash);
+        next += 1000;
+        store.append_batch(batch).await.unwrap();
+    }
+    let mut verifier = ChainVerifier::new();
+    let mut export = store.export(EventFilter::default());
+    let mut expected_seq = 1;
+    while let Some(event) = export.next().await {
+        let event = event.unwrap();
+        assert_eq!(event.seq, expected_seq);
+        verifier.check(&event).unwrap();
+        expected_seq += 1;
+    }
+    assert_eq!(verifier.checked(), 20_000);
+
+    // Dropping a partly read export stops the reads without error.
+    let mut export = store.export(EventFilter::default());
+    assert!(export.next().await.is_some());
+    drop(export);
+    store.health().await.unwrap();
+}
+
+#[tokio::test]
+async fn duplicate_seq_is_rejected_and_the_batch_is_atomic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let events = chain(1, GENESIS_HASH, 3);
+    store.append_batch(events[..2].to_vec()).await.unwrap();
+    let err = store.append_batch(events[1..].to_vec()).await.unwrap_err();
+    assert!(!err.is_retriable(), "{err:?}");
+    // Event 3 came in the failed batch and must not be there.
+    assert_eq!(store.head().await.unwrap().unwrap().seq, 2);
+}
+
+#[tokio::test]
+async fn corrupt_rows_are_reported_with_their_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store.append_batch(chain(1, GENESIS_HASH, 3)).await.unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute("UPDATE events SET metadata = '{not json' WHERE seq = 2", [])
+        .unwrap();
+    conn.execute(
+        "UPDATE events SET timestamp = 'yesterday' WHERE seq = 3",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+
+    let err = store.query(&page_query(10)).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("seq 3") && m.contains("timestamp")),
+        "{err:?}"
+    );
+    let mut export = store.export(EventFilter::default());
+    assert_eq!(export.next().await.unwrap().unwrap().seq, 1);
+    let err = export.next().await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("seq 2") && m.contains("metadata")),
+        "{err:?}"
+    );
+    assert!(export.next().await.is_none());
+}
+
+#[tokio::test]
+async fn a_held_write_lock_makes_the_store_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let blocker = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Shorten the wait so the test is quick; the mapping is what matters.
+    store
+        .writer
+        .as_ref()
+        .unwrap()
+        .call(|c| {
+            c.busy_timeout(Duration::from_millis(50))
+                .map_err(StoreError::from)
+        })
+        .await
+        .unwrap();
+    let err = store.health().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let err = store
+        .append_batch(chain(1, GENESIS_HASH, 1))
+        .await
+        .unwrap_err();
+    assert!(err.is_retriable(), "{err:?}");
+    blocker.execute_batch("ROLLBACK").unwrap();
+    store.health().await.unwrap();
+}
+
+#[test]
+fn error_codes_map_to_store_errors() {
+    let code = |c: i32| {
+        StoreError::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(c),
+            None,
+        ))
+    };
+    assert!(matches!(
+        code(rusqlite::ffi::SQLITE_BUSY),
+        StoreError::Unavailable(_)
+    ));
+    assert!(matches!(
+        code(rusqlite::ffi::SQLITE_LOCKED),
+        StoreError::Unavailable(_)
+    ));
+    assert!(matches!(
+        code(rusqlite::ffi::SQLITE_FULL),
+        StoreError::Full(_)
+    ));
+    assert!(matches!(
+        code(rusqlite::ffi::SQLITE_CORRUPT),
+        StoreError::Corrupt(_)
+    ));
+    assert!(matches!(
+        code(rusqlite::ffi::SQLITE_NOTADB),
+        StoreError::Corrupt(_)
+    ));
+    assert!(matches!(
+        code(rusqlite::ffi::SQLITE_CONSTRAINT),
+        StoreError::Other(_)
+    ));
+}
