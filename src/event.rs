@@ -347,7 +347,10 @@ mod tests {
     #[test]
     fn default_levels_follow_the_contract() {
         assert_eq!(EventType::Request.default_level(), Level::Info);
-        assert_eq!(EventType::ComplianceViolation.default_level(), Level::Warning);
+        assert_eq!(
+            EventType::ComplianceViolation.default_level(),
+            Level::Warning
+        );
         assert_eq!(EventType::Authentication.default_level(), Level::Warning);
         assert_eq!(EventType::Error.default_level(), Level::Error);
         assert_eq!(
@@ -360,7 +363,8 @@ mod tests {
     fn timestamps_have_fixed_width_microseconds() {
         let ts = parse_timestamp("2026-01-02T03:04:05.5+01:00").unwrap();
         assert_eq!(format_timestamp(&ts), "2026-01-02T02:04:05.500000Z");
-        let json = serde_json::to_value(NewEvent::new(EventType::System, "x").seal(1, "00")).unwrap();
+        let json =
+            serde_json::to_value(NewEvent::new(EventType::System, "x").seal(1, "00")).unwrap();
         let s = json["timestamp"].as_str().unwrap();
         assert_eq!(s.len(), 27);
         assert!(s.ends_with('Z'));

@@ -10,5 +10,6 @@
 //! batches to the configured [`store`]. The [`admin`] listener queries and
 //! exports through the same store interface.
 
+pub mod capture;
 pub mod event;
 pub mod store;
