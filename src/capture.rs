@@ -1,3 +1,15 @@
-//! Capturing and interpreting bodies for the audit record.
+//! What the proxy keeps of a call's bodies, and how it makes them safe to
+//! store: naming the operation from the request line, undoing
+//! `Content-Encoding`, reassembling Server-Sent Event streams into the object
+//! the same call returns without streaming, summarising usage, turning raw
+//! bytes into an event value, and redacting credentials and secret-shaped
+//! strings. Everything but [`tee`] (the body wrapper that makes the copy) is
+//! pure: no I/O, no async, no clock.
 
+pub mod body;
+pub mod decode;
+pub mod operation;
+pub mod sanitize;
+pub mod sse;
+pub mod summary;
 pub mod tee;

@@ -1,0 +1,219 @@
+use serde_json::json;
+
+use super::*;
+
+const BOUNDARY: &str = "----WebKitFormBoundary7MA4YWxkTrZu0gW";
+
+fn transcription_form() -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+    b.extend_from_slice(
+        b"Content-Disposition: form-data; name=\"file\"; filename=\"meeting notes.wav\"\r\n",
+    );
+    b.extend_from_slice(b"Content-Type: audio/wav\r\n\r\n");
+    b.extend_from_slice(b"RIFF\x24\x08\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x02\x00\xff\xfe");
+    b.extend_from_slice(format!("\r\n--{BOUNDARY}\r\n").as_bytes());
+    b.extend_from_slice(b"Content-Disposition: form-data; name=\"model\"\r\n\r\n");
+    b.extend_from_slice(b"whisper-1");
+    b.extend_from_slice(format!("\r\n--{BOUNDARY}\r\n").as_bytes());
+    b.extend_from_slice(b"Content-Disposition: form-data; name=\"prompt\"\r\n");
+    b.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n\r\n");
+    b.extend_from_slice("Names: Zoë; \"Bob\"\r\nline two".as_bytes());
+    b.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    b
+}
+
+fn form_type() -> String {
+    format!("multipart/form-data; boundary={BOUNDARY}")
+}
+
+#[test]
+fn empty_is_null() {
+    assert_eq!(
+        body_to_value(b"", Some("application/json"), false),
+        Value::Null
+    );
+    assert_eq!(body_to_value(b"", None, true), Value::Null);
+}
+
+#[test]
+fn json_is_parsed() {
+    let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    for ct in [
+        Some("application/json"),
+        Some("application/json; charset=utf-8"),
+        Some("Application/JSON"),
+        Some("application/vnd.api+json"),
+        None,
+        Some("text/plain"),
+    ] {
+        assert_eq!(
+            body_to_value(body, ct, false),
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+            "{ct:?}"
+        );
+    }
+    assert_eq!(
+        body_to_value(b"42", Some("application/json"), false),
+        json!(42)
+    );
+    assert_eq!(body_to_value(b" [1, 2] ", None, false), json!([1, 2]));
+}
+
+#[test]
+fn truncated_json_is_kept_as_text() {
+    let body = "{\"messages\":[{\"content\":\"héllo wörld".as_bytes();
+    // Cut inside the two-byte `ö`.
+    let cut = body.len() - 4;
+    assert_eq!(body[cut - 1], 0xC3);
+    let v = body_to_value(&body[..cut], Some("application/json"), true);
+    assert_eq!(v, json!("{\"messages\":[{\"content\":\"héllo w"));
+    let v = body_to_value(&body[..cut], None, true);
+    assert_eq!(v, json!("{\"messages\":[{\"content\":\"héllo w"));
+}
+
+#[test]
+fn invalid_json_that_is_not_truncated_is_text() {
+    assert_eq!(
+        body_to_value(b"{not json", Some("application/json"), false),
+        json!("{not json")
+    );
+    assert_eq!(
+        body_to_value(b"{\"a\":\"\xff\"}", Some("application/json"), false),
+        json!("{\"a\":\"\u{FFFD}\"}")
+    );
+}
+
+#[test]
+fn text_and_form_bodies_are_strings() {
+    assert_eq!(
+        body_to_value(b"Internal Server Error", Some("text/plain"), false),
+        json!("Internal Server Error")
+    );
+    assert_eq!(
+        body_to_value(
+            b"a=1&b=two",
+            Some("application/x-www-form-urlencoded"),
+            false
+        ),
+        json!("a=1&b=two")
+    );
+    assert_eq!(
+        body_to_value(
+            "<h1>502 Bad Gateway</h1>".as_bytes(),
+            Some("text/html"),
+            false
+        ),
+        json!("<h1>502 Bad Gateway</h1>")
+    );
+    assert_eq!(body_to_value(b"plain", None, false), json!("plain"));
+    // A text type with bad bytes is still text.
+    assert_eq!(
+        body_to_value(b"caf\xe9", Some("text/plain; charset=latin1"), false),
+        json!("caf\u{FFFD}")
+    );
+}
+
+#[test]
+fn binary_is_described_not_copied() {
+    let png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR";
+    assert_eq!(
+        body_to_value(png, Some("image/png"), false),
+        json!({"binary": true, "content_type": "image/png", "bytes": png.len()})
+    );
+    assert_eq!(
+        body_to_value(b"\xff\xfe\x00\x01", None, false),
+        json!({"binary": true, "content_type": null, "bytes": 4})
+    );
+    // Valid UTF-8 is still binary when the type says so.
+    assert_eq!(
+        body_to_value(b"ID3 tag", Some("audio/mpeg"), false),
+        json!({"binary": true, "content_type": "audio/mpeg", "bytes": 7})
+    );
+    assert_eq!(
+        body_to_value(b"{\"a\":1}", Some("application/octet-stream"), false),
+        json!({"binary": true, "content_type": "application/octet-stream", "bytes": 7})
+    );
+    // NUL bytes in untyped content mean binary.
+    assert_eq!(body_to_value(b"ab\0cd", None, false)["binary"], json!(true));
+}
+
+#[test]
+fn multipart_fields_are_described_without_file_contents() {
+    let body = transcription_form();
+    let v = body_to_value(&body, Some(&form_type()), false);
+    assert_eq!(
+        v,
+        json!({"multipart": [
+            {"name": "file", "filename": "meeting notes.wav", "content_type": "audio/wav", "bytes": 26},
+            {"name": "model", "filename": null, "content_type": null, "bytes": 9, "text": "whisper-1"},
+            {"name": "prompt", "filename": null, "content_type": "text/plain; charset=utf-8",
+             "bytes": 28, "text": "Names: Zoë; \"Bob\"\r\nline two"},
+        ]})
+    );
+}
+
+#[test]
+fn multipart_cut_short_describes_what_arrived() {
+    let body = transcription_form();
+    let at = body.windows(9).position(|w| w == b"whisper-1").unwrap() + 4;
+    let v = body_to_value(&body[..at], Some(&form_type()), true);
+    let parts = v["multipart"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0]["name"], "file");
+    assert!(parts[0].get("truncated").is_none());
+    assert_eq!(parts[1]["text"], "whis");
+    assert_eq!(parts[1]["truncated"], true);
+
+    // Cut inside the first part's headers: nothing can be described.
+    let v = body_to_value(&body[..60], Some(&form_type()), true);
+    assert_eq!(v, json!({"multipart": []}));
+}
+
+#[test]
+fn multipart_quirks() {
+    // Quoted boundary, bare LF line ends, big fields kept by size only,
+    // RFC 8187 file names.
+    let big = "x".repeat(MAX_FIELD_TEXT + 1);
+    let body = format!(
+        "preamble\n--b\"q\nContent-Disposition: form-data; name=\"big\"\n\n{big}\n\
+         --b\"q\nContent-Disposition: form-data; name=\"f\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf\n\
+         Content-Type: application/pdf\n\n%PDF-1.7\n--b\"q--\n"
+    );
+    let v = body_to_value(
+        body.as_bytes(),
+        Some(r#"multipart/form-data; boundary="b\"q""#),
+        false,
+    );
+    let parts = v["multipart"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0]["bytes"], MAX_FIELD_TEXT + 1);
+    assert!(parts[0].get("text").is_none());
+    assert_eq!(parts[1]["filename"], "résumé.pdf");
+    assert_eq!(parts[1]["content_type"], "application/pdf");
+    assert_eq!(parts[1]["bytes"], 8);
+}
+
+#[test]
+fn multipart_without_boundary_or_delimiter() {
+    // No boundary parameter: nothing to split on, so it is plain text.
+    assert_eq!(
+        body_to_value(b"field data", Some("multipart/form-data"), false),
+        json!("field data")
+    );
+    assert_eq!(
+        body_to_value(b"no delimiter here", Some(&form_type()), false),
+        json!({"multipart": []})
+    );
+}
+
+#[test]
+fn utf8_tail_detection() {
+    assert_eq!(incomplete_tail_start(b"abc"), 3);
+    assert_eq!(incomplete_tail_start("é".as_bytes()), 2);
+    assert_eq!(incomplete_tail_start(&"é".as_bytes()[..1]), 0);
+    assert_eq!(incomplete_tail_start(&"ab€".as_bytes()[..4]), 2);
+    assert_eq!(incomplete_tail_start(&"a😀".as_bytes()[..4]), 1);
+    assert_eq!(incomplete_tail_start(b""), 0);
+    assert_eq!(lossy_text(b"ab\xff\xe2\x82", true), "ab\u{FFFD}");
+}
