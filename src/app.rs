@@ -158,8 +158,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
     };
     let admin_task = {
         let stop = admin_stop.clone();
-        let app = admin::router(admin_state)
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app = admin::router(admin_state).into_make_service_with_connect_info::<SocketAddr>();
         writer_tracker.spawn(async move {
             let served = axum::serve(admin_listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })

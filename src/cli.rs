@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy and the admin endpoint.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate a config file and print every error with its key.
     CheckConfig {
         /// The TOML file to check.
@@ -42,7 +42,12 @@ pub struct ServeArgs {
     pub admin_listen: Option<String>,
     /// Bearer token for the admin API (repeat, or comma-separate, for
     /// several).
-    #[arg(long, env = "LLM_AUDIT_PROXY_ADMIN_TOKEN", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long,
+        env = "LLM_AUDIT_PROXY_ADMIN_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub admin_token: Vec<String>,
     /// Store kind: sqlite, memory or file [default: sqlite].
     #[arg(long, env = "LLM_AUDIT_PROXY_STORAGE")]

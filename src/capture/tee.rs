@@ -223,7 +223,10 @@ mod tests {
 
     type Slot = Arc<Mutex<Option<Captured>>>;
 
-    fn tee_of(chunks: Vec<Result<&'static str, &'static str>>, cap: usize) -> (impl Body<Data = Bytes, Error = String> + Unpin, Slot) {
+    fn tee_of(
+        chunks: Vec<Result<&'static str, &'static str>>,
+        cap: usize,
+    ) -> (impl Body<Data = Bytes, Error = String> + Unpin, Slot) {
         let slot: Slot = Arc::default();
         let s = slot.clone();
         let stream = futures_util::stream::iter(chunks.into_iter().map(|c| {

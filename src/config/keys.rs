@@ -61,32 +61,25 @@ pub const AUDIT_LOG_LEVEL: Key = key(
     "LLM_AUDIT_PROXY_LOG_LEVEL",
     Some("--log-level"),
 );
-pub const AUDIT_STORAGE: Key = key("audit.storage", "LLM_AUDIT_PROXY_STORAGE", Some("--storage"));
+pub const AUDIT_STORAGE: Key = key(
+    "audit.storage",
+    "LLM_AUDIT_PROXY_STORAGE",
+    Some("--storage"),
+);
 pub const AUDIT_FILE_PATH: Key = key(
     "audit.file_path",
     "LLM_AUDIT_PROXY_FILE_PATH",
     Some("--file-path"),
 );
-pub const AUDIT_FILE_ROTATION: Key = key(
-    "audit.file_rotation",
-    "LLM_AUDIT_PROXY_FILE_ROTATION",
-    None,
-);
+pub const AUDIT_FILE_ROTATION: Key =
+    key("audit.file_rotation", "LLM_AUDIT_PROXY_FILE_ROTATION", None);
 pub const AUDIT_RETENTION_DAYS: Key = key(
     "audit.retention_days",
     "LLM_AUDIT_PROXY_RETENTION_DAYS",
     None,
 );
-pub const AUDIT_MEMORY_LIMIT: Key = key(
-    "audit.memory_limit",
-    "LLM_AUDIT_PROXY_MEMORY_LIMIT",
-    None,
-);
-pub const AUDIT_MAX_STORE_MB: Key = key(
-    "audit.max_store_mb",
-    "LLM_AUDIT_PROXY_MAX_STORE_MB",
-    None,
-);
+pub const AUDIT_MEMORY_LIMIT: Key = key("audit.memory_limit", "LLM_AUDIT_PROXY_MEMORY_LIMIT", None);
+pub const AUDIT_MAX_STORE_MB: Key = key("audit.max_store_mb", "LLM_AUDIT_PROXY_MAX_STORE_MB", None);
 pub const AUDIT_ON_STORE_FAILURE: Key = key(
     "audit.on_store_failure",
     "LLM_AUDIT_PROXY_ON_STORE_FAILURE",
@@ -94,7 +87,11 @@ pub const AUDIT_ON_STORE_FAILURE: Key = key(
 );
 pub const QUEUE_CAPACITY: Key = key("queue.capacity", "LLM_AUDIT_PROXY_QUEUE_CAPACITY", None);
 pub const QUEUE_MAX_BATCH: Key = key("queue.max_batch", "LLM_AUDIT_PROXY_QUEUE_MAX_BATCH", None);
-pub const LOG_FORMAT: Key = key("log.format", "LLM_AUDIT_PROXY_LOG_FORMAT", Some("--log-format"));
+pub const LOG_FORMAT: Key = key(
+    "log.format",
+    "LLM_AUDIT_PROXY_LOG_FORMAT",
+    Some("--log-format"),
+);
 
 /// Every key, in reference order.
 pub const ALL: &[Key] = &[

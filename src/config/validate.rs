@@ -43,11 +43,7 @@ pub(super) fn load(
 
     let proxy = ProxyConfig {
         listen: l.get(keys::PROXY_LISTEN, default_addr(8080), parse_addr),
-        upstream: l.get(
-            keys::PROXY_UPSTREAM,
-            default_upstream(),
-            parse_upstream,
-        ),
+        upstream: l.get(keys::PROXY_UPSTREAM, default_upstream(), parse_upstream),
         provider: l.get(keys::PROXY_PROVIDER, None, |r| {
             parse_string(r).map(|s| Some(s).filter(|s| !s.is_empty()))
         }),
@@ -85,25 +81,23 @@ pub(super) fn load(
                 .map_err(|_| "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL".to_owned())
         }),
         storage: l.get(keys::AUDIT_STORAGE, StorageKind::Sqlite, parse_storage),
-        file_path: l.get(
-            keys::AUDIT_FILE_PATH,
-            PathBuf::from("./audit_logs/"),
-            |r| {
-                let s = parse_string(r)?;
-                if s.is_empty() {
-                    return Err("must not be empty".to_owned());
-                }
-                Ok(PathBuf::from(s))
-            },
-        ),
-        file_rotation: l.get(keys::AUDIT_FILE_ROTATION, Rotation::Daily, |r| {
-            match parse_string(r)?.to_ascii_lowercase().as_str() {
+        file_path: l.get(keys::AUDIT_FILE_PATH, PathBuf::from("./audit_logs/"), |r| {
+            let s = parse_string(r)?;
+            if s.is_empty() {
+                return Err("must not be empty".to_owned());
+            }
+            Ok(PathBuf::from(s))
+        }),
+        file_rotation: l.get(
+            keys::AUDIT_FILE_ROTATION,
+            Rotation::Daily,
+            |r| match parse_string(r)?.to_ascii_lowercase().as_str() {
                 "hourly" => Ok(Rotation::Hourly),
                 "daily" => Ok(Rotation::Daily),
                 "weekly" => Ok(Rotation::Weekly),
                 _ => Err("must be one of hourly, daily, weekly".to_owned()),
-            }
-        }),
+            },
+        ),
         retention_days: l.get(keys::AUDIT_RETENTION_DAYS, 90, |r| {
             parse_int(r, 0, 36_500).map(|n| n as u32)
         }),
@@ -269,9 +263,7 @@ impl Layers<'_> {
     }
 
     fn file_origin(&self) -> Origin {
-        self.file_path
-            .clone()
-            .map_or(Origin::Default, Origin::File)
+        self.file_path.clone().map_or(Origin::Default, Origin::File)
     }
 
     fn check_unknown_keys(&mut self) {
@@ -339,7 +331,9 @@ fn parse_secs(raw: &Raw) -> Result<Duration, String> {
     if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 {
         Ok(Duration::from_secs_f64(secs))
     } else {
-        Err(format!("must be more than 0 and at most 86400 seconds, not {secs}"))
+        Err(format!(
+            "must be more than 0 and at most 86400 seconds, not {secs}"
+        ))
     }
 }
 
@@ -421,7 +415,10 @@ fn parse_tokens(raw: &Raw) -> Result<Vec<Secret>, String> {
             })
             .collect::<Result<_, _>>()?,
         Raw::Toml(other) => {
-            return Err(format!("must be a list of strings, not {}", other.type_str()))
+            return Err(format!(
+                "must be a list of strings, not {}",
+                other.type_str()
+            ))
         }
     };
     let list: Vec<String> = list.into_iter().filter(|t| !t.is_empty()).collect();

@@ -134,13 +134,14 @@ impl Recorder {
         let request = req_rx.await.ok();
         let (event, facts) = self.request_event(&info, request.as_ref());
         self.handle.offer(event);
-        let outcome = resp_rx.await.unwrap_or(ResponseOutcome::ClientAborted {
-            at: Instant::now(),
-        });
+        let outcome = resp_rx
+            .await
+            .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() });
         if let Some(error) = self.error_event(&info, &outcome) {
             self.handle.offer(error);
         }
-        self.handle.offer(self.response_event(&info, &facts, outcome));
+        self.handle
+            .offer(self.response_event(&info, &facts, outcome));
     }
 
     fn request_event(
@@ -176,7 +177,10 @@ impl Recorder {
         meta.insert("request_data".into(), data);
         meta.insert("body_bytes".into(), json!(body_bytes));
         meta.insert("truncated".into(), json!(truncated));
-        if let Some(end) = captured.map(|c| &c.end).filter(|e| **e != BodyEnd::Complete) {
+        if let Some(end) = captured
+            .map(|c| &c.end)
+            .filter(|e| **e != BodyEnd::Complete)
+        {
             meta.insert("body_complete".into(), json!(false));
             meta.insert("body_end".into(), json!(end_label(end)));
         }
@@ -281,10 +285,7 @@ impl Recorder {
                 };
                 model = summary.model.or_else(|| facts.model.clone());
                 meta.insert("stream".into(), json!(facts.stream || is_sse));
-                meta.insert(
-                    "latency_ms".into(),
-                    json!(round_ms(ms(body.ended_at))),
-                );
+                meta.insert("latency_ms".into(), json!(round_ms(ms(body.ended_at))));
                 meta.insert(
                     "ttfb_ms".into(),
                     json!(round_ms(ms(body.first_byte_at.unwrap_or(headers_at)))),
@@ -295,7 +296,10 @@ impl Recorder {
                     "upstream_request_id".into(),
                     json!(header_str(&headers, "x-request-id")),
                 );
-                meta.insert("headers".into(), headers_to_value(&headers, &self.sanitizer));
+                meta.insert(
+                    "headers".into(),
+                    headers_to_value(&headers, &self.sanitizer),
+                );
                 meta.insert("response_data".into(), data);
                 meta.insert("body_bytes".into(), json!(body.total_bytes));
                 meta.insert("truncated".into(), json!(truncated));

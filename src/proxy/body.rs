@@ -1,6 +1,7 @@
 //! The body types the proxy sends upstream and back to the app.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;

@@ -77,9 +77,10 @@ pub async fn handle(
 
     let mut record = state.recorder.as_ref().map(|recorder| {
         let operation = classify(&parts.method, parts.uri.path(), parts.uri.query());
-        let provider = state.provider_override.clone().unwrap_or_else(|| {
-            provider_for(state.upstream.host(), parts.uri.path()).to_owned()
-        });
+        let provider = state
+            .provider_override
+            .clone()
+            .unwrap_or_else(|| provider_for(state.upstream.host(), parts.uri.path()).to_owned());
         recorder.start(CallInfo {
             request_id: request_id.clone(),
             method: parts.method.clone(),
@@ -117,7 +118,8 @@ pub async fn handle(
     *upstream_req.headers_mut() = forwardable(parts.headers);
     upstream_req.headers_mut().remove(header::HOST);
 
-    let sent = tokio::time::timeout(state.upstream_timeout, state.client.request(upstream_req)).await;
+    let sent =
+        tokio::time::timeout(state.upstream_timeout, state.client.request(upstream_req)).await;
     let response = match sent {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
@@ -249,7 +251,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_dropped() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, x-secret-hop".parse().unwrap());
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, x-secret-hop".parse().unwrap(),
+        );
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("x-secret-hop", "1".parse().unwrap());
         h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());

@@ -1,6 +1,13 @@
 //! Integration tests: the real server in-process (and the real binary where
 //! the process itself matters) against a mock upstream on loopback.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::disallowed_methods,
+    reason = "test code: a failed step should stop the test loudly"
+)]
+
 mod support;
 
 mod proxy_calls;

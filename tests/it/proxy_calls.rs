@@ -38,13 +38,19 @@ async fn chat_completion_is_forwarded_and_recorded() {
     assert_eq!(resp.headers()["x-audit-request-id"], "chat-1");
     assert_eq!(resp.headers()["x-request-id"], "req_upstream_123");
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["choices"][0]["message"]["content"], "Hello! The capital of France is Paris.");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello! The capital of France is Paris."
+    );
 
     // Upstream got the request untouched, credentials included.
     let seen = mock.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path_and_query, "/v1/chat/completions");
-    assert_eq!(seen[0].headers["authorization"], format!("Bearer {OPENAI_KEY}"));
+    assert_eq!(
+        seen[0].headers["authorization"],
+        format!("Bearer {OPENAI_KEY}")
+    );
     assert_eq!(seen[0].headers["host"], mock.addr.to_string());
     let sent: Value = serde_json::from_slice(&seen[0].body).unwrap();
     assert_eq!(sent, chat_body(false));
@@ -63,7 +69,9 @@ async fn chat_completion_is_forwarded_and_recorded() {
     assert!(m["body_bytes"].as_u64().unwrap() > 100);
     assert!(m["headers"].get("authorization").is_none());
     assert!(m["headers"].get("cookie").is_none());
-    let prompt = m["request_data"]["messages"][1]["content"].as_str().unwrap();
+    let prompt = m["request_data"]["messages"][1]["content"]
+        .as_str()
+        .unwrap();
     assert!(prompt.contains("[REDACTED:OPENAI_KEY]"), "{prompt}");
     assert!(!prompt.contains(OPENAI_KEY));
 
@@ -72,10 +80,16 @@ async fn chat_completion_is_forwarded_and_recorded() {
     assert_eq!(m["status"], 200);
     assert_eq!(m["outcome"], "completed");
     assert_eq!(m["model"], "gpt-4o-mini-2024-07-18");
-    assert_eq!(m["usage"], json!({"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30}));
+    assert_eq!(
+        m["usage"],
+        json!({"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30})
+    );
     assert_eq!(m["finish_reason"], "stop");
     assert_eq!(m["upstream_request_id"], "req_upstream_123");
-    assert_eq!(m["response_data"]["choices"][0]["message"]["content"], "Hello! The capital of France is Paris.");
+    assert_eq!(
+        m["response_data"]["choices"][0]["message"]["content"],
+        "Hello! The capital of France is Paris."
+    );
     assert!(m["latency_ms"].as_f64().unwrap() >= m["ttfb_ms"].as_f64().unwrap());
     assert_eq!(res["level"], "INFO");
     assert!(req["seq"].as_i64() < res["seq"].as_i64());
@@ -98,9 +112,16 @@ async fn streamed_tool_calls_are_reassembled() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let text = resp.text().await.unwrap();
-    let fixture = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/fixtures/chat_stream_tools.sse")).unwrap();
+    let fixture = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/it/fixtures/chat_stream_tools.sse"
+    ))
+    .unwrap();
     assert_eq!(text, fixture, "the stream reaches the app byte for byte");
 
     let events = proxy.call_events("tools-1").await;
@@ -115,7 +136,10 @@ async fn streamed_tool_calls_are_reassembled() {
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[0]["id"], "call_aaa");
     assert_eq!(calls[0]["function"]["name"], "get_weather");
-    assert_eq!(calls[0]["function"]["arguments"], "{\"location\": \"Paris\"}");
+    assert_eq!(
+        calls[0]["function"]["arguments"],
+        "{\"location\": \"Paris\"}"
+    );
     assert_eq!(calls[1]["function"]["arguments"], "{\"tz\": \"CET\"}");
     assert_eq!(of_type(&events, "REQUEST")["metadata"]["stream"], true);
     proxy.stop().await;
@@ -136,8 +160,14 @@ async fn streamed_chat_text_and_usage_are_reassembled() {
     let _ = resp.text().await.unwrap();
     let events = proxy.call_events("stream-1").await;
     let m = &of_type(&events, "RESPONSE")["metadata"];
-    assert_eq!(m["response_data"]["choices"][0]["message"]["content"], "Paris is the capital.");
-    assert_eq!(m["usage"], json!({"prompt_tokens": 14, "completion_tokens": 5, "total_tokens": 19}));
+    assert_eq!(
+        m["response_data"]["choices"][0]["message"]["content"],
+        "Paris is the capital."
+    );
+    assert_eq!(
+        m["usage"],
+        json!({"prompt_tokens": 14, "completion_tokens": 5, "total_tokens": 19})
+    );
     assert_eq!(m["finish_reason"], "stop");
     assert_eq!(m["upstream_request_id"], "req_upstream_stream");
     proxy.stop().await;
@@ -161,7 +191,10 @@ async fn embeddings_and_responses_api() {
     let events = proxy.call_events("emb-1").await;
     let m = &of_type(&events, "RESPONSE")["metadata"];
     assert_eq!(m["operation"], "embeddings.create");
-    assert_eq!(m["usage"], json!({"prompt_tokens": 8, "completion_tokens": 0, "total_tokens": 8}));
+    assert_eq!(
+        m["usage"],
+        json!({"prompt_tokens": 8, "completion_tokens": 0, "total_tokens": 8})
+    );
     assert_eq!(m["model"], "text-embedding-3-small");
 
     let text = proxy
@@ -177,11 +210,20 @@ async fn embeddings_and_responses_api() {
         .unwrap();
     assert!(text.contains("response.completed"));
     let events = proxy.call_events("resp-1").await;
-    assert_eq!(of_type(&events, "REQUEST")["metadata"]["operation"], "responses.create");
+    assert_eq!(
+        of_type(&events, "REQUEST")["metadata"]["operation"],
+        "responses.create"
+    );
     let m = &of_type(&events, "RESPONSE")["metadata"];
     assert_eq!(m["response_data"]["object"], "response");
-    assert_eq!(m["response_data"]["output"][0]["content"][0]["text"], "Streams are fun.");
-    assert_eq!(m["usage"], json!({"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}));
+    assert_eq!(
+        m["response_data"]["output"][0]["content"][0]["text"],
+        "Streams are fun."
+    );
+    assert_eq!(
+        m["usage"],
+        json!({"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16})
+    );
     assert_eq!(m["finish_reason"], "completed");
     proxy.stop().await;
 }
@@ -226,28 +268,38 @@ async fn upstream_down_gives_502_and_an_error_event() {
         .unwrap();
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["x-audit-request-id"], "down-1");
-    assert_eq!(resp.headers()["x-audit-proxy-error"], "upstream_unreachable");
+    assert_eq!(
+        resp.headers()["x-audit-proxy-error"],
+        "upstream_unreachable"
+    );
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "upstream_unreachable");
     assert_eq!(body["error"]["type"], "api_error");
     assert!(body["error"]["message"].is_string());
 
     let events = proxy.call_events("down-1").await;
-    let types: Vec<&str> = events.iter().map(|e| e["event_type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
     assert_eq!(types, ["REQUEST", "ERROR", "RESPONSE"]);
     assert_eq!(events[1]["metadata"]["error_type"], "upstream_unreachable");
     assert_eq!(events[1]["level"], "ERROR");
     assert_eq!(events[2]["metadata"]["outcome"], "upstream_error");
     assert_eq!(events[2]["metadata"]["status"], 502);
     // The request body is recorded even though upstream never saw it.
-    assert_eq!(events[0]["metadata"]["request_data"]["model"], "gpt-4o-mini");
+    assert_eq!(
+        events[0]["metadata"]["request_data"]["model"],
+        "gpt-4o-mini"
+    );
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn upstream_header_timeout_gives_504() {
     let mock = MockUpstream::start().await;
-    let proxy = TestProxy::start_with(&mock.url(), &[("LLM_AUDIT_PROXY_UPSTREAM_TIMEOUT", "0.3")]).await;
+    let proxy =
+        TestProxy::start_with(&mock.url(), &[("LLM_AUDIT_PROXY_UPSTREAM_TIMEOUT", "0.3")]).await;
     let resp = proxy
         .http
         .post(proxy.url("/v1/chat/completions"))
@@ -260,8 +312,14 @@ async fn upstream_header_timeout_gives_504() {
     assert_eq!(resp.status(), 504);
     assert_eq!(resp.headers()["x-audit-proxy-error"], "upstream_timeout");
     let events = proxy.call_events("slow-1").await;
-    assert_eq!(of_type(&events, "ERROR")["metadata"]["error_type"], "upstream_timeout");
-    assert_eq!(of_type(&events, "RESPONSE")["metadata"]["outcome"], "timeout");
+    assert_eq!(
+        of_type(&events, "ERROR")["metadata"]["error_type"],
+        "upstream_timeout"
+    );
+    assert_eq!(
+        of_type(&events, "RESPONSE")["metadata"]["outcome"],
+        "timeout"
+    );
     assert_eq!(of_type(&events, "RESPONSE")["metadata"]["status"], 504);
     proxy.stop().await;
 }
@@ -269,7 +327,11 @@ async fn upstream_header_timeout_gives_504() {
 #[tokio::test]
 async fn silent_stream_hits_the_idle_timeout() {
     let mock = MockUpstream::start().await;
-    let proxy = TestProxy::start_with(&mock.url(), &[("LLM_AUDIT_PROXY_STREAM_IDLE_TIMEOUT", "0.3")]).await;
+    let proxy = TestProxy::start_with(
+        &mock.url(),
+        &[("LLM_AUDIT_PROXY_STREAM_IDLE_TIMEOUT", "0.3")],
+    )
+    .await;
     let resp = proxy
         .http
         .post(proxy.url("/v1/silent-stream"))
@@ -281,7 +343,10 @@ async fn silent_stream_hits_the_idle_timeout() {
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.is_err(), "the app sees the stream break");
     let events = proxy.call_events("idle-1").await;
-    assert_eq!(of_type(&events, "ERROR")["metadata"]["error_type"], "stream_idle_timeout");
+    assert_eq!(
+        of_type(&events, "ERROR")["metadata"]["error_type"],
+        "stream_idle_timeout"
+    );
     let m = &of_type(&events, "RESPONSE")["metadata"];
     assert_eq!(m["outcome"], "timeout");
     assert!(m["body_bytes"].as_u64().unwrap() > 0);
@@ -311,13 +376,19 @@ async fn client_abort_mid_stream_cancels_upstream_and_is_recorded() {
     let m = &of_type(&events, "RESPONSE")["metadata"];
     assert_eq!(m["outcome"], "client_aborted");
     assert_eq!(m["status"], 200);
-    let content = m["response_data"]["choices"][0]["message"]["content"].as_str().unwrap();
+    let content = m["response_data"]["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
     assert!(content.starts_with("tok0 tok1 tok2"), "{content}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while mock.streams_cancelled() == 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(mock.streams_cancelled(), 1, "the upstream stream was cancelled");
+    assert_eq!(
+        mock.streams_cancelled(),
+        1,
+        "the upstream stream was cancelled"
+    );
     proxy.stop().await;
 }
 
@@ -337,6 +408,7 @@ async fn binary_body_is_forwarded_untouched() {
         .unwrap();
     assert_eq!(resp.bytes().await.unwrap().to_vec(), payload);
     assert_eq!(mock.seen()[0].body.to_vec(), payload);
+    assert_eq!(mock.seen()[0].method, "POST");
     let events = proxy.call_events("bin-1").await;
     let req = &of_type(&events, "REQUEST")["metadata"];
     assert_eq!(req["body_bytes"], 5000);
@@ -362,7 +434,10 @@ async fn non_json_text_body_is_stored_as_text() {
         .await
         .unwrap();
     let events = proxy.call_events("txt-1").await;
-    let data = of_type(&events, "REQUEST")["metadata"]["request_data"].as_str().unwrap().to_owned();
+    let data = of_type(&events, "REQUEST")["metadata"]["request_data"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(data.starts_with("{ not json"));
     assert!(data.contains("[REDACTED:OPENAI_KEY]"));
     proxy.stop().await;
@@ -371,7 +446,11 @@ async fn non_json_text_body_is_stored_as_text() {
 #[tokio::test]
 async fn bodies_over_the_capture_limit_are_forwarded_whole_and_stored_truncated() {
     let mock = MockUpstream::start().await;
-    let proxy = TestProxy::start_with(&mock.url(), &[("LLM_AUDIT_PROXY_CAPTURE_MAX_BODY_BYTES", "1024")]).await;
+    let proxy = TestProxy::start_with(
+        &mock.url(),
+        &[("LLM_AUDIT_PROXY_CAPTURE_MAX_BODY_BYTES", "1024")],
+    )
+    .await;
     let big = format!("{{\"input\": \"{}\"}}", "x".repeat(200_000));
     let resp = proxy
         .http
@@ -412,7 +491,9 @@ async fn compressed_responses_pass_through_and_are_decoded_for_the_record() {
     let compressed = resp.bytes().await.unwrap();
     let mut text = String::new();
     use std::io::Read;
-    flate2::read::GzDecoder::new(&compressed[..]).read_to_string(&mut text).unwrap();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_string(&mut text)
+        .unwrap();
     assert!(text.contains("chatcmpl-AbC123"));
     let events = proxy.call_events("gz-1").await;
     let m = &of_type(&events, "RESPONSE")["metadata"];
@@ -433,12 +514,18 @@ async fn invalid_request_ids_are_replaced() {
         .send()
         .await
         .unwrap();
-    let id = resp.headers()["x-audit-request-id"].to_str().unwrap().to_owned();
+    let id = resp.headers()["x-audit-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
     // The app's own header still reaches upstream unchanged.
     assert_eq!(mock.seen()[0].headers["x-request-id"], "not valid!");
     let events = proxy.call_events(&id).await;
-    assert_eq!(of_type(&events, "REQUEST")["metadata"]["operation"], "models.list");
+    assert_eq!(
+        of_type(&events, "REQUEST")["metadata"]["operation"],
+        "models.list"
+    );
     proxy.stop().await;
 }
 
@@ -482,9 +569,15 @@ async fn credential_query_parameters_are_not_stored() {
         .send()
         .await
         .unwrap();
-    assert_eq!(mock.seen()[0].path_and_query, "/v1/models?api-key=qs-secret-value-1&limit=5");
+    assert_eq!(
+        mock.seen()[0].path_and_query,
+        "/v1/models?api-key=qs-secret-value-1&limit=5"
+    );
     let events = proxy.call_events("qs-1").await;
-    let path = of_type(&events, "REQUEST")["metadata"]["path"].as_str().unwrap().to_owned();
+    let path = of_type(&events, "REQUEST")["metadata"]["path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(!path.contains("qs-secret-value-1"), "{path}");
     assert!(path.contains("limit=5"));
     proxy.stop().await;
@@ -541,7 +634,10 @@ async fn five_hundred_concurrent_calls_each_leave_one_request_and_one_response()
     assert_eq!(requests.len(), 500);
     assert_eq!(responses.len(), 500);
     for list in [&requests, &responses] {
-        let mut ids: Vec<&str> = list.iter().map(|e| e["request_id"].as_str().unwrap()).collect();
+        let mut ids: Vec<&str> = list
+            .iter()
+            .map(|e| e["request_id"].as_str().unwrap())
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), 500);
@@ -577,8 +673,14 @@ async fn events_survive_a_restart_and_no_credential_reaches_the_store_file() {
     assert_eq!(responses.len(), 3);
     let all = proxy.wait_events("", 1).await;
     let seqs: Vec<i64> = all.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] > w[1]), "seq strictly increasing");
-    let stopped = all.iter().filter(|e| e["event_type"] == "SYSTEM" && e["metadata"]["phase"] == "shutdown").count();
+    assert!(
+        seqs.windows(2).all(|w| w[0] > w[1]),
+        "seq strictly increasing"
+    );
+    let stopped = all
+        .iter()
+        .filter(|e| e["event_type"] == "SYSTEM" && e["metadata"]["phase"] == "shutdown")
+        .count();
     assert_eq!(stopped, 1, "the first run recorded its shutdown");
     proxy.stop().await;
 

@@ -68,10 +68,16 @@ async fn official_openai_sdk_works_through_the_proxy() {
         let req = of_type(&events, "REQUEST");
         assert_eq!(req["metadata"]["operation"], operation);
         assert!(req["metadata"]["headers"].get("authorization").is_none());
-        assert_eq!(of_type(&events, "RESPONSE")["metadata"]["outcome"], "completed");
+        assert_eq!(
+            of_type(&events, "RESPONSE")["metadata"]["outcome"],
+            "completed"
+        );
     }
     let events = proxy.call_events("sdk-stream").await;
     let m = &of_type(&events, "RESPONSE")["metadata"];
-    assert_eq!(m["response_data"]["choices"][0]["message"]["content"], "Paris is the capital.");
+    assert_eq!(
+        m["response_data"]["choices"][0]["message"]["content"],
+        "Paris is the capital."
+    );
     proxy.stop().await;
 }

@@ -3,7 +3,7 @@
 pub mod mock;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use llm_audit_proxy::app::{self, Running};
@@ -18,7 +18,6 @@ pub struct TestProxy {
     running: Option<Running>,
     pub proxy_url: String,
     pub admin_url: String,
-    pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub http: reqwest::Client,
 }
@@ -31,8 +30,7 @@ impl TestProxy {
     /// Starts with extra configuration as environment-style pairs.
     pub async fn start_with(upstream: &str, extra: &[(&str, &str)]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let mut proxy = Self::start_in(upstream, &dir, extra).await;
+        let mut proxy = Self::start_in(upstream, tmp.path(), extra).await;
         proxy._tmp = Some(tmp);
         proxy
     }
@@ -43,7 +41,10 @@ impl TestProxy {
         env.insert("LLM_AUDIT_PROXY_LISTEN".into(), "127.0.0.1:0".into());
         env.insert("LLM_AUDIT_PROXY_ADMIN_LISTEN".into(), "127.0.0.1:0".into());
         env.insert("LLM_AUDIT_PROXY_UPSTREAM".into(), upstream.into());
-        env.insert("LLM_AUDIT_PROXY_FILE_PATH".into(), dir.display().to_string());
+        env.insert(
+            "LLM_AUDIT_PROXY_FILE_PATH".into(),
+            dir.display().to_string(),
+        );
         env.insert("LLM_AUDIT_PROXY_LOG_FORMAT".into(), "text".into());
         for (k, v) in extra {
             env.insert((*k).into(), (*v).into());
@@ -56,7 +57,6 @@ impl TestProxy {
             running: Some(running),
             proxy_url,
             admin_url,
-            dir: dir.to_path_buf(),
             _tmp: None,
             http: reqwest::Client::builder()
                 .no_proxy()
@@ -88,7 +88,9 @@ impl TestProxy {
     pub async fn wait_events(&self, query: &str, n: usize) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let (status, body) = self.admin_get(&format!("/api/events?limit=10000&{query}")).await;
+            let (status, body) = self
+                .admin_get(&format!("/api/events?limit=10000&{query}"))
+                .await;
             assert_eq!(status, 200, "{body}");
             let events = body["events"].as_array().cloned().unwrap_or_default();
             if events.len() >= n || tokio::time::Instant::now() > deadline {
@@ -103,7 +105,9 @@ impl TestProxy {
     pub async fn call_events(&self, request_id: &str) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let mut events = self.wait_events(&format!("request_id={request_id}"), 2).await;
+            let mut events = self
+                .wait_events(&format!("request_id={request_id}"), 2)
+                .await;
             events.reverse();
             let has = |t: &str| events.iter().any(|e| e["event_type"] == t);
             if (has("REQUEST") && has("RESPONSE")) || tokio::time::Instant::now() > deadline {

@@ -110,10 +110,16 @@ fn short_tokens_are_refused() {
 
 #[test]
 fn upstream_prefix_is_kept() {
-    let e = env(&[("LLM_AUDIT_PROXY_UPSTREAM", "http://127.0.0.1:8000/gateway/v1/")]);
+    let e = env(&[(
+        "LLM_AUDIT_PROXY_UPSTREAM",
+        "http://127.0.0.1:8000/gateway/v1/",
+    )]);
     let c = load(None, &e, &FlagValues::new()).unwrap();
     let uri = c.proxy.upstream.uri_for("/chat/completions?x=1").unwrap();
-    assert_eq!(uri.to_string(), "http://127.0.0.1:8000/gateway/v1/chat/completions?x=1");
+    assert_eq!(
+        uri.to_string(),
+        "http://127.0.0.1:8000/gateway/v1/chat/completions?x=1"
+    );
 }
 
 #[test]

@@ -50,7 +50,9 @@ impl MockUpstream {
         let s = shared.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { break };
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
                 let s = s.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -142,8 +144,16 @@ fn split_sse(text: &str) -> Vec<String> {
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     shared.calls.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let pq = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     shared.seen.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
         path_and_query: pq.clone(),
@@ -160,31 +170,61 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let delay = Duration::from_millis(delay_ms);
-    if let Some(ms) = parts.headers.get("x-mock-header-delay-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+    if let Some(ms) = parts
+        .headers
+        .get("x-mock-header-delay-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     match path.as_str() {
         p if p.ends_with("/chat/completions") && stream => {
-            let name = if json["tools"].is_array() { "chat_stream_tools.sse" } else { "chat_stream.sse" };
+            let name = if json["tools"].is_array() {
+                "chat_stream_tools.sse"
+            } else {
+                "chat_stream.sse"
+            };
             sse(shared, split_sse(&fixture(name)), delay)
         }
         p if p.ends_with("/chat/completions") => {
             let body = fixture("chat_completion.json");
-            if parts.headers.get("accept-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("gzip")) {
+            if parts
+                .headers
+                .get("accept-encoding")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("gzip"))
+            {
                 use std::io::Write;
-                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
                 enc.write_all(body.as_bytes()).unwrap();
                 let gz = enc.finish().unwrap();
                 let mut r = full(StatusCode::OK, "application/json", gz);
-                r.headers_mut().insert("content-encoding", "gzip".parse().unwrap());
+                r.headers_mut()
+                    .insert("content-encoding", "gzip".parse().unwrap());
                 return r;
             }
             full(StatusCode::OK, "application/json", body)
         }
-        p if p.ends_with("/embeddings") => full(StatusCode::OK, "application/json", fixture("embeddings.json")),
-        p if p.ends_with("/responses") && stream => sse(shared, split_sse(&fixture("responses_stream.sse")), delay),
-        p if p.ends_with("/responses") => full(StatusCode::OK, "application/json", fixture("responses.json")),
-        p if p.ends_with("/models") => full(StatusCode::OK, "application/json", r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model"}]}"#),
+        p if p.ends_with("/embeddings") => full(
+            StatusCode::OK,
+            "application/json",
+            fixture("embeddings.json"),
+        ),
+        p if p.ends_with("/responses") && stream => {
+            sse(shared, split_sse(&fixture("responses_stream.sse")), delay)
+        }
+        p if p.ends_with("/responses") => full(
+            StatusCode::OK,
+            "application/json",
+            fixture("responses.json"),
+        ),
+        p if p.ends_with("/models") => full(
+            StatusCode::OK,
+            "application/json",
+            r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model"}]}"#,
+        ),
         "/v1/rate-limited" => {
             let mut r = full(
                 StatusCode::TOO_MANY_REQUESTS,
