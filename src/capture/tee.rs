@@ -62,13 +62,20 @@ pin_project! {
         #[pin]
         inner: B,
         capture: Option<Capture>,
+        // An empty body may never be polled; its drop is its end.
+        ended_at_start: bool,
     }
 
     impl<B> PinnedDrop for TeeBody<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(capture) = this.capture.take() {
-                capture.finish(BodyEnd::Dropped);
+                let end = if *this.ended_at_start {
+                    BodyEnd::Complete
+                } else {
+                    BodyEnd::Dropped
+                };
+                capture.finish(end);
             }
         }
     }
@@ -162,9 +169,10 @@ impl fmt::Debug for Capture {
 
 // === impl TeeBody ===
 
-impl<B> TeeBody<B> {
+impl<B: Body> TeeBody<B> {
     pub fn new(inner: B, capture: Capture) -> Self {
         Self {
+            ended_at_start: inner.is_end_stream(),
             inner,
             capture: Some(capture),
         }
@@ -183,12 +191,19 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(capture)) = (frame.data_ref(), this.capture.as_mut()) {
                     capture.observe(data);
+                }
+                // A body of known length is done after its last byte;
+                // hyper may never poll it again to see the end.
+                if this.inner.is_end_stream() {
+                    if let Some(capture) = this.capture.take() {
+                        capture.finish(BodyEnd::Complete);
+                    }
                 }
             }
             Poll::Ready(Some(Err(error))) => {

@@ -380,6 +380,17 @@ impl Recorder {
         truncated |= captured.truncated;
         if is_sse {
             let events = sse::parse_events(&bytes);
+            // Gateways with unusual paths still stream chat chunks; fold
+            // them as chat completions rather than keeping raw events.
+            let operation = match events.first() {
+                Some(first)
+                    if !operation.contains('.')
+                        && first.data.contains("\"chat.completion.chunk\"") =>
+                {
+                    "chat.create"
+                }
+                _ => operation,
+            };
             let reassembled = sse::reassemble(operation, &events);
             let mut value = reassembled.response;
             if let (Some(error), Value::Object(obj)) = (reassembled.error, &mut value) {

@@ -359,8 +359,9 @@ async fn client_abort_mid_stream_cancels_upstream_and_is_recorded() {
     let proxy = TestProxy::start(&mock.url()).await;
     let mut resp = proxy
         .http
-        .post(proxy.url("/v1/endless"))
+        .post(proxy.url("/v1/chat/completions"))
         .header("x-request-id", "abort-1")
+        .header("x-mock-endless", "1")
         .json(&json!({"model": "gpt-4o-mini", "stream": true}))
         .send()
         .await
@@ -378,7 +379,7 @@ async fn client_abort_mid_stream_cancels_upstream_and_is_recorded() {
     assert_eq!(m["status"], 200);
     let content = m["response_data"]["choices"][0]["message"]["content"]
         .as_str()
-        .unwrap();
+        .unwrap_or_else(|| panic!("{m:#}"));
     assert!(content.starts_with("tok0 tok1 tok2"), "{content}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while mock.streams_cancelled() == 0 && tokio::time::Instant::now() < deadline {

@@ -179,6 +179,12 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     match path.as_str() {
+        p if p.ends_with("/chat/completions") && parts.headers.contains_key("x-mock-endless") => {
+            let events: Vec<String> = (0..1000)
+                .map(|i| format!("data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"))
+                .collect();
+            sse(shared, events, Duration::from_millis(delay_ms.max(20)))
+        }
         p if p.ends_with("/chat/completions") && stream => {
             let name = if json["tools"].is_array() {
                 "chat_stream_tools.sse"
@@ -241,12 +247,6 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                 r.headers_mut().insert("content-type", ct);
             }
             r
-        }
-        "/v1/endless" => {
-            let events: Vec<String> = (0..1000)
-                .map(|i| format!("data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"))
-                .collect();
-            sse(shared, events, Duration::from_millis(delay_ms.max(20)))
         }
         "/v1/silent-stream" => {
             // Sends one chunk, then nothing, forever.
