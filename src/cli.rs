@@ -1,5 +1,7 @@
 //! Command-line definitions. Every `serve` flag has an environment variable
-//! (shown in `--help`) and a config key; see `config::keys`.
+//! (shown in `--help`) and a config key; see `config::keys`. The variables
+//! are read by the config loader, not by clap, so an error names the
+//! variable a bad value came from.
 
 use std::path::PathBuf;
 
@@ -31,46 +33,41 @@ pub struct ServeArgs {
     /// TOML configuration file (see config/llm-audit-proxy.toml).
     #[arg(long, env = "LLM_AUDIT_PROXY_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address the app's calls arrive on [default: 127.0.0.1:8080].
-    #[arg(long, env = "LLM_AUDIT_PROXY_LISTEN")]
+    /// Address the app's calls arrive on [default: 127.0.0.1:8080]. [env: LLM_AUDIT_PROXY_LISTEN]
+    #[arg(long)]
     pub listen: Option<String>,
-    /// Upstream base URL [default: https://api.openai.com].
-    #[arg(long, env = "LLM_AUDIT_PROXY_UPSTREAM")]
+    /// Upstream base URL [default: https://api.openai.com]. [env: LLM_AUDIT_PROXY_UPSTREAM]
+    #[arg(long)]
     pub upstream: Option<String>,
-    /// Admin API address [default: 127.0.0.1:9090].
-    #[arg(long, env = "LLM_AUDIT_PROXY_ADMIN_LISTEN")]
+    /// Admin API address [default: 127.0.0.1:9090]. [env: LLM_AUDIT_PROXY_ADMIN_LISTEN]
+    #[arg(long)]
     pub admin_listen: Option<String>,
     /// Bearer token for the admin API (repeat, or comma-separate, for
-    /// several).
-    #[arg(
-        long,
-        env = "LLM_AUDIT_PROXY_ADMIN_TOKEN",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
+    /// several). [env: LLM_AUDIT_PROXY_ADMIN_TOKEN]
+    #[arg(long, value_delimiter = ',')]
     pub admin_token: Vec<String>,
-    /// Store kind: sqlite, memory or file [default: sqlite].
-    #[arg(long, env = "LLM_AUDIT_PROXY_STORAGE")]
+    /// Store kind: sqlite, memory or file [default: sqlite]. [env: LLM_AUDIT_PROXY_STORAGE]
+    #[arg(long)]
     pub storage: Option<String>,
-    /// Folder for the file and sqlite stores [default: ./audit_logs/].
-    #[arg(long, env = "LLM_AUDIT_PROXY_FILE_PATH")]
+    /// Folder for the file and sqlite stores [default: ./audit_logs/]. [env: LLM_AUDIT_PROXY_FILE_PATH]
+    #[arg(long)]
     pub file_path: Option<String>,
     /// Minimum audit level stored: DEBUG, INFO, WARNING, ERROR, CRITICAL
-    /// [default: INFO].
-    #[arg(long, env = "LLM_AUDIT_PROXY_LOG_LEVEL")]
+    /// [default: INFO]. [env: LLM_AUDIT_PROXY_LOG_LEVEL]
+    #[arg(long)]
     pub log_level: Option<String>,
-    /// Seconds to wait for upstream's response headers [default: 600].
-    #[arg(long, env = "LLM_AUDIT_PROXY_UPSTREAM_TIMEOUT")]
+    /// Seconds to wait for upstream's response headers [default: 600]. [env: LLM_AUDIT_PROXY_UPSTREAM_TIMEOUT]
+    #[arg(long)]
     pub upstream_timeout: Option<String>,
-    /// Longest silence, in seconds, inside a response body [default: 300].
-    #[arg(long, env = "LLM_AUDIT_PROXY_STREAM_IDLE_TIMEOUT")]
+    /// Longest silence, in seconds, inside a response body [default: 300]. [env: LLM_AUDIT_PROXY_STREAM_IDLE_TIMEOUT]
+    #[arg(long)]
     pub stream_idle_timeout: Option<String>,
-    /// Seconds in-flight calls get to finish after SIGTERM [default: 30].
-    #[arg(long, env = "LLM_AUDIT_PROXY_SHUTDOWN_GRACE")]
+    /// Seconds in-flight calls get to finish after SIGTERM [default: 30]. [env: LLM_AUDIT_PROXY_SHUTDOWN_GRACE]
+    #[arg(long)]
     pub shutdown_grace: Option<String>,
     /// Diagnostic log format: json or text [default: json, text on a
-    /// terminal].
-    #[arg(long, env = "LLM_AUDIT_PROXY_LOG_FORMAT")]
+    /// terminal]. [env: LLM_AUDIT_PROXY_LOG_FORMAT]
+    #[arg(long)]
     pub log_format: Option<String>,
 }
 

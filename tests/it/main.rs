@@ -10,5 +10,6 @@
 
 mod support;
 
+mod binary;
 mod proxy_calls;
 mod sdk;

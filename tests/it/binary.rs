@@ -1,0 +1,205 @@
+//! The real binary: configuration errors, start-up, SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use llm_audit_proxy::store::sqlite::SqliteStore;
+use llm_audit_proxy::store::{AuditStore, EventFilter};
+use serde_json::{json, Value};
+
+use crate::support::MockUpstream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_llm-audit-proxy");
+
+fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    // Nothing from the developer's environment may change what is tested.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("LLM_AUDIT_PROXY_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn reference_config_is_valid() {
+    let out = command()
+        .args([
+            "check-config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/llm-audit-proxy.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_config_lists_every_bad_key_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[proxy]\nlisten = \"nowhere\"\n[audit]\nlog_level = \"LOUD\"\nretention_days = -3\n[admin]\ntokenz = []\n",
+    )
+    .unwrap();
+    let out = command().arg("check-config").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "proxy.listen",
+        "audit.log_level",
+        "audit.retention_days",
+        "admin.tokenz: unknown key",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+}
+
+#[test]
+fn serve_refuses_bad_configuration_naming_the_key() {
+    let out = command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "0.0.0.0:0",
+        ])
+        .env("LLM_AUDIT_PROXY_STORAGE", "postgres")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("admin.listen"), "{stderr}");
+    assert!(stderr.contains("audit.storage"), "{stderr}");
+    assert!(stderr.contains("LLM_AUDIT_PROXY_STORAGE"), "{stderr}");
+}
+
+/// Starts `serve` on ephemeral ports; returns the child and its addresses,
+/// read from its start-up log line.
+fn spawn_serve(upstream: &str, dir: &std::path::Path) -> (Child, String, String) {
+    let mut child = command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--upstream", upstream, "--log-format", "json"])
+        .arg("--file-path")
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let (proxy, admin) = loop {
+        let line = lines
+            .next()
+            .expect("serve exited before listening")
+            .unwrap();
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if v["message"] == "Audit proxy listening." {
+            break (
+                v["proxy"].as_str().unwrap().to_owned(),
+                v["admin"].as_str().unwrap().to_owned(),
+            );
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, proxy, admin)
+}
+
+#[tokio::test]
+async fn sigterm_drains_flushes_and_exits_zero() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, proxy, admin) = spawn_serve(&mock.url(), dir.path());
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    assert_eq!(
+        http.get(format!("http://{admin}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // A slow stream is in flight when SIGTERM arrives; it must finish.
+    let slow = {
+        let http = http.clone();
+        let url = format!("http://{proxy}/v1/chat/completions");
+        tokio::spawn(async move {
+            http.post(url)
+                .header("x-request-id", "term-stream")
+                .header("x-mock-chunk-delay-ms", "100")
+                .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": []}))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let body = slow.await.unwrap();
+    assert!(
+        body.contains("[DONE]"),
+        "the in-flight stream completed: {body}"
+    );
+
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+
+    let store = SqliteStore::open_read_only(dir.path()).await.unwrap();
+    let events: Vec<_> = store
+        .export(EventFilter::default())
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    let types: Vec<String> = events.iter().map(|e| e.event_type.to_string()).collect();
+    assert_eq!(types.first().map(String::as_str), Some("SYSTEM"));
+    assert!(types.contains(&"CONFIGURATION".to_owned()));
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("SYSTEM"),
+        "{types:?}"
+    );
+    assert_eq!(events.last().unwrap().metadata["phase"], "shutdown");
+    let call: Vec<_> = events
+        .iter()
+        .filter(|e| e.request_id.as_deref() == Some("term-stream"))
+        .collect();
+    assert_eq!(call.len(), 2);
+    assert_eq!(call[1].metadata["outcome"], "completed");
+}
