@@ -10,6 +10,7 @@
 
 mod support;
 
+mod admin_api;
 mod binary;
 mod proxy_calls;
 mod sdk;
