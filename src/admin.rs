@@ -50,6 +50,8 @@ pub struct AdminState {
     /// Accepted bearer tokens; empty means no authentication (the listener
     /// must then be bound to loopback, which `serve` enforces).
     pub tokens: Vec<String>,
+    /// Applied to custom events before they are stored.
+    pub sanitizer: std::sync::Arc<crate::capture::sanitize::Sanitizer>,
 }
 
 /// `GET /api/stats` body: the store's numbers, flattened, plus the

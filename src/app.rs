@@ -117,10 +117,11 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
     let admin_addr = local_addr(&admin_listener, "admin.listen", config.admin.listen)?;
 
     let calls = TaskTracker::new();
+    let sanitizer = Arc::new(Sanitizer::baseline());
     let recorder = config.audit.enabled.then(|| {
         Recorder::new(
             events.clone(),
-            Arc::new(Sanitizer::baseline()),
+            sanitizer.clone(),
             calls.clone(),
             config.capture.max_body_bytes,
         )
@@ -155,6 +156,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             .iter()
             .map(|t| t.expose().to_owned())
             .collect(),
+        sanitizer,
     };
     let admin_task = {
         let stop = admin_stop.clone();

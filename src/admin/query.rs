@@ -71,7 +71,11 @@ pub async fn create(State(state): State<AdminState>, body: Body) -> Result<Respo
                 AdminError::invalid("body", "the request body could not be read")
             }
         })?;
-    let event = parse_custom_event(&bytes)?;
+    let mut event = parse_custom_event(&bytes)?;
+    // Callers' metadata is a body like any other: secrets never reach the
+    // store.
+    state.sanitizer.redact_value(&mut event.metadata);
+    event.message = state.sanitizer.redact_text(&event.message).into_owned();
     let stored = state
         .events
         .submit(event)

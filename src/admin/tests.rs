@@ -52,6 +52,7 @@ async fn harness_with(store: SharedStore, tokens: &[&str], seeded: Vec<AuditEven
         events: events.clone(),
         readiness: readiness.clone(),
         tokens: tokens.iter().map(|t| (*t).to_owned()).collect(),
+        sanitizer: std::sync::Arc::new(crate::capture::sanitize::Sanitizer::baseline()),
     });
     Harness {
         app,

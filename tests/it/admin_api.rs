@@ -183,7 +183,7 @@ async fn custom_events_are_stored_in_order_with_their_metadata() {
         let url = format!("{}/api/events", proxy.admin_url);
         async move { http.post(url).json(&body).send().await.unwrap() }
     };
-    let r = post(json!({"event_type": "USER_LOGIN", "message": "alice logged in", "metadata": {"user": "alice"}})).await;
+    let r = post(json!({"event_type": "USER_LOGIN", "message": "alice logged in", "metadata": {"user": "alice", "note": "key sk-proj-AbCdEfGhIjKlMnOpQrStUvWx0123"}})).await;
     assert_eq!(r.status(), 201);
     let login: Value = r.json().await.unwrap();
     let r = post(json!({"event_type": "USER_ACTION", "message": "alice exported", "metadata": {"action": "export"}})).await;
@@ -199,7 +199,10 @@ async fn custom_events_are_stored_in_order_with_their_metadata() {
     assert_eq!(events[0]["event_type"], "USER_ACTION");
     assert_eq!(events[0]["metadata"], json!({"action": "export"}));
     assert_eq!(events[1]["event_type"], "USER_LOGIN");
-    assert_eq!(events[1]["metadata"], json!({"user": "alice"}));
+    assert_eq!(
+        events[1]["metadata"],
+        json!({"user": "alice", "note": "key [REDACTED:OPENAI_KEY]"})
+    );
 
     let r = post(json!({"event_type": "user login", "message": "x"})).await;
     assert_eq!(r.status(), 400);
