@@ -695,3 +695,64 @@ async fn events_survive_a_restart_and_no_credential_reaches_the_store_file() {
         assert!(!raw.contains(secret), "{secret} found in the store");
     }
 }
+
+#[tokio::test]
+async fn tls_upstream_with_an_extra_ca_speaks_http2() {
+    let (mock, ca_pem) = MockUpstream::start_tls().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let upstream = format!("https://localhost:{}", mock.addr.port());
+    let proxy = TestProxy::start_with(
+        &upstream,
+        &[("LLM_AUDIT_PROXY_CA_BUNDLE", ca.to_str().unwrap())],
+    )
+    .await;
+    for i in 0..3 {
+        let resp = proxy
+            .http
+            .post(proxy.url("/v1/chat/completions"))
+            .header("x-request-id", format!("tls-{i}"))
+            .json(&chat_body(i == 2))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let seen = mock.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|s| s.version == http::Version::HTTP_2));
+    assert_eq!(
+        seen[0].headers.get("host"),
+        None,
+        "HTTP/2 carries the authority instead"
+    );
+    let events = proxy.call_events("tls-2").await;
+    assert_eq!(
+        of_type(&events, "RESPONSE")["metadata"]["outcome"],
+        "completed"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn tls_upstream_without_trust_is_unreachable() {
+    let (mock, _ca) = MockUpstream::start_tls().await;
+    let upstream = format!("https://localhost:{}", mock.addr.port());
+    let proxy = TestProxy::start(&upstream).await;
+    let resp = proxy
+        .http
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-request-id", "tls-untrusted")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let events = proxy.call_events("tls-untrusted").await;
+    let details = of_type(&events, "ERROR")["metadata"]["details"]["message"].to_string();
+    assert!(details.to_lowercase().contains("certificate"), "{details}");
+    assert_eq!(mock.calls(), 0);
+    proxy.stop().await;
+}

@@ -23,6 +23,7 @@ type Body = BoxBody<Bytes, Infallible>;
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
+    pub version: http::Version,
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -66,6 +67,52 @@ impl MockUpstream {
             }
         });
         Self { addr, shared, task }
+    }
+
+    /// A mock on TLS with a fresh self-signed certificate for `localhost`,
+    /// offering HTTP/2 and HTTP/1.1 by ALPN. Returns the CA PEM to trust.
+    pub async fn start_tls() -> (Self, String) {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert_pem = cert.pem();
+        let key = rustls_pki_types::PrivateKeyDer::try_from(signing_key.serialize_der()).unwrap();
+        let mut tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let s = s.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(route(s, req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (Self { addr, shared, task }, cert_pem)
     }
 
     pub fn url(&self) -> String {
@@ -156,6 +203,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         .unwrap_or_default();
     shared.seen.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
+        version: parts.version,
         path_and_query: pq.clone(),
         headers: parts.headers.clone(),
         body: body.clone(),
