@@ -3,7 +3,9 @@
 //! The expected answer of every query is computed from the appended events
 //! with [`EventFilter::matches`], so each backend is held to the same
 //! oracle: newest first for pages, oldest first for exports, a keyset
-//! cursor that visits every event exactly once.
+//! cursor that visits every event exactly once. Purges are held to the
+//! rules every backend shares: only a run of the oldest events goes, never
+//! the newest, and what remains still verifies as a chain.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -12,7 +14,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::{AuditStore, EventFilter, EventQuery, SharedStore};
+use super::{AuditStore, EventFilter, EventQuery, PurgeReport, SharedStore};
 use crate::event::chain::{ChainVerifier, GENESIS_HASH};
 use crate::event::{AuditEvent, EventType, Level, NewEvent};
 
@@ -58,6 +60,143 @@ where
         verifier.check(&e.unwrap()).unwrap();
     }
     assert_eq!(verifier.checked(), EVENTS as u64);
+    drop(store);
+
+    let (store, _guard) = make().await;
+    purges(&*store).await;
+}
+
+/// Events six hours apart, `seq * 6h` after 2026-01-01T00:00Z (a
+/// Thursday), each with about `pad` bytes of metadata. Seq 16 is Monday
+/// 2026-01-05T00:00Z, the first event of ISO week 2: a cutoff there falls
+/// on an hour, a day and a week boundary at once.
+pub(crate) fn spread_events(from_seq: i64, prev_hash: &str, n: i64, pad: usize) -> Vec<AuditEvent> {
+    let base = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let mut prev = prev_hash.to_owned();
+    (from_seq..from_seq + n)
+        .map(|seq| {
+            let mut e = NewEvent::new(EventType::Request, format!("event {seq}"))
+                .with_request_id(format!("req-{seq}"))
+                .with_metadata(json!({"seq": seq, "pad": "x".repeat(pad)}));
+            e.timestamp = base + Duration::hours(6 * seq);
+            let sealed = e.seal(seq, &prev);
+            prev.clone_from(&sealed.hash);
+            sealed
+        })
+        .collect()
+}
+
+/// Retention and the size cap on one store.
+async fn purges(store: &dyn AuditStore) {
+    let far_future = Utc.with_ymd_and_hms(2100, 1, 1, 0, 0, 0).unwrap();
+    let r = store.purge_before(far_future).await.unwrap();
+    assert_eq!((r.removed, r.first_seq, r.last_seq), (0, None, None));
+    let r = store.enforce_max_bytes(0).await.unwrap();
+    assert_eq!(r.removed, 0);
+
+    let mut events = spread_events(1, GENESIS_HASH, 40, 3000);
+    for batch in events.chunks(7) {
+        store.append_batch(batch.to_vec()).await.unwrap();
+    }
+    let mut kept = 0;
+
+    // Nothing is older than the first event, and nothing is over no cap.
+    let r = store.purge_before(events[0].timestamp).await.unwrap();
+    expect_removed(&r, &events, &mut kept);
+    assert_eq!(r.removed, 0);
+    let r = store.enforce_max_bytes(u64::MAX).await.unwrap();
+    expect_removed(&r, &events, &mut kept);
+    assert_eq!(r.removed, 0);
+    assert!(r.bytes_after <= r.bytes_before);
+
+    // A cutoff on a period boundary removes exactly the older events.
+    let r = store.purge_before(events[15].timestamp).await.unwrap();
+    expect_removed(&r, &events, &mut kept);
+    assert_eq!(
+        (r.removed, r.first_seq, r.last_seq),
+        (15, Some(1), Some(15))
+    );
+    check_remaining(store, &events[kept..]).await;
+
+    // Inside a period, a store may keep events of the period (the file
+    // store removes whole files), but what goes is older than the cutoff.
+    let cutoff = events[20].timestamp + Duration::hours(3);
+    let r = store.purge_before(cutoff).await.unwrap();
+    expect_removed(&r, &events, &mut kept);
+    assert!(kept <= 21, "removed events at or after the cutoff");
+    check_remaining(store, &events[kept..]).await;
+
+    // The size cap removes the oldest until the store fits.
+    let bytes = store.stats().await.unwrap().store_bytes;
+    let cap = bytes / 2;
+    let r = store.enforce_max_bytes(cap).await.unwrap();
+    expect_removed(&r, &events, &mut kept);
+    if bytes > 0 {
+        assert!(r.removed > 0, "{r:?}");
+        assert!(r.bytes_after <= cap, "{r:?}");
+        assert!(store.stats().await.unwrap().store_bytes <= cap);
+    } else {
+        assert_eq!((r.removed, r.bytes_before, r.bytes_after), (0, 0, 0));
+    }
+    check_remaining(store, &events[kept..]).await;
+
+    // Everything is old: all but the newest goes, and the head stays.
+    let head = store.head().await.unwrap().unwrap();
+    let r = store.purge_before(far_future).await.unwrap();
+    expect_removed(&r, &events, &mut kept);
+    assert_eq!(kept, events.len() - 1, "{r:?}");
+    assert_eq!(store.head().await.unwrap(), Some(head.clone()));
+    check_remaining(store, &events[kept..]).await;
+
+    // The chain continues from the head, and verifies across the purges.
+    let more = spread_events(head.seq + 1, &head.hash, 5, 100);
+    store.append_batch(more.clone()).await.unwrap();
+    events.extend(more);
+    check_remaining(store, &events[kept..]).await;
+}
+
+/// Checks that `r` reports the run of oldest events after `kept`, and
+/// moves `kept` past it.
+fn expect_removed(r: &PurgeReport, events: &[AuditEvent], kept: &mut usize) {
+    if r.removed == 0 {
+        assert_eq!((r.first_seq, r.last_seq), (None, None), "{r:?}");
+    } else {
+        assert_eq!(r.first_seq, Some(events[*kept].seq), "{r:?}");
+        *kept += r.removed as usize;
+        assert_eq!(r.last_seq, Some(events[*kept - 1].seq), "{r:?}");
+    }
+    let oldest = events[*kept..].iter().map(|e| e.timestamp).min();
+    assert_eq!(
+        r.oldest_remaining,
+        oldest.map(|t| crate::event::format_timestamp(&t)),
+        "{r:?}"
+    );
+}
+
+/// The store holds exactly `expected`, and it verifies as a chain.
+async fn check_remaining(store: &dyn AuditStore, expected: &[AuditEvent]) {
+    let exported: Vec<AuditEvent> = store
+        .export(EventFilter::default())
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert_eq!(exported, expected);
+    let mut verifier = ChainVerifier::new();
+    for e in &exported {
+        verifier.check(e).unwrap();
+    }
+    let page = store
+        .query(&query(EventFilter::default(), 1000, None))
+        .await
+        .unwrap();
+    assert!(page.events.iter().rev().eq(expected.iter()));
+    assert_eq!(
+        store.stats().await.unwrap().total_events,
+        expected.len() as u64
+    );
+    let head = store.head().await.unwrap().unwrap();
+    assert_eq!(head.seq, expected[expected.len() - 1].seq);
+    store.health().await.unwrap();
 }
 
 /// Events with a spread of types, levels, request ids and metadata;
