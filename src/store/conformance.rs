@@ -440,3 +440,93 @@ fn query(filter: EventFilter, limit: usize, before_seq: Option<i64>) -> EventQue
         before_seq,
     }
 }
+
+/// A REQUEST and RESPONSE pair as the proxy records a chat call: about
+/// 1 KB of sanitised body in each, plus the documented metadata.
+pub(crate) fn realistic_events(n: i64) -> Vec<AuditEvent> {
+    let prompt = "Summarise the attached quarterly report for the board. \
+        Focus on revenue, churn and the hiring plan; keep it under 200 words. "
+        .repeat(6);
+    let answer = "Revenue grew 12% quarter on quarter, led by the enterprise tier. \
+        Churn fell to 2.1%. Hiring is on plan with 14 of 16 roles filled. "
+        .repeat(6);
+    let mut prev = GENESIS_HASH.to_owned();
+    (1..=n)
+        .map(|seq| {
+            let request_id = crate::event::new_id();
+            let e = if seq % 2 == 1 {
+                NewEvent::new(EventType::Request, "POST /v1/chat/completions").with_metadata(json!({
+                    "provider": "openai", "operation": "chat.create", "method": "POST",
+                    "path": "/v1/chat/completions", "model": "gpt-4o-mini", "stream": false,
+                    "client_ip": "10.0.3.17",
+                    "headers": {"content-type": "application/json", "user-agent": "OpenAI/Python 1.54.3"},
+                    "request_data": {"model": "gpt-4o-mini", "temperature": 0.2, "messages": [
+                        {"role": "system", "content": "You are a concise analyst."},
+                        {"role": "user", "content": prompt},
+                    ]},
+                    "body_bytes": 1180, "truncated": false,
+                }))
+            } else {
+                NewEvent::new(EventType::Response, "200 chat.create gpt-4o-mini").with_metadata(json!({
+                    "provider": "openai", "operation": "chat.create", "status": 200,
+                    "latency_ms": 1840, "ttfb_ms": 412, "model": "gpt-4o-mini-2024-07-18",
+                    "usage": {"prompt_tokens": 231, "completion_tokens": 198, "total_tokens": 429},
+                    "finish_reason": "stop", "stream": false,
+                    "response_data": {"id": "chatcmpl-AbCdEf0123456789", "object": "chat.completion",
+                        "created": 1_767_225_600, "model": "gpt-4o-mini-2024-07-18",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": answer}}],
+                        "usage": {"prompt_tokens": 231, "completion_tokens": 198, "total_tokens": 429}},
+                    "upstream_request_id": "req_7f3a9c2e4b1d",
+                    "body_bytes": 1214, "truncated": false, "outcome": "completed",
+                }))
+            };
+            let sealed = e.with_request_id(request_id).seal(seq, &prev);
+            prev.clone_from(&sealed.hash);
+            sealed
+        })
+        .collect()
+}
+
+/// Prints the average bytes per stored event of the persistent stores:
+/// `cargo test --lib bytes_per_event -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn bytes_per_event() {
+    const N: i64 = 10_000;
+    let events = realistic_events(N);
+    let json_bytes: usize = events
+        .iter()
+        .map(|e| serde_json::to_vec(e).unwrap().len())
+        .sum();
+    println!(
+        "serialised event: {} bytes on average",
+        json_bytes / N as usize
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = super::sqlite::SqliteStore::open(dir.path()).await.unwrap();
+        for batch in events.chunks(100) {
+            store.append_batch(batch.to_vec()).await.unwrap();
+        }
+        let bytes = store.stats().await.unwrap().store_bytes;
+        println!(
+            "sqlite, db + wal while open: {} bytes/event",
+            bytes / N as u64
+        );
+    }
+    // Closing the last connection checkpoints and removes the WAL.
+    let db = std::fs::metadata(dir.path().join(super::sqlite::DB_FILE))
+        .unwrap()
+        .len();
+    println!("sqlite, db after close: {} bytes/event", db / N as u64);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = super::file::FileStore::open(dir.path(), super::Rotation::Daily).unwrap();
+    for batch in events.chunks(100) {
+        store.append_batch(batch.to_vec()).await.unwrap();
+    }
+    let bytes = store.stats().await.unwrap().store_bytes;
+    println!("file: {} bytes/event", bytes / N as u64);
+}

@@ -8,7 +8,7 @@
 //! Exports open a third, short-lived connection on a blocking thread and
 //! push chunks through a bounded channel, so memory stays flat whatever
 //! the size and the reads stop as soon as the consumer goes away.
-//! Retention and the size cap live in [`purge`].
+//! Retention and the size cap live in `sqlite/purge.rs`.
 
 mod purge;
 mod schema;

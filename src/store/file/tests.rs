@@ -25,8 +25,10 @@ fn files(dir: &Path) -> Vec<String> {
     names
 }
 
+// Weekly rotation puts the purge cases' last 25 events in one file, which
+// the size cap must keep, so its file handling is tested on its own below.
 #[tokio::test]
-async fn conforms_with_every_rotation() {
+async fn conforms_with_hourly_and_daily_rotation() {
     for rotation in [Rotation::Daily, Rotation::Hourly] {
         conformance_suite(|| async move {
             let dir = tempfile::tempdir().unwrap();
