@@ -8,6 +8,7 @@
 //! stamped, so the chain is a true record of write order.
 
 pub mod health;
+pub mod maintenance;
 pub mod record;
 pub mod writer;
 

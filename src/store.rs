@@ -3,18 +3,30 @@
 //! Stores write rows exactly as given: ids, times, `seq` and hashes are
 //! stamped by the pipeline's writer. Every backend answers queries the same
 //! way (newest first, keyset cursor on `seq`) and exports oldest first.
+//!
+//! Retention and the size cap remove the *oldest* events only, as a run
+//! from the start of the chain, and never the newest event: what remains is
+//! an unbroken tail of the chain (which [`ChainVerifier`] accepts, since it
+//! trusts the first event it sees), and the writer always finds the head it
+//! continues from, so `seq` never restarts.
+//!
+//! [`ChainVerifier`]: crate::event::chain::ChainVerifier
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod file;
 pub mod memory;
 pub mod sqlite;
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures_util::stream::BoxStream;
+use futures_util::stream::{self, BoxStream, StreamExt};
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::event::{AuditEvent, EventType, Level};
 
@@ -77,6 +89,32 @@ pub struct StoreStats {
     pub violations_by_policy: std::collections::BTreeMap<String, u64>,
 }
 
+/// What a purge removed, and the store's size around it.
+///
+/// `first_seq..=last_seq` is the removed run (purges only ever remove the
+/// oldest events, so it is contiguous).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PurgeReport {
+    pub removed: u64,
+    pub first_seq: Option<i64>,
+    pub last_seq: Option<i64>,
+    /// The oldest timestamp still stored, as events carry it.
+    pub oldest_remaining: Option<String>,
+    /// Bytes on disk before and after (0 for memory).
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// When the file store starts a new file, by the event's UTC timestamp
+/// (`audit.file_rotation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Rotation {
+    Hourly,
+    #[default]
+    Daily,
+    Weekly,
+}
+
 /// A store failure. `retriable` tells the writer whether trying the same
 /// batch again may succeed.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +131,10 @@ pub enum StoreError {
 
 /// Stream of events, in the order the call defines.
 pub type EventStream = BoxStream<'static, Result<AuditEvent, StoreError>>;
+
+/// What an export's reading thread hands to the stream: a chunk of events,
+/// or the error that ends it.
+pub(crate) type EventChunk = Result<Vec<AuditEvent>, StoreError>;
 
 /// The one interface every backend implements.
 #[async_trait]
@@ -121,9 +163,70 @@ pub trait AuditStore: Send + Sync + 'static {
 
     /// Runs a real, cheap operation of the store (a read that touches it).
     async fn health(&self) -> Result<(), StoreError>;
+
+    /// Removes events with timestamp < `before`. Returns what was removed.
+    ///
+    /// Only a run of the oldest events goes (in `seq` order, stopping at the
+    /// first one that must stay), and never the newest event, so the rest
+    /// of the chain stays verifiable and the writer keeps its head. Stores
+    /// may keep more than asked: the file store removes whole files only.
+    async fn purge_before(&self, before: DateTime<Utc>) -> Result<PurgeReport, StoreError>;
+
+    /// Removes the oldest events until the store occupies at most
+    /// `max_bytes` on disk. Returns what was removed (count 0 if nothing had
+    /// to go). The newest event always stays, so a cap below what one event
+    /// (or, for the file store, the file being written) needs is not reached.
+    async fn enforce_max_bytes(&self, max_bytes: u64) -> Result<PurgeReport, StoreError>;
 }
 
 pub type SharedStore = Arc<dyn AuditStore>;
+
+/// Turns the chunks an export's reading thread sends into a stream of
+/// events; the stream ends after the first error.
+pub(crate) fn chunk_stream(rx: mpsc::Receiver<EventChunk>) -> EventStream {
+    stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    })
+    .flat_map(|chunk| {
+        let (events, error) = match chunk {
+            Ok(events) => (events, None),
+            Err(error) => (Vec::new(), Some(error)),
+        };
+        stream::iter(events.into_iter().map(Ok).chain(error.map(Err)))
+    })
+    .boxed()
+}
+
+// === impl Rotation ===
+
+impl Rotation {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Rotation::Hourly => "hourly",
+            Rotation::Daily => "daily",
+            Rotation::Weekly => "weekly",
+        }
+    }
+}
+
+impl FromStr for Rotation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "hourly" => Ok(Rotation::Hourly),
+            "daily" => Ok(Rotation::Daily),
+            "weekly" => Ok(Rotation::Weekly),
+            _ => Err("rotation must be one of hourly, daily, weekly".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for Rotation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 // === impl StoreError ===
 

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures_util::stream;
 use serde_json::{json, Value};
 use tokio_util::task::TaskTracker;
@@ -16,7 +17,7 @@ use crate::pipeline::{spawn_writer, WriterConfig};
 use crate::store::conformance::sample_events;
 use crate::store::memory::MemoryStore;
 use crate::store::{
-    AuditStore, ChainHead, EventPage, EventQuery, EventStream, StoreError, StoreStats,
+    AuditStore, ChainHead, EventPage, EventQuery, EventStream, PurgeReport, StoreError, StoreStats,
 };
 
 struct Harness {
@@ -635,6 +636,12 @@ impl AuditStore for BrokenStore {
         Err(StoreError::Unavailable("/secret/path".into()))
     }
     async fn health(&self) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("/secret/path".into()))
+    }
+    async fn purge_before(&self, _: DateTime<Utc>) -> Result<PurgeReport, StoreError> {
+        Err(StoreError::Unavailable("/secret/path".into()))
+    }
+    async fn enforce_max_bytes(&self, _: u64) -> Result<PurgeReport, StoreError> {
         Err(StoreError::Unavailable("/secret/path".into()))
     }
 }

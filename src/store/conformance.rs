@@ -3,7 +3,9 @@
 //! The expected answer of every query is computed from the appended events
 //! with [`EventFilter::matches`], so each backend is held to the same
 //! oracle: newest first for pages, oldest first for exports, a keyset
-//! cursor that visits every event exactly once.
+//! cursor that visits every event exactly once. Purges are held to the
+//! rules every backend shares: only a run of the oldest events goes, never
+//! the newest, and what remains still verifies as a chain.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -12,7 +14,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::{AuditStore, EventFilter, EventQuery, SharedStore};
+use super::{AuditStore, EventFilter, EventQuery, PurgeReport, SharedStore};
 use crate::event::chain::{ChainVerifier, GENESIS_HASH};
 use crate::event::{AuditEvent, EventType, Level, NewEvent};
 
@@ -58,6 +60,143 @@ where
         verifier.check(&e.unwrap()).unwrap();
     }
     assert_eq!(verifier.checked(), EVENTS as u64);
+    drop(store);
+
+    let (store, _guard) = make().await;
+    purges(&*store).await;
+}
+
+/// Events six hours apart, `seq * 6h` after 2026-01-01T00:00Z (a
+/// Thursday), each with about `pad` bytes of metadata. Seq 16 is Monday
+/// 2026-01-05T00:00Z, the first event of ISO week 2: a cutoff there falls
+/// on an hour, a day and a week boundary at once.
+pub(crate) fn spread_events(from_seq: i64, prev_hash: &str, n: i64, pad: usize) -> Vec<AuditEvent> {
+    let base = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let mut prev = prev_hash.to_owned();
+    (from_seq..from_seq + n)
+        .map(|seq| {
+            let mut e = NewEvent::new(EventType::Request, format!("event {seq}"))
+                .with_request_id(format!("req-{seq}"))
+                .with_metadata(json!({"seq": seq, "pad": "x".repeat(pad)}));
+            e.timestamp = base + Duration::hours(6 * seq);
+            let sealed = e.seal(seq, &prev);
+            prev.clone_from(&sealed.hash);
+            sealed
+        })
+        .collect()
+}
+
+/// Retention and the size cap on one store.
+async fn purges(store: &dyn AuditStore) {
+    let far_future = Utc.with_ymd_and_hms(2100, 1, 1, 0, 0, 0).unwrap();
+    let r = store.purge_before(far_future).await.unwrap();
+    assert_eq!((r.removed, r.first_seq, r.last_seq), (0, None, None));
+    let r = store.enforce_max_bytes(0).await.unwrap();
+    assert_eq!(r.removed, 0);
+
+    let mut events = spread_events(1, GENESIS_HASH, 40, 3000);
+    for batch in events.chunks(7) {
+        store.append_batch(batch.to_vec()).await.unwrap();
+    }
+    let mut kept = 0;
+
+    // Nothing is older than the first event, and nothing is over no cap.
+    let r = store.purge_before(events[0].timestamp).await.unwrap();
+    expect_removed(&r, &events, &mut kept);
+    assert_eq!(r.removed, 0);
+    let r = store.enforce_max_bytes(u64::MAX).await.unwrap();
+    expect_removed(&r, &events, &mut kept);
+    assert_eq!(r.removed, 0);
+    assert!(r.bytes_after <= r.bytes_before);
+
+    // A cutoff on a period boundary removes exactly the older events.
+    let r = store.purge_before(events[15].timestamp).await.unwrap();
+    expect_removed(&r, &events, &mut kept);
+    assert_eq!(
+        (r.removed, r.first_seq, r.last_seq),
+        (15, Some(1), Some(15))
+    );
+    check_remaining(store, &events[kept..]).await;
+
+    // Inside a period, a store may keep events of the period (the file
+    // store removes whole files), but what goes is older than the cutoff.
+    let cutoff = events[20].timestamp + Duration::hours(3);
+    let r = store.purge_before(cutoff).await.unwrap();
+    expect_removed(&r, &events, &mut kept);
+    assert!(kept <= 21, "removed events at or after the cutoff");
+    check_remaining(store, &events[kept..]).await;
+
+    // The size cap removes the oldest until the store fits.
+    let bytes = store.stats().await.unwrap().store_bytes;
+    let cap = bytes / 2;
+    let r = store.enforce_max_bytes(cap).await.unwrap();
+    expect_removed(&r, &events, &mut kept);
+    if bytes > 0 {
+        assert!(r.removed > 0, "{r:?}");
+        assert!(r.bytes_after <= cap, "{r:?}");
+        assert!(store.stats().await.unwrap().store_bytes <= cap);
+    } else {
+        assert_eq!((r.removed, r.bytes_before, r.bytes_after), (0, 0, 0));
+    }
+    check_remaining(store, &events[kept..]).await;
+
+    // Everything is old: all but the newest goes, and the head stays.
+    let head = store.head().await.unwrap().unwrap();
+    let r = store.purge_before(far_future).await.unwrap();
+    expect_removed(&r, &events, &mut kept);
+    assert_eq!(kept, events.len() - 1, "{r:?}");
+    assert_eq!(store.head().await.unwrap(), Some(head.clone()));
+    check_remaining(store, &events[kept..]).await;
+
+    // The chain continues from the head, and verifies across the purges.
+    let more = spread_events(head.seq + 1, &head.hash, 5, 100);
+    store.append_batch(more.clone()).await.unwrap();
+    events.extend(more);
+    check_remaining(store, &events[kept..]).await;
+}
+
+/// Checks that `r` reports the run of oldest events after `kept`, and
+/// moves `kept` past it.
+fn expect_removed(r: &PurgeReport, events: &[AuditEvent], kept: &mut usize) {
+    if r.removed == 0 {
+        assert_eq!((r.first_seq, r.last_seq), (None, None), "{r:?}");
+    } else {
+        assert_eq!(r.first_seq, Some(events[*kept].seq), "{r:?}");
+        *kept += r.removed as usize;
+        assert_eq!(r.last_seq, Some(events[*kept - 1].seq), "{r:?}");
+    }
+    let oldest = events[*kept..].iter().map(|e| e.timestamp).min();
+    assert_eq!(
+        r.oldest_remaining,
+        oldest.map(|t| crate::event::format_timestamp(&t)),
+        "{r:?}"
+    );
+}
+
+/// The store holds exactly `expected`, and it verifies as a chain.
+async fn check_remaining(store: &dyn AuditStore, expected: &[AuditEvent]) {
+    let exported: Vec<AuditEvent> = store
+        .export(EventFilter::default())
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert_eq!(exported, expected);
+    let mut verifier = ChainVerifier::new();
+    for e in &exported {
+        verifier.check(e).unwrap();
+    }
+    let page = store
+        .query(&query(EventFilter::default(), 1000, None))
+        .await
+        .unwrap();
+    assert!(page.events.iter().rev().eq(expected.iter()));
+    assert_eq!(
+        store.stats().await.unwrap().total_events,
+        expected.len() as u64
+    );
+    let head = store.head().await.unwrap().unwrap();
+    assert_eq!(head.seq, expected[expected.len() - 1].seq);
+    store.health().await.unwrap();
 }
 
 /// Events with a spread of types, levels, request ids and metadata;
@@ -300,4 +439,94 @@ fn query(filter: EventFilter, limit: usize, before_seq: Option<i64>) -> EventQue
         limit,
         before_seq,
     }
+}
+
+/// A REQUEST and RESPONSE pair as the proxy records a chat call: about
+/// 1 KB of sanitised body in each, plus the documented metadata.
+pub(crate) fn realistic_events(n: i64) -> Vec<AuditEvent> {
+    let prompt = "Summarise the attached quarterly report for the board. \
+        Focus on revenue, churn and the hiring plan; keep it under 200 words. "
+        .repeat(6);
+    let answer = "Revenue grew 12% quarter on quarter, led by the enterprise tier. \
+        Churn fell to 2.1%. Hiring is on plan with 14 of 16 roles filled. "
+        .repeat(6);
+    let mut prev = GENESIS_HASH.to_owned();
+    (1..=n)
+        .map(|seq| {
+            let request_id = crate::event::new_id();
+            let e = if seq % 2 == 1 {
+                NewEvent::new(EventType::Request, "POST /v1/chat/completions").with_metadata(json!({
+                    "provider": "openai", "operation": "chat.create", "method": "POST",
+                    "path": "/v1/chat/completions", "model": "gpt-4o-mini", "stream": false,
+                    "client_ip": "10.0.3.17",
+                    "headers": {"content-type": "application/json", "user-agent": "OpenAI/Python 1.54.3"},
+                    "request_data": {"model": "gpt-4o-mini", "temperature": 0.2, "messages": [
+                        {"role": "system", "content": "You are a concise analyst."},
+                        {"role": "user", "content": prompt},
+                    ]},
+                    "body_bytes": 1180, "truncated": false,
+                }))
+            } else {
+                NewEvent::new(EventType::Response, "200 chat.create gpt-4o-mini").with_metadata(json!({
+                    "provider": "openai", "operation": "chat.create", "status": 200,
+                    "latency_ms": 1840, "ttfb_ms": 412, "model": "gpt-4o-mini-2024-07-18",
+                    "usage": {"prompt_tokens": 231, "completion_tokens": 198, "total_tokens": 429},
+                    "finish_reason": "stop", "stream": false,
+                    "response_data": {"id": "chatcmpl-AbCdEf0123456789", "object": "chat.completion",
+                        "created": 1_767_225_600, "model": "gpt-4o-mini-2024-07-18",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": answer}}],
+                        "usage": {"prompt_tokens": 231, "completion_tokens": 198, "total_tokens": 429}},
+                    "upstream_request_id": "req_7f3a9c2e4b1d",
+                    "body_bytes": 1214, "truncated": false, "outcome": "completed",
+                }))
+            };
+            let sealed = e.with_request_id(request_id).seal(seq, &prev);
+            prev.clone_from(&sealed.hash);
+            sealed
+        })
+        .collect()
+}
+
+/// Prints the average bytes per stored event of the persistent stores:
+/// `cargo test --lib bytes_per_event -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn bytes_per_event() {
+    const N: i64 = 10_000;
+    let events = realistic_events(N);
+    let json_bytes: usize = events
+        .iter()
+        .map(|e| serde_json::to_vec(e).unwrap().len())
+        .sum();
+    println!(
+        "serialised event: {} bytes on average",
+        json_bytes / N as usize
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = super::sqlite::SqliteStore::open(dir.path()).await.unwrap();
+        for batch in events.chunks(100) {
+            store.append_batch(batch.to_vec()).await.unwrap();
+        }
+        let bytes = store.stats().await.unwrap().store_bytes;
+        println!(
+            "sqlite, db + wal while open: {} bytes/event",
+            bytes / N as u64
+        );
+    }
+    // Closing the last connection checkpoints and removes the WAL.
+    let db = std::fs::metadata(dir.path().join(super::sqlite::DB_FILE))
+        .unwrap()
+        .len();
+    println!("sqlite, db after close: {} bytes/event", db / N as u64);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = super::file::FileStore::open(dir.path(), super::Rotation::Daily).unwrap();
+    for batch in events.chunks(100) {
+        store.append_batch(batch.to_vec()).await.unwrap();
+    }
+    let bytes = store.stats().await.unwrap().store_bytes;
+    println!("file: {} bytes/event", bytes / N as u64);
 }

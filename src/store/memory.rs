@@ -8,11 +8,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt};
 
 use super::{
-    AuditStore, ChainHead, EventFilter, EventPage, EventQuery, EventStream, StoreError, StoreStats,
-    MAX_QUERY_LIMIT,
+    AuditStore, ChainHead, EventFilter, EventPage, EventQuery, EventStream, PurgeReport,
+    StoreError, StoreStats, MAX_QUERY_LIMIT,
 };
 use crate::event::{format_timestamp, AuditEvent, EventType};
 
@@ -159,6 +160,39 @@ impl AuditStore for MemoryStore {
         drop(self.ring());
         Ok(())
     }
+
+    async fn purge_before(&self, before: DateTime<Utc>) -> Result<PurgeReport, StoreError> {
+        let mut ring = self.ring();
+        let mut report = PurgeReport::default();
+        // Oldest first, stopping at the first event that stays and always
+        // keeping the newest, so what remains is an unbroken chain tail.
+        while ring.events.len() > 1 && ring.events.front().is_some_and(|e| e.timestamp < before) {
+            if let Some(e) = ring.events.pop_front() {
+                report.removed += 1;
+                report.first_seq.get_or_insert(e.seq);
+                report.last_seq = Some(e.seq);
+            }
+        }
+        report.oldest_remaining = oldest(&ring);
+        Ok(report)
+    }
+
+    /// Memory occupies nothing on disk, so there is never anything to
+    /// remove; `audit.memory_limit` bounds this store instead.
+    async fn enforce_max_bytes(&self, _max_bytes: u64) -> Result<PurgeReport, StoreError> {
+        Ok(PurgeReport {
+            oldest_remaining: oldest(&self.ring()),
+            ..PurgeReport::default()
+        })
+    }
+}
+
+fn oldest(ring: &Ring) -> Option<String> {
+    ring.events
+        .iter()
+        .map(|e| e.timestamp)
+        .min()
+        .map(|t| format_timestamp(&t))
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@
 //! Exports open a third, short-lived connection on a blocking thread and
 //! push chunks through a bounded channel, so memory stays flat whatever
 //! the size and the reads stop as soon as the consumer goes away.
+//! Retention and the size cap live in `sqlite/purge.rs`.
 
+mod purge;
 mod schema;
 
 use std::collections::BTreeMap;
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -23,8 +26,8 @@ use tokio::sync::mpsc;
 use tokio_rusqlite::Connection;
 
 use super::{
-    AuditStore, ChainHead, EventFilter, EventPage, EventQuery, EventStream, StoreError, StoreStats,
-    MAX_QUERY_LIMIT,
+    chunk_stream, AuditStore, ChainHead, EventChunk, EventFilter, EventPage, EventQuery,
+    EventStream, PurgeReport, StoreError, StoreStats, MAX_QUERY_LIMIT,
 };
 use crate::event::{format_timestamp, parse_timestamp, AuditEvent, EventType, Level};
 
@@ -64,7 +67,7 @@ struct Conditions {
     params: Vec<SqlValue>,
 }
 
-type Chunk = Result<Vec<AuditEvent>, StoreError>;
+type Chunk = EventChunk;
 
 // === impl SqliteStore ===
 
@@ -264,17 +267,7 @@ impl AuditStore for SqliteStore {
                 let _ = tx.blocking_send(Err(error));
             }
         }));
-        stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|chunk| (chunk, rx))
-        })
-        .flat_map(|chunk| {
-            let (events, error) = match chunk {
-                Ok(events) => (events, None),
-                Err(error) => (Vec::new(), Some(error)),
-            };
-            stream::iter(events.into_iter().map(Ok).chain(error.map(Err)))
-        })
-        .boxed()
+        chunk_stream(rx)
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -311,7 +304,7 @@ impl AuditStore for SqliteStore {
                 "SELECT COALESCE(json_extract(metadata, '$.policy_name'), ''), COUNT(*) \
                  FROM events WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1",
             )?;
-            stats.store_bytes = file_size(&path) + file_size(&wal_path(&path));
+            stats.store_bytes = purge::disk_bytes(&path);
             Ok(stats)
         })
         .await
@@ -341,6 +334,14 @@ impl AuditStore for SqliteStore {
             })
             .await
             .map_err(from_call)
+    }
+
+    async fn purge_before(&self, before: DateTime<Utc>) -> Result<PurgeReport, StoreError> {
+        self.purge_before_impl(before).await
+    }
+
+    async fn enforce_max_bytes(&self, max_bytes: u64) -> Result<PurgeReport, StoreError> {
+        self.enforce_max_bytes_impl(max_bytes).await
     }
 }
 

@@ -9,12 +9,26 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::store::StoreError;
 
+/// One schema step.
+enum Migration {
+    /// Statements run in one IMMEDIATE transaction with the version bump.
+    Sql(&'static str),
+    /// Switches the file to `auto_vacuum = INCREMENTAL`, so pages freed by
+    /// retention can be handed back to the file system a few at a time
+    /// (`PRAGMA incremental_vacuum`). The mode can only change on a file
+    /// without tables or through a `VACUUM`, which rewrites the file and
+    /// cannot run inside a transaction; it is a one-off, so a large store
+    /// pays for the rewrite once, at the first start of this version.
+    IncrementalAutoVacuum,
+}
+
 /// Ordered migrations; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // 1: the events table and one index per query filter. `seq` is the
     // rowid, so keyset paging on it needs no extra index; the compound
     // indexes end in `seq` so a filtered page is read in `seq` order.
-    "CREATE TABLE events (
+    Migration::Sql(
+        "CREATE TABLE events (
         seq        INTEGER PRIMARY KEY,
         id         TEXT    NOT NULL UNIQUE,
         timestamp  TEXT    NOT NULL,
@@ -31,25 +45,58 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_type_seq ON events (event_type, seq);
     CREATE INDEX events_request_id ON events (request_id);
     CREATE INDEX events_level_seq ON events (level_rank, seq);",
+    ),
+    // 2: retention and the size cap shrink the file.
+    Migration::IncrementalAutoVacuum,
 ];
+
+/// `PRAGMA auto_vacuum`'s value for INCREMENTAL.
+pub const AUTO_VACUUM_INCREMENTAL: i64 = 2;
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the database up to [`SCHEMA_VERSION`].
 ///
-/// Runs in one IMMEDIATE transaction, so two processes opening the same
-/// file at once cannot both apply a migration, and a failed migration
-/// leaves the file at its old version.
+/// Each step commits together with its version bump, and re-reads the
+/// version under the write lock first, so two processes opening the same
+/// file at once cannot both apply a step, and a failed step leaves the file
+/// at the version before it.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let current = user_version(&tx)?;
+    migrate_to(conn, SCHEMA_VERSION)
+}
+
+/// Applies the migrations up to `target` (tests build older files with it).
+pub(super) fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
+    let current = user_version(conn)?;
     check_supported(current)?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+    let steps = MIGRATIONS.iter().enumerate().take(target.max(0) as usize);
+    for (i, migration) in steps.skip(current as usize) {
+        let version = i as i64;
+        match migration {
+            Migration::Sql(sql) => {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                if user_version(&tx)? != version {
+                    continue;
+                }
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", version + 1)?;
+                tx.commit()?;
+            }
+            Migration::IncrementalAutoVacuum => {
+                let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?;
+                if mode != AUTO_VACUUM_INCREMENTAL {
+                    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+                    conn.execute_batch("VACUUM")?;
+                }
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                if user_version(&tx)? == version {
+                    tx.pragma_update(None, "user_version", version + 1)?;
+                }
+                tx.commit()?;
+            }
+        }
     }
-    tx.commit()?;
     Ok(())
 }
 

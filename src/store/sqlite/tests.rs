@@ -256,3 +256,73 @@ fn error_codes_map_to_store_errors() {
         StoreError::Other(_)
     ));
 }
+
+#[tokio::test]
+async fn new_stores_use_incremental_auto_vacuum() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(dir.path()).await.unwrap());
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let mode: i64 = conn
+        .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, schema::AUTO_VACUUM_INCREMENTAL);
+}
+
+#[tokio::test]
+async fn a_version_1_store_is_vacuumed_into_incremental_mode_and_keeps_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = sample_events();
+    {
+        // A store as version 1 left it: WAL, no auto_vacuum, events in it.
+        let mut conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        schema::migrate_to(&mut conn, 1).unwrap();
+        let mode: i64 = conn
+            .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, 0);
+    }
+    {
+        // Fill it through the store, then take it back to version 1.
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store.append_batch(events.clone()).await.unwrap();
+    }
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute_batch("PRAGMA auto_vacuum = NONE; VACUUM; PRAGMA user_version = 1;")
+        .unwrap();
+    let mode: i64 = conn
+        .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, 0);
+    drop(conn);
+
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    assert_eq!(schema::user_version(&conn).unwrap(), schema::SCHEMA_VERSION);
+    let mode: i64 = conn
+        .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, schema::AUTO_VACUUM_INCREMENTAL);
+    let exported: Vec<_> = store
+        .export(EventFilter::default())
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert_eq!(exported, events);
+}
+
+#[tokio::test]
+async fn a_size_cap_purge_shrinks_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let events = crate::store::conformance::spread_events(1, GENESIS_HASH, 2000, 1000);
+    for batch in events.chunks(500) {
+        store.append_batch(batch.to_vec()).await.unwrap();
+    }
+    let before = store.stats().await.unwrap().store_bytes;
+    let r = store.enforce_max_bytes(before / 4).await.unwrap();
+    assert!(r.removed > 1000, "{r:?}");
+    let db = std::fs::metadata(dir.path().join(DB_FILE)).unwrap().len();
+    assert!(db <= before / 4, "{db} > {}", before / 4);
+    assert_eq!(r.bytes_after, store.stats().await.unwrap().store_bytes);
+}
