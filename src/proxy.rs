@@ -22,6 +22,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use framing_guard::FramingGuard;
+
 pub use forward::ProxyState;
 
 /// How the drain went.
@@ -69,7 +71,7 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(forward::handle(state, req, client_ip).await) }
         });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(FramingGuard::new(stream)), service)
             .into_owned();
         let conn = graceful.watch(conn);
         let cut = cut.clone();

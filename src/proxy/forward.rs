@@ -64,11 +64,6 @@ pub async fn handle(
     if state.fail_mode == FailMode::FailClosed && !state.store_health.is_writable() {
         return ProxyError::AuditStoreUnavailable.into_response(&request_id);
     }
-    if has_ambiguous_length(req.headers()) {
-        // Request smuggling guard: two framings for one body means the
-        // proxy and upstream could disagree where the request ends.
-        return ProxyError::AmbiguousLength.into_response(&request_id);
-    }
     let (parts, body) = req.into_parts();
     let path_and_query = parts
         .uri
@@ -218,24 +213,6 @@ fn on_done(sender: Option<tokio::sync::oneshot::Sender<crate::capture::tee::Capt
             let _ = tx.send(captured);
         }
     })
-}
-
-/// Both Content-Length and Transfer-Encoding, or Content-Length values
-/// that differ.
-fn has_ambiguous_length(headers: &HeaderMap) -> bool {
-    let mut lengths = headers
-        .get_all(header::CONTENT_LENGTH)
-        .iter()
-        .flat_map(|v| {
-            v.to_str()
-                .unwrap_or("invalid")
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .collect::<Vec<_>>()
-        });
-    let first = lengths.next();
-    (first.is_some() && headers.contains_key(header::TRANSFER_ENCODING))
-        || lengths.any(|l| Some(&l) != first.as_ref())
 }
 
 /// `headers` without hop-by-hop headers, including those the

@@ -26,9 +26,6 @@ pub enum ProxyError {
     AuditStoreUnavailable,
     /// The app's request could not be read.
     BadRequest,
-    /// Content-Length together with Transfer-Encoding, or conflicting
-    /// Content-Length values.
-    AmbiguousLength,
     /// The proxy is shutting down.
     ShuttingDown,
 }
@@ -43,7 +40,7 @@ impl ProxyError {
             ProxyError::AuditStoreUnavailable | ProxyError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::BadRequest | ProxyError::AmbiguousLength => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -55,7 +52,6 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::AuditStoreUnavailable => "audit_store_unavailable",
             ProxyError::BadRequest => "bad_request",
-            ProxyError::AmbiguousLength => "ambiguous_content_length",
             ProxyError::ShuttingDown => "shutting_down",
         }
     }
@@ -72,16 +68,13 @@ impl ProxyError {
                 "The audit store is unavailable and the proxy is configured to fail closed."
             }
             ProxyError::BadRequest => "The audit proxy could not read the request.",
-            ProxyError::AmbiguousLength => {
-                "The request has both Content-Length and Transfer-Encoding, or conflicting Content-Length values."
-            }
             ProxyError::ShuttingDown => "The audit proxy is shutting down.",
         }
     }
 
     fn kind(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest | ProxyError::AmbiguousLength => "invalid_request_error",
+            ProxyError::BadRequest => "invalid_request_error",
             _ => "api_error",
         }
     }
@@ -109,7 +102,7 @@ impl ProxyError {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             headers.insert(REQUEST_ID_HEADER, v);
         }
-        if matches!(self, ProxyError::ShuttingDown | ProxyError::AmbiguousLength) {
+        if self == ProxyError::ShuttingDown {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
