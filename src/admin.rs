@@ -30,14 +30,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Json, Router};
-use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::event::chain::ChainVerifier;
 use crate::pipeline::Handle;
 use crate::readiness::Readiness;
-use crate::store::{EventFilter, SharedStore, StoreStats};
+use crate::store::{SharedStore, StoreStats};
 
 pub use error::AdminError;
 
@@ -130,29 +128,9 @@ async fn stats(State(state): State<AdminState>) -> Result<Response, AdminError> 
     .into_response())
 }
 
-/// Walks the whole store oldest first. Retention removes the oldest
-/// events, so the first one seen is trusted to link to what came before.
 async fn verify(State(state): State<AdminState>) -> Result<Response, AdminError> {
-    let mut events = state.store.export(EventFilter::default());
-    let mut verifier = ChainVerifier::new();
-    let mut first_bad = None;
-    while let Some(event) = events.next().await {
-        if let Err(broken) = verifier.check(&event?) {
-            first_bad = Some(broken);
-            break;
-        }
-    }
-    let head = verifier
-        .head()
-        .map(|(seq, hash)| json!({"seq": seq, "hash": hash}));
-    Ok(Json(json!({
-        "ok": first_bad.is_none(),
-        "events_checked": verifier.checked(),
-        "first_bad_seq": first_bad.as_ref().map(|b| b.seq),
-        "reason": first_bad.as_ref().map(|b| b.reason.as_str()),
-        "head": head,
-    }))
-    .into_response())
+    let report = crate::store::verify::verify_chain(state.store.as_ref()).await?;
+    Ok(Json(report).into_response())
 }
 
 async fn no_route() -> AdminError {

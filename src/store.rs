@@ -17,6 +17,7 @@ pub(crate) mod conformance;
 pub mod file;
 pub mod memory;
 pub mod sqlite;
+pub mod verify;
 
 use std::fmt;
 use std::str::FromStr;
@@ -125,6 +126,11 @@ pub enum StoreError {
     Full(String),
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
+    /// The batch's `seq` is already taken: another process appended to the
+    /// store (an offline `purge` recording its SYSTEM event). The writer
+    /// re-reads the head and seals the batch again.
+    #[error("another writer appended to the store: {0}")]
+    Conflict(String),
     #[error("store operation failed: {0}")]
     Other(String),
 }

@@ -114,7 +114,7 @@ impl Writer {
                     });
             self.report_drops(&mut batch);
             if !batch.is_empty() {
-                let result = self.write(&batch).await;
+                let result = self.write(&mut batch).await;
                 for (i, ack) in acks.drain(..) {
                     let reply = match &result {
                         Ok(()) => Ok(batch[i].clone()),
@@ -163,9 +163,10 @@ impl Writer {
 
     /// Writes `batch`, retrying while the error is retriable. Returns the
     /// last error's message if the batch could not be written.
-    async fn write(&mut self, batch: &[AuditEvent]) -> Result<(), String> {
+    async fn write(&mut self, batch: &mut [AuditEvent]) -> Result<(), String> {
         let mut delay = Duration::from_millis(50);
         let mut attempts = 0u32;
+        let mut conflicts = 0u32;
         loop {
             attempts += 1;
             let started = tokio::time::Instant::now();
@@ -183,6 +184,14 @@ impl Writer {
                         "Audit batch written."
                     );
                     return Ok(());
+                }
+                Err(StoreError::Conflict(message)) if conflicts < 10 => {
+                    // Another process appended (an offline purge's SYSTEM
+                    // event): continue the chain after what it wrote.
+                    conflicts += 1;
+                    tracing::debug!(%message, "Audit batch re-sealed after a concurrent append.");
+                    self.rewind().await;
+                    self.reseal(batch);
                 }
                 Err(error) => {
                     self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
@@ -205,6 +214,23 @@ impl Writer {
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+    }
+
+    /// Seals `batch` again after the current head, keeping each event's
+    /// content.
+    fn reseal(&mut self, batch: &mut [AuditEvent]) {
+        for event in batch.iter_mut() {
+            let new = NewEvent {
+                id: std::mem::take(&mut event.id),
+                timestamp: event.timestamp,
+                event_type: event.event_type.clone(),
+                level: event.level,
+                message: std::mem::take(&mut event.message),
+                request_id: event.request_id.take(),
+                metadata: std::mem::take(&mut event.metadata),
+            };
+            *event = self.seal(new);
         }
     }
 

@@ -345,7 +345,7 @@ impl State {
         let mut last = self.head.as_ref().map(|h| h.seq);
         for e in events {
             if last.is_some_and(|l| e.seq <= l) {
-                return Err(StoreError::Other(format!(
+                return Err(StoreError::Conflict(format!(
                     "seq {} does not follow the store's seq {}",
                     e.seq,
                     last.unwrap_or_default()

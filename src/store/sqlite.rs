@@ -401,6 +401,7 @@ impl From<rusqlite::Error> for StoreError {
             Some(Code::DatabaseBusy | Code::DatabaseLocked) => StoreError::Unavailable(message),
             Some(Code::DiskFull) => StoreError::Full(message),
             Some(Code::DatabaseCorrupt | Code::NotADatabase) => StoreError::Corrupt(message),
+            Some(Code::ConstraintViolation) => StoreError::Conflict(message),
             _ => StoreError::Other(message),
         }
     }
