@@ -22,15 +22,18 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::capture::sanitize::Sanitizer;
-use crate::config::{AuditConfig, Config, StorageKind};
+use crate::config::{self, AuditConfig, Config, StorageKind};
 use crate::event::chain::canonical_json;
 use crate::event::{EventType, NewEvent};
+use crate::pipeline::maintenance::{self, MaintenanceConfig};
 use crate::pipeline::record::Recorder;
 use crate::pipeline::{spawn_writer, Handle, WriterConfig};
 use crate::proxy::{self, ProxyState};
 use crate::readiness::Readiness;
+use crate::store::file::FileStore;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::verify::verify_chain;
 use crate::store::{SharedStore, StoreError};
 
 /// Why `serve` could not start.
@@ -70,17 +73,25 @@ pub async fn open_store(audit: &AuditConfig) -> Result<SharedStore, StartError> 
                 .map_err(|source| StartError::Store { kind, source })?,
         ),
         StorageKind::Memory => Arc::new(MemoryStore::new(audit.memory_limit)),
-        StorageKind::File => {
-            return Err(StartError::Store {
-                kind,
-                source: StoreError::Unavailable(
-                    "the file store is not available in this build; use sqlite or memory".into(),
-                ),
-            })
-        }
+        StorageKind::File => Arc::new(
+            FileStore::open(&audit.file_path, rotation(audit.file_rotation))
+                .map_err(|source| StartError::Store { kind, source })?,
+        ),
     };
     Ok(store)
 }
+
+/// The store's rotation setting for the configured one.
+pub fn rotation(r: config::Rotation) -> crate::store::Rotation {
+    match r {
+        config::Rotation::Hourly => crate::store::Rotation::Hourly,
+        config::Rotation::Daily => crate::store::Rotation::Daily,
+        config::Rotation::Weekly => crate::store::Rotation::Weekly,
+    }
+}
+
+/// How often retention and the size cap run in the background.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Starts the proxy and admin listeners; returns once both listen.
 pub async fn start(config: Config) -> Result<Running, StartError> {
@@ -143,6 +154,19 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
     });
 
     record_startup(&events, &config);
+    let background = CancellationToken::new();
+    spawn_chain_check(&writer_tracker, store.clone(), events.clone());
+    {
+        let store = store.clone();
+        let events = events.clone();
+        let stop = background.clone();
+        let cfg = MaintenanceConfig {
+            retention_days: config.audit.retention_days,
+            max_store_bytes: config.audit.max_store_mb.saturating_mul(1024 * 1024),
+            interval: MAINTENANCE_INTERVAL,
+        };
+        writer_tracker.spawn(maintenance::run(store, events, cfg, stop));
+    }
 
     let shutdown = CancellationToken::new();
     let admin_stop = CancellationToken::new();
@@ -206,7 +230,14 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
                 NewEvent::new(EventType::System, "Audit proxy stopped")
                     .with_metadata(json!({"phase": "shutdown", "drained": report.drained})),
             );
-            events.flush().await;
+            background.cancel();
+            // A dead store must not hold the process past its grace.
+            if tokio::time::timeout(Duration::from_secs(10), events.flush())
+                .await
+                .is_err()
+            {
+                tracing::error!("Audit events still queued at exit could not be written.");
+            }
             // Phase 5.
             admin_stop.cancel();
             let _ = admin_task.await;
@@ -245,6 +276,47 @@ impl Running {
     pub async fn wait(self) {
         let _ = self.done.await;
     }
+}
+
+/// Walks the chain in the background: a broken chain must not stop the
+/// app's traffic, but it is recorded as an ERROR naming the first bad seq.
+fn spawn_chain_check(tracker: &TaskTracker, store: SharedStore, events: Handle) {
+    tracker.spawn(async move {
+        match verify_chain(store.as_ref()).await {
+            Ok(report) if report.ok => {
+                tracing::info!(
+                    checked = report.events_checked,
+                    "Audit hash chain verified."
+                );
+            }
+            Ok(report) => {
+                tracing::error!(
+                    first_bad_seq = report.first_bad_seq,
+                    "Audit hash chain is broken."
+                );
+                events.offer(
+                    NewEvent::new(
+                        EventType::Error,
+                        format!(
+                            "Stored hash chain is broken at seq {}",
+                            report.first_bad_seq.unwrap_or_default()
+                        ),
+                    )
+                    .with_metadata(json!({
+                        "error_type": "chain_broken",
+                        "details": {
+                            "first_bad_seq": report.first_bad_seq,
+                            "reason": report.reason,
+                            "events_checked": report.events_checked,
+                        },
+                    })),
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, "Audit hash chain could not be checked.");
+            }
+        }
+    });
 }
 
 fn record_startup(events: &Handle, config: &Config) {

@@ -21,11 +21,84 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy and the admin endpoint.
     Serve(Box<ServeArgs>),
+    /// Query the configured store offline; a table, or JSON with --json.
+    Events(EventsArgs),
+    /// Export events to a file with the API's filters; prints the path.
+    Export(ExportArgs),
+    /// Check the store's hash chain; exits 1 when it is broken.
+    Verify(StoreArgs),
+    /// Apply retention and the size cap now.
+    Purge(StoreArgs),
     /// Validate a config file and print every error with its key.
     CheckConfig {
         /// The TOML file to check.
         file: PathBuf,
     },
+}
+
+/// Where the offline commands find the store.
+#[derive(Debug, Args, Default, Clone)]
+pub struct StoreArgs {
+    /// TOML configuration file. [env: LLM_AUDIT_PROXY_CONFIG]
+    #[arg(long, env = "LLM_AUDIT_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Store kind: sqlite or file [default: sqlite]. [env: LLM_AUDIT_PROXY_STORAGE]
+    #[arg(long)]
+    pub storage: Option<String>,
+    /// Folder of the store [default: ./audit_logs/]. [env: LLM_AUDIT_PROXY_FILE_PATH]
+    #[arg(long)]
+    pub file_path: Option<String>,
+}
+
+/// The filters `GET /api/events` takes, as flags.
+#[derive(Debug, Args, Default, Clone)]
+pub struct FilterArgs {
+    /// Comma list of event types (alias: --event-types).
+    #[arg(long, alias = "event-types")]
+    pub event_type: Option<String>,
+    /// Inclusive lower bound, RFC 3339.
+    #[arg(long)]
+    pub start_time: Option<String>,
+    /// Exclusive upper bound, RFC 3339.
+    #[arg(long)]
+    pub end_time: Option<String>,
+    /// One call's events.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Minimum level: DEBUG, INFO, WARNING, ERROR, CRITICAL.
+    #[arg(long)]
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Events per page (1 to 10000) [default: 100].
+    #[arg(long)]
+    pub limit: Option<String>,
+    /// The next_cursor of the previous page.
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Print the API's JSON (`{"events": [...], "next_cursor": ...}`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// json, ndjson or csv.
+    #[arg(long, default_value = "json")]
+    pub format: String,
+    /// The file to write.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args, Default)]
@@ -69,6 +142,43 @@ pub struct ServeArgs {
     /// terminal]. [env: LLM_AUDIT_PROXY_LOG_FORMAT]
     #[arg(long)]
     pub log_format: Option<String>,
+}
+
+// === impl StoreArgs ===
+
+impl StoreArgs {
+    /// The flags given, by config key.
+    pub fn flag_values(&self) -> FlagValues {
+        let mut flags = FlagValues::new();
+        if let Some(v) = &self.storage {
+            flags.insert(keys::AUDIT_STORAGE.name, v.clone());
+        }
+        if let Some(v) = &self.file_path {
+            flags.insert(keys::AUDIT_FILE_PATH.name, v.clone());
+        }
+        flags
+    }
+}
+
+// === impl FilterArgs ===
+
+impl FilterArgs {
+    /// The filters as the API's query parameters, so both are parsed and
+    /// checked by the same code.
+    pub fn query_pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = Vec::new();
+        let mut put = |name: &'static str, value: &Option<String>| {
+            if let Some(v) = value {
+                pairs.push((name, v.clone()));
+            }
+        };
+        put("event_type", &self.event_type);
+        put("start_time", &self.start_time);
+        put("end_time", &self.end_time);
+        put("request_id", &self.request_id);
+        put("level", &self.level);
+        pairs
+    }
 }
 
 // === impl ServeArgs ===

@@ -16,6 +16,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod offline;
 pub mod pipeline;
 pub mod proxy;
 pub mod readiness;

@@ -1,18 +1,24 @@
 //! The `llm-audit-proxy` binary: parse the command line, set up tracing,
 //! run the command, map failures to exit codes.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use llm_audit_proxy::app;
-use llm_audit_proxy::cli::{Cli, Command};
-use llm_audit_proxy::config::{self, ProcessEnv};
+use llm_audit_proxy::cli::{Cli, Command, StoreArgs};
+use llm_audit_proxy::config::{self, Config, FlagValues, LogFormat, ProcessEnv};
+use llm_audit_proxy::offline::{self, OfflineError, Verified};
 use llm_audit_proxy::telemetry;
 
+/// `verify` found the chain broken.
+const EX_TAMPERED: u8 = 1;
 /// Bad configuration or usage (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
-/// A runtime failure such as a port already in use.
+/// A runtime failure such as a port already in use or a failing store.
 const EX_SOFTWARE: u8 = 70;
+/// An output file could not be written (EX_IOERR).
+const EX_IOERR: u8 = 74;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -28,33 +34,105 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => {
-            let config =
-                match config::load(args.config.as_deref(), &ProcessEnv, &args.flag_values()) {
-                    Ok(c) => c,
-                    Err(errors) => {
-                        eprintln!("invalid configuration:\n{errors}");
-                        return ExitCode::from(EX_USAGE);
-                    }
-                };
-            telemetry::init(config.log.format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(error) => {
-                    eprintln!("cannot start the async runtime: {error}");
-                    return ExitCode::from(EX_SOFTWARE);
-                }
+            let config = match load(args.config.as_deref(), &args.flag_values()) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
-            match runtime.block_on(app::run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    tracing::error!(%error, "Audit proxy failed to start.");
-                    eprintln!("{error}");
-                    ExitCode::from(EX_SOFTWARE)
+            telemetry::init(config.log.format);
+            run_async(async move {
+                match app::run(config).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => {
+                        tracing::error!(%error, "Audit proxy failed to start.");
+                        eprintln!("{error}");
+                        ExitCode::from(EX_SOFTWARE)
+                    }
                 }
+            })
+        }
+        Command::Events(args) => offline_command(&args.store.clone(), move |config| async move {
+            let mut stdout = std::io::stdout().lock();
+            offline::events(&config, &args, &mut stdout).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Export(args) => offline_command(&args.store.clone(), move |config| async move {
+            let path = offline::export(&config, &args).await?;
+            print_line(&path.display().to_string());
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Verify(store) => offline_command(&store, |config| async move {
+            Ok(match offline::verify(&config).await? {
+                Verified::Intact(report) => {
+                    print_line(&serde_json::to_string(&report).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Verified::Broken(report) => {
+                    print_line(&serde_json::to_string(&report).unwrap_or_default());
+                    eprintln!(
+                        "hash chain broken at seq {}: {}",
+                        report.first_bad_seq.unwrap_or_default(),
+                        report.reason.as_deref().unwrap_or("unknown")
+                    );
+                    ExitCode::from(EX_TAMPERED)
+                }
+            })
+        }),
+        Command::Purge(store) => offline_command(&store, |config| async move {
+            let reports = offline::purge(&config).await?;
+            print_line(&serde_json::json!({ "purges": reports }).to_string());
+            Ok(ExitCode::SUCCESS)
+        }),
+    }
+}
+
+fn load(file: Option<&std::path::Path>, flags: &FlagValues) -> Result<Config, ExitCode> {
+    config::load(file, &ProcessEnv, flags).map_err(|errors| {
+        eprintln!("invalid configuration:\n{errors}");
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+/// Loads the configuration for an offline command and runs it.
+fn offline_command<F, Fut>(store: &StoreArgs, run: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode, OfflineError>>,
+{
+    let config = match load(store.config.as_deref(), &store.flag_values()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    // Offline output is for people and scripts; diagnostics stay terse.
+    telemetry::init(LogFormat::Text);
+    run_async(async move {
+        match run(config).await {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("{error}");
+                ExitCode::from(match error {
+                    OfflineError::BadFlag { .. } | OfflineError::Unsupported(_) => EX_USAGE,
+                    OfflineError::Write { .. } => EX_IOERR,
+                    OfflineError::Store(_) => EX_SOFTWARE,
+                })
             }
         }
+    })
+}
+
+fn run_async(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(fut),
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            ExitCode::from(EX_SOFTWARE)
+        }
     }
+}
+
+fn print_line(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
 }

@@ -142,7 +142,7 @@ pub fn inert_cell(cell: &str) -> Cow<'_, str> {
 // === impl Format ===
 
 impl Format {
-    fn parse(raw: &str) -> Option<Self> {
+    pub fn parse(raw: &str) -> Option<Self> {
         match raw.to_ascii_lowercase().as_str() {
             "json" => Some(Format::Json),
             "ndjson" | "jsonl" => Some(Format::Ndjson),

@@ -17,7 +17,8 @@ use crate::pipeline::{spawn_writer, WriterConfig};
 use crate::store::conformance::sample_events;
 use crate::store::memory::MemoryStore;
 use crate::store::{
-    AuditStore, ChainHead, EventPage, EventQuery, EventStream, PurgeReport, StoreError, StoreStats,
+    AuditStore, ChainHead, EventFilter, EventPage, EventQuery, EventStream, PurgeReport,
+    StoreError, StoreStats,
 };
 
 struct Harness {

@@ -253,6 +253,10 @@ fn error_codes_map_to_store_errors() {
     ));
     assert!(matches!(
         code(rusqlite::ffi::SQLITE_CONSTRAINT),
+        StoreError::Conflict(_)
+    ));
+    assert!(matches!(
+        code(rusqlite::ffi::SQLITE_IOERR),
         StoreError::Other(_)
     ));
 }

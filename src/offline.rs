@@ -1,0 +1,257 @@
+//! The offline commands: `events`, `export`, `verify`, `purge`. They open
+//! the configured store directly, without the server, and are safe while
+//! `serve` writes the same SQLite store (reads go through a read-only
+//! connection; a purge deletes in short transactions and its SYSTEM event
+//! joins the chain through the writer, which re-seals on a concurrent
+//! append).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::export::{encode, Format};
+use crate::admin::params::{encode_cursor, Params, FILTER_PARAMS};
+use crate::cli::{EventsArgs, ExportArgs};
+use crate::config::{AuditConfig, Config, StorageKind};
+use crate::event::{format_timestamp, AuditEvent};
+use crate::pipeline::maintenance::{self, MaintenanceConfig};
+use crate::pipeline::{spawn_writer, WriterConfig};
+use crate::store::file::FileStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::verify::{verify_chain, VerifyReport};
+use crate::store::{EventQuery, PurgeReport, SharedStore, StoreError};
+
+/// Why an offline command failed; `exit_code` maps it for the shell.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// A flag's value is wrong; names the flag.
+    #[error("--{param}: {message}")]
+    BadFlag { param: String, message: String },
+    #[error("audit.storage: {0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// How `verify` ended.
+#[derive(Debug)]
+pub enum Verified {
+    Intact(VerifyReport),
+    Broken(VerifyReport),
+}
+
+/// Opens the configured store for reading.
+pub async fn open_for_reading(audit: &AuditConfig) -> Result<SharedStore, OfflineError> {
+    match audit.storage {
+        StorageKind::Sqlite => Ok(Arc::new(
+            SqliteStore::open_read_only(&audit.file_path).await?,
+        )),
+        StorageKind::File => Ok(Arc::new(FileStore::open(
+            &audit.file_path,
+            crate::app::rotation(audit.file_rotation),
+        )?)),
+        StorageKind::Memory => Err(memory_unsupported()),
+    }
+}
+
+async fn open_for_writing(audit: &AuditConfig) -> Result<SharedStore, OfflineError> {
+    match audit.storage {
+        StorageKind::Sqlite => Ok(Arc::new(SqliteStore::open(&audit.file_path).await?)),
+        StorageKind::File => Ok(Arc::new(FileStore::open(
+            &audit.file_path,
+            crate::app::rotation(audit.file_rotation),
+        )?)),
+        StorageKind::Memory => Err(memory_unsupported()),
+    }
+}
+
+fn memory_unsupported() -> OfflineError {
+    OfflineError::Unsupported(
+        "the memory store lives inside the running server; query it through the admin API".into(),
+    )
+}
+
+/// `events`: one page, newest first, as a table or as the API's JSON.
+pub async fn events(
+    config: &Config,
+    args: &EventsArgs,
+    out: &mut dyn Write,
+) -> Result<(), OfflineError> {
+    let mut pairs = args.filter.query_pairs();
+    if let Some(limit) = &args.limit {
+        pairs.push(("limit", limit.clone()));
+    }
+    if let Some(cursor) = &args.cursor {
+        pairs.push(("cursor", cursor.clone()));
+    }
+    let mut allowed = FILTER_PARAMS.to_vec();
+    allowed.extend(["limit", "cursor"]);
+    let params = parse_params(&pairs, &allowed)?;
+    let query = EventQuery {
+        filter: params.filter().map_err(bad_flag)?,
+        limit: params.limit().map_err(bad_flag)?,
+        before_seq: params.cursor().map_err(bad_flag)?,
+    };
+    let store = open_for_reading(&config.audit).await?;
+    let page = store.query(&query).await?;
+    let next_cursor = page.next_before_seq.map(encode_cursor);
+    let written = if args.json {
+        let body = serde_json::json!({"events": page.events, "next_cursor": next_cursor});
+        writeln!(out, "{body}")
+    } else {
+        write_table(out, &page.events, next_cursor.as_deref())
+    };
+    written.map_err(|source| OfflineError::Write {
+        path: PathBuf::from("<stdout>"),
+        source,
+    })
+}
+
+/// `export`: every matching event, oldest first, written to `args.out`
+/// through the same encoder as `/api/export`. Returns the path written.
+pub async fn export(config: &Config, args: &ExportArgs) -> Result<PathBuf, OfflineError> {
+    let format = Format::parse(&args.format).ok_or_else(|| OfflineError::BadFlag {
+        param: "format".into(),
+        message: format!("must be json, ndjson or csv, not {:?}", args.format),
+    })?;
+    let params = parse_params(&args.filter.query_pairs(), &FILTER_PARAMS)?;
+    let filter = params.filter().map_err(bad_flag)?;
+    let store = open_for_reading(&config.audit).await?;
+    let write_err = |source| OfflineError::Write {
+        path: args.out.clone(),
+        source,
+    };
+    // Written beside the target and renamed at the end, so a failed export
+    // never leaves a plausible-looking short file.
+    let partial = partial_path(&args.out);
+    let file = std::fs::File::create(&partial).map_err(write_err)?;
+    let mut file = std::io::BufWriter::new(file);
+    let mut body = Box::pin(encode(format, store.export(filter)));
+    let mut failed = None;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => file.write_all(&bytes).map_err(write_err)?,
+            Err(_) => {
+                failed = Some(StoreError::Other(
+                    "the store failed while exporting; nothing was written".into(),
+                ));
+                break;
+            }
+        }
+    }
+    if let Some(error) = failed {
+        drop(file);
+        let _ = std::fs::remove_file(&partial);
+        return Err(error.into());
+    }
+    file.flush().map_err(write_err)?;
+    drop(file);
+    std::fs::rename(&partial, &args.out).map_err(write_err)?;
+    Ok(args.out.clone())
+}
+
+/// `verify`: walks the chain.
+pub async fn verify(config: &Config) -> Result<Verified, OfflineError> {
+    let store = open_for_reading(&config.audit).await?;
+    let report = verify_chain(store.as_ref()).await?;
+    Ok(if report.ok {
+        Verified::Intact(report)
+    } else {
+        Verified::Broken(report)
+    })
+}
+
+/// `purge`: retention and the size cap, now. Each purge that removed
+/// something is recorded as a SYSTEM event in the store itself.
+pub async fn purge(config: &Config) -> Result<Vec<PurgeReport>, OfflineError> {
+    let store = open_for_writing(&config.audit).await?;
+    let tracker = TaskTracker::new();
+    let (events, _health) = spawn_writer(
+        store.clone(),
+        WriterConfig {
+            enabled: config.audit.enabled,
+            min_level: config.audit.log_level,
+            queue_capacity: 64,
+            max_batch: 64,
+            health_interval: Duration::from_secs(60),
+            shutdown_attempts: 3,
+        },
+        &tracker,
+    )
+    .await?;
+    let reports = maintenance::run_once(
+        &store,
+        &events,
+        &MaintenanceConfig {
+            retention_days: config.audit.retention_days,
+            max_store_bytes: config.audit.max_store_mb.saturating_mul(1024 * 1024),
+            interval: Duration::from_secs(3600),
+        },
+    )
+    .await?;
+    events.flush().await;
+    Ok(reports)
+}
+
+fn parse_params(pairs: &[(&str, String)], allowed: &[&str]) -> Result<Params, OfflineError> {
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish();
+    Params::parse(Some(&query), allowed).map_err(bad_flag)
+}
+
+fn bad_flag(error: crate::admin::AdminError) -> OfflineError {
+    match error {
+        crate::admin::AdminError::InvalidParameter { param, message } => OfflineError::BadFlag {
+            param: param.replace('_', "-"),
+            message: message.replace('`', ""),
+        },
+        other => OfflineError::BadFlag {
+            param: "filter".into(),
+            message: other.to_string(),
+        },
+    }
+}
+
+fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+fn write_table(
+    out: &mut dyn Write,
+    events: &[AuditEvent],
+    next_cursor: Option<&str>,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:>8}  {:<27}  {:<20}  {:<8}  {:<36}  MESSAGE",
+        "SEQ", "TIMESTAMP", "TYPE", "LEVEL", "REQUEST_ID"
+    )?;
+    for e in events {
+        writeln!(
+            out,
+            "{:>8}  {:<27}  {:<20}  {:<8}  {:<36}  {}",
+            e.seq,
+            format_timestamp(&e.timestamp),
+            e.event_type.as_str(),
+            e.level.as_str(),
+            e.request_id.as_deref().unwrap_or("-"),
+            e.message.replace(['\n', '\r'], " ")
+        )?;
+    }
+    if let Some(cursor) = next_cursor {
+        writeln!(out, "(more: --cursor {cursor})")?;
+    }
+    Ok(())
+}
