@@ -88,6 +88,8 @@ pub struct StoreStats {
     pub newest_timestamp: Option<String>,
     /// COMPLIANCE_VIOLATION events by their `policy_name` metadata.
     pub violations_by_policy: std::collections::BTreeMap<String, u64>,
+    /// Events the memory store pushed out of its ring (`audit.memory_limit`).
+    pub evicted: u64,
 }
 
 /// What a purge removed, and the store's size around it.

@@ -128,6 +128,7 @@ impl AuditStore for MemoryStore {
         let ring = self.ring();
         let mut stats = StoreStats {
             total_events: ring.events.len() as u64,
+            evicted: ring.dropped,
             oldest_timestamp: ring
                 .events
                 .iter()

@@ -15,4 +15,5 @@ mod admin_api;
 mod binary;
 mod offline;
 mod proxy_calls;
+mod scenarios;
 mod sdk;
