@@ -50,6 +50,7 @@ pub struct AdminState {
     pub tokens: Vec<String>,
     /// Applied to custom events before they are stored.
     pub sanitizer: std::sync::Arc<crate::capture::sanitize::Sanitizer>,
+    pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
 }
 
 /// `GET /api/stats` body: the store's numbers, flattened, plus the
@@ -78,6 +79,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/events", get(query::list).post(query::create))
         .route("/api/events/{id}", get(query::get_one))
         .route("/api/export", get(export::export))
@@ -95,6 +97,23 @@ pub fn router(state: AdminState) -> Router {
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    if let Ok(bytes) = state.store.size_bytes().await {
+        state
+            .metrics
+            .store_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {

@@ -30,6 +30,7 @@ use crate::pipeline::record::Recorder;
 use crate::pipeline::{spawn_writer, Handle, WriterConfig};
 use crate::proxy::{self, ProxyState};
 use crate::readiness::Readiness;
+use crate::telemetry::metrics::Metrics;
 use crate::store::file::FileStore;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::SqliteStore;
@@ -128,6 +129,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
     let admin_addr = local_addr(&admin_listener, "admin.listen", config.admin.listen)?;
 
     let calls = TaskTracker::new();
+    let metrics = Arc::new(Metrics::new(events.stats().clone()));
     let sanitizer = Arc::new(Sanitizer::baseline());
     let recorder = config.audit.enabled.then(|| {
         Recorder::new(
@@ -135,6 +137,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             sanitizer.clone(),
             calls.clone(),
             config.capture.max_body_bytes,
+            metrics.clone(),
         )
     });
     let state = Arc::new(ProxyState {
@@ -151,6 +154,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
         recorder,
         fail_mode: config.audit.on_store_failure,
         store_health,
+        metrics: metrics.clone(),
     });
 
     record_startup(&events, &config);
@@ -181,6 +185,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             .map(|t| t.expose().to_owned())
             .collect(),
         sanitizer,
+        metrics,
     };
     let admin_task = {
         let stop = admin_stop.clone();

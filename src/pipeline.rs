@@ -32,7 +32,7 @@ pub(crate) enum WriterMsg {
 }
 
 /// Counters shared by the handle and the writer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PipelineStats {
     pub offered: AtomicU64,
     /// Offered but not queued because the queue was full or closed.
@@ -44,6 +44,26 @@ pub struct PipelineStats {
     /// Events lost after the writer gave up on a batch at shutdown.
     pub lost: AtomicU64,
     pub queue_depth: AtomicU64,
+    /// Seconds per batch append.
+    pub write_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for PipelineStats {
+    fn default() -> Self {
+        Self {
+            offered: AtomicU64::default(),
+            dropped: AtomicU64::default(),
+            filtered: AtomicU64::default(),
+            written: AtomicU64::default(),
+            write_failures: AtomicU64::default(),
+            lost: AtomicU64::default(),
+            queue_depth: AtomicU64::default(),
+            // 100 µs to ~3 s.
+            write_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
+            ),
+        }
+    }
 }
 
 /// Why a waited-for event was not stored.

@@ -169,6 +169,11 @@ pub trait AuditStore: Send + Sync + 'static {
     /// Counts by type and level, and size on disk.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
 
+    /// Bytes the store occupies on disk, cheaply (for `/metrics`).
+    async fn size_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.stats().await?.store_bytes)
+    }
+
     /// Runs a real, cheap operation of the store (a read that touches it).
     async fn health(&self) -> Result<(), StoreError>;
 

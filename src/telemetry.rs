@@ -4,6 +4,8 @@
 //! default. These logs never carry bodies, prompts or credentials; the
 //! audit record is the place for content, sanitised.
 
+pub mod metrics;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;

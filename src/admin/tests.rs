@@ -55,6 +55,9 @@ async fn harness_with(store: SharedStore, tokens: &[&str], seeded: Vec<AuditEven
         readiness: readiness.clone(),
         tokens: tokens.iter().map(|t| (*t).to_owned()).collect(),
         sanitizer: std::sync::Arc::new(crate::capture::sanitize::Sanitizer::baseline()),
+        metrics: std::sync::Arc::new(crate::telemetry::metrics::Metrics::new(
+            events.stats().clone(),
+        )),
     });
     Harness {
         app,

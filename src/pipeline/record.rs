@@ -25,6 +25,7 @@ use crate::capture::sse;
 use crate::capture::summary::{request_model_and_stream, summarize};
 use crate::capture::tee::{BodyEnd, Captured};
 use crate::event::{EventType, NewEvent};
+use crate::telemetry::metrics::{Metrics, TokenLabels};
 
 /// Starts call records. Cheap to clone.
 #[derive(Clone)]
@@ -35,6 +36,7 @@ pub struct Recorder {
     /// Most bytes a captured body may decode to (guards against
     /// compression bombs).
     max_decoded_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 /// What the proxy knows when a call arrives.
@@ -99,11 +101,13 @@ impl Recorder {
         sanitizer: Arc<Sanitizer>,
         tracker: TaskTracker,
         capture_cap: usize,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             handle,
             sanitizer,
             tracker,
+            metrics,
             max_decoded_bytes: capture_cap.saturating_mul(8).max(1024 * 1024),
         }
     }
@@ -275,6 +279,7 @@ impl Recorder {
                 let (mut data, truncated) =
                     self.interpret(&headers, &body, is_sse, &info.operation.name);
                 let summary = summarize(&info.operation.name, &data);
+                self.count_tokens(summary.model.as_deref().or(facts.model.as_deref()), summary.usage.as_ref());
                 self.sanitizer.redact_value(&mut data);
                 status = Some(s.as_u16());
                 outcome_label = match &body.end {
@@ -352,6 +357,22 @@ impl Recorder {
         )
         .with_request_id(info.request_id.clone())
         .with_metadata(Value::Object(meta))
+    }
+
+    fn count_tokens(&self, model: Option<&str>, usage: Option<&Value>) {
+        let Some(usage) = usage else { return };
+        let model = self.metrics.model_label(model.unwrap_or("unknown"));
+        for (kind, key) in [("prompt", "prompt_tokens"), ("completion", "completion_tokens")] {
+            if let Some(n) = usage[key].as_u64().filter(|n| *n > 0) {
+                self.metrics
+                    .tokens
+                    .get_or_create(&TokenLabels {
+                        model: model.clone(),
+                        kind: kind.to_owned(),
+                    })
+                    .inc_by(n);
+            }
+        }
     }
 
     /// Decodes and parses a captured body. Returns the value and whether it

@@ -170,7 +170,11 @@ impl Writer {
         loop {
             attempts += 1;
             let started = tokio::time::Instant::now();
-            match self.store.append_batch(batch.to_vec()).await {
+            let appended = self.store.append_batch(batch.to_vec()).await;
+            self.stats
+                .write_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match appended {
                 Ok(()) => {
                     self.stats
                         .written

@@ -17,10 +17,11 @@ use super::client::UpstreamClient;
 use super::request_id::request_id_for;
 use super::respond::{ProxyError, REQUEST_ID_HEADER};
 use crate::capture::operation::{classify, provider_for};
-use crate::capture::tee::{BodyEnd, Capture, OnDone, TeeBody};
+use crate::capture::tee::{BodyEnd, Capture, Captured, OnDone, TeeBody, IDLE_TIMEOUT_MESSAGE};
 use crate::config::{FailMode, Upstream};
 use crate::pipeline::record::{CallInfo, CallRecord, Failure, Recorder, ResponseOutcome};
 use crate::pipeline::StoreHealth;
+use crate::telemetry::metrics::{operation_label, CallLabels, KindLabels, Metrics, OperationLabels};
 
 /// Everything a call needs, shared by all connections.
 pub struct ProxyState {
@@ -36,6 +37,7 @@ pub struct ProxyState {
     pub recorder: Option<Recorder>,
     pub fail_mode: FailMode,
     pub store_health: StoreHealth,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1),
@@ -75,8 +77,14 @@ pub async fn handle(
         Err(_) => return ProxyError::BadRequest.into_response(&request_id),
     };
 
+    let operation = classify(&parts.method, parts.uri.path(), parts.uri.query());
+    let call_log = CallLog {
+        metrics: state.metrics.clone(),
+        request_id: request_id.clone(),
+        operation: operation_label(&operation.name),
+        started_at,
+    };
     let mut record = state.recorder.as_ref().map(|recorder| {
-        let operation = classify(&parts.method, parts.uri.path(), parts.uri.query());
         let provider = state
             .provider_override
             .clone()
@@ -85,7 +93,7 @@ pub async fn handle(
             request_id: request_id.clone(),
             method: parts.method.clone(),
             path_and_query: path_and_query.clone(),
-            operation,
+            operation: operation.clone(),
             provider,
             client_ip,
             headers: parts.headers.clone(),
@@ -108,6 +116,7 @@ pub async fn handle(
                     "request body could not be read from the client".into(),
                 );
             }
+            call_log.failed(ProxyError::BadRequest, "client_aborted");
             return ProxyError::BadRequest.into_response(&request_id);
         }
     };
@@ -118,6 +127,7 @@ pub async fn handle(
     *upstream_req.headers_mut() = forwardable(parts.headers);
     upstream_req.headers_mut().remove(header::HOST);
 
+    let prepared_in = started_at.elapsed();
     let sent =
         tokio::time::timeout(state.upstream_timeout, state.client.request(upstream_req)).await;
     let response = match sent {
@@ -129,6 +139,7 @@ pub async fn handle(
             if let Some(r) = record.as_mut() {
                 r.fail(Failure::Unreachable, e.status(), detail);
             }
+            call_log.failed(e, "upstream_error");
             return e.into_response(&request_id);
         }
         Err(_) => {
@@ -144,6 +155,7 @@ pub async fn handle(
                     ),
                 );
             }
+            call_log.failed(e, "timeout");
             return e.into_response(&request_id);
         }
     };
@@ -155,6 +167,7 @@ pub async fn handle(
     let response_capture = Capture::new(
         state.capture_cap,
         Box::new(move |body| {
+            call_log.finished(status, &body, headers_at);
             if let (Some(tx), Some(headers)) = (response_sender, upstream_headers) {
                 let _ = tx.send(ResponseOutcome::Upstream {
                     status,
@@ -173,7 +186,90 @@ pub async fn handle(
         IdleTimeoutBody::new(incoming, state.stream_idle_timeout),
         response_capture,
     );
+    state
+        .metrics
+        .added_latency
+        .observe((prepared_in + headers_at.elapsed()).as_secs_f64());
     Response::from_parts(parts, Either::Left(body))
+}
+
+/// The call's line in the diagnostic log and its metrics, written once
+/// when the call ends. Never holds a body, a header value or a credential.
+struct CallLog {
+    metrics: Arc<Metrics>,
+    request_id: String,
+    operation: String,
+    started_at: Instant,
+}
+
+// === impl CallLog ===
+
+impl CallLog {
+    fn finished(&self, status: http::StatusCode, body: &Captured, headers_at: Instant) {
+        let outcome = match &body.end {
+            BodyEnd::Complete => "completed",
+            BodyEnd::Error(e) if e == IDLE_TIMEOUT_MESSAGE => {
+                self.upstream_error("stream_idle_timeout");
+                "timeout"
+            }
+            BodyEnd::Error(_) => {
+                self.upstream_error("stream_error");
+                "upstream_error"
+            }
+            BodyEnd::Dropped => "client_aborted",
+        };
+        let ttfb = body.first_byte_at.unwrap_or(headers_at) - self.started_at;
+        self.metrics
+            .ttfb
+            .get_or_create(&OperationLabels {
+                operation: self.operation.clone(),
+            })
+            .observe(ttfb.as_secs_f64());
+        self.end(status.as_u16(), outcome, body.ended_at);
+    }
+
+    fn failed(&self, error: ProxyError, outcome: &'static str) {
+        match error {
+            ProxyError::UpstreamUnreachable => self.upstream_error("unreachable"),
+            ProxyError::UpstreamTimeout => self.upstream_error("timeout"),
+            _ => {}
+        }
+        self.end(error.status().as_u16(), outcome, Instant::now());
+    }
+
+    fn upstream_error(&self, kind: &str) {
+        self.metrics
+            .upstream_errors
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    fn end(&self, status: u16, outcome: &'static str, ended_at: Instant) {
+        let latency = ended_at.saturating_duration_since(self.started_at);
+        self.metrics
+            .calls
+            .get_or_create(&CallLabels {
+                operation: self.operation.clone(),
+                status: status.to_string(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.metrics
+            .call_duration
+            .get_or_create(&OperationLabels {
+                operation: self.operation.clone(),
+            })
+            .observe(latency.as_secs_f64());
+        tracing::info!(
+            target: "llm_audit_proxy::access",
+            request_id = %self.request_id,
+            operation = %self.operation,
+            status,
+            outcome,
+            latency_ms = latency.as_secs_f64() * 1e3,
+            "Call finished."
+        );
+    }
 }
 
 /// Reads the request body up to the capture cap, so the whole of a typical

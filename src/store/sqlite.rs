@@ -310,6 +310,10 @@ impl AuditStore for SqliteStore {
         .await
     }
 
+    async fn size_bytes(&self) -> Result<u64, StoreError> {
+        Ok(purge::disk_bytes(self.path()))
+    }
+
     async fn health(&self) -> Result<(), StoreError> {
         let Some(writer) = &self.writer else {
             return self

@@ -260,3 +260,34 @@ async fn admin_token_is_required_when_configured() {
     assert!(!body.to_string().contains("wrong-token-0123456789"));
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_expose_calls_latency_tokens_and_pipeline_series() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url()).await;
+    make_calls(&proxy, 2).await;
+    let text = proxy
+        .http
+        .get(format!("{}/metrics", proxy.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "llm_audit_proxy_calls_total{operation=\"chat.create\",status=\"200\",outcome=\"completed\"} 2",
+        "llm_audit_proxy_call_duration_seconds_count{operation=\"chat.create\"} 2",
+        "llm_audit_proxy_time_to_first_byte_seconds_count{operation=\"chat.create\"} 2",
+        "llm_audit_proxy_added_latency_seconds_count 2",
+        "llm_audit_proxy_tokens_total{model=\"gpt-4o-mini-2024-07-18\",kind=\"prompt\"}",
+        "llm_audit_proxy_events_written_total",
+        "llm_audit_proxy_events_dropped_total 0",
+        "llm_audit_proxy_queue_depth",
+        "llm_audit_proxy_store_write_seconds_count",
+        "llm_audit_proxy_store_bytes",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+    proxy.stop().await;
+}

@@ -1,0 +1,271 @@
+//! Prometheus metrics, served as text at `GET /metrics`.
+//!
+//! Labels stay low-cardinality: operations outside the known set are
+//! `other`, statuses are codes, model names are capped at
+//! [`MAX_MODEL_LABELS`] distinct values (then `other`), policy names come
+//! from configuration. No path, id or request content is ever a label.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::pipeline::PipelineStats;
+
+/// Distinct model names kept as label values before the rest become
+/// `other`.
+pub const MAX_MODEL_LABELS: usize = 64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub operation: String,
+    pub status: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+    pub severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub model: String,
+    pub kind: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric the proxy exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub calls: Family<CallLabels, Counter>,
+    pub call_duration: HistogramFamily<OperationLabels>,
+    pub ttfb: HistogramFamily<OperationLabels>,
+    /// Time the proxy itself adds to a call: reading the request prefix and
+    /// building the upstream request, and turning upstream's response head
+    /// into the app's.
+    pub added_latency: Histogram,
+    pub upstream_errors: Family<KindLabels, Counter>,
+    pub violations: Family<PolicyLabels, Counter>,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub store_bytes: Gauge,
+    models: Mutex<HashSet<String>>,
+}
+
+/// Reads the pipeline's counters at scrape time.
+#[derive(Debug)]
+struct PipelineCollector {
+    stats: Arc<PipelineStats>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to ~8 min.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 20))
+}
+
+fn overhead_histogram() -> Histogram {
+    // 10 µs to ~80 ms.
+    Histogram::new(exponential_buckets(0.00001, 2.0, 14))
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new(pipeline: Arc<PipelineStats>) -> Self {
+        let mut registry = Registry::with_prefix("llm_audit_proxy");
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "calls",
+            "LLM calls by operation, status and outcome",
+            calls.clone(),
+        );
+        let call_duration: HistogramFamily<OperationLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "call_duration_seconds",
+            "Time from the call's arrival to the end of its response body",
+            call_duration.clone(),
+        );
+        let ttfb: HistogramFamily<OperationLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "time_to_first_byte_seconds",
+            "Time from the call's arrival to upstream's first response byte",
+            ttfb.clone(),
+        );
+        let added_latency = overhead_histogram();
+        registry.register(
+            "added_latency_seconds",
+            "Time the proxy adds to a call, not spent waiting on upstream",
+            added_latency.clone(),
+        );
+        let upstream_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream failures: unreachable, timeout, stream_error, stream_idle_timeout",
+            upstream_errors.clone(),
+        );
+        let violations = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "policy_violations",
+            "Compliance policy violations by policy and severity",
+            violations.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens reported by upstream, by model and kind (prompt, completion)",
+            tokens.clone(),
+        );
+        let store_bytes = Gauge::default();
+        registry.register(
+            "store_bytes",
+            "Bytes the audit store occupies on disk",
+            store_bytes.clone(),
+        );
+        registry.register(
+            "store_write_seconds",
+            "Time to append one batch of events to the store",
+            pipeline.write_seconds.clone(),
+        );
+        registry.register_collector(Box::new(PipelineCollector { stats: pipeline }));
+        Self {
+            registry,
+            calls,
+            call_duration,
+            ttfb,
+            added_latency,
+            upstream_errors,
+            violations,
+            tokens,
+            store_bytes,
+            models: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// The label for `model`: itself while fewer than [`MAX_MODEL_LABELS`]
+    /// names have been seen, then `other`.
+    pub fn model_label(&self, model: &str) -> String {
+        let Ok(mut seen) = self.models.lock() else {
+            return "other".to_owned();
+        };
+        if seen.contains(model) {
+            return model.to_owned();
+        }
+        if seen.len() < MAX_MODEL_LABELS {
+            seen.insert(model.to_owned());
+            return model.to_owned();
+        }
+        "other".to_owned()
+    }
+}
+
+/// The operation as a label: the known names, else `other`.
+pub fn operation_label(operation: &str) -> String {
+    if operation.contains('.') && !operation.contains(' ') {
+        operation.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
+// === impl PipelineCollector ===
+
+impl Collector for PipelineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.stats;
+        let counters = [
+            ("events_offered", "Events offered to the queue", &s.offered),
+            ("events_dropped", "Events dropped because the queue was full", &s.dropped),
+            ("events_filtered", "Events below audit.log_level, or auditing off", &s.filtered),
+            ("events_written", "Events appended to the store", &s.written),
+            ("store_write_failures", "Failed batch appends (each retried)", &s.write_failures),
+            ("events_lost", "Events in batches abandoned after retries", &s.lost),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        let depth = ConstGauge::new(s.queue_depth.load(Ordering::Relaxed) as i64);
+        let metric = encoder.encode_descriptor(
+            "queue_depth",
+            "Events waiting for the writer",
+            None,
+            depth.metric_type(),
+        )?;
+        depth.encode(metric)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_every_series_in_prometheus_text() {
+        let stats = Arc::new(PipelineStats::default());
+        stats.written.fetch_add(7, Ordering::Relaxed);
+        let m = Metrics::new(stats);
+        m.calls
+            .get_or_create(&CallLabels {
+                operation: "chat.create".into(),
+                status: "200".into(),
+                outcome: "completed".into(),
+            })
+            .inc();
+        m.added_latency.observe(0.0002);
+        let text = m.encode();
+        for series in [
+            "llm_audit_proxy_calls_total{operation=\"chat.create\",status=\"200\",outcome=\"completed\"} 1",
+            "llm_audit_proxy_events_written_total 7",
+            "llm_audit_proxy_queue_depth 0",
+            "# TYPE llm_audit_proxy_added_latency_seconds histogram",
+            "# TYPE llm_audit_proxy_store_write_seconds histogram",
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn model_labels_are_capped() {
+        let m = Metrics::new(Arc::new(PipelineStats::default()));
+        for i in 0..MAX_MODEL_LABELS {
+            assert_eq!(m.model_label(&format!("m{i}")), format!("m{i}"));
+        }
+        assert_eq!(m.model_label("one-too-many"), "other");
+        assert_eq!(m.model_label("m0"), "m0");
+        assert_eq!(operation_label("POST /v1/x"), "other");
+        assert_eq!(operation_label("chat.create"), "chat.create");
+    }
+}
