@@ -30,12 +30,12 @@ use crate::pipeline::record::Recorder;
 use crate::pipeline::{spawn_writer, Handle, WriterConfig};
 use crate::proxy::{self, ProxyState};
 use crate::readiness::Readiness;
-use crate::telemetry::metrics::Metrics;
 use crate::store::file::FileStore;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::verify::verify_chain;
 use crate::store::{SharedStore, StoreError};
+use crate::telemetry::metrics::Metrics;
 
 /// Why `serve` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +112,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             max_batch: config.queue.max_batch,
             health_interval: Duration::from_secs(5),
             shutdown_attempts: 3,
+            source: config.instance.source(),
         },
         &writer_tracker,
     )

@@ -28,7 +28,17 @@ pub struct Config {
     pub admin: AdminConfig,
     pub audit: AuditConfig,
     pub queue: QueueConfig,
+    pub instance: InstanceConfig,
     pub log: LogConfig,
+}
+
+/// Where this proxy runs (from the Kubernetes Downward API); recorded in
+/// every event's metadata as `source` when any is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceConfig {
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -199,8 +209,32 @@ impl Config {
                 "on_store_failure": self.audit.on_store_failure.as_str(),
             },
             "queue": {"capacity": self.queue.capacity, "max_batch": self.queue.max_batch},
+            "instance": {
+                "pod_name": self.instance.pod_name,
+                "pod_namespace": self.instance.pod_namespace,
+                "node_name": self.instance.node_name,
+            },
             "log": {"format": self.log.format.as_str()},
         })
+    }
+}
+
+// === impl InstanceConfig ===
+
+impl InstanceConfig {
+    /// The `source` object events carry, or `None` when nothing is set.
+    pub fn source(&self) -> Option<serde_json::Value> {
+        let mut source = serde_json::Map::new();
+        for (key, value) in [
+            ("pod", &self.pod_name),
+            ("namespace", &self.pod_namespace),
+            ("node", &self.node_name),
+        ] {
+            if let Some(v) = value {
+                source.insert(key.to_owned(), serde_json::Value::String(v.clone()));
+            }
+        }
+        (!source.is_empty()).then_some(serde_json::Value::Object(source))
     }
 }
 

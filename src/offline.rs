@@ -184,6 +184,7 @@ pub async fn purge(config: &Config) -> Result<Vec<PurgeReport>, OfflineError> {
             max_batch: 64,
             health_interval: Duration::from_secs(60),
             shutdown_attempts: 3,
+            source: config.instance.source(),
         },
         &tracker,
     )

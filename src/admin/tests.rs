@@ -45,6 +45,7 @@ async fn harness_with(store: SharedStore, tokens: &[&str], seeded: Vec<AuditEven
         max_batch: 64,
         health_interval: Duration::from_secs(3600),
         shutdown_attempts: 1,
+        source: None,
     };
     let (events, health) = spawn_writer(store.clone(), cfg, &tracker).await.unwrap();
     let readiness = Readiness::new(health);

@@ -87,6 +87,13 @@ pub const AUDIT_ON_STORE_FAILURE: Key = key(
 );
 pub const QUEUE_CAPACITY: Key = key("queue.capacity", "LLM_AUDIT_PROXY_QUEUE_CAPACITY", None);
 pub const QUEUE_MAX_BATCH: Key = key("queue.max_batch", "LLM_AUDIT_PROXY_QUEUE_MAX_BATCH", None);
+pub const INSTANCE_POD_NAME: Key = key("instance.pod_name", "LLM_AUDIT_PROXY_POD_NAME", None);
+pub const INSTANCE_POD_NAMESPACE: Key = key(
+    "instance.pod_namespace",
+    "LLM_AUDIT_PROXY_POD_NAMESPACE",
+    None,
+);
+pub const INSTANCE_NODE_NAME: Key = key("instance.node_name", "LLM_AUDIT_PROXY_NODE_NAME", None);
 pub const LOG_FORMAT: Key = key(
     "log.format",
     "LLM_AUDIT_PROXY_LOG_FORMAT",
@@ -116,5 +123,8 @@ pub const ALL: &[Key] = &[
     AUDIT_ON_STORE_FAILURE,
     QUEUE_CAPACITY,
     QUEUE_MAX_BATCH,
+    INSTANCE_POD_NAME,
+    INSTANCE_POD_NAMESPACE,
+    INSTANCE_NODE_NAME,
     LOG_FORMAT,
 ];

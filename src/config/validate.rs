@@ -123,6 +123,12 @@ pub(super) fn load(
             parse_int(r, 1, 100_000).map(|n| n as usize)
         }),
     };
+    let optional = |r: &Raw| parse_string(r).map(|s| Some(s).filter(|s| !s.is_empty()));
+    let instance = InstanceConfig {
+        pod_name: l.get(keys::INSTANCE_POD_NAME, None, optional),
+        pod_namespace: l.get(keys::INSTANCE_POD_NAMESPACE, None, optional),
+        node_name: l.get(keys::INSTANCE_NODE_NAME, None, optional),
+    };
     let default_format = if std::io::stderr().is_terminal() {
         LogFormat::Text
     } else {
@@ -159,6 +165,7 @@ pub(super) fn load(
             admin,
             audit,
             queue,
+            instance,
             log,
         })
     } else {

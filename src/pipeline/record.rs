@@ -279,7 +279,10 @@ impl Recorder {
                 let (mut data, truncated) =
                     self.interpret(&headers, &body, is_sse, &info.operation.name);
                 let summary = summarize(&info.operation.name, &data);
-                self.count_tokens(summary.model.as_deref().or(facts.model.as_deref()), summary.usage.as_ref());
+                self.count_tokens(
+                    summary.model.as_deref().or(facts.model.as_deref()),
+                    summary.usage.as_ref(),
+                );
                 self.sanitizer.redact_value(&mut data);
                 status = Some(s.as_u16());
                 outcome_label = match &body.end {
@@ -362,7 +365,10 @@ impl Recorder {
     fn count_tokens(&self, model: Option<&str>, usage: Option<&Value>) {
         let Some(usage) = usage else { return };
         let model = self.metrics.model_label(model.unwrap_or("unknown"));
-        for (kind, key) in [("prompt", "prompt_tokens"), ("completion", "completion_tokens")] {
+        for (kind, key) in [
+            ("prompt", "prompt_tokens"),
+            ("completion", "completion_tokens"),
+        ] {
             if let Some(n) = usage[key].as_u64().filter(|n| *n > 0) {
                 self.metrics
                     .tokens

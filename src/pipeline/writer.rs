@@ -33,6 +33,8 @@ pub struct WriterConfig {
     /// Attempts for one batch once the queue has closed (shutdown), so a
     /// dead store cannot hold the process forever.
     pub shutdown_attempts: u32,
+    /// Added to every event's metadata as `source` (where the proxy runs).
+    pub source: Option<serde_json::Value>,
 }
 
 struct Writer {
@@ -134,7 +136,12 @@ impl Writer {
         );
     }
 
-    fn seal(&mut self, event: NewEvent) -> AuditEvent {
+    fn seal(&mut self, mut event: NewEvent) -> AuditEvent {
+        if let (Some(source), serde_json::Value::Object(meta)) =
+            (&self.cfg.source, &mut event.metadata)
+        {
+            meta.entry("source").or_insert_with(|| source.clone());
+        }
         self.seq += 1;
         let sealed = event.seal(self.seq, &self.prev_hash);
         self.prev_hash.clone_from(&sealed.hash);

@@ -21,7 +21,9 @@ use crate::capture::tee::{BodyEnd, Capture, Captured, OnDone, TeeBody, IDLE_TIME
 use crate::config::{FailMode, Upstream};
 use crate::pipeline::record::{CallInfo, CallRecord, Failure, Recorder, ResponseOutcome};
 use crate::pipeline::StoreHealth;
-use crate::telemetry::metrics::{operation_label, CallLabels, KindLabels, Metrics, OperationLabels};
+use crate::telemetry::metrics::{
+    operation_label, CallLabels, KindLabels, Metrics, OperationLabels,
+};
 
 /// Everything a call needs, shared by all connections.
 pub struct ProxyState {

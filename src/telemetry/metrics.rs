@@ -205,11 +205,27 @@ impl Collector for PipelineCollector {
         let s = &self.stats;
         let counters = [
             ("events_offered", "Events offered to the queue", &s.offered),
-            ("events_dropped", "Events dropped because the queue was full", &s.dropped),
-            ("events_filtered", "Events below audit.log_level, or auditing off", &s.filtered),
+            (
+                "events_dropped",
+                "Events dropped because the queue was full",
+                &s.dropped,
+            ),
+            (
+                "events_filtered",
+                "Events below audit.log_level, or auditing off",
+                &s.filtered,
+            ),
             ("events_written", "Events appended to the store", &s.written),
-            ("store_write_failures", "Failed batch appends (each retried)", &s.write_failures),
-            ("events_lost", "Events in batches abandoned after retries", &s.lost),
+            (
+                "store_write_failures",
+                "Failed batch appends (each retried)",
+                &s.write_failures,
+            ),
+            (
+                "events_lost",
+                "Events in batches abandoned after retries",
+                &s.lost,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value.load(Ordering::Relaxed));

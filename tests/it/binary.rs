@@ -233,30 +233,49 @@ async fn sigterm_under_load_loses_no_event() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(mock.calls(), 50);
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let ready = http.get(format!("http://{admin}/readyz")).send().await.unwrap();
+    let ready = http
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503, "readiness turns 503 while draining");
     let refused = http
         .post(format!("http://{proxy}/v1/chat/completions"))
         .json(&json!({"model": "gpt-4o-mini"}))
         .send()
         .await;
-    assert!(refused.is_err(), "new connections are refused while draining");
+    assert!(
+        refused.is_err(),
+        "new connections are refused while draining"
+    );
 
     for s in streams {
         let body = s.await.unwrap();
         assert!(body.contains("[DONE]"), "stream cut: {body}");
     }
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert_eq!(exit.code(), Some(0));
 
     let store = SqliteStore::open_read_only(dir.path()).await.unwrap();
-    let events: Vec<_> = store.export(EventFilter::default()).map(|e| e.unwrap()).collect().await;
+    let events: Vec<_> = store
+        .export(EventFilter::default())
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
     for i in 0..50 {
         let id = format!("drain-{i}");
-        let call: Vec<_> = events.iter().filter(|e| e.request_id.as_deref() == Some(id.as_str())).collect();
+        let call: Vec<_> = events
+            .iter()
+            .filter(|e| e.request_id.as_deref() == Some(id.as_str()))
+            .collect();
         assert_eq!(call.len(), 2, "{id}");
         assert_eq!(call[0].event_type.to_string(), "REQUEST");
         assert_eq!(call[1].metadata["outcome"], "completed", "{id}");

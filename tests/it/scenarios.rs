@@ -307,3 +307,36 @@ async fn file_store_serves_calls_queries_and_exports() {
     assert_eq!(verify["ok"], true);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn pod_identity_is_recorded_in_every_event() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start_with(
+        &mock.url(),
+        &[
+            ("LLM_AUDIT_PROXY_POD_NAME", "app-7d9f-x2"),
+            ("LLM_AUDIT_PROXY_POD_NAMESPACE", "payments"),
+            ("LLM_AUDIT_PROXY_NODE_NAME", "node-3"),
+        ],
+    )
+    .await;
+    proxy
+        .http
+        .get(proxy.url("/v1/models"))
+        .header("x-request-id", "pod-1")
+        .send()
+        .await
+        .unwrap();
+    proxy.call_events("pod-1").await;
+    let (_, page) = proxy.admin_get("/api/events?limit=100").await;
+    let events = page["events"].as_array().unwrap();
+    assert!(events.len() >= 4);
+    for e in events {
+        assert_eq!(
+            e["metadata"]["source"],
+            json!({"pod": "app-7d9f-x2", "namespace": "payments", "node": "node-3"}),
+            "{e}"
+        );
+    }
+    proxy.stop().await;
+}

@@ -19,6 +19,7 @@ fn writer_config() -> WriterConfig {
         max_batch: 64,
         health_interval: Duration::from_secs(3600),
         shutdown_attempts: 1,
+        source: None,
     }
 }
 
