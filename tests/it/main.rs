@@ -13,5 +13,6 @@ mod support;
 
 mod admin_api;
 mod binary;
+mod manifests;
 mod proxy_calls;
 mod sdk;
