@@ -68,7 +68,8 @@ fn only<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
 }
 
 fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
-    v.as_str().unwrap_or_else(|| panic!("{what} is not a string: {v}"))
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what} is not a string: {v}"))
 }
 
 /// A container port by name or number.
@@ -238,7 +239,10 @@ impl Sidecar {
             if !(rest.is_empty() || rest.starts_with('/')) {
                 return None;
             }
-            Some(root.join(mount.trim_start_matches('/')).join(rest.trim_start_matches('/')))
+            Some(
+                root.join(mount.trim_start_matches('/'))
+                    .join(rest.trim_start_matches('/')),
+            )
         })
     }
 
@@ -327,7 +331,8 @@ fn sidecar_from(objects: &[Value], pod: &Value, container: &Value) -> Sidecar {
         }
     }
 
-    let config_path = arg_value(&args, "--config").or_else(|| env.get("LLM_AUDIT_PROXY_CONFIG").cloned());
+    let config_path =
+        arg_value(&args, "--config").or_else(|| env.get("LLM_AUDIT_PROXY_CONFIG").cloned());
     let config = config_path.map(|path| {
         let i = files
             .iter()
@@ -407,7 +412,10 @@ async fn the_binary_serves_the_kubernetes_manifests_configuration() {
     assert!(container["resources"]["limits"].is_object());
 
     let mut sidecar = sidecar_from(&objects, pod, container);
-    assert!(sidecar.config.is_some(), "the config file comes from a ConfigMap");
+    assert!(
+        sidecar.config.is_some(),
+        "the config file comes from a ConfigMap"
+    );
     for var in [
         "LLM_AUDIT_PROXY_POD_NAME",
         "LLM_AUDIT_PROXY_POD_NAMESPACE",
@@ -441,11 +449,18 @@ async fn the_binary_serves_the_kubernetes_manifests_configuration() {
         let get = &container[probe]["httpGet"];
         assert!(get.is_object(), "{probe} is an httpGet probe");
         assert!(get["scheme"].is_null() || get["scheme"] == "HTTP");
-        assert_eq!(resolve_port(container, &get["port"]), admin_port, "{probe} port");
+        assert_eq!(
+            resolve_port(container, &get["port"]),
+            admin_port,
+            "{probe} port"
+        );
         probe_paths.push((probe, str_of(&get["path"], probe).to_owned()));
     }
     let paths: Vec<&str> = probe_paths.iter().map(|(_, p)| p.as_str()).collect();
-    assert!(paths.contains(&"/healthz") && paths.contains(&"/readyz"), "{paths:?}");
+    assert!(
+        paths.contains(&"/healthz") && paths.contains(&"/readyz"),
+        "{paths:?}"
+    );
     let service = only(&objects, "Service");
     let service_ports = service["spec"]["ports"].as_array().expect("Service ports");
     assert!(service_ports
@@ -458,18 +473,26 @@ async fn the_binary_serves_the_kubernetes_manifests_configuration() {
             assert_eq!(resolve_port(container, &p["port"]), admin_port);
         }
         for from in rule["from"].as_array().expect("ingress from") {
-            assert!(from["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].is_string());
+            assert!(
+                from["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].is_string()
+            );
         }
     }
 
     // The pod waits for the proxy's drain before killing it.
     let grace: u64 = sidecar.get(&SHUTDOWN_GRACE).parse().unwrap();
     let pod_grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
-    assert!(pod_grace > grace, "terminationGracePeriodSeconds {pod_grace} <= {grace}");
+    assert!(
+        pod_grace > grace,
+        "terminationGracePeriodSeconds {pod_grace} <= {grace}"
+    );
 
     // The store lives on a writable volume, not the read-only root.
     let store = sidecar.get(&FILE_PATH);
-    assert!(sidecar.on_writable_volume(store.trim_end_matches('/')), "{store}");
+    assert!(
+        sidecar.on_writable_volume(store.trim_end_matches('/')),
+        "{store}"
+    );
 
     // Run it: mounted paths move under a temporary root, listeners to free
     // loopback ports.
@@ -550,5 +573,9 @@ async fn the_binary_serves_the_kubernetes_manifests_configuration() {
     let stderr = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(outcome.is_ok(), "timed out; the binary said:\n{stderr}");
     assert!(term.success());
-    assert_eq!(exit.code(), Some(0), "exit after SIGTERM; stderr:\n{stderr}");
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "exit after SIGTERM; stderr:\n{stderr}"
+    );
 }
