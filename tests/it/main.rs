@@ -13,6 +13,7 @@ mod support;
 
 mod admin_api;
 mod binary;
+mod manifests;
 mod offline;
 mod proxy_calls;
 mod scenarios;
