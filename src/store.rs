@@ -137,6 +137,10 @@ pub enum StoreError {
     Other(String),
 }
 
+/// A sealed batch, shared between the writer (which may retry it) and the
+/// store.
+pub type Batch = Arc<[AuditEvent]>;
+
 /// Stream of events, in the order the call defines.
 pub type EventStream = BoxStream<'static, Result<AuditEvent, StoreError>>;
 
@@ -151,7 +155,7 @@ pub trait AuditStore: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
     /// Persists a batch atomically, in order. Events arrive sealed.
-    async fn append_batch(&self, events: Vec<AuditEvent>) -> Result<(), StoreError>;
+    async fn append_batch(&self, events: Batch) -> Result<(), StoreError>;
 
     /// The newest event's seq and hash, if any.
     async fn head(&self) -> Result<Option<ChainHead>, StoreError>;

@@ -32,7 +32,7 @@ struct Harness {
 async fn harness(tokens: &[&str]) -> Harness {
     let store = Arc::new(MemoryStore::new(10_000));
     let seeded = sample_events();
-    store.append_batch(seeded.clone()).await.unwrap();
+    store.append_batch(seeded.clone().into()).await.unwrap();
     harness_with(store, tokens, seeded).await
 }
 
@@ -618,7 +618,7 @@ impl AuditStore for BrokenStore {
     fn kind(&self) -> &'static str {
         "broken"
     }
-    async fn append_batch(&self, _: Vec<AuditEvent>) -> Result<(), StoreError> {
+    async fn append_batch(&self, _: crate::store::Batch) -> Result<(), StoreError> {
         Err(StoreError::Other("disk on fire at /secret/path".into()))
     }
     async fn head(&self) -> Result<Option<ChainHead>, StoreError> {

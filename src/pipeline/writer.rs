@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use super::health::{self, StoreHealth, StoreHealthSetter};
 use super::{Handle, PipelineStats, SubmitError, WriterMsg};
 use crate::event::{chain::GENESIS_HASH, AuditEvent, EventType, Level, NewEvent};
-use crate::store::{SharedStore, StoreError};
+use crate::store::{Batch, SharedStore, StoreError};
 
 /// The writer's settings, from the `audit` and `queue` config slices.
 #[derive(Debug, Clone)]
@@ -116,15 +116,17 @@ impl Writer {
                     });
             self.report_drops(&mut batch);
             if !batch.is_empty() {
-                let result = self.write(&mut batch).await;
+                // Shared, not copied, across retries and with the store.
+                let mut shared: Batch = std::mem::take(&mut batch).into();
+                let result = self.write(&mut shared).await;
                 for (i, ack) in acks.drain(..) {
                     let reply = match &result {
-                        Ok(()) => Ok(batch[i].clone()),
+                        Ok(()) => Ok(shared[i].clone()),
                         Err(e) => Err(SubmitError::Store(e.clone())),
                     };
                     let _ = ack.send(reply);
                 }
-                batch.clear();
+                batch = Vec::with_capacity(self.cfg.max_batch);
             }
             for done in flushes.drain(..) {
                 let _ = done.send(());
@@ -170,14 +172,14 @@ impl Writer {
 
     /// Writes `batch`, retrying while the error is retriable. Returns the
     /// last error's message if the batch could not be written.
-    async fn write(&mut self, batch: &mut [AuditEvent]) -> Result<(), String> {
+    async fn write(&mut self, batch: &mut Batch) -> Result<(), String> {
         let mut delay = Duration::from_millis(50);
         let mut attempts = 0u32;
         let mut conflicts = 0u32;
         loop {
             attempts += 1;
             let started = tokio::time::Instant::now();
-            let appended = self.store.append_batch(batch.to_vec()).await;
+            let appended = self.store.append_batch(batch.clone()).await;
             self.stats
                 .write_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -202,7 +204,9 @@ impl Writer {
                     conflicts += 1;
                     tracing::debug!(%message, "Audit batch re-sealed after a concurrent append.");
                     self.rewind().await;
-                    self.reseal(batch);
+                    let mut events = batch.to_vec();
+                    self.reseal(&mut events);
+                    *batch = events.into();
                 }
                 Err(error) => {
                     self.stats.write_failures.fetch_add(1, Ordering::Relaxed);

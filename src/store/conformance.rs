@@ -34,9 +34,9 @@ where
     let events = sample_events();
     // Several batches, as the writer would send them.
     for batch in events.chunks(15) {
-        store.append_batch(batch.to_vec()).await.unwrap();
+        store.append_batch(batch.to_vec().into()).await.unwrap();
     }
-    store.append_batch(Vec::new()).await.unwrap();
+    store.append_batch(Vec::new().into()).await.unwrap();
 
     let head = store.head().await.unwrap().unwrap();
     let last = events.last().unwrap();
@@ -96,7 +96,7 @@ async fn purges(store: &dyn AuditStore) {
 
     let mut events = spread_events(1, GENESIS_HASH, 40, 3000);
     for batch in events.chunks(7) {
-        store.append_batch(batch.to_vec()).await.unwrap();
+        store.append_batch(batch.to_vec().into()).await.unwrap();
     }
     let mut kept = 0;
 
@@ -150,7 +150,7 @@ async fn purges(store: &dyn AuditStore) {
 
     // The chain continues from the head, and verifies across the purges.
     let more = spread_events(head.seq + 1, &head.hash, 5, 100);
-    store.append_batch(more.clone()).await.unwrap();
+    store.append_batch(more.clone().into()).await.unwrap();
     events.extend(more);
     check_remaining(store, &events[kept..]).await;
 }
@@ -508,7 +508,7 @@ async fn bytes_per_event() {
     {
         let store = super::sqlite::SqliteStore::open(dir.path()).await.unwrap();
         for batch in events.chunks(100) {
-            store.append_batch(batch.to_vec()).await.unwrap();
+            store.append_batch(batch.to_vec().into()).await.unwrap();
         }
         let bytes = store.stats().await.unwrap().store_bytes;
         println!(
@@ -525,7 +525,7 @@ async fn bytes_per_event() {
     let dir = tempfile::tempdir().unwrap();
     let store = super::file::FileStore::open(dir.path(), super::Rotation::Daily).unwrap();
     for batch in events.chunks(100) {
-        store.append_batch(batch.to_vec()).await.unwrap();
+        store.append_batch(batch.to_vec().into()).await.unwrap();
     }
     let bytes = store.stats().await.unwrap().store_bytes;
     println!("file: {} bytes/event", bytes / N as u64);

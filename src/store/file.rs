@@ -174,7 +174,7 @@ impl AuditStore for FileStore {
         "file"
     }
 
-    async fn append_batch(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+    async fn append_batch(&self, events: super::Batch) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }

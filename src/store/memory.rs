@@ -69,9 +69,9 @@ impl AuditStore for MemoryStore {
         "memory"
     }
 
-    async fn append_batch(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+    async fn append_batch(&self, events: super::Batch) -> Result<(), StoreError> {
         let mut ring = self.ring();
-        for event in events {
+        for event in events.iter().cloned() {
             if ring.events.len() == self.limit {
                 ring.events.pop_front();
                 ring.dropped += 1;
@@ -223,7 +223,7 @@ mod tests {
                 e
             })
             .collect();
-        store.append_batch(events.clone()).await.unwrap();
+        store.append_batch(events.clone().into()).await.unwrap();
         assert_eq!(store.dropped(), 2);
         let page = store
             .query(&EventQuery {

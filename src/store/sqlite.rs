@@ -159,7 +159,7 @@ impl AuditStore for SqliteStore {
         "sqlite"
     }
 
-    async fn append_batch(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+    async fn append_batch(&self, events: super::Batch) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -170,7 +170,7 @@ impl AuditStore for SqliteStore {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 {
                     let mut insert = tx.prepare_cached(INSERT)?;
-                    for e in &events {
+                    for e in events.iter() {
                         let metadata = serde_json::to_string(&e.metadata)
                             .map_err(|err| StoreError::Other(format!("metadata: {err}")))?;
                         insert.execute(params![

@@ -165,7 +165,7 @@ async fn seed_old(dir: &Path, n: i64, age: ChronoDuration) {
         prev = sealed.hash.clone();
         batch.push(sealed);
     }
-    store.append_batch(batch).await.unwrap();
+    store.append_batch(batch.into()).await.unwrap();
 }
 
 #[tokio::test]

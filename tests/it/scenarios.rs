@@ -26,7 +26,7 @@ async fn seed(dir: &Path, events: &[(EventType, Level, DateTime<Utc>)]) {
         prev = sealed.hash.clone();
         batch.push(sealed);
     }
-    store.append_batch(batch).await.unwrap();
+    store.append_batch(batch.into()).await.unwrap();
 }
 
 #[tokio::test]

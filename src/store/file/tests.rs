@@ -65,8 +65,8 @@ async fn rotates_by_event_time_and_reopens_with_the_same_head() {
     let events = spread_events(1, GENESIS_HASH, 40, 10);
     {
         let store = FileStore::open(dir.path(), Rotation::Weekly).unwrap();
-        store.append_batch(events[..25].to_vec()).await.unwrap();
-        store.append_batch(events[25..].to_vec()).await.unwrap();
+        store.append_batch(events[..25].to_vec().into()).await.unwrap();
+        store.append_batch(events[25..].to_vec().into()).await.unwrap();
     }
     assert_eq!(
         files(dir.path()),
@@ -110,7 +110,7 @@ async fn an_event_never_goes_to_an_older_file() {
     events[1].timestamp = Utc.with_ymd_and_hms(2026, 1, 1, 14, 59, 59).unwrap();
     events[2].timestamp = Utc.with_ymd_and_hms(2026, 1, 1, 16, 0, 0).unwrap();
     // (Hashes are stale after the edits; the store stores rows as given.)
-    store.append_batch(events.clone()).await.unwrap();
+    store.append_batch(events.clone().into()).await.unwrap();
     assert_eq!(
         files(dir.path()),
         ["audit-2026-01-01T15.jsonl", "audit-2026-01-01T16.jsonl"]
@@ -129,7 +129,7 @@ async fn a_torn_last_line_is_skipped_and_the_next_append_starts_fresh() {
     let events = spread_events(1, GENESIS_HASH, 6, 10);
     {
         let store = FileStore::open(dir.path(), Rotation::Weekly).unwrap();
-        store.append_batch(events[..3].to_vec()).await.unwrap();
+        store.append_batch(events[..3].to_vec().into()).await.unwrap();
     }
     // A crash in the middle of writing event 4.
     let path = dir.path().join("audit-2026-W01.jsonl");
@@ -142,7 +142,7 @@ async fn a_torn_last_line_is_skipped_and_the_next_append_starts_fresh() {
     assert_eq!(store.head().await.unwrap().unwrap().seq, 3);
     assert_eq!(store.stats().await.unwrap().total_events, 3);
     // The writer continues from the head it finds: event 4 again.
-    store.append_batch(events[3..].to_vec()).await.unwrap();
+    store.append_batch(events[3..].to_vec().into()).await.unwrap();
     let check = |store: FileStore| {
         let events = events.clone();
         async move {
@@ -169,7 +169,7 @@ async fn an_edited_line_is_reported_as_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::open(dir.path(), Rotation::Daily).unwrap();
     store
-        .append_batch(spread_events(1, GENESIS_HASH, 3, 10))
+        .append_batch(spread_events(1, GENESIS_HASH, 3, 10).into())
         .await
         .unwrap();
     let path = dir.path().join("audit-2026-01-01.jsonl");
@@ -187,8 +187,8 @@ async fn a_seq_at_or_below_the_head_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::open(dir.path(), Rotation::Daily).unwrap();
     let events = spread_events(1, GENESIS_HASH, 3, 10);
-    store.append_batch(events[..2].to_vec()).await.unwrap();
-    let err = store.append_batch(events[1..].to_vec()).await.unwrap_err();
+    store.append_batch(events[..2].to_vec().into()).await.unwrap();
+    let err = store.append_batch(events[1..].to_vec().into()).await.unwrap_err();
     assert!(!err.is_retriable(), "{err:?}");
     assert_eq!(store.head().await.unwrap().unwrap().seq, 2);
     assert_eq!(store.stats().await.unwrap().total_events, 2);
@@ -221,7 +221,7 @@ async fn large_files_page_backwards_and_export_in_order() {
             .collect();
         prev = p;
         all.extend(events.clone());
-        store.append_batch(events).await.unwrap();
+        store.append_batch(events.into()).await.unwrap();
     }
     assert!(files(dir.path()).len() >= 5);
     let mut walked = Vec::new();
@@ -268,7 +268,7 @@ async fn size_cap_never_removes_the_file_being_written() {
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::open(dir.path(), Rotation::Daily).unwrap();
     store
-        .append_batch(spread_events(1, GENESIS_HASH, 12, 500))
+        .append_batch(spread_events(1, GENESIS_HASH, 12, 500).into())
         .await
         .unwrap();
     let r = store.enforce_max_bytes(0).await.unwrap();

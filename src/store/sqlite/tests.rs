@@ -61,7 +61,7 @@ async fn reopened_store_keeps_its_events_and_head() {
     let events = sample_events();
     {
         let store = SqliteStore::open(dir.path()).await.unwrap();
-        store.append_batch(events.clone()).await.unwrap();
+        store.append_batch(events.clone().into()).await.unwrap();
     }
     let store = SqliteStore::open(dir.path()).await.unwrap();
     let head = store.head().await.unwrap().unwrap();
@@ -93,7 +93,7 @@ async fn a_reader_handle_sees_what_another_handle_writes() {
     assert!(reader.head().await.unwrap().is_none());
 
     let first = chain(1, GENESIS_HASH, 50);
-    writer.append_batch(first.clone()).await.unwrap();
+    writer.append_batch(first.clone().into()).await.unwrap();
     assert_eq!(reader.head().await.unwrap().unwrap().seq, 50);
 
     // The reader holds an export open while the writer keeps appending.
@@ -101,7 +101,7 @@ async fn a_reader_handle_sees_what_another_handle_writes() {
     let got = export.next().await.unwrap().unwrap();
     assert_eq!(got, first[0]);
     let more = chain(51, &first[49].hash, 50);
-    writer.append_batch(more).await.unwrap();
+    writer.append_batch(more.into()).await.unwrap();
     let rest: Vec<_> = export.map(|e| e.unwrap().seq).collect().await;
     // The export is the store as it was when it began.
     assert_eq!(rest, (2..=50).collect::<Vec<i64>>());
@@ -112,7 +112,7 @@ async fn a_reader_handle_sees_what_another_handle_writes() {
     );
     reader.health().await.unwrap();
     writer.health().await.unwrap();
-    let err = reader.append_batch(chain(101, "x", 1)).await.unwrap_err();
+    let err = reader.append_batch(chain(101, "x", 1).into()).await.unwrap_err();
     assert!(matches!(err, StoreError::Other(_)), "{err:?}");
 }
 
@@ -133,7 +133,7 @@ async fn large_export_is_complete_and_in_order() {
         let batch = chain(next, &prev, 1000);
         prev.clone_from(&batch[999].hash);
         next += 1000;
-        store.append_batch(batch).await.unwrap();
+        store.append_batch(batch.into()).await.unwrap();
     }
     let mut verifier = ChainVerifier::new();
     let mut export = store.export(EventFilter::default());
@@ -158,8 +158,8 @@ async fn duplicate_seq_is_rejected_and_the_batch_is_atomic() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).await.unwrap();
     let events = chain(1, GENESIS_HASH, 3);
-    store.append_batch(events[..2].to_vec()).await.unwrap();
-    let err = store.append_batch(events[1..].to_vec()).await.unwrap_err();
+    store.append_batch(events[..2].to_vec().into()).await.unwrap();
+    let err = store.append_batch(events[1..].to_vec().into()).await.unwrap_err();
     assert!(!err.is_retriable(), "{err:?}");
     // Event 3 came in the failed batch and must not be there.
     assert_eq!(store.head().await.unwrap().unwrap().seq, 2);
@@ -169,7 +169,7 @@ async fn duplicate_seq_is_rejected_and_the_batch_is_atomic() {
 async fn corrupt_rows_are_reported_with_their_seq() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).await.unwrap();
-    store.append_batch(chain(1, GENESIS_HASH, 3)).await.unwrap();
+    store.append_batch(chain(1, GENESIS_HASH, 3).into()).await.unwrap();
     let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
     conn.execute("UPDATE events SET metadata = '{not json' WHERE seq = 2", [])
         .unwrap();
@@ -215,7 +215,7 @@ async fn a_held_write_lock_makes_the_store_unavailable() {
     let err = store.health().await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     let err = store
-        .append_batch(chain(1, GENESIS_HASH, 1))
+        .append_batch(chain(1, GENESIS_HASH, 1).into())
         .await
         .unwrap_err();
     assert!(err.is_retriable(), "{err:?}");
@@ -289,7 +289,7 @@ async fn a_version_1_store_is_vacuumed_into_incremental_mode_and_keeps_its_event
     {
         // Fill it through the store, then take it back to version 1.
         let store = SqliteStore::open(dir.path()).await.unwrap();
-        store.append_batch(events.clone()).await.unwrap();
+        store.append_batch(events.clone().into()).await.unwrap();
     }
     let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
     conn.execute_batch("PRAGMA auto_vacuum = NONE; VACUUM; PRAGMA user_version = 1;")
@@ -321,7 +321,7 @@ async fn a_size_cap_purge_shrinks_the_file() {
     let store = SqliteStore::open(dir.path()).await.unwrap();
     let events = crate::store::conformance::spread_events(1, GENESIS_HASH, 2000, 1000);
     for batch in events.chunks(500) {
-        store.append_batch(batch.to_vec()).await.unwrap();
+        store.append_batch(batch.to_vec().into()).await.unwrap();
     }
     let before = store.stats().await.unwrap().store_bytes;
     let r = store.enforce_max_bytes(before / 4).await.unwrap();
