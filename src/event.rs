@@ -7,8 +7,10 @@
 
 pub mod chain;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -29,7 +31,16 @@ pub struct AuditEvent {
     pub metadata: Value,
     pub prev_hash: String,
     pub hash: String,
+    /// `metadata` as canonical JSON, when already computed.
+    #[serde(skip)]
+    pub metadata_json: MetadataJson,
 }
+
+/// A cache of an event's `metadata` as canonical JSON (the text hashed and
+/// stored). Producers fill it on their own threads so the single writer
+/// does not serialise every event; it is never part of equality.
+#[derive(Clone, Default)]
+pub struct MetadataJson(Option<Arc<str>>);
 
 /// An event before the writer has placed it in the chain.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +51,10 @@ pub struct NewEvent {
     pub level: Level,
     pub message: String,
     pub request_id: Option<String>,
+    /// Changing it after [`NewEvent::prepare`] requires calling
+    /// [`NewEvent::with_metadata`], which clears the cached text.
     pub metadata: Value,
+    pub metadata_json: MetadataJson,
 }
 
 /// The standard event types, plus caller-defined `UPPER_SNAKE` names.
@@ -117,6 +131,14 @@ impl NewEvent {
             message: message.into(),
             request_id: None,
             metadata: Value::Object(Default::default()),
+            metadata_json: MetadataJson::default(),
+        }
+    }
+
+    /// Serialises the metadata now, on the caller's thread.
+    pub fn prepare(&mut self) {
+        if self.metadata_json.0.is_none() {
+            self.metadata_json = MetadataJson(Some(chain::canonical_json(&self.metadata).into()));
         }
     }
 
@@ -132,11 +154,13 @@ impl NewEvent {
 
     pub fn with_metadata(mut self, metadata: Value) -> Self {
         self.metadata = metadata;
+        self.metadata_json = MetadataJson::default();
         self
     }
 
     /// Places the event in the chain after `prev_hash` with number `seq`.
-    pub fn seal(self, seq: i64, prev_hash: &str) -> AuditEvent {
+    pub fn seal(mut self, seq: i64, prev_hash: &str) -> AuditEvent {
+        self.prepare();
         let mut event = AuditEvent {
             id: self.id,
             seq,
@@ -148,9 +172,40 @@ impl NewEvent {
             metadata: self.metadata,
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
+            metadata_json: self.metadata_json,
         };
-        event.hash = chain::event_hash(&event);
+        event.hash = chain::hash_with_metadata(&event, &event.metadata_text());
         event
+    }
+}
+
+// === impl AuditEvent ===
+
+impl AuditEvent {
+    /// `metadata` as canonical JSON: the text that is hashed and stored.
+    pub fn metadata_text(&self) -> Cow<'_, str> {
+        match &self.metadata_json.0 {
+            Some(text) => Cow::Borrowed(text),
+            None => Cow::Owned(chain::canonical_json(&self.metadata)),
+        }
+    }
+}
+
+// === impl MetadataJson ===
+
+impl PartialEq for MetadataJson {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for MetadataJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "MetadataJson(cached)"
+        } else {
+            "MetadataJson(none)"
+        })
     }
 }
 

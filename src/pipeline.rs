@@ -88,6 +88,8 @@ pub struct Handle {
     min_level: Level,
     enabled: bool,
     stats: Arc<PipelineStats>,
+    /// Where the proxy runs, added to every event's metadata.
+    source: Option<Arc<serde_json::Value>>,
 }
 
 // === impl Handle ===
@@ -98,22 +100,32 @@ impl Handle {
         min_level: Level,
         enabled: bool,
         stats: Arc<PipelineStats>,
+        source: Option<serde_json::Value>,
     ) -> Self {
         Self {
             tx,
             min_level,
             enabled,
             stats,
+            source: source.map(Arc::new),
         }
+    }
+
+    /// Adds the source and serialises the metadata here, on the producer's
+    /// thread, so the single writer only hashes and appends.
+    fn prepare(&self, event: &mut NewEvent) {
+        stamp_source(event, self.source.as_deref());
+        event.prepare();
     }
 
     /// Queues `event` without waiting. Returns false when it was filtered
     /// out or dropped (a full queue is counted in [`PipelineStats::dropped`]).
-    pub fn offer(&self, event: NewEvent) -> bool {
+    pub fn offer(&self, mut event: NewEvent) -> bool {
         if !self.accepts(event.level) {
             self.stats.filtered.fetch_add(1, Ordering::Relaxed);
             return false;
         }
+        self.prepare(&mut event);
         self.stats.offered.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(WriterMsg::Event(event)) {
             Ok(()) => {
@@ -134,13 +146,14 @@ impl Handle {
     /// Queues `event` and waits until it is stored, returning it sealed.
     /// For callers that must answer with the stored event (the admin API);
     /// never used on the proxy's request path.
-    pub async fn submit(&self, event: NewEvent) -> Result<AuditEvent, SubmitError> {
+    pub async fn submit(&self, mut event: NewEvent) -> Result<AuditEvent, SubmitError> {
         if !self.enabled {
             return Err(SubmitError::Disabled);
         }
         if event.level < self.min_level {
             return Err(SubmitError::BelowLevel);
         }
+        self.prepare(&mut event);
         let (ack_tx, ack_rx) = oneshot::channel();
         self.stats.offered.fetch_add(1, Ordering::Relaxed);
         if self
@@ -171,5 +184,15 @@ impl Handle {
 
     pub fn stats(&self) -> &Arc<PipelineStats> {
         &self.stats
+    }
+}
+
+/// Adds `source` to an object's metadata unless the producer set one.
+pub(crate) fn stamp_source(event: &mut NewEvent, source: Option<&serde_json::Value>) {
+    if let (Some(source), serde_json::Value::Object(meta)) = (source, &mut event.metadata) {
+        if !meta.contains_key("source") {
+            meta.insert("source".to_owned(), source.clone());
+            event.metadata_json = Default::default();
+        }
     }
 }

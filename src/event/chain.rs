@@ -41,8 +41,14 @@ pub struct ChainVerifier {
 }
 
 /// The hash of `event` as the chain defines it (its own `hash` field is
-/// ignored).
+/// ignored), from its metadata as it is now: what verification uses.
 pub fn event_hash(event: &AuditEvent) -> String {
+    hash_with_metadata(event, &canonical_json(&event.metadata))
+}
+
+/// As [`event_hash`], with the metadata's canonical JSON already at hand
+/// (sealing reuses the text the producer serialised).
+pub fn hash_with_metadata(event: &AuditEvent, metadata_json: &str) -> String {
     let mut hasher = Sha256::new();
     let mut field = |bytes: &[u8]| {
         hasher.update(bytes.len().to_string().as_bytes());
@@ -57,7 +63,7 @@ pub fn event_hash(event: &AuditEvent) -> String {
     field(event.level.as_str().as_bytes());
     field(event.message.as_bytes());
     field(event.request_id.as_deref().unwrap_or("").as_bytes());
-    field(canonical_json(&event.metadata).as_bytes());
+    field(metadata_json.as_bytes());
     field(event.prev_hash.as_bytes());
     hex::encode(hasher.finalize())
 }

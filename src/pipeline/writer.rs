@@ -63,7 +63,13 @@ pub async fn spawn_writer(
     let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
     let stats = Arc::new(PipelineStats::default());
     let (setter, health) = health::channel();
-    let handle = Handle::new(tx, cfg.min_level, cfg.enabled, stats.clone());
+    let handle = Handle::new(
+        tx,
+        cfg.min_level,
+        cfg.enabled,
+        stats.clone(),
+        cfg.source.clone(),
+    );
     let writer = Writer {
         store,
         rx,
@@ -138,12 +144,7 @@ impl Writer {
         );
     }
 
-    fn seal(&mut self, mut event: NewEvent) -> AuditEvent {
-        if let (Some(source), serde_json::Value::Object(meta)) =
-            (&self.cfg.source, &mut event.metadata)
-        {
-            meta.entry("source").or_insert_with(|| source.clone());
-        }
+    fn seal(&mut self, event: NewEvent) -> AuditEvent {
         self.seq += 1;
         let sealed = event.seal(self.seq, &self.prev_hash);
         self.prev_hash.clone_from(&sealed.hash);
@@ -167,6 +168,8 @@ impl Writer {
             "error_type": "events_dropped",
             "details": {"dropped": newly, "dropped_total": dropped},
         }));
+        let mut event = event;
+        super::stamp_source(&mut event, self.cfg.source.as_ref());
         batch.push(self.seal(event));
     }
 
@@ -244,6 +247,7 @@ impl Writer {
                 message: std::mem::take(&mut event.message),
                 request_id: event.request_id.take(),
                 metadata: std::mem::take(&mut event.metadata),
+                metadata_json: std::mem::take(&mut event.metadata_json),
             };
             *event = self.seal(new);
         }

@@ -171,8 +171,7 @@ impl AuditStore for SqliteStore {
                 {
                     let mut insert = tx.prepare_cached(INSERT)?;
                     for e in events.iter() {
-                        let metadata = serde_json::to_string(&e.metadata)
-                            .map_err(|err| StoreError::Other(format!("metadata: {err}")))?;
+                        let metadata = e.metadata_text();
                         insert.execute(params![
                             e.seq,
                             e.id,
@@ -537,6 +536,7 @@ fn read_row(row: &rusqlite::Row<'_>) -> Result<AuditEvent, StoreError> {
         metadata,
         prev_hash: text(8, "prev_hash")?,
         hash: text(9, "hash")?,
+        metadata_json: Default::default(),
     })
 }
 

@@ -65,8 +65,14 @@ async fn rotates_by_event_time_and_reopens_with_the_same_head() {
     let events = spread_events(1, GENESIS_HASH, 40, 10);
     {
         let store = FileStore::open(dir.path(), Rotation::Weekly).unwrap();
-        store.append_batch(events[..25].to_vec().into()).await.unwrap();
-        store.append_batch(events[25..].to_vec().into()).await.unwrap();
+        store
+            .append_batch(events[..25].to_vec().into())
+            .await
+            .unwrap();
+        store
+            .append_batch(events[25..].to_vec().into())
+            .await
+            .unwrap();
     }
     assert_eq!(
         files(dir.path()),
@@ -129,7 +135,10 @@ async fn a_torn_last_line_is_skipped_and_the_next_append_starts_fresh() {
     let events = spread_events(1, GENESIS_HASH, 6, 10);
     {
         let store = FileStore::open(dir.path(), Rotation::Weekly).unwrap();
-        store.append_batch(events[..3].to_vec().into()).await.unwrap();
+        store
+            .append_batch(events[..3].to_vec().into())
+            .await
+            .unwrap();
     }
     // A crash in the middle of writing event 4.
     let path = dir.path().join("audit-2026-W01.jsonl");
@@ -142,7 +151,10 @@ async fn a_torn_last_line_is_skipped_and_the_next_append_starts_fresh() {
     assert_eq!(store.head().await.unwrap().unwrap().seq, 3);
     assert_eq!(store.stats().await.unwrap().total_events, 3);
     // The writer continues from the head it finds: event 4 again.
-    store.append_batch(events[3..].to_vec().into()).await.unwrap();
+    store
+        .append_batch(events[3..].to_vec().into())
+        .await
+        .unwrap();
     let check = |store: FileStore| {
         let events = events.clone();
         async move {
@@ -187,8 +199,14 @@ async fn a_seq_at_or_below_the_head_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::open(dir.path(), Rotation::Daily).unwrap();
     let events = spread_events(1, GENESIS_HASH, 3, 10);
-    store.append_batch(events[..2].to_vec().into()).await.unwrap();
-    let err = store.append_batch(events[1..].to_vec().into()).await.unwrap_err();
+    store
+        .append_batch(events[..2].to_vec().into())
+        .await
+        .unwrap();
+    let err = store
+        .append_batch(events[1..].to_vec().into())
+        .await
+        .unwrap_err();
     assert!(!err.is_retriable(), "{err:?}");
     assert_eq!(store.head().await.unwrap().unwrap().seq, 2);
     assert_eq!(store.stats().await.unwrap().total_events, 2);

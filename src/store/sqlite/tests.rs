@@ -112,7 +112,10 @@ async fn a_reader_handle_sees_what_another_handle_writes() {
     );
     reader.health().await.unwrap();
     writer.health().await.unwrap();
-    let err = reader.append_batch(chain(101, "x", 1).into()).await.unwrap_err();
+    let err = reader
+        .append_batch(chain(101, "x", 1).into())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Other(_)), "{err:?}");
 }
 
@@ -158,8 +161,14 @@ async fn duplicate_seq_is_rejected_and_the_batch_is_atomic() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).await.unwrap();
     let events = chain(1, GENESIS_HASH, 3);
-    store.append_batch(events[..2].to_vec().into()).await.unwrap();
-    let err = store.append_batch(events[1..].to_vec().into()).await.unwrap_err();
+    store
+        .append_batch(events[..2].to_vec().into())
+        .await
+        .unwrap();
+    let err = store
+        .append_batch(events[1..].to_vec().into())
+        .await
+        .unwrap_err();
     assert!(!err.is_retriable(), "{err:?}");
     // Event 3 came in the failed batch and must not be there.
     assert_eq!(store.head().await.unwrap().unwrap().seq, 2);
@@ -169,7 +178,10 @@ async fn duplicate_seq_is_rejected_and_the_batch_is_atomic() {
 async fn corrupt_rows_are_reported_with_their_seq() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).await.unwrap();
-    store.append_batch(chain(1, GENESIS_HASH, 3).into()).await.unwrap();
+    store
+        .append_batch(chain(1, GENESIS_HASH, 3).into())
+        .await
+        .unwrap();
     let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
     conn.execute("UPDATE events SET metadata = '{not json' WHERE seq = 2", [])
         .unwrap();
