@@ -132,6 +132,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
     let calls = TaskTracker::new();
     let metrics = Arc::new(Metrics::new(events.stats().clone()));
     let sanitizer = Arc::new(Sanitizer::baseline());
+    let cut_at_shutdown = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let recorder = config.audit.enabled.then(|| {
         Recorder::new(
             events.clone(),
@@ -139,6 +140,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             calls.clone(),
             config.capture.max_body_bytes,
             metrics.clone(),
+            cut_at_shutdown.clone(),
         )
     });
     let state = Arc::new(ProxyState {
@@ -156,6 +158,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
         fail_mode: config.audit.on_store_failure,
         store_health,
         metrics: metrics.clone(),
+        cut_at_shutdown,
     });
 
     record_startup(&events, &config);

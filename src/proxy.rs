@@ -95,6 +95,9 @@ pub async fn serve(
             grace_secs = grace.as_secs_f64(),
             "Calls still running after the shutdown grace period were cut."
         );
+        state
+            .cut_at_shutdown
+            .store(true, std::sync::atomic::Ordering::Release);
         cut.cancel();
     }
     DrainReport { drained }

@@ -8,6 +8,7 @@
 //! its REQUEST.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::{HeaderMap, Method, StatusCode};
@@ -37,6 +38,8 @@ pub struct Recorder {
     /// compression bombs).
     max_decoded_bytes: usize,
     metrics: Arc<Metrics>,
+    /// Set when shutdown cut the calls still running after the grace.
+    cut_at_shutdown: Arc<AtomicBool>,
 }
 
 /// What the proxy knows when a call arrives.
@@ -102,12 +105,14 @@ impl Recorder {
         tracker: TaskTracker,
         capture_cap: usize,
         metrics: Arc<Metrics>,
+        cut_at_shutdown: Arc<AtomicBool>,
     ) -> Self {
         Self {
             handle,
             sanitizer,
             tracker,
             metrics,
+            cut_at_shutdown,
             max_decoded_bytes: capture_cap.saturating_mul(8).max(1024 * 1024),
         }
     }
@@ -289,6 +294,7 @@ impl Recorder {
                     BodyEnd::Complete => "completed",
                     BodyEnd::Error(e) if is_idle_timeout(e) => "timeout",
                     BodyEnd::Error(_) => "upstream_error",
+                    BodyEnd::Dropped if self.was_cut() => "shutdown",
                     BodyEnd::Dropped => "client_aborted",
                 };
                 model = summary.model.or_else(|| facts.model.clone());
@@ -335,7 +341,11 @@ impl Recorder {
             }
             ResponseOutcome::ClientAborted { at } => {
                 status = None;
-                outcome_label = "client_aborted";
+                outcome_label = if self.was_cut() {
+                    "shutdown"
+                } else {
+                    "client_aborted"
+                };
                 model = facts.model.clone();
                 meta.insert("latency_ms".into(), json!(round_ms(ms(at))));
                 meta.insert("ttfb_ms".into(), Value::Null);
@@ -360,6 +370,10 @@ impl Recorder {
         )
         .with_request_id(info.request_id.clone())
         .with_metadata(Value::Object(meta))
+    }
+
+    fn was_cut(&self) -> bool {
+        self.cut_at_shutdown.load(Ordering::Acquire)
     }
 
     fn count_tokens(&self, model: Option<&str>, usage: Option<&Value>) {

@@ -40,6 +40,9 @@ pub struct ProxyState {
     pub fail_mode: FailMode,
     pub store_health: StoreHealth,
     pub metrics: Arc<Metrics>,
+    /// Set when the shutdown grace ran out and remaining calls were cut,
+    /// so their records say so instead of blaming the client.
+    pub cut_at_shutdown: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1),
@@ -81,6 +84,7 @@ pub async fn handle(
 
     let operation = classify(&parts.method, parts.uri.path(), parts.uri.query());
     let call_log = CallLog {
+        cut_at_shutdown: state.cut_at_shutdown.clone(),
         metrics: state.metrics.clone(),
         request_id: request_id.clone(),
         operation: operation_label(&operation.name),
@@ -198,6 +202,7 @@ pub async fn handle(
 /// The call's line in the diagnostic log and its metrics, written once
 /// when the call ends. Never holds a body, a header value or a credential.
 struct CallLog {
+    cut_at_shutdown: Arc<std::sync::atomic::AtomicBool>,
     metrics: Arc<Metrics>,
     request_id: String,
     operation: String,
@@ -217,6 +222,13 @@ impl CallLog {
             BodyEnd::Error(_) => {
                 self.upstream_error("stream_error");
                 "upstream_error"
+            }
+            BodyEnd::Dropped
+                if self
+                    .cut_at_shutdown
+                    .load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                "shutdown"
             }
             BodyEnd::Dropped => "client_aborted",
         };

@@ -85,6 +85,14 @@ fn serve_refuses_bad_configuration_naming_the_key() {
 /// Starts `serve` on ephemeral ports; returns the child and its addresses,
 /// read from its start-up log line.
 fn spawn_serve(upstream: &str, dir: &std::path::Path) -> (Child, String, String) {
+    let (child, proxy, admin, _) = spawn_serve_logged(upstream, dir);
+    (child, proxy, admin)
+}
+
+type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// As [`spawn_serve`], also collecting every stderr line.
+fn spawn_serve_logged(upstream: &str, dir: &std::path::Path) -> (Child, String, String, LogLines) {
     let mut child = command()
         .args([
             "serve",
@@ -103,11 +111,13 @@ fn spawn_serve(upstream: &str, dir: &std::path::Path) -> (Child, String, String)
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
+    let logs: LogLines = Default::default();
     let (proxy, admin) = loop {
         let line = lines
             .next()
             .expect("serve exited before listening")
             .unwrap();
+        logs.lock().unwrap().push(line.clone());
         let Ok(v) = serde_json::from_str::<Value>(&line) else {
             continue;
         };
@@ -119,15 +129,20 @@ fn spawn_serve(upstream: &str, dir: &std::path::Path) -> (Child, String, String)
         }
     };
     // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, proxy, admin)
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (child, proxy, admin, logs)
 }
 
 #[tokio::test]
 async fn sigterm_drains_flushes_and_exits_zero() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, proxy, admin) = spawn_serve(&mock.url(), dir.path());
+    let (mut child, proxy, admin, logs) = spawn_serve_logged(&mock.url(), dir.path());
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
     assert_eq!(
@@ -155,7 +170,8 @@ async fn sigterm_drains_flushes_and_exits_zero() {
             http.post(url)
                 .header("x-request-id", "term-stream")
                 .header("x-mock-chunk-delay-ms", "100")
-                .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": []}))
+                .bearer_auth("sk-proj-LogCheckKey0123456789abcdefghij")
+                .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "a very private prompt"}]}))
                 .send()
                 .await
                 .unwrap()
@@ -202,6 +218,25 @@ async fn sigterm_drains_flushes_and_exits_zero() {
         .collect();
     assert_eq!(call.len(), 2);
     assert_eq!(call[1].metadata["outcome"], "completed");
+
+    // One JSON line per call, and never a body or a credential.
+    let logs = logs.lock().unwrap();
+    let access: Vec<Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["request_id"] == "term-stream")
+        .collect();
+    assert_eq!(access.len(), 1, "{logs:#?}");
+    assert_eq!(access[0]["target"], "llm_audit_proxy::access");
+    assert_eq!(access[0]["operation"], "chat.create");
+    assert_eq!(access[0]["status"], 200);
+    assert!(access[0]["latency_ms"].as_f64().unwrap() > 0.0);
+    for line in logs.iter() {
+        assert!(
+            !line.contains("LogCheckKey") && !line.contains("private prompt"),
+            "{line}"
+        );
+    }
 }
 
 #[tokio::test]

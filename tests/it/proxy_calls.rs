@@ -756,3 +756,46 @@ async fn tls_upstream_without_trust_is_unreachable() {
     assert_eq!(mock.calls(), 0);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn calls_still_running_after_the_grace_are_cut_and_recorded_as_such() {
+    use futures_util::StreamExt;
+    use llm_audit_proxy::store::{AuditStore, EventFilter};
+    let mock = MockUpstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let proxy = TestProxy::start_in(
+        &mock.url(),
+        tmp.path(),
+        &[("LLM_AUDIT_PROXY_SHUTDOWN_GRACE", "0.3")],
+    )
+    .await;
+    let mut resp = proxy
+        .http
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-request-id", "cut-1")
+        .header("x-mock-endless", "1")
+        .json(&json!({"model": "gpt-4o-mini", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    resp.chunk().await.unwrap();
+    let reader = tokio::spawn(async move { while let Ok(Some(_)) = resp.chunk().await {} });
+    proxy.stop().await;
+    reader.await.unwrap();
+    let store = llm_audit_proxy::store::sqlite::SqliteStore::open_read_only(tmp.path())
+        .await
+        .unwrap();
+    let events: Vec<_> = store
+        .export(EventFilter::default())
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    let response = events
+        .iter()
+        .find(|e| e.request_id.as_deref() == Some("cut-1") && e.event_type.as_str() == "RESPONSE")
+        .unwrap();
+    assert_eq!(response.metadata["outcome"], "shutdown");
+    let stopped = events.last().unwrap();
+    assert_eq!(stopped.metadata["phase"], "shutdown");
+    assert_eq!(stopped.metadata["drained"], false);
+}
