@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod pipeline;
+pub mod policy;
 pub mod proxy;
 pub mod readiness;
 pub mod store;
