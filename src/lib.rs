@@ -18,6 +18,7 @@ pub mod config;
 pub mod event;
 pub mod offline;
 pub mod pipeline;
+pub mod policy;
 pub mod proxy;
 pub mod readiness;
 pub mod store;

@@ -18,15 +18,14 @@ fn redact(s: &str) -> String {
 
 #[test]
 fn baseline_patterns_compile() {
-    let s = Sanitizer::try_baseline().unwrap();
-    let kinds: Vec<&str> = s.detectors().iter().map(Detector::kind).collect();
+    let set = PolicySet::baseline().unwrap();
     assert_eq!(
-        kinds,
+        set.secret_kinds(),
         [
             "ANTHROPIC_KEY",
             "OPENAI_KEY",
-            "BEARER_TOKEN",
-            "AWS_ACCESS_KEY"
+            "AWS_ACCESS_KEY",
+            "BEARER_TOKEN"
         ]
     );
 }
@@ -166,15 +165,35 @@ fn values_are_redacted_in_place_but_keys_are_not() {
 }
 
 #[test]
-fn extra_detectors_extend_the_baseline() {
-    let mut detectors = Sanitizer::baseline().detectors().to_vec();
-    detectors.push(Detector::new("github_token", r"\bghp_[A-Za-z0-9]{36}\b").unwrap());
-    let s = Sanitizer::new(detectors).unwrap();
+fn a_policy_set_adds_every_secret_kind_and_its_redactions() {
+    use crate::policy::PolicyDef;
+
+    let def = PolicyDef {
+        name: Some("cards".into()),
+        detectors: vec!["credit_card".into()],
+        action: Some("redact".into()),
+        direction: Some("request".into()),
+        ..PolicyDef::default()
+    };
+    let s = Sanitizer::from_policies(std::sync::Arc::new(PolicySet::compile(&[def]).unwrap()));
     assert_eq!(
         s.redact_text("token ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789 and AKIAIOSFODNN7EXAMPLE"),
         "token [REDACTED:GITHUB_TOKEN] and [REDACTED:AWS_ACCESS_KEY]"
     );
-    assert!(Detector::new("bad", "(").is_err());
+    // Cards are a policy's business: in the model's text of a request only.
+    let body = json!({"messages": [{"role": "user", "content": "card 4111 1111 1111 1111"}],
+                      "user": "4111 1111 1111 1111"});
+    let mut stored = body.clone();
+    assert_eq!(s.redact_request(&mut stored), 1);
+    assert_eq!(
+        stored["messages"][0]["content"],
+        "card [REDACTED:CREDIT_CARD]"
+    );
+    assert_eq!(stored["user"], "4111 1111 1111 1111");
+    let mut response = body.clone();
+    assert_eq!(s.redact_response(&mut response), 0);
+    let mut plain = body;
+    assert_eq!(s.redact_value(&mut plain), 0);
 }
 
 #[test]

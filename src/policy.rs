@@ -1,0 +1,980 @@
+//! Compliance policies: detect, redact or block personal data and secrets in
+//! what the model reads and writes.
+//!
+//! A [`PolicySet`] is compiled once from [`PolicyDef`]s (the `[[policies]]`
+//! tables of the config and the shipped packs, see [`load_pack`]). All
+//! detectors of all policies run as one scanner: a single `RegexSet` pass
+//! over a text says which detectors can match, only those search, and
+//! validators (Luhn, mod-97, SSN ranges, address parsing, JWT headers)
+//! confirm candidates. A scan yields one [`Verdict`] per policy that applies
+//! to the direction; findings hold entity types and counts, never the
+//! matched text.
+//!
+//! The same set cleans stored copies. Secret detectors (API keys, tokens,
+//! private keys) always redact every string of a stored body, whatever the
+//! policies say; `redact` policies add their matches in the model's text.
+//! [`PolicySet::baseline`] is the secrets-only set the proxy used before
+//! policies existed. [`StreamScanner`] watches a streamed completion with a
+//! bounded look-behind window, so a card number split over chunks is found
+//! without buffering the stream.
+//!
+//! Entity types are the detector names in upper case (`CREDIT_CARD`); user
+//! patterns report `CUSTOM_PATTERN` and keyword lists `KEYWORD`. A redacted
+//! match becomes `[REDACTED:<ENTITY TYPE>]`.
+
+pub mod builtin;
+mod matcher;
+mod pack;
+mod places;
+mod stream;
+
+#[cfg(test)]
+mod corpus;
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+use regex::{Regex, RegexBuilder};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::event::{EventType, Level, NewEvent};
+use matcher::{Entry, Hit, Matcher};
+
+pub use pack::{load_pack, PACK_NAMES};
+pub use stream::StreamScanner;
+
+/// One policy as written in the config file or a pack, before checking.
+/// Every field is optional so that [`PolicySet::compile`] can report all
+/// mistakes with their keys at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDef {
+    /// Unique; appears as `policy_name` in events.
+    pub name: Option<String>,
+    /// Built-in detector names, see [`builtin::names`].
+    #[serde(default)]
+    pub detectors: Vec<String>,
+    /// Regular expressions (Rust `regex` syntax); matches report as
+    /// `CUSTOM_PATTERN`.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// Words or phrases matched case-insensitively; report as `KEYWORD`.
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// Keywords match whole words only (default true): `sk` does not match
+    /// inside `sketch`.
+    pub whole_word: Option<bool>,
+    /// `log` (default), `redact` or `block`.
+    pub action: Option<String>,
+    /// `request`, `response` or `both` (default).
+    pub direction: Option<String>,
+    /// `LOW`, `MEDIUM` (default), `HIGH` or `CRITICAL`, any case.
+    pub severity: Option<String>,
+    /// With `action = "redact"`: also redact the body sent upstream
+    /// (default false: only the stored copy).
+    pub redact_upstream: Option<bool>,
+}
+
+/// What a policy does when it finds something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Record the violation only.
+    Log,
+    /// Replace matches with markers in stored events (and upstream with
+    /// `redact_upstream`).
+    Redact,
+    /// Refuse the request, replace the response, or cut the stream.
+    Block,
+}
+
+/// Which side of a call a policy watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppliesTo {
+    Request,
+    Response,
+    Both,
+}
+
+/// The side of a call being scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Request,
+    Response,
+}
+
+/// How serious a violation is; decides the violation event's level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// A mistake in a policy definition or pack, with the key it is at, such as
+/// `policies[2].detectors` or `policies[0].patterns[1]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct PolicyError {
+    pub key: String,
+    pub message: String,
+}
+
+/// A checked policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    name: String,
+    action: Action,
+    applies_to: AppliesTo,
+    severity: Severity,
+    redact_upstream: bool,
+    /// Indices of the scanner entries this policy counts.
+    entries: Vec<usize>,
+}
+
+/// Compiled policies plus the always-on secret detectors, sharing one
+/// scanner. Build once and share it (`Arc`); it is `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    policies: Vec<Policy>,
+    matcher: Matcher,
+    /// Per scanner entry: redacted in stored copies whatever the policies.
+    always: Vec<bool>,
+    /// Per scanner entry: redacted in stored text by a `redact` policy of
+    /// that direction.
+    redact_request: Vec<bool>,
+    redact_response: Vec<bool>,
+    /// Per scanner entry: redacted in the body sent upstream.
+    upstream: Vec<bool>,
+}
+
+/// One policy's outcome for one side of a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub policy_name: String,
+    pub action: Action,
+    pub severity: Severity,
+    pub direction: Direction,
+    /// Entity type to number of matches. Never the matched values.
+    pub findings: BTreeMap<String, u64>,
+    /// True when nothing was found.
+    pub passed: bool,
+}
+
+/// The verdicts of every policy that applies to one side of a call, in
+/// policy order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan {
+    pub verdicts: Vec<Verdict>,
+}
+
+/// What [`PolicySet::inspect`] did to a stored copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    pub scan: Scan,
+    /// Markers written into the stored copy.
+    pub redacted: usize,
+}
+
+/// A request body with `redact_upstream` matches replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamBody {
+    /// Re-serialised JSON; send it with a corrected `Content-Length`.
+    pub body: Vec<u8>,
+    /// Markers written.
+    pub replaced: usize,
+}
+
+const CUSTOM_PATTERN: &str = "custom_pattern";
+const KEYWORD: &str = "keyword";
+
+/// Longest compiled form of one user pattern: enough for real patterns,
+/// small enough that a pathological one cannot eat the memory.
+const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+/// What every `Level` of a violation is, by severity: LOW and MEDIUM warn,
+/// HIGH is an error, CRITICAL is critical.
+pub fn event_level(severity: Severity) -> Level {
+    match severity {
+        Severity::Low | Severity::Medium => Level::Warning,
+        Severity::High => Level::Error,
+        Severity::Critical => Level::Critical,
+    }
+}
+
+/// The event recording `verdict`: COMPLIANCE_CHECK (INFO) when it passed,
+/// otherwise COMPLIANCE_VIOLATION at [`event_level`]. Metadata:
+/// `policy_name`, `result` (bool, passed), `severity`, `action`,
+/// `direction` and `findings`, an array of `{"entity_type", "count"}`
+/// sorted by entity type (empty when passed).
+pub fn compliance_event(verdict: &Verdict, request_id: &str) -> NewEvent {
+    let findings: Vec<Value> = verdict
+        .findings
+        .iter()
+        .map(|(entity_type, count)| json!({"entity_type": entity_type, "count": count}))
+        .collect();
+    let metadata = json!({
+        "policy_name": verdict.policy_name,
+        "result": verdict.passed,
+        "severity": verdict.severity.as_str(),
+        "action": verdict.action.as_str(),
+        "direction": verdict.direction.as_str(),
+        "findings": findings,
+    });
+    let event = if verdict.passed {
+        NewEvent::new(
+            EventType::ComplianceCheck,
+            format!(
+                "Policy {} passed ({}).",
+                verdict.policy_name, verdict.direction
+            ),
+        )
+    } else {
+        NewEvent::new(
+            EventType::ComplianceViolation,
+            format!(
+                "Policy {} violated in the {}: {} ({}).",
+                verdict.policy_name,
+                verdict.direction,
+                verdict.summary(),
+                verdict.action
+            ),
+        )
+        .with_level(event_level(verdict.severity))
+    };
+    event.with_request_id(request_id).with_metadata(metadata)
+}
+
+/// One event per verdict of `scan`, in order.
+pub fn compliance_events(scan: &Scan, request_id: &str) -> Vec<NewEvent> {
+    scan.verdicts
+        .iter()
+        .map(|v| compliance_event(v, request_id))
+        .collect()
+}
+
+// === impl PolicyDef ===
+
+impl PolicyDef {
+    fn check(
+        &self,
+        key: &str,
+        errors: &mut Vec<PolicyError>,
+    ) -> Option<(String, Action, AppliesTo, Severity, bool)> {
+        let before = errors.len();
+        let mut err = |field: &str, message: String| {
+            errors.push(PolicyError {
+                key: format!("{key}.{field}"),
+                message,
+            })
+        };
+        let name = match self.name.as_deref().map(str::trim) {
+            Some(n) if !n.is_empty() => n.to_owned(),
+            Some(_) => {
+                err("name", "must not be empty".into());
+                String::new()
+            }
+            None => {
+                err("name", "missing: every policy needs a name".into());
+                String::new()
+            }
+        };
+        let action = parse_field(self.action.as_deref(), Action::Log, "action", &mut err);
+        let applies_to = parse_field(
+            self.direction.as_deref(),
+            AppliesTo::Both,
+            "direction",
+            &mut err,
+        );
+        let severity = parse_field(
+            self.severity.as_deref(),
+            Severity::Medium,
+            "severity",
+            &mut err,
+        );
+        let redact_upstream = self.redact_upstream.unwrap_or(false);
+        if redact_upstream && action != Action::Redact {
+            err(
+                "redact_upstream",
+                "only applies to action = \"redact\"".into(),
+            );
+        }
+        if redact_upstream && applies_to == AppliesTo::Response {
+            err(
+                "redact_upstream",
+                "needs direction \"request\" or \"both\": only requests go upstream".into(),
+            );
+        }
+        if self.detectors.is_empty() && self.patterns.is_empty() && self.keywords.is_empty() {
+            err(
+                "detectors",
+                "the policy detects nothing: give detectors, patterns or keywords".into(),
+            );
+        }
+        if self.whole_word.is_some() && self.keywords.is_empty() {
+            err(
+                "whole_word",
+                "only applies to keywords, and there are none".into(),
+            );
+        }
+        (errors.len() == before).then_some((name, action, applies_to, severity, redact_upstream))
+    }
+}
+
+fn parse_field<T: FromStr<Err = String>>(
+    raw: Option<&str>,
+    default: T,
+    field: &str,
+    err: &mut impl FnMut(&str, String),
+) -> T {
+    match raw.map(T::from_str) {
+        None => default,
+        Some(Ok(v)) => v,
+        Some(Err(message)) => {
+            err(field, message);
+            default
+        }
+    }
+}
+
+// === impl Action ===
+
+impl Action {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::Log => "log",
+            Action::Redact => "redact",
+            Action::Block => "block",
+        }
+    }
+}
+
+impl FromStr for Action {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "log" => Ok(Action::Log),
+            "redact" => Ok(Action::Redact),
+            "block" => Ok(Action::Block),
+            _ => Err(format!("{s:?} is not an action: use log, redact or block")),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl AppliesTo ===
+
+impl AppliesTo {
+    pub fn covers(&self, direction: Direction) -> bool {
+        matches!(
+            (self, direction),
+            (AppliesTo::Both, _)
+                | (AppliesTo::Request, Direction::Request)
+                | (AppliesTo::Response, Direction::Response)
+        )
+    }
+}
+
+impl FromStr for AppliesTo {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "request" => Ok(AppliesTo::Request),
+            "response" => Ok(AppliesTo::Response),
+            "both" => Ok(AppliesTo::Both),
+            _ => Err(format!(
+                "{s:?} is not a direction: use request, response or both"
+            )),
+        }
+    }
+}
+
+// === impl Direction ===
+
+impl Direction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Direction::Request => "request",
+            Direction::Response => "response",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl Severity ===
+
+impl Severity {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Severity::Low => "LOW",
+            Severity::Medium => "MEDIUM",
+            Severity::High => "HIGH",
+            Severity::Critical => "CRITICAL",
+        }
+    }
+}
+
+impl FromStr for Severity {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "LOW" => Ok(Severity::Low),
+            "MEDIUM" => Ok(Severity::Medium),
+            "HIGH" => Ok(Severity::High),
+            "CRITICAL" => Ok(Severity::Critical),
+            _ => Err(format!(
+                "{s:?} is not a severity: use LOW, MEDIUM, HIGH or CRITICAL"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl Policy ===
+
+impl Policy {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    pub fn applies_to(&self) -> AppliesTo {
+        self.applies_to
+    }
+
+    pub fn severity(&self) -> Severity {
+        self.severity
+    }
+
+    pub fn redact_upstream(&self) -> bool {
+        self.redact_upstream
+    }
+}
+
+// === impl PolicySet ===
+
+impl PolicySet {
+    /// Checks and compiles `defs`; errors are keyed `policies[<index>]…`.
+    pub fn compile(defs: &[PolicyDef]) -> Result<Self, Vec<PolicyError>> {
+        let labeled: Vec<(String, PolicyDef)> = defs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("policies[{i}]"), d.clone()))
+            .collect();
+        Self::compile_labeled(&labeled)
+    }
+
+    /// Like [`Self::compile`], with each definition's key given, so that
+    /// policies from packs and from the config file can be checked together
+    /// (`policy_packs[0].policies[1]`, `policies[0]`). Every error is
+    /// reported, not only the first.
+    pub fn compile_labeled(defs: &[(String, PolicyDef)]) -> Result<Self, Vec<PolicyError>> {
+        let mut errors = Vec::new();
+        let mut names = HashSet::new();
+        // Built-in detectors: all secrets, plus those any policy names.
+        let mut wanted: HashSet<&str> = builtin::ALL
+            .iter()
+            .filter(|b| b.secret)
+            .map(|b| b.name)
+            .collect();
+        for (key, def) in defs {
+            let mut unknown = Vec::new();
+            for d in &def.detectors {
+                match builtin::by_name(d.trim()) {
+                    Some(b) => {
+                        wanted.insert(b.name);
+                    }
+                    None => unknown.push(d.as_str()),
+                }
+            }
+            if !unknown.is_empty() {
+                errors.push(PolicyError {
+                    key: format!("{key}.detectors"),
+                    message: format!(
+                        "unknown detector{} {}; valid: {}",
+                        if unknown.len() > 1 { "s" } else { "" },
+                        unknown
+                            .iter()
+                            .map(|u| format!("{u:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        builtin::names().join(", ")
+                    ),
+                });
+            }
+        }
+        let mut entries = Vec::new();
+        for b in builtin::ALL.iter().filter(|b| wanted.contains(b.name)) {
+            match Entry::builtin(b) {
+                Ok(e) => entries.push(e),
+                Err(e) => errors.push(PolicyError {
+                    key: format!("detector {}", b.name),
+                    message: format!("built-in pattern failed to compile: {e}"),
+                }),
+            }
+        }
+        let entry_of = |entries: &[Entry], name: &str| {
+            let kind = name.to_ascii_uppercase();
+            entries.iter().position(|e| e.builtin && e.kind == kind)
+        };
+        let mut policies = Vec::new();
+        for (key, def) in defs {
+            let checked = def.check(key, &mut errors);
+            if let Some((name, ..)) = &checked {
+                if !names.insert(name.clone()) {
+                    errors.push(PolicyError {
+                        key: format!("{key}.name"),
+                        message: format!("duplicate policy name {name:?}"),
+                    });
+                }
+            }
+            let mut own = Vec::new();
+            for d in &def.detectors {
+                if let Some(i) = entry_of(&entries, d.trim()) {
+                    if !own.contains(&i) {
+                        own.push(i);
+                    }
+                }
+            }
+            for (i, pattern) in def.patterns.iter().enumerate() {
+                match compile_pattern(pattern) {
+                    Ok(regex) => {
+                        own.push(entries.len());
+                        entries.push(Entry::custom(CUSTOM_PATTERN, regex));
+                    }
+                    Err(message) => errors.push(PolicyError {
+                        key: format!("{key}.patterns[{i}]"),
+                        message,
+                    }),
+                }
+            }
+            if !def.keywords.is_empty() {
+                match compile_keywords(key, &def.keywords, def.whole_word.unwrap_or(true)) {
+                    Ok(regex) => {
+                        own.push(entries.len());
+                        entries.push(Entry::custom(KEYWORD, regex));
+                    }
+                    Err(mut e) => errors.append(&mut e),
+                }
+            }
+            if let Some((name, action, applies_to, severity, redact_upstream)) = checked {
+                policies.push(Policy {
+                    name,
+                    action,
+                    applies_to,
+                    severity,
+                    redact_upstream,
+                    entries: own,
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Self::assemble(policies, entries).map_err(|e| {
+            vec![PolicyError {
+                key: "policies".into(),
+                message: format!("the detectors do not fit in one scanner: {e}"),
+            }]
+        })
+    }
+
+    /// No policies; stored copies are cleaned of the original four secret
+    /// kinds only (`ANTHROPIC_KEY`, `OPENAI_KEY`, `AWS_ACCESS_KEY`,
+    /// `BEARER_TOKEN`), exactly as before policies existed.
+    pub fn baseline() -> Result<Self, regex::Error> {
+        let mut entries = Vec::new();
+        for b in builtin::ALL
+            .iter()
+            .filter(|b| builtin::BASELINE.contains(&b.name))
+        {
+            entries.push(Entry::builtin(b)?);
+        }
+        Self::assemble(Vec::new(), entries)
+    }
+
+    /// No policies and no detectors: finds and redacts nothing.
+    pub(crate) fn empty() -> Self {
+        Self {
+            policies: Vec::new(),
+            matcher: Matcher::empty(),
+            always: Vec::new(),
+            redact_request: Vec::new(),
+            redact_response: Vec::new(),
+            upstream: Vec::new(),
+        }
+    }
+
+    fn assemble(policies: Vec<Policy>, entries: Vec<Entry>) -> Result<Self, regex::Error> {
+        let n = entries.len();
+        let always = entries.iter().map(|e| e.secret).collect();
+        let mut redact_request = vec![false; n];
+        let mut redact_response = vec![false; n];
+        let mut upstream = vec![false; n];
+        for p in policies.iter().filter(|p| p.action == Action::Redact) {
+            for &e in &p.entries {
+                if p.applies_to.covers(Direction::Request) {
+                    redact_request[e] = true;
+                    upstream[e] |= p.redact_upstream;
+                }
+                if p.applies_to.covers(Direction::Response) {
+                    redact_response[e] = true;
+                }
+            }
+        }
+        Ok(Self {
+            policies,
+            matcher: Matcher::new(entries)?,
+            always,
+            redact_request,
+            redact_response,
+            upstream,
+        })
+    }
+
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    /// Entity types of the detectors that always redact stored copies, in
+    /// priority order.
+    pub fn secret_kinds(&self) -> Vec<&str> {
+        self.matcher
+            .entries()
+            .iter()
+            .filter(|e| e.secret)
+            .map(|e| e.kind.as_str())
+            .collect()
+    }
+
+    /// Whether any `block` policy watches `direction`: the proxy needs to
+    /// hold the request body back (or watch the stream) only then.
+    pub fn blocks(&self, direction: Direction) -> bool {
+        self.policies
+            .iter()
+            .any(|p| p.action == Action::Block && p.applies_to.covers(direction))
+    }
+
+    /// Whether any policy rewrites the body sent upstream.
+    pub fn redacts_upstream(&self) -> bool {
+        self.upstream.contains(&true)
+    }
+
+    /// Verdicts of the policies that watch requests, over the request
+    /// body's text.
+    pub fn scan_request(&self, body: &Value) -> Scan {
+        self.scan(body, Direction::Request)
+    }
+
+    /// Verdicts of the policies that watch responses, over the response
+    /// body's text (a completion, a reassembled stream, a Responses API
+    /// object).
+    pub fn scan_response(&self, body: &Value) -> Scan {
+        self.scan(body, Direction::Response)
+    }
+
+    /// Verdicts for `direction` over the text places of `body`.
+    pub fn scan(&self, body: &Value, direction: Direction) -> Scan {
+        let mut counts = vec![0u64; self.matcher.entries().len()];
+        let mut hits = Vec::new();
+        places::for_each_text(body, &mut |text| {
+            self.matcher.find(text, &mut hits);
+            for h in &hits {
+                counts[h.entry] += 1;
+            }
+        });
+        self.verdicts(&counts, direction)
+    }
+
+    /// Verdicts for `direction` over one plain text.
+    pub fn scan_text(&self, text: &str, direction: Direction) -> Scan {
+        self.scan(&Value::String(text.to_owned()), direction)
+    }
+
+    /// Scans `body` (a stored copy) and cleans it in the same pass: secrets
+    /// in every string, and matches of `redact` policies for `direction` in
+    /// the model's text.
+    pub fn inspect(&self, body: &mut Value, direction: Direction) -> Inspection {
+        let mut counts = vec![0u64; self.matcher.entries().len()];
+        let redact = self.redact_for(direction);
+        let mut redacted = 0;
+        let mut hits = Vec::new();
+        places::for_each_string_mut(body, &mut |s, text| {
+            self.matcher.find(s, &mut hits);
+            if hits.is_empty() {
+                return;
+            }
+            if text {
+                for h in &hits {
+                    counts[h.entry] += 1;
+                }
+            }
+            let (out, n) = self
+                .matcher
+                .redact(s, &hits, |e| self.always[e] || (text && redact[e]));
+            if let Cow::Owned(out) = out {
+                *s = out;
+            }
+            redacted += n;
+        });
+        Inspection {
+            scan: self.verdicts(&counts, direction),
+            redacted,
+        }
+    }
+
+    /// Cleans a stored copy like [`Self::inspect`], without the verdicts;
+    /// returns the number of markers written.
+    pub fn redact_value_in_place(&self, body: &mut Value, direction: Direction) -> usize {
+        self.inspect(body, direction).redacted
+    }
+
+    /// Secrets only, in every string of `body` (object keys excepted): the
+    /// always-on cleaning, for bodies no policy looks at.
+    pub fn redact_secrets(&self, body: &mut Value) -> usize {
+        let mut redacted = 0;
+        let mut hits = Vec::new();
+        places::for_each_string_mut(body, &mut |s, _| {
+            let (out, n) = self.redact_secrets_text_with(s, &mut hits);
+            if let Cow::Owned(out) = out {
+                *s = out;
+            }
+            redacted += n;
+        });
+        redacted
+    }
+
+    /// `text` with secrets replaced, borrowed when there were none (the
+    /// common case, which costs one scan); also the number replaced.
+    pub fn redact_secrets_text<'a>(&self, text: &'a str) -> (Cow<'a, str>, usize) {
+        self.redact_secrets_text_with(text, &mut Vec::new())
+    }
+
+    fn redact_secrets_text_with<'a>(
+        &self,
+        text: &'a str,
+        hits: &mut Vec<Hit>,
+    ) -> (Cow<'a, str>, usize) {
+        self.matcher.find(text, hits);
+        self.matcher.redact(text, hits, |e| self.always[e])
+    }
+
+    /// The request body to send upstream when `redact_upstream` policies
+    /// matched: JSON re-serialised with their matches replaced in the
+    /// model's text. `None` when nothing changed, no policy asks for it, or
+    /// the body is not JSON (it is then forwarded as is).
+    pub fn redact_upstream(&self, body: &[u8]) -> Option<UpstreamBody> {
+        if !self.redacts_upstream() {
+            return None;
+        }
+        let mut value: Value = serde_json::from_slice(body).ok()?;
+        let mut replaced = 0;
+        let mut hits = Vec::new();
+        places::for_each_string_mut(&mut value, &mut |s, text| {
+            if !text {
+                return;
+            }
+            self.matcher.find(s, &mut hits);
+            let (out, n) = self.matcher.redact(s, &hits, |e| self.upstream[e]);
+            if let Cow::Owned(out) = out {
+                *s = out;
+            }
+            replaced += n;
+        });
+        if replaced == 0 {
+            return None;
+        }
+        let body = serde_json::to_vec(&value).ok()?;
+        Some(UpstreamBody { body, replaced })
+    }
+
+    fn redact_for(&self, direction: Direction) -> &[bool] {
+        match direction {
+            Direction::Request => &self.redact_request,
+            Direction::Response => &self.redact_response,
+        }
+    }
+
+    /// One verdict per policy watching `direction`, from per-entry counts.
+    fn verdicts(&self, counts: &[u64], direction: Direction) -> Scan {
+        let verdicts = self
+            .policies
+            .iter()
+            .filter(|p| p.applies_to.covers(direction))
+            .map(|p| self.verdict(p, counts, direction))
+            .collect();
+        Scan { verdicts }
+    }
+
+    fn verdict(&self, p: &Policy, counts: &[u64], direction: Direction) -> Verdict {
+        let mut findings = BTreeMap::new();
+        for &e in &p.entries {
+            if counts[e] > 0 {
+                *findings
+                    .entry(self.matcher.entries()[e].kind.clone())
+                    .or_insert(0) += counts[e];
+            }
+        }
+        Verdict {
+            policy_name: p.name.clone(),
+            action: p.action,
+            severity: p.severity,
+            direction,
+            passed: findings.is_empty(),
+            findings,
+        }
+    }
+}
+
+// === impl Verdict ===
+
+impl Verdict {
+    /// `CREDIT_CARD x2, EMAIL x1`: entity types and counts, safe to show.
+    pub fn summary(&self) -> String {
+        self.findings
+            .iter()
+            .map(|(kind, n)| format!("{kind} x{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The message of the error the app gets when this verdict blocks its
+    /// call; names the policy and the entity types, never the values.
+    pub fn block_message(&self) -> String {
+        let what = self
+            .findings
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        match self.direction {
+            Direction::Request => format!(
+                "Request blocked by compliance policy \"{}\": it contains {what}.",
+                self.policy_name
+            ),
+            Direction::Response => format!(
+                "Response blocked by compliance policy \"{}\": it contains {what}.",
+                self.policy_name
+            ),
+        }
+    }
+}
+
+// === impl Scan ===
+
+impl Scan {
+    /// True when every policy passed.
+    pub fn passed(&self) -> bool {
+        self.verdicts.iter().all(|v| v.passed)
+    }
+
+    /// Verdicts that found something.
+    pub fn violations(&self) -> impl Iterator<Item = &Verdict> {
+        self.verdicts.iter().filter(|v| !v.passed)
+    }
+
+    /// The violated `block` policy to name when refusing the call: the most
+    /// severe, the first listed among equals. `None`: let the call through.
+    pub fn blocking(&self) -> Option<&Verdict> {
+        self.violations()
+            .filter(|v| v.action == Action::Block)
+            .fold(None, |best: Option<&Verdict>, v| match best {
+                Some(b) if b.severity >= v.severity => Some(b),
+                _ => Some(v),
+            })
+    }
+}
+
+/// A user regex, refused when it is invalid or would match everywhere.
+fn compile_pattern(pattern: &str) -> Result<Regex, String> {
+    let regex = RegexBuilder::new(pattern)
+        .size_limit(PATTERN_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid regex {pattern:?}: {e}"))?;
+    if regex.is_match("") {
+        return Err(format!(
+            "regex {pattern:?} matches the empty string, so it would match everywhere"
+        ));
+    }
+    Ok(regex)
+}
+
+/// One case-insensitive alternation of the keywords. Whole-word edges are
+/// only required where the keyword itself starts or ends with a word
+/// character, so `c++` still works.
+fn compile_keywords(
+    key: &str,
+    keywords: &[String],
+    whole_word: bool,
+) -> Result<Regex, Vec<PolicyError>> {
+    let mut errors = Vec::new();
+    let mut alternatives = Vec::new();
+    for (i, kw) in keywords.iter().enumerate() {
+        let kw = kw.trim();
+        if kw.is_empty() {
+            errors.push(PolicyError {
+                key: format!("{key}.keywords[{i}]"),
+                message: "must not be empty".into(),
+            });
+            continue;
+        }
+        // ASCII boundaries keep the fast DFA; a non-ASCII keyword needs
+        // Unicode ones to see `é` as part of a word.
+        let boundary = if kw.is_ascii() { r"(?-u:\b)" } else { r"\b" };
+        let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        let mut alt = String::new();
+        if whole_word && is_word(kw.chars().next()) {
+            alt.push_str(boundary);
+        }
+        alt.push_str(&regex::escape(kw));
+        if whole_word && is_word(kw.chars().last()) {
+            alt.push_str(boundary);
+        }
+        alternatives.push(alt);
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // The flag is written into the pattern, not set on the builder: the
+    // scanner's shared set compiles the pattern text again.
+    RegexBuilder::new(&format!("(?i:{})", alternatives.join("|")))
+        .size_limit(PATTERN_SIZE_LIMIT)
+        .build()
+        .map_err(|e| {
+            vec![PolicyError {
+                key: format!("{key}.keywords"),
+                message: format!("too many or too long keywords: {e}"),
+            }]
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,13 @@
+//! Anthropic API keys (`sk-ant-…`).
+
+use super::Builtin;
+
+pub(super) const DETECTOR: Builtin = Builtin {
+    name: "anthropic_key",
+    // ASCII word boundaries: Unicode ones would make the regex engine give
+    // up its fast DFA on non-ASCII text, and secrets are ASCII anyway.
+    pattern: r"(?-u:\b)sk-ant-[A-Za-z0-9_-]{20,}",
+    group: 0,
+    validate: None,
+    secret: true,
+};

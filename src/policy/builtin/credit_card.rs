@@ -1,0 +1,112 @@
+//! Payment card numbers: 13 to 19 digits, plain or grouped with spaces or
+//! dashes, of a known brand's prefix and length, passing the Luhn check. A
+//! 16-digit order number that fails Luhn is not a card.
+
+use std::ops::Range;
+
+use super::{continues_number, glued, Builtin};
+
+pub(super) const DETECTOR: Builtin = Builtin {
+    name: "credit_card",
+    pattern: r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)",
+    group: 0,
+    validate: Some(validate),
+    secret: false,
+};
+
+/// The regex is greedy (a card followed by ` 12` reads as 18 digits), so
+/// shorter runs of whole groups are tried too, longest first.
+fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
+    let candidate = &text[span.clone()];
+    let sep = candidate.bytes().find(|b| !b.is_ascii_digit());
+    if let Some(sep) = sep {
+        if candidate.bytes().any(|b| !b.is_ascii_digit() && b != sep) {
+            return None;
+        }
+    }
+    // Group end offsets within the candidate.
+    let mut ends = Vec::new();
+    let mut group_start = 0;
+    for (i, b) in candidate.bytes().enumerate() {
+        if Some(b) == sep {
+            if i - group_start < 3 {
+                return None;
+            }
+            ends.push(i);
+            group_start = i + 1;
+        }
+    }
+    ends.push(candidate.len());
+    if sep.is_some() && ends[0] != 4 {
+        return None;
+    }
+    for &end in ends.iter().rev() {
+        let sub = span.start..span.start + end;
+        let digits = super::digits(&text[sub.clone()]);
+        if !(13..=19).contains(&digits.len()) {
+            continue;
+        }
+        if glued(text, &sub) || (sep.is_none() && continues_number(text, &sub, b" -.")) {
+            continue;
+        }
+        if brand_fits(&digits) && luhn(&digits) {
+            return Some(sub);
+        }
+    }
+    None
+}
+
+/// Luhn (mod 10) checksum.
+pub(crate) fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            let d = u32::from(d);
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+/// Major brands' issuer prefixes and lengths: Visa, Mastercard, American
+/// Express, Discover, JCB, Diners Club, UnionPay, Maestro.
+fn brand_fits(d: &[u8]) -> bool {
+    let len = d.len();
+    let prefix = |n: usize| d[..n].iter().fold(0u32, |acc, &x| acc * 10 + u32::from(x));
+    let p2 = prefix(2);
+    let p3 = prefix(3);
+    let p4 = prefix(4);
+    let p6 = prefix(6);
+    match d[0] {
+        4 => matches!(len, 13 | 16 | 19),
+        5 => {
+            (51..=55).contains(&p2) && len == 16
+                || (p2 == 50 || (56..=58).contains(&p2)) && (12..=19).contains(&len)
+        }
+        2 => (2221..=2720).contains(&p4) && len == 16 || p4 == 2200 && len == 16,
+        3 => {
+            (p2 == 34 || p2 == 37) && len == 15
+                || (3528..=3589).contains(&p4) && (16..=19).contains(&len)
+                || ((300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39)
+                    && (14..=19).contains(&len)
+        }
+        6 => {
+            (p4 == 6011 || p2 == 65 || (644..=649).contains(&p3) || (622126..=622925).contains(&p6))
+                && (16..=19).contains(&len)
+                || p2 == 62 && (16..=19).contains(&len)
+                || (p2 == 63 || p2 == 67) && (12..=19).contains(&len)
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,25 @@
+//! OpenAI API keys: `sk-…`, `sk-proj-…`, `sk-svcacct-…`, `sk-admin-…`.
+
+use std::ops::Range;
+
+use super::Builtin;
+
+pub(super) const DETECTOR: Builtin = Builtin {
+    name: "openai_key",
+    pattern: r"(?-u:\b)sk-[A-Za-z0-9_-]{20,}",
+    group: 0,
+    validate: Some(validate),
+    secret: true,
+};
+
+/// Real keys are random: a slug such as `sk-learn-compatible-models` has
+/// neither digits nor capitals. Anthropic keys are their own kind, even when
+/// too short for that detector.
+fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
+    let key = &text[span.clone()];
+    let body = key.strip_prefix("sk-").unwrap_or(key);
+    let random = body
+        .bytes()
+        .any(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+    (!body.starts_with("ant-") && random).then_some(span)
+}
