@@ -16,7 +16,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use crate::event::Level;
+use crate::policy::PolicySet;
 
 pub use env::{EnvSource, ProcessEnv};
 
@@ -30,6 +33,9 @@ pub struct Config {
     pub queue: QueueConfig,
     pub instance: InstanceConfig,
     pub log: LogConfig,
+    /// Compliance policies from `policy_packs` and `[[policies]]`, plus the
+    /// always-on secret detectors.
+    pub policies: Arc<PolicySet>,
 }
 
 /// Where this proxy runs (from the Kubernetes Downward API); recorded in
@@ -91,6 +97,9 @@ pub struct AuditConfig {
     pub memory_limit: usize,
     pub max_store_mb: u64,
     pub on_store_failure: FailMode,
+    /// Record a COMPLIANCE_CHECK for each policy a call passed (violations
+    /// are always recorded).
+    pub record_compliance_checks: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -182,7 +191,8 @@ impl Config {
     /// The effective configuration as JSON with credentials masked, for the
     /// CONFIGURATION event.
     pub fn to_masked_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        use serde_json::json;
+        json!({
             "proxy": {
                 "listen": self.proxy.listen.to_string(),
                 "upstream": self.proxy.upstream.to_string(),
@@ -215,6 +225,12 @@ impl Config {
                 "node_name": self.instance.node_name,
             },
             "log": {"format": self.log.format.as_str()},
+            "policies": self.policies.policies().iter().map(|p| json!({
+                "name": p.name(),
+                "action": p.action().as_str(),
+                "severity": p.severity().as_str(),
+                "redact_upstream": p.redact_upstream(),
+            })).collect::<Vec<_>>(),
         })
     }
 }

@@ -94,6 +94,13 @@ pub const INSTANCE_POD_NAMESPACE: Key = key(
     None,
 );
 pub const INSTANCE_NODE_NAME: Key = key("instance.node_name", "LLM_AUDIT_PROXY_NODE_NAME", None);
+pub const AUDIT_RECORD_COMPLIANCE_CHECKS: Key = key(
+    "audit.record_compliance_checks",
+    "LLM_AUDIT_PROXY_RECORD_COMPLIANCE_CHECKS",
+    None,
+);
+pub const POLICY_PACKS: Key = key("policy_packs", "LLM_AUDIT_PROXY_POLICY_PACKS", None);
+pub const POLICIES: Key = key("policies", "LLM_AUDIT_PROXY_POLICIES", None);
 pub const LOG_FORMAT: Key = key(
     "log.format",
     "LLM_AUDIT_PROXY_LOG_FORMAT",
@@ -126,5 +133,8 @@ pub const ALL: &[Key] = &[
     INSTANCE_POD_NAME,
     INSTANCE_POD_NAMESPACE,
     INSTANCE_NODE_NAME,
+    AUDIT_RECORD_COMPLIANCE_CHECKS,
+    POLICY_PACKS,
+    POLICIES,
     LOG_FORMAT,
 ];

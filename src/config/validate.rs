@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::keys::{self, Key};
+use crate::policy::{load_pack, PolicyDef, PolicySet};
 use super::*;
 
 /// A value as one of the sources gave it.
@@ -114,6 +115,7 @@ pub(super) fn load(
                 _ => Err("must be fail_open or fail_closed".to_owned()),
             }
         }),
+        record_compliance_checks: l.get(keys::AUDIT_RECORD_COMPLIANCE_CHECKS, true, parse_bool),
     };
     let queue = QueueConfig {
         capacity: l.get(keys::QUEUE_CAPACITY, 10_000, |r| {
@@ -144,6 +146,8 @@ pub(super) fn load(
         }),
     };
 
+    let policies = l.policies();
+
     if admin.tokens.is_empty() && !admin.listen.ip().is_loopback() {
         let origin = l.origin_of(keys::ADMIN_LISTEN);
         l.errors.push(ConfigError {
@@ -167,6 +171,7 @@ pub(super) fn load(
             queue,
             instance,
             log,
+            policies,
         })
     } else {
         Err(ConfigErrors(layers.errors))
@@ -253,6 +258,56 @@ impl Layers<'_> {
                     origin,
                 });
                 default
+            }
+        }
+    }
+
+    /// Packs, then inline policies, compiled together so names are unique
+    /// across both and every mistake is reported with its key.
+    fn policies(&mut self) -> Arc<PolicySet> {
+        let packs = self.get(keys::POLICY_PACKS, Vec::new(), parse_string_list);
+        let inline = self.get(keys::POLICIES, Vec::new(), parse_policy_defs);
+        let mut labeled: Vec<(String, PolicyDef)> = Vec::new();
+        for (i, pack) in packs.iter().enumerate() {
+            match load_pack(pack) {
+                Ok(defs) => labeled.extend(
+                    defs.into_iter()
+                        .enumerate()
+                        .map(|(j, d)| (format!("policy_packs[{i}].policies[{j}]"), d)),
+                ),
+                Err(e) => {
+                    let origin = self.origin_of(keys::POLICY_PACKS);
+                    self.errors.push(ConfigError {
+                        key: format!("policy_packs[{i}]"),
+                        message: e.message,
+                        origin,
+                    });
+                }
+            }
+        }
+        labeled.extend(
+            inline
+                .into_iter()
+                .enumerate()
+                .map(|(j, d)| (format!("policies[{j}]"), d)),
+        );
+        match PolicySet::compile_labeled(&labeled) {
+            Ok(set) => Arc::new(set),
+            Err(errors) => {
+                let origin = self.origin_of(keys::POLICIES);
+                for e in errors {
+                    let origin = if e.key.starts_with("policy_packs") {
+                        self.origin_of(keys::POLICY_PACKS)
+                    } else {
+                        origin.clone()
+                    };
+                    self.errors.push(ConfigError {
+                        key: e.key,
+                        message: e.message,
+                        origin,
+                    });
+                }
+                Arc::new(PolicySet::compile_labeled(&[]).unwrap_or_else(|_| PolicySet::empty()))
             }
         }
     }
@@ -436,6 +491,46 @@ fn parse_tokens(raw: &Raw) -> Result<Vec<Secret>, String> {
         ));
     }
     Ok(list.into_iter().map(Secret::new).collect())
+}
+
+fn parse_string_list(raw: &Raw) -> Result<Vec<String>, String> {
+    match raw {
+        Raw::Str(s) => Ok(s
+            .split(',')
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()),
+        Raw::Toml(toml::Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| "must be a list of strings".to_owned())
+            })
+            .collect(),
+        Raw::Toml(other) => Err(format!("must be a list of strings, not {}", other.type_str())),
+    }
+}
+
+/// `[[policies]]` from the file, or a JSON array from the environment.
+fn parse_policy_defs(raw: &Raw) -> Result<Vec<PolicyDef>, String> {
+    match raw {
+        Raw::Str(s) => serde_json::from_str(s)
+            .map_err(|e| format!("must be a JSON array of policies: {e}")),
+        Raw::Toml(toml::Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                item.clone()
+                    .try_into::<PolicyDef>()
+                    .map_err(|e| format!("[{i}]: {}", e.message()))
+            })
+            .collect(),
+        Raw::Toml(other) => Err(format!(
+            "must be an array of tables ([[policies]]), not {}",
+            other.type_str()
+        )),
+    }
 }
 
 fn parse_storage(raw: &Raw) -> Result<StorageKind, String> {
