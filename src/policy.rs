@@ -548,8 +548,9 @@ impl PolicySet {
         let mut policies = Vec::new();
         for (key, def) in defs {
             let checked = def.check(key, &mut errors);
-            if let Some((name, ..)) = &checked {
-                if !names.insert(name.clone()) {
+            let name = def.name.as_deref().map(str::trim).filter(|n| !n.is_empty());
+            if let Some(name) = name {
+                if !names.insert(name.to_owned()) {
                     errors.push(PolicyError {
                         key: format!("{key}.name"),
                         message: format!("duplicate policy name {name:?}"),

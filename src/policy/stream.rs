@@ -20,6 +20,11 @@ pub const LOOK_BEHIND: usize = 256;
 /// long JWT, a PEM block) is judged on what has arrived.
 pub const MAX_WINDOW: usize = 4096;
 
+/// Bytes after a match that validators look at (`1.2.3.4` is an address
+/// unless `.5` follows): a match closer than this to the end of the text so
+/// far waits for more.
+const RIGHT_CONTEXT: usize = 2;
+
 /// Feeds on the text deltas of one streamed field (e.g. the
 /// `choices[0].delta.content` of each SSE chunk, or one tool call's
 /// `arguments`) and reports the first `block` violation. Use one scanner per
@@ -55,9 +60,9 @@ impl StreamScanner {
     /// Adds `delta` and returns the violated `block` policy (the most
     /// severe), once, as soon as the text seen so far contains a match. A
     /// match that reaches the end of the text so far waits for the next
-    /// delta (or [`Self::finish`]): the next chunk may turn it into
-    /// something else, as more digits turn a Luhn-valid prefix into an
-    /// order number.
+    /// delta (or [`Self::finish`]), as does one followed by fewer than two
+    /// bytes: the next chunk may turn it into something else, as more digits
+    /// turn a Luhn-valid prefix into an order number.
     pub fn feed(&mut self, delta: &str) -> Option<Verdict> {
         if !self.active || self.tripped || delta.is_empty() {
             return None;
@@ -78,6 +83,12 @@ impl StreamScanner {
         verdict
     }
 
+    /// Bytes of text held, for the bound's tests.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.window.len()
+    }
+
     /// Whether a violation has been reported.
     pub fn tripped(&self) -> bool {
         self.tripped
@@ -89,7 +100,7 @@ impl StreamScanner {
         let mut counts = vec![0u64; self.set.matcher.entries().len()];
         let mut any = false;
         for h in &self.hits {
-            if at_end || h.end < len || len >= MAX_WINDOW {
+            if at_end || h.end + RIGHT_CONTEXT <= len || len >= MAX_WINDOW {
                 counts[h.entry] += 1;
                 any = true;
             }

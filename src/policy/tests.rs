@@ -1,1 +1,488 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use serde_json::json;
+
+use super::corpus::{generate, Sample, TYPES};
+use super::*;
+
+fn def(name: &str, detectors: &[&str], action: &str, direction: &str) -> PolicyDef {
+    PolicyDef {
+        name: Some(name.into()),
+        detectors: detectors.iter().map(|d| (*d).to_owned()).collect(),
+        action: Some(action.into()),
+        direction: Some(direction.into()),
+        ..PolicyDef::default()
+    }
+}
+
+fn all_detectors(action: &str) -> PolicySet {
+    PolicySet::compile(&[def("all", &builtin::names(), action, "both")]).unwrap()
+}
+
+#[test]
+fn every_builtin_compiles_and_every_pack_loads() {
+    assert_eq!(builtin::names().len(), 17);
+    for name in PACK_NAMES {
+        let defs = load_pack(name).unwrap();
+        PolicySet::compile(&defs).unwrap();
+    }
+    let err = load_pack("no-such-pack").unwrap_err();
+    assert_eq!(err.key, "policy_packs");
+    assert!(err.message.contains("pci, pii-basic, secrets"), "{err}");
+}
+
+#[test]
+fn a_pack_loads_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mine.toml");
+    std::fs::write(
+        &path,
+        "[[policies]]\nname = \"codes\"\npatterns = ['PRJ-[0-9]{4}']\naction = \"redact\"\n",
+    )
+    .unwrap();
+    let defs = load_pack(path.to_str().unwrap()).unwrap();
+    assert_eq!(defs[0].name.as_deref(), Some("codes"));
+    std::fs::write(&path, "[[policies]]\nname = \"x\"\nacton = \"log\"\n").unwrap();
+    let err = load_pack(path.to_str().unwrap()).unwrap_err();
+    assert!(err.message.contains("acton"), "{err}");
+}
+
+#[test]
+fn compile_reports_every_mistake_with_its_key() {
+    let defs: Vec<PolicyDef> = toml::from_str::<BTreeMap<String, Vec<PolicyDef>>>(
+        r#"
+        [[policies]]
+        name = "a"
+        detectors = ["credit_card", "passport"]
+        patterns = ["ok", "("]
+        action = "shout"
+        severity = "urgent"
+
+        [[policies]]
+        name = "a"
+        direction = "sideways"
+
+        [[policies]]
+        name = "b"
+        keywords = ["fine", " "]
+        redact_upstream = true
+        "#,
+    )
+    .unwrap()
+    .remove("policies")
+    .unwrap();
+    let errors = PolicySet::compile(&defs).unwrap_err();
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "policies[0].detectors",
+            "policies[0].action",
+            "policies[0].severity",
+            "policies[0].patterns[1]",
+            "policies[1].direction",
+            "policies[1].detectors",
+            "policies[1].name",
+            "policies[2].redact_upstream",
+            "policies[2].keywords[1]",
+        ],
+        "{errors:#?}"
+    );
+    assert!(errors[0].message.contains("\"passport\""));
+    assert!(errors[0]
+        .message
+        .contains("valid: anthropic_key, aws_access_key"));
+    assert!(
+        errors[3].message.contains("unclosed group"),
+        "{}",
+        errors[3]
+    );
+    assert!(errors[6].message.contains("duplicate"));
+    // Unknown keys are refused when parsing.
+    assert!(toml::from_str::<PolicyDef>("name = \"x\"\nseverity = \"low\"\nactions = []").is_err());
+    let err = PolicySet::compile(&[PolicyDef {
+        name: Some("empty".into()),
+        patterns: vec!["a*".into()],
+        ..PolicyDef::default()
+    }])
+    .unwrap_err();
+    assert!(err[0].message.contains("empty string"));
+}
+
+#[test]
+fn severity_any_case_and_levels() {
+    let mut d = def("p", &["email"], "BLOCK", "Request");
+    d.severity = Some("critical".into());
+    let set = PolicySet::compile(&[d]).unwrap();
+    let p = &set.policies()[0];
+    assert_eq!(
+        (p.action(), p.applies_to(), p.severity()),
+        (Action::Block, AppliesTo::Request, Severity::Critical)
+    );
+    assert_eq!(event_level(Severity::Low), Level::Warning);
+    assert_eq!(event_level(Severity::Medium), Level::Warning);
+    assert_eq!(event_level(Severity::High), Level::Error);
+    assert_eq!(event_level(Severity::Critical), Level::Critical);
+}
+
+#[test]
+fn scans_the_models_text_only() {
+    let set = all_detectors("log");
+    let card = "4111 1111 1111 1111";
+    let body = json!({
+        "model": "gpt-4o",
+        "user": "anna.smith@example.com",
+        "metadata": {"ip": "10.1.2.3"},
+        "messages": [
+            {"role": "system", "content": "You help."},
+            {"role": "user", "content": [
+                {"type": "text", "text": format!("my card is {card}")},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,NDExMTExMTExMTExMTExMQ=="}},
+            ]},
+            {"role": "assistant", "tool_calls": [{"id": "call_4111111111111111", "type": "function",
+              "function": {"name": "pay", "arguments": "{\"email\":\"bob@example.com\"}"}}]},
+        ],
+        "4111111111111111": "a key is never scanned",
+    });
+    let scan = set.scan_request(&body);
+    let v = &scan.verdicts[0];
+    assert_eq!(
+        v.findings,
+        BTreeMap::from([("CREDIT_CARD".into(), 1), ("EMAIL".into(), 1)])
+    );
+    assert!(!v.passed);
+    assert_eq!(v.direction, Direction::Request);
+    // Responses API, legacy prompt, embeddings.
+    for body in [
+        json!({"input": [{"role": "user", "content": [{"type": "input_text", "text": card}]}], "instructions": "x"}),
+        json!({"input": card}),
+        json!({"input": ["hello", card]}),
+        json!({"prompt": card}),
+        json!({"output": [{"type": "message", "content": [{"type": "output_text", "text": card}]}]}),
+        json!({"choices": [{"message": {"content": card}}]}),
+        json!({"choices": [{"delta": {"content": card}}]}),
+    ] {
+        assert_eq!(
+            set.scan_response(&body).verdicts[0]
+                .findings
+                .get("CREDIT_CARD"),
+            Some(&1),
+            "{body}"
+        );
+    }
+    for body in [
+        json!({"data": [{"b64_json": card}]}),
+        json!({"data": [{"embedding": [0.1], "index": 0}]}),
+        json!({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": card}}]}]}),
+    ] {
+        assert!(set.scan_response(&body).passed(), "{body}");
+    }
+}
+
+#[test]
+fn direction_picks_the_policies() {
+    let set = PolicySet::compile(&[
+        def("in", &["email"], "block", "request"),
+        def("out", &["email"], "log", "response"),
+        def("both", &["phone"], "redact", "both"),
+    ])
+    .unwrap();
+    let names = |s: Scan| {
+        s.verdicts
+            .into_iter()
+            .map(|v| v.policy_name)
+            .collect::<Vec<_>>()
+    };
+    let body = json!({"input": "mail anna@example.com"});
+    assert_eq!(names(set.scan_request(&body)), ["in", "both"]);
+    assert_eq!(names(set.scan_response(&body)), ["out", "both"]);
+    let scan = set.scan_request(&body);
+    assert_eq!(scan.blocking().map(|v| v.policy_name.as_str()), Some("in"));
+    assert!(set.scan_response(&body).blocking().is_none());
+    assert!(set.blocks(Direction::Request) && !set.blocks(Direction::Response));
+}
+
+#[test]
+fn stored_copies_lose_secrets_everywhere_and_policy_matches_in_text() {
+    let set =
+        PolicySet::compile(&[def("pii", &["email", "credit_card"], "redact", "request")]).unwrap();
+    let mut body = json!({
+        "user": "anna@example.com",
+        "note": "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+        "messages": [{"role": "user", "content": "card 4111-1111-1111-1111, mail anna@example.com"}],
+    });
+    let inspection = set.inspect(&mut body, Direction::Request);
+    assert_eq!(inspection.redacted, 3);
+    assert_eq!(
+        body,
+        json!({
+            "user": "anna@example.com",
+            "note": "[REDACTED:GITHUB_TOKEN]",
+            "messages": [{"role": "user", "content": "card [REDACTED:CREDIT_CARD], mail [REDACTED:EMAIL]"}],
+        })
+    );
+    assert_eq!(
+        inspection.scan.verdicts[0].findings,
+        BTreeMap::from([("CREDIT_CARD".into(), 1), ("EMAIL".into(), 1)])
+    );
+    // The same policy does not touch responses, secrets still go.
+    let mut resp = json!({"choices": [{"message": {"content": "anna@example.com sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12"}}]});
+    assert_eq!(set.redact_value_in_place(&mut resp, Direction::Response), 1);
+    assert_eq!(
+        resp["choices"][0]["message"]["content"],
+        "anna@example.com [REDACTED:OPENAI_KEY]"
+    );
+}
+
+#[test]
+fn the_upstream_body_is_redacted_only_when_asked() {
+    let mut d = def("emails", &["email"], "redact", "request");
+    let body = br#"{"model":"m","user":"a@example.com","messages":[{"role":"user","content":"hi a@example.com"}]}"#;
+    let set = PolicySet::compile(std::slice::from_ref(&d)).unwrap();
+    assert!(!set.redacts_upstream());
+    assert!(set.redact_upstream(body).is_none());
+    d.redact_upstream = Some(true);
+    let set = PolicySet::compile(&[d]).unwrap();
+    let out = set.redact_upstream(body).unwrap();
+    assert_eq!(out.replaced, 1);
+    let v: Value = serde_json::from_slice(&out.body).unwrap();
+    assert_eq!(v["messages"][0]["content"], "hi [REDACTED:EMAIL]");
+    assert_eq!(v["user"], "a@example.com");
+    assert!(set.redact_upstream(b"{\"messages\":[]}").is_none());
+    assert!(set.redact_upstream(b"not json a@example.com").is_none());
+}
+
+#[test]
+fn patterns_and_keywords() {
+    let set = PolicySet::compile(&[
+        PolicyDef {
+            name: Some("codes".into()),
+            patterns: vec![r"PRJ-[0-9]{4}".into()],
+            keywords: vec!["Project Falcon".into(), "sk".into(), "c++".into()],
+            action: Some("redact".into()),
+            ..PolicyDef::default()
+        },
+        PolicyDef {
+            name: Some("loose".into()),
+            keywords: vec!["sk".into()],
+            whole_word: Some(false),
+            ..PolicyDef::default()
+        },
+    ])
+    .unwrap();
+    let mut body = json!({"input": "project falcon is PRJ-1234; sketch it in C++ (sk)"});
+    let i = set.inspect(&mut body, Direction::Request);
+    assert_eq!(
+        body["input"],
+        "[REDACTED:KEYWORD] is [REDACTED:CUSTOM_PATTERN]; sketch it in [REDACTED:KEYWORD] ([REDACTED:KEYWORD])"
+    );
+    assert_eq!(
+        i.scan.verdicts[0].findings,
+        BTreeMap::from([("CUSTOM_PATTERN".into(), 1), ("KEYWORD".into(), 3)])
+    );
+    assert_eq!(
+        i.scan.verdicts[1].findings,
+        BTreeMap::from([("KEYWORD".into(), 2)])
+    );
+}
+
+#[test]
+fn events_carry_counts_never_values() {
+    let set = PolicySet::compile(&[{
+        let mut d = def("pci", &["credit_card"], "block", "both");
+        d.severity = Some("high".into());
+        d
+    }])
+    .unwrap();
+    let card = "4111111111111111";
+    let scan = set.scan_request(&json!({"input": format!("{card} and 5500 0000 0000 0004")}));
+    let event = compliance_event(&scan.verdicts[0], "req-1");
+    assert_eq!(event.event_type, EventType::ComplianceViolation);
+    assert_eq!(event.level, Level::Error);
+    assert_eq!(event.request_id.as_deref(), Some("req-1"));
+    assert_eq!(
+        event.metadata,
+        json!({"policy_name": "pci", "result": false, "severity": "HIGH", "action": "block",
+               "direction": "request", "findings": [{"entity_type": "CREDIT_CARD", "count": 2}]})
+    );
+    assert!(!event.message.contains(card));
+    assert!(scan.verdicts[0].block_message().contains("\"pci\""));
+    let ok = compliance_events(&set.scan_response(&json!({"output_text": "fine"})), "req-2");
+    assert_eq!(ok[0].event_type, EventType::ComplianceCheck);
+    assert_eq!(ok[0].level, Level::Info);
+    assert_eq!(ok[0].metadata["result"], true);
+    assert_eq!(ok[0].metadata["findings"], json!([]));
+}
+
+#[test]
+fn a_card_split_over_three_chunks_is_caught_when_complete() {
+    let set = Arc::new(PolicySet::compile(&load_pack("pci").unwrap()).unwrap());
+    let mut s = StreamScanner::new(set.clone(), Direction::Response);
+    assert!(s.feed("Sure, the card is 4111 11").is_none());
+    assert!(s.feed("11 1111 ").is_none());
+    // Still open at the end: more digits could follow.
+    assert!(s.feed("1111").is_none());
+    let v = s.feed(". Anything else?").unwrap();
+    assert_eq!(v.policy_name, "pci-card-block");
+    assert_eq!(v.findings, BTreeMap::from([("CREDIT_CARD".into(), 1)]));
+    assert!(
+        s.feed("more 4111 1111 1111 1111 ").is_none(),
+        "reported once"
+    );
+    // At the very end of the stream.
+    let mut s = StreamScanner::new(set.clone(), Direction::Response);
+    assert!(s.feed("4111111111").is_none());
+    assert!(s.feed("111111").is_none());
+    assert!(s.finish().is_some());
+    // An order number whose prefix passes Luhn is not cut short.
+    let mut s = StreamScanner::new(set.clone(), Direction::Response);
+    assert!(s.feed("order 4111111111111").is_none());
+    assert!(s.feed("1112 shipped").is_none());
+    assert!(s.finish().is_none());
+}
+
+#[test]
+fn the_stream_window_stays_bounded() {
+    let set = Arc::new(all_detectors("block"));
+    let mut s = StreamScanner::new(set, Direction::Response);
+    for _ in 0..10_000 {
+        assert!(s.feed("lorem ipsum dolor sit amet ").is_none());
+        assert!(s.held() <= stream::MAX_WINDOW);
+    }
+    // One endless token.
+    for _ in 0..10_000 {
+        s.feed("abcdefghij");
+        assert!(s.held() <= stream::MAX_WINDOW + 10);
+    }
+}
+
+/// Precision and recall per entity type over the corpus in prose, in JSON
+/// request bodies and split across stream chunks.
+#[test]
+fn corpus_precision_and_recall() {
+    let samples = generate(0x5EED_2024, 200);
+    let set = Arc::new(all_detectors("block"));
+    let mut tally: BTreeMap<&str, (u64, u64, u64)> =
+        TYPES.iter().map(|t| (*t, (0, 0, 0))).collect();
+    let mut misses: Vec<String> = Vec::new();
+    let mut rng = corpus::Rng::new(7);
+    for sample in &samples {
+        let found = [
+            prose_kinds(&set, sample),
+            json_kinds(&set, sample),
+            stream_kinds(&set, sample, &mut rng),
+        ];
+        for kinds in found {
+            score(sample, &kinds, &mut tally, &mut misses);
+        }
+    }
+    println!("\n| entity type | TP | FP | FN | precision | recall |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut failed = Vec::new();
+    for (ty, (tp, fp, fn_)) in &tally {
+        let precision = *tp as f64 / (*tp + *fp).max(1) as f64;
+        let recall = *tp as f64 / (*tp + *fn_).max(1) as f64;
+        println!("| {ty} | {tp} | {fp} | {fn_} | {precision:.3} | {recall:.3} |");
+        if precision < 0.98 || recall < 0.99 {
+            failed.push(*ty);
+        }
+    }
+    for m in misses.iter().take(40) {
+        println!("{m}");
+    }
+    assert!(failed.is_empty(), "below target: {failed:?}");
+}
+
+/// Entity types found in the sample's text, with whether they cover the
+/// planted value.
+fn prose_kinds(set: &PolicySet, sample: &Sample) -> Vec<(String, bool)> {
+    let mut hits = Vec::new();
+    set.matcher.find(&sample.text, &mut hits);
+    hits.iter()
+        .map(|h| {
+            let kind = set.matcher.entries()[h.entry].kind.clone();
+            (kind, h.start < sample.span.end && sample.span.start < h.end)
+        })
+        .collect()
+}
+
+fn json_kinds(set: &PolicySet, sample: &Sample) -> Vec<(String, bool)> {
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": sample.text}]});
+    let raw = serde_json::to_vec(&body).unwrap();
+    let body: Value = serde_json::from_slice(&raw).unwrap();
+    let mut out = Vec::new();
+    for (kind, n) in &set.scan_request(&body).verdicts[0].findings {
+        for _ in 0..*n {
+            out.push((kind.clone(), true));
+        }
+    }
+    out
+}
+
+fn stream_kinds(
+    set: &Arc<PolicySet>,
+    sample: &Sample,
+    rng: &mut corpus::Rng,
+) -> Vec<(String, bool)> {
+    // Two cuts inside the planted value when it is long enough, so it
+    // arrives in three pieces.
+    let text = &sample.text;
+    let mut cuts = vec![
+        sample.span.start + rng.below(sample.span.len().max(1)),
+        sample.span.start + rng.below(sample.span.len().max(1)),
+    ];
+    cuts.sort_unstable();
+    let mut s = StreamScanner::new(set.clone(), Direction::Request);
+    let mut last = 0;
+    let mut verdict = None;
+    for cut in cuts.into_iter().chain([text.len()]) {
+        let mut cut = cut.max(last);
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        verdict = verdict.or_else(|| s.feed(&text[last..cut]));
+        last = cut;
+    }
+    let verdict = verdict.or_else(|| s.finish());
+    let mut out = Vec::new();
+    if let Some(v) = verdict {
+        for (kind, n) in &v.findings {
+            for _ in 0..*n {
+                out.push((kind.clone(), true));
+            }
+        }
+    }
+    out
+}
+
+fn score(
+    sample: &Sample,
+    kinds: &[(String, bool)],
+    tally: &mut BTreeMap<&str, (u64, u64, u64)>,
+    misses: &mut Vec<String>,
+) {
+    let label = sample.label.map(str::to_ascii_uppercase);
+    let mut found_label = false;
+    for (kind, covers) in kinds {
+        let ty = kind.to_ascii_lowercase();
+        let Some(entry) = tally.get_mut(ty.as_str()) else {
+            continue;
+        };
+        if Some(kind) == label.as_ref() && *covers && !found_label {
+            found_label = true;
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+            misses.push(format!("FP {kind} in {:?} ({})", sample.text, sample.of));
+        }
+    }
+    if let Some(label) = sample.label {
+        if !found_label {
+            if let Some(entry) = tally.get_mut(label) {
+                entry.2 += 1;
+            }
+            misses.push(format!("FN {label} in {:?}", sample.text));
+        }
+    }
+}

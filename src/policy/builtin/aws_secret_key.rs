@@ -19,8 +19,11 @@ pub(super) const DETECTOR: Builtin = Builtin {
 const CONTEXT: usize = 96;
 
 fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
-    let b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'/' || b == b'+' || b == b'=';
-    if byte_before(text, span.start).is_some_and(b64) || byte_at(text, span.end).is_some_and(b64) {
+    // `=` may precede (`KEY=…`) but not follow: padding ends base64 runs.
+    let b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'/' || b == b'+';
+    if byte_before(text, span.start).is_some_and(b64)
+        || byte_at(text, span.end).is_some_and(|b| b64(b) || b == b'=')
+    {
         return None;
     }
     let key = &text.as_bytes()[span.clone()];

@@ -40,6 +40,9 @@ fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
     if sep.is_some() && ends[0] != 4 {
         return None;
     }
+    if after_code_group(text, span.start) {
+        return None;
+    }
     for &end in ends.iter().rev() {
         let sub = span.start..span.start + end;
         let digits = super::digits(&text[sub.clone()]);
@@ -54,6 +57,22 @@ fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
         }
     }
     None
+}
+
+/// Whether the candidate continues a code such as an IBAN (`DE38 4769 …`):
+/// right after a space or dash that follows a token with a digit in it.
+fn after_code_group(text: &str, start: usize) -> bool {
+    let before = &text.as_bytes()[..start];
+    let Some((&sep, rest)) = before.split_last() else {
+        return false;
+    };
+    if sep != b' ' && sep != b'-' {
+        return false;
+    }
+    rest.iter()
+        .rev()
+        .take_while(|b| b.is_ascii_alphanumeric())
+        .any(u8::is_ascii_digit)
 }
 
 /// Luhn (mod 10) checksum.
@@ -94,7 +113,8 @@ fn brand_fits(d: &[u8]) -> bool {
             (51..=55).contains(&p2) && len == 16
                 || (p2 == 50 || (56..=58).contains(&p2)) && (12..=19).contains(&len)
         }
-        2 => (2221..=2720).contains(&p4) && len == 16 || p4 == 2200 && len == 16,
+        // Mastercard 2-series, and Mir (2200-2204).
+        2 => ((2221..=2720).contains(&p4) || (2200..=2204).contains(&p4)) && len == 16,
         3 => {
             (p2 == 34 || p2 == 37) && len == 15
                 || (3528..=3589).contains(&p4) && (16..=19).contains(&len)

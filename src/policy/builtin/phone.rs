@@ -14,8 +14,9 @@ pub(super) const DETECTOR: Builtin = Builtin {
     pattern: concat!(
         // E.164, optionally with a trunk `(0)` and grouping.
         r"\+[1-9][0-9]{0,3}(?:[ .-]?(?:\(0?[0-9]{0,4}\)|[0-9]{1,8})){1,6}",
-        // North American Numbering Plan.
-        r"|(?-u:\b)(?:1[ .-]?)?(?:\([2-9][0-9]{2}\)[ ]?|[2-9][0-9]{2}[ .-])[2-9][0-9]{2}[ .-][0-9]{4}(?-u:\b)",
+        // North American Numbering Plan; no leading `\b`, which would not
+        // hold before `(`: the validator checks the left edge.
+        r"|(?:1[ .-]?)?(?:\([2-9][0-9]{2}\)[ ]?|[2-9][0-9]{2}[ .-])[2-9][0-9]{2}[ .-][0-9]{4}(?-u:\b)",
         r"|\(0[1-9][0-9]{1,4}\)[ ]?[0-9]{3,8}(?:[ .-][0-9]{3,4})?(?-u:\b)",
         // Trunk 0 (UK, DE, IN); France is a special case of it.
         r"|(?-u:\b)0[1-9][0-9]{0,4}[ .-][0-9]{2,8}(?:[ .-][0-9]{2,4}){0,3}(?-u:\b)",
@@ -29,7 +30,9 @@ pub(super) const DETECTOR: Builtin = Builtin {
 
 fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
     let candidate = &text[span.clone()];
-    if continues_number(text, &span, b".-/:") || glued(text, &span) {
+    // A space counts as glue too: `3416 073221 94719` is one number, not a
+    // phone after `3416`.
+    if continues_number(text, &span, b" .-/:") || glued(text, &span) {
         return None;
     }
     let digits = super::digits(candidate);
