@@ -131,7 +131,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
 
     let calls = TaskTracker::new();
     let metrics = Arc::new(Metrics::new(events.stats().clone()));
-    let sanitizer = Arc::new(Sanitizer::baseline());
+    let sanitizer = Arc::new(Sanitizer::from_policies(config.policies.clone()));
     let cut_at_shutdown = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let recorder = config.audit.enabled.then(|| {
         Recorder::new(
@@ -141,6 +141,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             config.capture.max_body_bytes,
             metrics.clone(),
             cut_at_shutdown.clone(),
+            config.audit.record_compliance_checks,
         )
     });
     let state = Arc::new(ProxyState {
@@ -158,6 +159,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
         fail_mode: config.audit.on_store_failure,
         store_health,
         metrics: metrics.clone(),
+        policies: config.policies.clone(),
         cut_at_shutdown,
     });
 

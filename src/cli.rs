@@ -68,6 +68,9 @@ pub struct FilterArgs {
     /// Minimum level: DEBUG, INFO, WARNING, ERROR, CRITICAL.
     #[arg(long)]
     pub level: Option<String>,
+    /// Compliance events of one policy.
+    #[arg(long)]
+    pub policy_name: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -177,6 +180,7 @@ impl FilterArgs {
         put("end_time", &self.end_time);
         put("request_id", &self.request_id);
         put("level", &self.level);
+        put("policy_name", &self.policy_name);
         pairs
     }
 }

@@ -48,6 +48,8 @@ pub struct EventFilter {
     pub request_id: Option<String>,
     /// Minimum level.
     pub min_level: Option<Level>,
+    /// Compliance events of this policy (`metadata.policy_name`).
+    pub policy_name: Option<String>,
 }
 
 /// A page request: newest first, below `before_seq` when paging on.
@@ -88,6 +90,8 @@ pub struct StoreStats {
     pub newest_timestamp: Option<String>,
     /// COMPLIANCE_VIOLATION events by their `policy_name` metadata.
     pub violations_by_policy: std::collections::BTreeMap<String, u64>,
+    /// COMPLIANCE_VIOLATION events by their `severity` metadata.
+    pub violations_by_severity: std::collections::BTreeMap<String, u64>,
     /// Events the memory store pushed out of its ring (`audit.memory_limit`).
     pub evicted: u64,
 }
@@ -285,5 +289,9 @@ impl EventFilter {
                 .as_deref()
                 .is_none_or(|r| event.request_id.as_deref() == Some(r))
             && self.min_level.is_none_or(|l| event.level >= l)
+            && self
+                .policy_name
+                .as_deref()
+                .is_none_or(|p| event.metadata["policy_name"].as_str() == Some(p))
     }
 }

@@ -12,13 +12,14 @@ use crate::store::{EventFilter, DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT};
 use super::error::AdminError;
 
 /// The filter parameters both endpoints accept.
-pub const FILTER_PARAMS: [&str; 6] = [
+pub const FILTER_PARAMS: [&str; 7] = [
     "event_type",
     "event_types",
     "start_time",
     "end_time",
     "request_id",
     "level",
+    "policy_name",
 ];
 
 /// Parsed query parameters: each accepted name with the values given.
@@ -130,6 +131,15 @@ impl Params {
                 ));
             }
             filter.request_id = Some(request_id.to_owned());
+        }
+        if let Some(policy) = self.single("policy_name")? {
+            if policy.is_empty() || policy.len() > 200 {
+                return Err(AdminError::invalid(
+                    "policy_name",
+                    "`policy_name` must be 1 to 200 characters",
+                ));
+            }
+            filter.policy_name = Some(policy.to_owned());
         }
         if let Some(level) = self.single("level")? {
             filter.min_level = Some(level.parse::<Level>().map_err(|_| {

@@ -26,7 +26,8 @@ use crate::capture::sse;
 use crate::capture::summary::{request_model_and_stream, summarize};
 use crate::capture::tee::{BodyEnd, Captured};
 use crate::event::{EventType, NewEvent};
-use crate::telemetry::metrics::{Metrics, TokenLabels};
+use crate::policy::{compliance_event, Direction, Scan};
+use crate::telemetry::metrics::{Metrics, PolicyLabels, TokenLabels};
 
 /// Starts call records. Cheap to clone.
 #[derive(Clone)]
@@ -38,6 +39,8 @@ pub struct Recorder {
     /// compression bombs).
     max_decoded_bytes: usize,
     metrics: Arc<Metrics>,
+    /// Record COMPLIANCE_CHECK events for passed policies.
+    record_compliance_checks: bool,
     /// Set when shutdown cut the calls still running after the grace.
     cut_at_shutdown: Arc<AtomicBool>,
 }
@@ -72,6 +75,14 @@ pub enum ResponseOutcome {
         headers: HeaderMap,
         headers_at: Instant,
         body: Captured,
+        /// The policy that replaced or cut the response, if one did.
+        blocked_by: Option<String>,
+    },
+    /// A request policy blocked the call; nothing was sent upstream.
+    Blocked {
+        status: StatusCode,
+        policy: String,
+        at: Instant,
     },
     /// Upstream did not answer; the app got the proxy's error `status`.
     Failed {
@@ -106,6 +117,7 @@ impl Recorder {
         capture_cap: usize,
         metrics: Arc<Metrics>,
         cut_at_shutdown: Arc<AtomicBool>,
+        record_compliance_checks: bool,
     ) -> Self {
         Self {
             handle,
@@ -113,6 +125,7 @@ impl Recorder {
             tracker,
             metrics,
             cut_at_shutdown,
+            record_compliance_checks,
             max_decoded_bytes: capture_cap.saturating_mul(8).max(1024 * 1024),
         }
     }
@@ -141,23 +154,46 @@ impl Recorder {
         resp_rx: oneshot::Receiver<ResponseOutcome>,
     ) {
         let request = req_rx.await.ok();
-        let (event, facts) = self.request_event(&info, request.as_ref());
+        let (event, facts, scan) = self.request_event(&info, request.as_ref());
         self.handle.offer(event);
+        self.offer_compliance(&info, &scan);
         let outcome = resp_rx
             .await
             .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() });
         if let Some(error) = self.error_event(&info, &outcome) {
             self.handle.offer(error);
         }
-        self.handle
-            .offer(self.response_event(&info, &facts, outcome));
+        let (event, scan) = self.response_event(&info, &facts, outcome);
+        self.handle.offer(event);
+        self.offer_compliance(&info, &scan);
+    }
+
+    /// COMPLIANCE_VIOLATION for each policy that found something, and
+    /// COMPLIANCE_CHECK for each that passed unless those are switched off.
+    fn offer_compliance(&self, info: &CallInfo, scan: &Scan) {
+        for verdict in &scan.verdicts {
+            if verdict.passed && !self.record_compliance_checks {
+                continue;
+            }
+            if !verdict.passed {
+                self.metrics
+                    .violations
+                    .get_or_create(&PolicyLabels {
+                        policy: verdict.policy_name.clone(),
+                        severity: verdict.severity.as_str().to_owned(),
+                    })
+                    .inc();
+            }
+            self.handle
+                .offer(compliance_event(verdict, &info.request_id));
+        }
     }
 
     fn request_event(
         &self,
         info: &CallInfo,
         captured: Option<&Captured>,
-    ) -> (NewEvent, RequestFacts) {
+    ) -> (NewEvent, RequestFacts, Scan) {
         let (mut data, truncated, body_bytes) = match captured {
             Some(c) => {
                 let (value, truncated) = self.interpret(&info.headers, c, false, "");
@@ -169,7 +205,11 @@ impl Recorder {
         if model.is_none() {
             model.clone_from(&info.operation.azure_deployment);
         }
-        self.sanitizer.redact_value(&mut data);
+        let scan = self
+            .sanitizer
+            .policies()
+            .inspect(&mut data, Direction::Request)
+            .scan;
         let path = redact_query(&info.path_and_query);
         let mut meta = Map::new();
         meta.insert("provider".into(), json!(info.provider));
@@ -210,7 +250,7 @@ impl Recorder {
         )
         .with_request_id(info.request_id.clone())
         .with_metadata(Value::Object(meta));
-        (event, RequestFacts { model, stream })
+        (event, RequestFacts { model, stream }, scan)
     }
 
     fn error_event(&self, info: &CallInfo, outcome: &ResponseOutcome) -> Option<NewEvent> {
@@ -242,7 +282,7 @@ impl Recorder {
                 ),
                 _ => return None,
             },
-            ResponseOutcome::ClientAborted { .. } => return None,
+            ResponseOutcome::ClientAborted { .. } | ResponseOutcome::Blocked { .. } => return None,
         };
         Some(
             NewEvent::new(
@@ -266,19 +306,21 @@ impl Recorder {
         info: &CallInfo,
         facts: &RequestFacts,
         outcome: ResponseOutcome,
-    ) -> NewEvent {
+    ) -> (NewEvent, Scan) {
         let ms = |at: Instant| at.saturating_duration_since(info.started_at).as_secs_f64() * 1e3;
         let mut meta = Map::new();
         meta.insert("provider".into(), json!(info.provider));
         meta.insert("operation".into(), json!(info.operation.name));
         meta.insert("stream".into(), json!(facts.stream));
         let (status, outcome_label, model);
+        let mut scan = Scan::default();
         match outcome {
             ResponseOutcome::Upstream {
                 status: s,
                 headers,
                 headers_at,
                 body,
+                blocked_by,
             } => {
                 let is_sse = sse::is_event_stream(header_str(&headers, "content-type"));
                 let (mut data, truncated) =
@@ -288,9 +330,17 @@ impl Recorder {
                     summary.model.as_deref().or(facts.model.as_deref()),
                     summary.usage.as_ref(),
                 );
-                self.sanitizer.redact_value(&mut data);
+                scan = self
+                    .sanitizer
+                    .policies()
+                    .inspect(&mut data, Direction::Response)
+                    .scan;
                 status = Some(s.as_u16());
+                if let Some(policy) = &blocked_by {
+                    meta.insert("blocked_by".into(), json!(policy));
+                }
                 outcome_label = match &body.end {
+                    _ if blocked_by.is_some() => "blocked",
                     BodyEnd::Complete => "completed",
                     BodyEnd::Error(e) if is_idle_timeout(e) => "timeout",
                     BodyEnd::Error(_) => "upstream_error",
@@ -330,14 +380,18 @@ impl Recorder {
                     Failure::Timeout => "timeout",
                 };
                 model = facts.model.clone();
-                meta.insert("latency_ms".into(), json!(round_ms(ms(at))));
-                meta.insert("ttfb_ms".into(), Value::Null);
-                meta.insert("usage".into(), Value::Null);
-                meta.insert("finish_reason".into(), Value::Null);
-                meta.insert("upstream_request_id".into(), Value::Null);
-                meta.insert("response_data".into(), Value::Null);
-                meta.insert("body_bytes".into(), json!(0));
-                meta.insert("truncated".into(), json!(false));
+                no_upstream_answer(&mut meta, round_ms(ms(at)));
+            }
+            ResponseOutcome::Blocked {
+                status: s,
+                policy,
+                at,
+            } => {
+                status = Some(s.as_u16());
+                outcome_label = "blocked";
+                model = facts.model.clone();
+                meta.insert("blocked_by".into(), json!(policy));
+                no_upstream_answer(&mut meta, round_ms(ms(at)));
             }
             ResponseOutcome::ClientAborted { at } => {
                 status = None;
@@ -347,21 +401,14 @@ impl Recorder {
                     "client_aborted"
                 };
                 model = facts.model.clone();
-                meta.insert("latency_ms".into(), json!(round_ms(ms(at))));
-                meta.insert("ttfb_ms".into(), Value::Null);
-                meta.insert("usage".into(), Value::Null);
-                meta.insert("finish_reason".into(), Value::Null);
-                meta.insert("upstream_request_id".into(), Value::Null);
-                meta.insert("response_data".into(), Value::Null);
-                meta.insert("body_bytes".into(), json!(0));
-                meta.insert("truncated".into(), json!(false));
+                no_upstream_answer(&mut meta, round_ms(ms(at)));
             }
         }
         meta.insert("status".into(), json!(status));
         meta.insert("model".into(), json!(model));
         meta.insert("outcome".into(), json!(outcome_label));
         let status_text = status.map_or_else(|| "no status".to_owned(), |s| s.to_string());
-        NewEvent::new(
+        let event = NewEvent::new(
             EventType::Response,
             format!(
                 "{} {} ({})",
@@ -369,7 +416,8 @@ impl Recorder {
             ),
         )
         .with_request_id(info.request_id.clone())
-        .with_metadata(Value::Object(meta))
+        .with_metadata(Value::Object(meta));
+        (event, scan)
     }
 
     fn was_cut(&self) -> bool {
@@ -456,6 +504,17 @@ impl CallRecord {
         self.response.take()
     }
 
+    /// Records that a request policy stopped the call.
+    pub fn blocked(&mut self, status: StatusCode, policy: String) {
+        if let Some(tx) = self.response.take() {
+            let _ = tx.send(ResponseOutcome::Blocked {
+                status,
+                policy,
+                at: Instant::now(),
+            });
+        }
+    }
+
     /// Records that upstream did not answer.
     pub fn fail(&mut self, failure: Failure, status: StatusCode, detail: String) {
         if let Some(tx) = self.response.take() {
@@ -467,6 +526,22 @@ impl CallRecord {
             });
         }
     }
+}
+
+/// The RESPONSE fields of a call upstream never answered.
+fn no_upstream_answer(meta: &mut Map<String, Value>, latency_ms: f64) {
+    meta.insert("latency_ms".into(), json!(latency_ms));
+    for key in [
+        "ttfb_ms",
+        "usage",
+        "finish_reason",
+        "upstream_request_id",
+        "response_data",
+    ] {
+        meta.insert(key.into(), Value::Null);
+    }
+    meta.insert("body_bytes".into(), json!(0));
+    meta.insert("truncated".into(), json!(false));
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

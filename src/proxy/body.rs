@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -19,17 +20,20 @@ use crate::capture::tee::TeeBody;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of every response the proxy sends: upstream's (teed, with an
-/// idle timeout) or one the proxy made itself.
-pub type ProxyBody = Either<TeeBody<IdleTimeoutBody<Incoming>>, Full<Bytes>>;
+/// idle timeout, perhaps guarded by stream policies) or one the proxy made
+/// itself. Boxed because those compose differently per call.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The request body sent upstream: the prefix read while the proxy looked
+/// at the request, then the rest of the app's body, still streaming.
+pub type UpstreamBody = PrefixedBody<TeeBody<Incoming>>;
 
 pin_project! {
-    /// The request body sent upstream: the prefix already read (and
-    /// captured) while the proxy looked at the request, then the rest of
-    /// the app's body, still streaming.
-    pub struct UpstreamBody {
+    /// Bytes already read, then the rest of the body they came from.
+    pub struct PrefixedBody<B> {
         prefix: Option<Bytes>,
         #[pin]
-        rest: Option<TeeBody<Incoming>>,
+        rest: Option<B>,
     }
 }
 
@@ -48,10 +52,17 @@ pin_project! {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdleTimeout;
 
-// === impl UpstreamBody ===
+/// A body the proxy made itself, in the boxed form.
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
 
-impl UpstreamBody {
-    pub fn new(prefix: Bytes, rest: Option<TeeBody<Incoming>>) -> Self {
+// === impl PrefixedBody ===
+
+impl<B> PrefixedBody<B> {
+    pub fn new(prefix: Bytes, rest: Option<B>) -> Self {
         Self {
             prefix: (!prefix.is_empty()).then_some(prefix),
             rest,
@@ -59,14 +70,14 @@ impl UpstreamBody {
     }
 }
 
-impl Body for UpstreamBody {
+impl<B: Body<Data = Bytes>> Body for PrefixedBody<B> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
         if let Some(prefix) = this.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));

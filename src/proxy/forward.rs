@@ -8,19 +8,26 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Either};
+use http_body_util::BodyExt;
+use std::sync::OnceLock;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::{IdleTimeoutBody, ProxyBody, UpstreamBody};
+use super::body::{full, IdleTimeoutBody, PrefixedBody, ProxyBody, UpstreamBody};
+use super::policy_guard::StreamGuard;
 use super::client::UpstreamClient;
 use super::request_id::request_id_for;
-use super::respond::{ProxyError, REQUEST_ID_HEADER};
+use super::respond::{self, ProxyError, REQUEST_ID_HEADER};
+
+/// Most bytes a request body may decode to for inline policy checks.
+const MAX_INSPECTED_BYTES: usize = 16 * 1024 * 1024;
 use crate::capture::operation::{classify, provider_for};
 use crate::capture::tee::{BodyEnd, Capture, Captured, OnDone, TeeBody, IDLE_TIMEOUT_MESSAGE};
 use crate::config::{FailMode, Upstream};
 use crate::pipeline::record::{CallInfo, CallRecord, Failure, Recorder, ResponseOutcome};
+use crate::capture::decode::decode;
 use crate::pipeline::StoreHealth;
+use crate::policy::{Direction, PolicySet, Verdict};
 use crate::telemetry::metrics::{
     operation_label, CallLabels, KindLabels, Metrics, OperationLabels,
 };
@@ -40,6 +47,8 @@ pub struct ProxyState {
     pub fail_mode: FailMode,
     pub store_health: StoreHealth,
     pub metrics: Arc<Metrics>,
+    /// The compliance policies; `block` and `redact_upstream` ones act here.
+    pub policies: Arc<PolicySet>,
     /// Set when the shutdown grace ran out and remaining calls were cut,
     /// so their records say so instead of blaming the client.
     pub cut_at_shutdown: Arc<std::sync::atomic::AtomicBool>,
@@ -111,7 +120,7 @@ pub async fn handle(
         state.capture_cap,
         on_done(record.as_mut().and_then(CallRecord::request_sender)),
     );
-    let upstream_body = match read_prefix(body, request_capture, state.capture_cap).await {
+    let (mut prefix, rest) = match read_prefix(body, request_capture, state.capture_cap).await {
         Ok(b) => b,
         Err(()) => {
             // The app's body broke off while being read: nothing was sent.
@@ -127,10 +136,35 @@ pub async fn handle(
         }
     };
 
-    let mut upstream_req = Request::new(upstream_body);
+    let mut headers = forwardable(parts.headers);
+    // Request policies see the whole body only when it fit under the cap;
+    // a longer one streams on unchecked (its record says truncated).
+    if rest.is_none() {
+        match apply_request_policies(&state.policies, &headers, &prefix) {
+            RequestVerdict::Forward => {}
+            RequestVerdict::Rewritten(body) => {
+                headers.remove(header::CONTENT_ENCODING);
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                prefix = body;
+            }
+            RequestVerdict::Block(verdict) => {
+                let response = respond::policy_violation(&request_id, &verdict);
+                if let Some(r) = record.as_mut() {
+                    r.blocked(response.status(), verdict.policy_name.clone());
+                }
+                call_log.end(response.status().as_u16(), "blocked", Instant::now());
+                return response;
+            }
+        }
+    }
+    if state.policies.blocks(Direction::Response) {
+        // A compressed answer could not be inspected as it streams.
+        headers.remove(header::ACCEPT_ENCODING);
+    }
+    let mut upstream_req = Request::new(UpstreamBody::new(prefix, rest));
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = uri;
-    *upstream_req.headers_mut() = forwardable(parts.headers);
+    *upstream_req.headers_mut() = headers;
     upstream_req.headers_mut().remove(header::HOST);
 
     let prepared_in = started_at.elapsed();
@@ -170,33 +204,93 @@ pub async fn handle(
     let response_sender = record.as_mut().and_then(CallRecord::response_sender);
     let status = parts.status;
     let upstream_headers = response_sender.as_ref().map(|_| parts.headers.clone());
-    let response_capture = Capture::new(
-        state.capture_cap,
-        Box::new(move |body| {
-            call_log.finished(status, &body, headers_at);
-            if let (Some(tx), Some(headers)) = (response_sender, upstream_headers) {
-                let _ = tx.send(ResponseOutcome::Upstream {
-                    status,
-                    headers,
-                    headers_at,
-                    body,
-                });
-            }
-        }),
-    );
+    // Set by a response policy that replaced or cut the answer, before the
+    // capture completes, so the record and the log both see it.
+    let blocked_by: Arc<OnceLock<String>> = Arc::default();
+    let mut response_capture = {
+        let blocked_by = blocked_by.clone();
+        Capture::new(
+            state.capture_cap,
+            Box::new(move |body| {
+                let blocked_by = blocked_by.get().cloned();
+                call_log.finished(status, &body, headers_at, blocked_by.is_some());
+                if let (Some(tx), Some(headers)) = (response_sender, upstream_headers) {
+                    let _ = tx.send(ResponseOutcome::Upstream {
+                        status,
+                        headers,
+                        headers_at,
+                        body,
+                        blocked_by,
+                    });
+                }
+            }),
+        )
+    };
+    let is_sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     parts.headers = forwardable(parts.headers);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         parts.headers.insert(REQUEST_ID_HEADER, v);
     }
-    let body = TeeBody::new(
-        IdleTimeoutBody::new(incoming, state.stream_idle_timeout),
-        response_capture,
-    );
+    let mut incoming = Box::pin(IdleTimeoutBody::new(incoming, state.stream_idle_timeout));
+    let guard_responses = state.policies.blocks(Direction::Response) && state.capture_cap > 0;
+    let body: ProxyBody = if guard_responses && !is_sse {
+        // A whole answer can be replaced only if it is held until checked;
+        // one longer than the capture cap streams on unchecked.
+        match read_up_to(&mut incoming, &mut response_capture, state.capture_cap).await {
+            Ok((prefix, true)) => {
+                if let Some(verdict) = response_block(&state.policies, encoding.as_deref(), &prefix) {
+                    let _ = blocked_by.set(verdict.policy_name.clone());
+                    response_capture.finish(BodyEnd::Complete);
+                    return respond::policy_violation(&request_id, &verdict);
+                }
+                response_capture.finish(BodyEnd::Complete);
+                full(prefix)
+            }
+            Ok((prefix, false)) => {
+                PrefixedBody::new(prefix, Some(TeeBody::new(incoming, response_capture)))
+                    .boxed_unsync()
+            }
+            Err(error) => {
+                response_capture.finish(BodyEnd::Error(error));
+                return ProxyError::UpstreamUnreachable.into_response(&request_id);
+            }
+        }
+    } else if guard_responses {
+        let on_block = {
+            let blocked_by = blocked_by.clone();
+            Box::new(move |verdict: Verdict| {
+                let _ = blocked_by.set(verdict.policy_name);
+            })
+        };
+        TeeBody::new(
+            StreamGuard::new(incoming, state.policies.clone(), on_block),
+            response_capture,
+        )
+        .boxed_unsync()
+    } else {
+        TeeBody::new(incoming, response_capture).boxed_unsync()
+    };
     state
         .metrics
         .added_latency
         .observe((prepared_in + headers_at.elapsed()).as_secs_f64());
-    Response::from_parts(parts, Either::Left(body))
+    Response::from_parts(parts, body)
+}
+
+/// The blocking verdict of response policies over a whole answer, if any.
+fn response_block(policies: &PolicySet, encoding: Option<&str>, body: &[u8]) -> Option<Verdict> {
+    let decoded = decode(encoding, body, MAX_INSPECTED_BYTES).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&decoded.bytes).ok()?;
+    policies.scan_response(&value).blocking().cloned()
 }
 
 /// The call's line in the diagnostic log and its metrics, written once
@@ -212,8 +306,9 @@ struct CallLog {
 // === impl CallLog ===
 
 impl CallLog {
-    fn finished(&self, status: http::StatusCode, body: &Captured, headers_at: Instant) {
+    fn finished(&self, status: http::StatusCode, body: &Captured, headers_at: Instant, blocked: bool) {
         let outcome = match &body.end {
+            _ if blocked => "blocked",
             BodyEnd::Complete => "completed",
             BodyEnd::Error(e) if e == IDLE_TIMEOUT_MESSAGE => {
                 self.upstream_error("stream_idle_timeout");
@@ -258,7 +353,7 @@ impl CallLog {
             .inc();
     }
 
-    fn end(&self, status: u16, outcome: &'static str, ended_at: Instant) {
+    pub(super) fn end(&self, status: u16, outcome: &'static str, ended_at: Instant) {
         let latency = ended_at.saturating_duration_since(self.started_at);
         self.metrics
             .calls
@@ -286,14 +381,19 @@ impl CallLog {
     }
 }
 
-/// Reads the request body up to the capture cap, so the whole of a typical
-/// LLM request is known before it goes upstream; anything longer streams
-/// on through the tee. At most one frame beyond the cap is held.
-async fn read_prefix(
-    mut body: Incoming,
-    mut capture: Capture,
+/// Reads `body` into one buffer until it ends or holds `cap` bytes
+/// (at most one frame more), copying into `capture` as it goes. Returns the
+/// bytes and whether the body ended. The capture is left open: the caller
+/// finishes it, or hands it on with the rest of the body.
+async fn read_up_to<B>(
+    body: &mut B,
+    capture: &mut Capture,
     cap: usize,
-) -> Result<UpstreamBody, ()> {
+) -> Result<(Bytes, bool), String>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut prefix = BytesMut::new();
     while prefix.len() < cap {
         match body.frame().await {
@@ -303,18 +403,70 @@ async fn read_prefix(
                     prefix.extend_from_slice(data);
                 }
             }
-            Some(Err(error)) => {
-                capture.finish(BodyEnd::Error(error.to_string()));
-                return Err(());
-            }
-            None => {
-                capture.finish(BodyEnd::Complete);
-                return Ok(UpstreamBody::new(prefix.freeze(), None));
-            }
+            Some(Err(error)) => return Err(error.to_string()),
+            None => return Ok((prefix.freeze(), true)),
         }
     }
-    let prefix: Bytes = prefix.freeze();
-    Ok(UpstreamBody::new(prefix, Some(TeeBody::new(body, capture))))
+    Ok((prefix.freeze(), body.is_end_stream()))
+}
+
+/// Reads the request body up to the capture cap, so the whole of a typical
+/// LLM request is known before it goes upstream; anything longer streams
+/// on through the tee.
+async fn read_prefix(
+    mut body: Incoming,
+    mut capture: Capture,
+    cap: usize,
+) -> Result<(Bytes, Option<TeeBody<Incoming>>), ()> {
+    match read_up_to(&mut body, &mut capture, cap).await {
+        Ok((prefix, true)) => {
+            capture.finish(BodyEnd::Complete);
+            Ok((prefix, None))
+        }
+        Ok((prefix, false)) => Ok((prefix, Some(TeeBody::new(body, capture)))),
+        Err(error) => {
+            capture.finish(BodyEnd::Error(error));
+            Err(())
+        }
+    }
+}
+
+/// What request policies decided about a whole request body.
+enum RequestVerdict {
+    Forward,
+    /// `redact_upstream` policies replaced matches: send this instead.
+    Rewritten(Bytes),
+    Block(Verdict),
+}
+
+/// Runs `block` and `redact_upstream` request policies over a complete
+/// body. Only these hold the request back; everything else is recorded
+/// after the fact, off the request path.
+fn apply_request_policies(policies: &PolicySet, headers: &HeaderMap, body: &Bytes) -> RequestVerdict {
+    let blocks = policies.blocks(Direction::Request);
+    if !(blocks || policies.redacts_upstream()) || body.is_empty() {
+        return RequestVerdict::Forward;
+    }
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let decoded = match decode(encoding, body, MAX_INSPECTED_BYTES) {
+        Ok(d) if !d.truncated => d.bytes,
+        // Undecodable or too large once decoded: forwarded as sent.
+        _ => return RequestVerdict::Forward,
+    };
+    if blocks {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&decoded) else {
+            return RequestVerdict::Forward;
+        };
+        if let Some(verdict) = policies.scan_request(&value).blocking() {
+            return RequestVerdict::Block(verdict.clone());
+        }
+    }
+    match policies.redact_upstream(&decoded) {
+        Some(rewritten) => RequestVerdict::Rewritten(Bytes::from(rewritten.body)),
+        None => RequestVerdict::Forward,
+    }
 }
 
 fn on_done(sender: Option<tokio::sync::oneshot::Sender<crate::capture::tee::Captured>>) -> OnDone {

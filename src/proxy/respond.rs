@@ -5,10 +5,10 @@
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{Either, Full};
+
 use serde_json::json;
 
-use super::body::ProxyBody;
+use super::body::{full, ProxyBody};
 
 /// Header naming the proxy's own error code on responses it made.
 pub const PROXY_ERROR_HEADER: &str = "x-audit-proxy-error";
@@ -91,7 +91,7 @@ impl ProxyError {
 
     pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
         let body = Bytes::from(self.body_json().to_string());
-        let mut response = Response::new(Either::Right(Full::new(body)));
+        let mut response = Response::new(full(body));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(
@@ -107,4 +107,28 @@ impl ProxyError {
         }
         response
     }
+}
+
+/// The answer to a call a `block` policy stopped: 400 in the OpenAI error
+/// shape, naming the policy and what it found (never the matched text).
+pub fn policy_violation(request_id: &str, verdict: &crate::policy::Verdict) -> Response<ProxyBody> {
+    let body = json!({"error": {
+        "message": verdict.block_message(),
+        "type": "policy_violation",
+        "param": null,
+        "code": "policy_violation",
+        "policy": verdict.policy_name,
+    }});
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static("policy_violation"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID_HEADER, v);
+    }
+    response
 }

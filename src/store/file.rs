@@ -281,6 +281,7 @@ impl AuditStore for FileStore {
             add(&mut stats.by_type, &s.by_type);
             add(&mut stats.by_level, &s.by_level);
             add(&mut stats.violations_by_policy, &s.violations_by_policy);
+            add(&mut stats.violations_by_severity, &s.violations_by_severity);
         }
         let times = || state.segments.iter();
         stats.oldest_timestamp = times()

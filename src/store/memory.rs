@@ -152,6 +152,8 @@ impl AuditStore for MemoryStore {
             if e.event_type == EventType::ComplianceViolation {
                 let policy = e.metadata["policy_name"].as_str().unwrap_or_default();
                 count(&mut stats.violations_by_policy, policy);
+                let severity = e.metadata["severity"].as_str().unwrap_or_default();
+                count(&mut stats.violations_by_severity, severity);
             }
         }
         Ok(stats)

@@ -303,6 +303,11 @@ impl AuditStore for SqliteStore {
                 "SELECT COALESCE(json_extract(metadata, '$.policy_name'), ''), COUNT(*) \
                  FROM events WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1",
             )?;
+            stats.violations_by_severity = group_counts(
+                conn,
+                "SELECT COALESCE(json_extract(metadata, '$.severity'), ''), COUNT(*) \
+                 FROM events WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1",
+            )?;
             stats.store_bytes = purge::disk_bytes(&path);
             Ok(stats)
         })
@@ -376,6 +381,9 @@ impl Conditions {
         }
         if let Some(level) = filter.min_level {
             c.push("level_rank >= ?", level.rank());
+        }
+        if let Some(policy) = &filter.policy_name {
+            c.push("json_extract(metadata, '$.policy_name') = ?", policy.clone());
         }
         c
     }

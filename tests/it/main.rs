@@ -15,6 +15,7 @@ mod admin_api;
 mod binary;
 mod manifests;
 mod offline;
+mod policies;
 mod proxy_calls;
 mod scenarios;
 mod sdk;

@@ -39,6 +39,7 @@ pub(super) struct Segment {
     pub by_type: BTreeMap<String, u64>,
     pub by_level: BTreeMap<String, u64>,
     pub violations_by_policy: BTreeMap<String, u64>,
+    pub violations_by_severity: BTreeMap<String, u64>,
     /// `(seq, offset)` of every [`MARK_EVERY`]-th event line, the first
     /// included. Shared with readers; an append copies it only while a
     /// reader still holds the old one.
@@ -158,6 +159,7 @@ impl Segment {
             by_type: BTreeMap::new(),
             by_level: BTreeMap::new(),
             violations_by_policy: BTreeMap::new(),
+            violations_by_severity: BTreeMap::new(),
             marks: Arc::new(Vec::new()),
             skip: Arc::new(Vec::new()),
             torn: false,
@@ -248,6 +250,11 @@ impl Segment {
             *self
                 .violations_by_policy
                 .entry(policy.to_owned())
+                .or_default() += 1;
+            let severity = event.metadata["severity"].as_str().unwrap_or_default();
+            *self
+                .violations_by_severity
+                .entry(severity.to_owned())
                 .or_default() += 1;
         }
     }

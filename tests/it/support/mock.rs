@@ -233,6 +233,27 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                 .collect();
             sse(shared, events, Duration::from_millis(delay_ms.max(20)))
         }
+        p if p.ends_with("/chat/completions") && parts.headers.contains_key("x-mock-card") => {
+            if stream {
+                let chunk = |content: &str| {
+                    format!("data: {{\"id\":\"chatcmpl-C\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}]}}\n\n", serde_json::Value::String(content.to_owned()))
+                };
+                let events = vec![
+                    chunk("Your card is 4111 "),
+                    chunk("1111 11"),
+                    chunk("11 1111, keep it safe."),
+                    chunk(" More text."),
+                    "data: [DONE]\n\n".to_owned(),
+                ];
+                sse(shared, events, delay)
+            } else {
+                full(
+                    StatusCode::OK,
+                    "application/json",
+                    r#"{"id":"chatcmpl-C","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"The card on file is 4111-1111-1111-1111."},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":9,"total_tokens":14}}"#,
+                )
+            }
+        }
         p if p.ends_with("/chat/completions") && stream => {
             let name = if json["tools"].is_array() {
                 "chat_stream_tools.sse"

@@ -1,0 +1,189 @@
+//! Compliance policies end to end: block, redact and log, in requests,
+//! responses and streams.
+
+use serde_json::{json, Value};
+
+use crate::support::{of_type, MockUpstream, TestProxy};
+
+const CARD: &str = "4111 1111 1111 1111";
+
+fn raw_store(dir: &std::path::Path) -> String {
+    let mut raw = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        raw.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+fn digits_only(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+#[tokio::test]
+async fn pci_pack_blocks_a_card_in_the_prompt_before_upstream() {
+    let mock = MockUpstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let proxy = TestProxy::start_in(&mock.url(), tmp.path(), &[("LLM_AUDIT_PROXY_POLICY_PACKS", "pci")]).await;
+    let resp = proxy
+        .http
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-request-id", "pci-1")
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("Charge my card {CARD} please")}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["x-audit-request-id"], "pci-1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "policy_violation");
+    assert_eq!(body["error"]["policy"], "pci-card-block");
+    assert!(body["error"]["message"].as_str().unwrap().contains("pci-card-block"));
+    assert!(!body.to_string().contains("4111"));
+    assert_eq!(mock.calls(), 0, "the request never reached upstream");
+
+    let events = proxy.call_events("pci-1").await;
+    let violation = events
+        .iter()
+        .find(|e| e["event_type"] == "COMPLIANCE_VIOLATION" && e["metadata"]["policy_name"] == "pci-card-block")
+        .unwrap();
+    assert_eq!(violation["metadata"]["action"], "block");
+    assert_eq!(violation["metadata"]["direction"], "request");
+    assert_eq!(violation["metadata"]["severity"], "HIGH");
+    assert_eq!(violation["level"], "ERROR");
+    assert_eq!(violation["metadata"]["result"], false);
+    assert_eq!(violation["metadata"]["findings"], json!([{"entity_type": "CREDIT_CARD", "count": 1}]));
+    let response = of_type(&events, "RESPONSE");
+    assert_eq!(response["metadata"]["outcome"], "blocked");
+    assert_eq!(response["metadata"]["blocked_by"], "pci-card-block");
+    assert_eq!(response["metadata"]["status"], 400);
+
+    let (_, filtered) = proxy.admin_get("/api/events?event_type=COMPLIANCE_VIOLATION&policy_name=pci-card-block").await;
+    assert!(!filtered["events"].as_array().unwrap().is_empty());
+    let (_, stats) = proxy.admin_get("/api/stats").await;
+    assert!(stats["violations_by_policy"]["pci-card-block"].as_u64().unwrap() >= 1);
+    assert!(stats["violations_by_severity"]["HIGH"].as_u64().unwrap() >= 1);
+    proxy.stop().await;
+    let raw = raw_store(tmp.path());
+    assert!(!digits_only(&raw).contains("4111111111111111"), "the card number reached the store");
+}
+
+#[tokio::test]
+async fn a_streamed_card_number_is_cut_off() {
+    let mock = MockUpstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let proxy = TestProxy::start_in(&mock.url(), tmp.path(), &[("LLM_AUDIT_PROXY_POLICY_PACKS", "pci")]).await;
+    let text = proxy
+        .http
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-request-id", "pci-stream")
+        .header("x-mock-card", "1")
+        .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "show my card"}]}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("policy_violation"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(!text.contains("More text"), "the stream stopped at the violation: {text}");
+    let content: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!digits_only(&content).contains("4111111111111111"), "{content}");
+
+    let events = proxy.call_events("pci-stream").await;
+    let response = of_type(&events, "RESPONSE");
+    assert_eq!(response["metadata"]["outcome"], "blocked");
+    assert!(events.iter().any(|e| e["event_type"] == "COMPLIANCE_VIOLATION" && e["metadata"]["direction"] == "response"));
+    proxy.stop().await;
+    assert!(!digits_only(&raw_store(tmp.path())).contains("4111111111111111"));
+}
+
+#[tokio::test]
+async fn a_completion_with_a_card_is_replaced_by_an_error() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start_with(&mock.url(), &[("LLM_AUDIT_PROXY_POLICY_PACKS", "pci")]).await;
+    let resp = proxy
+        .http
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-request-id", "pci-resp")
+        .header("x-mock-card", "1")
+        .header("accept-encoding", "gzip")
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "show my card"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["policy"], "pci-card-block");
+    assert!(mock.seen()[0].headers.get("accept-encoding").is_none(), "identity asked for, to inspect the answer");
+    let events = proxy.call_events("pci-resp").await;
+    let response = of_type(&events, "RESPONSE");
+    assert_eq!(response["metadata"]["outcome"], "blocked");
+    let stored = response["metadata"]["response_data"].to_string();
+    assert!(stored.contains("[REDACTED:CREDIT_CARD]"), "{stored}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn redact_and_log_policies_record_without_blocking() {
+    let mock = MockUpstream::start().await;
+    let policies = json!([
+        {"name": "emails-out", "detectors": ["email"], "action": "redact", "direction": "request", "redact_upstream": true, "severity": "low"},
+        {"name": "phones-stored", "detectors": ["phone"], "action": "redact"},
+        {"name": "project-words", "keywords": ["Project Falcon"], "action": "log", "severity": "MEDIUM"}
+    ]);
+    let proxy = TestProxy::start_with(&mock.url(), &[("LLM_AUDIT_PROXY_POLICIES", &policies.to_string())]).await;
+    let prompt = "Mail jane.doe@example.com or call +1 415-555-0132 about project falcon.";
+    let resp = proxy
+        .http
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-request-id", "redact-1")
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = &mock.seen()[0];
+    let sent: Value = serde_json::from_slice(&seen.body).unwrap();
+    let sent_prompt = sent["messages"][0]["content"].as_str().unwrap();
+    assert!(sent_prompt.contains("[REDACTED:EMAIL]"), "{sent_prompt}");
+    assert!(sent_prompt.contains("+1 415-555-0132"), "only the stored copy loses the phone: {sent_prompt}");
+    assert_eq!(seen.headers["content-length"], seen.body.len().to_string());
+
+    let events = proxy.call_events("redact-1").await;
+    let stored = of_type(&events, "REQUEST")["metadata"]["request_data"]["messages"][0]["content"].as_str().unwrap().to_owned();
+    assert!(stored.contains("[REDACTED:EMAIL]") && stored.contains("[REDACTED:PHONE]"), "{stored}");
+    assert!(stored.contains("project falcon"), "log policies do not redact");
+    let violations: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event_type"] == "COMPLIANCE_VIOLATION")
+        .map(|e| e["metadata"]["policy_name"].as_str().unwrap())
+        .collect();
+    for name in ["emails-out", "phones-stored", "project-words"] {
+        assert!(violations.contains(&name), "{name} missing from {violations:?}");
+    }
+    let checks = events.iter().filter(|e| e["event_type"] == "COMPLIANCE_CHECK").count();
+    assert!(checks >= 1, "the response side passed and is recorded");
+    assert_eq!(of_type(&events, "RESPONSE")["metadata"]["outcome"], "completed");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn bad_policies_fail_startup_naming_the_key() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llm-audit-proxy"))
+        .args(["check-config", "/dev/null"])
+        .env("LLM_AUDIT_PROXY_POLICY_PACKS", "pci,no-such-pack")
+        .env("LLM_AUDIT_PROXY_POLICIES", r#"[{"name": "x", "detectors": ["credit_cards"]}, {"name": "y", "patterns": ["("]}]"#)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in ["policy_packs[1]", "policies[0].detectors", "policies[1].patterns[0]"] {
+        assert!(stderr.contains(key), "{key} missing from {stderr}");
+    }
+}
