@@ -6,6 +6,7 @@ pub mod body;
 pub mod client;
 pub mod forward;
 pub mod framing_guard;
+pub mod policy_guard;
 pub mod request_id;
 pub mod respond;
 
