@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::keys::{self, Key};
-use crate::policy::{load_pack, PolicyDef, PolicySet};
 use super::*;
+use crate::policy::{load_pack, PolicyDef, PolicySet};
 
 /// A value as one of the sources gave it.
 enum Raw<'a> {
@@ -508,15 +508,19 @@ fn parse_string_list(raw: &Raw) -> Result<Vec<String>, String> {
                     .ok_or_else(|| "must be a list of strings".to_owned())
             })
             .collect(),
-        Raw::Toml(other) => Err(format!("must be a list of strings, not {}", other.type_str())),
+        Raw::Toml(other) => Err(format!(
+            "must be a list of strings, not {}",
+            other.type_str()
+        )),
     }
 }
 
 /// `[[policies]]` from the file, or a JSON array from the environment.
 fn parse_policy_defs(raw: &Raw) -> Result<Vec<PolicyDef>, String> {
     match raw {
-        Raw::Str(s) => serde_json::from_str(s)
-            .map_err(|e| format!("must be a JSON array of policies: {e}")),
+        Raw::Str(s) => {
+            serde_json::from_str(s).map_err(|e| format!("must be a JSON array of policies: {e}"))
+        }
         Raw::Toml(toml::Value::Array(items)) => items
             .iter()
             .enumerate()

@@ -26,7 +26,7 @@ use crate::capture::sse;
 use crate::capture::summary::{request_model_and_stream, summarize};
 use crate::capture::tee::{BodyEnd, Captured};
 use crate::event::{EventType, NewEvent};
-use crate::policy::{compliance_event, Direction, Scan};
+use crate::policy::{compliance_event, Direction, Scan, Verdict};
 use crate::telemetry::metrics::{Metrics, PolicyLabels, TokenLabels};
 
 /// Starts call records. Cheap to clone.
@@ -75,8 +75,8 @@ pub enum ResponseOutcome {
         headers: HeaderMap,
         headers_at: Instant,
         body: Captured,
-        /// The policy that replaced or cut the response, if one did.
-        blocked_by: Option<String>,
+        /// The policy verdict that replaced or cut the response, if any.
+        blocked_by: Option<Box<Verdict>>,
     },
     /// A request policy blocked the call; nothing was sent upstream.
     Blocked {
@@ -336,8 +336,19 @@ impl Recorder {
                     .inspect(&mut data, Direction::Response)
                     .scan;
                 status = Some(s.as_u16());
-                if let Some(policy) = &blocked_by {
-                    meta.insert("blocked_by".into(), json!(policy));
+                if let Some(verdict) = &blocked_by {
+                    meta.insert("blocked_by".into(), json!(verdict.policy_name));
+                    // A cut stream's record lacks the text that tripped the
+                    // policy; the verdict itself is the evidence.
+                    let seen = scan
+                        .verdicts
+                        .iter_mut()
+                        .find(|v| v.policy_name == verdict.policy_name);
+                    match seen {
+                        Some(v) if !v.passed => {}
+                        Some(v) => *v = (**verdict).clone(),
+                        None => scan.verdicts.push((**verdict).clone()),
+                    }
                 }
                 outcome_label = match &body.end {
                     _ if blocked_by.is_some() => "blocked",

@@ -9,23 +9,23 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use std::sync::OnceLock;
 use hyper::body::Incoming;
+use std::sync::OnceLock;
 use tokio::time::Instant;
 
 use super::body::{full, IdleTimeoutBody, PrefixedBody, ProxyBody, UpstreamBody};
-use super::policy_guard::StreamGuard;
 use super::client::UpstreamClient;
+use super::policy_guard::StreamGuard;
 use super::request_id::request_id_for;
 use super::respond::{self, ProxyError, REQUEST_ID_HEADER};
 
 /// Most bytes a request body may decode to for inline policy checks.
 const MAX_INSPECTED_BYTES: usize = 16 * 1024 * 1024;
+use crate::capture::decode::decode;
 use crate::capture::operation::{classify, provider_for};
 use crate::capture::tee::{BodyEnd, Capture, Captured, OnDone, TeeBody, IDLE_TIMEOUT_MESSAGE};
 use crate::config::{FailMode, Upstream};
 use crate::pipeline::record::{CallInfo, CallRecord, Failure, Recorder, ResponseOutcome};
-use crate::capture::decode::decode;
 use crate::pipeline::StoreHealth;
 use crate::policy::{Direction, PolicySet, Verdict};
 use crate::telemetry::metrics::{
@@ -206,13 +206,13 @@ pub async fn handle(
     let upstream_headers = response_sender.as_ref().map(|_| parts.headers.clone());
     // Set by a response policy that replaced or cut the answer, before the
     // capture completes, so the record and the log both see it.
-    let blocked_by: Arc<OnceLock<String>> = Arc::default();
+    let blocked_by: Arc<OnceLock<Verdict>> = Arc::default();
     let mut response_capture = {
         let blocked_by = blocked_by.clone();
         Capture::new(
             state.capture_cap,
             Box::new(move |body| {
-                let blocked_by = blocked_by.get().cloned();
+                let blocked_by = blocked_by.get().cloned().map(Box::new);
                 call_log.finished(status, &body, headers_at, blocked_by.is_some());
                 if let (Some(tx), Some(headers)) = (response_sender, upstream_headers) {
                     let _ = tx.send(ResponseOutcome::Upstream {
@@ -247,8 +247,9 @@ pub async fn handle(
         // one longer than the capture cap streams on unchecked.
         match read_up_to(&mut incoming, &mut response_capture, state.capture_cap).await {
             Ok((prefix, true)) => {
-                if let Some(verdict) = response_block(&state.policies, encoding.as_deref(), &prefix) {
-                    let _ = blocked_by.set(verdict.policy_name.clone());
+                if let Some(verdict) = response_block(&state.policies, encoding.as_deref(), &prefix)
+                {
+                    let _ = blocked_by.set(verdict.clone());
                     response_capture.finish(BodyEnd::Complete);
                     return respond::policy_violation(&request_id, &verdict);
                 }
@@ -268,7 +269,7 @@ pub async fn handle(
         let on_block = {
             let blocked_by = blocked_by.clone();
             Box::new(move |verdict: Verdict| {
-                let _ = blocked_by.set(verdict.policy_name);
+                let _ = blocked_by.set(verdict);
             })
         };
         TeeBody::new(
@@ -306,7 +307,13 @@ struct CallLog {
 // === impl CallLog ===
 
 impl CallLog {
-    fn finished(&self, status: http::StatusCode, body: &Captured, headers_at: Instant, blocked: bool) {
+    fn finished(
+        &self,
+        status: http::StatusCode,
+        body: &Captured,
+        headers_at: Instant,
+        blocked: bool,
+    ) {
         let outcome = match &body.end {
             _ if blocked => "blocked",
             BodyEnd::Complete => "completed",
@@ -442,7 +449,11 @@ enum RequestVerdict {
 /// Runs `block` and `redact_upstream` request policies over a complete
 /// body. Only these hold the request back; everything else is recorded
 /// after the fact, off the request path.
-fn apply_request_policies(policies: &PolicySet, headers: &HeaderMap, body: &Bytes) -> RequestVerdict {
+fn apply_request_policies(
+    policies: &PolicySet,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> RequestVerdict {
     let blocks = policies.blocks(Direction::Request);
     if !(blocks || policies.redacts_upstream()) || body.is_empty() {
         return RequestVerdict::Forward;

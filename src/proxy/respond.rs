@@ -112,13 +112,7 @@ impl ProxyError {
 /// The answer to a call a `block` policy stopped: 400 in the OpenAI error
 /// shape, naming the policy and what it found (never the matched text).
 pub fn policy_violation(request_id: &str, verdict: &crate::policy::Verdict) -> Response<ProxyBody> {
-    let body = json!({"error": {
-        "message": verdict.block_message(),
-        "type": "policy_violation",
-        "param": null,
-        "code": "policy_violation",
-        "policy": verdict.policy_name,
-    }});
+    let body = super::policy_guard::blocked_response_json(verdict);
     let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = StatusCode::BAD_REQUEST;
     let headers = response.headers_mut();
@@ -126,7 +120,10 @@ pub fn policy_violation(request_id: &str, verdict: &crate::policy::Verdict) -> R
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static("policy_violation"));
+    headers.insert(
+        PROXY_ERROR_HEADER,
+        HeaderValue::from_static("policy_violation"),
+    );
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID_HEADER, v);
     }

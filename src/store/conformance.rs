@@ -294,6 +294,11 @@ fn sample_filters(events: &[AuditEvent]) -> Vec<EventFilter> {
             end_time: Some(t30),
             request_id: Some("req-1".into()),
             min_level: Some(Level::Info),
+            policy_name: None,
+        },
+        EventFilter {
+            policy_name: Some("policy-1".into()),
+            ..Default::default()
         },
     ]
 }

@@ -383,7 +383,10 @@ impl Conditions {
             c.push("level_rank >= ?", level.rank());
         }
         if let Some(policy) = &filter.policy_name {
-            c.push("json_extract(metadata, '$.policy_name') = ?", policy.clone());
+            c.push(
+                "json_extract(metadata, '$.policy_name') = ?",
+                policy.clone(),
+            );
         }
         c
     }

@@ -23,7 +23,12 @@ fn digits_only(s: &str) -> String {
 async fn pci_pack_blocks_a_card_in_the_prompt_before_upstream() {
     let mock = MockUpstream::start().await;
     let tmp = tempfile::tempdir().unwrap();
-    let proxy = TestProxy::start_in(&mock.url(), tmp.path(), &[("LLM_AUDIT_PROXY_POLICY_PACKS", "pci")]).await;
+    let proxy = TestProxy::start_in(
+        &mock.url(),
+        tmp.path(),
+        &[("LLM_AUDIT_PROXY_POLICY_PACKS", "pci")],
+    )
+    .await;
     let resp = proxy
         .http
         .post(proxy.url("/v1/chat/completions"))
@@ -37,41 +42,65 @@ async fn pci_pack_blocks_a_card_in_the_prompt_before_upstream() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "policy_violation");
     assert_eq!(body["error"]["policy"], "pci-card-block");
-    assert!(body["error"]["message"].as_str().unwrap().contains("pci-card-block"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("pci-card-block"));
     assert!(!body.to_string().contains("4111"));
     assert_eq!(mock.calls(), 0, "the request never reached upstream");
 
     let events = proxy.call_events("pci-1").await;
     let violation = events
         .iter()
-        .find(|e| e["event_type"] == "COMPLIANCE_VIOLATION" && e["metadata"]["policy_name"] == "pci-card-block")
+        .find(|e| {
+            e["event_type"] == "COMPLIANCE_VIOLATION"
+                && e["metadata"]["policy_name"] == "pci-card-block"
+        })
         .unwrap();
     assert_eq!(violation["metadata"]["action"], "block");
     assert_eq!(violation["metadata"]["direction"], "request");
     assert_eq!(violation["metadata"]["severity"], "HIGH");
     assert_eq!(violation["level"], "ERROR");
     assert_eq!(violation["metadata"]["result"], false);
-    assert_eq!(violation["metadata"]["findings"], json!([{"entity_type": "CREDIT_CARD", "count": 1}]));
+    assert_eq!(
+        violation["metadata"]["findings"],
+        json!([{"entity_type": "CREDIT_CARD", "count": 1}])
+    );
     let response = of_type(&events, "RESPONSE");
     assert_eq!(response["metadata"]["outcome"], "blocked");
     assert_eq!(response["metadata"]["blocked_by"], "pci-card-block");
     assert_eq!(response["metadata"]["status"], 400);
 
-    let (_, filtered) = proxy.admin_get("/api/events?event_type=COMPLIANCE_VIOLATION&policy_name=pci-card-block").await;
+    let (_, filtered) = proxy
+        .admin_get("/api/events?event_type=COMPLIANCE_VIOLATION&policy_name=pci-card-block")
+        .await;
     assert!(!filtered["events"].as_array().unwrap().is_empty());
     let (_, stats) = proxy.admin_get("/api/stats").await;
-    assert!(stats["violations_by_policy"]["pci-card-block"].as_u64().unwrap() >= 1);
+    assert!(
+        stats["violations_by_policy"]["pci-card-block"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
     assert!(stats["violations_by_severity"]["HIGH"].as_u64().unwrap() >= 1);
     proxy.stop().await;
     let raw = raw_store(tmp.path());
-    assert!(!digits_only(&raw).contains("4111111111111111"), "the card number reached the store");
+    assert!(
+        !digits_only(&raw).contains("4111111111111111"),
+        "the card number reached the store"
+    );
 }
 
 #[tokio::test]
 async fn a_streamed_card_number_is_cut_off() {
     let mock = MockUpstream::start().await;
     let tmp = tempfile::tempdir().unwrap();
-    let proxy = TestProxy::start_in(&mock.url(), tmp.path(), &[("LLM_AUDIT_PROXY_POLICY_PACKS", "pci")]).await;
+    let proxy = TestProxy::start_in(
+        &mock.url(),
+        tmp.path(),
+        &[("LLM_AUDIT_PROXY_POLICY_PACKS", "pci")],
+    )
+    .await;
     let text = proxy
         .http
         .post(proxy.url("/v1/chat/completions"))
@@ -86,19 +115,38 @@ async fn a_streamed_card_number_is_cut_off() {
         .unwrap();
     assert!(text.contains("policy_violation"), "{text}");
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
-    assert!(!text.contains("More text"), "the stream stopped at the violation: {text}");
+    assert!(
+        !text.contains("More text"),
+        "the stream stopped at the violation: {text}"
+    );
     let content: String = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect();
-    assert!(!digits_only(&content).contains("4111111111111111"), "{content}");
+    assert!(
+        !digits_only(&content).contains("4111111111111111"),
+        "{content}"
+    );
 
     let events = proxy.call_events("pci-stream").await;
     let response = of_type(&events, "RESPONSE");
     assert_eq!(response["metadata"]["outcome"], "blocked");
-    assert!(events.iter().any(|e| e["event_type"] == "COMPLIANCE_VIOLATION" && e["metadata"]["direction"] == "response"));
+    assert_eq!(response["metadata"]["blocked_by"], "pci-card-block");
+    let violations = proxy
+        .wait_events("request_id=pci-stream&event_type=COMPLIANCE_VIOLATION", 1)
+        .await;
+    let v = &violations[0]["metadata"];
+    assert_eq!(v["direction"], "response");
+    assert_eq!(
+        v["findings"],
+        json!([{"entity_type": "CREDIT_CARD", "count": 1}])
+    );
     proxy.stop().await;
     assert!(!digits_only(&raw_store(tmp.path())).contains("4111111111111111"));
 }
@@ -106,7 +154,8 @@ async fn a_streamed_card_number_is_cut_off() {
 #[tokio::test]
 async fn a_completion_with_a_card_is_replaced_by_an_error() {
     let mock = MockUpstream::start().await;
-    let proxy = TestProxy::start_with(&mock.url(), &[("LLM_AUDIT_PROXY_POLICY_PACKS", "pci")]).await;
+    let proxy =
+        TestProxy::start_with(&mock.url(), &[("LLM_AUDIT_PROXY_POLICY_PACKS", "pci")]).await;
     let resp = proxy
         .http
         .post(proxy.url("/v1/chat/completions"))
@@ -120,7 +169,10 @@ async fn a_completion_with_a_card_is_replaced_by_an_error() {
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["policy"], "pci-card-block");
-    assert!(mock.seen()[0].headers.get("accept-encoding").is_none(), "identity asked for, to inspect the answer");
+    assert!(
+        mock.seen()[0].headers.get("accept-encoding").is_none(),
+        "identity asked for, to inspect the answer"
+    );
     let events = proxy.call_events("pci-resp").await;
     let response = of_type(&events, "RESPONSE");
     assert_eq!(response["metadata"]["outcome"], "blocked");
@@ -137,7 +189,11 @@ async fn redact_and_log_policies_record_without_blocking() {
         {"name": "phones-stored", "detectors": ["phone"], "action": "redact"},
         {"name": "project-words", "keywords": ["Project Falcon"], "action": "log", "severity": "MEDIUM"}
     ]);
-    let proxy = TestProxy::start_with(&mock.url(), &[("LLM_AUDIT_PROXY_POLICIES", &policies.to_string())]).await;
+    let proxy = TestProxy::start_with(
+        &mock.url(),
+        &[("LLM_AUDIT_PROXY_POLICIES", &policies.to_string())],
+    )
+    .await;
     let prompt = "Mail jane.doe@example.com or call +1 415-555-0132 about project falcon.";
     let resp = proxy
         .http
@@ -152,24 +208,45 @@ async fn redact_and_log_policies_record_without_blocking() {
     let sent: Value = serde_json::from_slice(&seen.body).unwrap();
     let sent_prompt = sent["messages"][0]["content"].as_str().unwrap();
     assert!(sent_prompt.contains("[REDACTED:EMAIL]"), "{sent_prompt}");
-    assert!(sent_prompt.contains("+1 415-555-0132"), "only the stored copy loses the phone: {sent_prompt}");
+    assert!(
+        sent_prompt.contains("+1 415-555-0132"),
+        "only the stored copy loses the phone: {sent_prompt}"
+    );
     assert_eq!(seen.headers["content-length"], seen.body.len().to_string());
 
     let events = proxy.call_events("redact-1").await;
-    let stored = of_type(&events, "REQUEST")["metadata"]["request_data"]["messages"][0]["content"].as_str().unwrap().to_owned();
-    assert!(stored.contains("[REDACTED:EMAIL]") && stored.contains("[REDACTED:PHONE]"), "{stored}");
-    assert!(stored.contains("project falcon"), "log policies do not redact");
+    let stored = of_type(&events, "REQUEST")["metadata"]["request_data"]["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        stored.contains("[REDACTED:EMAIL]") && stored.contains("[REDACTED:PHONE]"),
+        "{stored}"
+    );
+    assert!(
+        stored.contains("project falcon"),
+        "log policies do not redact"
+    );
     let violations: Vec<&str> = events
         .iter()
         .filter(|e| e["event_type"] == "COMPLIANCE_VIOLATION")
         .map(|e| e["metadata"]["policy_name"].as_str().unwrap())
         .collect();
     for name in ["emails-out", "phones-stored", "project-words"] {
-        assert!(violations.contains(&name), "{name} missing from {violations:?}");
+        assert!(
+            violations.contains(&name),
+            "{name} missing from {violations:?}"
+        );
     }
-    let checks = events.iter().filter(|e| e["event_type"] == "COMPLIANCE_CHECK").count();
+    let checks = events
+        .iter()
+        .filter(|e| e["event_type"] == "COMPLIANCE_CHECK")
+        .count();
     assert!(checks >= 1, "the response side passed and is recorded");
-    assert_eq!(of_type(&events, "RESPONSE")["metadata"]["outcome"], "completed");
+    assert_eq!(
+        of_type(&events, "RESPONSE")["metadata"]["outcome"],
+        "completed"
+    );
     proxy.stop().await;
 }
 
@@ -178,12 +255,19 @@ async fn bad_policies_fail_startup_naming_the_key() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_llm-audit-proxy"))
         .args(["check-config", "/dev/null"])
         .env("LLM_AUDIT_PROXY_POLICY_PACKS", "pci,no-such-pack")
-        .env("LLM_AUDIT_PROXY_POLICIES", r#"[{"name": "x", "detectors": ["credit_cards"]}, {"name": "y", "patterns": ["("]}]"#)
+        .env(
+            "LLM_AUDIT_PROXY_POLICIES",
+            r#"[{"name": "x", "detectors": ["credit_cards"]}, {"name": "y", "patterns": ["("]}]"#,
+        )
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for key in ["policy_packs[1]", "policies[0].detectors", "policies[1].patterns[0]"] {
+    for key in [
+        "policy_packs[1]",
+        "policies[0].detectors",
+        "policies[1].patterns[0]",
+    ] {
         assert!(stderr.contains(key), "{key} missing from {stderr}");
     }
 }
