@@ -135,7 +135,8 @@ fn chat_body(size: usize, stream: bool) -> Bytes {
         r#"{{"stream":{stream},"model":"gpt-4o-mini","temperature":0.2,"max_tokens":256,"messages":[{{"role":"system","content":"You are a helpful support assistant for ACME. Answer briefly."}},{{"role":"user","content":"Hi, I am Jane Doe (jane.doe@example.com, +1 415 555 0100). My old key sk-proj-AbCdEfGhIjKlMnOpQrStUvWx0123456789 leaked. "#
     );
     let tail = r#""}]}"#;
-    let words = "Please summarise the attached ticket history and suggest the next step for the customer. ";
+    let words =
+        "Please summarise the attached ticket history and suggest the next step for the customer. ";
     let mut s = String::with_capacity(size + 128);
     s.push_str(&head);
     while s.len() + tail.len() < size {
@@ -150,7 +151,10 @@ fn request(o: &Opts, body: &Bytes) -> Request<Full<Bytes>> {
     let mut b = Request::post(o.path.as_str())
         .header("host", o.addr.to_string())
         .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-bench-not-a-real-key-000000000000");
+        .header(
+            "authorization",
+            "Bearer sk-bench-not-a-real-key-000000000000",
+        );
     if o.chunk_delay_ms > 0 {
         b = b.header("x-mock-chunk-delay-ms", o.chunk_delay_ms.to_string());
     }
@@ -160,7 +164,13 @@ fn request(o: &Opts, body: &Bytes) -> Request<Full<Bytes>> {
 /// Sends one call and reads its body to the end, recording into `s`.
 /// `origin` is when the call counts as started (the scheduled time in
 /// open-loop mode).
-async fn one_call(o: &Opts, sender: &mut Sender, body: &Bytes, origin: Instant, s: &mut Samples) -> bool {
+async fn one_call(
+    o: &Opts,
+    sender: &mut Sender,
+    body: &Bytes,
+    origin: Instant,
+    s: &mut Samples,
+) -> bool {
     if sender.ready().await.is_err() {
         s.errors += 1;
         return false;
@@ -248,7 +258,9 @@ async fn run_load(o: &Opts) -> String {
                         }
                     }
                 }
-                let Some(conn) = sender.as_mut() else { continue };
+                let Some(conn) = sender.as_mut() else {
+                    continue;
+                };
                 if !one_call(&o, conn, &body, origin, &mut s).await {
                     sender = None;
                 }
@@ -314,12 +326,16 @@ async fn run_hold(o: &Opts) -> String {
         let sent = sent.clone();
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let Ok(mut conn) = connect(o.addr).await else { return };
+            let Ok(mut conn) = connect(o.addr).await else {
+                return;
+            };
             if conn.ready().await.is_err() {
                 return;
             }
             sent.fetch_add(1, Ordering::Relaxed);
-            let Ok(resp) = conn.send_request(request(&o, &body)).await else { return };
+            let Ok(resp) = conn.send_request(request(&o, &body)).await else {
+                return;
+            };
             let mut body = resp.into_body();
             let mut first = true;
             loop {

@@ -13,7 +13,6 @@
 
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     clippy::print_stdout,
     clippy::disallowed_methods,
     reason = "benchmark tool: a failed step should stop it loudly, and it spawns plain tasks"
@@ -55,10 +54,7 @@ async fn main() {
         }
     }
     let listener = TcpListener::bind(&listen).await.unwrap();
-    println!(
-        "{{\"listen\":\"{}\"}}",
-        listener.local_addr().unwrap()
-    );
+    println!("{{\"listen\":\"{}\"}}", listener.local_addr().unwrap());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -73,7 +69,10 @@ async fn main() {
     }
 }
 
-async fn handle(req: Request<Incoming>, default_delay: u64) -> Result<Response<BoxBody>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    default_delay: u64,
+) -> Result<Response<BoxBody>, Infallible> {
     let delay_ms = req
         .headers()
         .get("x-mock-chunk-delay-ms")
