@@ -34,6 +34,7 @@ fi
 : "${TARGETS:=direct nginx audit-off sqlite file sqlite-policies}"
 : "${POLICY_TOML:=policy_packs = [\"pii-basic\", \"secrets\"]}"
 : "${SKIP_STORE:=0}"
+: "${QUERY_MAX_SECS:=120}"    # time cap per query kind on the generated store
 # Diagnostics of the proxy (one access line per call by default) go to a
 # file; set PROXY_RUST_LOG to change their verbosity, e.g. "warn".
 : "${PROXY_RUST_LOG:=}"
@@ -356,7 +357,7 @@ if [[ "$SKIP_STORE" != 1 ]]; then
     while IFS= read -r line; do
         raw "$line"
     done < <("$STORE_BENCH" measure --admin "$ADMIN" --events "$STORE_EVENTS" \
-        --base "$base" --pid "$TARGET_PID" --queries "$QUERIES")
+        --base "$base" --pid "$TARGET_PID" --queries "$QUERIES" --max-secs "$QUERY_MAX_SECS")
     stop_target
 fi
 

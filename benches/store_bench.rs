@@ -12,7 +12,8 @@
 //!   `serve` on that store, the p50/p99 of Q filtered queries of each kind
 //!   (RESPONSE in a random one-hour window, limit 100; one random
 //!   request_id), then each export format read to the end, with events/s,
-//!   MB/s and the server's RSS around it. Prints one JSON line per figure.
+//!   MB/s and the server's RSS around it. Each query kind stops early after
+//!   `--max-secs` (120). Prints one JSON line per figure.
 
 #![expect(
     clippy::unwrap_used,
@@ -58,6 +59,8 @@ async fn main() {
     let mut pid: u32 = 0;
     let mut queries: usize = 1000;
     let mut base: Option<DateTime<Utc>> = None;
+    // Keeps the whole run bounded even when a query kind is slow.
+    let mut max_secs: f64 = 120.0;
     while let Some(arg) = args.next() {
         let val = args.next().unwrap_or_default();
         match arg.as_str() {
@@ -66,6 +69,7 @@ async fn main() {
             "--admin" => admin = val.parse().unwrap(),
             "--pid" => pid = val.parse().unwrap(),
             "--queries" => queries = val.parse().unwrap(),
+            "--max-secs" => max_secs = val.parse().unwrap(),
             "--base" => base = Some(parse_timestamp(&val).expect("--base RFC 3339")),
             other => {
                 eprintln!("store_bench: unknown argument {other}");
@@ -75,7 +79,7 @@ async fn main() {
     }
     match cmd.as_str() {
         "generate" => generate(dir, events).await,
-        "measure" => measure(admin, events, base.expect("--base"), pid, queries).await,
+        "measure" => measure(admin, events, base.expect("--base"), pid, queries, max_secs).await,
         _ => {
             eprintln!("usage: store_bench generate|measure [options]");
             std::process::exit(64);
@@ -218,7 +222,14 @@ async fn get(sender: &mut Sender, addr: SocketAddr, path: &str) -> (u16, Bytes) 
     (status, body)
 }
 
-async fn measure(admin: SocketAddr, events: u64, base: DateTime<Utc>, pid: u32, queries: usize) {
+async fn measure(
+    admin: SocketAddr,
+    events: u64,
+    base: DateTime<Utc>,
+    pid: u32,
+    queries: usize,
+    max_secs: f64,
+) {
     let mut sender = connect(admin).await.unwrap();
     let calls = events.div_ceil(2).max(1);
     let span_ms = calls as i64 * CALL_SPACING_MS;
@@ -228,7 +239,11 @@ async fn measure(admin: SocketAddr, events: u64, base: DateTime<Utc>, pid: u32, 
     // Type + one-hour time range + limit 100.
     let mut lat = Vec::with_capacity(queries);
     let mut found = 0u64;
+    let began = Instant::now();
     for _ in 0..queries {
+        if began.elapsed().as_secs_f64() > max_secs {
+            break;
+        }
         let window = 3_600_000.min(span_ms);
         let from = rng.below((span_ms - window).max(1) as u64) as i64;
         let start = base + chrono::Duration::milliseconds(from);
@@ -247,14 +262,18 @@ async fn measure(admin: SocketAddr, events: u64, base: DateTime<Utc>, pid: u32, 
     lat.sort_unstable();
     println!(
         "{}",
-        json!({"store": "query_type_time", "queries": queries, "nonempty": found,
+        json!({"store": "query_type_time", "queries": lat.len(), "nonempty": found,
                "p50_ms": ms(percentile(&lat, 50.0)), "p99_ms": ms(percentile(&lat, 99.0))})
     );
 
     // One call's events by request_id.
     let mut lat = Vec::with_capacity(queries);
     let mut hits = 0u64;
+    let began = Instant::now();
     for _ in 0..queries {
+        if began.elapsed().as_secs_f64() > max_secs {
+            break;
+        }
         let rid = format!("bench-{:08}", rng.below(calls));
         let path = format!("/api/events?request_id={rid}");
         let t = Instant::now();
@@ -266,7 +285,7 @@ async fn measure(admin: SocketAddr, events: u64, base: DateTime<Utc>, pid: u32, 
     lat.sort_unstable();
     println!(
         "{}",
-        json!({"store": "query_request_id", "queries": queries, "hits": hits,
+        json!({"store": "query_request_id", "queries": lat.len(), "hits": hits,
                "p50_ms": ms(percentile(&lat, 50.0)), "p99_ms": ms(percentile(&lat, 99.0))})
     );
     drop(sender);
