@@ -267,10 +267,15 @@ measure_target() {
     fi
     raw "{\"label\":\"$name/cpu\",\"cpu_ms\":$((c1 - c0))}"
 
+    # Each phase starts with an empty queue, so it is not timed while the
+    # writer still stores the previous phase's backlog.
+    [[ -n "$ADMIN" ]] && drain "$ADMIN"
     raw "$(loadgen --mode rate --rate "$RATE" --conns "$RATE_CONNS" --duration "$RATE_DURATION" --label "$name/rate")"
     for s in $BODY_SIZES; do
+        [[ -n "$ADMIN" ]] && drain "$ADMIN"
         raw "$(loadgen --mode closed --conns "$BODY_CONNS" --duration "$BODY_DURATION" --body "$s" --label "$name/body-$s")"
     done
+    [[ -n "$ADMIN" ]] && drain "$ADMIN"
     raw "$(loadgen --mode closed --conns "$STREAM_CONNS" --duration "$STREAM_DURATION" --stream \
         --chunk-delay-ms "$STREAM_DELAY_MS" --label "$name/stream")"
 
