@@ -1,0 +1,375 @@
+#!/usr/bin/env bash
+# Overhead benchmark: the same load, on loopback, against a fast mock
+# OpenAI upstream directly, through nginx (when installed) and through
+# llm-audit-proxy with auditing off, with the sqlite store, with the file
+# store and with sqlite plus policy packs; then store figures on a generated
+# SQLite store. Prints a markdown table and writes bench/results/latest.md
+# and the raw JSON lines to bench/results/latest.jsonl.
+#
+#   bash bench/run.sh            # full run, about 15 minutes on 2 cores
+#   QUICK=1 bash bench/run.sh    # about 2 minutes, for a smoke test
+#
+# Every duration and size below can be set from the environment. Needs
+# cargo, python3 (for the report) and optionally nginx.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+if [[ "${QUICK:-0}" == 1 ]]; then
+    : "${DURATION:=2}" "${RUNS:=1}" "${RATE_DURATION:=3}" "${BODY_DURATION:=2}"
+    : "${STREAM_DURATION:=3}" "${STORE_EVENTS:=100000}" "${QUERIES:=200}"
+else
+    : "${DURATION:=10}" "${RUNS:=3}" "${RATE_DURATION:=10}" "${BODY_DURATION:=5}"
+    : "${STREAM_DURATION:=10}" "${STORE_EVENTS:=1000000}" "${QUERIES:=1000}"
+fi
+: "${CONNS:=64}"              # connections for throughput at saturation
+: "${RATE:=1000}"             # calls/s of the fixed-rate latency run
+: "${RATE_CONNS:=64}"
+: "${BODY_CONNS:=16}"         # connections for the 1 KB / 64 KB / 1 MB runs
+: "${BODY_SIZES:=1024 65536 1048576}"
+: "${STREAM_CONNS:=16}"
+: "${STREAM_DELAY_MS:=10}"    # mock's pause between SSE chunks (streaming run)
+: "${HOLD_STREAMS:=1000}"     # concurrent open streams for the RSS figure
+: "${HOLD_DELAY_MS:=1000}"    # keeps those streams open for ~20 s
+: "${TARGETS:=direct nginx audit-off sqlite file sqlite-policies}"
+: "${POLICY_TOML:=policy_packs = [\"pii-basic\", \"secrets\"]}"
+: "${SKIP_STORE:=0}"
+: "${QUERY_MAX_SECS:=120}"    # time cap per query kind on the generated store
+# Diagnostics of the proxy (one access line per call by default) go to a
+# file; set PROXY_RUST_LOG to change their verbosity, e.g. "warn".
+: "${PROXY_RUST_LOG:=}"
+
+OUT=$ROOT/bench/results
+mkdir -p "$OUT"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/llm-audit-bench.XXXXXX")
+RAW=$WORK/raw.jsonl
+: >"$RAW"
+PIDS=()
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+raw() { printf '%s\n' "$1" | tee -a "$RAW" >&2; }
+
+# --- build -------------------------------------------------------------------
+log "Building the proxy and the benchmark tools (release)."
+cargo build --release --locked --bin llm-audit-proxy \
+    --bench mock_upstream --bench loadgen --bench store_bench \
+    --message-format=json-render-diagnostics >"$WORK/build.json"
+exe() {
+    python3 - "$1" "$WORK/build.json" <<'EOF'
+import json, sys
+name, path = sys.argv[1], sys.argv[2]
+for line in open(path):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == name and m.get("executable"):
+        exe = m["executable"]
+print(exe)
+EOF
+}
+PROXY=$ROOT/target/release/llm-audit-proxy
+MOCK=$(exe mock_upstream)
+LOADGEN=$(exe loadgen)
+STORE_BENCH=$(exe store_bench)
+
+# 1,000 open streams need ~3,000 descriptors across the processes.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+CLK_TCK=$(getconf CLK_TCK)
+
+# --- helpers -----------------------------------------------------------------
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until FILE has a line matching PATTERN; prints it.
+wait_line() {
+    local file=$1 pattern=$2 i
+    for i in $(seq 200); do
+        if grep -m1 -- "$pattern" "$file" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "Timed out waiting for '$pattern' in $file:"
+    tail -5 "$file" >&2
+    return 1
+}
+
+# The process and its direct children (nginx's workers).
+tree_pids() { echo "$1"; pgrep -P "$1" || true; }
+
+# utime+stime of a process tree, in milliseconds.
+cpu_ms() {
+    local total=0 pid t
+    for pid in $(tree_pids "$1"); do
+        t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') || t=0
+        total=$((total + ${t:-0}))
+    done
+    echo $((total * 1000 / CLK_TCK))
+}
+
+metric() { # ADMIN NAME
+    curl -sf "http://$1/metrics" | awk -v n="llm_audit_proxy_$2" '$1 == n {print $2}'
+}
+
+# Waits until every event offered to the writer's queue has been written,
+# dropped or given up on (pipeline counters of /api/stats), so the stored
+# count can be compared with the calls made. The queue_depth gauge is not
+# used: it can stay above zero after a race between offer and writer.
+drain() {
+    local admin=$1 i
+    for i in $(seq 300); do
+        if curl -sf "http://$admin/api/stats" | python3 -c '
+import json, sys
+p = json.load(sys.stdin).get("pipeline") or {}
+sys.exit(0 if p.get("offered", 0) <= p.get("written", 0) + p.get("dropped", 0) + p.get("lost", 0) else 1)'; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    log "Queue did not drain within 60 s."
+}
+
+loadgen() { "$LOADGEN" --addr "$ADDR" "$@"; }
+
+start_mock() {
+    "$MOCK" --listen 127.0.0.1:0 >"$WORK/mock.out" 2>&1 &
+    MOCK_PID=$!
+    PIDS+=("$MOCK_PID")
+    MOCK_ADDR=$(wait_line "$WORK/mock.out" listen | sed 's/.*"listen":"\([^"]*\)".*/\1/')
+}
+
+start_nginx() {
+    local dir=$WORK/nginx port
+    port=$(free_port)
+    mkdir -p "$dir/tmp"
+    chmod 0777 "$dir/tmp"
+    chmod 0755 "$WORK" "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+# Plain reverse proxy: one worker, keep-alive to the upstream, no logs,
+# bodies streamed both ways (as llm-audit-proxy does).
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    client_max_body_size 0;
+    keepalive_requests 1000000;
+    upstream mock {
+        server $MOCK_ADDR;
+        keepalive 256;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }
+    }
+}
+EOF
+    nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" &
+    TARGET_PID=$!
+    PIDS+=("$TARGET_PID")
+    ADDR=127.0.0.1:$port
+    ADMIN=
+    local i
+    for i in $(seq 100); do
+        if curl -sf -o /dev/null -X POST -d '{}' "http://$ADDR/v1/chat/completions"; then
+            break
+        fi
+        sleep 0.1
+    done
+    # Memory is the worker's; CPU counts master and worker.
+    RSS_PID=$(pgrep -P "$TARGET_PID" | head -1)
+}
+
+start_proxy() { # NAME [ENV=VALUE ...] -- [FLAG ...]
+    local name=$1 envs=() line
+    shift
+    while [[ $# -gt 0 && "$1" != -- ]]; do
+        envs+=("$1")
+        shift
+    done
+    shift || true
+    local logf=$WORK/$name.log
+    STORE_DIR=${FORCE_STORE_DIR:-$WORK/$name-store}
+    env ${PROXY_RUST_LOG:+RUST_LOG=$PROXY_RUST_LOG} "${envs[@]}" "$PROXY" serve \
+        --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+        --upstream "http://$MOCK_ADDR" --file-path "$STORE_DIR" \
+        --shutdown-grace 5 --log-format json "$@" 2>"$logf" &
+    TARGET_PID=$!
+    RSS_PID=$TARGET_PID
+    PIDS+=("$TARGET_PID")
+    line=$(wait_line "$logf" '"Audit proxy listening."')
+    ADDR=$(sed 's/.*"proxy":"\([^"]*\)".*/\1/' <<<"$line")
+    ADMIN=$(sed 's/.*"admin":"\([^"]*\)".*/\1/' <<<"$line")
+}
+
+stop_target() {
+    kill -TERM "$TARGET_PID" 2>/dev/null || true
+    wait "$TARGET_PID" 2>/dev/null || true
+}
+
+# Runs every load against the started target, tagging each line NAME/phase.
+measure_target() {
+    local name=$1 calls=0 out i s
+    local count_calls='import json,sys; print(sum(json.loads(l).get("sent",0) for l in sys.stdin if l.strip()))'
+
+    # Memory first, on a fresh process: VmHWM then holds startup plus the
+    # open streams, not the 1 MB bodies of later phases.
+    if [[ -n "$RSS_PID" ]]; then
+        out=$(loadgen --mode hold --streams "$HOLD_STREAMS" --chunk-delay-ms "$HOLD_DELAY_MS" \
+            --pid "$RSS_PID" --label "$name/hold")
+        raw "$out"
+    fi
+
+    local w0 t0 c0 c1 w1 t1 d0
+    [[ -n "$ADMIN" ]] && { drain "$ADMIN"; w0=$(metric "$ADMIN" events_written_total); d0=$(metric "$ADMIN" events_dropped_total); }
+    c0=$(cpu_ms "$TARGET_PID")
+    t0=$(date +%s.%N)
+    for i in $(seq "$RUNS"); do
+        raw "$(loadgen --mode closed --conns "$CONNS" --duration "$DURATION" --label "$name/saturation")"
+    done
+    c1=$(cpu_ms "$TARGET_PID")
+    if [[ -n "$ADMIN" ]]; then
+        drain "$ADMIN"
+        t1=$(date +%s.%N)
+        w1=$(metric "$ADMIN" events_written_total)
+        # Store size per event now, while it holds 1 KB calls only (the
+        # 1 MB bodies of later phases are stored up to the capture cap).
+        local sb total
+        sb=$(du -sb "$STORE_DIR" | cut -f1)
+        total=$(curl -sf "http://$ADMIN/api/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("total_events",0))')
+        raw "{\"label\":\"$name/writer\",\"store_bytes\":$sb,\"total_events\":$total,\"events_written\":$((w1 - w0)),\"events_dropped\":$(( $(metric "$ADMIN" events_dropped_total) - d0 )),\"secs\":$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')}"
+    fi
+    raw "{\"label\":\"$name/cpu\",\"cpu_ms\":$((c1 - c0))}"
+
+    # Each phase starts with an empty queue, so it is not timed while the
+    # writer still stores the previous phase's backlog.
+    [[ -n "$ADMIN" ]] && drain "$ADMIN"
+    raw "$(loadgen --mode rate --rate "$RATE" --conns "$RATE_CONNS" --duration "$RATE_DURATION" --label "$name/rate")"
+    for s in $BODY_SIZES; do
+        [[ -n "$ADMIN" ]] && drain "$ADMIN"
+        raw "$(loadgen --mode closed --conns "$BODY_CONNS" --duration "$BODY_DURATION" --body "$s" --label "$name/body-$s")"
+    done
+    [[ -n "$ADMIN" ]] && drain "$ADMIN"
+    raw "$(loadgen --mode closed --conns "$STREAM_CONNS" --duration "$STREAM_DURATION" --stream \
+        --chunk-delay-ms "$STREAM_DELAY_MS" --label "$name/stream")"
+
+    if [[ -n "$ADMIN" ]]; then
+        drain "$ADMIN"
+        calls=$(grep "\"label\":\"$name/" "$RAW" | python3 -c "$count_calls")
+        local stats bytes
+        stats=$(curl -sf "http://$ADMIN/api/stats")
+        bytes=$(du -sb "$STORE_DIR" | cut -f1)
+        raw "$(python3 -c '
+import json, sys
+name, calls, nbytes, stats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+by = stats.get("by_type", {})
+stored = by.get("REQUEST", 0) + by.get("RESPONSE", 0)
+total = stats.get("total_events", 0)
+print(json.dumps({"label": name + "/store", "calls": calls, "stored_req_resp": stored,
+    "lost": calls * 2 - stored if total else None, "total_events": total, "store_bytes": nbytes,
+    "bytes_per_event": nbytes / total if total else None, "pipeline": stats.get("pipeline")}))
+' "$name" "$calls" "$bytes" "$stats")"
+    fi
+}
+
+# --- targets -----------------------------------------------------------------
+start_mock
+log "Mock upstream on $MOCK_ADDR."
+
+for target in $TARGETS; do
+    ADMIN=
+    RSS_PID=
+    case $target in
+    direct)
+        ADDR=$MOCK_ADDR
+        TARGET_PID=$MOCK_PID
+        ;;
+    nginx)
+        if ! command -v nginx >/dev/null; then
+            log "nginx is not installed: skipping the nginx baseline (install it with 'apt-get install nginx-light')."
+            raw '{"label":"nginx/skipped","reason":"nginx not installed (apt-get install nginx-light)"}'
+            continue
+        fi
+        start_nginx
+        ;;
+    audit-off)
+        start_proxy "$target" LLM_AUDIT_PROXY_AUDIT_ENABLED=false
+        ADMIN= # nothing is recorded, so there is no event count to check
+        ;;
+    sqlite)
+        start_proxy "$target" -- --storage sqlite
+        ;;
+    file)
+        start_proxy "$target" -- --storage file
+        ;;
+    sqlite-policies)
+        printf '%s\n' "$POLICY_TOML" >"$WORK/policies.toml"
+        if ! "$PROXY" check-config "$WORK/policies.toml" >"$WORK/check.out" 2>&1; then
+            log "Skipping sqlite-policies: check-config rejects a configuration with policy packs:"
+            head -3 "$WORK/check.out" >&2
+            raw '{"label":"sqlite-policies/skipped","reason":"check-config rejects policy_packs (not wired yet)"}'
+            continue
+        fi
+        start_proxy "$target" -- --storage sqlite --config "$WORK/policies.toml"
+        ;;
+    *)
+        log "Unknown target $target."
+        exit 64
+        ;;
+    esac
+    log "Measuring $target on $ADDR."
+    measure_target "$target"
+    if [[ "$target" != direct ]]; then
+        stop_target
+    fi
+done
+
+# --- store figures -----------------------------------------------------------
+if [[ "$SKIP_STORE" != 1 ]]; then
+    log "Generating a SQLite store of $STORE_EVENTS events."
+    gen=$("$STORE_BENCH" generate --dir "$WORK/big-store" --events "$STORE_EVENTS")
+    raw "$gen"
+    base=$(sed 's/.*"base":"\([^"]*\)".*/\1/' <<<"$gen")
+    raw "{\"store\":\"size\",\"bytes\":$(du -sb "$WORK/big-store" | cut -f1)}"
+    FORCE_STORE_DIR=$WORK/big-store start_proxy big -- --storage sqlite
+    log "Querying and exporting it."
+    while IFS= read -r line; do
+        raw "$line"
+    done < <("$STORE_BENCH" measure --admin "$ADMIN" --events "$STORE_EVENTS" \
+        --base "$base" --pid "$TARGET_PID" --queries "$QUERIES" --max-secs "$QUERY_MAX_SECS")
+    stop_target
+fi
+
+# --- report ------------------------------------------------------------------
+MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)"
+cp "$RAW" "$OUT/latest.jsonl"
+python3 "$ROOT/bench/report.py" "$RAW" "$MACHINE" "QUICK=${QUICK:-0} RUNS=$RUNS DURATION=${DURATION}s CONNS=$CONNS RATE=$RATE" \
+    >"$OUT/latest.md"
+cat "$OUT/latest.md"
+log "Wrote bench/results/latest.md and bench/results/latest.jsonl."
