@@ -127,12 +127,13 @@ impl Handle {
         }
         self.prepare(&mut event);
         self.stats.offered.fetch_add(1, Ordering::Relaxed);
+        // Counted before sending: the writer may take the event (and count
+        // it out) before `try_send` even returns.
+        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(WriterMsg::Event(event)) {
-            Ok(()) => {
-                self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-                true
-            }
+            Ok(()) => true,
             Err(_) => {
+                self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     dropped_total = self.stats.dropped.load(Ordering::Relaxed),
@@ -156,15 +157,16 @@ impl Handle {
         self.prepare(&mut event);
         let (ack_tx, ack_rx) = oneshot::channel();
         self.stats.offered.fetch_add(1, Ordering::Relaxed);
+        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
         if self
             .tx
             .try_send(WriterMsg::EventAck(event, ack_tx))
             .is_err()
         {
+            self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return Err(SubmitError::QueueFull);
         }
-        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
         ack_rx.await.unwrap_or(Err(SubmitError::Closed))
     }
 
