@@ -132,7 +132,7 @@ fn parse_args() -> Opts {
 /// secret-shaped string so sanitising and policies have work to do.
 fn chat_body(size: usize, stream: bool) -> Bytes {
     let head = format!(
-        r#"{{"stream":{stream},"model":"gpt-4o-mini","temperature":0.2,"max_tokens":256,"messages":[{{"role":"system","content":"You are a helpful support assistant for ACME. Answer briefly."}},{{"role":"user","content":"Hi, I am Jane Doe (jane.doe@example.com, +1 415 555 0100). My old key sk-proj-AbCdEfGhIjKlMnOpQrStUvWx0123456789 leaked. "#
+        r#"{{"stream":{stream},"model":"gpt-4o-mini","temperature":0.2,"max_tokens":256,"messages":[{{"role":"system","content":"You are a helpful support assistant for ACME. Answer briefly."}},{{"role":"user","content":"Hi, I am Jane Doe (jane.doe@example.com, +1 415 555 0100). My account was locked. "#
     );
     let tail = r#""}]}"#;
     let words =

@@ -97,8 +97,8 @@ pub struct AuditConfig {
     pub memory_limit: usize,
     pub max_store_mb: u64,
     pub on_store_failure: FailMode,
-    /// Record a COMPLIANCE_CHECK for each policy a call passed (violations
-    /// are always recorded).
+    /// Record one COMPLIANCE_CHECK per call and direction listing the
+    /// policies that passed (violations are always recorded).
     pub record_compliance_checks: bool,
 }
 

@@ -115,7 +115,7 @@ pub(super) fn load(
                 _ => Err("must be fail_open or fail_closed".to_owned()),
             }
         }),
-        record_compliance_checks: l.get(keys::AUDIT_RECORD_COMPLIANCE_CHECKS, true, parse_bool),
+        record_compliance_checks: l.get(keys::AUDIT_RECORD_COMPLIANCE_CHECKS, false, parse_bool),
     };
     let queue = QueueConfig {
         capacity: l.get(keys::QUEUE_CAPACITY, 10_000, |r| {

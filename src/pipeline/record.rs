@@ -168,24 +168,54 @@ impl Recorder {
         self.offer_compliance(&info, &scan);
     }
 
-    /// COMPLIANCE_VIOLATION for each policy that found something, and
-    /// COMPLIANCE_CHECK for each that passed unless those are switched off.
+    /// A COMPLIANCE_VIOLATION for each policy that found something; with
+    /// `audit.record_compliance_checks`, one COMPLIANCE_CHECK listing the
+    /// policies that passed. (Every REQUEST and RESPONSE already lists the
+    /// policies checked, so passes cost no event by default: one event per
+    /// policy per call would outrun the store.)
     fn offer_compliance(&self, info: &CallInfo, scan: &Scan) {
+        let mut passed: Vec<&str> = Vec::new();
+        let mut direction = None;
         for verdict in &scan.verdicts {
-            if verdict.passed && !self.record_compliance_checks {
+            direction = Some(verdict.direction);
+            if verdict.passed {
+                passed.push(&verdict.policy_name);
                 continue;
             }
-            if !verdict.passed {
-                self.metrics
-                    .violations
-                    .get_or_create(&PolicyLabels {
-                        policy: verdict.policy_name.clone(),
-                        severity: verdict.severity.as_str().to_owned(),
-                    })
-                    .inc();
-            }
+            self.metrics
+                .violations
+                .get_or_create(&PolicyLabels {
+                    policy: verdict.policy_name.clone(),
+                    severity: verdict.severity.as_str().to_owned(),
+                })
+                .inc();
             self.handle
                 .offer(compliance_event(verdict, &info.request_id));
+        }
+        if let (true, false, Some(direction)) =
+            (self.record_compliance_checks, passed.is_empty(), direction)
+        {
+            self.handle.offer(
+                NewEvent::new(
+                    EventType::ComplianceCheck,
+                    format!(
+                        "{} polic{} passed ({}).",
+                        passed.len(),
+                        if passed.len() == 1 { "y" } else { "ies" },
+                        direction.as_str()
+                    ),
+                )
+                .with_request_id(info.request_id.clone())
+                .with_metadata(json!({
+                    "policy_name": passed.join(","),
+                    "policies": passed,
+                    "result": true,
+                    "severity": null,
+                    "action": null,
+                    "direction": direction.as_str(),
+                    "findings": [],
+                })),
+            );
         }
     }
 
@@ -212,6 +242,9 @@ impl Recorder {
             .scan;
         let path = redact_query(&info.path_and_query);
         let mut meta = Map::new();
+        if let Some(summary) = compliance_summary(&scan) {
+            meta.insert("compliance".into(), summary);
+        }
         meta.insert("provider".into(), json!(info.provider));
         meta.insert("operation".into(), json!(info.operation.name));
         meta.insert("method".into(), json!(info.method.as_str()));
@@ -415,6 +448,9 @@ impl Recorder {
                 no_upstream_answer(&mut meta, round_ms(ms(at)));
             }
         }
+        if let Some(summary) = compliance_summary(&scan) {
+            meta.insert("compliance".into(), summary);
+        }
         meta.insert("status".into(), json!(status));
         meta.insert("model".into(), json!(model));
         meta.insert("outcome".into(), json!(outcome_label));
@@ -537,6 +573,22 @@ impl CallRecord {
             });
         }
     }
+}
+
+/// Which policies looked at one side of a call, and which found
+/// something: the per-call evidence that the checks ran.
+fn compliance_summary(scan: &Scan) -> Option<Value> {
+    if scan.verdicts.is_empty() {
+        return None;
+    }
+    let names = |passed: bool| -> Vec<&str> {
+        scan.verdicts
+            .iter()
+            .filter(|v| v.passed == passed)
+            .map(|v| v.policy_name.as_str())
+            .collect()
+    };
+    Some(json!({"passed": names(true), "violated": names(false)}))
 }
 
 /// The RESPONSE fields of a call upstream never answered.

@@ -191,7 +191,10 @@ async fn redact_and_log_policies_record_without_blocking() {
     ]);
     let proxy = TestProxy::start_with(
         &mock.url(),
-        &[("LLM_AUDIT_PROXY_POLICIES", &policies.to_string())],
+        &[
+            ("LLM_AUDIT_PROXY_POLICIES", &policies.to_string()),
+            ("LLM_AUDIT_PROXY_RECORD_COMPLIANCE_CHECKS", "true"),
+        ],
     )
     .await;
     let prompt = "Mail jane.doe@example.com or call +1 415-555-0132 about project falcon.";
@@ -238,11 +241,20 @@ async fn redact_and_log_policies_record_without_blocking() {
             "{name} missing from {violations:?}"
         );
     }
-    let checks = events
-        .iter()
-        .filter(|e| e["event_type"] == "COMPLIANCE_CHECK")
-        .count();
-    assert!(checks >= 1, "the response side passed and is recorded");
+    let request = of_type(&events, "REQUEST");
+    assert_eq!(
+        request["metadata"]["compliance"]["violated"],
+        json!(["emails-out", "phones-stored", "project-words"])
+    );
+    let checks = proxy
+        .wait_events("request_id=redact-1&event_type=COMPLIANCE_CHECK", 1)
+        .await;
+    assert_eq!(checks.len(), 1, "one check event for the response side");
+    assert_eq!(checks[0]["metadata"]["direction"], "response");
+    assert_eq!(
+        checks[0]["metadata"]["policies"],
+        json!(["phones-stored", "project-words"])
+    );
     assert_eq!(
         of_type(&events, "RESPONSE")["metadata"]["outcome"],
         "completed"
