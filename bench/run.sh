@@ -333,7 +333,7 @@ for target in $TARGETS; do
         if ! "$PROXY" check-config "$WORK/policies.toml" >"$WORK/check.out" 2>&1; then
             log "Skipping sqlite-policies: check-config rejects a configuration with policy packs:"
             head -3 "$WORK/check.out" >&2
-            raw '{"label":"sqlite-policies/skipped","reason":"check-config rejects policy_packs (not wired yet)"}'
+            raw '{"label":"sqlite-policies/skipped","reason":"check-config rejected the policy configuration"}'
             continue
         fi
         start_proxy "$target" -- --storage sqlite --config "$WORK/policies.toml"
