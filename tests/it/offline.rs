@@ -4,13 +4,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use chrono::Duration as ChronoDuration;
-use llm_audit_proxy::event::chain::GENESIS_HASH;
 use llm_audit_proxy::event::{EventType, NewEvent};
-use llm_audit_proxy::store::sqlite::SqliteStore;
-use llm_audit_proxy::store::AuditStore;
 use serde_json::{json, Value};
 
-use crate::support::{MockUpstream, TestProxy};
+use crate::support::{append_to_store, MockUpstream, TestProxy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_llm-audit-proxy");
 
@@ -153,19 +150,14 @@ fn bad_flags_are_named() {
 
 /// Writes `n` chained events stamped `age` ago.
 async fn seed_old(dir: &Path, n: i64, age: ChronoDuration) {
-    let store = SqliteStore::open(dir).await.unwrap();
-    let head = store.head().await.unwrap();
-    let (mut seq, mut prev) = head.map_or((0, GENESIS_HASH.to_owned()), |h| (h.seq, h.hash));
-    let mut batch = Vec::new();
-    for i in 0..n {
-        seq += 1;
-        let mut e = NewEvent::new(EventType::Other("USER_ACTION".into()), format!("old {i}"));
-        e.timestamp = llm_audit_proxy::event::now() - age;
-        let sealed = e.seal(seq, &prev);
-        prev = sealed.hash.clone();
-        batch.push(sealed);
-    }
-    store.append_batch(batch.into()).await.unwrap();
+    let events = (0..n)
+        .map(|i| {
+            let mut e = NewEvent::new(EventType::Other("USER_ACTION".into()), format!("old {i}"));
+            e.timestamp = llm_audit_proxy::event::now() - age;
+            e
+        })
+        .collect();
+    append_to_store(dir, events).await;
 }
 
 #[tokio::test]

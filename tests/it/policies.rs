@@ -3,17 +3,9 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{of_type, MockUpstream, TestProxy};
+use crate::support::{of_type, raw_store, MockUpstream, TestProxy};
 
 const CARD: &str = "4111 1111 1111 1111";
-
-fn raw_store(dir: &std::path::Path) -> String {
-    let mut raw = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        raw.extend(std::fs::read(entry.unwrap().path()).unwrap());
-    }
-    String::from_utf8_lossy(&raw).into_owned()
-}
 
 fn digits_only(s: &str) -> String {
     s.chars().filter(char::is_ascii_digit).collect()

@@ -685,11 +685,7 @@ async fn events_survive_a_restart_and_no_credential_reaches_the_store_file() {
     assert_eq!(stopped, 1, "the first run recorded its shutdown");
     proxy.stop().await;
 
-    let mut raw = Vec::new();
-    for entry in std::fs::read_dir(tmp.path()).unwrap() {
-        raw.extend(std::fs::read(entry.unwrap().path()).unwrap());
-    }
-    let raw = String::from_utf8_lossy(&raw);
+    let raw = crate::support::raw_store(tmp.path());
     assert!(!raw.is_empty());
     for secret in [OPENAI_KEY, "xapikey-secret-0001"] {
         assert!(!raw.contains(secret), "{secret} found in the store");

@@ -4,29 +4,25 @@
 use std::path::Path;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use llm_audit_proxy::event::chain::GENESIS_HASH;
 use llm_audit_proxy::event::{format_timestamp, EventType, Level, NewEvent};
-use llm_audit_proxy::store::sqlite::SqliteStore;
-use llm_audit_proxy::store::AuditStore;
 use serde_json::{json, Value};
 
-use crate::support::{dead_address, MockUpstream, TestProxy};
+use crate::support::{append_to_store, dead_address, MockUpstream, TestProxy};
 
 /// Writes events of the given types and times, chained, into a new store.
 async fn seed(dir: &Path, events: &[(EventType, Level, DateTime<Utc>)]) {
-    let store = SqliteStore::open(dir).await.unwrap();
-    let mut prev = GENESIS_HASH.to_owned();
-    let mut batch = Vec::new();
-    for (i, (t, level, at)) in events.iter().enumerate() {
-        let mut e = NewEvent::new(t.clone(), format!("seeded {i}"))
-            .with_level(*level)
-            .with_metadata(json!({"policy_name": "pci", "i": i}));
-        e.timestamp = *at;
-        let sealed = e.seal(i as i64 + 1, &prev);
-        prev = sealed.hash.clone();
-        batch.push(sealed);
-    }
-    store.append_batch(batch.into()).await.unwrap();
+    let events = events
+        .iter()
+        .enumerate()
+        .map(|(i, (t, level, at))| {
+            let mut e = NewEvent::new(t.clone(), format!("seeded {i}"))
+                .with_level(*level)
+                .with_metadata(json!({"policy_name": "pci", "i": i}));
+            e.timestamp = *at;
+            e
+        })
+        .collect();
+    append_to_store(dir, events).await;
 }
 
 #[tokio::test]

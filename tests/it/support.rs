@@ -141,3 +141,34 @@ pub async fn dead_address() -> String {
     drop(l);
     format!("http://{addr}")
 }
+
+/// Appends `events` to the SQLite store in `dir`, chained after its head,
+/// as the writer would (for stores with events of chosen times and types).
+pub async fn append_to_store(dir: &Path, events: Vec<llm_audit_proxy::event::NewEvent>) {
+    use llm_audit_proxy::store::AuditStore;
+    let store = llm_audit_proxy::store::sqlite::SqliteStore::open(dir)
+        .await
+        .unwrap();
+    let head = store.head().await.unwrap();
+    let (mut seq, mut prev) = head.map_or(
+        (0, llm_audit_proxy::event::chain::GENESIS_HASH.to_owned()),
+        |h| (h.seq, h.hash),
+    );
+    let mut batch = Vec::new();
+    for event in events {
+        seq += 1;
+        let sealed = event.seal(seq, &prev);
+        prev = sealed.hash.clone();
+        batch.push(sealed);
+    }
+    store.append_batch(batch.into()).await.unwrap();
+}
+
+/// Every byte of every file in a store folder, as text.
+pub fn raw_store(dir: &Path) -> String {
+    let mut raw = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        raw.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    String::from_utf8_lossy(&raw).into_owned()
+}
