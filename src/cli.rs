@@ -112,7 +112,7 @@ pub struct ServeArgs {
     /// Address the app's calls arrive on [default: 127.0.0.1:8080]. [env: LLM_AUDIT_PROXY_LISTEN]
     #[arg(long)]
     pub listen: Option<String>,
-    /// Upstream base URL [default: https://api.openai.com]. [env: LLM_AUDIT_PROXY_UPSTREAM]
+    /// Upstream base URL [default: `https://api.openai.com`]. [env: LLM_AUDIT_PROXY_UPSTREAM]
     #[arg(long)]
     pub upstream: Option<String>,
     /// Admin API address [default: 127.0.0.1:9090]. [env: LLM_AUDIT_PROXY_ADMIN_LISTEN]

@@ -8,7 +8,12 @@
 //! events by the [`pipeline`], which offers them to a bounded queue. A single
 //! writer stamps `seq` and the hash chain ([`event::chain`]) and appends
 //! batches to the configured [`store`]. The [`admin`] listener queries and
-//! exports through the same store interface.
+//! exports through the same store interface, as do the [`offline`]
+//! commands. Compliance [`policy`] decisions that must hold a call back
+//! (request `block`, `redact_upstream`, response `block`) run in the proxy;
+//! everything else is recorded after the fact. [`config`] loads and checks
+//! the settings, [`app`] starts and stops the parts in order, and
+//! [`telemetry`] carries diagnostics and metrics.
 
 pub mod admin;
 pub mod app;

@@ -4,7 +4,7 @@
 //! A detector is data: a regex that finds candidates, an optional capture
 //! group that is the sensitive part, and an optional validator that sees the
 //! candidate in its surrounding text (look-around, checksums and ranges a
-//! regex cannot express) and may narrow it. [`ALL`] lists them in priority
+//! regex cannot express) and may narrow it. `ALL` lists them in priority
 //! order: where two built-in detectors claim overlapping text, the earlier
 //! one names it, so `Bearer sk-…` is an OpenAI key and a 15-digit card is not
 //! also a phone number.
