@@ -220,8 +220,12 @@ impl AuditStore for SqliteStore {
         if let Some(before) = query.before_seq {
             conditions.push("seq < ?", before);
         }
+        // The page's seqs first, then its rows: the inner query can then be
+        // answered from a covering index (type + time window) without
+        // reading every matching row only to sort it away.
         let sql = format!(
-            "SELECT {COLUMNS} FROM events{} ORDER BY seq DESC LIMIT ?",
+            "SELECT {COLUMNS} FROM events WHERE seq IN \
+             (SELECT seq FROM events{} ORDER BY seq DESC LIMIT ?) ORDER BY seq DESC",
             conditions.where_sql()
         );
         // One row more than asked tells whether another page exists.

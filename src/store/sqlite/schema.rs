@@ -48,6 +48,13 @@ const MIGRATIONS: &[Migration] = &[
     ),
     // 2: retention and the size cap shrink the file.
     Migration::IncrementalAutoVacuum,
+    // 3: type + time window queries. Without it, a page of one type in a
+    // past window walks `events_type_seq` from the newest row back to the
+    // window (seconds on a million events); with it the window is one
+    // covering range, sorted by `seq` under the LIMIT.
+    Migration::Sql(
+        "CREATE INDEX IF NOT EXISTS events_type_ts ON events (event_type, timestamp, seq);",
+    ),
 ];
 
 /// `PRAGMA auto_vacuum`'s value for INCREMENTAL.
