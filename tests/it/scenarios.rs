@@ -231,19 +231,29 @@ async fn start_records_system_and_configuration_with_masked_secrets() {
     let mock = MockUpstream::start().await;
     let token = "start-token-0123456789abcdef";
     let proxy = TestProxy::start_with(&mock.url(), &[("LLM_AUDIT_PROXY_ADMIN_TOKEN", token)]).await;
-    let r = proxy
-        .http
-        .get(format!(
-            "{}/api/events?event_type=SYSTEM,CONFIGURATION",
-            proxy.admin_url
-        ))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let text = r.text().await.unwrap();
+    // Start-up events are queued, not awaited: give the writer a moment.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (text, page) = loop {
+        let text = proxy
+            .http
+            .get(format!(
+                "{}/api/events?event_type=SYSTEM,CONFIGURATION",
+                proxy.admin_url
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let page: Value = serde_json::from_str(&text).unwrap();
+        if page["events"].as_array().unwrap().len() >= 2 || tokio::time::Instant::now() > deadline {
+            break (text, page);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert!(!text.contains(token));
-    let page: Value = serde_json::from_str(&text).unwrap();
     let events = page["events"].as_array().unwrap();
     let config = events
         .iter()
