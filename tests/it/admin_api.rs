@@ -9,9 +9,7 @@ async fn make_calls(proxy: &TestProxy, n: usize) {
     for i in 0..n {
         let stream = i % 2 == 1;
         proxy
-            .http
-            .post(proxy.url("/v1/chat/completions"))
-            .header("x-request-id", format!("adm-{i}"))
+        .post_call("/v1/chat/completions", format!("adm-{i}"))
             .json(&json!({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "=cmd|' /C calc'!A0"}]}))
             .send()
             .await

@@ -33,9 +33,7 @@ fn stdout_json(out: &Output) -> Value {
 async fn calls(proxy: &TestProxy, n: usize) {
     for i in 0..n {
         proxy
-            .http
-            .post(proxy.url("/v1/chat/completions"))
-            .header("x-request-id", format!("off-{i}"))
+            .post_call("/v1/chat/completions", format!("off-{i}"))
             .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
             .send()
             .await

@@ -22,9 +22,7 @@ async fn pci_pack_blocks_a_card_in_the_prompt_before_upstream() {
     )
     .await;
     let resp = proxy
-        .http
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-request-id", "pci-1")
+        .post_call("/v1/chat/completions", "pci-1")
         .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("Charge my card {CARD} please")}]}))
         .send()
         .await
@@ -94,9 +92,7 @@ async fn a_streamed_card_number_is_cut_off() {
     )
     .await;
     let text = proxy
-        .http
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-request-id", "pci-stream")
+        .post_call("/v1/chat/completions", "pci-stream")
         .header("x-mock-card", "1")
         .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "show my card"}]}))
         .send()
@@ -149,9 +145,7 @@ async fn a_completion_with_a_card_is_replaced_by_an_error() {
     let proxy =
         TestProxy::start_with(&mock.url(), &[("LLM_AUDIT_PROXY_POLICY_PACKS", "pci")]).await;
     let resp = proxy
-        .http
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-request-id", "pci-resp")
+        .post_call("/v1/chat/completions", "pci-resp")
         .header("x-mock-card", "1")
         .header("accept-encoding", "gzip")
         .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "show my card"}]}))
@@ -191,9 +185,7 @@ async fn redact_and_log_policies_record_without_blocking() {
     .await;
     let prompt = "Mail jane.doe@example.com or call +1 415-555-0132 about project falcon.";
     let resp = proxy
-        .http
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-request-id", "redact-1")
+        .post_call("/v1/chat/completions", "redact-1")
         .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}))
         .send()
         .await

@@ -104,9 +104,7 @@ async fn streamed_tool_calls_are_reassembled() {
     body["tools"] = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
     body["stream_options"] = json!({"include_usage": true});
     let resp = proxy
-        .http
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-request-id", "tools-1")
+        .post_call("/v1/chat/completions", "tools-1")
         .json(&body)
         .send()
         .await
@@ -150,9 +148,7 @@ async fn streamed_chat_text_and_usage_are_reassembled() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url()).await;
     let resp = proxy
-        .http
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-request-id", "stream-1")
+        .post_call("/v1/chat/completions", "stream-1")
         .json(&chat_body(true))
         .send()
         .await
@@ -178,9 +174,7 @@ async fn embeddings_and_responses_api() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url()).await;
     proxy
-        .http
-        .post(proxy.url("/v1/embeddings"))
-        .header("x-request-id", "emb-1")
+        .post_call("/v1/embeddings", "emb-1")
         .json(&json!({"model": "text-embedding-3-small", "input": "hello world"}))
         .send()
         .await
@@ -198,9 +192,7 @@ async fn embeddings_and_responses_api() {
     assert_eq!(m["model"], "text-embedding-3-small");
 
     let text = proxy
-        .http
-        .post(proxy.url("/v1/responses"))
-        .header("x-request-id", "resp-1")
+        .post_call("/v1/responses", "resp-1")
         .json(&json!({"model": "gpt-4o-mini", "input": "Say something", "stream": true}))
         .send()
         .await
@@ -233,9 +225,7 @@ async fn upstream_429_passes_through_with_retry_after() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url()).await;
     let resp = proxy
-        .http
-        .post(proxy.url("/v1/rate-limited"))
-        .header("x-request-id", "rl-1")
+        .post_call("/v1/rate-limited", "rl-1")
         .json(&json!({"model": "gpt-4o"}))
         .send()
         .await
@@ -259,9 +249,7 @@ async fn upstream_down_gives_502_and_an_error_event() {
     let upstream = dead_address().await;
     let proxy = TestProxy::start(&upstream).await;
     let resp = proxy
-        .http
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-request-id", "down-1")
+        .post_call("/v1/chat/completions", "down-1")
         .json(&chat_body(false))
         .send()
         .await
@@ -301,9 +289,7 @@ async fn upstream_header_timeout_gives_504() {
     let proxy =
         TestProxy::start_with(&mock.url(), &[("LLM_AUDIT_PROXY_UPSTREAM_TIMEOUT", "0.3")]).await;
     let resp = proxy
-        .http
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-request-id", "slow-1")
+        .post_call("/v1/chat/completions", "slow-1")
         .header("x-mock-header-delay-ms", "3000")
         .json(&chat_body(false))
         .send()
@@ -333,9 +319,7 @@ async fn silent_stream_hits_the_idle_timeout() {
     )
     .await;
     let resp = proxy
-        .http
-        .post(proxy.url("/v1/silent-stream"))
-        .header("x-request-id", "idle-1")
+        .post_call("/v1/silent-stream", "idle-1")
         .json(&json!({"stream": true}))
         .send()
         .await
@@ -358,9 +342,7 @@ async fn client_abort_mid_stream_cancels_upstream_and_is_recorded() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url()).await;
     let mut resp = proxy
-        .http
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-request-id", "abort-1")
+        .post_call("/v1/chat/completions", "abort-1")
         .header("x-mock-endless", "1")
         .json(&json!({"model": "gpt-4o-mini", "stream": true}))
         .send()
@@ -399,9 +381,7 @@ async fn binary_body_is_forwarded_untouched() {
     let proxy = TestProxy::start(&mock.url()).await;
     let payload: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
     let resp = proxy
-        .http
-        .post(proxy.url("/v1/echo"))
-        .header("x-request-id", "bin-1")
+        .post_call("/v1/echo", "bin-1")
         .header("content-type", "application/octet-stream")
         .body(payload.clone())
         .send()
@@ -423,9 +403,7 @@ async fn non_json_text_body_is_stored_as_text() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url()).await;
     proxy
-        .http
-        .post(proxy.url("/v1/echo"))
-        .header("x-request-id", "txt-1")
+        .post_call("/v1/echo", "txt-1")
         .header("content-type", "text/plain")
         .body(format!("{{ not json, key {OPENAI_KEY}"))
         .send()
@@ -454,9 +432,7 @@ async fn bodies_over_the_capture_limit_are_forwarded_whole_and_stored_truncated(
     .await;
     let big = format!("{{\"input\": \"{}\"}}", "x".repeat(200_000));
     let resp = proxy
-        .http
-        .post(proxy.url("/v1/echo"))
-        .header("x-request-id", "big-1")
+        .post_call("/v1/echo", "big-1")
         .header("content-type", "application/json")
         .body(big.clone())
         .send()
@@ -480,9 +456,7 @@ async fn compressed_responses_pass_through_and_are_decoded_for_the_record() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url()).await;
     let resp = proxy
-        .http
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-request-id", "gz-1")
+        .post_call("/v1/chat/completions", "gz-1")
         .header("accept-encoding", "gzip")
         .json(&chat_body(false))
         .send()
@@ -535,9 +509,10 @@ async fn upstream_path_prefix_and_query_are_kept() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&format!("{}/gateway", mock.url())).await;
     proxy
-        .http
-        .post(proxy.url("/openai/deployments/my-gpt/chat/completions?api-version=2024-10-21"))
-        .header("x-request-id", "az-1")
+        .post_call(
+            "/openai/deployments/my-gpt/chat/completions?api-version=2024-10-21",
+            "az-1",
+        )
         .header("api-key", "azure-secret-key-value")
         .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
         .send()
@@ -706,9 +681,7 @@ async fn tls_upstream_with_an_extra_ca_speaks_http2() {
     .await;
     for i in 0..3 {
         let resp = proxy
-            .http
-            .post(proxy.url("/v1/chat/completions"))
-            .header("x-request-id", format!("tls-{i}"))
+            .post_call("/v1/chat/completions", format!("tls-{i}"))
             .json(&chat_body(i == 2))
             .send()
             .await
@@ -738,9 +711,7 @@ async fn tls_upstream_without_trust_is_unreachable() {
     let upstream = format!("https://localhost:{}", mock.addr.port());
     let proxy = TestProxy::start(&upstream).await;
     let resp = proxy
-        .http
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-request-id", "tls-untrusted")
+        .post_call("/v1/chat/completions", "tls-untrusted")
         .json(&chat_body(false))
         .send()
         .await
@@ -766,9 +737,7 @@ async fn calls_still_running_after_the_grace_are_cut_and_recorded_as_such() {
     )
     .await;
     let mut resp = proxy
-        .http
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-request-id", "cut-1")
+        .post_call("/v1/chat/completions", "cut-1")
         .header("x-mock-endless", "1")
         .json(&json!({"model": "gpt-4o-mini", "stream": true}))
         .send()

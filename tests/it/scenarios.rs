@@ -199,9 +199,7 @@ async fn log_level_drops_events_below_it() {
     let upstream = dead_address().await;
     let proxy = TestProxy::start_with(&upstream, &[("LLM_AUDIT_PROXY_LOG_LEVEL", "WARNING")]).await;
     let r = proxy
-        .http
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-request-id", "lvl-1")
+        .post_call("/v1/chat/completions", "lvl-1")
         .json(&json!({"model": "gpt-4o-mini"}))
         .send()
         .await
@@ -283,9 +281,7 @@ async fn file_store_serves_calls_queries_and_exports() {
     .await;
     for i in 0..3 {
         proxy
-            .http
-            .post(proxy.url("/v1/embeddings"))
-            .header("x-request-id", format!("file-{i}"))
+            .post_call("/v1/embeddings", format!("file-{i}"))
             .json(&json!({"model": "text-embedding-3-small", "input": "hello"}))
             .send()
             .await

@@ -70,6 +70,13 @@ impl TestProxy {
         format!("{}{path}", self.proxy_url)
     }
 
+    /// A POST through the proxy carrying the app's `x-request-id`.
+    pub fn post_call(&self, path: &str, request_id: impl AsRef<str>) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(path))
+            .header("x-request-id", request_id.as_ref())
+    }
+
     /// GET on the admin API; returns status and JSON body.
     pub async fn admin_get(&self, path_and_query: &str) -> (u16, Value) {
         let r = self
