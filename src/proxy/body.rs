@@ -26,7 +26,10 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The request body sent upstream: the prefix read while the proxy looked
 /// at the request, then the rest of the app's body, still streaming.
-pub type UpstreamBody = PrefixedBody<TeeBody<Incoming>>;
+/// Boxed because hyper's client keeps a queue of request slots per
+/// upstream connection, each as large as the request; a small body type
+/// keeps an open stream's connection several KiB smaller.
+pub type UpstreamBody = Pin<Box<PrefixedBody<TeeBody<Incoming>>>>;
 
 pin_project! {
     /// Bytes already read, then the rest of the body they came from.

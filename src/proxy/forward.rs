@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use std::sync::OnceLock;
 use tokio::time::Instant;
 
-use super::body::{full, IdleTimeoutBody, PrefixedBody, ProxyBody, UpstreamBody};
+use super::body::{full, IdleTimeoutBody, PrefixedBody, ProxyBody};
 use super::client::UpstreamClient;
 use super::policy_guard::StreamGuard;
 use super::request_id::request_id_for;
@@ -161,7 +161,7 @@ pub async fn handle(
         // A compressed answer could not be inspected as it streams.
         headers.remove(header::ACCEPT_ENCODING);
     }
-    let mut upstream_req = Request::new(UpstreamBody::new(prefix, rest));
+    let mut upstream_req = Request::new(Box::pin(PrefixedBody::new(prefix, rest)));
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = uri;
     *upstream_req.headers_mut() = headers;

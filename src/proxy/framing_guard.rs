@@ -37,6 +37,7 @@
 //! because in each of those cases hyper rejects the connection by itself.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -189,19 +190,24 @@ impl<T: AsyncRead> AsyncRead for FramingGuard<T> {
                 out.put_slice(&this.buf[..n]);
                 this.buf.advance(n);
                 *this.ready -= n;
+                if this.buf.is_empty() {
+                    // An idle keep-alive connection (or one whose response
+                    // is still streaming) holds no buffer.
+                    *this.buf = BytesMut::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             if *this.state == State::PassThrough && this.buf.is_empty() {
                 return this.inner.as_mut().poll_read(cx, out);
             }
 
-            let start = this.buf.len();
-            this.buf.resize(start + READ_CHUNK, 0);
-            let mut chunk = ReadBuf::new(&mut this.buf[start..]);
-            let result = this.inner.as_mut().poll_read(cx, &mut chunk);
+            // Read on the stack first, so a connection waiting for its
+            // next request does not keep a buffer allocated.
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut chunk = ReadBuf::uninit(&mut chunk);
+            ready!(this.inner.as_mut().poll_read(cx, &mut chunk))?;
             let filled = chunk.filled().len();
-            this.buf.truncate(start + filled);
-            ready!(result)?;
+            this.buf.extend_from_slice(chunk.filled());
 
             if filled == 0 {
                 // End of stream: release what is held so hyper sees the
