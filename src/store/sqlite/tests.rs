@@ -205,6 +205,22 @@ async fn corrupt_rows_are_reported_with_their_seq() {
         "{err:?}"
     );
     assert!(export.next().await.is_none());
+
+    // Records check every row as closely, though they keep the metadata
+    // text: the bad metadata still stops the export at seq 2.
+    let err = store.query_records(&page_query(10)).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("seq 3") && m.contains("timestamp")),
+        "{err:?}"
+    );
+    let mut export = store.export_records(EventFilter::default());
+    assert_eq!(export.next().await.unwrap().unwrap().seq, 1);
+    let err = export.next().await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("seq 2") && m.contains("metadata")),
+        "{err:?}"
+    );
+    assert!(export.next().await.is_none());
 }
 
 #[tokio::test]
