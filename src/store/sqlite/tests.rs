@@ -224,6 +224,49 @@ async fn corrupt_rows_are_reported_with_their_seq() {
 }
 
 #[tokio::test]
+async fn a_download_stops_at_metadata_that_is_almost_json() {
+    use crate::admin::export::{encode, Format};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store
+        .append_batch(chain(1, GENESIS_HASH, 3).into())
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    // Each would pass a glance; none is one JSON value.
+    for bad in [
+        r#"{"n":2}}"#,
+        r#"{"n":2,}"#,
+        r#"{"n":"\x"}"#,
+        "",
+        "{\"n\":2} x",
+    ] {
+        conn.execute("UPDATE events SET metadata = ?1 WHERE seq = 2", [bad])
+            .unwrap();
+        for format in [Format::Json, Format::Ndjson, Format::Csv] {
+            let chunks: Vec<_> = encode(format, store.export_records(EventFilter::default()))
+                .collect()
+                .await;
+            assert!(
+                matches!(chunks.last(), Some(Err(_))),
+                "{format:?} export of {bad:?} completed"
+            );
+            let body: Vec<u8> = chunks
+                .iter()
+                .filter_map(|c| c.as_ref().ok())
+                .flat_map(|b| b.to_vec())
+                .collect();
+            let body = String::from_utf8(body).unwrap();
+            assert!(
+                body.contains("event 1") && !body.contains("event 2"),
+                "{body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_held_write_lock_makes_the_store_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).await.unwrap();
