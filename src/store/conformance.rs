@@ -300,6 +300,18 @@ fn sample_filters(events: &[AuditEvent]) -> Vec<EventFilter> {
             policy_name: Some("policy-1".into()),
             ..Default::default()
         },
+        // One type in a window: SQLite's threshold plan.
+        EventFilter {
+            event_types: vec![EventType::Request],
+            start_time: Some(t10),
+            end_time: Some(t30),
+            ..Default::default()
+        },
+        EventFilter {
+            event_types: vec![EventType::Response],
+            start_time: Some(t10),
+            ..Default::default()
+        },
     ]
 }
 

@@ -454,20 +454,52 @@ impl From<rusqlite::Error> for StoreError {
 /// The SQL and parameters of a page: `limit + 1` rows, newest first (the
 /// extra one only says that another page exists).
 ///
-/// The page's seqs are selected first, then its rows: the inner query can
-/// then be answered from a covering index (type + time window) without
-/// reading every matching row only to sort it away.
+/// The page's seqs are selected first, then its rows, so the seqs can come
+/// from a covering index without reading every matching row only to sort
+/// it away. A page of one type in a time window, the common audit
+/// question, walks that window in `events_type_ts`. Sorting the whole
+/// window by seq costs most of the time, so a threshold is found first:
+/// the window's newest `limit + 1` rows *by time* (a short walk from the
+/// window's end in the index) have seqs at or above some `m`, so at least
+/// `limit + 1` rows of the window do, and the page is exactly the newest
+/// of those. Only rows at or above `m` then reach the sort; for events
+/// stored roughly in time order, that is about one page. The unary `+`
+/// keeps the planner from reading `seq >= m` as a range over the table.
+/// With a cursor the default plan is kept: it walks `events_type_seq`
+/// down from the cursor and stops after one page.
 fn page_sql(query: &EventQuery, limit: usize) -> (String, Vec<SqlValue>) {
-    let mut conditions = Conditions::from_filter(&query.filter);
-    if let Some(before) = query.before_seq {
-        conditions.push("seq < ?", before);
-    }
-    conditions.params.push(SqlValue::Integer(limit as i64 + 1));
-    let sql = format!(
-        "SELECT {COLUMNS} FROM events WHERE seq IN \
-         (SELECT seq FROM events{} ORDER BY seq DESC LIMIT ?) ORDER BY seq DESC",
-        conditions.where_sql()
-    );
+    let filter = &query.filter;
+    let mut conditions = Conditions::from_filter(filter);
+    let fetch = SqlValue::Integer(limit as i64 + 1);
+    let type_in_window = filter.event_types.len() == 1
+        && (filter.start_time.is_some() || filter.end_time.is_some())
+        && filter.request_id.is_none()
+        && filter.min_level.is_none()
+        && filter.policy_name.is_none()
+        && query.before_seq.is_none();
+    let seqs = if type_in_window {
+        let where_sql = conditions.where_sql();
+        let mut params = conditions.params.clone();
+        params.extend(conditions.params);
+        params.push(fetch.clone());
+        params.push(fetch);
+        conditions.params = params;
+        format!(
+            "SELECT seq FROM events{where_sql} AND +seq >= \
+             (SELECT MIN(seq) FROM (SELECT seq FROM events{where_sql} \
+             ORDER BY timestamp DESC LIMIT ?)) ORDER BY seq DESC LIMIT ?"
+        )
+    } else {
+        if let Some(before) = query.before_seq {
+            conditions.push("seq < ?", before);
+        }
+        conditions.params.push(fetch);
+        format!(
+            "SELECT seq FROM events{} ORDER BY seq DESC LIMIT ?",
+            conditions.where_sql()
+        )
+    };
+    let sql = format!("SELECT {COLUMNS} FROM events WHERE seq IN ({seqs}) ORDER BY seq DESC");
     (sql, conditions.params)
 }
 

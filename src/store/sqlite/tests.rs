@@ -267,6 +267,62 @@ async fn a_download_stops_at_metadata_that_is_almost_json() {
 }
 
 #[tokio::test]
+async fn a_type_and_window_page_is_exact_when_time_and_seq_disagree() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    // Timestamps scattered against seq order, as concurrent producers can
+    // leave them, so the newest by time are not the newest by seq.
+    let base = chrono::Utc::now() - chrono::Duration::days(1);
+    let mut prev = GENESIS_HASH.to_owned();
+    let mut state: u64 = 0x9e37_79b9;
+    let events: Vec<AuditEvent> = (1..=400)
+        .map(|seq| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let kind = if seq % 3 == 0 {
+                EventType::Request
+            } else {
+                EventType::Response
+            };
+            let mut new = NewEvent::new(kind, format!("event {seq}"));
+            new.timestamp = base + chrono::Duration::seconds((state % 500) as i64);
+            let e = new.seal(seq, &prev);
+            prev.clone_from(&e.hash);
+            e
+        })
+        .collect();
+    store.append_batch(events.clone().into()).await.unwrap();
+    for (from, to) in [(0, 500), (100, 300), (250, 260), (499, 500)] {
+        let filter = EventFilter {
+            event_types: vec![EventType::Response],
+            start_time: Some(base + chrono::Duration::seconds(from)),
+            end_time: Some(base + chrono::Duration::seconds(to)),
+            ..Default::default()
+        };
+        let expected: Vec<i64> = events
+            .iter()
+            .rev()
+            .filter(|e| filter.matches(e))
+            .map(|e| e.seq)
+            .collect();
+        for limit in [1, 5, 50, 1000] {
+            let q = EventQuery {
+                filter: filter.clone(),
+                limit,
+                before_seq: None,
+            };
+            let page = store.query(&q).await.unwrap();
+            let seqs: Vec<i64> = page.events.iter().map(|e| e.seq).collect();
+            let want = &expected[..limit.min(expected.len())];
+            assert_eq!(seqs, want, "{from}..{to} limit {limit}");
+            let more = expected.len() > limit;
+            assert_eq!(page.next_before_seq, more.then(|| want[want.len() - 1]));
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_held_write_lock_makes_the_store_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).await.unwrap();
