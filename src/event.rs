@@ -6,6 +6,7 @@
 //! persist `AuditEvent`s exactly as given.
 
 pub mod chain;
+mod record;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -16,6 +17,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
+
+pub use record::{canonical_timestamp, EventRecord};
 
 /// One stored audit record, as every store, query and export returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -329,14 +332,14 @@ impl FromStr for Level {
 
     /// Accepts any case, and `WARN` for `WARNING`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_uppercase().as_str() {
-            "DEBUG" => Ok(Level::Debug),
-            "INFO" => Ok(Level::Info),
-            "WARNING" | "WARN" => Ok(Level::Warning),
-            "ERROR" => Ok(Level::Error),
-            "CRITICAL" => Ok(Level::Critical),
-            _ => Err(ParseError::BadLevel),
+        // Compared in place: every stored row's level goes through here.
+        if s.eq_ignore_ascii_case("WARN") {
+            return Ok(Level::Warning);
         }
+        Level::ALL
+            .into_iter()
+            .find(|l| s.eq_ignore_ascii_case(l.as_str()))
+            .ok_or(ParseError::BadLevel)
     }
 }
 

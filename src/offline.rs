@@ -135,7 +135,7 @@ pub async fn export(config: &Config, args: &ExportArgs) -> Result<PathBuf, Offli
     let partial = partial_path(&args.out);
     let file = std::fs::File::create(&partial).map_err(write_err)?;
     let mut file = std::io::BufWriter::new(file);
-    let mut body = Box::pin(encode(format, store.export(filter)));
+    let mut body = Box::pin(encode(format, store.export_records(filter)));
     let mut failed = None;
     while let Some(chunk) = body.next().await {
         match chunk {

@@ -29,7 +29,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::event::{AuditEvent, EventType, Level};
+use crate::event::{AuditEvent, EventRecord, EventType, Level};
 
 /// The largest page `query` returns.
 pub const MAX_QUERY_LIMIT: usize = 10_000;
@@ -63,10 +63,10 @@ pub struct EventQuery {
     pub before_seq: Option<i64>,
 }
 
-/// One page of a query.
+/// One page of a query: of events, or of [`EventRecord`]s.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EventPage {
-    pub events: Vec<AuditEvent>,
+pub struct EventPage<E = AuditEvent> {
+    pub events: Vec<E>,
     /// `seq` to pass as `before_seq` for the next page; `None` on the last.
     pub next_before_seq: Option<i64>,
 }
@@ -148,9 +148,20 @@ pub type Batch = Arc<[AuditEvent]>;
 /// Stream of events, in the order the call defines.
 pub type EventStream = BoxStream<'static, Result<AuditEvent, StoreError>>;
 
-/// What an export's reading thread hands to the stream: a chunk of events,
-/// or the error that ends it.
-pub(crate) type EventChunk = Result<Vec<AuditEvent>, StoreError>;
+/// Stream of records, in the order the call defines.
+pub type RecordStream = BoxStream<'static, Result<EventRecord, StoreError>>;
+
+/// A page of records, as `/api/events` serialises it.
+pub type RecordPage = EventPage<EventRecord>;
+
+/// What an export's reading thread hands to the stream: a chunk of events
+/// (or records), or the error that ends it.
+pub(crate) type EventChunk<E = AuditEvent> = Result<Vec<E>, StoreError>;
+
+/// Anything with a place in the chain (for paging).
+pub trait Sequenced {
+    fn seq(&self) -> i64;
+}
 
 /// The one interface every backend implements.
 #[async_trait]
@@ -167,12 +178,35 @@ pub trait AuditStore: Send + Sync + 'static {
     /// A page, newest first.
     async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError>;
 
+    /// The page [`query`](Self::query) returns, as records to serialise.
+    /// Stores that keep metadata as JSON text hand that text over instead
+    /// of building values from it.
+    async fn query_records(&self, query: &EventQuery) -> Result<RecordPage, StoreError> {
+        let page = self.query(query).await?;
+        Ok(EventPage {
+            events: page
+                .events
+                .into_iter()
+                .map(to_record)
+                .collect::<Result<_, _>>()?,
+            next_before_seq: page.next_before_seq,
+        })
+    }
+
     /// One event by id.
     async fn get(&self, id: &str) -> Result<Option<AuditEvent>, StoreError>;
 
     /// Every matching event, oldest first, read in bounded chunks so memory
     /// stays flat whatever the size.
     fn export(&self, filter: EventFilter) -> EventStream;
+
+    /// What [`export`](Self::export) streams, as records to serialise (see
+    /// [`query_records`](Self::query_records)).
+    fn export_records(&self, filter: EventFilter) -> RecordStream {
+        self.export(filter)
+            .map(|event| event.and_then(to_record))
+            .boxed()
+    }
 
     /// Counts by type and level, and size on disk.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
@@ -203,8 +237,10 @@ pub trait AuditStore: Send + Sync + 'static {
 pub type SharedStore = Arc<dyn AuditStore>;
 
 /// Turns the chunks an export's reading thread sends into a stream of
-/// events; the stream ends after the first error.
-pub(crate) fn chunk_stream(rx: mpsc::Receiver<EventChunk>) -> EventStream {
+/// events (or records); the stream ends after the first error.
+pub(crate) fn chunk_stream<E: Send + 'static>(
+    rx: mpsc::Receiver<EventChunk<E>>,
+) -> BoxStream<'static, Result<E, StoreError>> {
     stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
     })
@@ -216,6 +252,15 @@ pub(crate) fn chunk_stream(rx: mpsc::Receiver<EventChunk>) -> EventStream {
         stream::iter(events.into_iter().map(Ok).chain(error.map(Err)))
     })
     .boxed()
+}
+
+fn to_record(event: AuditEvent) -> Result<EventRecord, StoreError> {
+    let seq = event.seq;
+    EventRecord::try_from(event).map_err(|error| {
+        StoreError::Corrupt(format!(
+            "event seq {seq}: metadata cannot be written: {error}"
+        ))
+    })
 }
 
 // === impl Rotation ===
@@ -259,13 +304,13 @@ impl StoreError {
 
 // === impl EventPage ===
 
-impl EventPage {
+impl<E: Sequenced> EventPage<E> {
     /// Builds a page from up to `limit + 1` events read newest first: the
     /// extra one only says that another page exists.
-    pub(crate) fn from_overfetched(mut events: Vec<AuditEvent>, limit: usize) -> Self {
+    pub(crate) fn from_overfetched(mut events: Vec<E>, limit: usize) -> Self {
         let next_before_seq = if events.len() > limit {
             events.truncate(limit);
-            events.last().map(|e| e.seq)
+            events.last().map(Sequenced::seq)
         } else {
             None
         };
@@ -273,6 +318,20 @@ impl EventPage {
             events,
             next_before_seq,
         }
+    }
+}
+
+// === impl Sequenced ===
+
+impl Sequenced for AuditEvent {
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+}
+
+impl Sequenced for EventRecord {
+    fn seq(&self) -> i64 {
+        self.seq
     }
 }
 

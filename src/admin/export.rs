@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::fmt::Write as _;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -20,11 +21,12 @@ use futures_util::{Stream, StreamExt};
 use super::error::AdminError;
 use super::params::{Params, FILTER_PARAMS};
 use super::AdminState;
-use crate::event::{format_timestamp, AuditEvent};
-use crate::store::EventStream;
+use crate::event::EventRecord;
+use crate::store::RecordStream;
 
-/// Bytes buffered before they are passed on.
-pub const FLUSH_BYTES: usize = 32 * 1024;
+/// Bytes buffered before they are passed on: large enough that each
+/// socket write and each chunk hyper frames carries many events.
+pub const FLUSH_BYTES: usize = 64 * 1024;
 
 /// The CSV columns, in order.
 pub const CSV_HEADER: [&str; 10] = [
@@ -52,12 +54,24 @@ pub enum Format {
 #[derive(Debug)]
 pub struct ExportAborted;
 
-/// Writes events in one format into a byte buffer.
+/// Writes events in one format into the chunk being filled.
 struct Encoder {
-    format: Format,
     /// Whether a JSON array item has been written (for the separators).
     wrote_item: bool,
-    csv: csv::WriterBuilder,
+    out: Out,
+    /// The `seq` cell, reused from row to row.
+    seq: String,
+}
+
+/// The chunk being filled.
+enum Out {
+    Json {
+        ndjson: bool,
+        buf: Vec<u8>,
+    },
+    /// One CSV writer per chunk, writing straight into the chunk's buffer
+    /// (boxed: the writer carries its own state and buffer).
+    Csv(Box<csv::Writer<Vec<u8>>>),
 }
 
 /// `GET /api/export`.
@@ -75,7 +89,7 @@ pub async fn export(
         })?,
     };
     let filter = params.filter()?;
-    let events = state.store.export(filter);
+    let events = state.store.export_records(filter);
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let disposition = format!(
         "attachment; filename=\"audit-events-{stamp}.{}\"",
@@ -98,34 +112,39 @@ pub async fn export(
 /// smaller), ending in an error if the store fails.
 pub fn encode(
     format: Format,
-    mut events: EventStream,
+    mut events: RecordStream,
 ) -> impl Stream<Item = Result<Bytes, ExportAborted>> + Send + 'static {
     async_stream::stream! {
         let mut encoder = Encoder::new(format);
-        let mut buf = Vec::with_capacity(FLUSH_BYTES + 4096);
-        encoder.begin(&mut buf);
+        encoder.begin();
         while let Some(item) = events.next().await {
             let written = match item {
-                Ok(event) => encoder.event(&event, &mut buf),
+                Ok(event) => encoder.event(&event),
                 Err(error) => {
                     tracing::error!(%error, "Export aborted: the audit store failed.");
                     Err(ExportAborted)
                 }
             };
             if let Err(aborted) = written {
-                if !buf.is_empty() {
-                    yield Ok(Bytes::copy_from_slice(&buf));
+                if let Ok(rest) = encoder.take() {
+                    if !rest.is_empty() {
+                        yield Ok(rest);
+                    }
                 }
                 yield Err(aborted);
                 return;
             }
-            if buf.len() >= FLUSH_BYTES {
-                yield Ok(Bytes::copy_from_slice(&buf));
-                buf.clear();
+            if encoder.len() >= FLUSH_BYTES {
+                let chunk = encoder.take();
+                let failed = chunk.is_err();
+                yield chunk;
+                if failed {
+                    return;
+                }
             }
         }
-        encoder.end(&mut buf);
-        yield Ok(Bytes::copy_from_slice(&buf));
+        encoder.end();
+        yield encoder.take();
     }
 }
 
@@ -172,31 +191,38 @@ impl Format {
 
 impl Encoder {
     fn new(format: Format) -> Self {
-        let mut csv = csv::WriterBuilder::new();
-        // Rows are written one at a time into the shared buffer; a small
-        // internal buffer is enough.
-        csv.buffer_capacity(1024);
+        let out = match format {
+            Format::Json => Out::Json {
+                ndjson: false,
+                buf: new_buffer(),
+            },
+            Format::Ndjson => Out::Json {
+                ndjson: true,
+                buf: new_buffer(),
+            },
+            Format::Csv => Out::Csv(Box::new(csv_writer())),
+        };
         Self {
-            format,
             wrote_item: false,
-            csv,
+            out,
+            seq: String::new(),
         }
     }
 
-    fn begin(&mut self, buf: &mut Vec<u8>) {
-        match self.format {
-            Format::Json => buf.push(b'['),
-            Format::Ndjson => {}
-            Format::Csv => {
+    fn begin(&mut self) {
+        match &mut self.out {
+            Out::Json { ndjson: false, buf } => buf.push(b'['),
+            Out::Json { ndjson: true, .. } => {}
+            Out::Csv(csv) => {
                 // The header has no cell that needs quoting, and cannot fail.
-                let _ = self.csv_row(buf, CSV_HEADER);
+                let _ = csv.write_record(CSV_HEADER);
             }
         }
     }
 
-    fn event(&mut self, event: &AuditEvent, buf: &mut Vec<u8>) -> Result<(), ExportAborted> {
-        match self.format {
-            Format::Json => {
+    fn event(&mut self, event: &EventRecord) -> Result<(), ExportAborted> {
+        match &mut self.out {
+            Out::Json { ndjson: false, buf } => {
                 if self.wrote_item {
                     buf.push(b',');
                 }
@@ -204,35 +230,35 @@ impl Encoder {
                 serde_json::to_writer(&mut *buf, event).map_err(|_| ExportAborted)?;
                 self.wrote_item = true;
             }
-            Format::Ndjson => {
+            Out::Json { ndjson: true, buf } => {
                 serde_json::to_writer(&mut *buf, event).map_err(|_| ExportAborted)?;
                 buf.push(b'\n');
             }
-            Format::Csv => {
-                let seq = event.seq.to_string();
-                let timestamp = format_timestamp(&event.timestamp);
-                let metadata = serde_json::to_string(&event.metadata).map_err(|_| ExportAborted)?;
+            Out::Csv(csv) => {
+                self.seq.clear();
+                let _ = write!(self.seq, "{}", event.seq);
                 let cells = [
                     event.id.as_str(),
-                    seq.as_str(),
-                    timestamp.as_str(),
+                    self.seq.as_str(),
+                    event.timestamp.as_str(),
                     event.event_type.as_str(),
                     event.level.as_str(),
                     event.message.as_str(),
                     event.request_id.as_deref().unwrap_or(""),
-                    metadata.as_str(),
+                    event.metadata.get(),
                     event.prev_hash.as_str(),
                     event.hash.as_str(),
                 ];
                 let cells = cells.map(inert_cell);
-                self.csv_row(buf, cells.iter().map(|c| c.as_bytes()))?;
+                csv.write_record(cells.iter().map(|c| c.as_bytes()))
+                    .map_err(|_| ExportAborted)?;
             }
         }
         Ok(())
     }
 
-    fn end(&mut self, buf: &mut Vec<u8>) {
-        if self.format == Format::Json {
+    fn end(&mut self) {
+        if let Out::Json { ndjson: false, buf } = &mut self.out {
             if self.wrote_item {
                 buf.push(b'\n');
             }
@@ -240,17 +266,35 @@ impl Encoder {
         }
     }
 
-    fn csv_row<T: AsRef<[u8]>>(
-        &self,
-        buf: &mut Vec<u8>,
-        cells: impl IntoIterator<Item = T>,
-    ) -> Result<(), ExportAborted> {
-        // A writer per row over the shared buffer: its own buffer is small,
-        // and this keeps one output buffer for the whole export.
-        let mut writer = self.csv.from_writer(buf);
-        writer.write_record(cells).map_err(|_| ExportAborted)?;
-        writer.flush().map_err(|_| ExportAborted)
+    /// Bytes in the chunk so far. The CSV writer holds back up to its own
+    /// buffer's worth, which [`Encoder::take`] adds.
+    fn len(&self) -> usize {
+        match &self.out {
+            Out::Json { buf, .. } => buf.len(),
+            Out::Csv(csv) => csv.get_ref().len(),
+        }
     }
+
+    /// Hands over the chunk and starts the next. The buffer goes whole
+    /// rather than copied: the next chunk needs a fresh one either way.
+    fn take(&mut self) -> Result<Bytes, ExportAborted> {
+        match &mut self.out {
+            Out::Json { buf, .. } => Ok(Bytes::from(std::mem::replace(buf, new_buffer()))),
+            Out::Csv(csv) => std::mem::replace(&mut **csv, csv_writer())
+                .into_inner()
+                .map(Bytes::from)
+                .map_err(|_| ExportAborted),
+        }
+    }
+}
+
+/// A chunk's buffer: room for [`FLUSH_BYTES`] and the event that crosses it.
+fn new_buffer() -> Vec<u8> {
+    Vec::with_capacity(FLUSH_BYTES + 4096)
+}
+
+fn csv_writer() -> csv::Writer<Vec<u8>> {
+    csv::WriterBuilder::new().from_writer(new_buffer())
 }
 
 // === impl ExportAborted ===
@@ -265,7 +309,147 @@ impl std::error::Error for ExportAborted {}
 
 #[cfg(test)]
 mod tests {
+    use futures_util::stream;
+    use serde_json::json;
+
     use super::*;
+    use crate::event::chain::GENESIS_HASH;
+    use crate::event::{AuditEvent, EventType, NewEvent};
+    use crate::store::StoreError;
+
+    /// Events whose cells need every kind of CSV care, with enough
+    /// metadata that the body spans several chunks.
+    fn events(n: i64) -> Vec<AuditEvent> {
+        let mut prev = GENESIS_HASH.to_owned();
+        (1..=n)
+            .map(|seq| {
+                let message = match seq % 4 {
+                    0 => format!("=cmd {seq}"),
+                    1 => format!("quote \" and, comma {seq}"),
+                    2 => format!("line\nbreak {seq}"),
+                    _ => format!("plain {seq}"),
+                };
+                let mut new = NewEvent::new(EventType::Custom, message).with_metadata(
+                    json!({"seq": seq, "pad": "x".repeat(900), "q": "\"é\n", "f": 0.1}),
+                );
+                if seq % 2 == 0 {
+                    new = new.with_request_id(format!("req-{seq}"));
+                }
+                let e = new.seal(seq, &prev);
+                prev.clone_from(&e.hash);
+                e
+            })
+            .collect()
+    }
+
+    fn records(events: &[AuditEvent]) -> RecordStream {
+        let records: Vec<_> = events
+            .iter()
+            .map(|e| Ok(EventRecord::try_from(e.clone()).unwrap()))
+            .collect();
+        stream::iter(records).boxed()
+    }
+
+    async fn body(format: Format, events: RecordStream) -> (Vec<Bytes>, bool) {
+        let chunks: Vec<_> = encode(format, events).collect().await;
+        let failed = chunks.iter().any(|c| c.is_err());
+        (chunks.into_iter().filter_map(Result::ok).collect(), failed)
+    }
+
+    /// Each format written the plain way, from whole events at once.
+    fn reference(format: Format, events: &[AuditEvent]) -> Vec<u8> {
+        match format {
+            Format::Json => {
+                let items: Vec<String> = events
+                    .iter()
+                    .map(|e| serde_json::to_string(e).unwrap())
+                    .collect();
+                if items.is_empty() {
+                    b"[]\n".to_vec()
+                } else {
+                    format!("[\n{}\n]\n", items.join(",\n")).into_bytes()
+                }
+            }
+            Format::Ndjson => events
+                .iter()
+                .flat_map(|e| {
+                    let mut line = serde_json::to_vec(e).unwrap();
+                    line.push(b'\n');
+                    line
+                })
+                .collect(),
+            Format::Csv => {
+                let mut w = csv::Writer::from_writer(Vec::new());
+                w.write_record(CSV_HEADER).unwrap();
+                for e in events {
+                    let cells = [
+                        e.id.clone(),
+                        e.seq.to_string(),
+                        crate::event::format_timestamp(&e.timestamp),
+                        e.event_type.to_string(),
+                        e.level.to_string(),
+                        e.message.clone(),
+                        e.request_id.clone().unwrap_or_default(),
+                        serde_json::to_string(&e.metadata).unwrap(),
+                        e.prev_hash.clone(),
+                        e.hash.clone(),
+                    ];
+                    w.write_record(cells.iter().map(|c| inert_cell(c).into_owned()))
+                        .unwrap();
+                }
+                w.into_inner().unwrap()
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_format_matches_a_plain_encoding_across_chunks() {
+        for n in [0, 1, 300] {
+            let events = events(n);
+            for format in [Format::Json, Format::Ndjson, Format::Csv] {
+                let (chunks, failed) = body(format, records(&events)).await;
+                assert!(!failed);
+                // Every chunk but the last is at least FLUSH_BYTES.
+                let (last, full) = chunks.split_last().unwrap();
+                assert!(full.iter().all(|c| c.len() >= FLUSH_BYTES), "{format:?}");
+                assert!(n < 300 || !full.is_empty(), "{format:?} came in one chunk");
+                let mut all: Vec<u8> = full.iter().flat_map(|c| c.to_vec()).collect();
+                all.extend_from_slice(last);
+                assert_eq!(
+                    String::from_utf8(all).unwrap(),
+                    String::from_utf8(reference(format, &events)).unwrap(),
+                    "{format:?} of {n}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_error_ends_the_body_with_an_error_after_the_good_rows() {
+        let events = events(3);
+        for format in [Format::Json, Format::Ndjson, Format::Csv] {
+            let items: Vec<Result<EventRecord, StoreError>> = vec![
+                Ok(EventRecord::try_from(events[0].clone()).unwrap()),
+                Err(StoreError::Corrupt(
+                    "event seq 2: metadata is not valid JSON".into(),
+                )),
+                Ok(EventRecord::try_from(events[2].clone()).unwrap()),
+            ];
+            let chunks: Vec<_> = encode(format, stream::iter(items).boxed()).collect().await;
+            assert!(
+                matches!(chunks.last(), Some(Err(ExportAborted))),
+                "{format:?}"
+            );
+            let sent: Vec<u8> = chunks
+                .iter()
+                .filter_map(|c| c.as_ref().ok())
+                .flat_map(|b| b.to_vec())
+                .collect();
+            let sent = String::from_utf8(sent).unwrap();
+            assert!(sent.contains(&events[0].id), "{format:?}");
+            assert!(!sent.contains(&events[2].id), "{format:?}");
+        }
+    }
 
     #[test]
     fn formula_cells_are_made_inert() {

@@ -5,12 +5,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use super::error::AdminError;
 use super::params::{self, Params, FILTER_PARAMS};
 use super::AdminState;
-use crate::event::{AuditEvent, EventType, Level, NewEvent};
+use crate::event::{AuditEvent, EventRecord, EventType, Level, NewEvent};
 use crate::store::EventQuery;
 
 /// The largest `POST /api/events` body.
@@ -20,11 +21,18 @@ pub const MAX_MESSAGE_CHARS: usize = 4096;
 
 const POST_FIELDS: [&str; 5] = ["event_type", "message", "metadata", "level", "request_id"];
 
+/// A `GET /api/events` body, serialised straight from the store's records.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    events: Vec<EventRecord>,
+    next_cursor: Option<String>,
+}
+
 /// `GET /api/events`: newest first, one page.
 pub async fn list(
     State(state): State<AdminState>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, AdminError> {
+) -> Result<Json<Page>, AdminError> {
     let mut allowed = FILTER_PARAMS.to_vec();
     allowed.extend(["limit", "cursor"]);
     let params = Params::parse(raw.as_deref(), &allowed)?;
@@ -33,11 +41,11 @@ pub async fn list(
         limit: params.limit()?,
         before_seq: params.cursor()?,
     };
-    let page = state.store.query(&query).await?;
-    Ok(Json(json!({
-        "events": page.events,
-        "next_cursor": page.next_before_seq.map(params::encode_cursor),
-    })))
+    let page = state.store.query_records(&query).await?;
+    Ok(Json(Page {
+        events: page.events,
+        next_cursor: page.next_before_seq.map(params::encode_cursor),
+    }))
 }
 
 /// `GET /api/events/{id}`.

@@ -19,17 +19,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures_util::stream::{self, StreamExt};
+use futures_util::stream::{self, BoxStream, StreamExt};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_rusqlite::Connection;
 
 use super::{
     chunk_stream, AuditStore, ChainHead, EventChunk, EventFilter, EventPage, EventQuery,
-    EventStream, PurgeReport, StoreError, StoreStats, MAX_QUERY_LIMIT,
+    EventStream, PurgeReport, RecordPage, RecordStream, Sequenced, StoreError, StoreStats,
+    MAX_QUERY_LIMIT,
 };
-use crate::event::{format_timestamp, parse_timestamp, AuditEvent, EventType, Level};
+use crate::event::{
+    canonical_timestamp, format_timestamp, parse_timestamp, AuditEvent, EventRecord, EventType,
+    Level,
+};
 
 /// The file name inside the store folder.
 pub const DB_FILE: &str = "audit.db";
@@ -42,7 +47,7 @@ const EXPORT_CHUNK: usize = 1000;
 /// Chunks an export may read ahead of its consumer.
 const EXPORT_READ_AHEAD: usize = 2;
 
-/// Every column, in the order [`read_row`] decodes them.
+/// Every column, in the order [`read_row`] and [`read_record`] decode them.
 const COLUMNS: &str =
     "seq, id, timestamp, event_type, level, message, request_id, metadata, prev_hash, hash";
 
@@ -67,7 +72,8 @@ struct Conditions {
     params: Vec<SqlValue>,
 }
 
-type Chunk = EventChunk;
+/// Decodes one row selected with [`COLUMNS`].
+type ReadRow<E> = fn(&rusqlite::Row<'_>) -> Result<E, StoreError>;
 
 // === impl SqliteStore ===
 
@@ -144,6 +150,55 @@ impl SqliteStore {
             .ok_or_else(|| StoreError::Other("the store was opened read-only".into()))
     }
 
+    /// One page, newest first, each row decoded by `read`.
+    async fn page<E>(
+        &self,
+        query: &EventQuery,
+        read: ReadRow<E>,
+    ) -> Result<EventPage<E>, StoreError>
+    where
+        E: Sequenced + Send + 'static,
+    {
+        let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
+        let (sql, params) = page_sql(query, limit);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params_from_iter(params.iter()))?;
+            let mut events = Vec::new();
+            while let Some(row) = rows.next()? {
+                events.push(read(row)?);
+            }
+            Ok(EventPage::from_overfetched(events, limit))
+        })
+        .await
+    }
+
+    /// Every matching row, oldest first, decoded by `read` on a blocking
+    /// thread of its own.
+    fn export_with<E>(
+        &self,
+        filter: EventFilter,
+        read: ReadRow<E>,
+    ) -> BoxStream<'static, Result<E, StoreError>>
+    where
+        E: Sequenced + Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let error = StoreError::Other("export needs a tokio runtime".into());
+            return stream::once(async move { Err(error) }).boxed();
+        };
+        let (tx, rx) = mpsc::channel::<EventChunk<E>>(EXPORT_READ_AHEAD);
+        let path = self.path.clone();
+        // Detached on purpose: the task ends on its own when the export is
+        // done or the receiver (the download) is dropped.
+        drop(runtime.spawn_blocking(move || {
+            if let Err(error) = export_chunks(&path, &filter, &tx, read) {
+                let _ = tx.blocking_send(Err(error));
+            }
+        }));
+        chunk_stream(rx)
+    }
+
     async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         F: FnOnce(&mut rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
@@ -215,31 +270,11 @@ impl AuditStore for SqliteStore {
     }
 
     async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
-        let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
-        let mut conditions = Conditions::from_filter(&query.filter);
-        if let Some(before) = query.before_seq {
-            conditions.push("seq < ?", before);
-        }
-        // The page's seqs first, then its rows: the inner query can then be
-        // answered from a covering index (type + time window) without
-        // reading every matching row only to sort it away.
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE seq IN \
-             (SELECT seq FROM events{} ORDER BY seq DESC LIMIT ?) ORDER BY seq DESC",
-            conditions.where_sql()
-        );
-        // One row more than asked tells whether another page exists.
-        conditions.params.push(SqlValue::Integer(limit as i64 + 1));
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let mut rows = stmt.query(params_from_iter(conditions.params.iter()))?;
-            let mut events = Vec::new();
-            while let Some(row) = rows.next()? {
-                events.push(read_row(row)?);
-            }
-            Ok(EventPage::from_overfetched(events, limit))
-        })
-        .await
+        self.page(query, read_row).await
+    }
+
+    async fn query_records(&self, query: &EventQuery) -> Result<RecordPage, StoreError> {
+        self.page(query, read_record).await
     }
 
     async fn get(&self, id: &str) -> Result<Option<AuditEvent>, StoreError> {
@@ -257,20 +292,11 @@ impl AuditStore for SqliteStore {
     }
 
     fn export(&self, filter: EventFilter) -> EventStream {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            let error = StoreError::Other("export needs a tokio runtime".into());
-            return stream::once(async move { Err(error) }).boxed();
-        };
-        let (tx, rx) = mpsc::channel::<Chunk>(EXPORT_READ_AHEAD);
-        let path = self.path.clone();
-        // Detached on purpose: the task ends on its own when the export is
-        // done or the receiver (the download) is dropped.
-        drop(runtime.spawn_blocking(move || {
-            if let Err(error) = export_chunks(&path, &filter, &tx) {
-                let _ = tx.blocking_send(Err(error));
-            }
-        }));
-        chunk_stream(rx)
+        self.export_with(filter, read_row)
+    }
+
+    fn export_records(&self, filter: EventFilter) -> RecordStream {
+        self.export_with(filter, read_record)
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -425,6 +451,58 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// The SQL and parameters of a page: `limit + 1` rows, newest first (the
+/// extra one only says that another page exists).
+///
+/// The page's seqs are selected first, then its rows, so the seqs can come
+/// from a covering index without reading every matching row only to sort
+/// it away. A page of one type in a time window, the common audit
+/// question, walks that window in `events_type_ts`. Sorting the whole
+/// window by seq costs most of the time, so a threshold is found first:
+/// the window's newest `limit + 1` rows *by time* (a short walk from the
+/// window's end in the index) have seqs at or above some `m`, so at least
+/// `limit + 1` rows of the window do, and the page is exactly the newest
+/// of those. Only rows at or above `m` then reach the sort; for events
+/// stored roughly in time order, that is about one page. The unary `+`
+/// keeps the planner from reading `seq >= m` as a range over the table.
+/// With a cursor the default plan is kept: it walks `events_type_seq`
+/// down from the cursor and stops after one page.
+fn page_sql(query: &EventQuery, limit: usize) -> (String, Vec<SqlValue>) {
+    let filter = &query.filter;
+    let mut conditions = Conditions::from_filter(filter);
+    let fetch = SqlValue::Integer(limit as i64 + 1);
+    let type_in_window = filter.event_types.len() == 1
+        && (filter.start_time.is_some() || filter.end_time.is_some())
+        && filter.request_id.is_none()
+        && filter.min_level.is_none()
+        && filter.policy_name.is_none()
+        && query.before_seq.is_none();
+    let seqs = if type_in_window {
+        let where_sql = conditions.where_sql();
+        let mut params = conditions.params.clone();
+        params.extend(conditions.params);
+        params.push(fetch.clone());
+        params.push(fetch);
+        conditions.params = params;
+        format!(
+            "SELECT seq FROM events{where_sql} AND +seq >= \
+             (SELECT MIN(seq) FROM (SELECT seq FROM events{where_sql} \
+             ORDER BY timestamp DESC LIMIT ?)) ORDER BY seq DESC LIMIT ?"
+        )
+    } else {
+        if let Some(before) = query.before_seq {
+            conditions.push("seq < ?", before);
+        }
+        conditions.params.push(fetch);
+        format!(
+            "SELECT seq FROM events{} ORDER BY seq DESC LIMIT ?",
+            conditions.where_sql()
+        )
+    };
+    let sql = format!("SELECT {COLUMNS} FROM events WHERE seq IN ({seqs}) ORDER BY seq DESC");
+    (sql, conditions.params)
+}
+
 fn from_call(error: tokio_rusqlite::Error<StoreError>) -> StoreError {
     match error {
         tokio_rusqlite::Error::Error(e) => e,
@@ -460,10 +538,11 @@ async fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 /// Reads every matching event up to the head seen at the start, oldest
 /// first, in keyset chunks. Runs on a blocking thread with its own
 /// connection; returns early once the receiver is gone.
-fn export_chunks(
+fn export_chunks<E: Sequenced>(
     path: &Path,
     filter: &EventFilter,
-    tx: &mpsc::Sender<Chunk>,
+    tx: &mpsc::Sender<EventChunk<E>>,
+    read: ReadRow<E>,
 ) -> Result<(), StoreError> {
     let conn = rusqlite::Connection::open_with_flags(path, read_only_flags())?;
     configure(&conn)?;
@@ -494,7 +573,7 @@ fn export_chunks(
         let mut rows = stmt.query(params_from_iter(conditions.params.iter()))?;
         let mut chunk = Vec::with_capacity(EXPORT_CHUNK);
         while let Some(row) = rows.next()? {
-            match read_row(row) {
+            match read(row) {
                 Ok(event) => chunk.push(event),
                 Err(error) => {
                     // Hand over the good rows before it, so the consumer
@@ -509,7 +588,7 @@ fn export_chunks(
         drop(rows);
         let full = chunk.len() == EXPORT_CHUNK;
         match chunk.last() {
-            Some(last) => after = last.seq,
+            Some(last) => after = last.seq(),
             None => return Ok(()),
         }
         if tx.blocking_send(Ok(chunk)).is_err() || !full {
@@ -552,6 +631,49 @@ fn read_row(row: &rusqlite::Row<'_>) -> Result<AuditEvent, StoreError> {
         prev_hash: text(8, "prev_hash")?,
         hash: text(9, "hash")?,
         metadata_json: Default::default(),
+    })
+}
+
+/// Decodes one row selected with [`COLUMNS`] as a record: checks each
+/// value as [`read_row`] does, but only validates the metadata text and
+/// keeps it, instead of building a `Value` from it.
+fn read_record(row: &rusqlite::Row<'_>) -> Result<EventRecord, StoreError> {
+    let seq: i64 = row.get(0)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("event seq {seq}: {what}"));
+    let text = |i: usize, name: &str| -> Result<String, StoreError> {
+        row.get::<_, String>(i)
+            .map_err(|_| corrupt(&format!("{name} is not text")))
+    };
+    let borrowed = |i: usize, name: &str| -> Result<&str, StoreError> {
+        row.get_ref(i)
+            .ok()
+            .and_then(|v| v.as_str().ok())
+            .ok_or_else(|| corrupt(&format!("{name} is not text")))
+    };
+    let timestamp = canonical_timestamp(text(2, "timestamp")?)
+        .ok_or_else(|| corrupt("timestamp is not RFC 3339"))?;
+    let event_type: EventType = borrowed(3, "event_type")?
+        .parse()
+        .map_err(|_| corrupt("event_type is not a valid type"))?;
+    let level: Level = borrowed(4, "level")?
+        .parse()
+        .map_err(|_| corrupt("level is not a valid level"))?;
+    let request_id: Option<String> = row
+        .get(6)
+        .map_err(|_| corrupt("request_id is not text or null"))?;
+    let metadata = RawValue::from_string(text(7, "metadata")?)
+        .map_err(|_| corrupt("metadata is not valid JSON"))?;
+    Ok(EventRecord {
+        id: text(1, "id")?,
+        seq,
+        timestamp,
+        event_type,
+        level,
+        message: text(5, "message")?,
+        request_id,
+        metadata,
+        prev_hash: text(8, "prev_hash")?,
+        hash: text(9, "hash")?,
     })
 }
 

@@ -205,6 +205,121 @@ async fn corrupt_rows_are_reported_with_their_seq() {
         "{err:?}"
     );
     assert!(export.next().await.is_none());
+
+    // Records check every row as closely, though they keep the metadata
+    // text: the bad metadata still stops the export at seq 2.
+    let err = store.query_records(&page_query(10)).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("seq 3") && m.contains("timestamp")),
+        "{err:?}"
+    );
+    let mut export = store.export_records(EventFilter::default());
+    assert_eq!(export.next().await.unwrap().unwrap().seq, 1);
+    let err = export.next().await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("seq 2") && m.contains("metadata")),
+        "{err:?}"
+    );
+    assert!(export.next().await.is_none());
+}
+
+#[tokio::test]
+async fn a_download_stops_at_metadata_that_is_almost_json() {
+    use crate::admin::export::{encode, Format};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store
+        .append_batch(chain(1, GENESIS_HASH, 3).into())
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    // Each would pass a glance; none is one JSON value.
+    for bad in [
+        r#"{"n":2}}"#,
+        r#"{"n":2,}"#,
+        r#"{"n":"\x"}"#,
+        "",
+        "{\"n\":2} x",
+    ] {
+        conn.execute("UPDATE events SET metadata = ?1 WHERE seq = 2", [bad])
+            .unwrap();
+        for format in [Format::Json, Format::Ndjson, Format::Csv] {
+            let chunks: Vec<_> = encode(format, store.export_records(EventFilter::default()))
+                .collect()
+                .await;
+            assert!(
+                matches!(chunks.last(), Some(Err(_))),
+                "{format:?} export of {bad:?} completed"
+            );
+            let body: Vec<u8> = chunks
+                .iter()
+                .filter_map(|c| c.as_ref().ok())
+                .flat_map(|b| b.to_vec())
+                .collect();
+            let body = String::from_utf8(body).unwrap();
+            assert!(
+                body.contains("event 1") && !body.contains("event 2"),
+                "{body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_type_and_window_page_is_exact_when_time_and_seq_disagree() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    // Timestamps scattered against seq order, as concurrent producers can
+    // leave them, so the newest by time are not the newest by seq.
+    let base = chrono::Utc::now() - chrono::Duration::days(1);
+    let mut prev = GENESIS_HASH.to_owned();
+    let mut state: u64 = 0x9e37_79b9;
+    let events: Vec<AuditEvent> = (1..=400)
+        .map(|seq| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let kind = if seq % 3 == 0 {
+                EventType::Request
+            } else {
+                EventType::Response
+            };
+            let mut new = NewEvent::new(kind, format!("event {seq}"));
+            new.timestamp = base + chrono::Duration::seconds((state % 500) as i64);
+            let e = new.seal(seq, &prev);
+            prev.clone_from(&e.hash);
+            e
+        })
+        .collect();
+    store.append_batch(events.clone().into()).await.unwrap();
+    for (from, to) in [(0, 500), (100, 300), (250, 260), (499, 500)] {
+        let filter = EventFilter {
+            event_types: vec![EventType::Response],
+            start_time: Some(base + chrono::Duration::seconds(from)),
+            end_time: Some(base + chrono::Duration::seconds(to)),
+            ..Default::default()
+        };
+        let expected: Vec<i64> = events
+            .iter()
+            .rev()
+            .filter(|e| filter.matches(e))
+            .map(|e| e.seq)
+            .collect();
+        for limit in [1, 5, 50, 1000] {
+            let q = EventQuery {
+                filter: filter.clone(),
+                limit,
+                before_seq: None,
+            };
+            let page = store.query(&q).await.unwrap();
+            let seqs: Vec<i64> = page.events.iter().map(|e| e.seq).collect();
+            let want = &expected[..limit.min(expected.len())];
+            assert_eq!(seqs, want, "{from}..{to} limit {limit}");
+            let more = expected.len() > limit;
+            assert_eq!(page.next_before_seq, more.then(|| want[want.len() - 1]));
+        }
+    }
 }
 
 #[tokio::test]
