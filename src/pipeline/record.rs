@@ -99,6 +99,10 @@ pub enum ResponseOutcome {
 pub struct CallRecord {
     request: Option<oneshot::Sender<Captured>>,
     response: Option<oneshot::Sender<ResponseOutcome>>,
+    /// Never sent: dropped with the record when the handler is done with
+    /// the call's head (upstream answered, failed, or the call was refused
+    /// or abandoned), which is when the REQUEST may be built.
+    _head_done: oneshot::Sender<()>,
 }
 
 /// What was learnt from the request that the RESPONSE needs too.
@@ -134,12 +138,14 @@ impl Recorder {
     pub fn start(&self, info: CallInfo) -> CallRecord {
         let (req_tx, req_rx) = oneshot::channel();
         let (resp_tx, resp_rx) = oneshot::channel();
+        let (head_tx, head_rx) = oneshot::channel();
         let this = self.clone();
         self.tracker
-            .spawn(async move { this.record(info, req_rx, resp_rx).await });
+            .spawn(async move { this.record(info, req_rx, head_rx, resp_rx).await });
         CallRecord {
             request: Some(req_tx),
             response: Some(resp_tx),
+            _head_done: head_tx,
         }
     }
 
@@ -151,15 +157,24 @@ impl Recorder {
         self,
         info: CallInfo,
         req_rx: oneshot::Receiver<Captured>,
+        head_rx: oneshot::Receiver<()>,
         resp_rx: oneshot::Receiver<ResponseOutcome>,
     ) {
         let request = req_rx.await.ok();
+        // Building the REQUEST is CPU work the call does not wait for. Done
+        // while the call waits for upstream, it competes for the same cores
+        // as the forwarding and shows up in the app's time to first byte;
+        // so it waits until the answer's head has been handed back, then
+        // lets the worker serve ready sockets first.
+        let _ = head_rx.await;
+        tokio::task::yield_now().await;
         let (event, facts, scan) = self.request_event(&info, request.as_ref());
         self.handle.offer(event);
         self.offer_compliance(&info, &scan);
         let outcome = resp_rx
             .await
             .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() });
+        tokio::task::yield_now().await;
         if let Some(error) = self.error_event(&info, &outcome) {
             self.handle.offer(error);
         }

@@ -103,6 +103,16 @@ impl Writer {
             if received == 0 {
                 break;
             }
+            // Sealing is CPU work that no call waits for: let the worker
+            // serve ready sockets first (more events queue up meanwhile,
+            // so batches grow under load).
+            tokio::task::yield_now().await;
+            while msgs.len() < self.cfg.max_batch {
+                match self.rx.try_recv() {
+                    Ok(msg) => msgs.push(msg),
+                    Err(_) => break,
+                }
+            }
             for msg in msgs.drain(..) {
                 match msg {
                     WriterMsg::Event(e) => batch.push(self.seal(e)),
