@@ -13,7 +13,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, SubsecRound, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
@@ -99,7 +99,31 @@ pub enum ParseError {
 /// Formats a timestamp the way every event carries it: RFC 3339, UTC,
 /// microseconds, `Z` suffix. Fixed width, so text order is time order.
 pub fn format_timestamp(ts: &DateTime<Utc>) -> String {
-    ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    // Every event is formatted several times (hash, row, export), and
+    // chrono's format strings are interpreted on each call; four-digit
+    // years, the only ones an event carries in practice, take a direct path.
+    let (year, micros) = (ts.year(), ts.nanosecond() / 1_000);
+    if !(0..=9999).contains(&year) || micros >= 1_000_000 {
+        return ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    }
+    let mut out = String::with_capacity(27);
+    let fields = [
+        (year as u32, 4, '-'),
+        (ts.month(), 2, '-'),
+        (ts.day(), 2, 'T'),
+        (ts.hour(), 2, ':'),
+        (ts.minute(), 2, ':'),
+        (ts.second(), 2, '.'),
+        (micros, 6, 'Z'),
+    ];
+    for (value, width, separator) in fields {
+        for place in (0..width).rev() {
+            let digit = (value / 10u32.pow(place)) % 10;
+            out.push(char::from(b'0' + digit as u8));
+        }
+        out.push(separator);
+    }
+    out
 }
 
 /// Parses an RFC 3339 timestamp with any offset into UTC.
@@ -378,6 +402,31 @@ mod timestamp_format {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_format_as_chrono_does() {
+        let chrono_format = |ts: &DateTime<Utc>| ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let mut secs: i64 = -62_135_596_800; // 0001-01-01
+        let mut nanos: u32 = 0;
+        for _ in 0..20_000 {
+            let ts = DateTime::from_timestamp(secs, nanos).unwrap_or_default();
+            assert_eq!(format_timestamp(&ts), chrono_format(&ts), "{secs} {nanos}");
+            secs = secs.wrapping_add(15_778_463_987);
+            nanos = (nanos + 123_456_789) % 1_000_000_000;
+            if secs > 253_402_300_799 {
+                secs -= 253_402_300_799 + 62_135_596_800;
+            }
+        }
+        // Outside four-digit years and inside a leap second: chrono's own path.
+        let far = DateTime::from_timestamp(260_000_000_000, 5_000).unwrap_or_default();
+        assert_eq!(format_timestamp(&far), chrono_format(&far));
+        let leap = DateTime::from_timestamp(1_483_228_799, 1_500_000_000).unwrap_or_default();
+        assert_eq!(format_timestamp(&leap), chrono_format(&leap));
+        assert_eq!(
+            format_timestamp(&DateTime::from_timestamp(1_700_000_000, 42_000).unwrap_or_default()),
+            "2023-11-14T22:13:20.000042Z"
+        );
+    }
 
     #[test]
     fn event_types_round_trip_and_reject_bad_names() {
