@@ -10,6 +10,7 @@
 pub mod health;
 pub mod maintenance;
 pub mod record;
+mod record_thread;
 pub mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,9 +3,10 @@
 //! The proxy starts a record when a call arrives and hands it two
 //! captures as they complete. All interpretation (decoding, SSE
 //! reassembly, sanitising, summarising) happens in the record's own task,
-//! never on the request path, and the REQUEST is offered as soon as the
-//! request body is known, so a call whose response never ends still leaves
-//! its REQUEST.
+//! on the record thread (`record_thread.rs`), never on the request path.
+//! The REQUEST is offered once the request body is known and upstream's
+//! answer has begun (or failed), so a call whose response never ends still
+//! leaves its REQUEST.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use super::record_thread::RecordThread;
 use super::Handle;
 use crate::capture::body::body_to_value;
 use crate::capture::decode::decode;
@@ -35,6 +37,8 @@ pub struct Recorder {
     handle: Handle,
     sanitizer: Arc<Sanitizer>,
     tracker: TaskTracker,
+    /// Where the record tasks run.
+    thread: RecordThread,
     /// Most bytes a captured body may decode to (guards against
     /// compression bombs).
     max_decoded_bytes: usize,
@@ -127,6 +131,7 @@ impl Recorder {
             handle,
             sanitizer,
             tracker,
+            thread: RecordThread::start(),
             metrics,
             cut_at_shutdown,
             record_compliance_checks,
@@ -140,8 +145,10 @@ impl Recorder {
         let (resp_tx, resp_rx) = oneshot::channel();
         let (head_tx, head_rx) = oneshot::channel();
         let this = self.clone();
-        self.tracker
-            .spawn(async move { this.record(info, req_rx, head_rx, resp_rx).await });
+        self.tracker.spawn_on(
+            async move { this.record(info, req_rx, head_rx, resp_rx).await },
+            self.thread.handle(),
+        );
         CallRecord {
             request: Some(req_tx),
             response: Some(resp_tx),
