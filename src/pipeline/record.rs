@@ -5,12 +5,13 @@
 //! reassembly, sanitising, summarising) happens in the record's own task,
 //! on the record thread (`record_thread.rs`), never on the request path.
 //! The REQUEST is offered once the request body is known and upstream's
-//! answer has begun (or failed), so a call whose response never ends still
-//! leaves its REQUEST.
+//! answer has begun, failed or been awaited for [`REQUEST_RECORD_DELAY`],
+//! so a call whose response never ends still leaves its REQUEST.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{json, Map, Value};
@@ -30,6 +31,10 @@ use crate::capture::tee::{BodyEnd, Captured};
 use crate::event::{EventType, NewEvent};
 use crate::policy::{compliance_event, Direction, Scan, Verdict};
 use crate::telemetry::metrics::{Metrics, PolicyLabels, TokenLabels};
+
+/// Longest a REQUEST waits for upstream's answer to begin before it is
+/// built anyway.
+const REQUEST_RECORD_DELAY: Duration = Duration::from_millis(200);
 
 /// Starts call records. Cheap to clone.
 #[derive(Clone)]
@@ -169,11 +174,12 @@ impl Recorder {
     ) {
         let request = req_rx.await.ok();
         // Building the REQUEST is CPU work the call does not wait for. Done
-        // while the call waits for upstream, it competes for the same cores
-        // as the forwarding and shows up in the app's time to first byte;
-        // so it waits until the answer's head has been handed back, then
-        // lets the worker serve ready sockets first.
-        let _ = head_rx.await;
+        // while a fast upstream is answering, it competes for the same
+        // cores as the forwarding and shows up in the app's time to first
+        // byte; so it waits for the answer's head, but no longer than
+        // REQUEST_RECORD_DELAY, so a slow call's REQUEST is still on record
+        // while it runs.
+        let _ = tokio::time::timeout(REQUEST_RECORD_DELAY, head_rx).await;
         tokio::task::yield_now().await;
         let (event, facts, scan) = self.request_event(&info, request.as_ref());
         self.handle.offer(event);

@@ -311,6 +311,33 @@ async fn upstream_header_timeout_gives_504() {
 }
 
 #[tokio::test]
+async fn request_is_on_record_while_a_slow_upstream_is_still_answering() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url()).await;
+    let call = proxy
+        .post_call("/v1/chat/completions", "slow-answer-1")
+        .header("x-mock-header-delay-ms", "3000")
+        .json(&chat_body(false))
+        .send();
+    let call = tokio::spawn(call);
+    // The answer's head is 3 s away; the REQUEST must not wait for it.
+    let events = proxy
+        .wait_events("request_id=slow-answer-1&event_type=REQUEST", 1)
+        .await;
+    assert_eq!(events.len(), 1);
+    assert!(
+        !call.is_finished(),
+        "the call was still waiting for upstream"
+    );
+    let resp = call.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = proxy.call_events("slow-answer-1").await;
+    assert_eq!(events[0]["event_type"], "REQUEST");
+    assert_eq!(events[1]["event_type"], "RESPONSE");
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn silent_stream_hits_the_idle_timeout() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start_with(
