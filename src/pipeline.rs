@@ -10,7 +10,6 @@
 pub mod health;
 pub mod maintenance;
 pub mod record;
-mod record_thread;
 pub mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -121,7 +121,7 @@ pub(super) fn load(
         capacity: l.get(keys::QUEUE_CAPACITY, 10_000, |r| {
             parse_int(r, 1, 10_000_000).map(|n| n as usize)
         }),
-        max_batch: l.get(keys::QUEUE_MAX_BATCH, 512, |r| {
+        max_batch: l.get(keys::QUEUE_MAX_BATCH, 2048, |r| {
             parse_int(r, 1, 100_000).map(|n| n as usize)
         }),
     };

@@ -3,7 +3,7 @@
 //! The proxy starts a record when a call arrives and hands it two
 //! captures as they complete. All interpretation (decoding, SSE
 //! reassembly, sanitising, summarising) happens in the record's own task,
-//! on the record thread (`record_thread.rs`), never on the request path.
+//! never on the request path.
 //! The REQUEST is offered once the request body is known and upstream's
 //! answer has begun, failed or been awaited for [`REQUEST_RECORD_DELAY`],
 //! so a call whose response never ends still leaves its REQUEST.
@@ -19,7 +19,6 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use super::record_thread::RecordThread;
 use super::Handle;
 use crate::capture::body::body_to_value;
 use crate::capture::decode::decode;
@@ -42,8 +41,6 @@ pub struct Recorder {
     handle: Handle,
     sanitizer: Arc<Sanitizer>,
     tracker: TaskTracker,
-    /// Where the record tasks run.
-    thread: RecordThread,
     /// Most bytes a captured body may decode to (guards against
     /// compression bombs).
     max_decoded_bytes: usize,
@@ -136,7 +133,6 @@ impl Recorder {
             handle,
             sanitizer,
             tracker,
-            thread: RecordThread::start(),
             metrics,
             cut_at_shutdown,
             record_compliance_checks,
@@ -150,10 +146,8 @@ impl Recorder {
         let (resp_tx, resp_rx) = oneshot::channel();
         let (head_tx, head_rx) = oneshot::channel();
         let this = self.clone();
-        self.tracker.spawn_on(
-            async move { this.record(info, req_rx, head_rx, resp_rx).await },
-            self.thread.handle(),
-        );
+        self.tracker
+            .spawn(async move { this.record(info, req_rx, head_rx, resp_rx).await });
         CallRecord {
             request: Some(req_tx),
             response: Some(resp_tx),
