@@ -6,7 +6,7 @@
 # SQLite store. Prints a markdown table and writes bench/results/latest.md
 # and the raw JSON lines to bench/results/latest.jsonl.
 #
-#   bash bench/run.sh            # full run, about 15 minutes on 2 cores
+#   bash bench/run.sh            # full run, about 10 minutes on 2 cores
 #   QUICK=1 bash bench/run.sh    # about 2 minutes, for a smoke test
 #
 # Every duration and size below can be set from the environment. Needs
