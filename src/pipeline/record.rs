@@ -5,7 +5,7 @@
 //! reassembly, sanitising, summarising) happens in the record's own task,
 //! never on the request path.
 //! The REQUEST is offered once the request body is known and upstream's
-//! answer has begun, failed or been awaited for [`REQUEST_RECORD_DELAY`],
+//! answer has begun, failed or been awaited for 200 ms,
 //! so a call whose response never ends still leaves its REQUEST.
 
 use std::net::IpAddr;
