@@ -103,6 +103,29 @@ impl TryFrom<AuditEvent> for EventRecord {
     }
 }
 
+impl EventRecord {
+    /// The event this record stands for, with its metadata parsed. Fails
+    /// naming the field that cannot be what it stands for.
+    pub fn into_event(self) -> Result<AuditEvent, &'static str> {
+        let timestamp = parse_timestamp(&self.timestamp).ok_or("timestamp is not RFC 3339")?;
+        let metadata =
+            serde_json::from_str(self.metadata.get()).map_err(|_| "metadata is not valid JSON")?;
+        Ok(AuditEvent {
+            id: self.id,
+            seq: self.seq,
+            timestamp,
+            event_type: self.event_type,
+            level: self.level,
+            message: self.message,
+            request_id: self.request_id,
+            metadata,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+            metadata_json: Default::default(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::{TimeZone, Utc};

@@ -32,8 +32,7 @@ use super::{
     MAX_QUERY_LIMIT,
 };
 use crate::event::{
-    canonical_timestamp, format_timestamp, parse_timestamp, AuditEvent, EventRecord, EventType,
-    Level,
+    canonical_timestamp, format_timestamp, AuditEvent, EventRecord, EventType, Level,
 };
 
 /// The file name inside the store folder.
@@ -607,38 +606,11 @@ fn export_chunks<E: Sequenced>(
 /// Decodes one row selected with [`COLUMNS`]. A value that cannot be the
 /// field it stands for makes the row corrupt, named by its seq.
 fn read_row(row: &rusqlite::Row<'_>) -> Result<AuditEvent, StoreError> {
-    let seq: i64 = row.get(0)?;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("event seq {seq}: {what}"));
-    let text = |i: usize, name: &str| -> Result<String, StoreError> {
-        row.get::<_, String>(i)
-            .map_err(|_| corrupt(&format!("{name} is not text")))
-    };
-    let timestamp = parse_timestamp(&text(2, "timestamp")?)
-        .ok_or_else(|| corrupt("timestamp is not RFC 3339"))?;
-    let event_type: EventType = text(3, "event_type")?
-        .parse()
-        .map_err(|_| corrupt("event_type is not a valid type"))?;
-    let level: Level = text(4, "level")?
-        .parse()
-        .map_err(|_| corrupt("level is not a valid level"))?;
-    let request_id: Option<String> = row
-        .get(6)
-        .map_err(|_| corrupt("request_id is not text or null"))?;
-    let metadata = serde_json::from_str(&text(7, "metadata")?)
-        .map_err(|_| corrupt("metadata is not valid JSON"))?;
-    Ok(AuditEvent {
-        id: text(1, "id")?,
-        seq,
-        timestamp,
-        event_type,
-        level,
-        message: text(5, "message")?,
-        request_id,
-        metadata,
-        prev_hash: text(8, "prev_hash")?,
-        hash: text(9, "hash")?,
-        metadata_json: Default::default(),
-    })
+    let record = read_record(row)?;
+    let seq = record.seq;
+    record
+        .into_event()
+        .map_err(|what| StoreError::Corrupt(format!("event seq {seq}: {what}")))
 }
 
 /// Decodes one row selected with [`COLUMNS`] as a record: checks each
