@@ -193,34 +193,36 @@ async fn corrupt_rows_are_reported_with_their_seq() {
     drop(conn);
 
     let err = store.query(&page_query(10)).await.unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt(m) if m.contains("seq 3") && m.contains("timestamp")),
-        "{err:?}"
-    );
+    assert_corrupt(&err, "seq 3", "timestamp");
     let mut export = store.export(EventFilter::default());
     assert_eq!(export.next().await.unwrap().unwrap().seq, 1);
-    let err = export.next().await.unwrap().unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt(m) if m.contains("seq 2") && m.contains("metadata")),
-        "{err:?}"
+    assert_corrupt(
+        &export.next().await.unwrap().unwrap_err(),
+        "seq 2",
+        "metadata",
     );
     assert!(export.next().await.is_none());
 
     // Records check every row as closely, though they keep the metadata
     // text: the bad metadata still stops the export at seq 2.
     let err = store.query_records(&page_query(10)).await.unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt(m) if m.contains("seq 3") && m.contains("timestamp")),
-        "{err:?}"
-    );
+    assert_corrupt(&err, "seq 3", "timestamp");
     let mut export = store.export_records(EventFilter::default());
     assert_eq!(export.next().await.unwrap().unwrap().seq, 1);
-    let err = export.next().await.unwrap().unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt(m) if m.contains("seq 2") && m.contains("metadata")),
-        "{err:?}"
+    assert_corrupt(
+        &export.next().await.unwrap().unwrap_err(),
+        "seq 2",
+        "metadata",
     );
     assert!(export.next().await.is_none());
+}
+
+/// Asserts `err` reports a corrupt row naming `seq` and the bad `field`.
+fn assert_corrupt(err: &StoreError, seq: &str, field: &str) {
+    assert!(
+        matches!(err, StoreError::Corrupt(m) if m.contains(seq) && m.contains(field)),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
