@@ -6,6 +6,7 @@ pub mod body;
 pub mod client;
 pub mod forward;
 pub mod framing_guard;
+pub mod headers;
 pub mod policy_guard;
 pub mod request_id;
 pub mod respond;
@@ -15,9 +16,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,10 @@ use tokio_util::task::TaskTracker;
 use framing_guard::FramingGuard;
 
 pub use forward::ProxyState;
+
+/// How long a client may take to send a request head (and, before that,
+/// the bytes that tell HTTP/1 from HTTP/2).
+const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the drain went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +48,12 @@ pub async fn serve(
     grace: Duration,
     tracker: TaskTracker,
 ) -> DrainReport {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(HEAD_READ_TIMEOUT);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let cut = CancellationToken::new();
     loop {
@@ -71,19 +77,35 @@ pub async fn serve(
             let state = state.clone();
             async move { Ok::<_, Infallible>(forward::handle(state, req, client_ip).await) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(FramingGuard::new(stream)), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let cut = cut.clone();
+        let (http1, http2) = (http1.clone(), http2.clone());
+        let watcher = graceful.watcher();
+        let (shutdown, cut) = (shutdown.clone(), cut.clone());
         tracker.spawn(async move {
-            tokio::select! {
-                result = conn => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "Client connection ended with an error.");
-                    }
+            let mut io = FramingGuard::new(stream);
+            let sniffed = tokio::select! {
+                sniffed = tokio::time::timeout(HEAD_READ_TIMEOUT, io.starts_with_h2_preface()) => sniffed,
+                // Nothing has been asked on this connection yet.
+                () = shutdown.cancelled() => return,
+            };
+            let Ok(Ok(is_h2)) = sniffed else {
+                return;
+            };
+            let io = TokioIo::new(io);
+            let served = if is_h2 {
+                let conn = watcher.watch(http2.serve_connection(io, service));
+                tokio::select! {
+                    result = conn => result,
+                    () = cut.cancelled() => return,
                 }
-                () = cut.cancelled() => {}
+            } else {
+                let conn = watcher.watch(http1.serve_connection(io, service));
+                tokio::select! {
+                    result = conn => result,
+                    () = cut.cancelled() => return,
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(%error, "Client connection ended with an error.");
             }
         });
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::body::{full, IdleTimeoutBody, PrefixedBody, ProxyBody};
 use super::client::UpstreamClient;
+use super::headers::{detach_values, forwardable};
 use super::policy_guard::StreamGuard;
 use super::request_id::request_id_for;
 use super::respond::{self, ProxyError, REQUEST_ID_HEADER};
@@ -54,20 +55,6 @@ pub struct ProxyState {
     pub cut_at_shutdown: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1),
-/// plus `proxy-authorization`, which is meant for a proxy, not upstream.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
 /// Handles one call end to end. Never fails: every problem becomes an
 /// OpenAI-style error response.
 pub async fn handle(
@@ -80,7 +67,8 @@ pub async fn handle(
     if state.fail_mode == FailMode::FailClosed && !state.store_health.is_writable() {
         return ProxyError::AuditStoreUnavailable.into_response(&request_id);
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    detach_values(&mut parts.headers);
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -115,6 +103,9 @@ pub async fn handle(
             started_at,
         })
     });
+    // The path is a slice of hyper's read buffer too (see detach_values);
+    // everything needed from it has been copied above.
+    parts.uri = http::Uri::default();
 
     let request_capture = Capture::new(
         state.capture_cap,
@@ -203,6 +194,7 @@ pub async fn handle(
     let (mut parts, incoming) = response.into_parts();
     let response_sender = record.as_mut().and_then(CallRecord::response_sender);
     let status = parts.status;
+    detach_values(&mut parts.headers);
     let upstream_headers = response_sender.as_ref().map(|_| parts.headers.clone());
     // Set by a response policy that replaced or cut the answer, before the
     // capture completes, so the record and the log both see it.
@@ -488,22 +480,6 @@ fn on_done(sender: Option<tokio::sync::oneshot::Sender<crate::capture::tee::Capt
     })
 }
 
-/// `headers` without hop-by-hop headers, including those the
-/// `Connection` header names.
-fn forwardable(mut headers: HeaderMap) -> HeaderMap {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(named.iter()) {
-        headers.remove(name);
-    }
-    headers
-}
-
 /// The error and its sources on one line (hyper's top-level messages alone
 /// say little, e.g. "client error (Connect)").
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
@@ -515,30 +491,4 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_are_dropped() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            "keep-alive, x-secret-hop".parse().unwrap(),
-        );
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("x-secret-hop", "1".parse().unwrap());
-        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
-        h.insert(header::AUTHORIZATION, "Bearer sk-x".parse().unwrap());
-        h.insert("x-request-id", "abc".parse().unwrap());
-        let out = forwardable(h);
-        assert!(out.get(header::CONNECTION).is_none());
-        assert!(out.get("keep-alive").is_none());
-        assert!(out.get("x-secret-hop").is_none());
-        assert!(out.get(header::TRANSFER_ENCODING).is_none());
-        assert_eq!(out.get(header::AUTHORIZATION).unwrap(), "Bearer sk-x");
-        assert_eq!(out.get("x-request-id").unwrap(), "abc");
-    }
 }

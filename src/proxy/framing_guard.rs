@@ -67,6 +67,10 @@ const READ_CHUNK: usize = 8192;
 /// The byte that replaces the version's minor digit in an ambiguous head.
 const POISONED_VERSION_DIGIT: u8 = b'x';
 
+/// What a client speaking HTTP/2 with prior knowledge sends first
+/// (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 pin_project! {
     /// A transparent read/write wrapper for a server-side HTTP/1 connection
     /// that makes hyper reject any request carrying both `Content-Length`
@@ -174,6 +178,37 @@ impl<T> FramingGuard<T> {
     }
 }
 
+impl<T: AsyncRead + Unpin> FramingGuard<T> {
+    /// Reads until the first bytes show whether the client opens with the
+    /// HTTP/2 preface, keeping every byte for the server that follows.
+    ///
+    /// Choosing the protocol here, rather than by a server that reads a
+    /// few bytes and replays them, lets the HTTP/1 server's first read take
+    /// the whole request at once: a replayed prefix makes it read twice and
+    /// double its buffer for every connection. End of stream counts as not
+    /// HTTP/2; the server then sees the end itself.
+    pub async fn starts_with_h2_preface(&mut self) -> io::Result<bool> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_sniff(cx)).await
+    }
+
+    fn poll_sniff(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut this = self.project();
+        loop {
+            let seen = this.buf.len().min(H2_PREFACE.len());
+            if this.buf[..seen] != H2_PREFACE[..seen] {
+                return Poll::Ready(Ok(false));
+            }
+            if seen == H2_PREFACE.len() {
+                return Poll::Ready(Ok(true));
+            }
+            if ready!(poll_fill(this.inner.as_mut(), cx, this.buf))? == 0 {
+                return Poll::Ready(Ok(false));
+            }
+            advance(this.buf, this.ready, this.state);
+        }
+    }
+}
+
 impl<T: AsyncRead> AsyncRead for FramingGuard<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -201,14 +236,7 @@ impl<T: AsyncRead> AsyncRead for FramingGuard<T> {
                 return this.inner.as_mut().poll_read(cx, out);
             }
 
-            // Read on the stack first, so a connection waiting for its
-            // next request does not keep a buffer allocated.
-            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-            let mut chunk = ReadBuf::uninit(&mut chunk);
-            ready!(this.inner.as_mut().poll_read(cx, &mut chunk))?;
-            let filled = chunk.filled().len();
-            this.buf.extend_from_slice(chunk.filled());
-
+            let filled = ready!(poll_fill(this.inner.as_mut(), cx, this.buf))?;
             if filled == 0 {
                 // End of stream: release what is held so hyper sees the
                 // truncated head (and fails it) rather than a silent EOF.
@@ -252,6 +280,22 @@ impl<T: AsyncWrite> AsyncWrite for FramingGuard<T> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
     }
+}
+
+/// Reads once from `inner` and appends what came to `buf`; returns how many
+/// bytes that was (0 at the end of the stream).
+fn poll_fill<T: AsyncRead>(
+    inner: Pin<&mut T>,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    // Read on the stack first, so a connection waiting for its next
+    // request does not keep a buffer allocated.
+    let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut chunk = ReadBuf::uninit(&mut chunk);
+    ready!(inner.poll_read(cx, &mut chunk))?;
+    buf.extend_from_slice(chunk.filled());
+    Poll::Ready(Ok(chunk.filled().len()))
 }
 
 /// Moves `ready` forward over every byte of `buf` that can be judged now,

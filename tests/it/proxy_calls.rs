@@ -144,6 +144,51 @@ async fn streamed_tool_calls_are_reassembled() {
 }
 
 #[tokio::test]
+async fn app_speaking_http2_with_prior_knowledge_is_served_and_recorded() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url()).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (id, stream) in [("h2-plain", false), ("h2-stream", true)] {
+        let resp = h2
+            .post(proxy.url("/v1/chat/completions"))
+            .header("x-request-id", id)
+            .json(&chat_body(stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-audit-request-id"], id);
+        let text = resp.text().await.unwrap();
+        let events = proxy.call_events(id).await;
+        let m = &of_type(&events, "RESPONSE")["metadata"];
+        assert_eq!(m["outcome"], "completed");
+        assert_eq!(m["stream"], stream);
+        let content = &m["response_data"]["choices"][0]["message"]["content"];
+        if stream {
+            assert_eq!(content, "Paris is the capital.");
+            assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        } else {
+            assert!(text.contains(content.as_str().unwrap()), "{text}");
+        }
+    }
+    // HTTP/1.1 on another connection to the same listener still works.
+    let resp = proxy
+        .post_call("/v1/chat/completions", "h1-after-h2")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.seen().len(), 3);
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn streamed_chat_text_and_usage_are_reassembled() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url()).await;

@@ -328,3 +328,42 @@ async fn long_ambiguous_head_is_caught() {
     let out = guarded(&head).await;
     assert!(!parses(&out));
 }
+
+/// Sniffs `input` under every split; returns the verdict and what the
+/// server reads afterwards, which must be `input` whole.
+async fn sniffed(input: &[u8]) -> bool {
+    let mut verdicts = Vec::new();
+    for pieces in splits(input) {
+        let mut guard = FramingGuard::new(Pieces(pieces.into()));
+        verdicts.push(guard.starts_with_h2_preface().await.unwrap());
+        let mut out = Vec::new();
+        guard.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, guarded(input).await, "bytes changed by sniffing");
+    }
+    assert!(
+        verdicts.iter().all(|v| *v == verdicts[0]),
+        "splits disagree"
+    );
+    verdicts[0]
+}
+
+#[tokio::test]
+async fn http2_preface_is_recognised_and_kept_for_the_server() {
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00";
+    assert!(sniffed(preface).await);
+    assert!(sniffed(&preface[..24]).await);
+}
+
+#[tokio::test]
+async fn http1_requests_and_short_streams_are_not_http2() {
+    assert!(!sniffed(PLAIN).await);
+    assert!(!sniffed(CHUNKED).await);
+    // Poisoning happens before the server reads, sniffed or not.
+    assert!(!sniffed(AMBIGUOUS).await);
+    assert!(!parses(&guarded(AMBIGUOUS).await));
+    // A method that happens to start like the preface.
+    assert!(!sniffed(b"PRIX / HTTP/1.1\r\nHost: a\r\n\r\n").await);
+    // The preface cut short by the end of the stream, and nothing at all.
+    assert!(!sniffed(b"PRI * HTTP/2.0\r\n").await);
+    assert!(!sniffed(b"").await);
+}
