@@ -54,6 +54,9 @@ pub struct Capture {
     total: u64,
     first_byte_at: Option<Instant>,
     on_done: Option<OnDone>,
+    /// Dropped when the first byte passes (or with the capture), which
+    /// wakes whoever waits for the body to begin.
+    on_first_byte: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 pin_project! {
@@ -92,7 +95,13 @@ impl Capture {
             total: 0,
             first_byte_at: None,
             on_done: Some(on_done),
+            on_first_byte: None,
         }
+    }
+
+    /// Drops `signal` once the first byte has passed.
+    pub fn signal_first_byte(&mut self, signal: Option<tokio::sync::oneshot::Sender<()>>) {
+        self.on_first_byte = signal;
     }
 
     /// Records `data` as having passed.
@@ -102,6 +111,7 @@ impl Capture {
         }
         if self.first_byte_at.is_none() {
             self.first_byte_at = Some(Instant::now());
+            self.on_first_byte = None;
         }
         self.total += data.len() as u64;
         let room = self.cap.saturating_sub(self.buf.len());
@@ -296,5 +306,29 @@ mod tests {
         let c = slot.lock().unwrap().take().unwrap();
         assert_eq!(c.end, BodyEnd::Dropped);
         assert_eq!(&c.bytes[..], b"a");
+    }
+
+    #[test]
+    fn first_byte_signal_is_dropped_by_the_first_data_or_the_end() {
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let mut capture = Capture::new(16, Box::new(|_| {}));
+        capture.signal_first_byte(Some(tx));
+        capture.observe(b"");
+        assert!(rx
+            .try_recv()
+            .is_err_and(|e| e == tokio::sync::oneshot::error::TryRecvError::Empty));
+        capture.observe(b"data: {}");
+        assert!(rx
+            .try_recv()
+            .is_err_and(|e| e == tokio::sync::oneshot::error::TryRecvError::Closed));
+
+        // A body that ends without a byte still lets the waiter go.
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let mut capture = Capture::new(16, Box::new(|_| {}));
+        capture.signal_first_byte(Some(tx));
+        capture.finish(BodyEnd::Complete);
+        assert!(rx
+            .try_recv()
+            .is_err_and(|e| e == tokio::sync::oneshot::error::TryRecvError::Closed));
     }
 }

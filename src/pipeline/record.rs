@@ -105,10 +105,10 @@ pub enum ResponseOutcome {
 pub struct CallRecord {
     request: Option<oneshot::Sender<Captured>>,
     response: Option<oneshot::Sender<ResponseOutcome>>,
-    /// Never sent: dropped with the record when the handler is done with
-    /// the call's head (upstream answered, failed, or the call was refused
-    /// or abandoned), which is when the REQUEST may be built.
-    _head_done: oneshot::Sender<()>,
+    /// Never sent: dropped when the answer's first byte has gone to the
+    /// app (see [`CallRecord::answer_started`]), or with the record when
+    /// there is no answer to wait for; that is when the REQUEST is built.
+    answer_started: Option<oneshot::Sender<()>>,
 }
 
 /// What was learnt from the request that the RESPONSE needs too.
@@ -144,14 +144,14 @@ impl Recorder {
     pub fn start(&self, info: CallInfo) -> CallRecord {
         let (req_tx, req_rx) = oneshot::channel();
         let (resp_tx, resp_rx) = oneshot::channel();
-        let (head_tx, head_rx) = oneshot::channel();
+        let (started_tx, started_rx) = oneshot::channel();
         let this = self.clone();
         self.tracker
-            .spawn(async move { this.record(info, req_rx, head_rx, resp_rx).await });
+            .spawn(async move { this.record(info, req_rx, started_rx, resp_rx).await });
         CallRecord {
             request: Some(req_tx),
             response: Some(resp_tx),
-            _head_done: head_tx,
+            answer_started: Some(started_tx),
         }
     }
 
@@ -163,17 +163,17 @@ impl Recorder {
         self,
         info: CallInfo,
         req_rx: oneshot::Receiver<Captured>,
-        head_rx: oneshot::Receiver<()>,
+        answer_started: oneshot::Receiver<()>,
         resp_rx: oneshot::Receiver<ResponseOutcome>,
     ) {
         let request = req_rx.await.ok();
         // Building the REQUEST is CPU work the call does not wait for. Done
         // while a fast upstream is answering, it competes for the same
         // cores as the forwarding and shows up in the app's time to first
-        // byte; so it waits for the answer's head, but no longer than
-        // REQUEST_RECORD_DELAY, so a slow call's REQUEST is still on record
-        // while it runs.
-        let _ = tokio::time::timeout(REQUEST_RECORD_DELAY, head_rx).await;
+        // byte; so it waits until the answer's first byte has been passed
+        // on, but no longer than REQUEST_RECORD_DELAY, so a slow call's
+        // REQUEST is still on record while it runs.
+        let _ = tokio::time::timeout(REQUEST_RECORD_DELAY, answer_started).await;
         tokio::task::yield_now().await;
         let (event, facts, scan) = self.request_event(&info, request.as_ref());
         self.handle.offer(event);
@@ -566,6 +566,13 @@ impl CallRecord {
     /// Hands over the request body's capture.
     pub fn request_sender(&mut self) -> Option<oneshot::Sender<Captured>> {
         self.request.take()
+    }
+
+    /// The signal that the answer has begun, for the response capture to
+    /// drop once the first byte has passed; used once. Until it is taken,
+    /// the record itself holds it.
+    pub fn answer_started(&mut self) -> Option<oneshot::Sender<()>> {
+        self.answer_started.take()
     }
 
     /// Hands over the response side's end; used once.

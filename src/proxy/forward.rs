@@ -193,6 +193,7 @@ pub async fn handle(
     let headers_at = Instant::now();
     let (mut parts, incoming) = response.into_parts();
     let response_sender = record.as_mut().and_then(CallRecord::response_sender);
+    let answer_started = record.as_mut().and_then(CallRecord::answer_started);
     let status = parts.status;
     detach_values(&mut parts.headers);
     let upstream_headers = response_sender.as_ref().map(|_| parts.headers.clone());
@@ -218,6 +219,7 @@ pub async fn handle(
             }),
         )
     };
+    response_capture.signal_first_byte(answer_started);
     let is_sse = parts
         .headers
         .get(header::CONTENT_TYPE)
