@@ -20,7 +20,7 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{format_timestamp, AuditEvent};
+use super::{format_timestamp, AuditEvent, EventRecord};
 
 /// The `prev_hash` of the first event in a store: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -49,22 +49,45 @@ pub fn event_hash(event: &AuditEvent) -> String {
 /// As [`event_hash`], with the metadata's canonical JSON already at hand
 /// (sealing reuses the text the producer serialised).
 pub fn hash_with_metadata(event: &AuditEvent, metadata_json: &str) -> String {
+    hash_fields([
+        event.seq.to_string().as_bytes(),
+        event.id.as_bytes(),
+        format_timestamp(&event.timestamp).as_bytes(),
+        event.event_type.as_str().as_bytes(),
+        event.level.as_str().as_bytes(),
+        event.message.as_bytes(),
+        event.request_id.as_deref().unwrap_or("").as_bytes(),
+        metadata_json.as_bytes(),
+        event.prev_hash.as_bytes(),
+    ])
+}
+
+/// The hash of a stored record, from its metadata text as stored: what
+/// the store wrote is the canonical text that was hashed, so an untouched
+/// record needs no parse and re-encoding of its metadata.
+fn record_hash(record: &EventRecord, metadata_json: &str) -> String {
+    hash_fields([
+        record.seq.to_string().as_bytes(),
+        record.id.as_bytes(),
+        record.timestamp.as_bytes(),
+        record.event_type.as_str().as_bytes(),
+        record.level.as_str().as_bytes(),
+        record.message.as_bytes(),
+        record.request_id.as_deref().unwrap_or("").as_bytes(),
+        metadata_json.as_bytes(),
+        record.prev_hash.as_bytes(),
+    ])
+}
+
+/// The encoding described at the top of this module, hashed.
+fn hash_fields(fields: [&[u8]; 9]) -> String {
     let mut hasher = Sha256::new();
-    let mut field = |bytes: &[u8]| {
+    for bytes in fields {
         hasher.update(bytes.len().to_string().as_bytes());
         hasher.update(b":");
         hasher.update(bytes);
         hasher.update(b"\n");
-    };
-    field(event.seq.to_string().as_bytes());
-    field(event.id.as_bytes());
-    field(format_timestamp(&event.timestamp).as_bytes());
-    field(event.event_type.as_str().as_bytes());
-    field(event.level.as_str().as_bytes());
-    field(event.message.as_bytes());
-    field(event.request_id.as_deref().unwrap_or("").as_bytes());
-    field(metadata_json.as_bytes());
-    field(event.prev_hash.as_bytes());
+    }
     hex::encode(hasher.finalize())
 }
 
@@ -106,23 +129,48 @@ impl ChainVerifier {
     /// Checks the next event. Retention may remove the oldest events, so the
     /// very first event seen is trusted to link to whatever came before it.
     pub fn check(&mut self, event: &AuditEvent) -> Result<(), ChainBreak> {
+        self.link(event.seq, &event.prev_hash, &event.hash, || {
+            event_hash(event) == event.hash
+        })
+    }
+
+    /// As [`check`](Self::check), for a record as the store holds it. The
+    /// metadata is hashed as stored; only if that does not match is it
+    /// re-encoded canonically, so a record passes exactly when the event
+    /// read from it would.
+    pub fn check_record(&mut self, record: &EventRecord) -> Result<(), ChainBreak> {
+        self.link(record.seq, &record.prev_hash, &record.hash, || {
+            let stored = record.metadata.get();
+            record_hash(record, stored) == record.hash
+                || serde_json::from_str::<Value>(stored)
+                    .is_ok_and(|v| record_hash(record, &canonical_json(&v)) == record.hash)
+        })
+    }
+
+    fn link(
+        &mut self,
+        seq: i64,
+        prev_hash: &str,
+        hash: &str,
+        content_matches: impl FnOnce() -> bool,
+    ) -> Result<(), ChainBreak> {
         let fail = |reason: &str| ChainBreak {
-            seq: event.seq,
+            seq,
             reason: reason.to_owned(),
         };
         if let Some(prev) = self.prev_seq {
-            if event.seq <= prev {
+            if seq <= prev {
                 return Err(fail("seq does not increase"));
             }
-            if event.prev_hash != self.prev_hash {
+            if prev_hash != self.prev_hash {
                 return Err(fail("prev_hash does not match the previous event's hash"));
             }
         }
-        if event_hash(event) != event.hash {
+        if !content_matches() {
             return Err(fail("hash does not match the event's content"));
         }
-        self.prev_hash = event.hash.clone();
-        self.prev_seq = Some(event.seq);
+        self.prev_hash = hash.to_owned();
+        self.prev_seq = Some(seq);
         self.checked += 1;
         Ok(())
     }
@@ -205,5 +253,45 @@ mod tests {
         b.message = "a".into();
         b.request_id = Some("bc".into());
         assert_ne!(a.seal(1, GENESIS_HASH).hash, b.seal(1, GENESIS_HASH).hash);
+    }
+
+    #[test]
+    fn records_verify_from_their_stored_text() {
+        let events = chain(3);
+        let records: Vec<EventRecord> = events
+            .iter()
+            .cloned()
+            .map(|e| EventRecord::try_from(e).unwrap())
+            .collect();
+        let mut v = ChainVerifier::new();
+        for r in &records {
+            v.check_record(r).unwrap();
+        }
+        assert_eq!(v.checked(), 3);
+
+        // Stored text that is not canonical but means the same still
+        // verifies, as the event read from it would.
+        let mut spaced = records[1].clone();
+        spaced.metadata =
+            serde_json::value::RawValue::from_string(r#"{ "b": 2, "a": [1, 2] }"#.into()).unwrap();
+        let mut v = ChainVerifier::new();
+        v.check_record(&records[0]).unwrap();
+        v.check_record(&spaced).unwrap();
+
+        // Changed content does not.
+        let mut edited = records[1].clone();
+        edited.metadata =
+            serde_json::value::RawValue::from_string(r#"{"a":[1,2],"b":3}"#.into()).unwrap();
+        let mut v = ChainVerifier::new();
+        v.check_record(&records[0]).unwrap();
+        let broken = v.check_record(&edited).unwrap_err();
+        assert_eq!(broken.seq, 2);
+        assert_eq!(broken.reason, "hash does not match the event's content");
+        let mut renamed = records[2].clone();
+        renamed.message.push('!');
+        let mut v = ChainVerifier::new();
+        v.check_record(&records[0]).unwrap();
+        v.check_record(&records[1]).unwrap();
+        assert_eq!(v.check_record(&renamed).unwrap_err().seq, 3);
     }
 }

@@ -27,11 +27,11 @@ pub struct VerifiedHead {
 /// Walks the whole store oldest first. Retention removes the oldest events,
 /// so the first one seen is trusted to link to what came before it.
 pub async fn verify_chain(store: &dyn AuditStore) -> Result<VerifyReport, StoreError> {
-    let mut events = store.export(EventFilter::default());
+    let mut records = store.export_records(EventFilter::default());
     let mut verifier = ChainVerifier::new();
     let mut first_bad = None;
-    while let Some(event) = events.next().await {
-        if let Err(broken) = verifier.check(&event?) {
+    while let Some(record) = records.next().await {
+        if let Err(broken) = verifier.check_record(&record?) {
             first_bad = Some(broken);
             break;
         }
