@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::body::{full, IdleTimeoutBody, PrefixedBody, ProxyBody};
 use super::client::UpstreamClient;
-use super::headers::{detach_values, forwardable};
+use super::headers::{detached, forwardable};
 use super::policy_guard::StreamGuard;
 use super::request_id::request_id_for;
 use super::respond::{self, ProxyError, REQUEST_ID_HEADER};
@@ -68,7 +68,6 @@ pub async fn handle(
         return ProxyError::AuditStoreUnavailable.into_response(&request_id);
     }
     let (mut parts, body) = req.into_parts();
-    detach_values(&mut parts.headers);
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -99,11 +98,11 @@ pub async fn handle(
             operation: operation.clone(),
             provider,
             client_ip,
-            headers: parts.headers.clone(),
+            headers: detached(&parts.headers),
             started_at,
         })
     });
-    // The path is a slice of hyper's read buffer too (see detach_values);
+    // The path is a slice of hyper's read buffer too (see `detached`);
     // everything needed from it has been copied above.
     parts.uri = http::Uri::default();
 
@@ -195,8 +194,7 @@ pub async fn handle(
     let response_sender = record.as_mut().and_then(CallRecord::response_sender);
     let answer_started = record.as_mut().and_then(CallRecord::answer_started);
     let status = parts.status;
-    detach_values(&mut parts.headers);
-    let upstream_headers = response_sender.as_ref().map(|_| parts.headers.clone());
+    let upstream_headers = response_sender.as_ref().map(|_| detached(&parts.headers));
     // Set by a response policy that replaced or cut the answer, before the
     // capture completes, so the record and the log both see it.
     let blocked_by: Arc<OnceLock<Verdict>> = Arc::default();

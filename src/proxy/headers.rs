@@ -34,14 +34,23 @@ pub fn forwardable(mut headers: HeaderMap) -> HeaderMap {
     headers
 }
 
-/// Moves every value of `headers` into one buffer of its own.
+/// A copy of `headers` to keep beyond the call's head (for the audit
+/// record), with every value in one buffer of its own.
 ///
 /// hyper parses header values as slices of the connection's read buffer
 /// (8 KiB or more). While any of them lives, the connection cannot reuse
-/// that buffer and allocates a second one for its next read, so a map kept
-/// for the audit record, or kept while a long stream runs, would hold two
-/// buffers per connection instead of one.
-pub fn detach_values(headers: &mut HeaderMap) {
+/// that buffer and allocates a second one for its next read, so a plain
+/// clone kept while a long stream runs would hold two buffers per
+/// connection instead of one. Maps that are only forwarded are dropped once
+/// written and need no copy.
+pub fn detached(headers: &HeaderMap) -> HeaderMap {
+    let mut copy = headers.clone();
+    detach_values(&mut copy);
+    copy
+}
+
+/// Moves every value of `headers` into one buffer of its own.
+fn detach_values(headers: &mut HeaderMap) {
     let total: usize = headers.values().map(|v| v.len()).sum();
     let mut owned = BytesMut::with_capacity(total);
     for value in headers.values() {
