@@ -6,6 +6,8 @@
 //! busy one writes in large transactions. "How to write" is one
 //! `append_batch` call, retried with backoff while the error is retriable.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +49,28 @@ struct Writer {
     prev_hash: String,
     /// Drops already reported in an ERROR event.
     reported_drops: u64,
+    /// Runs the store's writes, so one proceeds while the next is sealed.
+    tracker: TaskTracker,
+    /// Set when the chain's tip was reset to the store's head.
+    rewound: bool,
+}
+
+/// A write's first outcome and how long it took.
+type Appended = (Result<(), StoreError>, Duration);
+
+/// A sealed batch handed to the store, with who waits for it.
+struct InFlight {
+    batch: Batch,
+    acks: Vec<(usize, Ack)>,
+    flushes: Vec<oneshot::Sender<()>>,
+    append: Pin<Box<dyn Future<Output = Appended> + Send>>,
+}
+
+/// What woke the writer.
+enum Step {
+    Received(usize),
+    Written(Appended),
+    Idle,
 }
 
 type Ack = oneshot::Sender<Result<AuditEvent, SubmitError>>;
@@ -78,6 +102,8 @@ pub async fn spawn_writer(
         seq: head.as_ref().map_or(0, |h| h.seq),
         prev_hash: head.map_or_else(|| GENESIS_HASH.to_owned(), |h| h.hash),
         reported_drops: 0,
+        tracker: tracker.clone(),
+        rewound: false,
         cfg,
     };
     tracker.spawn(writer.run());
@@ -89,18 +115,39 @@ pub async fn spawn_writer(
 impl Writer {
     async fn run(mut self) {
         let mut msgs = Vec::with_capacity(self.cfg.max_batch);
-        let mut batch: Vec<AuditEvent> = Vec::with_capacity(self.cfg.max_batch);
-        let mut acks: Vec<(usize, Ack)> = Vec::new();
-        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut in_flight: Option<InFlight> = None;
         loop {
-            let received = tokio::select! {
-                n = self.rx.recv_many(&mut msgs, self.cfg.max_batch) => n,
-                () = tokio::time::sleep(self.cfg.health_interval) => {
+            let step = match in_flight.as_mut() {
+                // A write is under way: take new events as they come (they
+                // are sealed while it runs) but settle it as soon as it ends,
+                // so acks and flushes are not held back by a quiet queue.
+                Some(write) => tokio::select! {
+                    n = self.rx.recv_many(&mut msgs, self.cfg.max_batch) => Step::Received(n),
+                    appended = &mut write.append => Step::Written(appended),
+                },
+                None => tokio::select! {
+                    n = self.rx.recv_many(&mut msgs, self.cfg.max_batch) => Step::Received(n),
+                    () = tokio::time::sleep(self.cfg.health_interval) => Step::Idle,
+                },
+            };
+            let received = match step {
+                Step::Idle => {
                     self.check_health().await;
                     continue;
                 }
+                Step::Written(appended) => {
+                    if let Some(write) = in_flight.take() {
+                        self.settle(write, appended, &mut []).await;
+                    }
+                    continue;
+                }
+                Step::Received(n) => n,
             };
             if received == 0 {
+                if let Some(mut write) = in_flight.take() {
+                    let appended = (&mut write.append).await;
+                    self.settle(write, appended, &mut []).await;
+                }
                 break;
             }
             // Sealing is CPU work that no call waits for: let the worker
@@ -113,6 +160,9 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let mut batch: Vec<AuditEvent> = Vec::with_capacity(msgs.len());
+            let mut acks: Vec<(usize, Ack)> = Vec::new();
+            let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
             for msg in msgs.drain(..) {
                 match msg {
                     WriterMsg::Event(e) => batch.push(self.seal(e)),
@@ -130,28 +180,84 @@ impl Writer {
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
                         Some(d.saturating_sub(taken))
                     });
-            self.report_drops(&mut batch);
-            if !batch.is_empty() {
-                // Shared, not copied, across retries and with the store.
-                let mut shared: Batch = std::mem::take(&mut batch).into();
-                let result = self.write(&mut shared).await;
-                for (i, ack) in acks.drain(..) {
-                    let reply = match &result {
-                        Ok(()) => Ok(shared[i].clone()),
-                        Err(e) => Err(SubmitError::Store(e.clone())),
-                    };
-                    let _ = ack.send(reply);
-                }
-                batch = Vec::with_capacity(self.cfg.max_batch);
+            // One batch in the store at a time, so batches land in chain
+            // order; this one was sealed while the previous was written.
+            if let Some(mut write) = in_flight.take() {
+                let appended = (&mut write.append).await;
+                self.settle(write, appended, &mut batch).await;
             }
-            for done in flushes.drain(..) {
-                let _ = done.send(());
+            self.report_drops(&mut batch);
+            if batch.is_empty() {
+                for done in flushes {
+                    let _ = done.send(());
+                }
+            } else {
+                in_flight = Some(self.begin(batch, acks, flushes));
             }
         }
         tracing::debug!(
             written = self.stats.written.load(Ordering::Relaxed),
             "Audit writer stopped."
         );
+    }
+
+    /// Hands `batch` to the store on its own task, so the store writes it
+    /// while the next batch is sealed here.
+    fn begin(
+        &self,
+        batch: Vec<AuditEvent>,
+        acks: Vec<(usize, Ack)>,
+        flushes: Vec<oneshot::Sender<()>>,
+    ) -> InFlight {
+        let batch: Batch = batch.into();
+        let store = self.store.clone();
+        let events = batch.clone();
+        let task = self.tracker.spawn(async move {
+            let started = tokio::time::Instant::now();
+            let appended = store.append_batch(events).await;
+            (appended, started.elapsed())
+        });
+        InFlight {
+            batch,
+            acks,
+            flushes,
+            append: Box::pin(async move {
+                task.await.unwrap_or_else(|e| {
+                    let error = StoreError::Unavailable(format!("store write task ended: {e}"));
+                    (Err(error), Duration::ZERO)
+                })
+            }),
+        }
+    }
+
+    /// Finishes a write: retries it if it failed, answers its acks and
+    /// flushes. `next` was sealed after it; if the write had to move the
+    /// chain (re-sealed after a concurrent append, or abandoned), `next` is
+    /// sealed again to follow what the store now holds.
+    async fn settle(&mut self, write: InFlight, appended: Appended, next: &mut [AuditEvent]) {
+        let InFlight {
+            mut batch,
+            acks,
+            flushes,
+            ..
+        } = write;
+        let (appended, elapsed) = appended;
+        self.stats.write_seconds.observe(elapsed.as_secs_f64());
+        self.rewound = false;
+        let result = self.write(&mut batch, appended).await;
+        if self.rewound && !next.is_empty() {
+            self.reseal(next);
+        }
+        for (i, ack) in acks {
+            let reply = match &result {
+                Ok(()) => Ok(batch[i].clone()),
+                Err(e) => Err(SubmitError::Store(e.clone())),
+            };
+            let _ = ack.send(reply);
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
     }
 
     fn seal(&mut self, event: NewEvent) -> AuditEvent {
@@ -183,19 +289,18 @@ impl Writer {
         batch.push(self.seal(event));
     }
 
-    /// Writes `batch`, retrying while the error is retriable. Returns the
-    /// last error's message if the batch could not be written.
-    async fn write(&mut self, batch: &mut Batch) -> Result<(), String> {
+    /// Completes the write of `batch` whose first attempt gave `appended`,
+    /// retrying while the error is retriable. Returns the last error's
+    /// message if the batch could not be written.
+    async fn write(
+        &mut self,
+        batch: &mut Batch,
+        mut appended: Result<(), StoreError>,
+    ) -> Result<(), String> {
         let mut delay = Duration::from_millis(50);
-        let mut attempts = 0u32;
+        let mut attempts = 1u32;
         let mut conflicts = 0u32;
         loop {
-            attempts += 1;
-            let started = tokio::time::Instant::now();
-            let appended = self.store.append_batch(batch.clone()).await;
-            self.stats
-                .write_seconds
-                .observe(started.elapsed().as_secs_f64());
             match appended {
                 Ok(()) => {
                     self.stats
@@ -204,11 +309,6 @@ impl Writer {
                     if !self.health.set(true) {
                         tracing::info!("Audit store accepts writes again.");
                     }
-                    tracing::trace!(
-                        events = batch.len(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "Audit batch written."
-                    );
                     return Ok(());
                 }
                 Err(StoreError::Conflict(message)) if conflicts < 10 => {
@@ -242,6 +342,12 @@ impl Writer {
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
+            attempts += 1;
+            let started = tokio::time::Instant::now();
+            appended = self.store.append_batch(batch.clone()).await;
+            self.stats
+                .write_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
     }
 
@@ -265,6 +371,7 @@ impl Writer {
 
     async fn rewind(&mut self) {
         if let Ok(head) = self.store.head().await {
+            self.rewound = true;
             self.seq = head.as_ref().map_or(0, |h| h.seq);
             self.prev_hash = head.map_or_else(|| GENESIS_HASH.to_owned(), |h| h.hash);
         }
@@ -285,3 +392,6 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,272 @@
+//! The writer against a store whose writes can be held or made to fail, so
+//! a batch is sealed while the one before it is still being written.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+
+use super::*;
+use crate::event::chain::ChainVerifier;
+use crate::store::memory::MemoryStore;
+use crate::store::{
+    AuditStore, ChainHead, EventFilter, EventPage, EventQuery, EventStream, PurgeReport, StoreStats,
+};
+
+/// What the next write does before (or instead of) reaching the events.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Fails, as a locked or briefly missing store does.
+    Unavailable,
+    /// Fails for good.
+    Corrupt,
+    /// Another process appends one event first, so this batch's `seq` is
+    /// taken.
+    Intrude,
+}
+
+/// A memory store whose writes wait on `gate` and follow `script`.
+struct ScriptedStore {
+    inner: MemoryStore,
+    script: Mutex<VecDeque<Option<Fault>>>,
+    gate: Semaphore,
+    /// Writes begun (held ones included).
+    calls: AtomicUsize,
+}
+
+impl ScriptedStore {
+    fn new(script: &[Option<Fault>], open: bool) -> Arc<Self> {
+        Arc::new(Self {
+            inner: MemoryStore::new(10_000),
+            script: Mutex::new(script.iter().copied().collect()),
+            gate: Semaphore::new(if open { Semaphore::MAX_PERMITS } else { 0 }),
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    async fn events(&self) -> Vec<AuditEvent> {
+        self.inner
+            .export(EventFilter::default())
+            .map(|e| e.unwrap())
+            .collect()
+            .await
+    }
+}
+
+#[async_trait]
+impl AuditStore for ScriptedStore {
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+
+    async fn append_batch(&self, events: Batch) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.gate.acquire().await.unwrap().forget();
+        let fault = self.script.lock().unwrap().pop_front().flatten();
+        let head = self.inner.head().await?;
+        match fault {
+            Some(Fault::Unavailable) => return Err(StoreError::Unavailable("locked".into())),
+            Some(Fault::Corrupt) => return Err(StoreError::Corrupt("bad page".into())),
+            Some(Fault::Intrude) => {
+                let (seq, prev) = head.map_or((0, GENESIS_HASH.to_owned()), |h| (h.seq, h.hash));
+                let foreign = NewEvent::new(EventType::System, "purge").seal(seq + 1, &prev);
+                self.inner.append_batch(vec![foreign].into()).await?;
+            }
+            None => {}
+        }
+        // What the SQLite store refuses: a `seq` already taken. (A gap
+        // would pass, as it does there.)
+        let head = self.inner.head().await?.map_or(0, |h| h.seq);
+        if events.first().is_some_and(|e| e.seq <= head) {
+            return Err(StoreError::Conflict(format!("seq {head} is taken")));
+        }
+        self.inner.append_batch(events).await
+    }
+
+    async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
+        self.inner.head().await
+    }
+
+    async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
+        self.inner.query(query).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<AuditEvent>, StoreError> {
+        self.inner.get(id).await
+    }
+
+    fn export(&self, filter: EventFilter) -> EventStream {
+        self.inner.export(filter)
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.inner.stats().await
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn purge_before(&self, before: DateTime<Utc>) -> Result<PurgeReport, StoreError> {
+        self.inner.purge_before(before).await
+    }
+
+    async fn enforce_max_bytes(&self, max: u64) -> Result<PurgeReport, StoreError> {
+        self.inner.enforce_max_bytes(max).await
+    }
+}
+
+fn config() -> WriterConfig {
+    WriterConfig {
+        enabled: true,
+        min_level: Level::Debug,
+        queue_capacity: 1_000,
+        max_batch: 100,
+        health_interval: Duration::from_secs(3600),
+        shutdown_attempts: 1,
+        source: None,
+    }
+}
+
+fn event(i: usize) -> NewEvent {
+    NewEvent::new(EventType::Request, format!("call {i}"))
+}
+
+/// Every stored event in one unbroken chain from the genesis, seq 1, 2, …
+fn assert_one_chain(events: &[AuditEvent]) {
+    let mut verifier = ChainVerifier::new();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, i as i64 + 1, "seq of event {i}");
+        verifier.check(e).unwrap();
+    }
+    assert_eq!(
+        events.first().map(|e| e.prev_hash.as_str()),
+        Some(GENESIS_HASH)
+    );
+}
+
+/// Offers `first`, waits until its write has reached the (closed) store,
+/// offers `second` (sealed while the first write is held), then opens the
+/// store and waits for both. Returns the submit results of the first
+/// batch's events.
+async fn two_batches(
+    store: &Arc<ScriptedStore>,
+    first: usize,
+    second: usize,
+) -> (Handle, Vec<Result<AuditEvent, SubmitError>>) {
+    let tracker = TaskTracker::new();
+    let (handle, _health) = spawn_writer(store.clone(), config(), &tracker)
+        .await
+        .unwrap();
+    let mut acks = Vec::new();
+    for i in 0..first {
+        let handle = handle.clone();
+        acks.push(tracker.spawn(async move { handle.submit(event(i)).await }));
+    }
+    while store.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for i in 0..second {
+        assert!(handle.offer(event(first + i)));
+    }
+    // The second batch is sealed while the first write is held.
+    while handle.stats().queue_depth.load(Ordering::Relaxed) > 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    store.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    handle.flush().await;
+    let mut results = Vec::new();
+    for ack in acks {
+        results.push(ack.await.unwrap());
+    }
+    (handle, results)
+}
+
+#[tokio::test]
+async fn a_batch_sealed_during_a_write_follows_it_in_the_chain() {
+    let store = ScriptedStore::new(&[], false);
+    let (handle, acks) = two_batches(&store, 3, 5).await;
+    assert!(acks.iter().all(Result::is_ok));
+    let events = store.events().await;
+    assert_eq!(events.len(), 8);
+    assert_one_chain(&events);
+    let messages: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(
+        &messages[3..],
+        ["call 3", "call 4", "call 5", "call 6", "call 7"]
+    );
+    assert_eq!(handle.stats().written.load(Ordering::Relaxed), 8);
+    assert_eq!(store.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_unavailable_store_is_retried_until_the_batch_lands_once() {
+    let store = ScriptedStore::new(&[Some(Fault::Unavailable), Some(Fault::Unavailable)], false);
+    let (handle, acks) = two_batches(&store, 2, 2).await;
+    assert!(acks.iter().all(Result::is_ok));
+    let events = store.events().await;
+    assert_eq!(events.len(), 4);
+    assert_one_chain(&events);
+    let stats = handle.stats();
+    assert_eq!(stats.write_failures.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.written.load(Ordering::Relaxed), 4);
+    assert_eq!(stats.lost.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn an_abandoned_batch_is_counted_lost_and_the_next_one_takes_its_place() {
+    let store = ScriptedStore::new(&[Some(Fault::Corrupt)], false);
+    let (handle, acks) = two_batches(&store, 2, 3).await;
+    assert!(acks
+        .iter()
+        .all(|a| matches!(a, Err(SubmitError::Store(m)) if m.contains("bad page"))));
+    let events = store.events().await;
+    let messages: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages, ["call 2", "call 3", "call 4"]);
+    assert_one_chain(&events);
+    assert_eq!(handle.stats().lost.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn a_concurrent_append_reseals_the_batch_and_the_one_behind_it() {
+    let store = ScriptedStore::new(&[Some(Fault::Intrude)], false);
+    let (handle, acks) = two_batches(&store, 2, 3).await;
+    let stored: Vec<i64> = acks.iter().map(|a| a.as_ref().unwrap().seq).collect();
+    assert_eq!(
+        stored,
+        [2, 3],
+        "acks carry the seq the events were stored at"
+    );
+    let events = store.events().await;
+    let messages: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        ["purge", "call 0", "call 1", "call 2", "call 3", "call 4"]
+    );
+    assert_one_chain(&events);
+    assert_eq!(handle.stats().lost.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_flush_waits_for_the_write_in_progress() {
+    let store = ScriptedStore::new(&[], false);
+    let (handle, _health) = spawn_writer(store.clone(), config(), &TaskTracker::new())
+        .await
+        .unwrap();
+    assert!(handle.offer(event(0)));
+    while store.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let flushed = tokio::time::timeout(Duration::from_millis(100), handle.flush()).await;
+    assert!(
+        flushed.is_err(),
+        "flush answered before the held write landed"
+    );
+    store.gate.add_permits(1);
+    handle.flush().await;
+    assert_eq!(store.events().await.len(), 1);
+}
