@@ -53,6 +53,9 @@ struct Opts {
     rate: f64,
     body: usize,
     stream: bool,
+    /// Leave the PII out of the prompt (traffic policies have nothing to
+    /// find in).
+    plain: bool,
     chunk_delay_ms: u64,
     streams: usize,
     pid: u32,
@@ -96,6 +99,7 @@ fn parse_args() -> Opts {
         rate: 1000.0,
         body: 1024,
         stream: false,
+        plain: false,
         chunk_delay_ms: 0,
         streams: 1000,
         pid: 0,
@@ -113,6 +117,7 @@ fn parse_args() -> Opts {
             "--rate" => o.rate = val().parse().unwrap(),
             "--body" => o.body = val().parse().unwrap(),
             "--stream" => o.stream = true,
+            "--plain" => o.plain = true,
             "--chunk-delay-ms" => o.chunk_delay_ms = val().parse().unwrap(),
             "--streams" => o.streams = val().parse().unwrap(),
             "--pid" => o.pid = val().parse().unwrap(),
@@ -130,9 +135,14 @@ fn parse_args() -> Opts {
 /// A chat body of about `size` bytes, with the stream flag first so the
 /// mock finds it without reading the whole body, and a little PII and a
 /// secret-shaped string so sanitising and policies have work to do.
-fn chat_body(size: usize, stream: bool) -> Bytes {
+fn chat_body(size: usize, stream: bool, plain: bool) -> Bytes {
+    let who = if plain {
+        "a customer"
+    } else {
+        "Jane Doe (jane.doe@example.com, +1 415 555 0100)"
+    };
     let head = format!(
-        r#"{{"stream":{stream},"model":"gpt-4o-mini","temperature":0.2,"max_tokens":256,"messages":[{{"role":"system","content":"You are a helpful support assistant for ACME. Answer briefly."}},{{"role":"user","content":"Hi, I am Jane Doe (jane.doe@example.com, +1 415 555 0100). My account was locked. "#
+        r#"{{"stream":{stream},"model":"gpt-4o-mini","temperature":0.2,"max_tokens":256,"messages":[{{"role":"system","content":"You are a helpful support assistant for ACME. Answer briefly."}},{{"role":"user","content":"Hi, I am {who}. My account was locked. "#
     );
     let tail = r#""}]}"#;
     let words =
@@ -218,7 +228,7 @@ fn micros(d: Duration) -> u64 {
 }
 
 async fn run_load(o: &Opts) -> String {
-    let body = chat_body(o.body, o.stream);
+    let body = chat_body(o.body, o.stream, o.plain);
     let start = Instant::now();
     let deadline = start + o.duration;
     let mut tasks = Vec::new();
@@ -314,7 +324,7 @@ async fn run_load(o: &Opts) -> String {
 }
 
 async fn run_hold(o: &Opts) -> String {
-    let body = chat_body(o.body, true);
+    let body = chat_body(o.body, true, o.plain);
     let opened = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -704,6 +704,13 @@ impl PolicySet {
 
     /// Verdicts for `direction` over the text places of `body`.
     pub fn scan(&self, body: &Value, direction: Direction) -> Scan {
+        self.scan_counting(body, direction).0
+    }
+
+    /// As [`Self::scan`], and whether no pattern at all (whatever policy
+    /// or direction it serves) matched the text: then [`Self::inspect_known`]
+    /// need not look at the text again.
+    pub fn scan_counting(&self, body: &Value, direction: Direction) -> (Scan, bool) {
         let mut counts = vec![0u64; self.matcher.entries().len()];
         let mut hits = Vec::new();
         places::for_each_text(body, &mut |text| {
@@ -712,7 +719,8 @@ impl PolicySet {
                 counts[h.entry] += 1;
             }
         });
-        self.verdicts(&counts, direction)
+        let clean = counts.iter().all(|c| *c == 0);
+        (self.verdicts(&counts, direction), clean)
     }
 
     /// Verdicts for `direction` over one plain text.
@@ -724,11 +732,27 @@ impl PolicySet {
     /// in every string, and matches of `redact` policies for `direction` in
     /// the model's text.
     pub fn inspect(&self, body: &mut Value, direction: Direction) -> Inspection {
+        self.inspect_known(body, direction, false)
+    }
+
+    /// As [`Self::inspect`]; `text_clean` says that a [`Self::scan_counting`]
+    /// of this very body found nothing in its text, so only the strings
+    /// outside the text (ids, names, fields that may hold a secret) are
+    /// searched.
+    pub fn inspect_known(
+        &self,
+        body: &mut Value,
+        direction: Direction,
+        text_clean: bool,
+    ) -> Inspection {
         let mut counts = vec![0u64; self.matcher.entries().len()];
         let redact = self.redact_for(direction);
         let mut redacted = 0;
         let mut hits = Vec::new();
         places::for_each_string_mut(body, &mut |s, text| {
+            if text && text_clean {
+                return;
+            }
             self.matcher.find(s, &mut hits);
             if hits.is_empty() {
                 return;

@@ -54,7 +54,7 @@ pub fn body_to_value(bytes: &[u8], content_type: Option<&str>, truncated: bool) 
         }
     }
     let binary_type = is_binary_type(essence);
-    if is_json_type(essence) || (!binary_type && starts_like_json(bytes)) {
+    if tries_json(essence, bytes) {
         if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
             return v;
         }
@@ -73,6 +73,26 @@ pub fn body_to_value(bytes: &[u8], content_type: Option<&str>, truncated: bool) 
         "content_type": content_type.map(str::trim),
         "bytes": bytes.len(),
     })
+}
+
+/// Whether [`body_to_value`] reads `bytes` as JSON when they parse, so a
+/// caller that has parsed them already may use its value instead.
+pub fn body_is_parsed_as_json(bytes: &[u8], content_type: Option<&str>) -> bool {
+    if bytes.is_empty() {
+        return false;
+    }
+    let media = content_type.map(MediaType::parse);
+    let essence = media.as_ref().map_or("", |m| m.essence.as_str());
+    !(essence.starts_with("multipart/")
+        && media
+            .as_ref()
+            .is_some_and(|m| m.param("boundary").is_some()))
+        && tries_json(essence, bytes)
+}
+
+/// Whether a body of this type and start is read as JSON when it parses.
+fn tries_json(essence: &str, bytes: &[u8]) -> bool {
+    is_json_type(essence) || (!is_binary_type(essence) && starts_like_json(bytes))
 }
 
 /// A parsed `Content-Type` (or `Content-Disposition`) value.

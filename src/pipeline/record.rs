@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::Handle;
-use crate::capture::body::body_to_value;
+use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::decode::decode;
 use crate::capture::operation::Operation;
 use crate::capture::sanitize::{headers_to_value, redact_query, Sanitizer};
@@ -109,6 +109,20 @@ pub struct CallRecord {
     /// app (see [`CallRecord::answer_started`]), or with the record when
     /// there is no answer to wait for; that is when the REQUEST is built.
     answer_started: Option<oneshot::Sender<()>>,
+    prescan: Option<oneshot::Sender<RequestPrescan>>,
+}
+
+/// A whole request body as request policies parsed and scanned it on the
+/// request path, so its record does neither again.
+#[derive(Debug)]
+pub struct RequestPrescan {
+    /// The decoded body, parsed.
+    pub body: Value,
+    /// Length of the decoded body that was parsed, to tell it is the same
+    /// body the record decodes.
+    pub decoded_len: usize,
+    /// No pattern matched the body's text (see `PolicySet::scan_counting`).
+    pub text_clean: bool,
 }
 
 /// What was learnt from the request that the RESPONSE needs too.
@@ -145,13 +159,17 @@ impl Recorder {
         let (req_tx, req_rx) = oneshot::channel();
         let (resp_tx, resp_rx) = oneshot::channel();
         let (started_tx, started_rx) = oneshot::channel();
+        let (prescan_tx, prescan_rx) = oneshot::channel();
         let this = self.clone();
-        self.tracker
-            .spawn(async move { this.record(info, req_rx, started_rx, resp_rx).await });
+        self.tracker.spawn(async move {
+            this.record(info, req_rx, started_rx, prescan_rx, resp_rx)
+                .await
+        });
         CallRecord {
             request: Some(req_tx),
             response: Some(resp_tx),
             answer_started: Some(started_tx),
+            prescan: Some(prescan_tx),
         }
     }
 
@@ -164,6 +182,7 @@ impl Recorder {
         info: CallInfo,
         req_rx: oneshot::Receiver<Captured>,
         answer_started: oneshot::Receiver<()>,
+        prescan: oneshot::Receiver<RequestPrescan>,
         resp_rx: oneshot::Receiver<ResponseOutcome>,
     ) {
         let request = req_rx.await.ok();
@@ -174,8 +193,10 @@ impl Recorder {
         // on, but no longer than REQUEST_RECORD_DELAY, so a slow call's
         // REQUEST is still on record while it runs.
         let _ = tokio::time::timeout(REQUEST_RECORD_DELAY, answer_started).await;
+        // Sent or dropped by the proxy before the request goes upstream.
+        let prescan = prescan.await.ok();
         tokio::task::yield_now().await;
-        let (event, facts, scan) = self.request_event(&info, request.as_ref());
+        let (event, facts, scan) = self.request_event(&info, request.as_ref(), prescan);
         self.handle.offer(event);
         self.offer_compliance(&info, &scan);
         let outcome = resp_rx
@@ -245,10 +266,13 @@ impl Recorder {
         &self,
         info: &CallInfo,
         captured: Option<&Captured>,
+        prescan: Option<RequestPrescan>,
     ) -> (NewEvent, RequestFacts, Scan) {
+        let mut text_clean = false;
         let (mut data, truncated, body_bytes) = match captured {
             Some(c) => {
-                let (value, truncated) = self.interpret(&info.headers, c, false, "");
+                let (value, truncated, reused) = self.interpret_request(&info.headers, c, prescan);
+                text_clean = reused;
                 (value, truncated, c.total_bytes)
             }
             None => (Value::Null, false, 0),
@@ -260,7 +284,7 @@ impl Recorder {
         let scan = self
             .sanitizer
             .policies()
-            .inspect(&mut data, Direction::Request)
+            .inspect_known(&mut data, Direction::Request, text_clean)
             .scan;
         let path = redact_query(&info.path_and_query);
         let mut meta = Map::new();
@@ -514,6 +538,31 @@ impl Recorder {
 
     /// Decodes and parses a captured body. Returns the value and whether it
     /// is incomplete (capture or decoding hit a limit).
+    /// As [`Self::interpret`] for a request body, taking the body the
+    /// proxy already parsed when it is the same one. The flag says it was,
+    /// and that its text was clean.
+    fn interpret_request(
+        &self,
+        headers: &HeaderMap,
+        captured: &Captured,
+        prescan: Option<RequestPrescan>,
+    ) -> (Value, bool, bool) {
+        let encoding = header_str(headers, "content-encoding");
+        let content_type = header_str(headers, "content-type");
+        if let Some(prescan) = prescan.filter(|_| !captured.truncated) {
+            if let Ok(d) = decode(encoding, &captured.bytes, self.max_decoded_bytes) {
+                if !d.truncated
+                    && d.bytes.len() == prescan.decoded_len
+                    && body_is_parsed_as_json(&d.bytes, content_type)
+                {
+                    return (prescan.body, false, prescan.text_clean);
+                }
+            }
+        }
+        let (value, truncated) = self.interpret(headers, captured, false, "");
+        (value, truncated, false)
+    }
+
     fn interpret(
         &self,
         headers: &HeaderMap,
@@ -573,6 +622,12 @@ impl CallRecord {
     /// the record itself holds it.
     pub fn answer_started(&mut self) -> Option<oneshot::Sender<()>> {
         self.answer_started.take()
+    }
+
+    /// Hands over the request body as request policies saw it; used once.
+    /// Dropping it unsent tells the record to read the capture itself.
+    pub fn prescan_sender(&mut self) -> Option<oneshot::Sender<RequestPrescan>> {
+        self.prescan.take()
     }
 
     /// Hands over the response side's end; used once.

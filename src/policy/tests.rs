@@ -236,6 +236,41 @@ fn stored_copies_lose_secrets_everywhere_and_policy_matches_in_text() {
 }
 
 #[test]
+fn a_clean_text_scan_lets_the_stored_copy_skip_only_the_text() {
+    let set = PolicySet::compile(&[
+        def("pii-in", &["email"], "block", "request"),
+        def("cards-out", &["credit_card"], "redact", "response"),
+    ])
+    .unwrap();
+    let clean = json!({
+        "user": "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+        "messages": [{"role": "user", "content": "nothing to see"}],
+    });
+    let (scan, text_clean) = set.scan_counting(&clean, Direction::Request);
+    assert!(text_clean && scan.verdicts.iter().all(|v| v.passed));
+    let (mut known, mut full) = (clean.clone(), clean.clone());
+    let skipped = set.inspect_known(&mut known, Direction::Request, true);
+    assert_eq!(skipped, set.inspect(&mut full, Direction::Request));
+    assert_eq!(known, full);
+    assert_eq!(
+        known["user"], "[REDACTED:GITHUB_TOKEN]",
+        "secrets outside the text still go"
+    );
+
+    // A match of a pattern no request policy reports (a response policy's
+    // card, or a secret) still makes the text unclean.
+    for text in [
+        "card 4111-1111-1111-1111",
+        "key sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12",
+    ] {
+        let body = json!({"messages": [{"role": "user", "content": text}]});
+        let (scan, text_clean) = set.scan_counting(&body, Direction::Request);
+        assert!(scan.verdicts.iter().all(|v| v.passed), "{text}");
+        assert!(!text_clean, "{text}");
+    }
+}
+
+#[test]
 fn the_upstream_body_is_redacted_only_when_asked() {
     let mut d = def("emails", &["email"], "redact", "request");
     let body = br#"{"model":"m","user":"a@example.com","messages":[{"role":"user","content":"hi a@example.com"}]}"#;

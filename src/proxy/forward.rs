@@ -26,7 +26,9 @@ use crate::capture::decode::decode;
 use crate::capture::operation::{classify, provider_for};
 use crate::capture::tee::{BodyEnd, Capture, Captured, OnDone, TeeBody, IDLE_TIMEOUT_MESSAGE};
 use crate::config::{FailMode, Upstream};
-use crate::pipeline::record::{CallInfo, CallRecord, Failure, Recorder, ResponseOutcome};
+use crate::pipeline::record::{
+    CallInfo, CallRecord, Failure, Recorder, RequestPrescan, ResponseOutcome,
+};
 use crate::pipeline::StoreHealth;
 use crate::policy::{Direction, PolicySet, Verdict};
 use crate::telemetry::metrics::{
@@ -129,8 +131,14 @@ pub async fn handle(
     let mut headers = forwardable(parts.headers);
     // Request policies see the whole body only when it fit under the cap;
     // a longer one streams on unchecked (its record says truncated).
+    // Taken now so that a body too long to check drops it at once.
+    let mut prescan_sender = record.as_mut().and_then(CallRecord::prescan_sender);
     if rest.is_none() {
-        match apply_request_policies(&state.policies, &headers, &prefix) {
+        let (verdict, prescan) = apply_request_policies(&state.policies, &headers, &prefix);
+        if let (Some(tx), Some(prescan)) = (prescan_sender.take(), prescan) {
+            let _ = tx.send(prescan);
+        }
+        match verdict {
             RequestVerdict::Forward => {}
             RequestVerdict::Rewritten(body) => {
                 headers.remove(header::CONTENT_ENCODING);
@@ -147,6 +155,7 @@ pub async fn handle(
             }
         }
     }
+    drop(prescan_sender);
     if state.policies.blocks(Direction::Response) {
         // A compressed answer could not be inspected as it streams.
         headers.remove(header::ACCEPT_ENCODING);
@@ -440,15 +449,17 @@ enum RequestVerdict {
 
 /// Runs `block` and `redact_upstream` request policies over a complete
 /// body. Only these hold the request back; everything else is recorded
-/// after the fact, off the request path.
+/// after the fact, off the request path. A body parsed and scanned here is
+/// handed to the record too, which then neither parses it nor searches its
+/// text again.
 fn apply_request_policies(
     policies: &PolicySet,
     headers: &HeaderMap,
     body: &Bytes,
-) -> RequestVerdict {
+) -> (RequestVerdict, Option<RequestPrescan>) {
     let blocks = policies.blocks(Direction::Request);
     if !(blocks || policies.redacts_upstream()) || body.is_empty() {
-        return RequestVerdict::Forward;
+        return (RequestVerdict::Forward, None);
     }
     let encoding = headers
         .get(header::CONTENT_ENCODING)
@@ -456,20 +467,28 @@ fn apply_request_policies(
     let decoded = match decode(encoding, body, MAX_INSPECTED_BYTES) {
         Ok(d) if !d.truncated => d.bytes,
         // Undecodable or too large once decoded: forwarded as sent.
-        _ => return RequestVerdict::Forward,
+        _ => return (RequestVerdict::Forward, None),
     };
+    let mut prescan = None;
     if blocks {
         let Ok(value) = serde_json::from_slice::<serde_json::Value>(&decoded) else {
-            return RequestVerdict::Forward;
+            return (RequestVerdict::Forward, None);
         };
-        if let Some(verdict) = policies.scan_request(&value).blocking() {
-            return RequestVerdict::Block(verdict.clone());
+        let (scan, text_clean) = policies.scan_counting(&value, Direction::Request);
+        if let Some(verdict) = scan.blocking() {
+            return (RequestVerdict::Block(verdict.clone()), None);
         }
+        prescan = Some(RequestPrescan {
+            body: value,
+            decoded_len: decoded.len(),
+            text_clean,
+        });
     }
-    match policies.redact_upstream(&decoded) {
+    let verdict = match policies.redact_upstream(&decoded) {
         Some(rewritten) => RequestVerdict::Rewritten(Bytes::from(rewritten.body)),
         None => RequestVerdict::Forward,
-    }
+    };
+    (verdict, prescan)
 }
 
 fn on_done(sender: Option<tokio::sync::oneshot::Sender<crate::capture::tee::Captured>>) -> OnDone {

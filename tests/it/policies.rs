@@ -267,3 +267,74 @@ async fn bad_policies_fail_startup_naming_the_key() {
         assert!(stderr.contains(key), "{key} missing from {stderr}");
     }
 }
+
+/// A request that passes a blocking request policy was parsed and scanned
+/// on its way upstream; its record must still be cleaned exactly as a
+/// fresh look would clean it.
+#[tokio::test]
+async fn a_request_let_through_by_a_blocking_policy_is_recorded_clean() {
+    let mock = MockUpstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let policies = json!([
+        {"name": "cards-in", "detectors": ["credit_card"], "action": "block", "direction": "request"},
+        {"name": "emails-stored", "detectors": ["email"], "action": "redact", "direction": "request"},
+        {"name": "phones-out", "detectors": ["phone"], "action": "redact", "direction": "response"}
+    ]);
+    let proxy = TestProxy::start_in(
+        &mock.url(),
+        tmp.path(),
+        &[("LLM_AUDIT_PROXY_POLICIES", &policies.to_string())],
+    )
+    .await;
+    let token = "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789";
+    let cases = [
+        // Clean text, a secret outside it.
+        ("clean-1", "What is the capital of France?", token),
+        // A pattern in the text that no blocking policy reports.
+        (
+            "mail-1",
+            "Write to jane.doe@example.com today",
+            "app-user-7",
+        ),
+        // One only a response policy knows.
+        ("phone-1", "Call +1 415-555-0132 tomorrow", "app-user-8"),
+    ];
+    for (id, prompt, user) in cases {
+        let resp = proxy
+            .post_call("/v1/chat/completions", id)
+            .json(&json!({"model": "gpt-4o-mini", "user": user, "messages": [{"role": "user", "content": prompt}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{id}");
+    }
+    let stored = |events: &[Value]| of_type(events, "REQUEST")["metadata"]["request_data"].clone();
+
+    let clean = stored(&proxy.call_events("clean-1").await);
+    assert_eq!(clean["user"], "[REDACTED:GITHUB_TOKEN]");
+    assert_eq!(
+        clean["messages"][0]["content"],
+        "What is the capital of France?"
+    );
+
+    let events = proxy.call_events("mail-1").await;
+    assert_eq!(
+        stored(&events)["messages"][0]["content"],
+        "Write to [REDACTED:EMAIL] today"
+    );
+    assert_eq!(
+        of_type(&events, "REQUEST")["metadata"]["compliance"]["violated"],
+        json!(["emails-stored"])
+    );
+
+    let phone = stored(&proxy.call_events("phone-1").await);
+    assert_eq!(
+        phone["messages"][0]["content"], "Call +1 415-555-0132 tomorrow",
+        "a response policy leaves the request's copy alone"
+    );
+    proxy.stop().await;
+    assert!(
+        !raw_store(tmp.path()).contains(token),
+        "the token reached the store"
+    );
+}

@@ -217,3 +217,28 @@ fn utf8_tail_detection() {
     assert_eq!(incomplete_tail_start(b""), 0);
     assert_eq!(lossy_text(b"ab\xff\xe2\x82", true), "ab\u{FFFD}");
 }
+
+#[test]
+fn a_parsed_body_is_reused_only_where_it_would_be_read_as_json() {
+    let body = br#"{"model":"gpt-4o","messages":[]}"#;
+    let form = form_type();
+    for (ct, reused) in [
+        (Some("application/json"), true),
+        (None, true),
+        (Some("text/plain"), true),
+        (Some("application/octet-stream"), false),
+        (Some(form.as_str()), false),
+    ] {
+        assert_eq!(body_is_parsed_as_json(body, ct), reused, "{ct:?}");
+        // Where it says yes, the value is the JSON one.
+        if reused {
+            assert_eq!(body_to_value(body, ct, false)["model"], "gpt-4o");
+        } else {
+            assert!(
+                body_to_value(body, ct, false).get("model").is_none(),
+                "{ct:?}"
+            );
+        }
+    }
+    assert!(!body_is_parsed_as_json(b"", Some("application/json")));
+}
