@@ -35,6 +35,10 @@ use crate::telemetry::metrics::{Metrics, PolicyLabels, TokenLabels};
 /// built anyway.
 const REQUEST_RECORD_DELAY: Duration = Duration::from_millis(200);
 
+/// How long the RESPONSE of a streamed answer waits after the stream has
+/// ended before it is built (see `Recorder::record`).
+const STREAMED_RESPONSE_RECORD_DELAY: Duration = Duration::from_millis(2);
+
 /// Starts call records. Cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
@@ -202,7 +206,19 @@ impl Recorder {
         let outcome = resp_rx
             .await
             .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() });
-        tokio::task::yield_now().await;
+        if outcome.was_streamed() {
+            // A streamed answer's RESPONSE is the dearest record to build
+            // (every chunk is parsed and folded), and a chat client sends
+            // its next request a fraction of a millisecond after the stream
+            // ends, often on the same connection. Built right then, the
+            // record would sit in front of that request on the core; a
+            // short wait lets the request reach upstream first. (Other
+            // answers are built at once: a timer per call costs more than
+            // it saves there.)
+            tokio::time::sleep(STREAMED_RESPONSE_RECORD_DELAY).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
         if let Some(error) = self.error_event(&info, &outcome) {
             self.handle.offer(error);
         }
@@ -606,6 +622,20 @@ impl Recorder {
             return (value, truncated);
         }
         (body_to_value(&bytes, content_type, truncated), truncated)
+    }
+}
+
+// === impl ResponseOutcome ===
+
+impl ResponseOutcome {
+    /// Whether upstream answered with an event stream.
+    fn was_streamed(&self) -> bool {
+        match self {
+            Self::Upstream { headers, .. } => {
+                sse::is_event_stream(header_str(headers, "content-type"))
+            }
+            _ => false,
+        }
     }
 }
 
