@@ -552,11 +552,9 @@ impl Recorder {
         }
     }
 
-    /// Decodes and parses a captured body. Returns the value and whether it
-    /// is incomplete (capture or decoding hit a limit).
     /// As [`Self::interpret`] for a request body, taking the body the
-    /// proxy already parsed when it is the same one. The flag says it was,
-    /// and that its text was clean.
+    /// proxy already parsed when it is the same one. The last flag says it
+    /// was, and that its text was clean.
     fn interpret_request(
         &self,
         headers: &HeaderMap,
@@ -579,6 +577,8 @@ impl Recorder {
         (value, truncated, false)
     }
 
+    /// Decodes and parses a captured body. Returns the value and whether it
+    /// is incomplete (capture or decoding hit a limit).
     fn interpret(
         &self,
         headers: &HeaderMap,

@@ -129,10 +129,11 @@ pub async fn handle(
     };
 
     let mut headers = forwardable(parts.headers);
+    // Sent below if request policies parse the body, dropped otherwise:
+    // the record waits for one or the other.
+    let mut prescan_sender = record.as_mut().and_then(CallRecord::prescan_sender);
     // Request policies see the whole body only when it fit under the cap;
     // a longer one streams on unchecked (its record says truncated).
-    // Taken now so that a body too long to check drops it at once.
-    let mut prescan_sender = record.as_mut().and_then(CallRecord::prescan_sender);
     if rest.is_none() {
         let (verdict, prescan) = apply_request_policies(&state.policies, &headers, &prefix);
         if let (Some(tx), Some(prescan)) = (prescan_sender.take(), prescan) {
