@@ -133,8 +133,8 @@ fn parse_args() -> Opts {
 }
 
 /// A chat body of about `size` bytes, with the stream flag first so the
-/// mock finds it without reading the whole body, and a little PII and a
-/// secret-shaped string so sanitising and policies have work to do.
+/// mock finds it without reading the whole body, and (unless `plain`) a
+/// little PII so sanitising and policies have work to do.
 fn chat_body(size: usize, stream: bool, plain: bool) -> Bytes {
     let who = if plain {
         "a customer"

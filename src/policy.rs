@@ -708,7 +708,7 @@ impl PolicySet {
     }
 
     /// As [`Self::scan`], and whether no pattern at all (whatever policy
-    /// or direction it serves) matched the text: then [`Self::inspect_known`]
+    /// or direction it serves) matched the text: then [`Self::inspect_after_scan`]
     /// need not look at the text again.
     pub fn scan_counting(&self, body: &Value, direction: Direction) -> (Scan, bool) {
         let mut counts = vec![0u64; self.matcher.entries().len()];
@@ -732,14 +732,14 @@ impl PolicySet {
     /// in every string, and matches of `redact` policies for `direction` in
     /// the model's text.
     pub fn inspect(&self, body: &mut Value, direction: Direction) -> Inspection {
-        self.inspect_known(body, direction, false)
+        self.inspect_after_scan(body, direction, false)
     }
 
     /// As [`Self::inspect`]; `text_clean` says that a [`Self::scan_counting`]
     /// of this very body found nothing in its text, so only the strings
     /// outside the text (ids, names, fields that may hold a secret) are
     /// searched.
-    pub fn inspect_known(
+    pub fn inspect_after_scan(
         &self,
         body: &mut Value,
         direction: Direction,

@@ -300,7 +300,7 @@ impl Recorder {
         let scan = self
             .sanitizer
             .policies()
-            .inspect_known(&mut data, Direction::Request, text_clean)
+            .inspect_after_scan(&mut data, Direction::Request, text_clean)
             .scan;
         let path = redact_query(&info.path_and_query);
         let mut meta = Map::new();

@@ -51,8 +51,6 @@ struct Writer {
     reported_drops: u64,
     /// Runs the store's writes, so one proceeds while the next is sealed.
     tracker: TaskTracker,
-    /// Set when the chain's tip was reset to the store's head.
-    rewound: bool,
 }
 
 /// A write's first outcome and how long it took.
@@ -103,7 +101,6 @@ pub async fn spawn_writer(
         prev_hash: head.map_or_else(|| GENESIS_HASH.to_owned(), |h| h.hash),
         reported_drops: 0,
         tracker: tracker.clone(),
-        rewound: false,
         cfg,
     };
     tracker.spawn(writer.run());
@@ -243,9 +240,11 @@ impl Writer {
         } = write;
         let (appended, elapsed) = appended;
         self.stats.write_seconds.observe(elapsed.as_secs_f64());
-        self.rewound = false;
+        // `next` ends the chain as sealed so far; if the write moved the
+        // chain's tip, `next` no longer follows it.
+        let tip = self.prev_hash.clone();
         let result = self.write(&mut batch, appended).await;
-        if self.rewound && !next.is_empty() {
+        if self.prev_hash != tip {
             self.reseal(next);
         }
         for (i, ack) in acks {
@@ -371,7 +370,6 @@ impl Writer {
 
     async fn rewind(&mut self) {
         if let Ok(head) = self.store.head().await {
-            self.rewound = true;
             self.seq = head.as_ref().map_or(0, |h| h.seq);
             self.prev_hash = head.map_or_else(|| GENESIS_HASH.to_owned(), |h| h.hash);
         }

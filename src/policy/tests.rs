@@ -249,7 +249,7 @@ fn a_clean_text_scan_lets_the_stored_copy_skip_only_the_text() {
     let (scan, text_clean) = set.scan_counting(&clean, Direction::Request);
     assert!(text_clean && scan.verdicts.iter().all(|v| v.passed));
     let (mut known, mut full) = (clean.clone(), clean.clone());
-    let skipped = set.inspect_known(&mut known, Direction::Request, true);
+    let skipped = set.inspect_after_scan(&mut known, Direction::Request, true);
     assert_eq!(skipped, set.inspect(&mut full, Direction::Request));
     assert_eq!(known, full);
     assert_eq!(
