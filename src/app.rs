@@ -110,6 +110,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             min_level: config.audit.log_level,
             queue_capacity: config.queue.capacity,
             max_batch: config.queue.max_batch,
+            commit_interval: config.queue.commit_interval,
             health_interval: Duration::from_secs(5),
             shutdown_attempts: 3,
             source: config.instance.source(),

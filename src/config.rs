@@ -106,6 +106,8 @@ pub struct AuditConfig {
 pub struct QueueConfig {
     pub capacity: usize,
     pub max_batch: usize,
+    /// Shortest time between two store writes while events keep coming.
+    pub commit_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -218,7 +220,11 @@ impl Config {
                 "max_store_mb": self.audit.max_store_mb,
                 "on_store_failure": self.audit.on_store_failure.as_str(),
             },
-            "queue": {"capacity": self.queue.capacity, "max_batch": self.queue.max_batch},
+            "queue": {
+                "capacity": self.queue.capacity,
+                "max_batch": self.queue.max_batch,
+                "commit_interval_ms": self.queue.commit_interval.as_millis() as u64,
+            },
             "instance": {
                 "pod_name": self.instance.pod_name,
                 "pod_namespace": self.instance.pod_namespace,

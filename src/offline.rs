@@ -182,6 +182,7 @@ pub async fn purge(config: &Config) -> Result<Vec<PurgeReport>, OfflineError> {
             min_level: config.audit.log_level,
             queue_capacity: 64,
             max_batch: 64,
+            commit_interval: Duration::ZERO,
             health_interval: Duration::from_secs(60),
             shutdown_attempts: 3,
             source: config.instance.source(),

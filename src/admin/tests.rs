@@ -43,6 +43,7 @@ async fn harness_with(store: SharedStore, tokens: &[&str], seeded: Vec<AuditEven
         min_level: Level::Debug,
         queue_capacity: 64,
         max_batch: 64,
+        commit_interval: Duration::ZERO,
         health_interval: Duration::from_secs(3600),
         shutdown_attempts: 1,
         source: None,

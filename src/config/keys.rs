@@ -87,6 +87,11 @@ pub const AUDIT_ON_STORE_FAILURE: Key = key(
 );
 pub const QUEUE_CAPACITY: Key = key("queue.capacity", "LLM_AUDIT_PROXY_QUEUE_CAPACITY", None);
 pub const QUEUE_MAX_BATCH: Key = key("queue.max_batch", "LLM_AUDIT_PROXY_QUEUE_MAX_BATCH", None);
+pub const QUEUE_COMMIT_INTERVAL_MS: Key = key(
+    "queue.commit_interval_ms",
+    "LLM_AUDIT_PROXY_QUEUE_COMMIT_INTERVAL_MS",
+    None,
+);
 pub const INSTANCE_POD_NAME: Key = key("instance.pod_name", "LLM_AUDIT_PROXY_POD_NAME", None);
 pub const INSTANCE_POD_NAMESPACE: Key = key(
     "instance.pod_namespace",
@@ -130,6 +135,7 @@ pub const ALL: &[Key] = &[
     AUDIT_ON_STORE_FAILURE,
     QUEUE_CAPACITY,
     QUEUE_MAX_BATCH,
+    QUEUE_COMMIT_INTERVAL_MS,
     INSTANCE_POD_NAME,
     INSTANCE_POD_NAMESPACE,
     INSTANCE_NODE_NAME,

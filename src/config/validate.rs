@@ -124,6 +124,11 @@ pub(super) fn load(
         max_batch: l.get(keys::QUEUE_MAX_BATCH, 2048, |r| {
             parse_int(r, 1, 100_000).map(|n| n as usize)
         }),
+        commit_interval: l.get(
+            keys::QUEUE_COMMIT_INTERVAL_MS,
+            Duration::from_millis(5),
+            |r| parse_int(r, 0, 1000).map(Duration::from_millis),
+        ),
     };
     let optional = |r: &Raw| parse_string(r).map(|s| Some(s).filter(|s| !s.is_empty()));
     let instance = InstanceConfig {

@@ -1,9 +1,10 @@
 //! The single writer: batches queued events, stamps `seq` and the hash
 //! chain, and appends them to the store.
 //!
-//! "When to flush" is this loop: `recv_many` takes whatever is queued (up to
-//! `max_batch`) as soon as anything is, so a quiet proxy writes at once and a
-//! busy one writes in large transactions. "How to write" is one
+//! "When to flush" is this loop: a quiet proxy writes an event at once; a
+//! busy one starts a write at most every `commit_interval` (sooner when a
+//! batch fills or someone waits for an ack or a flush), so it writes in
+//! large transactions. "How to write" is one
 //! `append_batch` call, retried with backoff while the error is retriable.
 
 use std::future::Future;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::health::{self, StoreHealth, StoreHealthSetter};
@@ -30,6 +32,9 @@ pub struct WriterConfig {
     pub queue_capacity: usize,
     /// Most events written in one transaction.
     pub max_batch: usize,
+    /// Shortest time between the starts of two writes while events keep
+    /// coming; a writer idle for longer writes the next event at once.
+    pub commit_interval: Duration,
     /// How often an idle writer checks that the store still answers.
     pub health_interval: Duration,
     /// Attempts for one batch once the queue has closed (shutdown), so a
@@ -68,6 +73,8 @@ struct InFlight {
 enum Step {
     Received(usize),
     Written(Appended),
+    /// The commit interval has passed with events waiting.
+    Due,
     Idle,
 }
 
@@ -112,90 +119,125 @@ pub async fn spawn_writer(
 impl Writer {
     async fn run(mut self) {
         let mut msgs = Vec::with_capacity(self.cfg.max_batch);
+        // `msgs` holds an ack or a flush: someone waits, so no lingering.
+        let mut waited_for = false;
         let mut in_flight: Option<InFlight> = None;
+        let mut last_begun: Option<Instant> = None;
         loop {
+            // Kept above zero: a full `msgs` is dispatched before receiving.
+            let room = self.cfg.max_batch - msgs.len();
+            let due = last_begun.map_or_else(Instant::now, |t| t + self.cfg.commit_interval);
+            let lingering = !msgs.is_empty();
             let step = match in_flight.as_mut() {
                 // A write is under way: take new events as they come (they
                 // are sealed while it runs) but settle it as soon as it ends,
                 // so acks and flushes are not held back by a quiet queue.
                 Some(write) => tokio::select! {
-                    n = self.rx.recv_many(&mut msgs, self.cfg.max_batch) => Step::Received(n),
+                    n = self.rx.recv_many(&mut msgs, room) => Step::Received(n),
                     appended = &mut write.append => Step::Written(appended),
+                    () = tokio::time::sleep_until(due), if lingering => Step::Due,
                 },
                 None => tokio::select! {
-                    n = self.rx.recv_many(&mut msgs, self.cfg.max_batch) => Step::Received(n),
-                    () = tokio::time::sleep(self.cfg.health_interval) => Step::Idle,
+                    n = self.rx.recv_many(&mut msgs, room) => Step::Received(n),
+                    () = tokio::time::sleep_until(due), if lingering => Step::Due,
+                    () = tokio::time::sleep(self.cfg.health_interval), if !lingering => Step::Idle,
                 },
             };
-            let received = match step {
-                Step::Idle => {
-                    self.check_health().await;
-                    continue;
-                }
+            match step {
+                Step::Idle => self.check_health().await,
                 Step::Written(appended) => {
                     if let Some(write) = in_flight.take() {
                         self.settle(write, appended, &mut []).await;
                     }
-                    continue;
                 }
-                Step::Received(n) => n,
-            };
-            if received == 0 {
-                if let Some(mut write) = in_flight.take() {
-                    let appended = (&mut write.append).await;
-                    self.settle(write, appended, &mut []).await;
-                }
-                break;
-            }
-            // Sealing is CPU work that no call waits for: let the worker
-            // serve ready sockets first (more events queue up meanwhile,
-            // so batches grow under load).
-            tokio::task::yield_now().await;
-            while msgs.len() < self.cfg.max_batch {
-                match self.rx.try_recv() {
-                    Ok(msg) => msgs.push(msg),
-                    Err(_) => break,
-                }
-            }
-            let mut batch: Vec<AuditEvent> = Vec::with_capacity(msgs.len());
-            let mut acks: Vec<(usize, Ack)> = Vec::new();
-            let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
-            for msg in msgs.drain(..) {
-                match msg {
-                    WriterMsg::Event(e) => batch.push(self.seal(e)),
-                    WriterMsg::EventAck(e, ack) => {
-                        acks.push((batch.len(), ack));
-                        batch.push(self.seal(e));
+                Step::Received(0) => {
+                    // The queue is closed and empty: write what lingers,
+                    // finish the last write, stop.
+                    if !msgs.is_empty() {
+                        self.dispatch(&mut msgs, &mut in_flight).await;
                     }
-                    WriterMsg::Flush(done) => flushes.push(done),
+                    if let Some(mut write) = in_flight.take() {
+                        let appended = (&mut write.append).await;
+                        self.settle(write, appended, &mut []).await;
+                    }
+                    break;
                 }
-            }
-            let taken = batch.len() as u64;
-            let _ =
-                self.stats
-                    .queue_depth
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
-                        Some(d.saturating_sub(taken))
-                    });
-            // One batch in the store at a time, so batches land in chain
-            // order; this one was sealed while the previous was written.
-            if let Some(mut write) = in_flight.take() {
-                let appended = (&mut write.append).await;
-                self.settle(write, appended, &mut batch).await;
-            }
-            self.report_drops(&mut batch);
-            if batch.is_empty() {
-                for done in flushes {
-                    let _ = done.send(());
+                Step::Received(n) => {
+                    waited_for |= msgs[msgs.len() - n..]
+                        .iter()
+                        .any(|m| !matches!(m, WriterMsg::Event(_)));
+                    // Under a steady stream of events, commits are spaced
+                    // by `commit_interval` so each carries many events: a
+                    // commit writes every touched table and index page
+                    // once, whatever the number of rows.
+                    let linger =
+                        !waited_for && msgs.len() < self.cfg.max_batch && Instant::now() < due;
+                    if !linger {
+                        self.dispatch(&mut msgs, &mut in_flight).await;
+                        waited_for = false;
+                        last_begun = Some(Instant::now());
+                    }
                 }
-            } else {
-                in_flight = Some(self.begin(batch, acks, flushes));
+                Step::Due => {
+                    self.dispatch(&mut msgs, &mut in_flight).await;
+                    waited_for = false;
+                    last_begun = Some(Instant::now());
+                }
             }
         }
         tracing::debug!(
             written = self.stats.written.load(Ordering::Relaxed),
             "Audit writer stopped."
         );
+    }
+
+    /// Seals what `msgs` holds (and whatever else is queued, up to a
+    /// batch), waits for the write in flight, and starts this batch's.
+    async fn dispatch(&mut self, msgs: &mut Vec<WriterMsg>, in_flight: &mut Option<InFlight>) {
+        // Sealing is CPU work that no call waits for: let the worker serve
+        // ready sockets first (more events queue up meanwhile, so batches
+        // grow under load).
+        tokio::task::yield_now().await;
+        while msgs.len() < self.cfg.max_batch {
+            match self.rx.try_recv() {
+                Ok(msg) => msgs.push(msg),
+                Err(_) => break,
+            }
+        }
+        let mut batch: Vec<AuditEvent> = Vec::with_capacity(msgs.len());
+        let mut acks: Vec<(usize, Ack)> = Vec::new();
+        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        for msg in msgs.drain(..) {
+            match msg {
+                WriterMsg::Event(e) => batch.push(self.seal(e)),
+                WriterMsg::EventAck(e, ack) => {
+                    acks.push((batch.len(), ack));
+                    batch.push(self.seal(e));
+                }
+                WriterMsg::Flush(done) => flushes.push(done),
+            }
+        }
+        let taken = batch.len() as u64;
+        let _ = self
+            .stats
+            .queue_depth
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                Some(d.saturating_sub(taken))
+            });
+        // One batch in the store at a time, so batches land in chain
+        // order; this one was sealed while the previous was written.
+        if let Some(mut write) = in_flight.take() {
+            let appended = (&mut write.append).await;
+            self.settle(write, appended, &mut batch).await;
+        }
+        self.report_drops(&mut batch);
+        if batch.is_empty() {
+            for done in flushes {
+                let _ = done.send(());
+            }
+        } else {
+            *in_flight = Some(self.begin(batch, acks, flushes));
+        }
     }
 
     /// Hands `batch` to the store on its own task, so the store writes it

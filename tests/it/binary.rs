@@ -85,14 +85,19 @@ fn serve_refuses_bad_configuration_naming_the_key() {
 /// Starts `serve` on ephemeral ports; returns the child and its addresses,
 /// read from its start-up log line.
 fn spawn_serve(upstream: &str, dir: &std::path::Path) -> (Child, String, String) {
-    let (child, proxy, admin, _) = spawn_serve_logged(upstream, dir);
+    let (child, proxy, admin, _) = spawn_serve_logged(upstream, dir, "info");
     (child, proxy, admin)
 }
 
 type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
-/// As [`spawn_serve`], also collecting every stderr line.
-fn spawn_serve_logged(upstream: &str, dir: &std::path::Path) -> (Child, String, String, LogLines) {
+/// As [`spawn_serve`] with `RUST_LOG` set to `rust_log`, also collecting
+/// every stderr line.
+fn spawn_serve_logged(
+    upstream: &str,
+    dir: &std::path::Path,
+    rust_log: &str,
+) -> (Child, String, String, LogLines) {
     let mut child = command()
         .args([
             "serve",
@@ -104,7 +109,7 @@ fn spawn_serve_logged(upstream: &str, dir: &std::path::Path) -> (Child, String, 
         .args(["--upstream", upstream, "--log-format", "json"])
         .arg("--file-path")
         .arg(dir)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -142,7 +147,11 @@ fn spawn_serve_logged(upstream: &str, dir: &std::path::Path) -> (Child, String, 
 async fn sigterm_drains_flushes_and_exits_zero() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, proxy, admin, logs) = spawn_serve_logged(&mock.url(), dir.path());
+    let (mut child, proxy, admin, logs) = spawn_serve_logged(
+        &mock.url(),
+        dir.path(),
+        "info,llm_audit_proxy::access=debug",
+    );
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
     assert_eq!(
@@ -219,7 +228,7 @@ async fn sigterm_drains_flushes_and_exits_zero() {
     assert_eq!(call.len(), 2);
     assert_eq!(call[1].metadata["outcome"], "completed");
 
-    // One JSON line per call, and never a body or a credential.
+    // Asked for, one JSON line per call, and never a body or a credential.
     let logs = logs.lock().unwrap();
     let access: Vec<Value> = logs
         .iter()
@@ -316,4 +325,41 @@ async fn sigterm_under_load_loses_no_event() {
         assert_eq!(call[1].metadata["outcome"], "completed", "{id}");
     }
     assert_eq!(events.last().unwrap().metadata["phase"], "shutdown");
+}
+
+#[tokio::test]
+async fn calls_log_no_access_line_unless_asked_for() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, proxy, _admin, logs) = spawn_serve_logged(&mock.url(), dir.path(), "info");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let status = http
+        .post(format!("http://{proxy}/v1/chat/completions"))
+        .header("x-request-id", "quiet-call")
+        .json(&json!({"model": "gpt-4o-mini", "messages": []}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    // The pipe is closed; give the draining thread its last lines.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let logs = logs.lock().unwrap();
+    assert!(
+        logs.iter().any(|l| l.contains("Audit proxy stopped.")),
+        "the last line was read: {logs:#?}"
+    );
+    assert!(
+        !logs.iter().any(|l| l.contains("llm_audit_proxy::access")),
+        "{logs:#?}"
+    );
 }

@@ -143,3 +143,26 @@ fn masked_json_hides_tokens() {
     assert!(!json.contains("0123456789abcdef0123"));
     assert!(json.contains("[MASKED]"));
 }
+
+#[test]
+fn commit_interval_defaults_to_5_ms_and_refuses_what_is_out_of_range() {
+    let c = load(None, &env(&[]), &FlagValues::new()).unwrap();
+    assert_eq!(c.queue.commit_interval, Duration::from_millis(5));
+    let f = file("[queue]\ncommit_interval_ms = 0\n");
+    let c = load(Some(f.path()), &env(&[]), &FlagValues::new()).unwrap();
+    assert_eq!(c.queue.commit_interval, Duration::ZERO);
+    for bad in ["-1", "1001", "soon"] {
+        let errs = errors(load(
+            None,
+            &env(&[("LLM_AUDIT_PROXY_QUEUE_COMMIT_INTERVAL_MS", bad)]),
+            &FlagValues::new(),
+        ));
+        assert_eq!(errs[0].key, "queue.commit_interval_ms", "{bad}");
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("LLM_AUDIT_PROXY_QUEUE_COMMIT_INTERVAL_MS"),
+            "{bad}"
+        );
+    }
+}

@@ -17,6 +17,7 @@ fn writer_config() -> WriterConfig {
         min_level: Level::Debug,
         queue_capacity: 512,
         max_batch: 64,
+        commit_interval: Duration::ZERO,
         health_interval: Duration::from_secs(3600),
         shutdown_attempts: 1,
         source: None,

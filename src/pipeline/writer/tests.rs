@@ -126,6 +126,7 @@ fn config() -> WriterConfig {
         min_level: Level::Debug,
         queue_capacity: 1_000,
         max_batch: 100,
+        commit_interval: Duration::ZERO,
         health_interval: Duration::from_secs(3600),
         shutdown_attempts: 1,
         source: None,
@@ -269,4 +270,92 @@ async fn a_flush_waits_for_the_write_in_progress() {
     store.gate.add_permits(1);
     handle.flush().await;
     assert_eq!(store.events().await.len(), 1);
+}
+
+/// A writer spacing its writes by 50 ms, on a paused clock.
+async fn spaced_writer(store: &Arc<ScriptedStore>) -> Handle {
+    let cfg = WriterConfig {
+        commit_interval: Duration::from_millis(50),
+        ..config()
+    };
+    let (handle, _health) = spawn_writer(store.clone(), cfg, &TaskTracker::new())
+        .await
+        .unwrap();
+    handle
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_writer_gathers_events_until_the_commit_interval_has_passed() {
+    let store = ScriptedStore::new(&[], true);
+    let handle = spaced_writer(&store).await;
+
+    // An idle writer writes the first event at once.
+    assert!(handle.offer(event(0)));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(store.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(store.events().await.len(), 1);
+
+    // What follows within the interval waits, then goes in one write.
+    for i in 1..6 {
+        assert!(handle.offer(event(i)));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(store.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(store.events().await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(store.calls.load(Ordering::SeqCst), 2);
+    let events = store.events().await;
+    assert_eq!(events.len(), 6);
+    assert_one_chain(&events);
+}
+
+#[tokio::test(start_paused = true)]
+async fn acks_and_flushes_are_answered_without_waiting_for_the_interval() {
+    let store = ScriptedStore::new(&[], true);
+    let handle = spaced_writer(&store).await;
+    assert!(handle.offer(event(0)));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(store.calls.load(Ordering::SeqCst), 1);
+
+    // The clock only moves when every task waits: a writer lingering for
+    // its interval would let these 10 ms timeouts fire first.
+    let limit = Duration::from_millis(10);
+    assert!(handle.offer(event(1)));
+    let sealed = tokio::time::timeout(limit, handle.submit(event(2)))
+        .await
+        .expect("an ack does not wait for the interval")
+        .unwrap();
+    assert_eq!(sealed.seq, 3);
+    assert!(handle.offer(event(3)));
+    tokio::time::timeout(limit, handle.flush())
+        .await
+        .expect("a flush does not wait for the interval");
+    let events = store.events().await;
+    assert_eq!(events.len(), 4);
+    assert_one_chain(&events);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_waiting_for_the_interval_are_written_when_the_queue_closes() {
+    let store = ScriptedStore::new(&[], true);
+    let tracker = TaskTracker::new();
+    let cfg = WriterConfig {
+        commit_interval: Duration::from_secs(3600),
+        ..config()
+    };
+    let (handle, _health) = spawn_writer(store.clone(), cfg, &tracker).await.unwrap();
+    assert!(handle.offer(event(0)));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(handle.offer(event(1)));
+    assert!(handle.offer(event(2)));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(store.events().await.len(), 1);
+    drop(handle);
+    tracker.close();
+    tokio::time::timeout(Duration::from_secs(1), tracker.wait())
+        .await
+        .expect("the writer stops once its queue is closed");
+    let events = store.events().await;
+    assert_eq!(events.len(), 3);
+    assert_one_chain(&events);
 }
