@@ -35,7 +35,7 @@ fi
 : "${POLICY_TOML:=policy_packs = [\"pii-basic\", \"secrets\"]}"
 : "${SKIP_STORE:=0}"
 : "${QUERY_MAX_SECS:=120}"    # time cap per query kind on the generated store
-# Diagnostics of the proxy (one access line per call by default) go to a
+# Diagnostics of the proxy go to a
 # file; set PROXY_RUST_LOG to change their verbosity, e.g. "warn".
 : "${PROXY_RUST_LOG:=}"
 

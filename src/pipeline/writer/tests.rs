@@ -272,10 +272,10 @@ async fn a_flush_waits_for_the_write_in_progress() {
     assert_eq!(store.events().await.len(), 1);
 }
 
-/// A writer spacing its writes by 50 ms, on a paused clock.
-async fn spaced_writer(store: &Arc<ScriptedStore>) -> Handle {
+/// A writer whose writes start at most every `interval`.
+async fn spaced_writer(store: &Arc<ScriptedStore>, interval: Duration) -> Handle {
     let cfg = WriterConfig {
-        commit_interval: Duration::from_millis(50),
+        commit_interval: interval,
         ..config()
     };
     let (handle, _health) = spawn_writer(store.clone(), cfg, &TaskTracker::new())
@@ -284,59 +284,81 @@ async fn spaced_writer(store: &Arc<ScriptedStore>) -> Handle {
     handle
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_busy_writer_gathers_events_until_the_commit_interval_has_passed() {
+/// Waits (5 s at most) until the store has begun `writes` writes.
+async fn wait_for_writes(store: &ScriptedStore, writes: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.calls.load(Ordering::SeqCst) < writes && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(store.calls.load(Ordering::SeqCst), writes);
+}
+
+#[tokio::test]
+async fn a_busy_writer_holds_events_back_until_its_interval_has_passed() {
     let store = ScriptedStore::new(&[], true);
-    let handle = spaced_writer(&store).await;
+    let handle = spaced_writer(&store, Duration::from_secs(3600)).await;
 
     // An idle writer writes the first event at once.
     assert!(handle.offer(event(0)));
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    assert_eq!(store.calls.load(Ordering::SeqCst), 1);
-    assert_eq!(store.events().await.len(), 1);
+    wait_for_writes(&store, 1).await;
 
-    // What follows within the interval waits, then goes in one write.
+    // What follows within the interval waits; a flush writes it, in one go.
     for i in 1..6 {
         assert!(handle.offer(event(i)));
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(store.calls.load(Ordering::SeqCst), 1);
     assert_eq!(store.events().await.len(), 1);
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    tokio::time::timeout(Duration::from_secs(5), handle.flush())
+        .await
+        .expect("a flush does not wait for the interval");
     assert_eq!(store.calls.load(Ordering::SeqCst), 2);
     let events = store.events().await;
     assert_eq!(events.len(), 6);
     assert_one_chain(&events);
 }
 
-#[tokio::test(start_paused = true)]
-async fn acks_and_flushes_are_answered_without_waiting_for_the_interval() {
+#[tokio::test]
+async fn events_held_back_are_written_once_the_interval_has_passed() {
     let store = ScriptedStore::new(&[], true);
-    let handle = spaced_writer(&store).await;
+    let handle = spaced_writer(&store, Duration::from_millis(200)).await;
     assert!(handle.offer(event(0)));
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    assert_eq!(store.calls.load(Ordering::SeqCst), 1);
+    wait_for_writes(&store, 1).await;
+    for i in 1..6 {
+        assert!(handle.offer(event(i)));
+    }
+    // No flush, no ack: the interval alone starts the write.
+    wait_for_writes(&store, 2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.events().await.len() < 6 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let events = store.events().await;
+    assert_eq!(events.len(), 6);
+    assert_one_chain(&events);
+}
 
-    // The clock only moves when every task waits: a writer lingering for
-    // its interval would let these 10 ms timeouts fire first.
-    let limit = Duration::from_millis(10);
+#[tokio::test]
+async fn acks_are_answered_without_waiting_for_the_interval() {
+    let store = ScriptedStore::new(&[], true);
+    let handle = spaced_writer(&store, Duration::from_secs(3600)).await;
+    assert!(handle.offer(event(0)));
+    wait_for_writes(&store, 1).await;
+
+    // A writer waiting out its hour would let this timeout fire.
     assert!(handle.offer(event(1)));
-    let sealed = tokio::time::timeout(limit, handle.submit(event(2)))
+    let sealed = tokio::time::timeout(Duration::from_secs(5), handle.submit(event(2)))
         .await
         .expect("an ack does not wait for the interval")
         .unwrap();
     assert_eq!(sealed.seq, 3);
-    assert!(handle.offer(event(3)));
-    tokio::time::timeout(limit, handle.flush())
-        .await
-        .expect("a flush does not wait for the interval");
     let events = store.events().await;
-    assert_eq!(events.len(), 4);
+    assert_eq!(events.len(), 3);
     assert_one_chain(&events);
 }
 
-#[tokio::test(start_paused = true)]
-async fn events_waiting_for_the_interval_are_written_when_the_queue_closes() {
+#[tokio::test]
+async fn events_held_back_are_written_when_the_queue_closes() {
     let store = ScriptedStore::new(&[], true);
     let tracker = TaskTracker::new();
     let cfg = WriterConfig {
@@ -345,14 +367,12 @@ async fn events_waiting_for_the_interval_are_written_when_the_queue_closes() {
     };
     let (handle, _health) = spawn_writer(store.clone(), cfg, &tracker).await.unwrap();
     assert!(handle.offer(event(0)));
-    tokio::time::sleep(Duration::from_millis(1)).await;
+    wait_for_writes(&store, 1).await;
     assert!(handle.offer(event(1)));
     assert!(handle.offer(event(2)));
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    assert_eq!(store.events().await.len(), 1);
     drop(handle);
     tracker.close();
-    tokio::time::timeout(Duration::from_secs(1), tracker.wait())
+    tokio::time::timeout(Duration::from_secs(5), tracker.wait())
         .await
         .expect("the writer stops once its queue is closed");
     let events = store.events().await;
