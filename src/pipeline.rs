@@ -7,6 +7,7 @@
 //! writer task ([`writer`]) is the only place `seq` and the hash chain are
 //! stamped, so the chain is a true record of write order.
 
+pub mod builder;
 pub mod health;
 pub mod maintenance;
 pub mod record;

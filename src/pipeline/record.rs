@@ -2,8 +2,9 @@
 //!
 //! The proxy starts a record when a call arrives and hands it two
 //! captures as they complete. All interpretation (decoding, SSE
-//! reassembly, sanitising, summarising) happens in the record's own task,
-//! never on the request path.
+//! reassembly, sanitising, summarising) happens off the request path: on
+//! the low-priority builder thread ([`super::builder`]), or in the record's
+//! own task when that thread is behind.
 //! The REQUEST is offered once the request body is known and upstream's
 //! answer has begun, failed or been awaited for 200 ms,
 //! so a call whose response never ends still leaves its REQUEST.
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use super::builder::RecordBuilder;
 use super::Handle;
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::decode::decode;
@@ -39,6 +41,10 @@ const REQUEST_RECORD_DELAY: Duration = Duration::from_millis(200);
 /// ended before it is built (see `Recorder::record`).
 const STREAMED_RESPONSE_RECORD_DELAY: Duration = Duration::from_millis(2);
 
+/// Records waiting for the builder thread before the calls' own tasks
+/// build them. Each holds its call's captured bodies, so the queue is short.
+const RECORD_BUILDER_QUEUE: usize = 32;
+
 /// Starts call records. Cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
@@ -53,6 +59,8 @@ pub struct Recorder {
     record_compliance_checks: bool,
     /// Set when shutdown cut the calls still running after the grace.
     cut_at_shutdown: Arc<AtomicBool>,
+    /// Where the REQUEST and RESPONSE are built.
+    builder: RecordBuilder,
 }
 
 /// What the proxy knows when a call arrives.
@@ -148,6 +156,7 @@ impl Recorder {
         record_compliance_checks: bool,
     ) -> Self {
         Self {
+            builder: RecordBuilder::start(RECORD_BUILDER_QUEUE),
             handle,
             sanitizer,
             tracker,
@@ -199,10 +208,22 @@ impl Recorder {
         let _ = tokio::time::timeout(REQUEST_RECORD_DELAY, answer_started).await;
         // Sent or dropped by the proxy before the request goes upstream.
         let prescan = prescan.await.ok();
-        tokio::task::yield_now().await;
-        let (event, facts, scan) = self.request_event(&info, request.as_ref(), prescan);
-        self.handle.offer(event);
-        self.offer_compliance(&info, &scan);
+        let info = Arc::new(info);
+        let facts = {
+            let (this, info) = (self.clone(), info.clone());
+            self.builder
+                .run(move || {
+                    let (event, facts, scan) = this.request_event(&info, request.as_ref(), prescan);
+                    this.handle.offer(event);
+                    this.offer_compliance(&info, &scan);
+                    facts
+                })
+                .await
+        };
+        let facts = facts.unwrap_or(RequestFacts {
+            model: None,
+            stream: false,
+        });
         let outcome = resp_rx
             .await
             .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() });
@@ -212,19 +233,20 @@ impl Recorder {
             // its next request a fraction of a millisecond after the stream
             // ends, often on the same connection. Built right then, the
             // record would sit in front of that request on the core; a
-            // short wait lets the request reach upstream first. (Other
-            // answers are built at once: a timer per call costs more than
-            // it saves there.)
+            // short wait lets the request reach upstream first.
             tokio::time::sleep(STREAMED_RESPONSE_RECORD_DELAY).await;
-        } else {
-            tokio::task::yield_now().await;
         }
-        if let Some(error) = self.error_event(&info, &outcome) {
-            self.handle.offer(error);
-        }
-        let (event, scan) = self.response_event(&info, &facts, outcome);
-        self.handle.offer(event);
-        self.offer_compliance(&info, &scan);
+        let this = self.clone();
+        self.builder
+            .run(move || {
+                if let Some(error) = this.error_event(&info, &outcome) {
+                    this.handle.offer(error);
+                }
+                let (event, scan) = this.response_event(&info, &facts, outcome);
+                this.handle.offer(event);
+                this.offer_compliance(&info, &scan);
+            })
+            .await;
     }
 
     /// A COMPLIANCE_VIOLATION for each policy that found something; with
