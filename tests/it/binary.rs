@@ -91,6 +91,23 @@ fn spawn_serve(upstream: &str, dir: &std::path::Path) -> (Child, String, String)
 
 type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
+/// Sends SIGTERM to `child`.
+fn sigterm(child: &Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Waits for `child` to exit, off the async workers; returns its code.
+async fn exit_code(mut child: Child) -> Option<i32> {
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+        .code()
+}
+
 /// As [`spawn_serve`] with `RUST_LOG` set to `rust_log`, also collecting
 /// every stderr line.
 fn spawn_serve_logged(
@@ -147,7 +164,7 @@ fn spawn_serve_logged(
 async fn sigterm_drains_flushes_and_exits_zero() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, proxy, admin, logs) = spawn_serve_logged(
+    let (child, proxy, admin, logs) = spawn_serve_logged(
         &mock.url(),
         dir.path(),
         "info,llm_audit_proxy::access=debug",
@@ -190,21 +207,14 @@ async fn sigterm_drains_flushes_and_exits_zero() {
         })
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(&child);
     let body = slow.await.unwrap();
     assert!(
         body.contains("[DONE]"),
         "the in-flight stream completed: {body}"
     );
 
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(exit_code(child).await, Some(0));
 
     let store = SqliteStore::open_read_only(dir.path()).await.unwrap();
     let events: Vec<_> = store
@@ -252,7 +262,7 @@ async fn sigterm_drains_flushes_and_exits_zero() {
 async fn sigterm_under_load_loses_no_event() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, proxy, admin) = spawn_serve(&mock.url(), dir.path());
+    let (child, proxy, admin) = spawn_serve(&mock.url(), dir.path());
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut streams = Vec::new();
     for i in 0..50 {
@@ -277,10 +287,7 @@ async fn sigterm_under_load_loses_no_event() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(mock.calls(), 50);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    sigterm(&child);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let ready = http
@@ -303,10 +310,7 @@ async fn sigterm_under_load_loses_no_event() {
         let body = s.await.unwrap();
         assert!(body.contains("[DONE]"), "stream cut: {body}");
     }
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(exit_code(child).await, Some(0));
 
     let store = SqliteStore::open_read_only(dir.path()).await.unwrap();
     let events: Vec<_> = store
@@ -331,7 +335,7 @@ async fn sigterm_under_load_loses_no_event() {
 async fn calls_log_no_access_line_unless_asked_for() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, proxy, _admin, logs) = spawn_serve_logged(&mock.url(), dir.path(), "info");
+    let (child, proxy, _admin, logs) = spawn_serve_logged(&mock.url(), dir.path(), "info");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let status = http
         .post(format!("http://{proxy}/v1/chat/completions"))
@@ -342,14 +346,8 @@ async fn calls_log_no_access_line_unless_asked_for() {
         .unwrap()
         .status();
     assert_eq!(status, 200);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(exit.code(), Some(0));
+    sigterm(&child);
+    assert_eq!(exit_code(child).await, Some(0));
     // The pipe is closed; give the draining thread its last lines.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
