@@ -10,7 +10,6 @@
 //! were started, so auditing slows the calls down instead of piling up.
 
 use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
@@ -20,7 +19,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// thread ends once every clone is dropped and its queue is empty.
 #[derive(Clone)]
 pub struct RecordBuilder {
-    jobs: Option<Arc<SyncSender<Job>>>,
+    jobs: Option<SyncSender<Job>>,
 }
 
 impl RecordBuilder {
@@ -37,9 +36,7 @@ impl RecordBuilder {
                 }
             });
         match spawned {
-            Ok(_) => Self {
-                jobs: Some(Arc::new(tx)),
-            },
+            Ok(_) => Self { jobs: Some(tx) },
             Err(error) => {
                 tracing::warn!(%error, "No record builder thread; records are built on the async workers.");
                 Self::inline()
@@ -63,12 +60,14 @@ impl RecordBuilder {
         let job: Job = Box::new(move || {
             let _ = done.send(job());
         });
-        if let Some(jobs) = &self.jobs {
-            match jobs.try_send(job) {
-                Ok(()) => return result.await.ok(),
-                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job(),
-            }
-        } else {
+        let here = match &self.jobs {
+            Some(jobs) => match jobs.try_send(job) {
+                Ok(()) => None,
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => Some(job),
+            },
+            None => Some(job),
+        };
+        if let Some(job) = here {
             job();
         }
         result.await.ok()
@@ -90,7 +89,7 @@ fn lower_priority() {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Barrier;
+    use std::sync::{Arc, Barrier};
     use std::time::Duration;
 
     use super::*;

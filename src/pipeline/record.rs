@@ -138,6 +138,7 @@ pub struct RequestPrescan {
 }
 
 /// What was learnt from the request that the RESPONSE needs too.
+#[derive(Default)]
 struct RequestFacts {
     model: Option<String>,
     stream: bool,
@@ -220,10 +221,7 @@ impl Recorder {
                 })
                 .await
         };
-        let facts = facts.unwrap_or(RequestFacts {
-            model: None,
-            stream: false,
-        });
+        let facts = facts.unwrap_or_default();
         let outcome = resp_rx
             .await
             .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() });

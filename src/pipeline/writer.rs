@@ -143,12 +143,16 @@ impl Writer {
                     () = tokio::time::sleep(self.cfg.health_interval), if !lingering => Step::Idle,
                 },
             };
-            match step {
-                Step::Idle => self.check_health().await,
+            let ready = match step {
+                Step::Idle => {
+                    self.check_health().await;
+                    false
+                }
                 Step::Written(appended) => {
                     if let Some(write) = in_flight.take() {
                         self.settle(write, appended, &mut []).await;
                     }
+                    false
                 }
                 Step::Received(0) => {
                     // The queue is closed and empty: write what lingers,
@@ -170,19 +174,14 @@ impl Writer {
                     // by `commit_interval` so each carries many events: a
                     // commit writes every touched table and index page
                     // once, whatever the number of rows.
-                    let linger =
-                        !waited_for && msgs.len() < self.cfg.max_batch && Instant::now() < due;
-                    if !linger {
-                        self.dispatch(&mut msgs, &mut in_flight).await;
-                        waited_for = false;
-                        last_begun = Some(Instant::now());
-                    }
+                    waited_for || msgs.len() >= self.cfg.max_batch || Instant::now() >= due
                 }
-                Step::Due => {
-                    self.dispatch(&mut msgs, &mut in_flight).await;
-                    waited_for = false;
-                    last_begun = Some(Instant::now());
-                }
+                Step::Due => true,
+            };
+            if ready {
+                self.dispatch(&mut msgs, &mut in_flight).await;
+                waited_for = false;
+                last_begun = Some(Instant::now());
             }
         }
         tracing::debug!(
