@@ -293,19 +293,27 @@ async fn wait_for_writes(store: &ScriptedStore, writes: usize) {
     assert_eq!(store.calls.load(Ordering::SeqCst), writes);
 }
 
-#[tokio::test]
-async fn a_busy_writer_holds_events_back_until_its_interval_has_passed() {
+/// A writer spaced by `interval` that has written one event (at once, as
+/// an idle writer does) and then been offered `more`.
+async fn written_once_then_offered(
+    interval: Duration,
+    more: usize,
+) -> (Arc<ScriptedStore>, Handle) {
     let store = ScriptedStore::new(&[], true);
-    let handle = spaced_writer(&store, Duration::from_secs(3600)).await;
-
-    // An idle writer writes the first event at once.
+    let handle = spaced_writer(&store, interval).await;
     assert!(handle.offer(event(0)));
     wait_for_writes(&store, 1).await;
-
-    // What follows within the interval waits; a flush writes it, in one go.
-    for i in 1..6 {
+    for i in 1..=more {
         assert!(handle.offer(event(i)));
     }
+    (store, handle)
+}
+
+#[tokio::test]
+async fn a_busy_writer_holds_events_back_until_its_interval_has_passed() {
+    // What follows the first write within the interval waits; a flush
+    // writes it, in one go.
+    let (store, handle) = written_once_then_offered(Duration::from_secs(3600), 5).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(store.calls.load(Ordering::SeqCst), 1);
     assert_eq!(store.events().await.len(), 1);
@@ -320,13 +328,7 @@ async fn a_busy_writer_holds_events_back_until_its_interval_has_passed() {
 
 #[tokio::test]
 async fn events_held_back_are_written_once_the_interval_has_passed() {
-    let store = ScriptedStore::new(&[], true);
-    let handle = spaced_writer(&store, Duration::from_millis(200)).await;
-    assert!(handle.offer(event(0)));
-    wait_for_writes(&store, 1).await;
-    for i in 1..6 {
-        assert!(handle.offer(event(i)));
-    }
+    let (store, handle) = written_once_then_offered(Duration::from_millis(200), 5).await;
     // No flush, no ack: the interval alone starts the write. (The flush
     // then only waits for that write to land.)
     wait_for_writes(&store, 2).await;
@@ -341,13 +343,8 @@ async fn events_held_back_are_written_once_the_interval_has_passed() {
 
 #[tokio::test]
 async fn acks_are_answered_without_waiting_for_the_interval() {
-    let store = ScriptedStore::new(&[], true);
-    let handle = spaced_writer(&store, Duration::from_secs(3600)).await;
-    assert!(handle.offer(event(0)));
-    wait_for_writes(&store, 1).await;
-
+    let (store, handle) = written_once_then_offered(Duration::from_secs(3600), 1).await;
     // A writer waiting out its hour would let this timeout fire.
-    assert!(handle.offer(event(1)));
     let sealed = tokio::time::timeout(Duration::from_secs(5), handle.submit(event(2)))
         .await
         .expect("an ack does not wait for the interval")
