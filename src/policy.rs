@@ -153,6 +153,33 @@ pub struct PolicySet {
     redact_response: Vec<bool>,
     /// Per scanner entry: redacted in the body sent upstream.
     upstream: Vec<bool>,
+    /// What the request path searches before forwarding; `None` when no
+    /// `block` policy watches requests.
+    request_gate: Option<RequestGate>,
+}
+
+/// The detectors a request must be searched with before it is forwarded:
+/// those of the `block` policies that watch requests, plus every built-in
+/// detector that outranks one of them (an outranking match hides the lower
+/// one, so leaving it out could block a call the full scan lets through).
+/// The other detectors run when the record is built, off the request path.
+#[derive(Debug, Clone)]
+struct RequestGate {
+    matcher: Matcher,
+    /// Gate entry to the entry of the full scanner it copies.
+    full_index: Vec<usize>,
+    /// The gate holds every entry: finding nothing means the text is clean.
+    complete: bool,
+}
+
+/// What [`PolicySet::gate_request`] found before forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateVerdict {
+    /// The `block` policy that refuses the call, if any.
+    pub blocking: Option<Verdict>,
+    /// No pattern at all matched the text: then
+    /// [`PolicySet::inspect_after_scan`] need not search the text again.
+    pub text_clean: bool,
 }
 
 /// One policy's outcome for one side of a call.
@@ -631,6 +658,7 @@ impl PolicySet {
             redact_request: Vec::new(),
             redact_response: Vec::new(),
             upstream: Vec::new(),
+            request_gate: None,
         }
     }
 
@@ -651,6 +679,7 @@ impl PolicySet {
                 }
             }
         }
+        let request_gate = RequestGate::new(&policies, &entries)?;
         Ok(Self {
             policies,
             matcher: Matcher::new(entries)?,
@@ -658,6 +687,7 @@ impl PolicySet {
             redact_request,
             redact_response,
             upstream,
+            request_gate,
         })
     }
 
@@ -723,6 +753,42 @@ impl PolicySet {
         (self.verdicts(&counts, direction), clean)
     }
 
+    /// Searches a request body's text with the gate's detectors only (see
+    /// [`RequestGate`]): whether a `block` policy refuses the call, and
+    /// whether the text is known to be clean. Without request `block`
+    /// policies nothing is searched and nothing is known.
+    pub fn gate_request(&self, body: &Value) -> GateVerdict {
+        let Some(gate) = &self.request_gate else {
+            return GateVerdict {
+                blocking: None,
+                text_clean: false,
+            };
+        };
+        let mut counts = vec![0u64; self.matcher.entries().len()];
+        let mut found = false;
+        let mut hits = Vec::new();
+        places::for_each_text(body, &mut |text| {
+            gate.matcher.find(text, &mut hits);
+            for h in &hits {
+                counts[gate.full_index[h.entry]] += 1;
+                found = true;
+            }
+        });
+        // Counts of entries outside the gate stay zero, so only the verdicts
+        // of `block` policies, whose entries are all in the gate, are whole.
+        let blocking = found
+            .then(|| {
+                self.verdicts(&counts, Direction::Request)
+                    .blocking()
+                    .cloned()
+            })
+            .flatten();
+        GateVerdict {
+            blocking,
+            text_clean: gate.complete && !found,
+        }
+    }
+
     /// Verdicts for `direction` over one plain text.
     pub fn scan_text(&self, text: &str, direction: Direction) -> Scan {
         self.scan(&Value::String(text.to_owned()), direction)
@@ -736,9 +802,9 @@ impl PolicySet {
     }
 
     /// As [`Self::inspect`]; `text_clean` says that a [`Self::scan_counting`]
-    /// of this very body found nothing in its text, so only the strings
-    /// outside the text (ids, names, fields that may hold a secret) are
-    /// searched.
+    /// (or a [`Self::gate_request`] that said so) of this very body found
+    /// nothing in its text, so only the strings outside the text (ids,
+    /// names, fields that may hold a secret) are searched.
     pub fn inspect_after_scan(
         &self,
         body: &mut Value,
@@ -876,6 +942,37 @@ impl PolicySet {
             passed: findings.is_empty(),
             findings,
         }
+    }
+}
+
+// === impl RequestGate ===
+
+impl RequestGate {
+    fn new(policies: &[Policy], entries: &[Entry]) -> Result<Option<Self>, regex::Error> {
+        let blocking: Vec<usize> = policies
+            .iter()
+            .filter(|p| p.action == Action::Block && p.applies_to.covers(Direction::Request))
+            .flat_map(|p| p.entries.iter().copied())
+            .collect();
+        if blocking.is_empty() {
+            return Ok(None);
+        }
+        // Built-in entries come first, in priority order, so the ones that
+        // can outrank a gate entry are a prefix of the list.
+        let outranking = blocking
+            .iter()
+            .filter(|&&e| entries[e].builtin)
+            .max()
+            .map_or(0, |&last| last + 1);
+        let full_index: Vec<usize> = (0..entries.len())
+            .filter(|&e| e < outranking || blocking.contains(&e))
+            .collect();
+        let matcher = Matcher::new(full_index.iter().map(|&e| entries[e].clone()).collect())?;
+        Ok(Some(Self {
+            complete: full_index.len() == entries.len(),
+            matcher,
+            full_index,
+        }))
     }
 }
 

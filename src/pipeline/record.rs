@@ -124,8 +124,9 @@ pub struct CallRecord {
     prescan: Option<oneshot::Sender<RequestPrescan>>,
 }
 
-/// A whole request body as request policies parsed and scanned it on the
-/// request path, so its record does neither again.
+/// A whole request body as request policies parsed and searched it on the
+/// request path, so its record does not parse it again (nor search its
+/// text, when that search covered every detector and found nothing).
 #[derive(Debug)]
 pub struct RequestPrescan {
     /// The decoded body, parsed.
@@ -133,7 +134,7 @@ pub struct RequestPrescan {
     /// Length of the decoded body that was parsed, to tell it is the same
     /// body the record decodes.
     pub decoded_len: usize,
-    /// No pattern matched the body's text (see `PolicySet::scan_counting`).
+    /// No pattern matched the body's text (see `PolicySet::gate_request`).
     pub text_clean: bool,
 }
 

@@ -271,6 +271,99 @@ fn a_clean_text_scan_lets_the_stored_copy_skip_only_the_text() {
 }
 
 #[test]
+fn the_request_gate_blocks_exactly_as_the_full_scan() {
+    // Block policies on a few detectors among many others, a custom
+    // pattern, and a secret (`bearer_token`) that a higher-ranked one
+    // (`openai_key`) hides: the gate must keep that ranking.
+    let mut custom = def("ticket-block", &[], "block", "request");
+    custom.patterns = vec![r"TICKET-[0-9]{4}".into()];
+    let set = PolicySet::compile(&[
+        def("bearer-block", &["bearer_token"], "block", "both"),
+        def("cards-block", &["credit_card"], "block", "request"),
+        def(
+            "contacts-log",
+            &["email", "phone", "ip_address"],
+            "log",
+            "both",
+        ),
+        def("ibans-out", &["iban"], "block", "response"),
+        custom,
+    ])
+    .unwrap();
+    let gate = set.request_gate.as_ref().unwrap();
+    assert!(
+        !gate.complete,
+        "email, phone and ip stay off the request path"
+    );
+    let kinds: Vec<&str> = gate
+        .matcher
+        .entries()
+        .iter()
+        .map(|e| e.kind.as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"OPENAI_KEY") && kinds.contains(&"IBAN"),
+        "{kinds:?}"
+    );
+    assert!(
+        !kinds.contains(&"EMAIL") && !kinds.contains(&"PHONE"),
+        "{kinds:?}"
+    );
+
+    let mut texts: Vec<String> = generate(0x6A7E, 20).into_iter().map(|s| s.text).collect();
+    texts.extend(
+        [
+            "Authorization: Bearer sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12",
+            "Authorization: Bearer abc.def-123_456~xyz",
+            "see TICKET-1234, mail a@example.com",
+            "DE89 3704 0044 0532 0130 00 then 4111 1111 1111 1111",
+            "nothing at all",
+        ]
+        .map(str::to_owned),
+    );
+    let mut blocked = 0;
+    for text in &texts {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": text}]});
+        let full = set.scan_request(&body);
+        let gated = set.gate_request(&body);
+        assert_eq!(gated.blocking.as_ref(), full.blocking(), "{text}");
+        assert!(
+            !gated.text_clean,
+            "an incomplete gate knows nothing of the rest: {text}"
+        );
+        blocked += usize::from(gated.blocking.is_some());
+    }
+    assert!(
+        blocked > 20 && blocked < texts.len(),
+        "{blocked} of {}",
+        texts.len()
+    );
+}
+
+#[test]
+fn a_complete_request_gate_says_when_the_text_is_clean() {
+    let set = PolicySet::compile(&[def("all", &builtin::names(), "block", "request")]).unwrap();
+    assert!(set.request_gate.as_ref().unwrap().complete);
+    for (text, clean) in [("nothing to see", true), ("mail a@example.com", false)] {
+        let body = json!({"messages": [{"role": "user", "content": text}]});
+        let gated = set.gate_request(&body);
+        assert_eq!(gated.text_clean, clean, "{text}");
+        assert_eq!(
+            gated.text_clean,
+            set.scan_counting(&body, Direction::Request).1
+        );
+        assert_eq!(gated.blocking.is_some(), !clean, "{text}");
+    }
+
+    // Without a request `block` policy the request path searches nothing.
+    let set = PolicySet::compile(&[def("all", &builtin::names(), "block", "response")]).unwrap();
+    assert!(set.request_gate.is_none());
+    let body = json!({"messages": [{"role": "user", "content": "mail a@example.com"}]});
+    let gated = set.gate_request(&body);
+    assert!(gated.blocking.is_none() && !gated.text_clean);
+}
+
+#[test]
 fn the_upstream_body_is_redacted_only_when_asked() {
     let mut d = def("emails", &["email"], "redact", "request");
     let body = br#"{"model":"m","user":"a@example.com","messages":[{"role":"user","content":"hi a@example.com"}]}"#;

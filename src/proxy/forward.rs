@@ -453,10 +453,11 @@ enum RequestVerdict {
 }
 
 /// Runs `block` and `redact_upstream` request policies over a complete
-/// body. Only these hold the request back; everything else is recorded
-/// after the fact, off the request path. A body parsed and scanned here is
-/// handed to the record too, which then neither parses it nor searches its
-/// text again.
+/// body. Only these hold the request back, and only their detectors are
+/// searched here; everything else is found and recorded after the fact,
+/// off the request path. A body parsed here is handed to the record too,
+/// which then does not parse it again (nor search its text, when the
+/// search here covered every detector and found nothing).
 fn apply_request_policies(
     policies: &PolicySet,
     headers: &HeaderMap,
@@ -479,14 +480,14 @@ fn apply_request_policies(
         let Ok(value) = serde_json::from_slice::<serde_json::Value>(&decoded) else {
             return (RequestVerdict::Forward, None);
         };
-        let (scan, text_clean) = policies.scan_counting(&value, Direction::Request);
-        if let Some(verdict) = scan.blocking() {
-            return (RequestVerdict::Block(verdict.clone()), None);
+        let gate = policies.gate_request(&value);
+        if let Some(verdict) = gate.blocking {
+            return (RequestVerdict::Block(verdict), None);
         }
         prescan = Some(RequestPrescan {
             body: value,
             decoded_len: decoded.len(),
-            text_clean,
+            text_clean: gate.text_clean,
         });
     }
     let verdict = match policies.redact_upstream(&decoded) {
