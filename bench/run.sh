@@ -29,6 +29,7 @@ fi
 : "${BODY_SIZES:=1024 65536 1048576}"
 : "${STREAM_CONNS:=16}"
 : "${STREAM_DELAY_MS:=10}"    # mock's pause between SSE chunks (streaming run)
+: "${WARMUP:=1}"              # seconds of load before a latency run records
 : "${HOLD_STREAMS:=1000}"     # concurrent open streams for the RSS figure
 : "${HOLD_DELAY_MS:=1000}"    # keeps those streams open for ~20 s
 : "${TARGETS:=direct nginx audit-off sqlite file sqlite-policies}"
@@ -272,8 +273,12 @@ measure_target() {
     [[ -n "$ADMIN" ]] && drain "$ADMIN"
     # Latency phases run RUNS times too; the report takes each figure's
     # median, so one noisy stretch of a shared machine does not set a p99.
+    # Each first runs WARMUP seconds unrecorded (streaming connections start
+    # spread over it), so a p99 is the steady state's, not that of the
+    # first calls on new connections all sent in the same instant.
     for i in $(seq "$RUNS"); do
-        raw "$(loadgen --mode rate --rate "$RATE" --conns "$RATE_CONNS" --duration "$RATE_DURATION" --label "$name/rate")"
+        raw "$(loadgen --mode rate --rate "$RATE" --conns "$RATE_CONNS" --duration "$RATE_DURATION" \
+            --warmup "$WARMUP" --label "$name/rate")"
     done
     for s in $BODY_SIZES; do
         [[ -n "$ADMIN" ]] && drain "$ADMIN"
@@ -283,7 +288,7 @@ measure_target() {
     for i in $(seq "$RUNS"); do
         [[ -n "$ADMIN" ]] && drain "$ADMIN"
         raw "$(loadgen --mode closed --conns "$STREAM_CONNS" --duration "$STREAM_DURATION" --stream \
-            --chunk-delay-ms "$STREAM_DELAY_MS" --label "$name/stream")"
+            --chunk-delay-ms "$STREAM_DELAY_MS" --warmup "$WARMUP" --label "$name/stream")"
     done
 
     if [[ -n "$ADMIN" ]]; then
@@ -386,7 +391,7 @@ fi
 # --- report ------------------------------------------------------------------
 MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)"
 cp "$RAW" "$OUT/latest.jsonl"
-python3 "$ROOT/bench/report.py" "$RAW" "$MACHINE" "QUICK=${QUICK:-0} RUNS=$RUNS DURATION=${DURATION}s CONNS=$CONNS RATE=$RATE" \
+python3 "$ROOT/bench/report.py" "$RAW" "$MACHINE" "QUICK=${QUICK:-0} RUNS=$RUNS DURATION=${DURATION}s CONNS=$CONNS RATE=$RATE WARMUP=${WARMUP}s" \
     >"$OUT/latest.md"
 cat "$OUT/latest.md"
 log "Wrote bench/results/latest.md and bench/results/latest.jsonl."

@@ -18,6 +18,14 @@
 //! `--body BYTES` sizes the JSON chat body; `--stream` asks for SSE and
 //! measures time to first byte and the gaps between body frames;
 //! `--chunk-delay-ms` is passed to the mock as `x-mock-chunk-delay-ms`.
+//!
+//! `--warmup SECS` (closed and rate modes) runs the load that long before
+//! `--duration` starts, and records nothing of the calls sent meanwhile
+//! (they still count in `sent`). In closed mode the connections also start
+//! spread over the warm-up, one every `SECS / --conns`, so that they do not
+//! all send their first calls in the same instant and keep doing so in
+//! lockstep for the next rounds: steady-state latency, not a start-up
+//! burst, is what the figures then show.
 
 #![expect(
     clippy::unwrap_used,
@@ -57,6 +65,7 @@ struct Opts {
     /// find in).
     plain: bool,
     chunk_delay_ms: u64,
+    warmup: Duration,
     streams: usize,
     pid: u32,
     label: String,
@@ -101,6 +110,7 @@ fn parse_args() -> Opts {
         stream: false,
         plain: false,
         chunk_delay_ms: 0,
+        warmup: Duration::ZERO,
         streams: 1000,
         pid: 0,
         label: String::new(),
@@ -119,6 +129,7 @@ fn parse_args() -> Opts {
             "--stream" => o.stream = true,
             "--plain" => o.plain = true,
             "--chunk-delay-ms" => o.chunk_delay_ms = val().parse().unwrap(),
+            "--warmup" => o.warmup = Duration::from_secs_f64(val().parse().unwrap()),
             "--streams" => o.streams = val().parse().unwrap(),
             "--pid" => o.pid = val().parse().unwrap(),
             "--label" => o.label = val(),
@@ -230,14 +241,19 @@ fn micros(d: Duration) -> u64 {
 async fn run_load(o: &Opts) -> String {
     let body = chat_body(o.body, o.stream, o.plain);
     let start = Instant::now();
-    let deadline = start + o.duration;
+    let measured_from = start + o.warmup;
+    let deadline = measured_from + o.duration;
     let mut tasks = Vec::new();
     for i in 0..o.conns {
         let o = o.clone();
         let body = body.clone();
         tasks.push(tokio::spawn(async move {
             let mut s = Samples::default();
+            let mut warm = Samples::default();
             let mut sender = None;
+            if o.mode == "closed" {
+                tokio::time::sleep_until(start + o.warmup.mul_f64(i as f64 / o.conns as f64)).await;
+            }
             // Open loop: this connection's share of the schedule, offset so
             // the connections interleave evenly.
             let interval = Duration::from_secs_f64(o.conns as f64 / o.rate);
@@ -271,16 +287,25 @@ async fn run_load(o: &Opts) -> String {
                 let Some(conn) = sender.as_mut() else {
                     continue;
                 };
-                if !one_call(&o, conn, &body, origin, &mut s).await {
+                let into = if origin < measured_from {
+                    &mut warm
+                } else {
+                    &mut s
+                };
+                if !one_call(&o, conn, &body, origin, into).await {
                     sender = None;
                 }
             }
-            s
+            (s, warm)
         }));
     }
     let mut all = Samples::default();
+    let mut warmup_calls = 0;
     for t in tasks {
-        let s = t.await.unwrap();
+        let (s, warm) = t.await.unwrap();
+        warmup_calls += warm.latency.len();
+        all.errors += warm.errors;
+        all.sent += warm.sent;
         all.latency.extend(s.latency);
         all.ttfb.extend(s.ttfb);
         all.gaps.extend(s.gaps);
@@ -290,7 +315,7 @@ async fn run_load(o: &Opts) -> String {
         all.errors += s.errors;
         all.sent += s.sent;
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    let elapsed = measured_from.elapsed().as_secs_f64();
     all.latency.sort_unstable();
     all.ttfb.sort_unstable();
     all.gaps.sort_unstable();
@@ -304,6 +329,8 @@ async fn run_load(o: &Opts) -> String {
         "stream": o.stream,
         "target_rate": if o.mode == "rate" { Some(o.rate) } else { None },
         "duration_s": elapsed,
+        "warmup_s": o.warmup.as_secs_f64(),
+        "warmup_calls": warmup_calls,
         "sent": all.sent,
         "requests": n,
         "errors": all.errors,
