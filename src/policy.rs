@@ -177,7 +177,7 @@ struct RequestGate {
 pub struct GateVerdict {
     /// The `block` policy that refuses the call, if any.
     pub blocking: Option<Verdict>,
-    /// No pattern at all matched the text: then
+    /// The gate holds every detector and none matched the text: then
     /// [`PolicySet::inspect_after_scan`] need not search the text again.
     pub text_clean: bool,
 }
@@ -753,10 +753,12 @@ impl PolicySet {
         (self.verdicts(&counts, direction), clean)
     }
 
-    /// Searches a request body's text with the gate's detectors only (see
-    /// [`RequestGate`]): whether a `block` policy refuses the call, and
-    /// whether the text is known to be clean. Without request `block`
-    /// policies nothing is searched and nothing is known.
+    /// Searches a request body's text with only the detectors that can
+    /// decide a `block` policy watching requests: theirs, and the built-in
+    /// ones that outrank them. Says whether such a policy refuses the call
+    /// (exactly as a full scan would), and whether the text is known to be
+    /// clean. Without request `block` policies nothing is searched and
+    /// nothing is known.
     pub fn gate_request(&self, body: &Value) -> GateVerdict {
         let Some(gate) = &self.request_gate else {
             return GateVerdict {
