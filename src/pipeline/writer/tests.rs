@@ -309,6 +309,18 @@ async fn written_once_then_offered(
     (store, handle)
 }
 
+/// Flushes (failing with `why` after 5 s) and checks that the first event
+/// and the five offered after it landed in two writes, as one chain.
+async fn flush_and_expect_six_in_two_writes(store: &ScriptedStore, handle: &Handle, why: &str) {
+    tokio::time::timeout(Duration::from_secs(5), handle.flush())
+        .await
+        .expect(why);
+    assert_eq!(store.calls.load(Ordering::SeqCst), 2);
+    let events = store.events().await;
+    assert_eq!(events.len(), 6);
+    assert_one_chain(&events);
+}
+
 #[tokio::test]
 async fn a_busy_writer_holds_events_back_until_its_interval_has_passed() {
     // What follows the first write within the interval waits; a flush
@@ -317,13 +329,8 @@ async fn a_busy_writer_holds_events_back_until_its_interval_has_passed() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(store.calls.load(Ordering::SeqCst), 1);
     assert_eq!(store.events().await.len(), 1);
-    tokio::time::timeout(Duration::from_secs(5), handle.flush())
-        .await
-        .expect("a flush does not wait for the interval");
-    assert_eq!(store.calls.load(Ordering::SeqCst), 2);
-    let events = store.events().await;
-    assert_eq!(events.len(), 6);
-    assert_one_chain(&events);
+    flush_and_expect_six_in_two_writes(&store, &handle, "a flush does not wait for the interval")
+        .await;
 }
 
 #[tokio::test]
@@ -332,13 +339,8 @@ async fn events_held_back_are_written_once_the_interval_has_passed() {
     // No flush, no ack: the interval alone starts the write. (The flush
     // then only waits for that write to land.)
     wait_for_writes(&store, 2).await;
-    tokio::time::timeout(Duration::from_secs(5), handle.flush())
-        .await
-        .expect("the write started by the interval lands");
-    assert_eq!(store.calls.load(Ordering::SeqCst), 2);
-    let events = store.events().await;
-    assert_eq!(events.len(), 6);
-    assert_one_chain(&events);
+    flush_and_expect_six_in_two_writes(&store, &handle, "the write started by the interval lands")
+        .await;
 }
 
 #[tokio::test]
