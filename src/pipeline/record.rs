@@ -134,7 +134,8 @@ pub struct RequestPrescan {
     /// Length of the decoded body that was parsed, to tell it is the same
     /// body the record decodes.
     pub decoded_len: usize,
-    /// No pattern matched the body's text (see `PolicySet::gate_request`).
+    /// The search on the request path covered every detector and none
+    /// matched the body's text (see `PolicySet::gate_request`).
     pub text_clean: bool,
 }
 

@@ -453,9 +453,9 @@ enum RequestVerdict {
 }
 
 /// Runs `block` and `redact_upstream` request policies over a complete
-/// body. Only these hold the request back, and only their detectors are
-/// searched here; everything else is found and recorded after the fact,
-/// off the request path. A body parsed here is handed to the record too,
+/// body. Only these hold the request back, and the block check searches
+/// only the detectors that can decide it; everything else is found and
+/// recorded after the fact, off the request path. A body parsed here is handed to the record too,
 /// which then does not parse it again (nor search its text, when the
 /// search here covered every detector and found nothing).
 fn apply_request_policies(
