@@ -23,9 +23,11 @@
 //! match becomes `[REDACTED:<ENTITY TYPE>]`.
 
 pub mod builtin;
+mod joined;
 mod matcher;
 mod pack;
 mod places;
+mod normalize;
 mod stream;
 
 #[cfg(test)]
@@ -41,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::event::{EventType, Level, NewEvent};
+use joined::{Piece, Search, FIELD_JOIN, TEXT_JOIN};
 use matcher::{Entry, Hit, Matcher};
 
 pub use pack::{load_pack, PACK_NAMES};
@@ -76,6 +79,12 @@ pub struct PolicyDef {
     /// With `action = "redact"`: also redact the body sent upstream
     /// (default false: only the stored copy).
     pub redact_upstream: Option<bool>,
+    /// With `action = "log"`: keep what the policy matched in stored
+    /// copies (`true`) or replace it with markers (`false`). By default
+    /// matches of built-in detectors are replaced and matches of
+    /// `patterns` and `keywords` kept. `redact` and `block` policies never
+    /// keep their matches.
+    pub keep_matches: Option<bool>,
 }
 
 /// What a policy does when it finds something.
@@ -135,6 +144,7 @@ pub struct Policy {
     applies_to: AppliesTo,
     severity: Severity,
     redact_upstream: bool,
+    keep_matches: Option<bool>,
     /// Indices of the scanner entries this policy counts.
     entries: Vec<usize>,
 }
@@ -147,10 +157,11 @@ pub struct PolicySet {
     matcher: Matcher,
     /// Per scanner entry: redacted in stored copies whatever the policies.
     always: Vec<bool>,
-    /// Per scanner entry: redacted in stored text by a `redact` policy of
-    /// that direction.
-    redact_request: Vec<bool>,
-    redact_response: Vec<bool>,
+    /// Per scanner entry: replaced in stored copies of that direction,
+    /// because a `redact` or `block` policy watching it counts the entry,
+    /// or a `log` policy that does not keep its matches.
+    stored_request: Vec<bool>,
+    stored_response: Vec<bool>,
     /// Per scanner entry: redacted in the body sent upstream.
     upstream: Vec<bool>,
     /// What the request path searches before forwarding; `None` when no
@@ -208,6 +219,32 @@ pub struct Inspection {
     pub scan: Scan,
     /// Markers written into the stored copy.
     pub redacted: usize,
+}
+
+/// One piece of a finding and where it is, for [`PolicySet::explain`].
+/// Holds offsets, never the matched text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Located {
+    pub entity_type: String,
+    /// JSON pointer of the string (`/messages/1/content`; empty for a
+    /// bare text), or `(key) NAME` for an object key.
+    pub pointer: String,
+    /// Byte offsets in that string.
+    pub start: usize,
+    pub end: usize,
+    /// Always replaced in stored copies.
+    pub secret: bool,
+    /// The policies watching the direction that count this detector.
+    pub policies: Vec<(String, Action)>,
+}
+
+/// What a cleaning pass rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clean {
+    /// A stored copy: string values and object keys.
+    Stored,
+    /// The body sent upstream: string values only.
+    Upstream,
 }
 
 /// A request body with `redact_upstream` matches replaced.
@@ -337,6 +374,12 @@ impl PolicyDef {
             err(
                 "redact_upstream",
                 "needs direction \"request\" or \"both\": only requests go upstream".into(),
+            );
+        }
+        if self.keep_matches.is_some() && action != Action::Log {
+            err(
+                "keep_matches",
+                "only applies to action = \"log\": redact and block policies never keep their matches".into(),
             );
         }
         if self.detectors.is_empty() && self.patterns.is_empty() && self.keywords.is_empty() {
@@ -504,6 +547,10 @@ impl Policy {
     pub fn redact_upstream(&self) -> bool {
         self.redact_upstream
     }
+
+    pub fn keep_matches(&self) -> Option<bool> {
+        self.keep_matches
+    }
 }
 
 // === impl PolicySet ===
@@ -620,6 +667,7 @@ impl PolicySet {
                     applies_to,
                     severity,
                     redact_upstream,
+                    keep_matches: def.keep_matches,
                     entries: own,
                 });
             }
@@ -655,8 +703,8 @@ impl PolicySet {
             policies: Vec::new(),
             matcher: Matcher::empty(),
             always: Vec::new(),
-            redact_request: Vec::new(),
-            redact_response: Vec::new(),
+            stored_request: Vec::new(),
+            stored_response: Vec::new(),
             upstream: Vec::new(),
             request_gate: None,
         }
@@ -665,17 +713,22 @@ impl PolicySet {
     fn assemble(policies: Vec<Policy>, entries: Vec<Entry>) -> Result<Self, regex::Error> {
         let n = entries.len();
         let always = entries.iter().map(|e| e.secret).collect();
-        let mut redact_request = vec![false; n];
-        let mut redact_response = vec![false; n];
+        let mut stored_request = vec![false; n];
+        let mut stored_response = vec![false; n];
         let mut upstream = vec![false; n];
-        for p in policies.iter().filter(|p| p.action == Action::Redact) {
+        for p in &policies {
             for &e in &p.entries {
+                let stored = match (p.action, p.keep_matches) {
+                    (Action::Redact | Action::Block, _) => true,
+                    (Action::Log, Some(keep)) => !keep,
+                    (Action::Log, None) => entries[e].builtin,
+                };
                 if p.applies_to.covers(Direction::Request) {
-                    redact_request[e] = true;
-                    upstream[e] |= p.redact_upstream;
+                    stored_request[e] |= stored;
+                    upstream[e] |= p.action == Action::Redact && p.redact_upstream;
                 }
                 if p.applies_to.covers(Direction::Response) {
-                    redact_response[e] = true;
+                    stored_response[e] |= stored;
                 }
             }
         }
@@ -684,8 +737,8 @@ impl PolicySet {
             policies,
             matcher: Matcher::new(entries)?,
             always,
-            redact_request,
-            redact_response,
+            stored_request,
+            stored_response,
             upstream,
             request_gate,
         })
@@ -720,45 +773,38 @@ impl PolicySet {
     }
 
     /// Verdicts of the policies that watch requests, over the request
-    /// body's text.
+    /// body.
     pub fn scan_request(&self, body: &Value) -> Scan {
         self.scan(body, Direction::Request)
     }
 
     /// Verdicts of the policies that watch responses, over the response
-    /// body's text (a completion, a reassembled stream, a Responses API
-    /// object).
+    /// body (a completion, a reassembled stream, a Responses API object).
     pub fn scan_response(&self, body: &Value) -> Scan {
         self.scan(body, Direction::Response)
     }
 
-    /// Verdicts for `direction` over the text places of `body`.
+    /// Verdicts for `direction` over `body`: its text searched as one (so a
+    /// value split over two messages is found), every other string and
+    /// every object key on its own.
     pub fn scan(&self, body: &Value, direction: Direction) -> Scan {
         self.scan_counting(body, direction).0
     }
 
     /// As [`Self::scan`], and whether no pattern at all (whatever policy
-    /// or direction it serves) matched the text: then [`Self::inspect_after_scan`]
-    /// need not look at the text again.
+    /// or direction it serves) matched the text: then
+    /// [`Self::inspect_after_scan`] need not search the text again.
     pub fn scan_counting(&self, body: &Value, direction: Direction) -> (Scan, bool) {
-        let mut counts = vec![0u64; self.matcher.entries().len()];
-        let mut hits = Vec::new();
-        places::for_each_text(body, &mut |text| {
-            self.matcher.find(text, &mut hits);
-            for h in &hits {
-                counts[h.entry] += 1;
-            }
-        });
-        let clean = counts.iter().all(|c| *c == 0);
-        (self.verdicts(&counts, direction), clean)
+        let (counts, text_clean) = count_body(&self.matcher, body);
+        (self.verdicts(&counts, direction), text_clean)
     }
 
-    /// Searches a request body's text with only the detectors that can
-    /// decide a `block` policy watching requests: theirs, and the built-in
-    /// ones that outrank them. Says whether such a policy refuses the call
-    /// (exactly as a full scan would), and whether the text is known to be
-    /// clean. Without request `block` policies nothing is searched and
-    /// nothing is known.
+    /// Searches a request body with only the detectors that can decide a
+    /// `block` policy watching requests: theirs, and the built-in ones that
+    /// outrank them. Says whether such a policy refuses the call (exactly
+    /// as a full scan would), and whether the body is known to be clean.
+    /// Without request `block` policies nothing is searched and nothing is
+    /// known.
     pub fn gate_request(&self, body: &Value) -> GateVerdict {
         let Some(gate) = &self.request_gate else {
             return GateVerdict {
@@ -766,16 +812,12 @@ impl PolicySet {
                 text_clean: false,
             };
         };
+        let (gate_counts, gate_text_clean) = count_body(&gate.matcher, body);
         let mut counts = vec![0u64; self.matcher.entries().len()];
-        let mut found = false;
-        let mut hits = Vec::new();
-        places::for_each_text(body, &mut |text| {
-            gate.matcher.find(text, &mut hits);
-            for h in &hits {
-                counts[gate.full_index[h.entry]] += 1;
-                found = true;
-            }
-        });
+        for (i, n) in gate_counts.iter().enumerate() {
+            counts[gate.full_index[i]] += n;
+        }
+        let found = gate_counts.iter().any(|n| *n > 0);
         // Counts of entries outside the gate stay zero, so only the verdicts
         // of `block` policies, whose entries are all in the gate, are whole.
         let blocking = found
@@ -787,7 +829,7 @@ impl PolicySet {
             .flatten();
         GateVerdict {
             blocking,
-            text_clean: gate.complete && !found,
+            text_clean: gate.complete && gate_text_clean,
         }
     }
 
@@ -797,46 +839,26 @@ impl PolicySet {
     }
 
     /// Scans `body` (a stored copy) and cleans it in the same pass: secrets
-    /// in every string, and matches of `redact` policies for `direction` in
-    /// the model's text.
+    /// and every match a policy watching `direction` does not keep (see
+    /// [`PolicyDef::keep_matches`]) become markers, in every string and
+    /// object key.
     pub fn inspect(&self, body: &mut Value, direction: Direction) -> Inspection {
         self.inspect_after_scan(body, direction, false)
     }
 
     /// As [`Self::inspect`]; `text_clean` says that a [`Self::scan_counting`]
     /// (or a [`Self::gate_request`] that said so) of this very body found
-    /// nothing in its text, so only the strings outside the text (ids,
-    /// names, fields that may hold a secret) are searched.
+    /// nothing, so its text is not searched again (its other strings and
+    /// keys are: they are cheap, and the record keeps them).
     pub fn inspect_after_scan(
         &self,
         body: &mut Value,
         direction: Direction,
         text_clean: bool,
     ) -> Inspection {
-        let mut counts = vec![0u64; self.matcher.entries().len()];
-        let redact = self.redact_for(direction);
-        let mut redacted = 0;
-        let mut hits = Vec::new();
-        places::for_each_string_mut(body, &mut |s, text| {
-            if text && text_clean {
-                return;
-            }
-            self.matcher.find(s, &mut hits);
-            if hits.is_empty() {
-                return;
-            }
-            if text {
-                for h in &hits {
-                    counts[h.entry] += 1;
-                }
-            }
-            let (out, n) = self
-                .matcher
-                .redact(s, &hits, |e| self.always[e] || (text && redact[e]));
-            if let Cow::Owned(out) = out {
-                *s = out;
-            }
-            redacted += n;
+        let stored = self.stored_for(Some(direction));
+        let (counts, redacted) = self.clean(body, Clean::Stored, !text_clean, &|e| {
+            self.always[e] || stored[e]
         });
         Inspection {
             scan: self.verdicts(&counts, direction),
@@ -850,58 +872,63 @@ impl PolicySet {
         self.inspect(body, direction).redacted
     }
 
-    /// Secrets only, in every string of `body` (object keys excepted): the
-    /// always-on cleaning, for bodies no policy looks at.
+    /// Cleans a stored value that belongs to no direction (a custom event's
+    /// metadata): secrets, and every match that a policy of either
+    /// direction would not keep, in every string and key.
+    pub fn redact_stored(&self, body: &mut Value) -> usize {
+        let stored = self.stored_for(None);
+        self.clean(body, Clean::Stored, true, &|e| self.always[e] || stored[e])
+            .1
+    }
+
+    /// Secrets only, in every string and key of `body`: the always-on
+    /// cleaning.
     pub fn redact_secrets(&self, body: &mut Value) -> usize {
-        let mut redacted = 0;
-        let mut hits = Vec::new();
-        places::for_each_string_mut(body, &mut |s, _| {
-            let (out, n) = self.redact_secrets_text_with(s, &mut hits);
-            if let Cow::Owned(out) = out {
-                *s = out;
-            }
-            redacted += n;
-        });
-        redacted
+        self.clean(body, Clean::Stored, true, &|e| self.always[e]).1
     }
 
     /// `text` with secrets replaced, borrowed when there were none (the
     /// common case, which costs one scan); also the number replaced.
     pub fn redact_secrets_text<'a>(&self, text: &'a str) -> (Cow<'a, str>, usize) {
-        self.redact_secrets_text_with(text, &mut Vec::new())
+        let mut hits = Vec::new();
+        self.matcher.find(text, &mut hits);
+        self.matcher.redact(text, &hits, |e| self.always[e])
     }
 
-    fn redact_secrets_text_with<'a>(
+    /// `text` (a path, a header value, a model name) as stored: secrets
+    /// and every match that a policy watching `direction` (either, for
+    /// `None`) does not keep replaced by markers. Borrowed when nothing
+    /// matched.
+    pub fn redact_stored_text<'a>(
         &self,
         text: &'a str,
-        hits: &mut Vec<Hit>,
-    ) -> (Cow<'a, str>, usize) {
-        self.matcher.find(text, hits);
-        self.matcher.redact(text, hits, |e| self.always[e])
+        direction: Option<Direction>,
+    ) -> Cow<'a, str> {
+        let stored = self.stored_for(direction);
+        let mut hits = Vec::new();
+        self.matcher.find(text, &mut hits);
+        self.matcher
+            .redact(text, &hits, |e| self.always[e] || stored[e])
+            .0
+    }
+
+    /// Whether `text` holds a secret (the always-redacted kinds).
+    pub fn has_secret(&self, text: &str) -> bool {
+        let mut hits = Vec::new();
+        self.matcher.find(text, &mut hits);
+        hits.iter().any(|h| self.always[h.entry])
     }
 
     /// The request body to send upstream when `redact_upstream` policies
-    /// matched: JSON re-serialised with their matches replaced in the
-    /// model's text. `None` when nothing changed, no policy asks for it, or
-    /// the body is not JSON (it is then forwarded as is).
+    /// matched: JSON re-serialised with their matches replaced. `None` when
+    /// nothing changed, no policy asks for it, or the body is not JSON (it
+    /// is then forwarded as is).
     pub fn redact_upstream(&self, body: &[u8]) -> Option<UpstreamBody> {
         if !self.redacts_upstream() {
             return None;
         }
         let mut value: Value = serde_json::from_slice(body).ok()?;
-        let mut replaced = 0;
-        let mut hits = Vec::new();
-        places::for_each_string_mut(&mut value, &mut |s, text| {
-            if !text {
-                return;
-            }
-            self.matcher.find(s, &mut hits);
-            let (out, n) = self.matcher.redact(s, &hits, |e| self.upstream[e]);
-            if let Cow::Owned(out) = out {
-                *s = out;
-            }
-            replaced += n;
-        });
+        let (_, replaced) = self.clean(&mut value, Clean::Upstream, true, &|e| self.upstream[e]);
         if replaced == 0 {
             return None;
         }
@@ -909,10 +936,143 @@ impl PolicySet {
         Some(UpstreamBody { body, replaced })
     }
 
-    fn redact_for(&self, direction: Direction) -> &[bool] {
+    /// Every finding in `body` with where it is, for reports that help
+    /// tune policies (`policy test`). Text places are searched as one, as
+    /// everywhere else; each piece of a match names the string it is in.
+    pub fn explain(&self, body: &Value, direction: Direction) -> Vec<Located> {
+        let strings = places::strings(body);
+        let pointers = places::string_pointers(body);
+        let keys = places::keys(body);
+        let mut counts = vec![0u64; self.matcher.entries().len()];
+        let mut out = Vec::new();
+        let mut search = Search::default();
+        let mut pieces = Vec::new();
+        let groups: [(&[&str], &[String], char, bool); 3] = [
+            (&strings.text, &pointers.text, TEXT_JOIN, false),
+            (&strings.other, &pointers.other, FIELD_JOIN, false),
+            (&keys, &[], FIELD_JOIN, true),
+        ];
+        for (group, at, join, is_key) in groups {
+            pieces.clear();
+            search.run(&self.matcher, group, join, &mut counts, &mut pieces);
+            for piece in &pieces {
+                let entry = &self.matcher.entries()[piece.entry];
+                let policies = self
+                    .policies
+                    .iter()
+                    .filter(|p| p.applies_to.covers(direction) && p.entries.contains(&piece.entry))
+                    .map(|p| (p.name.clone(), p.action))
+                    .collect();
+                out.push(Located {
+                    entity_type: entry.kind.clone(),
+                    pointer: if is_key {
+                        format!("(key) {}", group[piece.string])
+                    } else {
+                        at.get(piece.string).cloned().unwrap_or_default()
+                    },
+                    start: piece.start,
+                    end: piece.end,
+                    secret: entry.secret,
+                    policies,
+                });
+            }
+        }
+        out
+    }
+
+    /// Searches and cleans `body` in place: every string (the text as one)
+    /// and, for stored copies, every object key. Pieces whose entry
+    /// `select` accepts become markers. Returns per-entry counts and the
+    /// markers written.
+    fn clean(
+        &self,
+        body: &mut Value,
+        what: Clean,
+        search_text: bool,
+        select: &dyn Fn(usize) -> bool,
+    ) -> (Vec<u64>, usize) {
+        let mut counts = vec![0u64; self.matcher.entries().len()];
+        let mut redacted = 0;
+        let mut search = Search::default();
+        let mut pieces = Vec::new();
+        if what == Clean::Stored {
+            let renames = {
+                let keys = places::keys(body);
+                search.run(&self.matcher, &keys, FIELD_JOIN, &mut counts, &mut pieces);
+                self.replace_pieces(&keys, &pieces, select)
+            };
+            if !renames.is_empty() {
+                redacted += renames.len();
+                let mut renames = renames.into_iter().peekable();
+                places::rename_keys(body, &mut |i, _| {
+                    renames.next_if(|(at, _)| *at == i).map(|(_, name)| name)
+                });
+            }
+        }
+        let mut strings = places::strings_mut(body);
+        for (group, join, searched) in [
+            (&mut strings.text, TEXT_JOIN, search_text),
+            (&mut strings.other, FIELD_JOIN, true),
+        ] {
+            if !searched {
+                continue;
+            }
+            pieces.clear();
+            let replaced = {
+                let views: Vec<&str> = group.iter().map(|s| s.as_str()).collect();
+                search.run(&self.matcher, &views, join, &mut counts, &mut pieces);
+                self.replace_pieces(&views, &pieces, select)
+            };
+            redacted += replaced.len();
+            for (i, text) in replaced {
+                *group[i] = text;
+            }
+        }
+        (counts, redacted)
+    }
+
+    /// The new text of each string that has a selected piece, by index.
+    fn replace_pieces(
+        &self,
+        strings: &[&str],
+        pieces: &[Piece],
+        select: &dyn Fn(usize) -> bool,
+    ) -> Vec<(usize, String)> {
+        let mut chosen: Vec<&Piece> = pieces.iter().filter(|p| select(p.entry)).collect();
+        if chosen.is_empty() {
+            return Vec::new();
+        }
+        chosen.sort_by_key(|p| (p.string, p.start, p.entry));
+        let mut out = Vec::new();
+        let mut hits = Vec::new();
+        for group in chosen.chunk_by(|a, b| a.string == b.string) {
+            hits.clear();
+            hits.extend(group.iter().map(|p| Hit {
+                entry: p.entry,
+                start: p.start,
+                end: p.end,
+            }));
+            let text = strings[group[0].string];
+            if let (Cow::Owned(new), _) = self.matcher.redact(text, &hits, |_| true) {
+                out.push((group[0].string, new));
+            }
+        }
+        out
+    }
+
+    /// Per entry: whether stored copies of `direction` (either, for `None`)
+    /// replace its matches.
+    fn stored_for(&self, direction: Option<Direction>) -> Cow<'_, [bool]> {
         match direction {
-            Direction::Request => &self.redact_request,
-            Direction::Response => &self.redact_response,
+            Some(Direction::Request) => Cow::Borrowed(&self.stored_request),
+            Some(Direction::Response) => Cow::Borrowed(&self.stored_response),
+            None => Cow::Owned(
+                self.stored_request
+                    .iter()
+                    .zip(&self.stored_response)
+                    .map(|(a, b)| *a || *b)
+                    .collect(),
+            ),
         }
     }
 
@@ -1035,6 +1195,22 @@ impl Scan {
                 _ => Some(v),
             })
     }
+}
+
+/// Per-entry match counts over every string of `body` (the text searched
+/// as one) and its object keys.
+/// Also says whether the text itself was clean.
+fn count_body(matcher: &Matcher, body: &Value) -> (Vec<u64>, bool) {
+    let strings = places::strings(body);
+    let keys = places::keys(body);
+    let mut counts = vec![0u64; matcher.entries().len()];
+    let mut pieces = Vec::new();
+    let mut search = Search::default();
+    search.run(matcher, &strings.text, TEXT_JOIN, &mut counts, &mut pieces);
+    let text_clean = pieces.is_empty();
+    search.run(matcher, &strings.other, FIELD_JOIN, &mut counts, &mut pieces);
+    search.run(matcher, &keys, FIELD_JOIN, &mut counts, &mut pieces);
+    (counts, text_clean)
 }
 
 /// A user regex, refused when it is invalid or would match everywhere.

@@ -80,10 +80,13 @@ pub async fn create(State(state): State<AdminState>, body: Body) -> Result<Respo
             }
         })?;
     let mut event = parse_custom_event(&bytes)?;
-    // Callers' metadata is a body like any other: secrets never reach the
-    // store.
-    state.sanitizer.redact_value(&mut event.metadata);
-    event.message = state.sanitizer.redact_text(&event.message).into_owned();
+    // Callers' metadata is a body like any other: secrets and what the
+    // policies do not keep never reach the store.
+    state.sanitizer.redact_stored(&mut event.metadata);
+    event.message = state
+        .sanitizer
+        .redact_stored_text(&event.message, None)
+        .into_owned();
     let stored = state
         .events
         .submit(event)

@@ -35,10 +35,32 @@ const CREDENTIAL_HEADERS: &[&str] = &[
     "x-api-key",
     "cookie",
     "set-cookie",
+    "x-amz-security-token",
+    "x-goog-api-key",
+    "ocp-apim-subscription-key",
+    "x-auth-token",
 ];
 
-/// Query parameters that carry credentials; their values are replaced.
-const CREDENTIAL_PARAMS: &[&str] = &["key", "api-key", "api_key", "token", "sig"];
+/// Query and path parameters that carry credentials; their values are
+/// replaced whatever they look like. Compared without case, and with `-`
+/// and `_` taken as the same.
+const CREDENTIAL_PARAMS: &[&str] = &[
+    "key",
+    "api_key",
+    "apikey",
+    "token",
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "auth",
+    "sig",
+    "signature",
+    "client_secret",
+    "password",
+    "x_amz_security_token",
+    "x_amz_signature",
+    "x_amz_credential",
+];
 
 /// What replaces a credential query parameter's value.
 pub const QUERY_MARKER: &str = "[REDACTED]";
@@ -91,13 +113,33 @@ impl Sanitizer {
         self.policies.redact_secrets_text(s)
     }
 
-    /// Redacts secrets in every string value in `v` in place (object keys
-    /// are left alone) and returns the number of replacements.
+    /// Redacts secrets in every string value and key of `v` in place and
+    /// returns the number of replacements.
     pub fn redact_value(&self, v: &mut Value) -> usize {
         if self.withhold_all {
             return withhold(v);
         }
         self.policies.redact_secrets(v)
+    }
+
+    /// Cleans a stored value of no direction (a custom event's metadata):
+    /// secrets, and every match a policy of either direction does not
+    /// keep, in every string and key.
+    pub fn redact_stored(&self, v: &mut Value) -> usize {
+        if self.withhold_all {
+            return withhold(v);
+        }
+        self.policies.redact_stored(v)
+    }
+
+    /// A stored string outside the bodies (a path, a header value, a model
+    /// name, a message): secrets, and matches a policy watching
+    /// `direction` (either, for `None`) does not keep, replaced.
+    pub fn redact_stored_text<'a>(&self, s: &'a str, direction: Option<Direction>) -> Cow<'a, str> {
+        if self.withhold_all && !s.is_empty() {
+            return Cow::Borrowed(WITHHELD);
+        }
+        self.policies.redact_stored_text(s, direction)
     }
 
     /// Cleans a stored request body: secrets everywhere, plus matches of
@@ -153,10 +195,10 @@ pub fn is_credential_header(name: &str) -> bool {
 }
 
 /// Headers as an event stores them: `{name: value}`, repeated headers
-/// joined with `", "`, credential headers left out, values redacted (secrets
-/// and credential query parameters in URLs), non-UTF-8 values as
-/// [`NON_UTF8`].
-pub fn headers_to_value(headers: &HeaderMap, s: &Sanitizer) -> Value {
+/// joined with `", "`, credential headers left out, values cleaned as the
+/// stored text of `direction` (secrets, policy matches, credential
+/// parameters in URLs), non-UTF-8 values as [`NON_UTF8`].
+pub fn headers_to_value(headers: &HeaderMap, s: &Sanitizer, direction: Direction) -> Value {
     let mut out = Map::new();
     for name in headers.keys() {
         if is_credential_header(name.as_str()) {
@@ -168,10 +210,10 @@ pub fn headers_to_value(headers: &HeaderMap, s: &Sanitizer) -> Value {
                 joined.push_str(", ");
             }
             match std::str::from_utf8(value.as_bytes()) {
-                Ok(text) if text.contains('?') => {
-                    joined.push_str(&s.redact_text(&redact_query(text)));
+                Ok(text) if text.contains(['?', ';']) => {
+                    joined.push_str(&s.redact_stored_text(&redact_query(text), Some(direction)));
                 }
-                Ok(text) => joined.push_str(&s.redact_text(text)),
+                Ok(text) => joined.push_str(&s.redact_stored_text(text, Some(direction))),
                 Err(_) => joined.push_str(NON_UTF8),
             }
         }
@@ -180,33 +222,93 @@ pub fn headers_to_value(headers: &HeaderMap, s: &Sanitizer) -> Value {
     Value::Object(out)
 }
 
-/// `path_and_query` with the values of credential query parameters (`key`,
-/// `api-key`, `api_key`, `token`, `sig`, any case, percent-encoded or not)
+/// A request's path and query as stored: credential parameters replaced
+/// (see [`redact_query`]), then secrets and policy matches in the path and
+/// in every decoded query value replaced by markers.
+pub fn stored_path(path_and_query: &str, s: &Sanitizer) -> String {
+    let without_credentials = redact_query(path_and_query);
+    let (path, query) = match without_credentials.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (without_credentials.as_str(), None),
+    };
+    let mut out = s
+        .redact_stored_text(path, Some(Direction::Request))
+        .into_owned();
+    if let Some(query) = query {
+        out.push('?');
+        let (query, fragment) = match query.split_once('#') {
+            Some((q, f)) => (q, Some(f)),
+            None => (query, None),
+        };
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            let Some((name, value)) = pair.split_once('=') else {
+                out.push_str(&s.redact_stored_text(pair, Some(Direction::Request)));
+                continue;
+            };
+            out.push_str(&s.redact_stored_text(name, Some(Direction::Request)));
+            out.push('=');
+            // Values are searched decoded, so `4111%201111…` is a card too.
+            let decoded = percent_decode(value);
+            match s.redact_stored_text(&decoded, Some(Direction::Request)) {
+                Cow::Borrowed(_) => out.push_str(value),
+                Cow::Owned(clean) => out.extend(form_urlencoded::byte_serialize(clean.as_bytes())),
+            }
+        }
+        if let Some(f) = fragment {
+            out.push('#');
+            out.push_str(&s.redact_stored_text(f, Some(Direction::Request)));
+        }
+    }
+    out
+}
+
+fn percent_decode(value: &str) -> String {
+    form_urlencoded::parse(format!("v={value}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// `path_and_query` with the values of credential parameters (see
+/// [`CREDENTIAL_PARAMS`]; any case, percent-encoded or not, `&`- or
+/// `;`-separated, in the query or as `;name=value` path parameters)
 /// replaced by [`QUERY_MARKER`]. Everything else is kept byte for byte.
 pub fn redact_query(path_and_query: &str) -> String {
-    let Some((path, rest)) = path_and_query.split_once('?') else {
-        return path_and_query.to_owned();
+    let (path, rest) = match path_and_query.split_once('?') {
+        Some((path, rest)) => (path, Some(rest)),
+        None => (path_and_query, None),
+    };
+    let mut out = String::with_capacity(path_and_query.len());
+    // Path parameters: `/v1/models;key=…/x`.
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let mut params = segment.split(';');
+        out.push_str(params.next().unwrap_or_default());
+        for param in params {
+            out.push(';');
+            push_param(&mut out, param);
+        }
+    }
+    let Some(rest) = rest else {
+        return out;
     };
     let (query, fragment) = match rest.split_once('#') {
         Some((q, f)) => (q, Some(f)),
         None => (rest, None),
     };
-    let mut out = String::with_capacity(path_and_query.len());
-    out.push_str(path);
     out.push('?');
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        match pair.split_once('=') {
-            Some((name, _)) if is_credential_param(name) => {
-                out.push_str(name);
-                out.push('=');
-                out.push_str(QUERY_MARKER);
-            }
-            _ => out.push_str(pair),
-        }
+    let mut start = 0;
+    for (at, sep) in query.match_indices(['&', ';']) {
+        push_param(&mut out, &query[start..at]);
+        out.push_str(sep);
+        start = at + sep.len();
     }
+    push_param(&mut out, &query[start..]);
     if let Some(f) = fragment {
         out.push('#');
         out.push_str(f);
@@ -214,15 +316,24 @@ pub fn redact_query(path_and_query: &str) -> String {
     out
 }
 
+fn push_param(out: &mut String, pair: &str) {
+    match pair.split_once('=') {
+        Some((name, _)) if is_credential_param(name) => {
+            out.push_str(name);
+            out.push('=');
+            out.push_str(QUERY_MARKER);
+        }
+        _ => out.push_str(pair),
+    }
+}
+
 fn is_credential_param(raw_name: &str) -> bool {
     // Decode so `api%5Fkey` cannot slip past.
     let decoded: String = form_urlencoded::parse(raw_name.as_bytes())
         .map(|(k, _)| k.into_owned())
         .collect();
-    let name = decoded.trim();
-    CREDENTIAL_PARAMS
-        .iter()
-        .any(|p| p.eq_ignore_ascii_case(name))
+    let name = decoded.trim().to_ascii_lowercase().replace('-', "_");
+    CREDENTIAL_PARAMS.contains(&name.as_str())
 }
 
 #[cfg(test)]

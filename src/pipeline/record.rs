@@ -25,7 +25,7 @@ use super::Handle;
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::decode::decode;
 use crate::capture::operation::Operation;
-use crate::capture::sanitize::{headers_to_value, redact_query, Sanitizer};
+use crate::capture::sanitize::{headers_to_value, stored_path, Sanitizer};
 use crate::capture::sse;
 use crate::capture::summary::{request_model_and_stream, summarize};
 use crate::capture::tee::{BodyEnd, Captured};
@@ -315,22 +315,29 @@ impl Recorder {
             }
             None => (Value::Null, false, 0),
         };
-        let (mut model, stream) = request_model_and_stream(&data);
-        if model.is_none() {
-            model.clone_from(&info.operation.azure_deployment);
-        }
         let scan = self
             .sanitizer
             .policies()
             .inspect_after_scan(&mut data, Direction::Request, text_clean)
             .scan;
-        let path = redact_query(&info.path_and_query);
+        // Read from the cleaned body, so a key sent as the model name is
+        // not stored beside its marker.
+        let (mut model, stream) = request_model_and_stream(&data);
+        if model.is_none() {
+            model = info
+                .operation
+                .azure_deployment
+                .as_deref()
+                .map(|d| self.stored_text(d, Direction::Request));
+        }
+        let path = stored_path(&info.path_and_query, &self.sanitizer);
+        let operation = self.stored_text(&info.operation.name, Direction::Request);
         let mut meta = Map::new();
         if let Some(summary) = compliance_summary(&scan) {
             meta.insert("compliance".into(), summary);
         }
         meta.insert("provider".into(), json!(info.provider));
-        meta.insert("operation".into(), json!(info.operation.name));
+        meta.insert("operation".into(), json!(operation));
         meta.insert("method".into(), json!(info.method.as_str()));
         meta.insert("path".into(), json!(path));
         meta.insert("model".into(), json!(model));
@@ -338,7 +345,7 @@ impl Recorder {
         meta.insert("client_ip".into(), json!(info.client_ip.to_string()));
         meta.insert(
             "headers".into(),
-            headers_to_value(&info.headers, &self.sanitizer),
+            headers_to_value(&info.headers, &self.sanitizer, Direction::Request),
         );
         meta.insert("request_data".into(), data);
         meta.insert("body_bytes".into(), json!(body_bytes));
@@ -351,10 +358,16 @@ impl Recorder {
             meta.insert("body_end".into(), json!(end_label(end)));
         }
         if let Some(d) = &info.operation.azure_deployment {
-            meta.insert("azure_deployment".into(), json!(d));
+            meta.insert(
+                "azure_deployment".into(),
+                json!(self.stored_text(d, Direction::Request)),
+            );
         }
         if let Some(v) = &info.operation.api_version {
-            meta.insert("api_version".into(), json!(v));
+            meta.insert(
+                "api_version".into(),
+                json!(self.stored_text(v, Direction::Request)),
+            );
         }
         let event = NewEvent::new(
             EventType::Request,
@@ -362,7 +375,7 @@ impl Recorder {
                 "{} {} ({})",
                 info.method,
                 path.split('?').next().unwrap_or_default(),
-                info.operation.name
+                operation
             ),
         )
         .with_request_id(info.request_id.clone())
@@ -404,14 +417,17 @@ impl Recorder {
         Some(
             NewEvent::new(
                 EventType::Error,
-                format!("{message} ({})", info.operation.name),
+                format!(
+                    "{message} ({})",
+                    self.stored_text(&info.operation.name, Direction::Request)
+                ),
             )
             .with_request_id(info.request_id.clone())
             .with_metadata(json!({
                 "error_type": error_type,
                 "details": {
-                    "message": self.sanitizer.redact_text(&detail),
-                    "operation": info.operation.name,
+                    "message": self.sanitizer.redact_stored_text(&detail, None),
+                    "operation": self.stored_text(&info.operation.name, Direction::Request),
                     "provider": info.provider,
                 },
             })),
@@ -427,7 +443,8 @@ impl Recorder {
         let ms = |at: Instant| at.saturating_duration_since(info.started_at).as_secs_f64() * 1e3;
         let mut meta = Map::new();
         meta.insert("provider".into(), json!(info.provider));
-        meta.insert("operation".into(), json!(info.operation.name));
+        let operation = self.stored_text(&info.operation.name, Direction::Request);
+        meta.insert("operation".into(), json!(operation));
         meta.insert("stream".into(), json!(facts.stream));
         let (status, outcome_label, model);
         let mut scan = Scan::default();
@@ -475,7 +492,10 @@ impl Recorder {
                     BodyEnd::Dropped if self.was_cut() => "shutdown",
                     BodyEnd::Dropped => "client_aborted",
                 };
-                model = summary.model.or_else(|| facts.model.clone());
+                model = summary
+                    .model
+                    .map(|m| self.stored_text(&m, Direction::Response))
+                    .or_else(|| facts.model.clone());
                 meta.insert("stream".into(), json!(facts.stream || is_sse));
                 meta.insert("latency_ms".into(), json!(round_ms(ms(body.ended_at))));
                 meta.insert(
@@ -486,11 +506,12 @@ impl Recorder {
                 meta.insert("finish_reason".into(), json!(summary.finish_reason));
                 meta.insert(
                     "upstream_request_id".into(),
-                    json!(header_str(&headers, "x-request-id")),
+                    json!(header_str(&headers, "x-request-id")
+                        .map(|id| self.stored_text(id, Direction::Response))),
                 );
                 meta.insert(
                     "headers".into(),
-                    headers_to_value(&headers, &self.sanitizer),
+                    headers_to_value(&headers, &self.sanitizer, Direction::Response),
                 );
                 meta.insert("response_data".into(), data);
                 meta.insert("body_bytes".into(), json!(body.total_bytes));
@@ -543,12 +564,19 @@ impl Recorder {
             EventType::Response,
             format!(
                 "{} {} ({})",
-                info.operation.name, status_text, outcome_label
+                operation, status_text, outcome_label
             ),
         )
         .with_request_id(info.request_id.clone())
         .with_metadata(Value::Object(meta));
         (event, scan)
+    }
+
+    /// A stored string outside the bodies, cleaned like them.
+    fn stored_text(&self, text: &str, direction: Direction) -> String {
+        self.sanitizer
+            .redact_stored_text(text, Some(direction))
+            .into_owned()
     }
 
     fn was_cut(&self) -> bool {

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use regex::{Regex, RegexSet, RegexSetBuilder};
 
 use super::builtin::{Builtin, Validate};
+use super::normalize::Folded;
 
 /// One compiled detector: a built-in one, a user pattern or a keyword list.
 #[derive(Debug, Clone)]
@@ -137,13 +138,26 @@ impl Matcher {
         &self.entries
     }
 
-    /// Every accepted match in `text`, by start. Overlapping built-in
-    /// matches are settled by priority (the earlier entry keeps the text).
+    /// Every accepted match in `text`, by start, in `text`'s offsets.
+    /// Detectors see the text folded (see [`Folded`]): full-width and other
+    /// scripts' digits as ASCII, zero-width characters gone, exotic spaces
+    /// plain. Overlapping built-in matches are settled by priority (the
+    /// earlier entry keeps the text).
     pub fn find(&self, text: &str, out: &mut Vec<Hit>) {
         out.clear();
         if text.is_empty() {
             return;
         }
+        let folded = Folded::new(text);
+        self.find_folded(folded.text(), out);
+        if !folded.is_unchanged() {
+            for hit in out.iter_mut() {
+                (hit.start, hit.end) = folded.original_span(hit.start, hit.end);
+            }
+        }
+    }
+
+    fn find_folded(&self, text: &str, out: &mut Vec<Hit>) {
         let which = self.set.matches(text);
         if !which.matched_any() {
             return;

@@ -1,15 +1,19 @@
-//! Where in an OpenAI-style body the model's text lives.
+//! Where in an OpenAI-style body the model's text lives, and the rest of
+//! what a body holds.
 //!
 //! A string is text when the key that holds it (or holds the array it is
 //! in) is one of [`TEXT_KEYS`]: message `content` (plain or the `text` of
 //! multi-part items), tool-call `arguments`, Responses API `input`,
 //! `instructions` and `output`, legacy `prompt`, embedding `input`,
-//! `refusal`, a transcript's `text`. Everything else is not: object keys,
-//! ids, model names, roles, URLs, and base64 payloads (`image_url`,
-//! `b64_json`, `input_audio.data`), which are also skipped when they sit
-//! under a text key as `data:` URIs. One rule covers requests, responses and
-//! stream chunks (`delta.content`), so new shapes that reuse the names are
-//! covered too.
+//! `refusal`, a transcript's `text`. One rule covers requests, responses
+//! and stream chunks (`delta.content`), so new shapes that reuse the names
+//! are covered too. The text of a body is searched as one, in document
+//! order, so a value typed over two messages is found.
+//!
+//! Every other string (ids, names, `user`, metadata) and every object key
+//! is searched too, each on its own: a value in the wrong field is stored
+//! like any other. Only inline binary is left alone: `data:` URIs and
+//! base64 payloads (`b64_json`, `input_audio.data`).
 
 use serde_json::Value;
 
@@ -31,46 +35,185 @@ pub(crate) const TEXT_KEYS: &[&str] = &[
     "query",
 ];
 
-fn is_text_key(key: &str) -> bool {
-    TEXT_KEYS.contains(&key)
+/// Keys whose strings are base64 payloads (generated images, audio in and
+/// out), searched only when they do not look like base64.
+const PAYLOAD_KEYS: &[&str] = &["b64_json", "data"];
+
+/// What a string under a key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Other,
+    /// Maybe a base64 payload: see [`PAYLOAD_KEYS`].
+    Payload,
 }
 
-/// Inline base64 (images, audio, files) is data, not text.
+fn kind_of(key: &str) -> Kind {
+    if TEXT_KEYS.contains(&key) {
+        Kind::Text
+    } else if PAYLOAD_KEYS.contains(&key) {
+        Kind::Payload
+    } else {
+        Kind::Other
+    }
+}
+
+/// Inline binary (images, audio, files) is data, not text, and holds no
+/// value anyone could read: it is not searched.
+fn is_binary(s: &str, kind: Kind) -> bool {
+    is_data_uri(s) || (kind == Kind::Payload && is_base64(s))
+}
+
 fn is_data_uri(s: &str) -> bool {
     s.starts_with("data:") && s.contains(";base64,")
 }
 
-/// Calls `f` on every text string in `body`. A bare string body is text.
-pub(crate) fn for_each_text<'a>(body: &'a Value, f: &mut impl FnMut(&'a str)) {
-    let mut stack: Vec<(&Value, bool)> = vec![(body, true)];
-    while let Some((v, text)) = stack.pop() {
+/// Long and only the base64 alphabet.
+fn is_base64(s: &str) -> bool {
+    s.len() >= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'))
+}
+
+/// The strings of a body, in document order, sorted into the model's text
+/// and everything else (ids, names, fields, data URIs). Object keys are
+/// gathered apart: they cannot be changed in place.
+#[derive(Debug)]
+pub(crate) struct Strings<S> {
+    pub text: Vec<S>,
+    pub other: Vec<S>,
+}
+
+/// Every string value of `body`, by place. A bare string body is text.
+pub(crate) fn strings(body: &Value) -> Strings<&str> {
+    let mut out = Strings {
+        text: Vec::new(),
+        other: Vec::new(),
+    };
+    let mut stack: Vec<(&Value, Kind)> = vec![(body, Kind::Text)];
+    while let Some((v, kind)) = stack.pop() {
         match v {
-            Value::String(s) if text && !is_data_uri(s) => f(s),
-            Value::Array(items) => stack.extend(items.iter().map(|i| (i, text))),
-            Value::Object(map) => stack.extend(map.iter().map(|(k, v)| (v, is_text_key(k)))),
+            Value::String(s) if is_binary(s, kind) => {}
+            Value::String(s) if kind == Kind::Text => out.text.push(s.as_str()),
+            Value::String(s) => out.other.push(s.as_str()),
+            // Pushed in reverse, so they are visited in document order: a
+            // value split over two messages is searched as one.
+            Value::Array(items) => stack.extend(items.iter().rev().map(|i| (i, kind))),
+            Value::Object(map) => stack.extend(map.iter().rev().map(|(k, v)| (v, kind_of(k)))),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// As [`strings`], mutable, in the same order.
+pub(crate) fn strings_mut(body: &mut Value) -> Strings<&mut String> {
+    let mut out = Strings {
+        text: Vec::new(),
+        other: Vec::new(),
+    };
+    let mut stack: Vec<(&mut Value, Kind)> = vec![(body, Kind::Text)];
+    while let Some((v, kind)) = stack.pop() {
+        match v {
+            Value::String(s) => {
+                if is_binary(s, kind) {
+                    continue;
+                }
+                if kind == Kind::Text {
+                    out.text.push(s);
+                } else {
+                    out.other.push(s);
+                }
+            }
+            Value::Array(items) => stack.extend(items.iter_mut().rev().map(|i| (i, kind))),
+            Value::Object(map) => stack.extend(map.iter_mut().rev().map(|(k, v)| {
+                let kind = kind_of(k);
+                (v, kind)
+            })),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every object key of `body`, in the order [`rename_keys`] visits them.
+pub(crate) fn keys(body: &Value) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut stack = vec![body];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(items) => stack.extend(items.iter()),
+            Value::Object(map) => {
+                out.extend(map.keys().map(String::as_str));
+                stack.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Replaces object keys: `rename(i, key)` gets each key with its index in
+/// [`keys`] order and returns the new name, if any. A new name that is
+/// already taken in its object gets a `#n` suffix, so no value is lost.
+pub(crate) fn rename_keys(body: &mut Value, rename: &mut impl FnMut(usize, &str) -> Option<String>) {
+    let mut index = 0;
+    let mut stack = vec![body];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(items) => stack.extend(items.iter_mut()),
+            Value::Object(map) => {
+                let renames: Vec<(String, String)> = map
+                    .keys()
+                    .enumerate()
+                    .filter_map(|(i, k)| rename(index + i, k).map(|new| (k.clone(), new)))
+                    .collect();
+                index += map.len();
+                for (old, new) in renames {
+                    if let Some(value) = map.remove(&old) {
+                        let mut name = new.clone();
+                        let mut n = 2;
+                        while map.contains_key(&name) {
+                            name = format!("{new}#{n}");
+                            n += 1;
+                        }
+                        map.insert(name, value);
+                    }
+                }
+                stack.extend(map.values_mut());
+            }
             _ => {}
         }
     }
 }
 
-/// Calls `f` on every string in `body` (object keys excepted), saying
-/// whether it is text. Stored copies are cleaned of secrets everywhere, and
-/// of policy matches in text.
-pub(crate) fn for_each_string_mut(body: &mut Value, f: &mut impl FnMut(&mut String, bool)) {
-    // An explicit stack: values built in code have no depth limit.
-    let mut stack: Vec<(&mut Value, bool)> = vec![(body, true)];
-    while let Some((v, text)) = stack.pop() {
+/// Each string value of `body` with its JSON pointer, text first then the
+/// rest, in the order of [`strings`]; for reports that say where a finding
+/// is.
+pub(crate) fn string_pointers(body: &Value) -> Strings<String> {
+    let mut out = Strings {
+        text: Vec::new(),
+        other: Vec::new(),
+    };
+    let mut stack: Vec<(&Value, Kind, String)> = vec![(body, Kind::Text, String::new())];
+    while let Some((v, kind, at)) = stack.pop() {
         match v {
-            Value::String(s) => {
-                let text = text && !is_data_uri(s);
-                f(s, text);
-            }
-            Value::Array(items) => stack.extend(items.iter_mut().map(|i| (i, text))),
-            Value::Object(map) => stack.extend(map.iter_mut().map(|(k, v)| {
-                let text = is_text_key(k);
-                (v, text)
+            Value::String(s) if is_binary(s, kind) => {}
+            Value::String(_) if kind == Kind::Text => out.text.push(at),
+            Value::String(_) => out.other.push(at),
+            Value::Array(items) => stack.extend(
+                items
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .map(|(i, item)| (item, kind, format!("{at}/{i}"))),
+            ),
+            Value::Object(map) => stack.extend(map.iter().rev().map(|(k, v)| {
+                let escaped = k.replace('~', "~0").replace('/', "~1");
+                (v, kind_of(k), format!("{at}/{escaped}"))
             })),
             _ => {}
         }
     }
+    out
 }

@@ -127,7 +127,7 @@ fn severity_any_case_and_levels() {
 }
 
 #[test]
-fn scans_the_models_text_only() {
+fn scans_every_string_and_key_but_inline_data() {
     let set = all_detectors("log");
     let card = "4111 1111 1111 1111";
     let body = json!({
@@ -143,13 +143,19 @@ fn scans_the_models_text_only() {
             {"role": "assistant", "tool_calls": [{"id": "call_4111111111111111", "type": "function",
               "function": {"name": "pay", "arguments": "{\"email\":\"bob@example.com\"}"}}]},
         ],
-        "4111111111111111": "a key is never scanned",
+        "4111111111111111": "a key is scanned too",
     });
     let scan = set.scan_request(&body);
     let v = &scan.verdicts[0];
+    // The text's card and email, the `user` email, the metadata address and
+    // the card used as a key; not the id glued to digits, nor base64.
     assert_eq!(
         v.findings,
-        BTreeMap::from([("CREDIT_CARD".into(), 1), ("EMAIL".into(), 1)])
+        BTreeMap::from([
+            ("CREDIT_CARD".into(), 2),
+            ("EMAIL".into(), 2),
+            ("IP_ADDRESS".into(), 1)
+        ])
     );
     assert!(!v.passed);
     assert_eq!(v.direction, Direction::Request);
@@ -171,13 +177,19 @@ fn scans_the_models_text_only() {
             "{body}"
         );
     }
+    // Base64 payloads are not searched; the same field with readable text
+    // is.
+    let payload = "NDExMSAxMTExIDExMTEgMTExMQ".repeat(4);
     for body in [
-        json!({"data": [{"b64_json": card}]}),
+        json!({"data": [{"b64_json": payload}]}),
         json!({"data": [{"embedding": [0.1], "index": 0}]}),
-        json!({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": card}}]}]}),
+        json!({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": payload}}]}]}),
     ] {
         assert!(set.scan_response(&body).passed(), "{body}");
     }
+    assert!(!set
+        .scan_response(&json!({"data": [{"b64_json": card}]}))
+        .passed());
 }
 
 #[test]
@@ -204,7 +216,7 @@ fn direction_picks_the_policies() {
 }
 
 #[test]
-fn stored_copies_lose_secrets_everywhere_and_policy_matches_in_text() {
+fn stored_copies_lose_secrets_and_policy_matches_everywhere() {
     let set =
         PolicySet::compile(&[def("pii", &["email", "credit_card"], "redact", "request")]).unwrap();
     let mut body = json!({
@@ -217,14 +229,14 @@ fn stored_copies_lose_secrets_everywhere_and_policy_matches_in_text() {
     assert_eq!(
         body,
         json!({
-            "user": "anna@example.com",
+            "user": "[REDACTED:EMAIL]",
             "note": "[REDACTED:GITHUB_TOKEN]",
             "messages": [{"role": "user", "content": "card [REDACTED:CREDIT_CARD], mail [REDACTED:EMAIL]"}],
         })
     );
     assert_eq!(
         inspection.scan.verdicts[0].findings,
-        BTreeMap::from([("CREDIT_CARD".into(), 1), ("EMAIL".into(), 1)])
+        BTreeMap::from([("CREDIT_CARD".into(), 1), ("EMAIL".into(), 2)])
     );
     // The same policy does not touch responses, secrets still go.
     let mut resp = json!({"choices": [{"message": {"content": "anna@example.com sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12"}}]});
@@ -373,10 +385,10 @@ fn the_upstream_body_is_redacted_only_when_asked() {
     d.redact_upstream = Some(true);
     let set = PolicySet::compile(&[d]).unwrap();
     let out = set.redact_upstream(body).unwrap();
-    assert_eq!(out.replaced, 1);
+    assert_eq!(out.replaced, 2);
     let v: Value = serde_json::from_slice(&out.body).unwrap();
     assert_eq!(v["messages"][0]["content"], "hi [REDACTED:EMAIL]");
-    assert_eq!(v["user"], "a@example.com");
+    assert_eq!(v["user"], "[REDACTED:EMAIL]");
     assert!(set.redact_upstream(b"{\"messages\":[]}").is_none());
     assert!(set.redact_upstream(b"not json a@example.com").is_none());
 }

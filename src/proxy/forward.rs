@@ -65,7 +65,7 @@ pub async fn handle(
     client_ip: IpAddr,
 ) -> Response<ProxyBody> {
     let started_at = Instant::now();
-    let request_id = request_id_for(req.headers());
+    let request_id = request_id_for(req.headers(), &state.policies);
     if state.fail_mode == FailMode::FailClosed && !state.store_health.is_writable() {
         return ProxyError::AuditStoreUnavailable.into_response(&request_id);
     }

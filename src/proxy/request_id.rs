@@ -1,14 +1,27 @@
 //! The id that ties one call's events together.
 
+use std::borrow::Cow;
+
 use http::HeaderMap;
 
+use crate::policy::{Direction, PolicySet};
+
 /// The app's `x-request-id` when it is 1 to 128 characters of letters,
-/// digits and `-_.:`; otherwise a new UUID v7.
-pub fn request_id_for(headers: &HeaderMap) -> String {
+/// digits and `-_.:` and holds nothing the store would redact (a secret, or
+/// a value a policy does not keep); otherwise a new UUID v7. The id is
+/// stored with every event of the call and sent back to the app, so a
+/// redacted copy would be no id at all.
+pub fn request_id_for(headers: &HeaderMap, policies: &PolicySet) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_valid(v))
+        .filter(|v| {
+            matches!(
+                policies.redact_stored_text(v, Some(Direction::Request)),
+                Cow::Borrowed(_)
+            )
+        })
         .map_or_else(crate::event::new_id, str::to_owned)
 }
 
@@ -23,6 +36,10 @@ fn is_valid(id: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn id_for(headers: &HeaderMap) -> String {
+        request_id_for(headers, &PolicySet::baseline().unwrap())
+    }
+
     fn with(id: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert("x-request-id", id.parse().unwrap());
@@ -31,8 +48,8 @@ mod tests {
 
     #[test]
     fn keeps_valid_ids() {
-        assert_eq!(request_id_for(&with("req_abc-1.2:3")), "req_abc-1.2:3");
-        assert_eq!(request_id_for(&with(&"a".repeat(128))).len(), 128);
+        assert_eq!(id_for(&with("req_abc-1.2:3")), "req_abc-1.2:3");
+        assert_eq!(id_for(&with(&"a".repeat(128))).len(), 128);
     }
 
     #[test]
@@ -42,9 +59,30 @@ mod tests {
             if let Ok(v) = bad.parse() {
                 h.insert("x-request-id", v);
             }
-            let id = request_id_for(&h);
+            let id = id_for(&h);
             assert_ne!(id, bad);
             assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
         }
+    }
+
+    #[test]
+    fn replaces_ids_the_store_would_redact() {
+        let set = PolicySet::compile(&[crate::policy::PolicyDef {
+            name: Some("cards".into()),
+            detectors: vec!["credit_card".into()],
+            action: Some("redact".into()),
+            ..Default::default()
+        }])
+        .unwrap();
+        for secret in [
+            "sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12Mn34",
+            "AKIAIOSFODNN7EXAMPLE",
+            "4111111111111111",
+        ] {
+            let id = request_id_for(&with(secret), &set);
+            assert_ne!(id, secret);
+            assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
+        }
+        assert_eq!(request_id_for(&with("req-123"), &set), "req-123");
     }
 }

@@ -133,7 +133,7 @@ fn several_kinds_in_one_string_are_counted() {
 }
 
 #[test]
-fn values_are_redacted_in_place_but_keys_are_not() {
+fn values_and_keys_are_redacted_in_place() {
     let s = Sanitizer::baseline();
     let mut v = json!({
         "model": "gpt-4o",
@@ -145,7 +145,7 @@ fn values_are_redacted_in_place_but_keys_are_not() {
         "n": 3,
         "nested": {"deep": [[[format!("Bearer {ANTHROPIC}")]]]},
     });
-    assert_eq!(s.redact_value(&mut v), 3);
+    assert_eq!(s.redact_value(&mut v), 4);
     assert_eq!(
         v["messages"][0]["content"],
         "use [REDACTED:OPENAI_KEY] please"
@@ -158,7 +158,9 @@ fn values_are_redacted_in_place_but_keys_are_not() {
         v["nested"]["deep"][0][0][0],
         "Bearer [REDACTED:ANTHROPIC_KEY]"
     );
-    assert_eq!(v[OPENAI_ADMIN], 1);
+    // A key used as an object name is renamed, its value kept.
+    assert!(v.get(OPENAI_ADMIN).is_none());
+    assert_eq!(v["[REDACTED:OPENAI_KEY]"], 1);
     assert_eq!(v["model"], "gpt-4o");
     let mut clean = json!({"a": ["b", 1, null, true]});
     assert_eq!(s.redact_value(&mut clean), 0);
@@ -180,16 +182,16 @@ fn a_policy_set_adds_every_secret_kind_and_its_redactions() {
         s.redact_text("token ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789 and AKIAIOSFODNN7EXAMPLE"),
         "token [REDACTED:GITHUB_TOKEN] and [REDACTED:AWS_ACCESS_KEY]"
     );
-    // Cards are a policy's business: in the model's text of a request only.
+    // Cards are a policy's business: in every string of a request only.
     let body = json!({"messages": [{"role": "user", "content": "card 4111 1111 1111 1111"}],
                       "user": "4111 1111 1111 1111"});
     let mut stored = body.clone();
-    assert_eq!(s.redact_request(&mut stored), 1);
+    assert_eq!(s.redact_request(&mut stored), 2);
     assert_eq!(
         stored["messages"][0]["content"],
         "card [REDACTED:CREDIT_CARD]"
     );
-    assert_eq!(stored["user"], "4111 1111 1111 1111");
+    assert_eq!(stored["user"], "[REDACTED:CREDIT_CARD]");
     let mut response = body.clone();
     assert_eq!(s.redact_response(&mut response), 0);
     let mut plain = body;
@@ -255,7 +257,7 @@ fn headers_become_a_redacted_object() {
         "location",
         HeaderValue::from_static("https://blob.example/f?sv=2024&sig=abc%2Bdef&se=1"),
     );
-    let v = headers_to_value(&h, &Sanitizer::baseline());
+    let v = headers_to_value(&h, &Sanitizer::baseline(), Direction::Request);
     assert_eq!(
         v,
         json!({
