@@ -25,9 +25,9 @@
 pub mod builtin;
 mod joined;
 mod matcher;
+mod normalize;
 mod pack;
 mod places;
-mod normalize;
 mod stream;
 
 #[cfg(test)]
@@ -1208,7 +1208,13 @@ fn count_body(matcher: &Matcher, body: &Value) -> (Vec<u64>, bool) {
     let mut search = Search::default();
     search.run(matcher, &strings.text, TEXT_JOIN, &mut counts, &mut pieces);
     let text_clean = pieces.is_empty();
-    search.run(matcher, &strings.other, FIELD_JOIN, &mut counts, &mut pieces);
+    search.run(
+        matcher,
+        &strings.other,
+        FIELD_JOIN,
+        &mut counts,
+        &mut pieces,
+    );
     search.run(matcher, &keys, FIELD_JOIN, &mut counts, &mut pieces);
     (counts, text_clean)
 }

@@ -331,7 +331,7 @@ impl Recorder {
                 .map(|d| self.stored_text(d, Direction::Request));
         }
         let path = stored_path(&info.path_and_query, &self.sanitizer);
-        let operation = self.stored_text(&info.operation.name, Direction::Request);
+        let operation = self.stored_operation(info);
         let mut meta = Map::new();
         if let Some(summary) = compliance_summary(&scan) {
             meta.insert("compliance".into(), summary);
@@ -417,17 +417,14 @@ impl Recorder {
         Some(
             NewEvent::new(
                 EventType::Error,
-                format!(
-                    "{message} ({})",
-                    self.stored_text(&info.operation.name, Direction::Request)
-                ),
+                format!("{message} ({})", self.stored_operation(info)),
             )
             .with_request_id(info.request_id.clone())
             .with_metadata(json!({
                 "error_type": error_type,
                 "details": {
                     "message": self.sanitizer.redact_stored_text(&detail, None),
-                    "operation": self.stored_text(&info.operation.name, Direction::Request),
+                    "operation": self.stored_operation(info),
                     "provider": info.provider,
                 },
             })),
@@ -443,7 +440,7 @@ impl Recorder {
         let ms = |at: Instant| at.saturating_duration_since(info.started_at).as_secs_f64() * 1e3;
         let mut meta = Map::new();
         meta.insert("provider".into(), json!(info.provider));
-        let operation = self.stored_text(&info.operation.name, Direction::Request);
+        let operation = self.stored_operation(info);
         meta.insert("operation".into(), json!(operation));
         meta.insert("stream".into(), json!(facts.stream));
         let (status, outcome_label, model);
@@ -562,14 +559,17 @@ impl Recorder {
         let status_text = status.map_or_else(|| "no status".to_owned(), |s| s.to_string());
         let event = NewEvent::new(
             EventType::Response,
-            format!(
-                "{} {} ({})",
-                operation, status_text, outcome_label
-            ),
+            format!("{} {} ({})", operation, status_text, outcome_label),
         )
         .with_request_id(info.request_id.clone())
         .with_metadata(Value::Object(meta));
         (event, scan)
+    }
+
+    /// The operation's name as stored: for an unknown path it is
+    /// `METHOD /path`, cleaned like the path.
+    fn stored_operation(&self, info: &CallInfo) -> String {
+        stored_path(&info.operation.name, &self.sanitizer)
     }
 
     /// A stored string outside the bodies, cleaned like them.

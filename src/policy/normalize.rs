@@ -237,8 +237,14 @@ mod tests {
 
     #[test]
     fn format_characters_are_dropped_and_spaces_made_plain() {
-        assert_eq!(fold("4111\u{200B}1111\u{2060}1111\u{FEFF}1111"), "4111111111111111");
-        assert_eq!(fold("4111\u{00A0}1111\u{202F}1111\u{3000}1111"), "4111 1111 1111 1111");
+        assert_eq!(
+            fold("4111\u{200B}1111\u{2060}1111\u{FEFF}1111"),
+            "4111111111111111"
+        );
+        assert_eq!(
+            fold("4111\u{00A0}1111\u{202F}1111\u{3000}1111"),
+            "4111 1111 1111 1111"
+        );
         assert_eq!(fold("sk\u{00AD}-proj"), "sk-proj");
         assert_eq!(fold("\u{200D}"), "");
     }

@@ -156,7 +156,10 @@ pub(crate) fn keys(body: &Value) -> Vec<&str> {
 /// Replaces object keys: `rename(i, key)` gets each key with its index in
 /// [`keys`] order and returns the new name, if any. A new name that is
 /// already taken in its object gets a `#n` suffix, so no value is lost.
-pub(crate) fn rename_keys(body: &mut Value, rename: &mut impl FnMut(usize, &str) -> Option<String>) {
+pub(crate) fn rename_keys(
+    body: &mut Value,
+    rename: &mut impl FnMut(usize, &str) -> Option<String>,
+) {
     let mut index = 0;
     let mut stack = vec![body];
     while let Some(v) = stack.pop() {

@@ -22,6 +22,7 @@ use super::respond::{self, ProxyError, REQUEST_ID_HEADER};
 
 /// Most bytes a request body may decode to for inline policy checks.
 const MAX_INSPECTED_BYTES: usize = 16 * 1024 * 1024;
+use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::decode::decode;
 use crate::capture::operation::{classify, provider_for};
 use crate::capture::tee::{BodyEnd, Capture, Captured, OnDone, TeeBody, IDLE_TIMEOUT_MESSAGE};
@@ -112,7 +113,16 @@ pub async fn handle(
         state.capture_cap,
         on_done(record.as_mut().and_then(CallRecord::request_sender)),
     );
-    let (mut prefix, rest) = match read_prefix(body, request_capture, state.capture_cap).await {
+    // While a `block` policy watches requests, the whole body is read up
+    // to the inspection limit before anything goes upstream; otherwise
+    // only the capped prefix, and the rest streams through.
+    let inspects_requests = state.policies.blocks(Direction::Request);
+    let read_limit = if inspects_requests {
+        MAX_INSPECTED_BYTES.max(state.capture_cap)
+    } else {
+        state.capture_cap
+    };
+    let (mut prefix, rest) = match read_prefix(body, request_capture, read_limit).await {
         Ok(b) => b,
         Err(()) => {
             // The app's body broke off while being read: nothing was sent.
@@ -132,8 +142,17 @@ pub async fn handle(
     // Sent below if request policies parse the body, dropped otherwise:
     // the record waits for one or the other.
     let mut prescan_sender = record.as_mut().and_then(CallRecord::prescan_sender);
-    // Request policies see the whole body only when it fit under the cap;
-    // a longer one streams on unchecked (its record says truncated).
+    if inspects_requests && rest.is_some() {
+        return refuse_uninspectable(
+            record.as_mut(),
+            &call_log,
+            &request_id,
+            ProxyError::RequestTooLargeToInspect,
+        );
+    }
+    // Without request `block` policies, `redact_upstream` ones see the
+    // whole body only when it fit under the cap; a longer one streams on
+    // unchanged (its record says truncated).
     if rest.is_none() {
         let (verdict, prescan) = apply_request_policies(&state.policies, &headers, &prefix);
         if let (Some(tx), Some(prescan)) = (prescan_sender.take(), prescan) {
@@ -153,6 +172,9 @@ pub async fn handle(
                 }
                 call_log.end(response.status().as_u16(), "blocked", Instant::now());
                 return response;
+            }
+            RequestVerdict::Refuse(error) => {
+                return refuse_uninspectable(record.as_mut(), &call_log, &request_id, error);
             }
         }
     }
@@ -450,14 +472,40 @@ enum RequestVerdict {
     /// `redact_upstream` policies replaced matches: send this instead.
     Rewritten(Bytes),
     Block(Verdict),
+    /// A `block` policy watches requests and this body cannot be checked.
+    Refuse(ProxyError),
+}
+
+/// Answers a call whose body request `block` policies cannot check, and
+/// records it as blocked, `blocked_by` naming the reason (the error code).
+fn refuse_uninspectable(
+    record: Option<&mut CallRecord>,
+    call_log: &CallLog,
+    request_id: &str,
+    error: ProxyError,
+) -> Response<ProxyBody> {
+    if let Some(r) = record {
+        r.blocked(error.status(), error.code().to_owned());
+    }
+    call_log.end(error.status().as_u16(), "blocked", Instant::now());
+    error.into_response(request_id)
 }
 
 /// Runs `block` and `redact_upstream` request policies over a complete
 /// body. Only these hold the request back, and the block check searches
 /// only the detectors that can decide it; everything else is found and
-/// recorded after the fact, off the request path. A body parsed here is handed to the record too,
-/// which then does not parse it again (nor search its text, when the
-/// search here covered every detector and found nothing).
+/// recorded after the fact, off the request path. A body parsed here is
+/// handed to the record too, which then does not parse it again (nor
+/// search its text, when the search here covered every detector and found
+/// nothing).
+///
+/// While a `block` policy watches requests, a body that cannot be checked
+/// is refused rather than forwarded: an encoding that cannot be decoded,
+/// one that decodes past the inspection limit, and JSON (by type or by
+/// shape) that does not parse, trailing bytes included. A UTF-8 BOM before
+/// JSON is skipped. Other bodies are checked as what the record stores:
+/// text as text, multipart forms by their text fields; binary uploads
+/// (audio, images) hold no text to check.
 fn apply_request_policies(
     policies: &PolicySet,
     headers: &HeaderMap,
@@ -467,18 +515,39 @@ fn apply_request_policies(
     if !(blocks || policies.redacts_upstream()) || body.is_empty() {
         return (RequestVerdict::Forward, None);
     }
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
-    let decoded = match decode(encoding, body, MAX_INSPECTED_BYTES) {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let decoded = match decode(header(header::CONTENT_ENCODING), body, MAX_INSPECTED_BYTES) {
         Ok(d) if !d.truncated => d.bytes,
-        // Undecodable or too large once decoded: forwarded as sent.
+        Ok(_) if blocks => {
+            return (
+                RequestVerdict::Refuse(ProxyError::RequestTooLargeToInspect),
+                None,
+            )
+        }
+        Err(_) if blocks => {
+            return (
+                RequestVerdict::Refuse(ProxyError::RequestEncodingNotInspectable),
+                None,
+            )
+        }
+        // Without block policies, such a body is forwarded as sent.
         _ => return (RequestVerdict::Forward, None),
     };
     let mut prescan = None;
     if blocks {
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&decoded) else {
-            return (RequestVerdict::Forward, None);
+        let content_type = header(header::CONTENT_TYPE);
+        let json = decoded.strip_prefix(UTF8_BOM).unwrap_or(&decoded);
+        let value = if body_is_parsed_as_json(json, content_type) {
+            match serde_json::from_slice::<serde_json::Value>(json) {
+                Ok(value) => value,
+                Err(_) => return (RequestVerdict::Refuse(ProxyError::RequestNotParsable), None),
+            }
+        } else {
+            body_to_value(&decoded, content_type, false)
         };
         let gate = policies.gate_request(&value);
         if let Some(verdict) = gate.blocking {
@@ -496,6 +565,8 @@ fn apply_request_policies(
     };
     (verdict, prescan)
 }
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 fn on_done(sender: Option<tokio::sync::oneshot::Sender<crate::capture::tee::Captured>>) -> OnDone {
     Box::new(move |captured| {

@@ -28,6 +28,15 @@ pub enum ProxyError {
     BadRequest,
     /// The proxy is shutting down.
     ShuttingDown,
+    /// A `block` policy watches requests and the body is longer than the
+    /// inspection limit: it cannot be checked, so it is not forwarded.
+    RequestTooLargeToInspect,
+    /// A `block` policy watches requests and the body's `Content-Encoding`
+    /// cannot be decoded.
+    RequestEncodingNotInspectable,
+    /// A `block` policy watches requests and the body claims to be JSON
+    /// but does not parse.
+    RequestNotParsable,
 }
 
 // === impl ProxyError ===
@@ -40,7 +49,9 @@ impl ProxyError {
             ProxyError::AuditStoreUnavailable | ProxyError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest | ProxyError::RequestNotParsable => StatusCode::BAD_REQUEST,
+            ProxyError::RequestTooLargeToInspect => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RequestEncodingNotInspectable => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -53,6 +64,9 @@ impl ProxyError {
             ProxyError::AuditStoreUnavailable => "audit_store_unavailable",
             ProxyError::BadRequest => "bad_request",
             ProxyError::ShuttingDown => "shutting_down",
+            ProxyError::RequestTooLargeToInspect => "request_too_large_to_inspect",
+            ProxyError::RequestEncodingNotInspectable => "request_encoding_not_inspectable",
+            ProxyError::RequestNotParsable => "request_not_parsable",
         }
     }
 
@@ -69,12 +83,24 @@ impl ProxyError {
             }
             ProxyError::BadRequest => "The audit proxy could not read the request.",
             ProxyError::ShuttingDown => "The audit proxy is shutting down.",
+            ProxyError::RequestTooLargeToInspect => {
+                "The request body is longer than the compliance inspection limit, so the audit proxy cannot check it against its block policies and did not forward it."
+            }
+            ProxyError::RequestEncodingNotInspectable => {
+                "The request body's Content-Encoding cannot be decoded, so the audit proxy cannot check it against its block policies and did not forward it."
+            }
+            ProxyError::RequestNotParsable => {
+                "The request body is declared or shaped as JSON but does not parse, so the audit proxy cannot check it against its block policies and did not forward it."
+            }
         }
     }
 
     fn kind(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest => "invalid_request_error",
+            ProxyError::BadRequest
+            | ProxyError::RequestTooLargeToInspect
+            | ProxyError::RequestEncodingNotInspectable
+            | ProxyError::RequestNotParsable => "invalid_request_error",
             _ => "api_error",
         }
     }
