@@ -34,6 +34,38 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Work with compliance policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Run the policies over a text or a JSON request body: prints each
+    /// finding (type, place, span, policies), the verdict and the copy the
+    /// store would keep. Exits 0 when nothing is found, 1 otherwise.
+    Test(PolicyTestArgs),
+}
+
+/// What `policy test` reads and with which policies.
+#[derive(Debug, Args, Clone)]
+pub struct PolicyTestArgs {
+    /// The text or JSON body to test; `-` or none reads standard input.
+    pub file: Option<PathBuf>,
+    /// Test this shipped pack (pci, pii-basic, secrets) or pack file
+    /// instead of the configured policies; repeatable.
+    #[arg(long = "pack")]
+    pub packs: Vec<String>,
+    /// Which side of a call the input is: request or response.
+    #[arg(long, default_value = "request")]
+    pub direction: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// TOML configuration file whose policies are tested (with the
+    /// environment's). [env: LLM_AUDIT_PROXY_CONFIG]
+    #[arg(long, env = "LLM_AUDIT_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// Where the offline commands find the store.

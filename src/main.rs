@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use llm_audit_proxy::app;
-use llm_audit_proxy::cli::{Cli, Command, StoreArgs};
+use llm_audit_proxy::cli::{Cli, Command, PolicyCommand, PolicyTestArgs, StoreArgs};
 use llm_audit_proxy::config::{self, Config, FlagValues, LogFormat, ProcessEnv};
 use llm_audit_proxy::offline::{self, OfflineError, Verified};
 use llm_audit_proxy::telemetry;
@@ -18,6 +18,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `verify` found the chain broken.
 const EX_TAMPERED: u8 = 1;
+/// `policy test` found something.
+const EX_FOUND: u8 = 1;
 /// Bad configuration or usage (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
 /// A runtime failure such as a port already in use or a failing store.
@@ -82,11 +84,83 @@ fn main() -> ExitCode {
                 }
             })
         }),
+        Command::Policy(PolicyCommand::Test(args)) => policy_test(&args),
         Command::Purge(store) => offline_command(&store, |config| async move {
             let reports = offline::purge(&config).await?;
             print_line(&serde_json::json!({ "purges": reports }).to_string());
             Ok(ExitCode::SUCCESS)
         }),
+    }
+}
+
+/// `policy test`: the report on stdout; 0 when nothing was found, 1
+/// otherwise.
+fn policy_test(args: &PolicyTestArgs) -> ExitCode {
+    use llm_audit_proxy::policy::{self, Direction, PolicySet};
+    use std::io::Read;
+
+    let direction = match args.direction.trim().to_ascii_lowercase().as_str() {
+        "request" => Direction::Request,
+        "response" => Direction::Response,
+        other => {
+            eprintln!("--direction: {other:?} is not a direction: use request or response");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let set = if args.packs.is_empty() {
+        match load(args.config.as_deref(), &FlagValues::new()) {
+            Ok(config) => config.policies,
+            Err(code) => return code,
+        }
+    } else {
+        let mut defs = Vec::new();
+        for (i, pack) in args.packs.iter().enumerate() {
+            match policy::load_pack(pack) {
+                Ok(pack_defs) => defs.extend(
+                    pack_defs
+                        .into_iter()
+                        .enumerate()
+                        .map(|(j, d)| (format!("--pack[{i}].policies[{j}]"), d)),
+                ),
+                Err(error) => {
+                    eprintln!("--pack: {}", error.message);
+                    return ExitCode::from(EX_USAGE);
+                }
+            }
+        }
+        match PolicySet::compile_labeled(&defs) {
+            Ok(set) => std::sync::Arc::new(set),
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{e}");
+                }
+                return ExitCode::from(EX_USAGE);
+            }
+        }
+    };
+    let mut input = Vec::new();
+    let read = match args.file.as_deref() {
+        None => std::io::stdin().read_to_end(&mut input).map(|_| ()),
+        Some(path) if path.as_os_str() == "-" => {
+            std::io::stdin().read_to_end(&mut input).map(|_| ())
+        }
+        Some(path) => std::fs::read(path).map(|bytes| input = bytes),
+    };
+    if let Err(error) = read {
+        eprintln!("cannot read the input: {error}");
+        return ExitCode::from(EX_IOERR);
+    }
+    let report = policy::tester::test_input(&set, &input, direction);
+    if args.json {
+        print_line(&serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(report.render().as_bytes());
+    }
+    if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EX_FOUND)
     }
 }
 

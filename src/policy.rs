@@ -29,6 +29,7 @@ mod normalize;
 mod pack;
 mod places;
 mod stream;
+pub mod tester;
 
 #[cfg(test)]
 mod corpus;

@@ -224,7 +224,15 @@ async fn an_email_written_with_json_escapes_is_found() {
 
 #[tokio::test]
 async fn bodies_that_cannot_be_checked_are_refused_only_while_a_block_policy_watches() {
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    /// Label, Content-Encoding, body, expected status and error code.
+    type Uncheckable = (
+        &'static str,
+        Option<&'static str>,
+        Vec<u8>,
+        u16,
+        &'static str,
+    );
+    let cases: Vec<Uncheckable> = vec![
         (
             "unknown encoding",
             Some("x-custom"),
@@ -319,7 +327,9 @@ async fn every_stored_string_is_cleaned_not_only_the_bodies() {
     )
     .await;
     let aws_session = "FwoGZXIvYXdzEJr//////////wEaDNlUGtMYYY0e7WqB2yKsAT";
-    let calls: Vec<(String, Vec<(&str, String)>, Value)> = vec![
+    /// Path and query, extra headers, JSON body.
+    type Call = (String, Vec<(&'static str, String)>, Value);
+    let calls: Vec<Call> = vec![
         (
             format!("/v1/chat/completions?code={OPENAI_KEY}&access_token=tok-secret-1&apikey=tok-secret-2"),
             vec![],

@@ -17,6 +17,7 @@ mod leaks;
 mod manifests;
 mod offline;
 mod policies;
+mod policy_cli;
 mod proxy_calls;
 mod scenarios;
 mod sdk;
