@@ -2,10 +2,16 @@
 //! request are one conversation, so a card number typed over two messages
 //! is one card number.
 //!
-//! The strings are joined with a separator into one text, searched once,
-//! and every match is cut back into pieces, one per string it touches, in
-//! that string's own offsets. A match is counted once however many pieces
-//! it has; each piece is redacted in its own string.
+//! Each string is searched on its own first, as most text holds nothing
+//! and a detector then runs only where the scanner's one pass says it can
+//! match. Then, for the model's text, the seams between strings are
+//! searched: a window of [`REACH`] bytes either side of each seam, in the
+//! strings joined by a space, wherever the characters on both sides of the
+//! seam could belong to one value. A match that crosses a seam is cut back
+//! into pieces, one per string it touches, in that string's own offsets;
+//! it is counted once, and each piece is redacted in its own string.
+//! Overlaps between a seam match and a match inside one string are settled
+//! by detector priority, as within one text.
 
 use super::matcher::{Hit, Matcher};
 
@@ -14,9 +20,13 @@ use super::matcher::{Hit, Matcher};
 /// messages is found.
 pub(crate) const TEXT_JOIN: char = ' ';
 
-/// Joins fields that are not the model's text (ids, names, keys): NUL,
-/// which no detector crosses, so two adjacent fields never make a match.
+/// Joins fields that are not the model's text (ids, names, keys): they are
+/// never searched across.
 pub(crate) const FIELD_JOIN: char = '\0';
+
+/// Bytes searched on each side of a seam: a value split over two strings
+/// is found when each part is at most this long.
+pub(crate) const REACH: usize = 256;
 
 /// One piece of a match, in one of the searched strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,13 +45,16 @@ pub(crate) struct Search {
     joined: String,
     starts: Vec<usize>,
     hits: Vec<Hit>,
+    /// Matches in joined offsets: inside one string, then across seams.
+    found: Vec<Hit>,
 }
 
 // === impl Search ===
 
 impl Search {
-    /// Searches `strings` joined by `join`. Adds one to `counts[entry]` per
-    /// match and appends its pieces to `pieces`.
+    /// Searches `strings`, across their seams when `join` is
+    /// [`TEXT_JOIN`]. Adds one to `counts[entry]` per match and appends its
+    /// pieces to `pieces`.
     pub fn run(
         &mut self,
         matcher: &Matcher,
@@ -50,37 +63,69 @@ impl Search {
         counts: &mut [u64],
         pieces: &mut Vec<Piece>,
     ) {
-        match strings {
-            [] => {}
-            [only] => {
-                // One string needs no copy.
-                matcher.find(only, &mut self.hits);
+        if join != TEXT_JOIN || strings.len() < 2 {
+            for (i, s) in strings.iter().enumerate() {
+                matcher.find(s, &mut self.hits);
                 for h in &self.hits {
                     counts[h.entry] += 1;
                     pieces.push(Piece {
-                        string: 0,
+                        string: i,
                         entry: h.entry,
                         start: h.start,
                         end: h.end,
                     });
                 }
             }
-            _ => {
-                self.joined.clear();
-                self.starts.clear();
-                for (i, s) in strings.iter().enumerate() {
-                    if i > 0 {
-                        self.joined.push(join);
-                    }
-                    self.starts.push(self.joined.len());
-                    self.joined.push_str(s);
-                }
-                matcher.find(&self.joined, &mut self.hits);
-                for h in &self.hits {
-                    counts[h.entry] += 1;
-                    self.cut(strings, h, pieces);
+            return;
+        }
+        self.joined.clear();
+        self.starts.clear();
+        self.found.clear();
+        for (i, s) in strings.iter().enumerate() {
+            if i > 0 {
+                self.joined.push(join);
+            }
+            self.starts.push(self.joined.len());
+            self.joined.push_str(s);
+            matcher.find(s, &mut self.hits);
+            let base = self.starts[i];
+            self.found.extend(self.hits.iter().map(|h| Hit {
+                entry: h.entry,
+                start: base + h.start,
+                end: base + h.end,
+            }));
+        }
+        let within = self.found.len();
+        for &next in &self.starts[1..] {
+            let seam = next - 1;
+            if !may_cross(&self.joined, seam) {
+                continue;
+            }
+            let (from, to) = window(&self.joined, seam);
+            matcher.find(&self.joined[from..to], &mut self.hits);
+            for h in &self.hits {
+                let (start, end) = (from + h.start, from + h.end);
+                // Only what crosses this seam is new; the same match found
+                // again from the next seam is kept once.
+                let crosses = start <= seam && seam < end;
+                let known = self.found[within..]
+                    .iter()
+                    .any(|f| f.entry == h.entry && f.start == start && f.end == end);
+                if crosses && !known {
+                    self.found.push(Hit {
+                        entry: h.entry,
+                        start,
+                        end,
+                    });
                 }
             }
+        }
+        if self.found.len() > within {
+            settle_overlaps(matcher, &mut self.found, within);
+        }
+        for h in &self.found {
+            counts[h.entry] += 1;
+            self.cut(strings, h, pieces);
         }
     }
 
@@ -104,6 +149,72 @@ impl Search {
             }
         }
     }
+}
+
+/// Whether a value could run across the seam at `seam` (the joining
+/// space): the nearest non-space characters on both sides could both be
+/// part of one (digits, letters, the punctuation inside keys, addresses
+/// and numbers). A sentence's final `.` is not, unless a digit precedes it
+/// (`5555.5555.` then `5555.4444`). Most seams in a conversation end a
+/// sentence, and are not searched.
+fn may_cross(joined: &str, seam: usize) -> bool {
+    let before = joined[..seam].trim_end();
+    let after = joined[seam + 1..].trim_start();
+    let (Some(a), Some(b)) = (before.chars().next_back(), after.chars().next()) else {
+        return false;
+    };
+    let inner = |c: char| c.is_alphanumeric() || !c.is_ascii() || "+-_@:/=%#*".contains(c);
+    let a_ok = inner(a)
+        || (a == '.'
+            && before[..before.len() - 1]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_digit()));
+    a_ok && (inner(b) || b == '.')
+}
+
+/// The joined text searched around `seam`: [`REACH`] bytes each side, on
+/// character boundaries.
+fn window(joined: &str, seam: usize) -> (usize, usize) {
+    let mut from = seam.saturating_sub(REACH);
+    while !joined.is_char_boundary(from) {
+        from -= 1;
+    }
+    let mut to = (seam + 1 + REACH).min(joined.len());
+    while !joined.is_char_boundary(to) {
+        to += 1;
+    }
+    (from, to)
+}
+
+/// Settles overlaps between seam matches (`found[within..]`) and matches
+/// inside one string as [`Matcher::find`] does within one text: of two
+/// overlapping built-in matches the higher priority (earlier entry) keeps
+/// the text; user patterns and keywords never hide or are hidden.
+fn settle_overlaps(matcher: &Matcher, found: &mut Vec<Hit>, within: usize) {
+    let entries = matcher.entries();
+    let beats = |a: &Hit, b: &Hit| {
+        entries[a.entry].builtin
+            && entries[b.entry].builtin
+            && a.entry < b.entry
+            && a.start < b.end
+            && b.start < a.end
+    };
+    let (inside, across) = found.split_at(within);
+    let keep: Vec<bool> = found
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let rivals = if i < within { across } else { inside };
+            !rivals.iter().any(|r| beats(r, h))
+        })
+        .collect();
+    let mut i = 0;
+    found.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+    found.sort_by_key(|h| (h.start, h.entry));
 }
 
 #[cfg(test)]
@@ -134,13 +245,37 @@ mod tests {
     }
 
     #[test]
-    fn fields_joined_by_nul_never_make_a_match() {
+    fn fields_are_never_searched_across() {
         let strings = ["5555 5555", "5555 4444"];
         let mut counts = vec![0];
         let mut pieces = Vec::new();
         Search::default().run(&cards(), &strings, FIELD_JOIN, &mut counts, &mut pieces);
         assert_eq!(counts, vec![0]);
         assert!(pieces.is_empty());
+    }
+
+    #[test]
+    fn a_value_over_three_strings_is_found_once() {
+        let strings = ["card 5555", "5555", "5555 4444 ok"];
+        let mut counts = vec![0];
+        let mut pieces = Vec::new();
+        Search::default().run(&cards(), &strings, TEXT_JOIN, &mut counts, &mut pieces);
+        assert_eq!(counts, vec![1]);
+        let parts: Vec<&str> = pieces
+            .iter()
+            .map(|p| &strings[p.string][p.start..p.end])
+            .collect();
+        assert_eq!(parts, ["5555", "5555", "5555 4444"]);
+    }
+
+    #[test]
+    fn seams_that_end_a_sentence_are_not_searched() {
+        assert!(!may_cross("Paris. Next", 6));
+        assert!(!may_cross("done? 5555", 5));
+        assert!(may_cross("5555 5555", 4));
+        assert!(may_cross("5555.5555. 5555", 10));
+        assert!(may_cross("a@b .com", 3));
+        assert!(!may_cross("  ", 1));
     }
 
     #[test]
