@@ -40,11 +40,22 @@ pub(crate) struct Hit {
 pub(crate) struct Matcher {
     entries: Vec<Entry>,
     set: RegexSet,
+    /// No detector matches fewer bytes: shorter ASCII texts (roles, most
+    /// keys, short ids) need no scan at all.
+    min_len: usize,
 }
 
 /// Room for the set's lazy DFA: the set holds many patterns, and a cache
 /// that is too small is cleared over and over, which is slow.
 const DFA_BYTES: usize = 16 << 20;
+
+/// The fewest bytes `pattern` can match (0 when unknown).
+fn shortest_match(pattern: &str) -> usize {
+    regex_syntax::parse(pattern)
+        .ok()
+        .and_then(|hir| hir.properties().minimum_len())
+        .unwrap_or(0)
+}
 
 // === impl Entry ===
 
@@ -123,7 +134,16 @@ impl Matcher {
         let set = RegexSetBuilder::new(entries.iter().map(|e| e.regex.as_str()))
             .dfa_size_limit(DFA_BYTES)
             .build()?;
-        Ok(Self { entries, set })
+        let min_len = entries
+            .iter()
+            .map(|e| shortest_match(e.regex.as_str()))
+            .min()
+            .unwrap_or(0);
+        Ok(Self {
+            entries,
+            set,
+            min_len,
+        })
     }
 
     /// No detectors: finds nothing.
@@ -131,6 +151,7 @@ impl Matcher {
         Self {
             entries: Vec::new(),
             set: RegexSet::empty(),
+            min_len: usize::MAX,
         }
     }
 
@@ -145,7 +166,8 @@ impl Matcher {
     /// earlier entry keeps the text).
     pub fn find(&self, text: &str, out: &mut Vec<Hit>) {
         out.clear();
-        if text.is_empty() {
+        // ASCII text is its own folded form, so its length decides.
+        if text.is_empty() || (text.len() < self.min_len && text.is_ascii()) {
             return;
         }
         let folded = Folded::new(text);

@@ -20,6 +20,7 @@
 //! it is, without a copy: that is nearly all traffic.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
@@ -166,10 +167,36 @@ enum Fold {
     Nfkc,
 }
 
+/// Bit `c` is set when the BMP character `c` folds to something else:
+/// built once, so folding a common non-ASCII character costs one lookup.
+static BMP_FOLDS: OnceLock<Box<[u64]>> = OnceLock::new();
+
 fn fold_char(c: char) -> Fold {
     if c.is_ascii() {
         return Fold::Same;
     }
+    let code = c as usize;
+    if code < 0x10000 {
+        let bits = BMP_FOLDS.get_or_init(bmp_folds);
+        if bits[code / 64] & (1 << (code % 64)) == 0 {
+            return Fold::Same;
+        }
+    }
+    fold_slow(c)
+}
+
+fn bmp_folds() -> Box<[u64]> {
+    let mut bits = vec![0u64; 0x10000 / 64];
+    for c in (0x80..0x10000u32).filter_map(char::from_u32) {
+        if !matches!(fold_slow(c), Fold::Same) {
+            let code = c as usize;
+            bits[code / 64] |= 1 << (code % 64);
+        }
+    }
+    bits.into_boxed_slice()
+}
+
+fn fold_slow(c: char) -> Fold {
     match c.general_category() {
         GeneralCategory::Format => return Fold::Drop,
         GeneralCategory::SpaceSeparator => return Fold::Char(' '),
@@ -256,6 +283,15 @@ mod tests {
         // Already normal: kept, and borrowed.
         let f = Folded::new("café ünïcödé 日本語");
         assert!(f.is_unchanged());
+    }
+
+    #[test]
+    fn the_bmp_table_agrees_with_folding_each_character() {
+        for c in (0x80..0x10000u32).filter_map(char::from_u32) {
+            let quick = matches!(fold_char(c), Fold::Same);
+            let slow = matches!(fold_slow(c), Fold::Same);
+            assert_eq!(quick, slow, "U+{:04X}", c as u32);
+        }
     }
 
     #[test]
