@@ -6,6 +6,7 @@
 //! described (name, type, size) rather than copied. The caller sanitises the
 //! result.
 
+use memchr::memmem;
 use serde_json::{json, Map, Value};
 
 /// Multipart text fields up to this size are stored with their text
@@ -247,15 +248,16 @@ fn unquote(value: &str) -> String {
     }
 }
 
+/// Where `needle` next occurs in `haystack` at or after `from`. Linear in
+/// the haystack whatever the needle's length (memchr's two-way search), so
+/// a hostile boundary hundreds of KiB long costs no more than a short one.
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    if needle.is_empty() {
-        return (from <= haystack.len()).then_some(from);
-    }
-    haystack
-        .get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|i| i + from)
+    find_with(&memmem::Finder::new(needle), haystack, from)
+}
+
+/// As [`find`], with a needle prepared once for repeated searches.
+fn find_with(finder: &memmem::Finder<'_>, haystack: &[u8], from: usize) -> Option<usize> {
+    finder.find(haystack.get(from..)?).map(|i| i + from)
 }
 
 /// Describes the parts of a `multipart/*` body (RFC 7578). Lenient about
@@ -264,8 +266,9 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 fn multipart(body: &[u8], boundary: &str) -> Value {
     let delimiter = format!("--{boundary}");
     let delimiter = delimiter.as_bytes();
+    let finder = memmem::Finder::new(delimiter);
     let mut parts = Vec::new();
-    let mut pos = match find(body, delimiter, 0) {
+    let mut pos = match find_with(&finder, body, 0) {
         Some(p) => p,
         None => return json!({ "multipart": parts }),
     };
@@ -279,13 +282,17 @@ fn multipart(body: &[u8], boundary: &str) -> Value {
             break;
         };
         let header_start = eol + 1;
+        // A part's headers end before the next delimiter, so each search
+        // below stays inside one part and the whole walk stays linear.
+        let next = find_with(&finder, body, header_start);
+        let part = &body[..next.unwrap_or(body.len())];
         let (headers, content_start) = if body[header_start..].starts_with(b"\r\n") {
             (&body[header_start..header_start], header_start + 2)
         } else if body[header_start..].starts_with(b"\n") {
             (&body[header_start..header_start], header_start + 1)
         } else {
-            let crlf = find(body, b"\r\n\r\n", header_start).map(|i| (i, 4));
-            let lf = find(body, b"\n\n", header_start).map(|i| (i, 2));
+            let crlf = find(part, b"\r\n\r\n", header_start).map(|i| (i, 4));
+            let lf = find(part, b"\n\n", header_start).map(|i| (i, 2));
             let end = match (crlf, lf) {
                 (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
                 (a, b) => a.or(b),
@@ -295,7 +302,6 @@ fn multipart(body: &[u8], boundary: &str) -> Value {
             };
             (&body[header_start..end], end + len)
         };
-        let next = find(body, delimiter, content_start);
         let (content, complete) = match next {
             Some(d) => {
                 // The line break before a delimiter belongs to it.

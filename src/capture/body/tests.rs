@@ -242,3 +242,24 @@ fn a_parsed_body_is_reused_only_where_it_would_be_read_as_json() {
     }
     assert!(!body_is_parsed_as_json(b"", Some("application/json")));
 }
+
+/// A boundary hundreds of KiB long over a body of a MiB that nearly matches
+/// it everywhere: a window-by-window search would compare ~2·10^11 bytes;
+/// the linear one finishes at once.
+#[test]
+fn multipart_search_is_linear_in_a_long_boundary() {
+    let boundary = format!("{}x", "-".repeat(300 * 1024));
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let mut body = "-".repeat(1024 * 1024).into_bytes();
+    assert_eq!(
+        body_to_value(&body, Some(&content_type), false),
+        json!({"multipart": []})
+    );
+    // The same body with one real part after the near-misses.
+    body.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
+    body.extend_from_slice(b"Content-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1");
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let value = body_to_value(&body, Some(&content_type), false);
+    assert_eq!(value["multipart"][0]["name"], json!("model"));
+    assert_eq!(value["multipart"][0]["text"], json!("whisper-1"));
+}
