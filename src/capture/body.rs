@@ -8,6 +8,7 @@
 
 use memchr::memmem;
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 
 /// Multipart text fields up to this size are stored with their text
 /// (prompts, model names); larger ones and files only by size.
@@ -15,6 +16,13 @@ pub const MAX_FIELD_TEXT: usize = 16 * 1024;
 
 /// At most this many multipart parts are described.
 pub const MAX_PARTS: usize = 1000;
+
+/// Characters of printable preview in a [`binary_summary`].
+pub const PREVIEW_CHARS: usize = 64;
+
+/// A body with more than one control character in this many bytes is
+/// stored as a [`binary_summary`], not as escaped text.
+const CONTROL_HEAVY_RATIO: usize = 16;
 
 /// Media types whose bodies are binary however they happen to decode.
 const BINARY_PREFIXES: &[&str] = &["image/", "audio/", "video/", "font/", "model/"];
@@ -41,7 +49,8 @@ const BINARY_TYPES: &[&str] = &[
 ///   part cut short also says `"truncated": true`
 /// - other text: a string (invalid UTF-8 replaced; a sequence cut by
 ///   truncation dropped)
-/// - anything else: `{"binary": true, "content_type", "bytes"}`
+/// - anything else, and text where control characters (other than tab, CR
+///   and LF) are more than one byte in sixteen: a [`binary_summary`]
 pub fn body_to_value(bytes: &[u8], content_type: Option<&str>, truncated: bool) -> Value {
     if bytes.is_empty() {
         return Value::Null;
@@ -60,7 +69,7 @@ pub fn body_to_value(bytes: &[u8], content_type: Option<&str>, truncated: bool) 
             return v;
         }
     }
-    if !binary_type {
+    if !binary_type && !is_control_heavy(bytes) {
         if let Some(text) = utf8_text(bytes, truncated) {
             if is_text_type(essence) || !text.contains('\0') {
                 return Value::String(text.to_owned());
@@ -69,11 +78,46 @@ pub fn body_to_value(bytes: &[u8], content_type: Option<&str>, truncated: bool) 
             return Value::String(lossy_text(bytes, truncated));
         }
     }
+    binary_summary(bytes, content_type)
+}
+
+/// The description stored for a body kept only as evidence that it passed:
+/// `{"binary": true, "content_type", "bytes", "sha256", "preview"}`. The
+/// digest is of the decoded bytes captured (a prefix when the body was
+/// truncated), so a copy of the payload held elsewhere can be matched to
+/// the record; the preview is the first [`PREVIEW_CHARS`] printable ASCII
+/// characters, others shown as `.`.
+pub fn binary_summary(bytes: &[u8], content_type: Option<&str>) -> Value {
+    let preview: String = bytes
+        .iter()
+        .take(PREVIEW_CHARS)
+        .map(|&b| {
+            if b == b' ' || b.is_ascii_graphic() {
+                char::from(b)
+            } else {
+                '.'
+            }
+        })
+        .collect();
     json!({
         "binary": true,
         "content_type": content_type.map(str::trim),
         "bytes": bytes.len(),
+        "sha256": hex::encode(Sha256::digest(bytes)),
+        "preview": preview,
     })
+}
+
+/// Whether storing `bytes` as a JSON string would mostly store escapes:
+/// each control character other than tab, CR and LF is written as
+/// `\u00XX`, six bytes for one, so a NUL-filled body would grow sixfold in
+/// the store. Such bodies are described by [`binary_summary`] instead.
+fn is_control_heavy(bytes: &[u8]) -> bool {
+    let controls = bytes
+        .iter()
+        .filter(|&&b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f)
+        .count();
+    controls.saturating_mul(CONTROL_HEAVY_RATIO) > bytes.len()
 }
 
 /// Whether [`body_to_value`] reads `bytes` as JSON when they parse, so a

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use super::builder::RecordBuilder;
 use super::Handle;
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
+use crate::capture::bounded::bound_serialised;
 use crate::capture::decode::decode;
 use crate::capture::operation::Operation;
 use crate::capture::sanitize::{headers_to_value, redact_query, Sanitizer};
@@ -51,9 +52,12 @@ pub struct Recorder {
     handle: Handle,
     sanitizer: Arc<Sanitizer>,
     tracker: TaskTracker,
-    /// Most bytes a captured body may decode to (guards against
-    /// compression bombs).
+    /// Most bytes a captured body may decode to: the capture cap, so a
+    /// compression bomb stores no more than a plain body would.
     max_decoded_bytes: usize,
+    /// Most bytes of JSON a stored `request_data` or `response_data` may
+    /// take (see [`stored_body_limit`]).
+    stored_body_limit: usize,
     metrics: Arc<Metrics>,
     /// Record COMPLIANCE_CHECK events for passed policies.
     record_compliance_checks: bool,
@@ -166,7 +170,8 @@ impl Recorder {
             metrics,
             cut_at_shutdown,
             record_compliance_checks,
-            max_decoded_bytes: capture_cap.saturating_mul(8).max(1024 * 1024),
+            max_decoded_bytes: capture_cap,
+            stored_body_limit: stored_body_limit(capture_cap),
         }
     }
 
@@ -324,6 +329,7 @@ impl Recorder {
             .policies()
             .inspect_after_scan(&mut data, Direction::Request, text_clean)
             .scan;
+        let (data, cut) = bound_serialised(data, self.stored_body_limit);
         let path = redact_query(&info.path_and_query);
         let mut meta = Map::new();
         if let Some(summary) = compliance_summary(&scan) {
@@ -342,7 +348,7 @@ impl Recorder {
         );
         meta.insert("request_data".into(), data);
         meta.insert("body_bytes".into(), json!(body_bytes));
-        meta.insert("truncated".into(), json!(truncated));
+        meta.insert("truncated".into(), json!(truncated || cut));
         if let Some(end) = captured
             .map(|c| &c.end)
             .filter(|e| **e != BodyEnd::Complete)
@@ -452,6 +458,7 @@ impl Recorder {
                     .policies()
                     .inspect(&mut data, Direction::Response)
                     .scan;
+                let (data, cut) = bound_serialised(data, self.stored_body_limit);
                 status = Some(s.as_u16());
                 if let Some(verdict) = &blocked_by {
                     meta.insert("blocked_by".into(), json!(verdict.policy_name));
@@ -494,7 +501,7 @@ impl Recorder {
                 );
                 meta.insert("response_data".into(), data);
                 meta.insert("body_bytes".into(), json!(body.total_bytes));
-                meta.insert("truncated".into(), json!(truncated));
+                meta.insert("truncated".into(), json!(truncated || cut));
             }
             ResponseOutcome::Failed {
                 failure,
@@ -725,6 +732,14 @@ fn compliance_summary(scan: &Scan) -> Option<Value> {
             .collect()
     };
     Some(json!({"passed": names(true), "violated": names(false)}))
+}
+
+/// Most bytes of JSON a stored body value may take: twice the capture cap
+/// (ordinary text grows at most twofold when escaped; control-heavy bodies
+/// are summarised instead), and never under 64 KiB so a small cap still
+/// leaves room for redaction markers.
+pub fn stored_body_limit(capture_cap: usize) -> usize {
+    capture_cap.saturating_mul(2).max(64 * 1024)
 }
 
 /// The RESPONSE fields of a call upstream never answered.

@@ -317,6 +317,13 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             }
             r
         }
+        "/v1/gzip-bomb" => {
+            // 64 MiB of NUL bytes, gzip-compressed to about 64 KiB.
+            let mut r = full(StatusCode::OK, "application/json", gzip_bomb(64 << 20));
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
+            r
+        }
         "/v1/silent-stream" => {
             // Sends one chunk, then nothing, forever.
             let stream = async_stream::stream! {
@@ -334,4 +341,16 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             r#"{"error":{"message":"Unknown path","type":"invalid_request_error","param":null,"code":null}}"#,
         ),
     }
+}
+
+/// `decoded_len` NUL bytes, gzip-compressed: a small body that decodes to
+/// a very large one.
+pub fn gzip_bomb(decoded_len: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..decoded_len >> 20 {
+        enc.write_all(&zeros).unwrap();
+    }
+    enc.finish().unwrap()
 }
