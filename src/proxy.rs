@@ -7,6 +7,7 @@ pub mod client;
 pub mod forward;
 pub mod framing_guard;
 pub mod headers;
+pub mod path_guard;
 pub mod policy_guard;
 pub mod request_id;
 pub mod respond;

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::body::{full, IdleTimeoutBody, PrefixedBody, ProxyBody};
 use super::client::UpstreamClient;
 use super::headers::{detached, forwardable};
+use super::path_guard;
 use super::policy_guard::StreamGuard;
 use super::request_id::request_id_for;
 use super::respond::{self, ProxyError, REQUEST_ID_HEADER};
@@ -66,6 +67,19 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started_at = Instant::now();
     let request_id = request_id_for(req.headers());
+    // Refused before anything else: neither goes upstream or starts a
+    // record (the metrics count them).
+    let refused = if req.method() == http::Method::CONNECT {
+        Some(ProxyError::MethodNotAllowed)
+    } else if path_guard::is_unsafe(req.uri().path()) {
+        Some(ProxyError::UnsafePath)
+    } else {
+        None
+    };
+    if let Some(error) = refused {
+        state.metrics.refused_call(error.code());
+        return error.into_response(&request_id);
+    }
     if state.fail_mode == FailMode::FailClosed && !state.store_health.is_writable() {
         return ProxyError::AuditStoreUnavailable.into_response(&request_id);
     }

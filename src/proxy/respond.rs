@@ -28,6 +28,11 @@ pub enum ProxyError {
     BadRequest,
     /// The proxy is shutting down.
     ShuttingDown,
+    /// `CONNECT`: the proxy forwards API calls, it opens no tunnels.
+    MethodNotAllowed,
+    /// A path with `.`/`..` segments or encoded slashes (see
+    /// [`path_guard`](super::path_guard)).
+    UnsafePath,
 }
 
 // === impl ProxyError ===
@@ -40,7 +45,8 @@ impl ProxyError {
             ProxyError::AuditStoreUnavailable | ProxyError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest | ProxyError::UnsafePath => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -53,6 +59,8 @@ impl ProxyError {
             ProxyError::AuditStoreUnavailable => "audit_store_unavailable",
             ProxyError::BadRequest => "bad_request",
             ProxyError::ShuttingDown => "shutting_down",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::UnsafePath => "invalid_path",
         }
     }
 
@@ -69,12 +77,20 @@ impl ProxyError {
             }
             ProxyError::BadRequest => "The audit proxy could not read the request.",
             ProxyError::ShuttingDown => "The audit proxy is shutting down.",
+            ProxyError::MethodNotAllowed => {
+                "The audit proxy does not forward CONNECT requests; send API calls to it directly."
+            }
+            ProxyError::UnsafePath => {
+                "The request path has a '.' or '..' segment or an encoded slash, which the audit proxy refuses."
+            }
         }
     }
 
     fn kind(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest => "invalid_request_error",
+            ProxyError::BadRequest | ProxyError::MethodNotAllowed | ProxyError::UnsafePath => {
+                "invalid_request_error"
+            }
             _ => "api_error",
         }
     }
@@ -102,8 +118,14 @@ impl ProxyError {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             headers.insert(REQUEST_ID_HEADER, v);
         }
-        if self == ProxyError::ShuttingDown {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        match self {
+            ProxyError::ShuttingDown => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ProxyError::MethodNotAllowed => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            }
+            _ => {}
         }
         response
     }

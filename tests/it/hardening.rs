@@ -94,3 +94,81 @@ async fn gzip_bombs_and_nul_bodies_store_bounded_rows() {
     }
     proxy.stop().await;
 }
+
+/// Sends one raw HTTP/1.1 request (so no client normalises its path) and
+/// returns the whole answer.
+async fn raw_call(proxy_url: &str, request_line: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = proxy_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{request_line}\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn error_code(answer: &str) -> Value {
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{answer}"));
+    v["error"]["code"].clone()
+}
+
+#[tokio::test]
+async fn connect_and_escaping_paths_are_refused_and_never_forwarded() {
+    let mock = MockUpstream::start().await;
+    // An upstream with a path prefix, which the paths below try to leave.
+    let proxy = TestProxy::start(&format!("{}/tenant-a", mock.url())).await;
+
+    let answer = raw_call(&proxy.proxy_url, "CONNECT example.com:443 HTTP/1.1").await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer
+        .to_ascii_lowercase()
+        .contains("x-audit-proxy-error: method_not_allowed"));
+    assert_eq!(error_code(&answer), "method_not_allowed");
+
+    for path in [
+        "/v1/../../tenant-b/v1/chat/completions",
+        "/v1/./chat/completions",
+        "/v1/%2e%2e/%2e%2e/tenant-b/v1/chat/completions",
+        "/v1/%2E./%2E./tenant-b/v1/chat/completions",
+        "/v1/.%2e/.%2e/tenant-b/v1/chat/completions",
+        "/v1/..%2f..%2ftenant-b/v1/chat/completions",
+        "/v1/%2e%2e%5c%2e%2e%5ctenant-b/v1/chat/completions",
+    ] {
+        let answer = raw_call(&proxy.proxy_url, &format!("POST {path} HTTP/1.1")).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert_eq!(error_code(&answer), "invalid_path", "{path}");
+    }
+    assert_eq!(mock.calls(), 0, "nothing refused reaches upstream");
+
+    // An ordinary call still goes through, under the prefix.
+    let answer = raw_call(&proxy.proxy_url, "POST /v1/chat/completions HTTP/1.1").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        mock.seen()[0].path_and_query,
+        "/tenant-a/v1/chat/completions"
+    );
+    let metrics = proxy
+        .http
+        .get(format!("{}/metrics", proxy.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"llm_audit_proxy_refused_calls_total{kind="invalid_path"} 7"#),
+        "{metrics}"
+    );
+    proxy.stop().await;
+}
