@@ -86,6 +86,9 @@ pub struct CallInfo {
 pub enum Failure {
     Unreachable,
     Timeout,
+    /// The app's request body broke off while it was being read (or
+    /// streamed on), so there was nothing whole to send.
+    ClientBody,
 }
 
 /// How the response side of a call ended.
@@ -141,6 +144,16 @@ pub struct RequestPrescan {
     /// The search on the request path covered every detector and none
     /// matched the body's text (see `PolicySet::gate_request`).
     pub text_clean: bool,
+}
+
+/// A captured body as the record reads it.
+struct Interpreted {
+    value: Value,
+    /// Incomplete: capture or decoding hit a limit.
+    truncated: bool,
+    /// An event stream that reached its end (`[DONE]`, a terminal
+    /// Responses API event, or every choice finished).
+    stream_complete: bool,
 }
 
 /// What was learnt from the request that the RESPONSE needs too.
@@ -207,6 +220,12 @@ impl Recorder {
         resp_rx: oneshot::Receiver<ResponseOutcome>,
     ) {
         let request = req_rx.await.ok();
+        // Why the request body broke off, if it did: then a failed
+        // upstream call is the client's doing, not upstream's.
+        let request_broke = request.as_ref().and_then(|c| match &c.end {
+            BodyEnd::Error(e) => Some(e.clone()),
+            _ => None,
+        });
         // Building the REQUEST is CPU work the call does not wait for. Done
         // while a fast upstream is answering, it competes for the same
         // cores as the forwarding and shows up in the app's time to first
@@ -231,7 +250,8 @@ impl Recorder {
         let facts = facts.unwrap_or_default();
         let outcome = resp_rx
             .await
-            .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() });
+            .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() })
+            .blaming_client_body(request_broke);
         if outcome.was_streamed() {
             // A streamed answer's RESPONSE is the dearest record to build
             // (every chunk is parsed and folded), and a chat client sends
@@ -391,6 +411,11 @@ impl Recorder {
                     "Upstream sent no response headers in time",
                     detail.clone(),
                 ),
+                Failure::ClientBody => (
+                    "client_body_error",
+                    "The client's request body broke off before its end",
+                    detail.clone(),
+                ),
             },
             ResponseOutcome::Upstream { body, .. } => match &body.end {
                 BodyEnd::Error(e) if is_idle_timeout(e) => (
@@ -446,8 +471,11 @@ impl Recorder {
                 blocked_by,
             } => {
                 let is_sse = sse::is_event_stream(header_str(&headers, "content-type"));
-                let (mut data, truncated) =
-                    self.interpret(&headers, &body, is_sse, &info.operation.name);
+                let Interpreted {
+                    value: mut data,
+                    truncated,
+                    stream_complete,
+                } = self.interpret(&headers, &body, is_sse, &info.operation.name);
                 let summary = summarize(&info.operation.name, &data);
                 self.count_tokens(
                     summary.model.as_deref().or(facts.model.as_deref()),
@@ -477,6 +505,10 @@ impl Recorder {
                 outcome_label = match &body.end {
                     _ if blocked_by.is_some() => "blocked",
                     BodyEnd::Complete => "completed",
+                    // The app had the whole answer (`[DONE]` or a terminal
+                    // Responses API event passed) and closed before the
+                    // body's formal end, as SDKs may: nothing was missed.
+                    BodyEnd::Dropped if stream_complete => "completed",
                     BodyEnd::Error(e) if is_idle_timeout(e) => "timeout",
                     BodyEnd::Error(_) => "upstream_error",
                     BodyEnd::Dropped if self.was_cut() => "shutdown",
@@ -513,6 +545,7 @@ impl Recorder {
                 outcome_label = match failure {
                     Failure::Unreachable => "upstream_error",
                     Failure::Timeout => "timeout",
+                    Failure::ClientBody => "client_aborted",
                 };
                 model = facts.model.clone();
                 no_upstream_answer(&mut meta, round_ms(ms(at)));
@@ -602,19 +635,18 @@ impl Recorder {
                 }
             }
         }
-        let (value, truncated) = self.interpret(headers, captured, false, "");
-        (value, truncated, false)
+        let interpreted = self.interpret(headers, captured, false, "");
+        (interpreted.value, interpreted.truncated, false)
     }
 
-    /// Decodes and parses a captured body. Returns the value and whether it
-    /// is incomplete (capture or decoding hit a limit).
+    /// Decodes and parses a captured body.
     fn interpret(
         &self,
         headers: &HeaderMap,
         captured: &Captured,
         is_sse: bool,
         operation: &str,
-    ) -> (Value, bool) {
+    ) -> Interpreted {
         let encoding = header_str(headers, "content-encoding");
         let content_type = header_str(headers, "content-type");
         let (bytes, mut truncated) = match decode(encoding, &captured.bytes, self.max_decoded_bytes)
@@ -623,10 +655,11 @@ impl Recorder {
             Err(_) => {
                 // Unknown encoding: describe the body rather than store
                 // bytes that cannot be read.
-                return (
-                    json!({"undecodable": true, "content_encoding": encoding, "bytes": captured.bytes.len()}),
-                    captured.truncated,
-                );
+                return Interpreted {
+                    value: json!({"undecodable": true, "content_encoding": encoding, "bytes": captured.bytes.len()}),
+                    truncated: captured.truncated,
+                    stream_complete: false,
+                };
             }
         };
         truncated |= captured.truncated;
@@ -648,15 +681,45 @@ impl Recorder {
             if let (Some(error), Value::Object(obj)) = (reassembled.error, &mut value) {
                 obj.insert("stream_error".into(), error);
             }
-            return (value, truncated);
+            return Interpreted {
+                value,
+                truncated,
+                stream_complete: reassembled.complete,
+            };
         }
-        (body_to_value(&bytes, content_type, truncated), truncated)
+        Interpreted {
+            value: body_to_value(&bytes, content_type, truncated),
+            truncated,
+            stream_complete: false,
+        }
     }
 }
 
 // === impl ResponseOutcome ===
 
 impl ResponseOutcome {
+    /// An upstream call that failed because the app's request body broke
+    /// off (`request_broke` holds why) is the client's failure.
+    fn blaming_client_body(self, request_broke: Option<String>) -> Self {
+        match (self, request_broke) {
+            (
+                Self::Failed {
+                    failure: Failure::Unreachable,
+                    status,
+                    at,
+                    ..
+                },
+                Some(detail),
+            ) => Self::Failed {
+                failure: Failure::ClientBody,
+                status,
+                detail,
+                at,
+            },
+            (outcome, _) => outcome,
+        }
+    }
+
     /// Whether upstream answered with an event stream.
     fn was_streamed(&self) -> bool {
         match self {

@@ -132,7 +132,7 @@ pub async fn handle(
             // The app's body broke off while being read: nothing was sent.
             if let Some(r) = record.as_mut() {
                 r.fail(
-                    Failure::Unreachable,
+                    Failure::ClientBody,
                     ProxyError::BadRequest.status(),
                     "request body could not be read from the client".into(),
                 );

@@ -172,3 +172,83 @@ async fn connect_and_escaping_paths_are_refused_and_never_forwarded() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_after_the_terminal_event_completes_its_call() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url()).await;
+    // Upstream sends the whole stream, then keeps the body open; the app
+    // leaves once it has the terminal event, as the Node SDK does.
+    for (path, id, terminal) in [
+        ("/v1/chat/completions", "done-chat", "data: [DONE]"),
+        ("/v1/responses", "done-responses", "\"response.completed\""),
+    ] {
+        let mut resp = proxy
+            .post_call(path, id)
+            .header("x-mock-hold-end", "1")
+            .json(&serde_json::json!({"model": "gpt-4o-mini", "stream": true, "input": "hi", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut seen = String::new();
+        while !(seen.contains(terminal) && seen.ends_with("\n\n")) {
+            let chunk = resp.chunk().await.unwrap().expect("stream ended early");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        drop(resp);
+        let events = proxy.call_events(id).await;
+        let response = &of_type(&events, "RESPONSE")["metadata"];
+        assert_eq!(response["outcome"], "completed", "{id}: {response}");
+    }
+    proxy.stop().await;
+}
+
+/// Sends a request head promising more body than is sent, then closes the
+/// sending side; returns the answer's status line.
+async fn send_broken_body(proxy_url: &str, id: &str, promised: usize, sent: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = proxy_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nx-request-id: {id}\r\nContent-Length: {promised}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b' '; sent]).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .unwrap();
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_request_body_that_breaks_off_is_a_client_body_error() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start_with(
+        &mock.url(),
+        &[("LLM_AUDIT_PROXY_CAPTURE_MAX_BODY_BYTES", "65536")],
+    )
+    .await;
+    // Broken inside the prefix the proxy reads first, and broken while the
+    // rest streams on to upstream.
+    let status = send_broken_body(&proxy.proxy_url, "broken-prefix", 1000, 10).await;
+    assert!(status.contains(" 400"), "{status}");
+    let _ = send_broken_body(&proxy.proxy_url, "broken-stream", 300_000, 100_000).await;
+    for id in ["broken-prefix", "broken-stream"] {
+        let events = proxy.call_events(id).await;
+        let error = &of_type(&events, "ERROR")["metadata"];
+        assert_eq!(error["error_type"], "client_body_error", "{id}: {error}");
+        let response = &of_type(&events, "RESPONSE")["metadata"];
+        assert_eq!(response["outcome"], "client_aborted", "{id}: {response}");
+    }
+    proxy.stop().await;
+}

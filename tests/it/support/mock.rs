@@ -227,6 +227,26 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     match path.as_str() {
+        p if parts.headers.contains_key("x-mock-hold-end") => {
+            // The whole stream, its terminal event included, then a body
+            // that stays open: its end would come in a later packet.
+            let name = if p.ends_with("/responses") {
+                "responses_stream.sse"
+            } else {
+                "chat_stream.sse"
+            };
+            let events = split_sse(&fixture(name));
+            let stream = async_stream::stream! {
+                for event in events {
+                    yield Ok::<_, Infallible>(Frame::data(Bytes::from(event)));
+                }
+                std::future::pending::<()>().await;
+            };
+            Response::builder()
+                .header("content-type", "text/event-stream; charset=utf-8")
+                .body(StreamBody::new(stream).boxed())
+                .unwrap()
+        }
         p if p.ends_with("/chat/completions") && parts.headers.contains_key("x-mock-endless") => {
             let events: Vec<String> = (0..1000)
                 .map(|i| format!("data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"))
