@@ -567,9 +567,11 @@ fn parse_tokens_file(path: &str) -> Result<ScopedTokens, String> {
             match scope.trim() {
                 "read" => tokens.read.push(Secret::new(token)),
                 "write" => tokens.write.push(Secret::new(token)),
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "{path} line {line_no}: unknown scope {other:?}; use read, write or read,write"
-                )),
+                ))
+                }
             }
         }
     }

@@ -252,3 +252,150 @@ async fn a_request_body_that_breaks_off_is_a_client_body_error() {
     }
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn an_admin_connection_flood_never_stops_app_traffic() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start_with(
+        &mock.url(),
+        &[
+            ("LLM_AUDIT_PROXY_ADMIN_MAX_CONNECTIONS", "8"),
+            ("LLM_AUDIT_PROXY_ADMIN_HEADER_READ_TIMEOUT", "1"),
+            ("LLM_AUDIT_PROXY_ADMIN_IDLE_TIMEOUT", "1"),
+        ],
+    )
+    .await;
+    let admin = proxy.admin_url.trim_start_matches("http://").to_owned();
+    // Twice the cap of connections that never send a byte.
+    let mut idle = Vec::new();
+    for _ in 0..16 {
+        idle.push(tokio::net::TcpStream::connect(&admin).await.unwrap());
+    }
+    // The app's calls go through all the same.
+    for i in 0..3 {
+        let resp = proxy
+            .post_call("/v1/chat/completions", format!("flood-{i}"))
+            .json(&serde_json::json!({"model": "gpt-4o-mini", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // Silent connections are dropped after the header-read timeout, so
+    // every one of them ends (those past the cap once admitted), and the
+    // admin API answers again.
+    for conn in &mut idle {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(20), conn.read(&mut buf))
+            .await
+            .expect("an idle admin connection stayed open");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    let (status, _) = proxy.admin_get("/healthz").await;
+    assert_eq!(status, 200);
+
+    // A connection that sent its head but stalls in the body is closed
+    // by the idle timeout.
+    let mut stalled = tokio::net::TcpStream::connect(&admin).await.unwrap();
+    stalled
+        .write_all(b"POST /api/events HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stalled.read_to_end(&mut answer),
+    )
+    .await
+    .expect("a stalled admin connection stayed open");
+    assert!(read.is_ok() || answer.is_empty());
+
+    let metrics = proxy
+        .http
+        .get(format!("{}/metrics", proxy.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"llm_audit_proxy_connections_queued_total{kind="admin"}"#),
+        "{metrics}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_token_floods_leave_a_bounded_count_of_events() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = "admin-token-0123456789abcdef";
+    let config = [
+        ("LLM_AUDIT_PROXY_ADMIN_TOKEN", token),
+        (
+            "LLM_AUDIT_PROXY_ADMIN_READ_TOKENS",
+            "reader-token-0123456789",
+        ),
+    ];
+    let proxy = TestProxy::start_in(&mock.url(), dir.path(), &config).await;
+    let url = format!("{}/api/stats", proxy.admin_url);
+    let calls = (0..200).map(|i| {
+        let request = proxy.http.get(&url);
+        async move {
+            let request = match i % 3 {
+                0 => request,
+                1 => request.bearer_auth("wrong-token-0123456789"),
+                _ => request.bearer_auth(format!("other-wrong-{i}-0123456789")),
+            };
+            request.send().await.unwrap().status().as_u16()
+        }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 401));
+    // A read token may not post.
+    let r = proxy
+        .http
+        .post(format!("{}/api/events", proxy.admin_url))
+        .bearer_auth("reader-token-0123456789")
+        .json(&serde_json::json!({"event_type": "CUSTOM", "message": "m"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_scope");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`write` scope"));
+    // The rest of the interval's refusals are recorded at shutdown.
+    proxy.stop().await;
+
+    let proxy = TestProxy::start_in(&mock.url(), dir.path(), &config).await;
+    let r = proxy
+        .http
+        .get(format!(
+            "{}/api/events?event_type=AUTHENTICATION&limit=1000",
+            proxy.admin_url
+        ))
+        .bearer_auth("reader-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(
+        events.len(),
+        2,
+        "one at the first refusal, one summing the rest"
+    );
+    let total: u64 = events
+        .iter()
+        .map(|e| e["metadata"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 201);
+    assert!(!body.to_string().contains("wrong-token"));
+    proxy.stop().await;
+}
