@@ -338,6 +338,9 @@ async fn wrong_token_floods_leave_a_bounded_count_of_events() {
             "LLM_AUDIT_PROXY_ADMIN_READ_TOKENS",
             "reader-token-0123456789",
         ),
+        // Room for every concurrent client: kept-alive connections hold
+        // their slot until the header-read timeout.
+        ("LLM_AUDIT_PROXY_ADMIN_MAX_CONNECTIONS", "512"),
     ];
     let proxy = TestProxy::start_in(&mock.url(), dir.path(), &config).await;
     let url = format!("{}/api/stats", proxy.admin_url);
