@@ -699,12 +699,13 @@ impl Recorder {
 
 impl ResponseOutcome {
     /// An upstream call that failed because the app's request body broke
-    /// off (`request_broke` holds why) is the client's failure.
+    /// off (`request_broke` holds why) is the client's failure, and the
+    /// body's own error is the detail.
     fn blaming_client_body(self, request_broke: Option<String>) -> Self {
         match (self, request_broke) {
             (
                 Self::Failed {
-                    failure: Failure::Unreachable,
+                    failure: Failure::Unreachable | Failure::ClientBody,
                     status,
                     at,
                     ..

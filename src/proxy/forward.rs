@@ -122,10 +122,19 @@ pub async fn handle(
     // everything needed from it has been copied above.
     parts.uri = http::Uri::default();
 
-    let request_capture = Capture::new(
-        state.capture_cap,
-        on_done(record.as_mut().and_then(CallRecord::request_sender)),
-    );
+    // Set when the app's body breaks off, so an upstream call that fails
+    // because of it is not blamed on upstream.
+    let request_body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let request_capture = Capture::new(state.capture_cap, {
+        let failed = request_body_failed.clone();
+        let send = on_done(record.as_mut().and_then(CallRecord::request_sender));
+        Box::new(move |captured: Captured| {
+            if matches!(captured.end, BodyEnd::Error(_)) {
+                failed.store(true, std::sync::atomic::Ordering::Release);
+            }
+            send(captured);
+        })
+    });
     let (mut prefix, rest) = match read_prefix(body, request_capture, state.capture_cap).await {
         Ok(b) => b,
         Err(()) => {
@@ -186,6 +195,20 @@ pub async fn handle(
         tokio::time::timeout(state.upstream_timeout, state.client.request(upstream_req)).await;
     let response = match sent {
         Ok(Ok(response)) => response,
+        Ok(Err(_)) if request_body_failed.load(std::sync::atomic::Ordering::Acquire) => {
+            // The app's body broke off while streaming on; the record reads
+            // the same from the request capture.
+            let e = ProxyError::BadRequest;
+            if let Some(r) = record.as_mut() {
+                r.fail(
+                    Failure::ClientBody,
+                    e.status(),
+                    "request body broke off while being forwarded".into(),
+                );
+            }
+            call_log.failed(e, "client_aborted");
+            return e.into_response(&request_id);
+        }
         Ok(Err(error)) => {
             let detail = error_chain(&error);
             tracing::warn!(request_id = %request_id, error = %detail, "Upstream request failed.");

@@ -242,7 +242,8 @@ async fn a_request_body_that_breaks_off_is_a_client_body_error() {
     // rest streams on to upstream.
     let status = send_broken_body(&proxy.proxy_url, "broken-prefix", 1000, 10).await;
     assert!(status.contains(" 400"), "{status}");
-    let _ = send_broken_body(&proxy.proxy_url, "broken-stream", 300_000, 100_000).await;
+    let status = send_broken_body(&proxy.proxy_url, "broken-stream", 300_000, 100_000).await;
+    assert!(status.contains(" 400"), "{status}");
     for id in ["broken-prefix", "broken-stream"] {
         let events = proxy.call_events(id).await;
         let error = &of_type(&events, "ERROR")["metadata"];
