@@ -684,7 +684,9 @@ impl Recorder {
             return Interpreted {
                 value,
                 truncated,
-                stream_complete: reassembled.complete,
+                // A stream longer than the capture: the tee watched the
+                // rest for its end.
+                stream_complete: reassembled.complete || captured.terminal_past_cap,
             };
         }
         Interpreted {

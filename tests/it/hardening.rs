@@ -176,7 +176,20 @@ async fn connect_and_escaping_paths_are_refused_and_never_forwarded() {
 #[tokio::test]
 async fn a_client_that_leaves_after_the_terminal_event_completes_its_call() {
     let mock = MockUpstream::start().await;
-    let proxy = TestProxy::start(&mock.url()).await;
+    // With the whole stream captured, and with a capture far shorter than
+    // the stream (its end then passes uncaptured).
+    for cap in ["1048576", "256"] {
+        let proxy = TestProxy::start_with(
+            &mock.url(),
+            &[("LLM_AUDIT_PROXY_CAPTURE_MAX_BODY_BYTES", cap)],
+        )
+        .await;
+        leave_after_the_terminal_event(&proxy, cap).await;
+        proxy.stop().await;
+    }
+}
+
+async fn leave_after_the_terminal_event(proxy: &TestProxy, cap: &str) {
     // Upstream sends the whole stream, then keeps the body open; the app
     // leaves once it has the terminal event, as the Node SDK does.
     for (path, id, terminal) in [
@@ -184,7 +197,7 @@ async fn a_client_that_leaves_after_the_terminal_event_completes_its_call() {
         ("/v1/responses", "done-responses", "\"response.completed\""),
     ] {
         let mut resp = proxy
-            .post_call(path, id)
+            .post_call(path, format!("{id}-{cap}"))
             .header("x-mock-hold-end", "1")
             .json(&serde_json::json!({"model": "gpt-4o-mini", "stream": true, "input": "hi", "messages": []}))
             .send()
@@ -197,11 +210,11 @@ async fn a_client_that_leaves_after_the_terminal_event_completes_its_call() {
             seen.push_str(&String::from_utf8_lossy(&chunk));
         }
         drop(resp);
-        let events = proxy.call_events(id).await;
+        let id = format!("{id}-{cap}");
+        let events = proxy.call_events(&id).await;
         let response = &of_type(&events, "RESPONSE")["metadata"];
         assert_eq!(response["outcome"], "completed", "{id}: {response}");
     }
-    proxy.stop().await;
 }
 
 /// Sends a request head promising more body than is sent, then closes the
