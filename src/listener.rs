@@ -76,7 +76,7 @@ impl ConnectionCap {
             Ok(permit) => permit,
             Err(_) => {
                 self.metrics
-                    .connections_queued
+                    .listener_cap_reached
                     .get_or_create(&self.label())
                     .inc();
                 match self.slots.clone().acquire_owned().await {

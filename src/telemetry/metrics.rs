@@ -73,9 +73,9 @@ pub struct Metrics {
     pub refused_calls: Family<KindLabels, Counter>,
     /// Open connections per listener (`kind`: `proxy`, `admin`).
     pub open_connections: Family<KindLabels, Gauge>,
-    /// Connections that waited for a free slot because their listener was
-    /// at its connection cap, per listener.
-    pub connections_queued: Family<KindLabels, Counter>,
+    /// Times a listener reached its connection cap and paused accepting
+    /// until a connection closed, per listener.
+    pub listener_cap_reached: Family<KindLabels, Counter>,
     /// Refused admin calls, each counted once (however they are collapsed
     /// into AUTHENTICATION events).
     pub admin_refusals: Counter,
@@ -165,11 +165,11 @@ impl Metrics {
             "Open client connections per listener (proxy, admin)",
             open_connections.clone(),
         );
-        let connections_queued = Family::<KindLabels, Counter>::default();
+        let listener_cap_reached = Family::<KindLabels, Counter>::default();
         registry.register(
-            "connections_queued",
-            "Connections that waited because their listener was at its connection cap",
-            connections_queued.clone(),
+            "listener_cap_reached",
+            "Times a listener reached its connection cap and paused accepting",
+            listener_cap_reached.clone(),
         );
         let admin_refusals = Counter::default();
         registry.register(
@@ -195,7 +195,7 @@ impl Metrics {
             store_bytes,
             refused_calls,
             open_connections,
-            connections_queued,
+            listener_cap_reached,
             admin_refusals,
             models: Mutex::new(HashSet::new()),
         }

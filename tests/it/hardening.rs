@@ -335,7 +335,7 @@ async fn an_admin_connection_flood_never_stops_app_traffic() {
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"llm_audit_proxy_connections_queued_total{kind="admin"}"#),
+        metrics.contains(r#"llm_audit_proxy_listener_cap_reached_total{kind="admin"}"#),
         "{metrics}"
     );
     proxy.stop().await;
@@ -414,5 +414,48 @@ async fn wrong_token_floods_leave_a_bounded_count_of_events() {
         .sum();
     assert_eq!(total, 201);
     assert!(!body.to_string().contains("wrong-token"));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn the_proxy_listener_waits_at_its_own_cap() {
+    let mock = MockUpstream::start().await;
+    let proxy =
+        TestProxy::start_with(&mock.url(), &[("LLM_AUDIT_PROXY_MAX_CONNECTIONS", "2")]).await;
+    let addr = proxy.proxy_url.trim_start_matches("http://").to_owned();
+    let idle = [
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+    ];
+    // Both slots are held, so the listener reports its cap reached and a
+    // third connection waits in the accept queue; the admin API, on its
+    // own cap, still answers.
+    let call = tokio::spawn({
+        let request = proxy
+            .post_call("/v1/chat/completions", "queued-call")
+            .json(&serde_json::json!({"model": "gpt-4o-mini", "messages": []}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    });
+    let queued = r#"llm_audit_proxy_listener_cap_reached_total{kind="proxy"} 1"#;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = proxy
+            .http
+            .get(format!("{}/metrics", proxy.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(queued) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!call.is_finished());
+    drop(idle);
+    assert_eq!(call.await.unwrap(), 200);
     proxy.stop().await;
 }
