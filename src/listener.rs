@@ -59,6 +59,7 @@ pin_project_lite::pin_project! {
 // === impl ConnectionCap ===
 
 impl ConnectionCap {
+    /// A cap of `max` open connections for the listener named `kind`.
     pub fn new(max: usize, kind: &'static str, metrics: Arc<Metrics>) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(max)),
@@ -131,6 +132,7 @@ impl Drop for Slot {
 // === impl Activity ===
 
 impl Activity {
+    /// Activity that starts now.
     pub fn new() -> Self {
         Self {
             origin: Instant::now(),
@@ -168,6 +170,7 @@ impl Default for Activity {
 // === impl ActivityIo ===
 
 impl<T> ActivityIo<T> {
+    /// Wraps `inner`, noting its traffic in `activity`.
     pub fn new(inner: T, activity: Activity) -> Self {
         activity.touch();
         Self { inner, activity }

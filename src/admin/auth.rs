@@ -108,6 +108,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 // === impl Scopes ===
 
 impl Scopes {
+    /// Read and write: the scopes of `admin.tokens`.
     pub const BOTH: Scopes = Scopes {
         read: true,
         write: true,
@@ -124,6 +125,7 @@ impl Scopes {
 // === impl Scope ===
 
 impl Scope {
+    /// The scope's name, as configured and as error messages give it.
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Read => "read",
@@ -177,6 +179,7 @@ impl TokenSet {
         )
     }
 
+    /// No token at all: the API is open (on a loopback listener).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

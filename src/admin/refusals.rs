@@ -56,6 +56,8 @@ struct Window {
 // === impl RefusalLog ===
 
 impl RefusalLog {
+    /// Records through `events`; `interval` is how long one client's
+    /// refusals are summed before their count is recorded.
     pub fn new(events: Handle, metrics: Arc<Metrics>, interval: Duration) -> Self {
         Self {
             events,
