@@ -224,6 +224,21 @@ impl Drop for Capture {
     }
 }
 
+// === impl Captured ===
+
+impl Captured {
+    /// Whether an event stream's terminal event passed (`data: [DONE]`, or
+    /// a Responses API `response.completed`, `.incomplete` or `.failed`),
+    /// in the captured bytes or after them. Searches the capture, so meant
+    /// for the rare body that did not end normally.
+    pub fn saw_terminal_event(&self) -> bool {
+        self.terminal_past_cap
+            || TERMINAL_MARKERS
+                .iter()
+                .any(|m| memchr::memmem::find(&self.bytes, m).is_some())
+    }
+}
+
 impl fmt::Debug for Capture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Capture")

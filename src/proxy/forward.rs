@@ -371,6 +371,8 @@ impl CallLog {
             {
                 "shutdown"
             }
+            // The app left after the stream's end had passed to it.
+            BodyEnd::Dropped if body.saw_terminal_event() => "completed",
             BodyEnd::Dropped => "client_aborted",
         };
         let ttfb = body.first_byte_at.unwrap_or(headers_at) - self.started_at;

@@ -185,6 +185,20 @@ async fn a_client_that_leaves_after_the_terminal_event_completes_its_call() {
         )
         .await;
         leave_after_the_terminal_event(&proxy, cap).await;
+        let metrics = proxy
+            .http
+            .get(format!("{}/metrics", proxy.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metrics.contains(r#"outcome="completed""#), "{metrics}");
+        assert!(
+            !metrics.contains(r#"outcome="client_aborted""#),
+            "{metrics}"
+        );
         proxy.stop().await;
     }
 }
