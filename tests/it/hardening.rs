@@ -7,9 +7,9 @@ use serde_json::Value;
 use crate::support::mock::gzip_bomb;
 use crate::support::{of_type, MockUpstream, TestProxy};
 
-/// Capture cap used by the body tests, and the stored-body limit it gives
-/// (twice the cap, at least 64 KiB).
-const CAP: usize = 64 * 1024;
+/// The default capture cap, and the stored-body limit it gives (twice the
+/// cap, at least 64 KiB).
+const CAP: usize = 1024 * 1024;
 const STORED_LIMIT: usize = 2 * CAP;
 
 fn json_len(v: &Value) -> usize {
@@ -19,25 +19,21 @@ fn json_len(v: &Value) -> usize {
 #[tokio::test]
 async fn gzip_bombs_and_nul_bodies_store_bounded_rows() {
     let mock = MockUpstream::start().await;
-    let proxy = TestProxy::start_with(
-        &mock.url(),
-        &[("LLM_AUDIT_PROXY_CAPTURE_MAX_BODY_BYTES", "65536")],
-    )
-    .await;
+    let proxy = TestProxy::start(&mock.url()).await;
 
-    // A request body that decodes to 64 MiB of NULs.
+    // A 1 MB request body that decodes to 1000 MiB of NULs.
     let resp = proxy
         .post_call("/v1/chat/completions", "bomb-request")
         .header("content-type", "application/json")
         .header("content-encoding", "gzip")
-        .body(gzip_bomb(64 << 20))
+        .body(gzip_bomb(1000 << 20))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     let _ = resp.bytes().await.unwrap();
 
-    // An answer that does the same.
+    // A 1 MB answer that does the same.
     let resp = proxy
         .post_call("/v1/gzip-bomb", "bomb-response")
         .header("content-type", "application/json")

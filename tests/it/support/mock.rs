@@ -338,8 +338,8 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             r
         }
         "/v1/gzip-bomb" => {
-            // 64 MiB of NUL bytes, gzip-compressed to about 64 KiB.
-            let mut r = full(StatusCode::OK, "application/json", gzip_bomb(64 << 20));
+            // 1000 MiB of NUL bytes, gzip-compressed to about 1 MB.
+            let mut r = full(StatusCode::OK, "application/json", gzip_bomb(1000 << 20));
             r.headers_mut()
                 .insert("content-encoding", "gzip".parse().unwrap());
             r
@@ -363,14 +363,14 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// `decoded_len` NUL bytes, gzip-compressed: a small body that decodes to
-/// a very large one.
+/// About `decoded_len` NUL bytes (whole MiBs), gzip-compressed: a small
+/// body that decodes to a very large one. One member of 1 MiB of NULs
+/// repeated: gzip decoders run on through concatenated members, so 1000
+/// members make a 1 MB body that decodes to 1 GiB, built in no time.
 pub fn gzip_bomb(decoded_len: usize) -> Vec<u8> {
     use std::io::Write;
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    let zeros = vec![0u8; 1 << 20];
-    for _ in 0..decoded_len >> 20 {
-        enc.write_all(&zeros).unwrap();
-    }
-    enc.finish().unwrap()
+    enc.write_all(&vec![0u8; 1 << 20]).unwrap();
+    let member = enc.finish().unwrap();
+    member.repeat((decoded_len >> 20).max(1))
 }
