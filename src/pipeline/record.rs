@@ -349,7 +349,7 @@ impl Recorder {
             .policies()
             .inspect_after_scan(&mut data, Direction::Request, text_clean)
             .scan;
-        let (data, cut) = bound_serialised(data, self.stored_body_limit);
+        let (data, cut) = self.bound_body(data, captured, &info.headers);
         let path = redact_query(&info.path_and_query);
         let mut meta = Map::new();
         if let Some(summary) = compliance_summary(&scan) {
@@ -486,7 +486,7 @@ impl Recorder {
                     .policies()
                     .inspect(&mut data, Direction::Response)
                     .scan;
-                let (data, cut) = bound_serialised(data, self.stored_body_limit);
+                let (data, cut) = self.bound_body(data, Some(&body), &headers);
                 status = Some(s.as_u16());
                 if let Some(verdict) = &blocked_by {
                     meta.insert("blocked_by".into(), json!(verdict.policy_name));
@@ -589,6 +589,30 @@ impl Recorder {
         .with_request_id(info.request_id.clone())
         .with_metadata(Value::Object(meta));
         (event, scan)
+    }
+
+    /// Keeps a stored body value within the stored-body limit. Measuring
+    /// it means serialising it; a body whose decoded size is under an
+    /// eighth of the limit cannot reach it (escaping writes at most six
+    /// bytes per byte, and redaction markers and reformatted numbers grow
+    /// less), so it is kept without measuring.
+    fn bound_body(
+        &self,
+        value: Value,
+        captured: Option<&Captured>,
+        headers: &HeaderMap,
+    ) -> (Value, bool) {
+        let encoded = header_str(headers, "content-encoding")
+            .is_some_and(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"));
+        let decoded_at_most = match captured {
+            None => 0,
+            Some(_) if encoded => self.max_decoded_bytes,
+            Some(c) => c.bytes.len(),
+        };
+        if decoded_at_most.saturating_mul(8) <= self.stored_body_limit {
+            return (value, false);
+        }
+        bound_serialised(value, self.stored_body_limit)
     }
 
     fn was_cut(&self) -> bool {

@@ -469,3 +469,37 @@ async fn the_proxy_listener_waits_at_its_own_cap() {
     assert_eq!(call.await.unwrap(), 200);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_stored_body_over_its_limit_is_cut_and_marked_truncated() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start_with(
+        &mock.url(),
+        &[("LLM_AUDIT_PROXY_CAPTURE_MAX_BODY_BYTES", "65536")],
+    )
+    .await;
+    // An event stream of NUL-filled events (the mock echoes it back): each
+    // NUL would be stored as six bytes of `\u0000`.
+    let event = format!("data: {}\n\n", "\0".repeat(200));
+    let body = event.repeat(60 * 1024 / event.len());
+    let resp = proxy
+        .post_call("/v1/echo", "cut-stream")
+        .header("content-type", "text/event-stream")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().len(), body.len());
+    let events = proxy.call_events("cut-stream").await;
+    let limit = 2 * 65536;
+    let response = &of_type(&events, "RESPONSE")["metadata"];
+    let data = &response["response_data"];
+    assert_eq!(data["cut"], true, "{data}");
+    assert_eq!(data["limit_bytes"], limit);
+    assert!(json_len(data) <= limit);
+    assert_eq!(response["truncated"], true);
+    let request = &of_type(&events, "REQUEST")["metadata"];
+    assert_eq!(request["request_data"]["binary"], true);
+    proxy.stop().await;
+}
