@@ -1,6 +1,7 @@
 //! Hostile input: bodies that would blow up the store, paths that would
-//! escape the upstream's prefix, methods that must not be forwarded, and
-//! clients that leave at awkward moments.
+//! escape the upstream's prefix, methods that must not be forwarded,
+//! clients that leave at awkward moments, and floods of connections and
+//! wrong tokens on the admin side.
 
 use serde_json::Value;
 
