@@ -12,7 +12,10 @@
 //! | `GET /api/verify` | checks the stored hash chain |
 //!
 //! With tokens configured, every `/api/*` route requires one of them as a
-//! bearer token ([`auth`]); probes stay open. Reads go through
+//! bearer token, with the `read` scope, or `write` for `POST /api/events`
+//! ([`auth`]); probes stay open. Refusals are collapsed per client and
+//! interval ([`refusals`]). The listener caps its connections and closes
+//! slow and idle ones ([`server`]). Reads go through
 //! [`AuditStore`](crate::store::AuditStore); custom events go through the
 //! pipeline [`Handle`], so the writer stays the only source of `seq` and
 //! the hash chain. Errors are JSON, mapped in one place ([`error`]).
@@ -22,6 +25,8 @@ pub mod error;
 pub mod export;
 pub mod params;
 pub mod query;
+pub mod refusals;
+pub mod server;
 
 use std::sync::atomic::Ordering;
 
@@ -45,9 +50,14 @@ pub struct AdminState {
     pub store: SharedStore,
     pub events: Handle,
     pub readiness: Readiness,
-    /// Accepted bearer tokens; empty means no authentication (the listener
-    /// must then be bound to loopback, which `serve` enforces).
-    pub tokens: Vec<String>,
+    /// Accepted bearer tokens and their scopes; empty means no
+    /// authentication (the listener must then be bound to loopback, which
+    /// `serve` enforces).
+    pub tokens: std::sync::Arc<auth::TokenSet>,
+    /// Where refused calls are counted and recorded.
+    pub refusals: std::sync::Arc<refusals::RefusalLog>,
+    /// Most bytes of events in one `/api/events` page.
+    pub page_max_bytes: usize,
     /// Applied to custom events before they are stored.
     pub sanitizer: std::sync::Arc<crate::capture::sanitize::Sanitizer>,
     pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,

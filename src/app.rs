@@ -6,8 +6,8 @@
 //! 2. the proxy stops accepting and in-flight calls, streams included, get
 //!    `proxy.shutdown_grace` to finish; what remains is cut;
 //! 3. call records still being built finish;
-//! 4. the SYSTEM shutdown event is queued and the queue flushed to the
-//!    store;
+//! 4. refused admin calls still being counted are recorded, the SYSTEM
+//!    shutdown event is queued and the queue flushed to the store;
 //! 5. the admin listener stops; the process exits 0.
 
 use std::net::SocketAddr;
@@ -20,11 +20,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::auth::TokenSet;
+use crate::admin::refusals::RefusalLog;
 use crate::admin::{self, AdminState};
 use crate::capture::sanitize::Sanitizer;
 use crate::config::{self, AuditConfig, Config, StorageKind};
 use crate::event::chain::canonical_json;
 use crate::event::{EventType, NewEvent};
+use crate::listener::ConnectionCap;
 use crate::pipeline::maintenance::{self, MaintenanceConfig};
 use crate::pipeline::record::Recorder;
 use crate::pipeline::{spawn_writer, Handle, WriterConfig};
@@ -181,31 +184,33 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
 
     let shutdown = CancellationToken::new();
     let admin_stop = CancellationToken::new();
+    let refusals = Arc::new(RefusalLog::new(
+        events.clone(),
+        metrics.clone(),
+        config.admin.refusal_interval,
+    ));
+    writer_tracker.spawn(refusals.clone().run(background.clone()));
+    let pending_refusals = refusals.clone();
     let admin_state = AdminState {
         store,
         events: events.clone(),
         readiness: readiness.clone(),
-        tokens: config
-            .admin
-            .tokens
-            .iter()
-            .map(|t| t.expose().to_owned())
-            .collect(),
+        tokens: Arc::new(TokenSet::from_config(&config.admin)),
+        refusals,
+        page_max_bytes: config.admin.page_max_bytes,
         sanitizer,
-        metrics,
+        metrics: metrics.clone(),
     };
-    let admin_task = {
-        let stop = admin_stop.clone();
-        let app = admin::router(admin_state).into_make_service_with_connect_info::<SocketAddr>();
-        writer_tracker.spawn(async move {
-            let served = axum::serve(admin_listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "Admin listener failed.");
-            }
-        })
-    };
+    let admin_task = writer_tracker.spawn(admin::server::serve(
+        admin_listener,
+        admin::router(admin_state),
+        admin::server::Limits {
+            header_read_timeout: config.admin.header_read_timeout,
+            idle_timeout: config.admin.idle_timeout,
+        },
+        ConnectionCap::new(config.admin.max_connections, "admin", metrics.clone()),
+        admin_stop.clone(),
+    ));
 
     readiness.set_proxy_listening(true);
     tracing::info!(
@@ -226,6 +231,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             shutdown.clone(),
             grace,
             proxy_tracker.clone(),
+            ConnectionCap::new(config.proxy.max_connections, "proxy", metrics),
         );
         writer_tracker.spawn(async move {
             let report = proxy_task.await;
@@ -237,7 +243,9 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             // Phase 3: records of the last calls.
             calls.close();
             let _ = tokio::time::timeout(Duration::from_secs(5), calls.wait()).await;
-            // Phase 4: the shutdown event, then everything flushed.
+            // Phase 4: refusals still being counted, the shutdown event,
+            // then everything flushed.
+            pending_refusals.flush(true);
             events.offer(
                 NewEvent::new(EventType::System, "Audit proxy stopped")
                     .with_metadata(json!({"phase": "shutdown", "drained": report.drained})),

@@ -7,6 +7,7 @@
 //! pure: no I/O, no async, no clock.
 
 pub mod body;
+pub mod bounded;
 pub mod decode;
 pub mod operation;
 pub mod sanitize;

@@ -62,6 +62,10 @@ pub struct ProxyConfig {
     /// Extra PEM CA certificates trusted for the upstream, besides the
     /// built-in web roots.
     pub ca_bundle: Option<PathBuf>,
+    /// Most app connections open at once; further ones wait in the
+    /// kernel's accept queue. Separate from the admin listener's cap, so
+    /// admin load never stops app traffic.
+    pub max_connections: usize,
 }
 
 /// The upstream base URL, split for request building.
@@ -83,7 +87,38 @@ pub struct CaptureConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Tokens with both scopes (`admin.tokens`).
     pub tokens: Vec<Secret>,
+    /// Tokens that may read: query, export, verify, stats
+    /// (`admin.read_tokens`, plus `read` lines of `admin.tokens_file`).
+    pub read_tokens: Vec<Secret>,
+    /// Tokens that may post custom events, and nothing else
+    /// (`admin.write_tokens`, plus `write` lines of `admin.tokens_file`).
+    pub write_tokens: Vec<Secret>,
+    /// Most admin connections open at once; further ones wait in the
+    /// kernel's accept queue.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request head.
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes moving either way for this long is
+    /// closed.
+    pub idle_timeout: Duration,
+    /// Refused admin calls from one client within this interval are
+    /// recorded as one AUTHENTICATION event with a count.
+    pub refusal_interval: Duration,
+    /// Most bytes of events in one `/api/events` page; a page stops early
+    /// once it passes this, and `next_cursor` continues from there.
+    pub page_max_bytes: usize,
+}
+
+// === impl AdminConfig ===
+
+impl AdminConfig {
+    /// Whether any token of any scope is configured (the API then requires
+    /// one).
+    pub fn has_tokens(&self) -> bool {
+        !(self.tokens.is_empty() && self.read_tokens.is_empty() && self.write_tokens.is_empty())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -203,11 +238,19 @@ impl Config {
                 "stream_idle_timeout_secs": self.proxy.stream_idle_timeout.as_secs_f64(),
                 "shutdown_grace_secs": self.proxy.shutdown_grace.as_secs_f64(),
                 "ca_bundle": self.proxy.ca_bundle.as_ref().map(|p| p.display().to_string()),
+                "max_connections": self.proxy.max_connections,
             },
             "capture": {"max_body_bytes": self.capture.max_body_bytes},
             "admin": {
                 "listen": self.admin.listen.to_string(),
                 "tokens": self.admin.tokens.iter().map(|_| "[MASKED]").collect::<Vec<_>>(),
+                "read_tokens": self.admin.read_tokens.iter().map(|_| "[MASKED]").collect::<Vec<_>>(),
+                "write_tokens": self.admin.write_tokens.iter().map(|_| "[MASKED]").collect::<Vec<_>>(),
+                "max_connections": self.admin.max_connections,
+                "header_read_timeout_secs": self.admin.header_read_timeout.as_secs_f64(),
+                "idle_timeout_secs": self.admin.idle_timeout.as_secs_f64(),
+                "refusal_interval_secs": self.admin.refusal_interval.as_secs_f64(),
+                "page_max_bytes": self.admin.page_max_bytes,
             },
             "audit": {
                 "enabled": self.audit.enabled,

@@ -13,7 +13,8 @@
 //! (request `block`, `redact_upstream`, response `block`) run in the proxy;
 //! everything else is recorded after the fact. [`config`] loads and checks
 //! the settings, [`app`] starts and stops the parts in order, and
-//! [`telemetry`] carries diagnostics and metrics.
+//! [`telemetry`] carries diagnostics and metrics. Each [`listener`] has its
+//! own connection cap, so admin load never stops app traffic.
 
 pub mod admin;
 pub mod app;
@@ -21,6 +22,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod listener;
 pub mod offline;
 pub mod pipeline;
 pub mod policy;

@@ -7,6 +7,7 @@ pub mod client;
 pub mod forward;
 pub mod framing_guard;
 pub mod headers;
+pub mod path_guard;
 pub mod policy_guard;
 pub mod request_id;
 pub mod respond;
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::listener::ConnectionCap;
 use framing_guard::FramingGuard;
 
 pub use forward::ProxyState;
@@ -40,13 +42,15 @@ pub struct DrainReport {
 }
 
 /// Serves `listener` until `shutdown` fires, then stops accepting, lets
-/// in-flight calls finish for up to `grace`, and cuts what remains.
+/// in-flight calls finish for up to `grace`, and cuts what remains. At
+/// most `cap` connections are open at once (see [`crate::listener`]).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ProxyState>,
     shutdown: CancellationToken,
     grace: Duration,
     tracker: TaskTracker,
+    cap: ConnectionCap,
 ) -> DrainReport {
     let mut http1 = http1::Builder::new();
     http1
@@ -57,18 +61,9 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let cut = CancellationToken::new();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, slot) = tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    // Usually out of file descriptors: back off instead of
-                    // spinning.
-                    tracing::warn!(%error, "Accept failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = cap.accept(&listener) => accepted,
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
@@ -81,6 +76,8 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let (shutdown, cut) = (shutdown.clone(), cut.clone());
         tracker.spawn(async move {
+            // Held until the connection ends.
+            let _slot = slot;
             let mut io = FramingGuard::new(stream);
             let sniffed = tokio::select! {
                 sniffed = tokio::time::timeout(HEAD_READ_TIMEOUT, io.starts_with_h2_preface()) => sniffed,

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use super::auth::Scope;
 use crate::pipeline::SubmitError;
 use crate::store::StoreError;
 
@@ -26,6 +27,9 @@ pub enum AdminError {
     NoRoute,
     #[error("a valid bearer token is required")]
     Unauthorized { reason: AuthFailure },
+    /// A valid token without the scope the endpoint needs.
+    #[error("this token lacks the `{}` scope", scope.as_str())]
+    Forbidden { scope: Scope },
     #[error("store failure: {0}")]
     Store(#[from] StoreError),
     #[error("the event could not be stored: {0}")]
@@ -55,6 +59,7 @@ impl AdminError {
             AdminError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::NotFound | AdminError::NoRoute => StatusCode::NOT_FOUND,
             AdminError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            AdminError::Forbidden { .. } => StatusCode::FORBIDDEN,
             AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Submit(SubmitError::BelowLevel) => StatusCode::BAD_REQUEST,
             AdminError::Submit(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -95,6 +100,15 @@ impl IntoResponse for AdminError {
                 reason.as_str(),
                 None,
                 "a valid bearer token is required: Authorization: Bearer <token>".into(),
+            ),
+            AdminError::Forbidden { scope } => (
+                "permission_error",
+                "insufficient_scope",
+                None,
+                format!(
+                    "this token lacks the `{}` scope this endpoint needs; use a token with it",
+                    scope.as_str()
+                ),
             ),
             AdminError::Store(error) => {
                 tracing::error!(%error, "Admin request failed: the audit store failed.");

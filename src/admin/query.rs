@@ -5,14 +5,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::error::AdminError;
 use super::params::{self, Params, FILTER_PARAMS};
 use super::AdminState;
-use crate::event::{AuditEvent, EventRecord, EventType, Level, NewEvent};
-use crate::store::EventQuery;
+use crate::event::{AuditEvent, EventType, Level, NewEvent};
+use crate::store::{EventQuery, StoreError};
 
 /// The largest `POST /api/events` body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -21,31 +20,81 @@ pub const MAX_MESSAGE_CHARS: usize = 4096;
 
 const POST_FIELDS: [&str; 5] = ["event_type", "message", "metadata", "level", "request_id"];
 
-/// A `GET /api/events` body, serialised straight from the store's records.
-#[derive(Debug, Serialize)]
-pub struct Page {
-    events: Vec<EventRecord>,
-    next_cursor: Option<String>,
-}
+/// Rows read from the store at a time while a page is filled: the first
+/// read of a default page is the whole page, and a page of large events
+/// stops reading soon after its byte budget is spent.
+const PAGE_CHUNK_ROWS: usize = 100;
 
-/// `GET /api/events`: newest first, one page.
+/// `GET /api/events`: newest first, one page of at most `limit` events and
+/// about `admin.page_max_bytes` bytes. The page ends before the event that
+/// would take it past the budget (a single event larger than the budget
+/// still makes a page of its own), and `next_cursor` continues from there.
+/// Rows are read in chunks, so memory stays near the budget whatever the
+/// limit.
 pub async fn list(
     State(state): State<AdminState>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Page>, AdminError> {
+) -> Result<Response, AdminError> {
     let mut allowed = FILTER_PARAMS.to_vec();
     allowed.extend(["limit", "cursor"]);
     let params = Params::parse(raw.as_deref(), &allowed)?;
-    let query = EventQuery {
-        filter: params.filter()?,
-        limit: params.limit()?,
-        before_seq: params.cursor()?,
+    let filter = params.filter()?;
+    let mut remaining = params.limit()?;
+    let mut before_seq = params.cursor()?;
+    let budget = state.page_max_bytes;
+    let mut events: Vec<u8> = Vec::new();
+    let mut count = 0usize;
+    let next_cursor = 'fill: loop {
+        // Sized so one chunk of rows like the ones seen so far fits the
+        // budget left.
+        let chunk = match count {
+            0 => remaining.min(PAGE_CHUNK_ROWS),
+            n => {
+                let average = (events.len() / n).max(1);
+                let room = budget.saturating_sub(events.len()) / average;
+                remaining.min(room.clamp(1, PAGE_CHUNK_ROWS * 10))
+            }
+        };
+        let page = state
+            .store
+            .query_records(&EventQuery {
+                filter: filter.clone(),
+                limit: chunk,
+                before_seq,
+            })
+            .await?;
+        for record in page.events {
+            let json = serde_json::to_vec(&record).map_err(|e| {
+                StoreError::Corrupt(format!("event {} does not serialise: {e}", record.seq))
+            })?;
+            if count > 0 && events.len() + json.len() > budget {
+                break 'fill before_seq;
+            }
+            if count > 0 {
+                events.push(b',');
+            }
+            events.extend_from_slice(&json);
+            count += 1;
+            remaining -= 1;
+            before_seq = Some(record.seq);
+        }
+        match page.next_before_seq {
+            Some(next) if remaining > 0 => before_seq = Some(next),
+            next => break 'fill next,
+        }
     };
-    let page = state.store.query_records(&query).await?;
-    Ok(Json(Page {
-        events: page.events,
-        next_cursor: page.next_before_seq.map(params::encode_cursor),
-    }))
+    let mut body = Vec::with_capacity(events.len() + 64);
+    body.extend_from_slice(b"{\"events\":[");
+    body.extend_from_slice(&events);
+    body.extend_from_slice(b"],\"next_cursor\":");
+    let cursor = next_cursor.map(params::encode_cursor);
+    body.extend_from_slice(
+        serde_json::to_string(&cursor)
+            .map_err(|e| StoreError::Other(e.to_string()))?
+            .as_bytes(),
+    );
+    body.push(b'}');
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// `GET /api/events/{id}`.

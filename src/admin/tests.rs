@@ -24,6 +24,7 @@ use crate::store::{
 struct Harness {
     app: Router,
     events: Handle,
+    refusals: Arc<super::refusals::RefusalLog>,
     readiness: Readiness,
     seeded: Vec<AuditEvent>,
     _tracker: TaskTracker,
@@ -37,6 +38,17 @@ async fn harness(tokens: &[&str]) -> Harness {
 }
 
 async fn harness_with(store: SharedStore, tokens: &[&str], seeded: Vec<AuditEvent>) -> Harness {
+    harness_full(store, tokens, seeded, 8 * 1024 * 1024).await
+}
+
+/// With `tokens` (both scopes), the API also accepts `read-only-token` and
+/// `write-only-token` with one scope each.
+async fn harness_full(
+    store: SharedStore,
+    tokens: &[&str],
+    seeded: Vec<AuditEvent>,
+    page_max_bytes: usize,
+) -> Harness {
     let tracker = TaskTracker::new();
     let cfg = WriterConfig {
         enabled: true,
@@ -51,19 +63,36 @@ async fn harness_with(store: SharedStore, tokens: &[&str], seeded: Vec<AuditEven
     let (events, health) = spawn_writer(store.clone(), cfg, &tracker).await.unwrap();
     let readiness = Readiness::new(health);
     readiness.set_proxy_listening(true);
+    let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(
+        events.stats().clone(),
+    ));
+    let refusals = Arc::new(super::refusals::RefusalLog::new(
+        events.clone(),
+        metrics.clone(),
+        Duration::from_secs(3600),
+    ));
     let app = router(AdminState {
         store,
         events: events.clone(),
         readiness: readiness.clone(),
-        tokens: tokens.iter().map(|t| (*t).to_owned()).collect(),
+        tokens: Arc::new(if tokens.is_empty() {
+            super::auth::TokenSet::default()
+        } else {
+            super::auth::TokenSet::new(
+                tokens.iter().copied(),
+                ["read-only-token"],
+                ["write-only-token"],
+            )
+        }),
+        refusals: refusals.clone(),
+        page_max_bytes,
         sanitizer: std::sync::Arc::new(crate::capture::sanitize::Sanitizer::baseline()),
-        metrics: std::sync::Arc::new(crate::telemetry::metrics::Metrics::new(
-            events.stats().clone(),
-        )),
+        metrics,
     });
     Harness {
         app,
         events,
+        refusals,
         readiness,
         seeded,
         _tracker: tracker,
@@ -108,6 +137,20 @@ impl Harness {
             headers,
             body,
         }
+    }
+
+    /// The stored AUTHENTICATION events, newest first.
+    async fn authentication_events(&self) -> Vec<Value> {
+        self.events.flush().await;
+        let r = self
+            .send(
+                Method::GET,
+                "/api/events?event_type=AUTHENTICATION&limit=100",
+                Some("Bearer read-only-token"),
+                Body::empty(),
+            )
+            .await;
+        r.json()["events"].as_array().unwrap().clone()
     }
 
     async fn get(&self, uri: &str) -> Reply {
@@ -584,29 +627,159 @@ async fn api_requires_a_configured_token_and_records_refusals() {
     assert_eq!(h.get("/healthz").await.status, StatusCode::OK);
     assert_eq!(h.get("/readyz").await.status, StatusCode::OK);
 
-    h.events.flush().await;
+    // The first refusal from a client is recorded at once; the other 16
+    // are summed into one event when the interval closes (here: flushed).
+    let refused = h.authentication_events().await;
+    assert_eq!(refused.len(), 1);
+    let first = &refused[0];
+    assert_eq!(first["level"], "WARNING");
+    assert_eq!(
+        first["metadata"],
+        json!({"method": "GET", "path": "/api/events", "reason": "missing_token", "count": 1})
+    );
+    h.refusals.flush(true);
+    let refused = h.authentication_events().await;
+    assert_eq!(refused.len(), 2);
+    let text = Value::Array(refused.clone()).to_string();
+    assert!(!text.contains("wrong") && !text.contains("s3cret"));
+    let summary = &refused[0]["metadata"];
+    assert_eq!(summary["count"], 16);
+    assert_eq!(summary["reasons"]["invalid_token"], 12);
+    assert_eq!(summary["reasons"]["missing_token"], 4);
+    assert_eq!(summary["last_path"], "/api/events");
+    assert_eq!(summary["collapsed"], true);
+}
+
+#[tokio::test]
+async fn tokens_carry_read_and_write_scopes() {
+    let h = harness(&["s3cret-both-scopes"]).await;
+    let custom = || Body::from(json!({"event_type": "CUSTOM", "message": "m"}).to_string());
+    // A read token reads, and may not post.
+    for path in ["/api/events", "/api/export", "/api/stats", "/api/verify"] {
+        let r = h
+            .send(
+                Method::GET,
+                path,
+                Some("Bearer read-only-token"),
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+    }
+    let r = h
+        .send(
+            Method::POST,
+            "/api/events",
+            Some("Bearer read-only-token"),
+            custom(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let error = &r.json()["error"];
+    assert_eq!(error["type"], "permission_error");
+    assert_eq!(error["code"], "insufficient_scope");
+    assert!(error["message"].as_str().unwrap().contains("`write` scope"));
+    // A write token posts, and may not read.
+    let r = h
+        .send(
+            Method::POST,
+            "/api/events",
+            Some("Bearer write-only-token"),
+            custom(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
     let r = h
         .send(
             Method::GET,
-            "/api/events?event_type=AUTHENTICATION&limit=100",
-            Some("Bearer s3cret-one"),
+            "/api/events",
+            Some("Bearer write-only-token"),
             Body::empty(),
         )
         .await;
-    let refused = r.json()["events"].as_array().unwrap().clone();
-    assert_eq!(refused.len(), 17);
-    let text = Value::Array(refused.clone()).to_string();
-    assert!(!text.contains("wrong") && !text.contains("s3cret"));
-    let oldest = &refused[refused.len() - 1];
-    assert_eq!(oldest["level"], "WARNING");
-    assert_eq!(
-        oldest["metadata"],
-        json!({"method": "GET", "path": "/api/events", "reason": "missing_token"})
-    );
-    assert_eq!(refused[0]["metadata"]["method"], "POST");
-    assert!(refused
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`read` scope"));
+    // The plain token has both.
+    let r = h
+        .send(
+            Method::POST,
+            "/api/events",
+            Some("Bearer s3cret-both-scopes"),
+            custom(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    // Both refusals were recorded, as insufficient_scope.
+    h.refusals.flush(true);
+    let refused = h.authentication_events().await;
+    let count: u64 = refused
         .iter()
-        .any(|e| e["metadata"]["reason"] == "invalid_token"));
+        .map(|e| e["metadata"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(count, 2);
+    assert_eq!(
+        refused.last().unwrap()["metadata"]["reason"],
+        "insufficient_scope"
+    );
+}
+
+#[tokio::test]
+async fn pages_stop_at_their_byte_budget_and_continue_by_cursor() {
+    let store = Arc::new(MemoryStore::new(10_000));
+    let seeded = sample_events();
+    store.append_batch(seeded.clone().into()).await.unwrap();
+    let budget = 32 * 1024;
+    let h = harness_full(store, &[], seeded.clone(), budget).await;
+    let big = "x".repeat(8 * 1024);
+    for i in 0..10 {
+        h.post(
+            json!({"event_type": "BIG", "message": format!("big {i}"), "metadata": {"blob": big}}),
+        )
+        .await;
+    }
+    h.events.flush().await;
+    let mut cursor: Option<String> = None;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let uri = match &cursor {
+            Some(c) => format!("/api/events?limit=10000&cursor={c}"),
+            None => "/api/events?limit=10000".to_owned(),
+        };
+        let r = h.get(&uri).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(
+            r.body.len() <= budget + 256,
+            "page of {} bytes",
+            r.body.len()
+        );
+        let page = r.json();
+        pages += 1;
+        for e in page["events"].as_array().unwrap() {
+            seen.push(e["seq"].as_i64().unwrap());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert!(pages >= 3, "ten 8 KiB events need several 32 KiB pages");
+    assert_eq!(seen.len(), seeded.len() + 10, "every event once");
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "newest first, no repeats"
+    );
+    // One event larger than the budget still makes a page of its own.
+    let huge = "y".repeat(25 * 1024);
+    h.post(json!({"event_type": "HUGE", "message": "m", "metadata": {"blob": huge, "more": huge}}))
+        .await;
+    h.events.flush().await;
+    let page = h.get("/api/events?limit=5").await.json();
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    assert!(page["next_cursor"].is_string());
 }
 
 /// A store whose reads fail, and whose export fails after one event.

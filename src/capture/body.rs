@@ -6,7 +6,9 @@
 //! described (name, type, size) rather than copied. The caller sanitises the
 //! result.
 
+use memchr::memmem;
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 
 /// Multipart text fields up to this size are stored with their text
 /// (prompts, model names); larger ones and files only by size.
@@ -14,6 +16,13 @@ pub const MAX_FIELD_TEXT: usize = 16 * 1024;
 
 /// At most this many multipart parts are described.
 pub const MAX_PARTS: usize = 1000;
+
+/// Characters of printable preview in a [`binary_summary`].
+pub const PREVIEW_CHARS: usize = 64;
+
+/// A body with more than one control character in this many bytes is
+/// stored as a [`binary_summary`], not as escaped text.
+const CONTROL_HEAVY_RATIO: usize = 16;
 
 /// Media types whose bodies are binary however they happen to decode.
 const BINARY_PREFIXES: &[&str] = &["image/", "audio/", "video/", "font/", "model/"];
@@ -40,7 +49,8 @@ const BINARY_TYPES: &[&str] = &[
 ///   part cut short also says `"truncated": true`
 /// - other text: a string (invalid UTF-8 replaced; a sequence cut by
 ///   truncation dropped)
-/// - anything else: `{"binary": true, "content_type", "bytes"}`
+/// - anything else, and text where control characters (other than tab, CR
+///   and LF) are more than one byte in sixteen: a [`binary_summary`]
 pub fn body_to_value(bytes: &[u8], content_type: Option<&str>, truncated: bool) -> Value {
     if bytes.is_empty() {
         return Value::Null;
@@ -59,7 +69,7 @@ pub fn body_to_value(bytes: &[u8], content_type: Option<&str>, truncated: bool) 
             return v;
         }
     }
-    if !binary_type {
+    if !binary_type && !is_control_heavy(bytes) {
         if let Some(text) = utf8_text(bytes, truncated) {
             if is_text_type(essence) || !text.contains('\0') {
                 return Value::String(text.to_owned());
@@ -68,11 +78,46 @@ pub fn body_to_value(bytes: &[u8], content_type: Option<&str>, truncated: bool) 
             return Value::String(lossy_text(bytes, truncated));
         }
     }
+    binary_summary(bytes, content_type)
+}
+
+/// The description stored for a body kept only as evidence that it passed:
+/// `{"binary": true, "content_type", "bytes", "sha256", "preview"}`. The
+/// digest is of the decoded bytes captured (a prefix when the body was
+/// truncated), so a copy of the payload held elsewhere can be matched to
+/// the record; the preview is the first [`PREVIEW_CHARS`] printable ASCII
+/// characters, others shown as `.`.
+pub fn binary_summary(bytes: &[u8], content_type: Option<&str>) -> Value {
+    let preview: String = bytes
+        .iter()
+        .take(PREVIEW_CHARS)
+        .map(|&b| {
+            if b == b' ' || b.is_ascii_graphic() {
+                char::from(b)
+            } else {
+                '.'
+            }
+        })
+        .collect();
     json!({
         "binary": true,
         "content_type": content_type.map(str::trim),
         "bytes": bytes.len(),
+        "sha256": hex::encode(Sha256::digest(bytes)),
+        "preview": preview,
     })
+}
+
+/// Whether storing `bytes` as a JSON string would mostly store escapes:
+/// each control character other than tab, CR and LF is written as
+/// `\u00XX`, six bytes for one, so a NUL-filled body would grow sixfold in
+/// the store. Such bodies are described by [`binary_summary`] instead.
+fn is_control_heavy(bytes: &[u8]) -> bool {
+    let controls = bytes
+        .iter()
+        .filter(|&&b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f)
+        .count();
+    controls.saturating_mul(CONTROL_HEAVY_RATIO) > bytes.len()
 }
 
 /// Whether [`body_to_value`] reads `bytes` as JSON when they parse, so a
@@ -247,15 +292,16 @@ fn unquote(value: &str) -> String {
     }
 }
 
+/// Where `needle` next occurs in `haystack` at or after `from`. Linear in
+/// the haystack whatever the needle's length (memchr's two-way search), so
+/// a hostile boundary hundreds of KiB long costs no more than a short one.
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    if needle.is_empty() {
-        return (from <= haystack.len()).then_some(from);
-    }
-    haystack
-        .get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|i| i + from)
+    find_with(&memmem::Finder::new(needle), haystack, from)
+}
+
+/// As [`find`], with a needle prepared once for repeated searches.
+fn find_with(finder: &memmem::Finder<'_>, haystack: &[u8], from: usize) -> Option<usize> {
+    finder.find(haystack.get(from..)?).map(|i| i + from)
 }
 
 /// Describes the parts of a `multipart/*` body (RFC 7578). Lenient about
@@ -264,8 +310,9 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 fn multipart(body: &[u8], boundary: &str) -> Value {
     let delimiter = format!("--{boundary}");
     let delimiter = delimiter.as_bytes();
+    let finder = memmem::Finder::new(delimiter);
     let mut parts = Vec::new();
-    let mut pos = match find(body, delimiter, 0) {
+    let mut pos = match find_with(&finder, body, 0) {
         Some(p) => p,
         None => return json!({ "multipart": parts }),
     };
@@ -279,13 +326,17 @@ fn multipart(body: &[u8], boundary: &str) -> Value {
             break;
         };
         let header_start = eol + 1;
+        // A part's headers end before the next delimiter, so each search
+        // below stays inside one part and the whole walk stays linear.
+        let next = find_with(&finder, body, header_start);
+        let part = &body[..next.unwrap_or(body.len())];
         let (headers, content_start) = if body[header_start..].starts_with(b"\r\n") {
             (&body[header_start..header_start], header_start + 2)
         } else if body[header_start..].starts_with(b"\n") {
             (&body[header_start..header_start], header_start + 1)
         } else {
-            let crlf = find(body, b"\r\n\r\n", header_start).map(|i| (i, 4));
-            let lf = find(body, b"\n\n", header_start).map(|i| (i, 2));
+            let crlf = find(part, b"\r\n\r\n", header_start).map(|i| (i, 4));
+            let lf = find(part, b"\n\n", header_start).map(|i| (i, 2));
             let end = match (crlf, lf) {
                 (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
                 (a, b) => a.or(b),
@@ -295,7 +346,6 @@ fn multipart(body: &[u8], boundary: &str) -> Value {
             };
             (&body[header_start..end], end + len)
         };
-        let next = find(body, delimiter, content_start);
         let (content, complete) = match next {
             Some(d) => {
                 // The line break before a delimiter belongs to it.

@@ -38,7 +38,24 @@ pub struct Captured {
     pub end: BodyEnd,
     pub first_byte_at: Option<Instant>,
     pub ended_at: Instant,
+    /// An event stream's terminal event (`data: [DONE]`, or a Responses
+    /// API `response.completed`, `.incomplete` or `.failed`) passed after
+    /// the capture was full, where the record cannot see it.
+    pub terminal_past_cap: bool,
 }
+
+/// Event-stream markers of a stream's end, looked for in the bytes that
+/// pass after the capture is full.
+const TERMINAL_MARKERS: [&[u8]; 4] = [
+    b"data: [DONE]",
+    b"response.completed\"",
+    b"response.incomplete\"",
+    b"response.failed\"",
+];
+
+/// Bytes kept from the end of one chunk past the cap, so a marker split
+/// across two chunks is still found.
+const MARKER_CARRY: usize = 32;
 
 /// The error text of a body that upstream left idle too long, so records
 /// can tell a timeout from other failures.
@@ -57,6 +74,9 @@ pub struct Capture {
     /// Dropped when the first byte passes (or with the capture), which
     /// wakes whoever waits for the body to begin.
     on_first_byte: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The last bytes seen past the cap (at most [`MARKER_CARRY`]).
+    carry: Vec<u8>,
+    terminal_past_cap: bool,
 }
 
 pin_project! {
@@ -96,6 +116,8 @@ impl Capture {
             first_byte_at: None,
             on_done: Some(on_done),
             on_first_byte: None,
+            carry: Vec::new(),
+            terminal_past_cap: false,
         }
     }
 
@@ -117,7 +139,40 @@ impl Capture {
         let room = self.cap.saturating_sub(self.buf.len());
         if room > 0 {
             self.buf.extend_from_slice(&data[..data.len().min(room)]);
+            if data.len() > room {
+                // A marker may straddle the cap.
+                let kept = self.buf.len().saturating_sub(MARKER_CARRY);
+                self.carry.extend_from_slice(&self.buf[kept..]);
+            }
         }
+        if data.len() > room {
+            self.watch_past_cap(&data[room..]);
+        }
+    }
+
+    /// Looks for a terminal event in bytes the capture does not keep, so a
+    /// stream longer than the cap that the app leaves after its end is
+    /// still known to be complete. Costs nothing below the cap.
+    fn watch_past_cap(&mut self, beyond: &[u8]) {
+        let head = &beyond[..beyond.len().min(MARKER_CARRY)];
+        self.carry.extend_from_slice(head);
+        let found = |hay: &[u8]| {
+            TERMINAL_MARKERS
+                .iter()
+                .any(|m| memchr::memmem::find(hay, m).is_some())
+        };
+        if found(&self.carry) || found(beyond) {
+            self.terminal_past_cap = true;
+        }
+        let tail_from = beyond.len().saturating_sub(MARKER_CARRY);
+        if beyond.len() > MARKER_CARRY {
+            self.carry.clear();
+        } else {
+            let excess = self.carry.len().saturating_sub(MARKER_CARRY);
+            self.carry.drain(..excess);
+            return;
+        }
+        self.carry.extend_from_slice(&beyond[tail_from..]);
     }
 
     pub fn total(&self) -> u64 {
@@ -139,6 +194,7 @@ impl Capture {
                 end,
                 first_byte_at: self.first_byte_at,
                 ended_at: Instant::now(),
+                terminal_past_cap: self.terminal_past_cap,
             });
         }
     }
@@ -162,8 +218,24 @@ impl Drop for Capture {
                 end: BodyEnd::Dropped,
                 first_byte_at: self.first_byte_at,
                 ended_at: Instant::now(),
+                terminal_past_cap: self.terminal_past_cap,
             });
         }
+    }
+}
+
+// === impl Captured ===
+
+impl Captured {
+    /// Whether an event stream's terminal event passed (`data: [DONE]`, or
+    /// a Responses API `response.completed`, `.incomplete` or `.failed`),
+    /// in the captured bytes or after them. Searches the capture, so meant
+    /// for the rare body that did not end normally.
+    pub fn saw_terminal_event(&self) -> bool {
+        self.terminal_past_cap
+            || TERMINAL_MARKERS
+                .iter()
+                .any(|m| memchr::memmem::find(&self.bytes, m).is_some())
     }
 }
 
@@ -306,6 +378,31 @@ mod tests {
         let c = slot.lock().unwrap().take().unwrap();
         assert_eq!(c.end, BodyEnd::Dropped);
         assert_eq!(&c.bytes[..], b"a");
+    }
+
+    #[tokio::test]
+    async fn terminal_events_past_the_cap_are_noticed() {
+        let chunk = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+        for (chunks, terminal) in [
+            (vec![Ok(chunk), Ok(chunk), Ok("data: [DONE]\n\n")], true),
+            // Split across chunks, and across the cap.
+            (vec![Ok(chunk), Ok("data: [DO"), Ok("NE]\n\n")], true),
+            (vec![Ok("data: [DONE]\n\n")], false),
+            (
+                vec![
+                    Ok(chunk),
+                    Ok("event: response.completed\ndata: {\"type\":\"response.completed\"}\n\n"),
+                ],
+                true,
+            ),
+            (vec![Ok(chunk), Ok(chunk), Ok(chunk)], false),
+        ] {
+            let cap = if terminal { chunk.len() - 4 } else { 64 };
+            let (body, slot) = tee_of(chunks.clone(), cap);
+            let _ = drain(body).await;
+            let c = slot.lock().unwrap().take().unwrap();
+            assert_eq!(c.terminal_past_cap, terminal, "{chunks:?}");
+        }
     }
 
     #[test]

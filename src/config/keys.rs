@@ -40,6 +40,11 @@ pub const PROXY_SHUTDOWN_GRACE: Key = key(
     Some("--shutdown-grace"),
 );
 pub const PROXY_CA_BUNDLE: Key = key("proxy.ca_bundle", "LLM_AUDIT_PROXY_CA_BUNDLE", None);
+pub const PROXY_MAX_CONNECTIONS: Key = key(
+    "proxy.max_connections",
+    "LLM_AUDIT_PROXY_MAX_CONNECTIONS",
+    None,
+);
 pub const CAPTURE_MAX_BODY_BYTES: Key = key(
     "capture.max_body_bytes",
     "LLM_AUDIT_PROXY_CAPTURE_MAX_BODY_BYTES",
@@ -54,6 +59,46 @@ pub const ADMIN_TOKENS: Key = key(
     "admin.tokens",
     "LLM_AUDIT_PROXY_ADMIN_TOKEN",
     Some("--admin-token"),
+);
+pub const ADMIN_READ_TOKENS: Key = key(
+    "admin.read_tokens",
+    "LLM_AUDIT_PROXY_ADMIN_READ_TOKENS",
+    None,
+);
+pub const ADMIN_WRITE_TOKENS: Key = key(
+    "admin.write_tokens",
+    "LLM_AUDIT_PROXY_ADMIN_WRITE_TOKENS",
+    None,
+);
+pub const ADMIN_TOKENS_FILE: Key = key(
+    "admin.tokens_file",
+    "LLM_AUDIT_PROXY_ADMIN_TOKENS_FILE",
+    None,
+);
+pub const ADMIN_MAX_CONNECTIONS: Key = key(
+    "admin.max_connections",
+    "LLM_AUDIT_PROXY_ADMIN_MAX_CONNECTIONS",
+    None,
+);
+pub const ADMIN_HEADER_READ_TIMEOUT: Key = key(
+    "admin.header_read_timeout_secs",
+    "LLM_AUDIT_PROXY_ADMIN_HEADER_READ_TIMEOUT",
+    None,
+);
+pub const ADMIN_IDLE_TIMEOUT: Key = key(
+    "admin.idle_timeout_secs",
+    "LLM_AUDIT_PROXY_ADMIN_IDLE_TIMEOUT",
+    None,
+);
+pub const ADMIN_REFUSAL_INTERVAL: Key = key(
+    "admin.refusal_interval_secs",
+    "LLM_AUDIT_PROXY_ADMIN_REFUSAL_INTERVAL",
+    None,
+);
+pub const ADMIN_PAGE_MAX_BYTES: Key = key(
+    "admin.page_max_bytes",
+    "LLM_AUDIT_PROXY_ADMIN_PAGE_MAX_BYTES",
+    None,
 );
 pub const AUDIT_ENABLED: Key = key("audit.enabled", "LLM_AUDIT_PROXY_AUDIT_ENABLED", None);
 pub const AUDIT_LOG_LEVEL: Key = key(
@@ -121,9 +166,18 @@ pub const ALL: &[Key] = &[
     PROXY_STREAM_IDLE_TIMEOUT,
     PROXY_SHUTDOWN_GRACE,
     PROXY_CA_BUNDLE,
+    PROXY_MAX_CONNECTIONS,
     CAPTURE_MAX_BODY_BYTES,
     ADMIN_LISTEN,
     ADMIN_TOKENS,
+    ADMIN_READ_TOKENS,
+    ADMIN_WRITE_TOKENS,
+    ADMIN_TOKENS_FILE,
+    ADMIN_MAX_CONNECTIONS,
+    ADMIN_HEADER_READ_TIMEOUT,
+    ADMIN_IDLE_TIMEOUT,
+    ADMIN_REFUSAL_INTERVAL,
+    ADMIN_PAGE_MAX_BYTES,
     AUDIT_ENABLED,
     AUDIT_LOG_LEVEL,
     AUDIT_STORAGE,

@@ -64,16 +64,47 @@ pub(super) fn load(
             parse_secs,
         ),
         ca_bundle: l.get(keys::PROXY_CA_BUNDLE, None, parse_ca_bundle),
+        max_connections: l.get(keys::PROXY_MAX_CONNECTIONS, 4096, |r| {
+            parse_int(r, 1, 1_000_000).map(|n| n as usize)
+        }),
     };
     let capture = CaptureConfig {
         max_body_bytes: l.get(keys::CAPTURE_MAX_BODY_BYTES, 1024 * 1024, |r| {
             parse_int(r, 0, 256 * 1024 * 1024).map(|n| n as usize)
         }),
     };
-    let admin = AdminConfig {
+    let file_tokens = l.get(keys::ADMIN_TOKENS_FILE, ScopedTokens::default(), |r| {
+        parse_tokens_file(&parse_string(r)?)
+    });
+    let mut admin = AdminConfig {
         listen: l.get(keys::ADMIN_LISTEN, default_addr(9090), parse_addr),
         tokens: l.get(keys::ADMIN_TOKENS, Vec::new(), parse_tokens),
+        read_tokens: l.get(keys::ADMIN_READ_TOKENS, Vec::new(), parse_tokens),
+        write_tokens: l.get(keys::ADMIN_WRITE_TOKENS, Vec::new(), parse_tokens),
+        max_connections: l.get(keys::ADMIN_MAX_CONNECTIONS, 64, |r| {
+            parse_int(r, 1, 100_000).map(|n| n as usize)
+        }),
+        header_read_timeout: l.get(
+            keys::ADMIN_HEADER_READ_TIMEOUT,
+            Duration::from_secs(10),
+            parse_secs,
+        ),
+        idle_timeout: l.get(
+            keys::ADMIN_IDLE_TIMEOUT,
+            Duration::from_secs(60),
+            parse_secs,
+        ),
+        refusal_interval: l.get(
+            keys::ADMIN_REFUSAL_INTERVAL,
+            Duration::from_secs(60),
+            parse_secs,
+        ),
+        page_max_bytes: l.get(keys::ADMIN_PAGE_MAX_BYTES, 8 * 1024 * 1024, |r| {
+            parse_int(r, 64 * 1024, 1024 * 1024 * 1024).map(|n| n as usize)
+        }),
     };
+    admin.read_tokens.extend(file_tokens.read);
+    admin.write_tokens.extend(file_tokens.write);
     let audit = AuditConfig {
         enabled: l.get(keys::AUDIT_ENABLED, true, parse_bool),
         log_level: l.get(keys::AUDIT_LOG_LEVEL, Level::Info, |r| {
@@ -153,7 +184,7 @@ pub(super) fn load(
 
     let policies = l.policies();
 
-    if admin.tokens.is_empty() && !admin.listen.ip().is_loopback() {
+    if !admin.has_tokens() && !admin.listen.ip().is_loopback() {
         let origin = l.origin_of(keys::ADMIN_LISTEN);
         l.errors.push(ConfigError {
             key: keys::ADMIN_LISTEN.name.to_owned(),
@@ -496,6 +527,55 @@ fn parse_tokens(raw: &Raw) -> Result<Vec<Secret>, String> {
         ));
     }
     Ok(list.into_iter().map(Secret::new).collect())
+}
+
+/// Tokens read from `admin.tokens_file`, by scope.
+#[derive(Default)]
+struct ScopedTokens {
+    read: Vec<Secret>,
+    write: Vec<Secret>,
+}
+
+/// Reads a tokens file: one `<scopes> <token>` per line, scopes being
+/// `read`, `write` or `read,write`; blank lines and `#` comments skipped.
+/// Errors name the line, never the token.
+fn parse_tokens_file(path: &str) -> Result<ScopedTokens, String> {
+    if path.is_empty() {
+        return Ok(ScopedTokens::default());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path} cannot be read: {e}"))?;
+    let mut tokens = ScopedTokens::default();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line_no = n + 1;
+        let Some((scopes, token)) = line.split_once(char::is_whitespace) else {
+            return Err(format!(
+                "{path} line {line_no}: expected `<scopes> <token>`, scopes read, write or read,write"
+            ));
+        };
+        let token = token.trim();
+        if token.len() < 16 {
+            return Err(format!(
+                "{path} line {line_no}: each token must be at least 16 characters (this one has {})",
+                token.len()
+            ));
+        }
+        for scope in scopes.split(',') {
+            match scope.trim() {
+                "read" => tokens.read.push(Secret::new(token)),
+                "write" => tokens.write.push(Secret::new(token)),
+                other => {
+                    return Err(format!(
+                    "{path} line {line_no}: unknown scope {other:?}; use read, write or read,write"
+                ))
+                }
+            }
+        }
+    }
+    Ok(tokens)
 }
 
 fn parse_string_list(raw: &Raw) -> Result<Vec<String>, String> {

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use super::builder::RecordBuilder;
 use super::Handle;
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
+use crate::capture::bounded::bound_serialised;
 use crate::capture::decode::decode;
 use crate::capture::operation::Operation;
 use crate::capture::sanitize::{headers_to_value, stored_path, Sanitizer};
@@ -51,9 +52,12 @@ pub struct Recorder {
     handle: Handle,
     sanitizer: Arc<Sanitizer>,
     tracker: TaskTracker,
-    /// Most bytes a captured body may decode to (guards against
-    /// compression bombs).
+    /// Most bytes a captured body may decode to: the capture cap, so a
+    /// compression bomb stores no more than a plain body would.
     max_decoded_bytes: usize,
+    /// Most bytes of JSON a stored `request_data` or `response_data` may
+    /// take (see [`stored_body_limit`]).
+    stored_body_limit: usize,
     metrics: Arc<Metrics>,
     /// Record COMPLIANCE_CHECK events for passed policies.
     record_compliance_checks: bool,
@@ -82,6 +86,9 @@ pub struct CallInfo {
 pub enum Failure {
     Unreachable,
     Timeout,
+    /// The app's request body broke off while it was being read (or
+    /// streamed on), so there was nothing whole to send.
+    ClientBody,
 }
 
 /// How the response side of a call ended.
@@ -139,6 +146,16 @@ pub struct RequestPrescan {
     pub text_clean: bool,
 }
 
+/// A captured body as the record reads it.
+struct Interpreted {
+    value: Value,
+    /// Incomplete: capture or decoding hit a limit.
+    truncated: bool,
+    /// An event stream that reached its end (`[DONE]`, a terminal
+    /// Responses API event, or every choice finished).
+    stream_complete: bool,
+}
+
 /// What was learnt from the request that the RESPONSE needs too.
 #[derive(Default)]
 struct RequestFacts {
@@ -166,7 +183,8 @@ impl Recorder {
             metrics,
             cut_at_shutdown,
             record_compliance_checks,
-            max_decoded_bytes: capture_cap.saturating_mul(8).max(1024 * 1024),
+            max_decoded_bytes: capture_cap,
+            stored_body_limit: stored_body_limit(capture_cap),
         }
     }
 
@@ -202,6 +220,12 @@ impl Recorder {
         resp_rx: oneshot::Receiver<ResponseOutcome>,
     ) {
         let request = req_rx.await.ok();
+        // Why the request body broke off, if it did: then a failed
+        // upstream call is the client's doing, not upstream's.
+        let request_broke = request.as_ref().and_then(|c| match &c.end {
+            BodyEnd::Error(e) => Some(e.clone()),
+            _ => None,
+        });
         // Building the REQUEST is CPU work the call does not wait for. Done
         // while a fast upstream is answering, it competes for the same
         // cores as the forwarding and shows up in the app's time to first
@@ -226,7 +250,8 @@ impl Recorder {
         let facts = facts.unwrap_or_default();
         let outcome = resp_rx
             .await
-            .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() });
+            .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() })
+            .blaming_client_body(request_broke);
         if outcome.was_streamed() {
             // A streamed answer's RESPONSE is the dearest record to build
             // (every chunk is parsed and folded), and a chat client sends
@@ -330,6 +355,7 @@ impl Recorder {
                 .as_deref()
                 .map(|d| self.stored_text(d, Direction::Request));
         }
+        let (data, cut) = self.bound_body(data, captured, &info.headers);
         let path = stored_path(&info.path_and_query, &self.sanitizer);
         let operation = self.stored_operation(info);
         let mut meta = Map::new();
@@ -349,7 +375,7 @@ impl Recorder {
         );
         meta.insert("request_data".into(), data);
         meta.insert("body_bytes".into(), json!(body_bytes));
-        meta.insert("truncated".into(), json!(truncated));
+        meta.insert("truncated".into(), json!(truncated || cut));
         if let Some(end) = captured
             .map(|c| &c.end)
             .filter(|e| **e != BodyEnd::Complete)
@@ -396,6 +422,11 @@ impl Recorder {
                 Failure::Timeout => (
                     "upstream_timeout",
                     "Upstream sent no response headers in time",
+                    detail.clone(),
+                ),
+                Failure::ClientBody => (
+                    "client_body_error",
+                    "The client's request body broke off before its end",
                     detail.clone(),
                 ),
             },
@@ -454,8 +485,11 @@ impl Recorder {
                 blocked_by,
             } => {
                 let is_sse = sse::is_event_stream(header_str(&headers, "content-type"));
-                let (mut data, truncated) =
-                    self.interpret(&headers, &body, is_sse, &info.operation.name);
+                let Interpreted {
+                    value: mut data,
+                    truncated,
+                    stream_complete,
+                } = self.interpret(&headers, &body, is_sse, &info.operation.name);
                 let summary = summarize(&info.operation.name, &data);
                 self.count_tokens(
                     summary.model.as_deref().or(facts.model.as_deref()),
@@ -466,6 +500,7 @@ impl Recorder {
                     .policies()
                     .inspect(&mut data, Direction::Response)
                     .scan;
+                let (data, cut) = self.bound_body(data, Some(&body), &headers);
                 status = Some(s.as_u16());
                 if let Some(verdict) = &blocked_by {
                     meta.insert("blocked_by".into(), json!(verdict.policy_name));
@@ -484,6 +519,10 @@ impl Recorder {
                 outcome_label = match &body.end {
                     _ if blocked_by.is_some() => "blocked",
                     BodyEnd::Complete => "completed",
+                    // The app had the whole answer (`[DONE]` or a terminal
+                    // Responses API event passed) and closed before the
+                    // body's formal end, as SDKs may: nothing was missed.
+                    BodyEnd::Dropped if stream_complete => "completed",
                     BodyEnd::Error(e) if is_idle_timeout(e) => "timeout",
                     BodyEnd::Error(_) => "upstream_error",
                     BodyEnd::Dropped if self.was_cut() => "shutdown",
@@ -512,7 +551,7 @@ impl Recorder {
                 );
                 meta.insert("response_data".into(), data);
                 meta.insert("body_bytes".into(), json!(body.total_bytes));
-                meta.insert("truncated".into(), json!(truncated));
+                meta.insert("truncated".into(), json!(truncated || cut));
             }
             ResponseOutcome::Failed {
                 failure,
@@ -524,6 +563,7 @@ impl Recorder {
                 outcome_label = match failure {
                     Failure::Unreachable => "upstream_error",
                     Failure::Timeout => "timeout",
+                    Failure::ClientBody => "client_aborted",
                 };
                 model = facts.model.clone();
                 no_upstream_answer(&mut meta, round_ms(ms(at)));
@@ -579,6 +619,30 @@ impl Recorder {
             .into_owned()
     }
 
+    /// Keeps a stored body value within the stored-body limit. Measuring
+    /// it means serialising it; a body whose decoded size is under an
+    /// eighth of the limit cannot reach it (escaping writes at most six
+    /// bytes per byte, and redaction markers and reformatted numbers grow
+    /// less), so it is kept without measuring.
+    fn bound_body(
+        &self,
+        value: Value,
+        captured: Option<&Captured>,
+        headers: &HeaderMap,
+    ) -> (Value, bool) {
+        let encoded = header_str(headers, "content-encoding")
+            .is_some_and(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"));
+        let decoded_at_most = match captured {
+            None => 0,
+            Some(_) if encoded => self.max_decoded_bytes,
+            Some(c) => c.bytes.len(),
+        };
+        if decoded_at_most.saturating_mul(8) <= self.stored_body_limit {
+            return (value, false);
+        }
+        bound_serialised(value, self.stored_body_limit)
+    }
+
     fn was_cut(&self) -> bool {
         self.cut_at_shutdown.load(Ordering::Acquire)
     }
@@ -623,19 +687,18 @@ impl Recorder {
                 }
             }
         }
-        let (value, truncated) = self.interpret(headers, captured, false, "");
-        (value, truncated, false)
+        let interpreted = self.interpret(headers, captured, false, "");
+        (interpreted.value, interpreted.truncated, false)
     }
 
-    /// Decodes and parses a captured body. Returns the value and whether it
-    /// is incomplete (capture or decoding hit a limit).
+    /// Decodes and parses a captured body.
     fn interpret(
         &self,
         headers: &HeaderMap,
         captured: &Captured,
         is_sse: bool,
         operation: &str,
-    ) -> (Value, bool) {
+    ) -> Interpreted {
         let encoding = header_str(headers, "content-encoding");
         let content_type = header_str(headers, "content-type");
         let (bytes, mut truncated) = match decode(encoding, &captured.bytes, self.max_decoded_bytes)
@@ -644,10 +707,11 @@ impl Recorder {
             Err(_) => {
                 // Unknown encoding: describe the body rather than store
                 // bytes that cannot be read.
-                return (
-                    json!({"undecodable": true, "content_encoding": encoding, "bytes": captured.bytes.len()}),
-                    captured.truncated,
-                );
+                return Interpreted {
+                    value: json!({"undecodable": true, "content_encoding": encoding, "bytes": captured.bytes.len()}),
+                    truncated: captured.truncated,
+                    stream_complete: false,
+                };
             }
         };
         truncated |= captured.truncated;
@@ -669,15 +733,48 @@ impl Recorder {
             if let (Some(error), Value::Object(obj)) = (reassembled.error, &mut value) {
                 obj.insert("stream_error".into(), error);
             }
-            return (value, truncated);
+            return Interpreted {
+                value,
+                truncated,
+                // A stream longer than the capture: the tee watched the
+                // rest for its end.
+                stream_complete: reassembled.complete || captured.terminal_past_cap,
+            };
         }
-        (body_to_value(&bytes, content_type, truncated), truncated)
+        Interpreted {
+            value: body_to_value(&bytes, content_type, truncated),
+            truncated,
+            stream_complete: false,
+        }
     }
 }
 
 // === impl ResponseOutcome ===
 
 impl ResponseOutcome {
+    /// An upstream call that failed because the app's request body broke
+    /// off (`request_broke` holds why) is the client's failure, and the
+    /// body's own error is the detail.
+    fn blaming_client_body(self, request_broke: Option<String>) -> Self {
+        match (self, request_broke) {
+            (
+                Self::Failed {
+                    failure: Failure::Unreachable | Failure::ClientBody,
+                    status,
+                    at,
+                    ..
+                },
+                Some(detail),
+            ) => Self::Failed {
+                failure: Failure::ClientBody,
+                status,
+                detail,
+                at,
+            },
+            (outcome, _) => outcome,
+        }
+    }
+
     /// Whether upstream answered with an event stream.
     fn was_streamed(&self) -> bool {
         match self {
@@ -753,6 +850,14 @@ fn compliance_summary(scan: &Scan) -> Option<Value> {
             .collect()
     };
     Some(json!({"passed": names(true), "violated": names(false)}))
+}
+
+/// Most bytes of JSON a stored body value may take: twice the capture cap
+/// (ordinary text grows at most twofold when escaped; control-heavy bodies
+/// are summarised instead), and never under 64 KiB so a small cap still
+/// leaves room for redaction markers.
+pub fn stored_body_limit(capture_cap: usize) -> usize {
+    capture_cap.saturating_mul(2).max(64 * 1024)
 }
 
 /// The RESPONSE fields of a call upstream never answered.

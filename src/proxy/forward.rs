@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::body::{full, IdleTimeoutBody, PrefixedBody, ProxyBody};
 use super::client::UpstreamClient;
 use super::headers::{detached, forwardable};
+use super::path_guard;
 use super::policy_guard::StreamGuard;
 use super::request_id::request_id_for;
 use super::respond::{self, ProxyError, REQUEST_ID_HEADER};
@@ -67,6 +68,19 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started_at = Instant::now();
     let request_id = request_id_for(req.headers(), &state.policies);
+    // Refused before anything else: neither goes upstream or starts a
+    // record (the metrics count them).
+    let refused = if req.method() == http::Method::CONNECT {
+        Some(ProxyError::MethodNotAllowed)
+    } else if path_guard::is_unsafe(req.uri().path()) {
+        Some(ProxyError::UnsafePath)
+    } else {
+        None
+    };
+    if let Some(error) = refused {
+        state.metrics.refused_call(error.code());
+        return error.into_response(&request_id);
+    }
     if state.fail_mode == FailMode::FailClosed && !state.store_health.is_writable() {
         return ProxyError::AuditStoreUnavailable.into_response(&request_id);
     }
@@ -109,10 +123,19 @@ pub async fn handle(
     // everything needed from it has been copied above.
     parts.uri = http::Uri::default();
 
-    let request_capture = Capture::new(
-        state.capture_cap,
-        on_done(record.as_mut().and_then(CallRecord::request_sender)),
-    );
+    // Set when the app's body breaks off, so an upstream call that fails
+    // because of it is not blamed on upstream.
+    let request_body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let request_capture = Capture::new(state.capture_cap, {
+        let failed = request_body_failed.clone();
+        let send = on_done(record.as_mut().and_then(CallRecord::request_sender));
+        Box::new(move |captured: Captured| {
+            if matches!(captured.end, BodyEnd::Error(_)) {
+                failed.store(true, std::sync::atomic::Ordering::Release);
+            }
+            send(captured);
+        })
+    });
     // While a `block` policy watches requests, the whole body is read up
     // to the inspection limit before anything goes upstream; otherwise
     // only the capped prefix, and the rest streams through.
@@ -128,7 +151,7 @@ pub async fn handle(
             // The app's body broke off while being read: nothing was sent.
             if let Some(r) = record.as_mut() {
                 r.fail(
-                    Failure::Unreachable,
+                    Failure::ClientBody,
                     ProxyError::BadRequest.status(),
                     "request body could not be read from the client".into(),
                 );
@@ -194,6 +217,20 @@ pub async fn handle(
         tokio::time::timeout(state.upstream_timeout, state.client.request(upstream_req)).await;
     let response = match sent {
         Ok(Ok(response)) => response,
+        Ok(Err(_)) if request_body_failed.load(std::sync::atomic::Ordering::Acquire) => {
+            // The app's body broke off while streaming on; the record reads
+            // the same from the request capture.
+            let e = ProxyError::BadRequest;
+            if let Some(r) = record.as_mut() {
+                r.fail(
+                    Failure::ClientBody,
+                    e.status(),
+                    "request body broke off while being forwarded".into(),
+                );
+            }
+            call_log.failed(e, "client_aborted");
+            return e.into_response(&request_id);
+        }
         Ok(Err(error)) => {
             let detail = error_chain(&error);
             tracing::warn!(request_id = %request_id, error = %detail, "Upstream request failed.");
@@ -356,6 +393,8 @@ impl CallLog {
             {
                 "shutdown"
             }
+            // The app left after the stream's end had passed to it.
+            BodyEnd::Dropped if body.saw_terminal_event() => "completed",
             BodyEnd::Dropped => "client_aborted",
         };
         let ttfb = body.first_byte_at.unwrap_or(headers_at) - self.started_at;

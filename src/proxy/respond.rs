@@ -37,6 +37,11 @@ pub enum ProxyError {
     /// A `block` policy watches requests and the body claims to be JSON
     /// but does not parse.
     RequestNotParsable,
+    /// `CONNECT`: the proxy forwards API calls, it opens no tunnels.
+    MethodNotAllowed,
+    /// A path with `.`/`..` segments or encoded slashes (see
+    /// [`path_guard`](super::path_guard)).
+    UnsafePath,
 }
 
 // === impl ProxyError ===
@@ -49,9 +54,12 @@ impl ProxyError {
             ProxyError::AuditStoreUnavailable | ProxyError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::BadRequest | ProxyError::RequestNotParsable => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest | ProxyError::RequestNotParsable | ProxyError::UnsafePath => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::RequestTooLargeToInspect => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RequestEncodingNotInspectable => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -67,6 +75,8 @@ impl ProxyError {
             ProxyError::RequestTooLargeToInspect => "request_too_large_to_inspect",
             ProxyError::RequestEncodingNotInspectable => "request_encoding_not_inspectable",
             ProxyError::RequestNotParsable => "request_not_parsable",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::UnsafePath => "invalid_path",
         }
     }
 
@@ -92,6 +102,12 @@ impl ProxyError {
             ProxyError::RequestNotParsable => {
                 "The request body is declared or shaped as JSON but does not parse, so the audit proxy cannot check it against its block policies and did not forward it."
             }
+            ProxyError::MethodNotAllowed => {
+                "The audit proxy does not forward CONNECT requests; send API calls to it directly."
+            }
+            ProxyError::UnsafePath => {
+                "The request path has a '.' or '..' segment or an encoded slash, which the audit proxy refuses."
+            }
         }
     }
 
@@ -100,7 +116,9 @@ impl ProxyError {
             ProxyError::BadRequest
             | ProxyError::RequestTooLargeToInspect
             | ProxyError::RequestEncodingNotInspectable
-            | ProxyError::RequestNotParsable => "invalid_request_error",
+            | ProxyError::RequestNotParsable
+            | ProxyError::MethodNotAllowed
+            | ProxyError::UnsafePath => "invalid_request_error",
             _ => "api_error",
         }
     }
@@ -128,8 +146,14 @@ impl ProxyError {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             headers.insert(REQUEST_ID_HEADER, v);
         }
-        if self == ProxyError::ShuttingDown {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        match self {
+            ProxyError::ShuttingDown => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ProxyError::MethodNotAllowed => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            }
+            _ => {}
         }
         response
     }

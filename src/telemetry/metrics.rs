@@ -69,6 +69,16 @@ pub struct Metrics {
     pub violations: Family<PolicyLabels, Counter>,
     pub tokens: Family<TokenLabels, Counter>,
     pub store_bytes: Gauge,
+    /// Calls refused before forwarding, by the proxy error's code.
+    pub refused_calls: Family<KindLabels, Counter>,
+    /// Open connections per listener (`kind`: `proxy`, `admin`).
+    pub open_connections: Family<KindLabels, Gauge>,
+    /// Times a listener reached its connection cap and paused accepting
+    /// until a connection closed, per listener.
+    pub listener_cap_reached: Family<KindLabels, Counter>,
+    /// Refused admin calls, each counted once (however they are collapsed
+    /// into AUTHENTICATION events).
+    pub admin_refusals: Counter,
     models: Mutex<HashSet<String>>,
 }
 
@@ -143,6 +153,30 @@ impl Metrics {
             "Bytes the audit store occupies on disk",
             store_bytes.clone(),
         );
+        let refused_calls = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "refused_calls",
+            "Calls refused before forwarding: method_not_allowed, invalid_path",
+            refused_calls.clone(),
+        );
+        let open_connections = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "open_connections",
+            "Open client connections per listener (proxy, admin)",
+            open_connections.clone(),
+        );
+        let listener_cap_reached = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "listener_cap_reached",
+            "Times a listener reached its connection cap and paused accepting",
+            listener_cap_reached.clone(),
+        );
+        let admin_refusals = Counter::default();
+        registry.register(
+            "admin_refusals",
+            "Admin API calls refused for a missing, wrong or under-scoped token",
+            admin_refusals.clone(),
+        );
         registry.register(
             "store_write_seconds",
             "Time to append one batch of events to the store",
@@ -159,6 +193,10 @@ impl Metrics {
             violations,
             tokens,
             store_bytes,
+            refused_calls,
+            open_connections,
+            listener_cap_reached,
+            admin_refusals,
             models: Mutex::new(HashSet::new()),
         }
     }
@@ -170,6 +208,14 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Counts a call refused before forwarding; `code` is the proxy
+    /// error's fixed code.
+    pub fn refused_call(&self, code: &str) {
+        self.refused_calls
+            .get_or_create(&KindLabels { kind: code.into() })
+            .inc();
     }
 
     /// The label for `model`: itself while fewer than [`MAX_MODEL_LABELS`]

@@ -217,7 +217,16 @@ async fn custom_events_are_stored_in_order_with_their_metadata() {
 async fn admin_token_is_required_when_configured() {
     let mock = MockUpstream::start().await;
     let token = "admin-token-0123456789abcdef";
-    let proxy = TestProxy::start_with(&mock.url(), &[("LLM_AUDIT_PROXY_ADMIN_TOKEN", token)]).await;
+    // Refusals from one client are collapsed per interval: the first is
+    // recorded at once, the rest summed when the (short) interval closes.
+    let proxy = TestProxy::start_with(
+        &mock.url(),
+        &[
+            ("LLM_AUDIT_PROXY_ADMIN_TOKEN", token),
+            ("LLM_AUDIT_PROXY_ADMIN_REFUSAL_INTERVAL", "0.2"),
+        ],
+    )
+    .await;
     let url = format!("{}/api/events", proxy.admin_url);
     let r = proxy.http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
@@ -255,6 +264,10 @@ async fn admin_token_is_required_when_configured() {
     let refused = body["events"].as_array().unwrap();
     assert_eq!(refused.len(), 2);
     assert_eq!(refused[0]["level"], "WARNING");
+    assert_eq!(refused[1]["metadata"]["count"], 1);
+    assert_eq!(refused[1]["metadata"]["reason"], "missing_token");
+    assert_eq!(refused[0]["metadata"]["count"], 1);
+    assert_eq!(refused[0]["metadata"]["reasons"]["invalid_token"], 1);
     assert!(!body.to_string().contains("wrong-token-0123456789"));
     proxy.stop().await;
 }

@@ -114,28 +114,69 @@ fn text_and_form_bodies_are_strings() {
     );
 }
 
+/// A binary summary without its digest and preview, for comparison.
+fn described(bytes: &[u8], content_type: Option<&str>) -> Value {
+    let mut v = body_to_value(bytes, content_type, false);
+    let obj = v.as_object_mut().unwrap();
+    assert_eq!(
+        obj.remove("sha256").unwrap(),
+        json!(hex::encode(Sha256::digest(bytes)))
+    );
+    assert!(obj.remove("preview").unwrap().is_string());
+    v
+}
+
 #[test]
 fn binary_is_described_not_copied() {
     let png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR";
     assert_eq!(
-        body_to_value(png, Some("image/png"), false),
+        described(png, Some("image/png")),
         json!({"binary": true, "content_type": "image/png", "bytes": png.len()})
     );
     assert_eq!(
-        body_to_value(b"\xff\xfe\x00\x01", None, false),
+        described(b"\xff\xfe\x00\x01", None),
         json!({"binary": true, "content_type": null, "bytes": 4})
     );
     // Valid UTF-8 is still binary when the type says so.
     assert_eq!(
-        body_to_value(b"ID3 tag", Some("audio/mpeg"), false),
+        described(b"ID3 tag", Some("audio/mpeg")),
         json!({"binary": true, "content_type": "audio/mpeg", "bytes": 7})
     );
     assert_eq!(
-        body_to_value(b"{\"a\":1}", Some("application/octet-stream"), false),
+        described(b"{\"a\":1}", Some("application/octet-stream")),
         json!({"binary": true, "content_type": "application/octet-stream", "bytes": 7})
     );
     // NUL bytes in untyped content mean binary.
     assert_eq!(body_to_value(b"ab\0cd", None, false)["binary"], json!(true));
+    assert_eq!(
+        body_to_value(png, Some("image/png"), false)["preview"],
+        json!(".PNG........IHDR")
+    );
+}
+
+/// Stored as text, a NUL-filled body would be six bytes of `\u0000` per
+/// byte; whatever its declared type it is summarised instead.
+#[test]
+fn control_heavy_text_is_summarised() {
+    let mut nul_rich = b"{\"prompt\": \"hi".to_vec();
+    nul_rich.extend(std::iter::repeat_n(0u8, 4096));
+    for ct in [Some("application/json"), Some("text/plain"), None] {
+        let v = body_to_value(&nul_rich, ct, false);
+        assert_eq!(v["binary"], json!(true), "{ct:?}");
+        assert_eq!(v["bytes"], json!(nul_rich.len()));
+        assert_eq!(v["sha256"], json!(hex::encode(Sha256::digest(&nul_rich))));
+        assert!(v["preview"]
+            .as_str()
+            .unwrap()
+            .starts_with("{\"prompt\": \"hi..."));
+        assert!(serde_json::to_string(&v).unwrap().len() < 300);
+    }
+    // A few control characters in ordinary text stay text.
+    let text = format!("line\x0b{}", "x".repeat(100));
+    assert_eq!(
+        body_to_value(text.as_bytes(), Some("text/plain"), false),
+        json!(text)
+    );
 }
 
 #[test]
@@ -241,4 +282,25 @@ fn a_parsed_body_is_reused_only_where_it_would_be_read_as_json() {
         }
     }
     assert!(!body_is_parsed_as_json(b"", Some("application/json")));
+}
+
+/// A boundary hundreds of KiB long over a body of a MiB that nearly matches
+/// it everywhere: a window-by-window search would compare ~2·10^11 bytes;
+/// the linear one finishes at once.
+#[test]
+fn multipart_search_is_linear_in_a_long_boundary() {
+    let boundary = format!("{}x", "-".repeat(300 * 1024));
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let mut body = "-".repeat(1024 * 1024).into_bytes();
+    assert_eq!(
+        body_to_value(&body, Some(&content_type), false),
+        json!({"multipart": []})
+    );
+    // The same body with one real part after the near-misses.
+    body.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
+    body.extend_from_slice(b"Content-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1");
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let value = body_to_value(&body, Some(&content_type), false);
+    assert_eq!(value["multipart"][0]["name"], json!("model"));
+    assert_eq!(value["multipart"][0]["text"], json!("whisper-1"));
 }

@@ -166,3 +166,86 @@ fn commit_interval_defaults_to_5_ms_and_refuses_what_is_out_of_range() {
         );
     }
 }
+
+#[test]
+fn scoped_tokens_come_from_lists_and_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    // `env` takes static strings; a test may leak one.
+    let path: &'static str = Box::leak(file.to_str().unwrap().to_owned().into_boxed_str());
+    std::fs::write(
+        &file,
+        "# rotated 2026-12\nread reader-from-file-0123\nread,write both-from-file-01234\n\nwrite writer-from-file-0123\n",
+    )
+    .unwrap();
+    let e = env(&[
+        ("LLM_AUDIT_PROXY_ADMIN_LISTEN", "0.0.0.0:9090"),
+        (
+            "LLM_AUDIT_PROXY_ADMIN_READ_TOKENS",
+            "reader-one-0123456789,reader-two-0123456789",
+        ),
+        (
+            "LLM_AUDIT_PROXY_ADMIN_WRITE_TOKENS",
+            "writer-one-0123456789",
+        ),
+        ("LLM_AUDIT_PROXY_ADMIN_TOKENS_FILE", path),
+    ]);
+    let c = load(None, &e, &FlagValues::new()).unwrap();
+    assert!(c.admin.tokens.is_empty() && c.admin.has_tokens());
+    let read: Vec<&str> = c.admin.read_tokens.iter().map(|t| t.expose()).collect();
+    let write: Vec<&str> = c.admin.write_tokens.iter().map(|t| t.expose()).collect();
+    assert_eq!(
+        read,
+        [
+            "reader-one-0123456789",
+            "reader-two-0123456789",
+            "reader-from-file-0123",
+            "both-from-file-01234"
+        ]
+    );
+    assert_eq!(
+        write,
+        [
+            "writer-one-0123456789",
+            "both-from-file-01234",
+            "writer-from-file-0123"
+        ]
+    );
+    assert!(!format!("{c:?}").contains("reader-one"));
+
+    // Errors name the key and the line, never the token.
+    std::fs::write(
+        &file,
+        "read reader-from-file-0123\nadmin secret-token-0123456789\n",
+    )
+    .unwrap();
+    let e = env(&[("LLM_AUDIT_PROXY_ADMIN_TOKENS_FILE", path)]);
+    let errs = errors(load(None, &e, &FlagValues::new()));
+    assert_eq!(errs[0].key, "admin.tokens_file");
+    assert!(errs[0].message.contains("line 2"), "{}", errs[0].message);
+    assert!(!errs[0].message.contains("secret-token"));
+    std::fs::write(&file, "read short\n").unwrap();
+    let errs = errors(load(None, &e, &FlagValues::new()));
+    assert!(errs[0].message.contains("at least 16"));
+}
+
+#[test]
+fn listener_limits_have_defaults_and_bounds() {
+    let c = load(None, &env(&[]), &FlagValues::new()).unwrap();
+    assert_eq!(c.proxy.max_connections, 4096);
+    assert_eq!(c.admin.max_connections, 64);
+    assert_eq!(c.admin.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.admin.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.admin.refusal_interval, Duration::from_secs(60));
+    assert_eq!(c.admin.page_max_bytes, 8 * 1024 * 1024);
+    let errs = errors(load(
+        None,
+        &env(&[
+            ("LLM_AUDIT_PROXY_ADMIN_MAX_CONNECTIONS", "0"),
+            ("LLM_AUDIT_PROXY_ADMIN_PAGE_MAX_BYTES", "10"),
+        ]),
+        &FlagValues::new(),
+    ));
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["admin.max_connections", "admin.page_max_bytes"]);
+}

@@ -227,6 +227,26 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     match path.as_str() {
+        p if parts.headers.contains_key("x-mock-hold-end") => {
+            // The whole stream, its terminal event included, then a body
+            // that stays open: its end would come in a later packet.
+            let name = if p.ends_with("/responses") {
+                "responses_stream.sse"
+            } else {
+                "chat_stream.sse"
+            };
+            let events = split_sse(&fixture(name));
+            let stream = async_stream::stream! {
+                for event in events {
+                    yield Ok::<_, Infallible>(Frame::data(Bytes::from(event)));
+                }
+                std::future::pending::<()>().await;
+            };
+            Response::builder()
+                .header("content-type", "text/event-stream; charset=utf-8")
+                .body(StreamBody::new(stream).boxed())
+                .unwrap()
+        }
         p if p.ends_with("/chat/completions") && parts.headers.contains_key("x-mock-endless") => {
             let events: Vec<String> = (0..1000)
                 .map(|i| format!("data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"))
@@ -317,6 +337,13 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             }
             r
         }
+        "/v1/gzip-bomb" => {
+            // 1000 MiB of NUL bytes, gzip-compressed to about 1 MB.
+            let mut r = full(StatusCode::OK, "application/json", gzip_bomb(1000 << 20));
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
+            r
+        }
         "/v1/silent-stream" => {
             // Sends one chunk, then nothing, forever.
             let stream = async_stream::stream! {
@@ -334,4 +361,16 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             r#"{"error":{"message":"Unknown path","type":"invalid_request_error","param":null,"code":null}}"#,
         ),
     }
+}
+
+/// About `decoded_len` NUL bytes (whole MiBs), gzip-compressed: a small
+/// body that decodes to a very large one. One member of 1 MiB of NULs
+/// repeated: gzip decoders run on through concatenated members, so 1000
+/// members make a 1 MB body that decodes to 1 GiB, built in no time.
+pub fn gzip_bomb(decoded_len: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(&vec![0u8; 1 << 20]).unwrap();
+    let member = enc.finish().unwrap();
+    member.repeat((decoded_len >> 20).max(1))
 }
