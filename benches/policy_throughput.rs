@@ -37,13 +37,27 @@ const TURNS: &[&str] = &[
      Our PCI scope document (rev. 7, section 3.4) says no PAN in logs.",
 ];
 
-fn chat_body(target_bytes: usize) -> Value {
+/// The same kind of conversation in other scripts and with typographic
+/// characters, so the Unicode folding runs on every string.
+const TURNS_INTL: &[&str] = &[
+    "Bonjour ! Le service de paiement (v2.14.3) répond lentement depuis le 18 mars — délai \
+     « p99 » passé de 220 ms à 1,8 s. Où chercher d’abord ? Café, crème, déjà vu…",
+    "Привет! Проверьте пул соединений: 32 рабочих потока и пул из 10 — запросы ждут в очереди. \
+     Клиент: jane.doe@example.com, телефон +1 415 555 2671, заказ №88213-4471.",
+    "了解しました。接続プールのサイズを確認してください。「タイムアウト」は５０００ミリ秒です。\
+     顧客のメールは jane.doe@example.com です。請求書番号 INV-2024-000381。",
+    "Danke schön – die Größe des Caches hat sich zwischen 2.13.9 und 2.14.3 verdoppelt. \
+     Testkarte 4111 1111 1111 1111 liegt in den Staging-Daten; ist das ein Problem?",
+    "हाँ, लॉग में कोई PAN नहीं होना चाहिए। संशोधन ७, अनुभाग ३.४ देखें। Ελέγξτε επίσης τα αρχεία.",
+];
+
+fn chat_body_from(turns: &[&str], target_bytes: usize) -> Value {
     let mut messages =
         vec![json!({"role": "system", "content": "You are a senior SRE assistant. Be concise."})];
     let mut size = 0;
     let mut i = 0;
     while size < target_bytes {
-        let text = TURNS[i % TURNS.len()];
+        let text = turns[i % turns.len()];
         let role = if i % 2 == 0 { "user" } else { "assistant" };
         messages.push(json!({"role": role, "content": text}));
         size += text.len() + 40;
@@ -90,11 +104,12 @@ fn main() {
     };
     let set = PolicySet::compile(&[all]).unwrap();
     let min_time = Duration::from_secs(2);
-    for (label, target) in [
-        ("8 KB chat request", 8 * 1024),
-        ("1 MB chat request", 1024 * 1024),
+    for (label, turns, target) in [
+        ("8 KB chat request", TURNS, 8 * 1024),
+        ("1 MB chat request", TURNS, 1024 * 1024),
+        ("1 MB chat request, non-ASCII prose", TURNS_INTL, 1024 * 1024),
     ] {
-        let body = chat_body(target);
+        let body = chat_body_from(turns, target);
         let raw = serde_json::to_vec(&body).unwrap();
         let text = text_bytes(&body);
         println!(
