@@ -7,7 +7,7 @@
 //!    `proxy.shutdown_grace` to finish; what remains is cut;
 //! 3. call records still being built finish;
 //! 4. the SYSTEM shutdown event is queued and the queue flushed to the
-//!    store;
+//!    store, then sealed with a stop checkpoint when signing is on;
 //! 5. the admin listener stops; the process exits 0.
 
 use std::net::SocketAddr;
@@ -25,6 +25,7 @@ use crate::capture::sanitize::Sanitizer;
 use crate::config::{self, AuditConfig, Config, StorageKind};
 use crate::event::chain::canonical_json;
 use crate::event::{EventType, NewEvent};
+use crate::pipeline::checkpoint::CheckpointConfig;
 use crate::pipeline::maintenance::{self, MaintenanceConfig};
 use crate::pipeline::record::Recorder;
 use crate::pipeline::{spawn_writer, Handle, WriterConfig};
@@ -114,6 +115,15 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             health_interval: Duration::from_secs(5),
             shutdown_attempts: 3,
             source: config.instance.source(),
+            checkpoints: config
+                .audit
+                .signing_key
+                .clone()
+                .map(|signer| CheckpointConfig {
+                    signer,
+                    every_events: config.audit.checkpoint_every_events,
+                    interval: config.audit.checkpoint_interval,
+                }),
         },
         &writer_tracker,
     )
@@ -181,7 +191,12 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
 
     let shutdown = CancellationToken::new();
     let admin_stop = CancellationToken::new();
+    let mut verify_keys = crate::event::checkpoint::TrustedKeys::new();
+    if let Some(signer) = &config.audit.signing_key {
+        verify_keys.add(signer.public_key());
+    }
     let admin_state = AdminState {
+        verify_keys,
         store,
         events: events.clone(),
         readiness: readiness.clone(),
@@ -244,7 +259,8 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             );
             background.cancel();
             // A dead store must not hold the process past its grace.
-            if tokio::time::timeout(Duration::from_secs(10), events.flush())
+            // The stop checkpoint (when signing) seals what was written.
+            if tokio::time::timeout(Duration::from_secs(10), events.flush_and_seal())
                 .await
                 .is_err()
             {

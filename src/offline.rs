@@ -186,6 +186,7 @@ pub async fn purge(config: &Config) -> Result<Vec<PurgeReport>, OfflineError> {
             health_interval: Duration::from_secs(60),
             shutdown_attempts: 3,
             source: config.instance.source(),
+            checkpoints: None,
         },
         &tracker,
     )

@@ -175,6 +175,19 @@ pub trait AuditStore: Send + Sync + 'static {
     /// The newest event's seq and hash, if any.
     async fn head(&self) -> Result<Option<ChainHead>, StoreError>;
 
+    /// The store's stable id (a UUID made when the store was created), which
+    /// signed checkpoints name; `None` for a store that keeps none.
+    async fn source_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    /// The seq and hash of the newest CHECKPOINT event appended, as the
+    /// store records it apart from the events, so that `verify` notices a
+    /// tail cut from the events alone; `None` when it keeps no such record.
+    async fn latest_checkpoint(&self) -> Result<Option<ChainHead>, StoreError> {
+        Ok(None)
+    }
+
     /// A page, newest first.
     async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError>;
 

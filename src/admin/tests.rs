@@ -47,11 +47,13 @@ async fn harness_with(store: SharedStore, tokens: &[&str], seeded: Vec<AuditEven
         health_interval: Duration::from_secs(3600),
         shutdown_attempts: 1,
         source: None,
+        checkpoints: None,
     };
     let (events, health) = spawn_writer(store.clone(), cfg, &tracker).await.unwrap();
     let readiness = Readiness::new(health);
     readiness.set_proxy_listening(true);
     let app = router(AdminState {
+        verify_keys: Default::default(),
         store,
         events: events.clone(),
         readiness: readiness.clone(),

@@ -40,6 +40,8 @@ pub enum Reason {
     /// `audit.checkpoint_interval_secs` passed; written even when idle, as
     /// a heartbeat that proves nothing was written in between.
     Interval,
+    /// Asked for by an export, so that everything it holds is covered.
+    Export,
     /// A clean stop: nothing follows it in this process.
     Stop,
 }
@@ -133,15 +135,18 @@ impl Reason {
             Reason::Start => "start",
             Reason::Events => "events",
             Reason::Interval => "interval",
+            Reason::Export => "export",
             Reason::Stop => "stop",
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// Reads a reason's text form.
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "start" => Some(Reason::Start),
             "events" => Some(Reason::Events),
             "interval" => Some(Reason::Interval),
+            "export" => Some(Reason::Export),
             "stop" => Some(Reason::Stop),
             _ => None,
         }
