@@ -36,6 +36,9 @@ pub(crate) struct Checkpointer {
     last_reason: Option<Reason>,
     /// A clean stop was asked for: the next checkpoint is the stop one.
     stopping: bool,
+    /// A CONFIGURATION event (which names the key) was sealed: the start
+    /// checkpoint follows it.
+    configured: bool,
     /// An export asked for one over the head.
     requested: bool,
 }
@@ -51,13 +54,15 @@ impl Checkpointer {
             last_at: Instant::now(),
             last_reason: None,
             stopping: false,
+            configured: false,
             requested: false,
         }
     }
 
     /// Counts one sealed event (not a checkpoint).
-    pub(crate) fn sealed(&mut self) {
+    pub(crate) fn sealed(&mut self, event_type: &EventType) {
         self.since_last += 1;
+        self.configured |= *event_type == EventType::Configuration;
     }
 
     /// Asks for the stop checkpoint at the next opportunity.
@@ -76,23 +81,28 @@ impl Checkpointer {
         self.last_at + self.cfg.interval
     }
 
-    /// Why a checkpoint is due now, if one is.
+    /// Why a checkpoint is due now, if one is. The first of a process is
+    /// the start checkpoint: right after its CONFIGURATION event, or
+    /// whenever another rule calls for one first.
     pub(crate) fn due(&self, now: Instant) -> Option<Reason> {
         if self.stopping {
             // Nothing new since a stop checkpoint: no second one.
             let sealed = self.last_reason == Some(Reason::Stop) && self.since_last == 0;
             return (!sealed).then_some(Reason::Stop);
         }
-        if self.last_reason.is_none() {
-            return Some(Reason::Start);
-        }
-        if self.requested && self.since_last > 0 {
-            return Some(Reason::Export);
-        }
-        if self.since_last >= self.cfg.every_events {
-            return Some(Reason::Events);
-        }
-        (now >= self.next_due()).then_some(Reason::Interval)
+        let first = self.last_reason.is_none();
+        let reason = if first && self.configured {
+            Some(Reason::Start)
+        } else if self.requested && self.since_last > 0 {
+            Some(Reason::Export)
+        } else if self.since_last >= self.cfg.every_events {
+            Some(Reason::Events)
+        } else if now >= self.next_due() {
+            Some(Reason::Interval)
+        } else {
+            None
+        };
+        reason.map(|r| if first { Reason::Start } else { r })
     }
 
     /// The CHECKPOINT event covering the event at `seq` with `hash` (the
@@ -158,11 +168,15 @@ mod tests {
     #[test]
     fn checkpoints_fall_due_by_start_count_time_and_stop() {
         let mut c = checkpointer(3, Duration::from_secs(3600));
+        assert_eq!(c.due(Instant::now()), None);
+        c.sealed(&EventType::System);
+        assert_eq!(c.due(Instant::now()), None);
+        c.sealed(&EventType::Configuration);
         assert_eq!(c.due(Instant::now()), Some(Reason::Start));
         c.make(Reason::Start, 2, "h");
         assert_eq!(c.due(Instant::now()), None);
         for _ in 0..3 {
-            c.sealed();
+            c.sealed(&EventType::Custom);
         }
         assert_eq!(c.due(Instant::now()), Some(Reason::Events));
         c.make(Reason::Events, 6, "h");

@@ -334,7 +334,7 @@ impl Writer {
     fn seal(&mut self, event: NewEvent) -> AuditEvent {
         if let Some(c) = self.checkpoints.as_mut() {
             if event.event_type != EventType::Checkpoint {
-                c.sealed();
+                c.sealed(&event.event_type);
             }
         }
         self.seq += 1;

@@ -1,14 +1,14 @@
 //! What a verifiable export holds besides its events: the checkpoints that
 //! cover them, and a [`ChainLink`] for each event it leaves out between its
-//! first event and the last checkpoint it needs.
+//! first event and the first checkpoint after its last event.
 //!
 //! The store is read from the start in `seq` order (a filter's events are
 //! not contiguous, and the links must be). Before the first matching event
 //! nothing is written: the export's first `prev_hash` is where a verifier
 //! starts. After it, every event is written whole if it matches or is a
-//! checkpoint, and as a link otherwise. Links are held back until the next
-//! whole item needs them, so links after the export's last checkpoint (which
-//! no signature would cover) are left out.
+//! checkpoint, and as a link otherwise. What follows a matching event is
+//! held back until the next one needs it; at the end, only what leads up to
+//! the first checkpoint after the last match is written.
 
 use futures_util::stream::{BoxStream, StreamExt};
 
@@ -16,9 +16,9 @@ use crate::event::chain::ChainLink;
 use crate::event::{EventRecord, EventType};
 use crate::store::{EventFilter, RecordStream, StoreError};
 
-/// Links held back at most before they are written anyway (a long run of
-/// left-out events with no checkpoint, on a store that does not sign).
-const MAX_HELD_LINKS: usize = 10_000;
+/// Items held back at most before they are written anyway (a long tail
+/// after the last match): memory stays bounded, the export a little longer.
+const MAX_HELD: usize = 10_000;
 
 /// One item of an export.
 #[derive(Debug, Clone)]
@@ -41,7 +41,7 @@ pub fn covered(
 ) -> BoxStream<'static, Result<ExportItem, StoreError>> {
     async_stream::stream! {
         let mut started = false;
-        let mut held: Vec<ChainLink> = Vec::new();
+        let mut held: Vec<ExportItem> = Vec::new();
         while let Some(record) = all.next().await {
             let record = match record {
                 Ok(r) => r,
@@ -50,22 +50,36 @@ pub fn covered(
                     return;
                 }
             };
-            let wanted = filter.matches_record(&record);
-            if wanted || (started && record.event_type == EventType::Checkpoint) {
+            if filter.matches_record(&record) {
                 started = true;
-                for link in held.drain(..) {
-                    yield Ok(ExportItem::Link(link));
+                for item in held.drain(..) {
+                    yield Ok(item);
                 }
                 yield Ok(ExportItem::Event(record));
             } else if started {
-                held.push(ChainLink::of_record(&record));
-                if held.len() >= MAX_HELD_LINKS {
-                    for link in held.drain(..) {
-                        yield Ok(ExportItem::Link(link));
+                held.push(if record.event_type == EventType::Checkpoint {
+                    ExportItem::Event(record)
+                } else {
+                    ExportItem::Link(ChainLink::of_record(&record))
+                });
+                if held.len() >= MAX_HELD {
+                    for item in held.drain(..) {
+                        yield Ok(item);
                     }
                 }
             }
         }
+        // Up to the first checkpoint after the last match (if there is
+        // none, the tail is not covered and no link would help).
+        if let Some(end) = held.iter().position(is_checkpoint) {
+            for item in held.drain(..=end) {
+                yield Ok(item);
+            }
+        }
     }
     .boxed()
+}
+
+fn is_checkpoint(item: &ExportItem) -> bool {
+    matches!(item, ExportItem::Event(r) if r.event_type == EventType::Checkpoint)
 }
