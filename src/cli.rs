@@ -121,8 +121,7 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "EXPORT")]
     pub file: Option<PathBuf>,
     /// A trusted public key (base64), or a file of them, one per line:
-    /// every checkpoint's signature is checked. Repeat for rotated keys.
-    /// [env: LLM_AUDIT_PROXY_VERIFY_PUBLIC_KEYS, comma-separated]
+    /// every checkpoint's signature is checked. Repeat for rotated keys (the variable takes a comma list).
     #[arg(
         long = "public-key",
         value_name = "KEY",
@@ -140,7 +139,7 @@ pub struct VerifyArgs {
 #[derive(Debug, Args, Clone)]
 pub struct KeygenArgs {
     /// Where to write the private key (mode 0600); the public key goes to
-    /// the same path plus `.pub`. [env: LLM_AUDIT_PROXY_SIGNING_KEY_FILE]
+    /// the same path plus `.pub`.
     #[arg(long, env = "LLM_AUDIT_PROXY_SIGNING_KEY_FILE")]
     pub out: PathBuf,
     /// Replace an existing key file.
