@@ -121,7 +121,8 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "EXPORT")]
     pub file: Option<PathBuf>,
     /// A trusted public key (base64), or a file of them, one per line:
-    /// every checkpoint's signature is checked. Repeat for rotated keys (the variable takes a comma list).
+    /// every checkpoint's signature is checked. Repeat for rotated keys
+    /// (the variable takes a comma list).
     #[arg(
         long = "public-key",
         value_name = "KEY",
