@@ -134,6 +134,16 @@ pub struct EvidenceVerifier {
     jump: Option<(i64, Fault)>,
 }
 
+/// What a walk found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceReport {
+    pub events_checked: u64,
+    /// The last item's seq and hash.
+    pub head: Option<(i64, String)>,
+    pub fault: Option<Fault>,
+    pub checkpoints: CheckpointSummary,
+}
+
 /// One item of an export: an event, or the link of one left out.
 #[derive(Debug, Clone)]
 pub enum Item<'a> {
@@ -521,16 +531,6 @@ impl EvidenceVerifier {
         }
         Ok(())
     }
-}
-
-/// What a walk found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EvidenceReport {
-    pub events_checked: u64,
-    /// The last item's seq and hash.
-    pub head: Option<(i64, String)>,
-    pub fault: Option<Fault>,
-    pub checkpoints: CheckpointSummary,
 }
 
 fn fault(kind: FaultKind, seq: i64, reason: String) -> Fault {
