@@ -576,6 +576,30 @@ async fn verifiable_exports_check_alone_and_each_tampering_is_named() {
     assert_eq!(out.status.code(), Some(1), "{}", json_of(&out));
     proxy.stop().await;
 
+    // The offline export of a range, after a clean stop: its stop
+    // checkpoint covers the end.
+    let offline = out_dir.path().join("offline.json");
+    let out = cli(&[
+        "export",
+        "--file-path",
+        tmp.path().to_str().unwrap(),
+        "--format",
+        "json",
+        "--request-id",
+        "ex-5",
+        "--verifiable",
+        "true",
+        "--out",
+        offline.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = verify_file(&offline, &public);
+    assert!(out.status.success(), "{}", json_of(&out));
+
     // The tamper matrix on a whole-store NDJSON export.
     let all: Vec<AuditEvent> = std::fs::read_to_string(out_dir.path().join("all.ndjson"))
         .unwrap()
@@ -706,6 +730,17 @@ async fn without_a_key_the_proxy_writes_no_checkpoints_and_verify_asks_for_them(
     let tmp = tempfile::tempdir().unwrap();
     let proxy = TestProxy::start_in(&mock.url(), tmp.path(), &[]).await;
     calls(&proxy, "plain", 2).await;
+    // Nobody but the writer makes a CHECKPOINT event.
+    let forged = proxy
+        .http
+        .post(format!("{}/api/events", proxy.admin_url))
+        .json(&json!({"event_type": "CHECKPOINT", "message": "forged", "metadata": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    let body: Value = forged.json().await.unwrap();
+    assert_eq!(body["error"]["param"], "event_type", "{body}");
     let (_, live) = proxy.admin_get("/api/verify").await;
     assert_eq!(live["ok"], true);
     assert_eq!(live["checkpoints"]["checked"], 0);
