@@ -7,9 +7,9 @@
 //! | `GET /api/events` | a page, newest first, filtered; `next_cursor` for the next |
 //! | `GET /api/events/{id}` | one event, 404 if absent |
 //! | `POST /api/events` | a custom event, stored through the pipeline; 201 with it |
-//! | `GET /api/export` | every matching event, oldest first, streamed as json, ndjson or csv |
+//! | `GET /api/export` | every matching event, oldest first, streamed as json, ndjson or csv; verifiable (checkpoints and chain links) when signing |
 //! | `GET /api/stats` | the store's counts and size plus the pipeline's counters |
-//! | `GET /api/verify` | checks the stored hash chain |
+//! | `GET /api/verify` | checks the stored hash chain and its signed checkpoints |
 //!
 //! With tokens configured, every `/api/*` route requires one of them as a
 //! bearer token ([`auth`]); probes stay open. Reads go through
