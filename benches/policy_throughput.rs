@@ -107,7 +107,11 @@ fn main() {
     for (label, turns, target) in [
         ("8 KB chat request", TURNS, 8 * 1024),
         ("1 MB chat request", TURNS, 1024 * 1024),
-        ("1 MB chat request, non-ASCII prose", TURNS_INTL, 1024 * 1024),
+        (
+            "1 MB chat request, non-ASCII prose",
+            TURNS_INTL,
+            1024 * 1024,
+        ),
     ] {
         let body = chat_body_from(turns, target);
         let raw = serde_json::to_vec(&body).unwrap();

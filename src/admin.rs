@@ -7,9 +7,9 @@
 //! | `GET /api/events` | a page, newest first, filtered; `next_cursor` for the next |
 //! | `GET /api/events/{id}` | one event, 404 if absent |
 //! | `POST /api/events` | a custom event, stored through the pipeline; 201 with it |
-//! | `GET /api/export` | every matching event, oldest first, streamed as json, ndjson or csv |
+//! | `GET /api/export` | every matching event, oldest first, streamed as json, ndjson or csv; verifiable (checkpoints and chain links) when signing |
 //! | `GET /api/stats` | the store's counts and size plus the pipeline's counters |
-//! | `GET /api/verify` | checks the stored hash chain |
+//! | `GET /api/verify` | checks the stored hash chain and its signed checkpoints |
 //!
 //! With tokens configured, every `/api/*` route requires one of them as a
 //! bearer token, with the `read` scope, or `write` for `POST /api/events`
@@ -61,6 +61,10 @@ pub struct AdminState {
     /// Applied to custom events before they are stored.
     pub sanitizer: std::sync::Arc<crate::capture::sanitize::Sanitizer>,
     pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+    /// The public key of the checkpoint signing key in use, for
+    /// `/api/verify` (checkpoints by earlier keys are counted, not
+    /// checked: `verify --public-key` checks them offline).
+    pub verify_keys: crate::event::checkpoint::TrustedKeys,
 }
 
 /// `GET /api/stats` body: the store's numbers, flattened, plus the
@@ -158,7 +162,12 @@ async fn stats(State(state): State<AdminState>) -> Result<Response, AdminError> 
 }
 
 async fn verify(State(state): State<AdminState>) -> Result<Response, AdminError> {
-    let report = crate::store::verify::verify_chain(state.store.as_ref()).await?;
+    let options = crate::store::verify::VerifyOptions {
+        keys: state.verify_keys.clone(),
+        tolerate_unknown_keys: true,
+        expect_checkpoints: Vec::new(),
+    };
+    let report = crate::store::verify::verify_store(state.store.as_ref(), options).await?;
     Ok(Json(report).into_response())
 }
 

@@ -7,7 +7,8 @@
 //!    `proxy.shutdown_grace` to finish; what remains is cut;
 //! 3. call records still being built finish;
 //! 4. refused admin calls still being counted are recorded, the SYSTEM
-//!    shutdown event is queued and the queue flushed to the store;
+//!    shutdown event is queued and the queue flushed to the store, then
+//!    sealed with a stop checkpoint when signing is on;
 //! 5. the admin listener stops; the process exits 0.
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use crate::config::{self, AuditConfig, Config, StorageKind};
 use crate::event::chain::canonical_json;
 use crate::event::{EventType, NewEvent};
 use crate::listener::ConnectionCap;
+use crate::pipeline::checkpoint::CheckpointConfig;
 use crate::pipeline::maintenance::{self, MaintenanceConfig};
 use crate::pipeline::record::Recorder;
 use crate::pipeline::{spawn_writer, Handle, WriterConfig};
@@ -117,6 +119,15 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             health_interval: Duration::from_secs(5),
             shutdown_attempts: 3,
             source: config.instance.source(),
+            checkpoints: config
+                .audit
+                .signing_key
+                .clone()
+                .map(|signer| CheckpointConfig {
+                    signer,
+                    every_events: config.audit.checkpoint_every_events,
+                    interval: config.audit.checkpoint_interval,
+                }),
         },
         &writer_tracker,
     )
@@ -191,7 +202,12 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
     ));
     writer_tracker.spawn(refusals.clone().run(background.clone()));
     let pending_refusals = refusals.clone();
+    let mut verify_keys = crate::event::checkpoint::TrustedKeys::new();
+    if let Some(signer) = &config.audit.signing_key {
+        verify_keys.add(signer.public_key());
+    }
     let admin_state = AdminState {
+        verify_keys,
         store,
         events: events.clone(),
         readiness: readiness.clone(),
@@ -252,7 +268,8 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             );
             background.cancel();
             // A dead store must not hold the process past its grace.
-            if tokio::time::timeout(Duration::from_secs(10), events.flush())
+            // The stop checkpoint (when signing) seals what was written.
+            if tokio::time::timeout(Duration::from_secs(10), events.flush_and_seal())
                 .await
                 .is_err()
             {

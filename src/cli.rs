@@ -25,8 +25,12 @@ pub enum Command {
     Events(EventsArgs),
     /// Export events to a file with the API's filters; prints the path.
     Export(ExportArgs),
-    /// Check the store's hash chain; exits 1 when it is broken.
-    Verify(StoreArgs),
+    /// Check the store's (or an export's) hash chain and signed
+    /// checkpoints; exits 1 naming the first seq at fault.
+    Verify(VerifyArgs),
+    /// Make an Ed25519 key pair for signed checkpoints; prints the public
+    /// key and its key id.
+    Keygen(KeygenArgs),
     /// Apply retention and the size cap now.
     Purge(StoreArgs),
     /// Validate a config file and print every error with its key.
@@ -131,9 +135,49 @@ pub struct ExportArgs {
     /// json, ndjson or csv.
     #[arg(long, default_value = "json")]
     pub format: String,
+    /// Add the checkpoints and chain links `verify --file` needs (JSON and
+    /// NDJSON) [default: true when audit.signing_key(_file) is set].
+    #[arg(long, value_name = "true|false")]
+    pub verifiable: Option<bool>,
     /// The file to write.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Check this JSON or NDJSON export instead of the store (no store or
+    /// network needed).
+    #[arg(long, value_name = "EXPORT")]
+    pub file: Option<PathBuf>,
+    /// A trusted public key (base64), or a file of them, one per line:
+    /// every checkpoint's signature is checked. Repeat for rotated keys
+    /// (the variable takes a comma list).
+    #[arg(
+        long = "public-key",
+        value_name = "KEY",
+        env = "LLM_AUDIT_PROXY_VERIFY_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
+    pub public_keys: Vec<String>,
+    /// A checkpoint recorded elsewhere (its own `seq:hash`, as
+    /// `/api/verify` reports it as `checkpoints.latest`) that the record
+    /// must still reach: a cut tail fails. Repeatable.
+    #[arg(long = "expect-checkpoint", value_name = "SEQ:HASH")]
+    pub expect_checkpoints: Vec<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct KeygenArgs {
+    /// Where to write the private key (mode 0600); the public key goes to
+    /// the same path plus `.pub`.
+    #[arg(long, env = "LLM_AUDIT_PROXY_SIGNING_KEY_FILE")]
+    pub out: PathBuf,
+    /// Replace an existing key file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args, Default)]

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use crate::event::checkpoint::{public_key_text, CheckpointSigner};
 use crate::event::Level;
 use crate::policy::PolicySet;
 
@@ -135,6 +136,13 @@ pub struct AuditConfig {
     /// Record one COMPLIANCE_CHECK per call and direction listing the
     /// policies that passed (violations are always recorded).
     pub record_compliance_checks: bool,
+    /// The key checkpoints are signed with (`audit.signing_key_file` or
+    /// `audit.signing_key`); `None` writes no checkpoints.
+    pub signing_key: Option<CheckpointSigner>,
+    /// A checkpoint after this many events.
+    pub checkpoint_every_events: u64,
+    /// A checkpoint at least this often, written even when idle.
+    pub checkpoint_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -262,6 +270,12 @@ impl Config {
                 "memory_limit": self.audit.memory_limit,
                 "max_store_mb": self.audit.max_store_mb,
                 "on_store_failure": self.audit.on_store_failure.as_str(),
+                "signing_key": self.audit.signing_key.as_ref().map(|k| json!({
+                    "key_id": k.key_id(),
+                    "public_key": public_key_text(&k.public_key()),
+                })),
+                "checkpoint_every_events": self.audit.checkpoint_every_events,
+                "checkpoint_interval_secs": self.audit.checkpoint_interval.as_secs_f64(),
             },
             "queue": {
                 "capacity": self.queue.capacity,

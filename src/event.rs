@@ -6,6 +6,8 @@
 //! persist `AuditEvent`s exactly as given.
 
 pub mod chain;
+pub mod checkpoint;
+pub mod evidence;
 mod record;
 
 use std::borrow::Cow;
@@ -72,6 +74,9 @@ pub enum EventType {
     Configuration,
     System,
     Custom,
+    /// A signed checkpoint over the chain (see [`checkpoint`]); written by
+    /// the writer only.
+    Checkpoint,
     /// A caller-defined type such as `USER_LOGIN`; always a valid
     /// `UPPER_SNAKE` name that is not one of the standard ones.
     Other(String),
@@ -239,7 +244,7 @@ impl fmt::Debug for MetadataJson {
 // === impl EventType ===
 
 impl EventType {
-    const STANDARD: [(EventType, &'static str); 9] = [
+    const STANDARD: [(EventType, &'static str); 10] = [
         (EventType::Request, "REQUEST"),
         (EventType::Response, "RESPONSE"),
         (EventType::ComplianceCheck, "COMPLIANCE_CHECK"),
@@ -249,6 +254,7 @@ impl EventType {
         (EventType::Configuration, "CONFIGURATION"),
         (EventType::System, "SYSTEM"),
         (EventType::Custom, "CUSTOM"),
+        (EventType::Checkpoint, "CHECKPOINT"),
     ];
 
     pub fn as_str(&self) -> &str {
@@ -262,6 +268,7 @@ impl EventType {
             EventType::Configuration => "CONFIGURATION",
             EventType::System => "SYSTEM",
             EventType::Custom => "CUSTOM",
+            EventType::Checkpoint => "CHECKPOINT",
             EventType::Other(name) => name,
         }
     }

@@ -6,8 +6,9 @@
 //! a body ends, fails or is dropped, the captured copy is decoded, parsed
 //! (JSON or SSE), sanitised and turned into REQUEST, RESPONSE and ERROR
 //! events by the [`pipeline`], which offers them to a bounded queue. A single
-//! writer stamps `seq` and the hash chain ([`event::chain`]) and appends
-//! batches to the configured [`store`]. The [`admin`] listener queries and
+//! writer stamps `seq` and the hash chain ([`event::chain`]), signs
+//! checkpoints over it when a key is configured ([`event::checkpoint`]), and
+//! appends batches to the configured [`store`]. The [`admin`] listener queries and
 //! exports through the same store interface, as do the [`offline`]
 //! commands. Compliance [`policy`] decisions that must hold a call back
 //! (request `block`, `redact_upstream`, response `block`) run in the proxy;

@@ -67,24 +67,24 @@ fn main() -> ExitCode {
             print_line(&path.display().to_string());
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Verify(store) => offline_command(&store, |config| async move {
-            Ok(match offline::verify(&config).await? {
-                Verified::Intact(report) => {
-                    print_line(&serde_json::to_string(&report).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
-                Verified::Broken(report) => {
-                    print_line(&serde_json::to_string(&report).unwrap_or_default());
-                    eprintln!(
-                        "hash chain broken at seq {}: {}",
-                        report.first_bad_seq.unwrap_or_default(),
-                        report.reason.as_deref().unwrap_or("unknown")
-                    );
-                    ExitCode::from(EX_TAMPERED)
-                }
-            })
+        Command::Verify(args) if args.file.is_some() => {
+            // An export needs no configuration, store or network.
+            match offline::verify_file(&args) {
+                Ok(verified) => verified_exit(verified),
+                Err(error) => offline_error(error),
+            }
+        }
+        Command::Verify(args) => offline_command(&args.store.clone(), |config| async move {
+            Ok(verified_exit(offline::verify(&config, &args).await?))
         }),
         Command::Policy(PolicyCommand::Test(args)) => policy_test(&args),
+        Command::Keygen(args) => match offline::keygen(&args) {
+            Ok(report) => {
+                print_line(&serde_json::to_string(&report).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(error) => offline_error(error),
+        },
         Command::Purge(store) => offline_command(&store, |config| async move {
             let reports = offline::purge(&config).await?;
             print_line(&serde_json::json!({ "purges": reports }).to_string());
@@ -186,16 +186,39 @@ where
     run_async(async move {
         match run(config).await {
             Ok(code) => code,
-            Err(error) => {
-                eprintln!("{error}");
-                ExitCode::from(match error {
-                    OfflineError::BadFlag { .. } | OfflineError::Unsupported(_) => EX_USAGE,
-                    OfflineError::Write { .. } => EX_IOERR,
-                    OfflineError::Store(_) => EX_SOFTWARE,
-                })
-            }
+            Err(error) => offline_error(error),
         }
     })
+}
+
+/// Prints a failed offline command's error and maps it to an exit code.
+fn offline_error(error: OfflineError) -> ExitCode {
+    eprintln!("{error}");
+    ExitCode::from(match error {
+        OfflineError::BadFlag { .. } | OfflineError::Unsupported(_) => EX_USAGE,
+        OfflineError::Write { .. } => EX_IOERR,
+        OfflineError::Store(_) => EX_SOFTWARE,
+    })
+}
+
+/// Prints a verify report; a fault goes to stderr too, and exits 1.
+fn verified_exit(verified: Verified) -> ExitCode {
+    match verified {
+        Verified::Intact(report) => {
+            print_line(&serde_json::to_string(&report).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Verified::Broken(report) => {
+            print_line(&serde_json::to_string(&report).unwrap_or_default());
+            eprintln!(
+                "verify failed ({}) at seq {}: {}",
+                report.fault.map_or("chain", |f| f.as_str()),
+                report.first_bad_seq.unwrap_or_default(),
+                report.reason.as_deref().unwrap_or("unknown")
+            );
+            ExitCode::from(EX_TAMPERED)
+        }
+    }
 }
 
 fn run_async(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {

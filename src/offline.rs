@@ -1,4 +1,5 @@
-//! The offline commands: `events`, `export`, `verify`, `purge`. They open
+//! The offline commands: `events`, `export`, `verify`, `purge`, and
+//! `keygen`. The store commands open
 //! the configured store directly, without the server, and are safe while
 //! `serve` writes the same SQLite store (reads go through a read-only
 //! connection; a purge deletes in short transactions and its SYSTEM event
@@ -13,17 +14,20 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::export::{encode, Format};
+use crate::admin::export::{encode_items, items, Format};
 use crate::admin::params::{encode_cursor, Params, FILTER_PARAMS};
-use crate::cli::{EventsArgs, ExportArgs};
+use crate::cli::{EventsArgs, ExportArgs, KeygenArgs, VerifyArgs};
 use crate::config::{AuditConfig, Config, StorageKind};
+use crate::event::checkpoint::{public_key_text, CheckpointSigner, TrustedKeys};
 use crate::event::{format_timestamp, AuditEvent};
 use crate::pipeline::maintenance::{self, MaintenanceConfig};
 use crate::pipeline::{spawn_writer, WriterConfig};
 use crate::store::file::FileStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::verify::{verify_chain, VerifyReport};
+use crate::store::verify::{verify_store, VerifyOptions, VerifyReport};
 use crate::store::{EventQuery, PurgeReport, SharedStore, StoreError};
+
+mod export_file;
 
 /// Why an offline command failed; `exit_code` maps it for the shell.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +139,13 @@ pub async fn export(config: &Config, args: &ExportArgs) -> Result<PathBuf, Offli
     let partial = partial_path(&args.out);
     let file = std::fs::File::create(&partial).map_err(write_err)?;
     let mut file = std::io::BufWriter::new(file);
-    let mut body = Box::pin(encode(format, store.export_records(filter)));
+    let verifiable = args
+        .verifiable
+        .unwrap_or(config.audit.signing_key.is_some());
+    let mut body = Box::pin(encode_items(
+        format,
+        items(&store, format, filter, verifiable),
+    ));
     let mut failed = None;
     while let Some(chunk) = body.next().await {
         match chunk {
@@ -159,15 +169,141 @@ pub async fn export(config: &Config, args: &ExportArgs) -> Result<PathBuf, Offli
     Ok(args.out.clone())
 }
 
-/// `verify`: walks the chain.
-pub async fn verify(config: &Config) -> Result<Verified, OfflineError> {
+/// `verify`: walks the store's chain and checkpoints.
+pub async fn verify(config: &Config, args: &VerifyArgs) -> Result<Verified, OfflineError> {
+    let options = verify_options(args)?;
     let store = open_for_reading(&config.audit).await?;
-    let report = verify_chain(store.as_ref()).await?;
-    Ok(if report.ok {
-        Verified::Intact(report)
-    } else {
-        Verified::Broken(report)
+    Ok(Verified::from(verify_store(store.as_ref(), options).await?))
+}
+
+/// `verify --file`: checks an export alone, with no store and no network.
+pub fn verify_file(args: &VerifyArgs) -> Result<Verified, OfflineError> {
+    let options = verify_options(args)?;
+    let path = args.file.clone().unwrap_or_default();
+    Ok(Verified::from(export_file::verify(&path, options)?))
+}
+
+/// The keys and expectations the flags name.
+fn verify_options(args: &VerifyArgs) -> Result<VerifyOptions, OfflineError> {
+    let bad = |param: &str, message: String| OfflineError::BadFlag {
+        param: param.into(),
+        message,
+    };
+    let mut keys = TrustedKeys::new();
+    for value in args
+        .public_keys
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+    {
+        let path = Path::new(value);
+        let added = if path.is_file() {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| bad("public-key", format!("cannot read {value}: {e}")))?;
+            keys.add_lines(&text)
+                .map_err(|e| bad("public-key", format!("{value}: {e}")))?
+        } else {
+            keys.add_lines(value)
+                .map_err(|e| bad("public-key", format!("{e}, or a file of such keys")))?
+        };
+        if added == 0 {
+            return Err(bad("public-key", format!("{value} holds no key")));
+        }
+    }
+    let expect_checkpoints = args
+        .expect_checkpoints
+        .iter()
+        .map(|v| {
+            v.split_once(':')
+                .and_then(|(seq, hash)| {
+                    let hash = hash.trim().to_ascii_lowercase();
+                    let hex = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+                    Some((seq.trim().parse::<i64>().ok()?, hash)).filter(|_| hex)
+                })
+                .ok_or_else(|| {
+                    bad(
+                        "expect-checkpoint",
+                        format!("must be SEQ:HASH (a seq and 64 hex digits), not {v:?}"),
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(VerifyOptions {
+        keys,
+        tolerate_unknown_keys: false,
+        expect_checkpoints,
     })
+}
+
+/// What `keygen` made.
+#[derive(Debug, serde::Serialize)]
+pub struct KeygenReport {
+    pub private_key_file: PathBuf,
+    pub public_key_file: PathBuf,
+    /// Base64 of the 32-byte Ed25519 public key.
+    pub public_key: String,
+    pub key_id: String,
+}
+
+/// `keygen`: a fresh Ed25519 key pair; the private key is written with
+/// mode 0600 (never over an existing file unless `--force`), the public
+/// key beside it with `.pub`.
+pub fn keygen(args: &KeygenArgs) -> Result<KeygenReport, OfflineError> {
+    let signer = CheckpointSigner::generate().map_err(|e| OfflineError::BadFlag {
+        param: "out".into(),
+        message: e.to_string(),
+    })?;
+    let public_key = public_key_text(&signer.public_key());
+    let mut public_path = args.out.clone().into_os_string();
+    public_path.push(".pub");
+    let public_path = PathBuf::from(public_path);
+    write_private(&args.out, &signer.private_key_text(), args.force)?;
+    std::fs::write(&public_path, format!("{public_key}\n")).map_err(|source| {
+        OfflineError::Write {
+            path: public_path.clone(),
+            source,
+        }
+    })?;
+    Ok(KeygenReport {
+        private_key_file: args.out.clone(),
+        public_key_file: public_path,
+        public_key,
+        key_id: signer.key_id().to_owned(),
+    })
+}
+
+/// Writes the private key: created with mode 0600 (never readable by
+/// others, not even for a moment), refusing an existing file unless
+/// `force`.
+fn write_private(path: &Path, text: &str, force: bool) -> Result<(), OfflineError> {
+    let write_err = |source| OfflineError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if path.exists() && !force {
+        return Err(OfflineError::BadFlag {
+            param: "out".into(),
+            message: format!("{} exists; pass --force to replace it", path.display()),
+        });
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(write_err)?;
+    #[cfg(unix)]
+    {
+        // An existing file (with --force) keeps its old mode on open.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(write_err)?;
+    }
+    file.write_all(format!("{text}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(write_err)
 }
 
 /// `purge`: retention and the size cap, now. Each purge that removed
@@ -186,6 +322,7 @@ pub async fn purge(config: &Config) -> Result<Vec<PurgeReport>, OfflineError> {
             health_interval: Duration::from_secs(60),
             shutdown_attempts: 3,
             source: config.instance.source(),
+            checkpoints: None,
         },
         &tracker,
     )
@@ -202,6 +339,18 @@ pub async fn purge(config: &Config) -> Result<Vec<PurgeReport>, OfflineError> {
     .await?;
     events.flush().await;
     Ok(reports)
+}
+
+// === impl Verified ===
+
+impl From<VerifyReport> for Verified {
+    fn from(report: VerifyReport) -> Self {
+        if report.ok {
+            Verified::Intact(report)
+        } else {
+            Verified::Broken(report)
+        }
+    }
 }
 
 fn parse_params(pairs: &[(&str, String)], allowed: &[&str]) -> Result<Params, OfflineError> {

@@ -8,6 +8,7 @@
 //! stamped, so the chain is a true record of write order.
 
 pub mod builder;
+pub mod checkpoint;
 pub mod health;
 pub mod maintenance;
 pub mod record;
@@ -30,6 +31,12 @@ pub(crate) enum WriterMsg {
     EventAck(NewEvent, oneshot::Sender<Result<AuditEvent, SubmitError>>),
     /// Answered once everything queued before it has been written.
     Flush(oneshot::Sender<()>),
+    /// As `Flush`, with a checkpoint written after everything queued
+    /// before it: a stop checkpoint (a clean stop) or one over the head.
+    Checkpoint {
+        stop: bool,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// Counters shared by the handle and the writer.
@@ -176,6 +183,30 @@ impl Handle {
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(WriterMsg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// As [`flush`](Self::flush), and then seals the record with a stop
+    /// checkpoint when checkpoints are configured: a clean stop's last word.
+    pub async fn flush_and_seal(&self) {
+        self.checkpoint(true).await;
+    }
+
+    /// As [`flush`](Self::flush), and then has a checkpoint cover what was
+    /// written (when checkpoints are configured), e.g. before an export.
+    pub async fn flush_and_checkpoint(&self) {
+        self.checkpoint(false).await;
+    }
+
+    async fn checkpoint(&self, stop: bool) {
+        let (done, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(WriterMsg::Checkpoint { stop, done })
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }

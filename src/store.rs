@@ -29,7 +29,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::event::{AuditEvent, EventRecord, EventType, Level};
+use crate::event::{format_timestamp, AuditEvent, EventRecord, EventType, Level};
 
 /// The largest page `query` returns.
 pub const MAX_QUERY_LIMIT: usize = 10_000;
@@ -174,6 +174,19 @@ pub trait AuditStore: Send + Sync + 'static {
 
     /// The newest event's seq and hash, if any.
     async fn head(&self) -> Result<Option<ChainHead>, StoreError>;
+
+    /// The store's stable id (a UUID made when the store was created), which
+    /// signed checkpoints name; `None` for a store that keeps none.
+    async fn source_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    /// The seq and hash of the newest CHECKPOINT event appended, as the
+    /// store records it apart from the events, so that `verify` notices a
+    /// tail cut from the events alone; `None` when it keeps no such record.
+    async fn latest_checkpoint(&self) -> Result<Option<ChainHead>, StoreError> {
+        Ok(None)
+    }
 
     /// A page, newest first.
     async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError>;
@@ -338,6 +351,30 @@ impl Sequenced for EventRecord {
 // === impl EventFilter ===
 
 impl EventFilter {
+    /// Whether a stored record passes the filter. Timestamps are compared
+    /// as text (they have one fixed-width form); the metadata is parsed
+    /// only for a policy filter.
+    pub fn matches_record(&self, record: &EventRecord) -> bool {
+        let after_start = self
+            .start_time
+            .is_none_or(|t| record.timestamp.as_str() >= format_timestamp(&t).as_str());
+        let before_end = self
+            .end_time
+            .is_none_or(|t| record.timestamp.as_str() < format_timestamp(&t).as_str());
+        (self.event_types.is_empty() || self.event_types.contains(&record.event_type))
+            && after_start
+            && before_end
+            && self
+                .request_id
+                .as_deref()
+                .is_none_or(|r| record.request_id.as_deref() == Some(r))
+            && self.min_level.is_none_or(|l| record.level >= l)
+            && self.policy_name.as_deref().is_none_or(|p| {
+                serde_json::from_str::<serde_json::Value>(record.metadata.get())
+                    .is_ok_and(|m| m["policy_name"].as_str() == Some(p))
+            })
+    }
+
     /// Whether `event` passes the filter (for stores that filter in memory).
     pub fn matches(&self, event: &AuditEvent) -> bool {
         (self.event_types.is_empty() || self.event_types.contains(&event.event_type))

@@ -6,6 +6,13 @@
 //! filling memory. If the store fails midway the body ends with an error,
 //! so the client sees a broken download rather than a short file that
 //! looks complete.
+//!
+//! A verifiable export (JSON or NDJSON; the default when the proxy signs
+//! checkpoints) also holds the checkpoints that cover its events and, for
+//! a filtered export, a `{"chain_link": ...}` item for each event it leaves
+//! out (see [`cover`]), so `verify --file` can check it alone.
+
+pub mod cover;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -21,8 +28,14 @@ use futures_util::{Stream, StreamExt};
 use super::error::AdminError;
 use super::params::{Params, FILTER_PARAMS};
 use super::AdminState;
+use crate::event::chain::ChainLink;
 use crate::event::EventRecord;
-use crate::store::RecordStream;
+use crate::store::{EventFilter, RecordStream, SharedStore, StoreError};
+
+pub use cover::ExportItem;
+
+/// A stream of export items, oldest first.
+pub type ItemStream = futures_util::stream::BoxStream<'static, Result<ExportItem, StoreError>>;
 
 /// Bytes buffered before they are passed on: large enough that each
 /// socket write and each chunk hyper frames carries many events.
@@ -80,7 +93,7 @@ pub async fn export(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, AdminError> {
     let mut allowed = FILTER_PARAMS.to_vec();
-    allowed.push("format");
+    allowed.extend(["format", "verifiable"]);
     let params = Params::parse(raw.as_deref(), &allowed)?;
     let format = match params.single("format")? {
         None => Format::Json,
@@ -89,13 +102,34 @@ pub async fn export(
         })?,
     };
     let filter = params.filter()?;
-    let events = state.store.export_records(filter);
+    let signing = !state.verify_keys.is_empty();
+    let verifiable = match params.single("verifiable")? {
+        None => signing,
+        Some("true" | "1") => true,
+        Some("false" | "0") => false,
+        Some(_) => {
+            return Err(AdminError::invalid(
+                "verifiable",
+                "`verifiable` must be true or false",
+            ))
+        }
+    };
+    if verifiable && signing {
+        // A checkpoint over the newest event, so the whole export is
+        // covered; a stalled store must not hold the download forever.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            state.events.flush_and_checkpoint(),
+        )
+        .await;
+    }
+    let events = items(&state.store, format, filter, verifiable);
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let disposition = format!(
         "attachment; filename=\"audit-events-{stamp}.{}\"",
         format.extension()
     );
-    let mut response = Body::from_stream(encode(format, events)).into_response();
+    let mut response = Body::from_stream(encode_items(format, events)).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -108,18 +142,42 @@ pub async fn export(
     Ok(response)
 }
 
+/// What an export of `filter` holds: the matching events, plus (when
+/// `verifiable`, in JSON or NDJSON) the checkpoints and chain links that
+/// let `verify --file` check them.
+pub fn items(
+    store: &SharedStore,
+    format: Format,
+    filter: EventFilter,
+    verifiable: bool,
+) -> ItemStream {
+    if !verifiable || format == Format::Csv || filter == EventFilter::default() {
+        return cover::plain(store.export_records(filter));
+    }
+    cover::covered(store.export_records(EventFilter::default()), filter)
+}
+
 /// The encoded body: chunks of at least [`FLUSH_BYTES`] (the last may be
 /// smaller), ending in an error if the store fails.
 pub fn encode(
     format: Format,
-    mut events: RecordStream,
+    events: RecordStream,
+) -> impl Stream<Item = Result<Bytes, ExportAborted>> + Send + 'static {
+    encode_items(format, cover::plain(events))
+}
+
+/// As [`encode`], for export items (events, and chain links).
+pub fn encode_items(
+    format: Format,
+    mut events: ItemStream,
 ) -> impl Stream<Item = Result<Bytes, ExportAborted>> + Send + 'static {
     async_stream::stream! {
         let mut encoder = Encoder::new(format);
         encoder.begin();
         while let Some(item) = events.next().await {
             let written = match item {
-                Ok(event) => encoder.event(&event),
+                Ok(ExportItem::Event(event)) => encoder.event(&event),
+                Ok(ExportItem::Link(link)) => encoder.link(&link),
                 Err(error) => {
                     tracing::error!(%error, "Export aborted: the audit store failed.");
                     Err(ExportAborted)
@@ -253,6 +311,32 @@ impl Encoder {
                 csv.write_record(cells.iter().map(|c| c.as_bytes()))
                     .map_err(|_| ExportAborted)?;
             }
+        }
+        Ok(())
+    }
+
+    /// A left-out event's link, as `{"chain_link": {...}}` (JSON and
+    /// NDJSON only; a CSV export carries none).
+    fn link(&mut self, link: &ChainLink) -> Result<(), ExportAborted> {
+        #[derive(serde::Serialize)]
+        struct Wrapped<'a> {
+            chain_link: &'a ChainLink,
+        }
+        let item = Wrapped { chain_link: link };
+        match &mut self.out {
+            Out::Json { ndjson: false, buf } => {
+                if self.wrote_item {
+                    buf.push(b',');
+                }
+                buf.push(b'\n');
+                serde_json::to_writer(&mut *buf, &item).map_err(|_| ExportAborted)?;
+                self.wrote_item = true;
+            }
+            Out::Json { ndjson: true, buf } => {
+                serde_json::to_writer(&mut *buf, &item).map_err(|_| ExportAborted)?;
+                buf.push(b'\n');
+            }
+            Out::Csv(_) => {}
         }
         Ok(())
     }

@@ -286,5 +286,6 @@ fn is_reserved(event_type: &EventType) -> bool {
             | EventType::Configuration
             | EventType::System
             | EventType::Error
+            | EventType::Checkpoint
     )
 }

@@ -59,6 +59,7 @@ async fn harness_full(
         health_interval: Duration::from_secs(3600),
         shutdown_attempts: 1,
         source: None,
+        checkpoints: None,
     };
     let (events, health) = spawn_writer(store.clone(), cfg, &tracker).await.unwrap();
     let readiness = Readiness::new(health);
@@ -72,6 +73,7 @@ async fn harness_full(
         Duration::from_secs(3600),
     ));
     let app = router(AdminState {
+        verify_keys: Default::default(),
         store,
         events: events.clone(),
         readiness: readiness.clone(),

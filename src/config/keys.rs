@@ -130,6 +130,22 @@ pub const AUDIT_ON_STORE_FAILURE: Key = key(
     "LLM_AUDIT_PROXY_ON_STORE_FAILURE",
     None,
 );
+pub const AUDIT_SIGNING_KEY_FILE: Key = key(
+    "audit.signing_key_file",
+    "LLM_AUDIT_PROXY_SIGNING_KEY_FILE",
+    None,
+);
+pub const AUDIT_SIGNING_KEY: Key = key("audit.signing_key", "LLM_AUDIT_PROXY_SIGNING_KEY", None);
+pub const AUDIT_CHECKPOINT_EVERY_EVENTS: Key = key(
+    "audit.checkpoint_every_events",
+    "LLM_AUDIT_PROXY_CHECKPOINT_EVERY_EVENTS",
+    None,
+);
+pub const AUDIT_CHECKPOINT_INTERVAL: Key = key(
+    "audit.checkpoint_interval_secs",
+    "LLM_AUDIT_PROXY_CHECKPOINT_INTERVAL_SECS",
+    None,
+);
 pub const QUEUE_CAPACITY: Key = key("queue.capacity", "LLM_AUDIT_PROXY_QUEUE_CAPACITY", None);
 pub const QUEUE_MAX_BATCH: Key = key("queue.max_batch", "LLM_AUDIT_PROXY_QUEUE_MAX_BATCH", None);
 pub const QUEUE_COMMIT_INTERVAL_MS: Key = key(
@@ -187,6 +203,10 @@ pub const ALL: &[Key] = &[
     AUDIT_MEMORY_LIMIT,
     AUDIT_MAX_STORE_MB,
     AUDIT_ON_STORE_FAILURE,
+    AUDIT_SIGNING_KEY_FILE,
+    AUDIT_SIGNING_KEY,
+    AUDIT_CHECKPOINT_EVERY_EVENTS,
+    AUDIT_CHECKPOINT_INTERVAL,
     QUEUE_CAPACITY,
     QUEUE_MAX_BATCH,
     QUEUE_COMMIT_INTERVAL_MS,

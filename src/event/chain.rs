@@ -17,10 +17,14 @@
 //! The first event of a store has `prev_hash` = [`GENESIS_HASH`]. Length
 //! prefixes make the encoding unambiguous whatever the fields contain.
 
+mod link;
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{format_timestamp, AuditEvent, EventRecord};
+
+pub use link::ChainLink;
 
 /// The `prev_hash` of the first event in a store: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -62,6 +66,17 @@ pub fn hash_with_metadata(event: &AuditEvent, metadata_json: &str) -> String {
     ])
 }
 
+/// Whether a stored record's `hash` matches its content. The metadata is
+/// hashed as stored; only if that does not match is it re-encoded
+/// canonically, so a record passes exactly when the event read from it
+/// would.
+pub fn record_matches(record: &EventRecord) -> bool {
+    let stored = record.metadata.get();
+    record_hash(record, stored) == record.hash
+        || serde_json::from_str::<Value>(stored)
+            .is_ok_and(|v| record_hash(record, &canonical_json(&v)) == record.hash)
+}
+
 /// The hash of a stored record, from its metadata text as stored: what
 /// the store wrote is the canonical text that was hashed, so an untouched
 /// record needs no parse and re-encoding of its metadata.
@@ -77,6 +92,44 @@ fn record_hash(record: &EventRecord, metadata_json: &str) -> String {
         metadata_json.as_bytes(),
         record.prev_hash.as_bytes(),
     ])
+}
+
+/// The encoding of a record's first eight fields (all but `prev_hash`), as
+/// a [`ChainLink`] carries it: with the metadata text as stored when that
+/// is what was hashed, else canonical.
+fn record_prefix(record: &EventRecord) -> Vec<u8> {
+    let stored = record.metadata.get();
+    let metadata = if record_hash(record, stored) == record.hash {
+        std::borrow::Cow::Borrowed(stored)
+    } else {
+        serde_json::from_str::<Value>(stored).map_or(std::borrow::Cow::Borrowed(stored), |v| {
+            std::borrow::Cow::Owned(canonical_json(&v))
+        })
+    };
+    let seq = record.seq.to_string();
+    let fields: [&[u8]; 8] = [
+        seq.as_bytes(),
+        record.id.as_bytes(),
+        record.timestamp.as_bytes(),
+        record.event_type.as_str().as_bytes(),
+        record.level.as_str().as_bytes(),
+        record.message.as_bytes(),
+        record.request_id.as_deref().unwrap_or("").as_bytes(),
+        metadata.as_bytes(),
+    ];
+    let mut out = Vec::new();
+    for bytes in fields {
+        push_field(&mut out, bytes);
+    }
+    out
+}
+
+/// One field of the encoding: length, `:`, bytes, `\n`.
+fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(bytes.len().to_string().as_bytes());
+    out.push(b':');
+    out.extend_from_slice(bytes);
+    out.push(b'\n');
 }
 
 /// The encoding described at the top of this module, hashed.
@@ -140,10 +193,7 @@ impl ChainVerifier {
     /// read from it would.
     pub fn check_record(&mut self, record: &EventRecord) -> Result<(), ChainBreak> {
         self.link(record.seq, &record.prev_hash, &record.hash, || {
-            let stored = record.metadata.get();
-            record_hash(record, stored) == record.hash
-                || serde_json::from_str::<Value>(stored)
-                    .is_ok_and(|v| record_hash(record, &canonical_json(&v)) == record.hash)
+            record_matches(record)
         })
     }
 

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use super::checkpoint::{CheckpointConfig, Checkpointer};
 use super::health::{self, StoreHealth, StoreHealthSetter};
 use super::{Handle, PipelineStats, SubmitError, WriterMsg};
 use crate::event::{chain::GENESIS_HASH, AuditEvent, EventType, Level, NewEvent};
@@ -42,6 +43,8 @@ pub struct WriterConfig {
     pub shutdown_attempts: u32,
     /// Added to every event's metadata as `source` (where the proxy runs).
     pub source: Option<serde_json::Value>,
+    /// Signed checkpoints; `None` writes none.
+    pub checkpoints: Option<CheckpointConfig>,
 }
 
 struct Writer {
@@ -56,6 +59,7 @@ struct Writer {
     reported_drops: u64,
     /// Runs the store's writes, so one proceeds while the next is sealed.
     tracker: TaskTracker,
+    checkpoints: Option<Checkpointer>,
 }
 
 /// A write's first outcome and how long it took.
@@ -89,6 +93,16 @@ pub async fn spawn_writer(
     tracker: &TaskTracker,
 ) -> Result<(Handle, StoreHealth), StoreError> {
     let head = store.head().await?;
+    let checkpoints = match cfg.checkpoints.clone().filter(|_| cfg.enabled) {
+        Some(c) => Some(Checkpointer::new(
+            c,
+            store
+                .source_id()
+                .await?
+                .unwrap_or_else(crate::event::new_id),
+        )),
+        None => None,
+    };
     let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
     let stats = Arc::new(PipelineStats::default());
     let (setter, health) = health::channel();
@@ -108,6 +122,7 @@ pub async fn spawn_writer(
         prev_hash: head.map_or_else(|| GENESIS_HASH.to_owned(), |h| h.hash),
         reported_drops: 0,
         tracker: tracker.clone(),
+        checkpoints,
         cfg,
     };
     tracker.spawn(writer.run());
@@ -128,6 +143,7 @@ impl Writer {
             let room = self.cfg.max_batch - msgs.len();
             let due = last_begun.map_or_else(Instant::now, |t| t + self.cfg.commit_interval);
             let lingering = !msgs.is_empty();
+            let idle = self.idle_deadline();
             let step = match in_flight.as_mut() {
                 // A write is under way: take new events as they come (they
                 // are sealed while it runs) but settle it as soon as it ends,
@@ -140,13 +156,14 @@ impl Writer {
                 None => tokio::select! {
                     n = self.rx.recv_many(&mut msgs, room) => Step::Received(n),
                     () = tokio::time::sleep_until(due), if lingering => Step::Due,
-                    () = tokio::time::sleep(self.cfg.health_interval), if !lingering => Step::Idle,
+                    () = tokio::time::sleep_until(idle), if !lingering => Step::Idle,
                 },
             };
             let ready = match step {
                 Step::Idle => {
                     self.check_health().await;
-                    false
+                    // A heartbeat checkpoint, if one is due.
+                    self.checkpoint_due()
                 }
                 Step::Written(appended) => {
                     if let Some(write) = in_flight.take() {
@@ -155,9 +172,12 @@ impl Writer {
                     false
                 }
                 Step::Received(0) => {
-                    // The queue is closed and empty: write what lingers,
-                    // finish the last write, stop.
-                    if !msgs.is_empty() {
+                    // The queue is closed and empty: write what lingers
+                    // and the stop checkpoint, finish the last write, stop.
+                    if let Some(c) = &mut self.checkpoints {
+                        c.stop();
+                    }
+                    if !msgs.is_empty() || self.checkpoint_due() {
                         self.dispatch(&mut msgs, &mut in_flight).await;
                     }
                     if let Some(mut write) = in_flight.take() {
@@ -214,6 +234,16 @@ impl Writer {
                     batch.push(self.seal(e));
                 }
                 WriterMsg::Flush(done) => flushes.push(done),
+                WriterMsg::Checkpoint { stop, done } => {
+                    if let Some(c) = &mut self.checkpoints {
+                        if stop {
+                            c.stop();
+                        } else {
+                            c.request();
+                        }
+                    }
+                    flushes.push(done);
+                }
             }
         }
         let taken = batch.len() as u64;
@@ -230,6 +260,7 @@ impl Writer {
             self.settle(write, appended, &mut batch).await;
         }
         self.report_drops(&mut batch);
+        self.stamp_checkpoint(&mut batch);
         if batch.is_empty() {
             for done in flushes {
                 let _ = done.send(());
@@ -301,6 +332,11 @@ impl Writer {
     }
 
     fn seal(&mut self, event: NewEvent) -> AuditEvent {
+        if let Some(c) = self.checkpoints.as_mut() {
+            if event.event_type != EventType::Checkpoint {
+                c.sealed(&event.event_type);
+            }
+        }
         self.seq += 1;
         let sealed = event.seal(self.seq, &self.prev_hash);
         self.prev_hash.clone_from(&sealed.hash);
@@ -405,7 +441,51 @@ impl Writer {
                 metadata: std::mem::take(&mut event.metadata),
                 metadata_json: std::mem::take(&mut event.metadata_json),
             };
+            // A checkpoint signs the event before it: sign again for the
+            // new place.
+            let new = match &self.checkpoints {
+                Some(c) if new.event_type == EventType::Checkpoint => {
+                    c.resign(new, self.seq, &self.prev_hash)
+                }
+                _ => new,
+            };
             *event = self.seal(new);
+        }
+    }
+
+    /// When an idle writer wakes: for its health check, or sooner for a
+    /// heartbeat checkpoint.
+    fn idle_deadline(&self) -> Instant {
+        let health = Instant::now() + self.cfg.health_interval;
+        self.checkpoints
+            .as_ref()
+            .map_or(health, |c| health.min(c.next_due()))
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.checkpoints
+            .as_ref()
+            .is_some_and(|c| c.due(Instant::now()).is_some())
+    }
+
+    /// Appends a signed checkpoint over the batch's last event when one is
+    /// due (see [`super::checkpoint`]).
+    fn stamp_checkpoint(&mut self, batch: &mut Vec<AuditEvent>) {
+        let Some(reason) = self
+            .checkpoints
+            .as_ref()
+            .and_then(|c| c.due(Instant::now()))
+        else {
+            return;
+        };
+        if self.seq == 0 {
+            // Nothing to cover yet.
+            return;
+        }
+        let (seq, hash) = (self.seq, self.prev_hash.clone());
+        if let Some(c) = self.checkpoints.as_mut() {
+            let event = c.make(reason, seq, &hash);
+            batch.push(self.seal(event));
         }
     }
 

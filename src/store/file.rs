@@ -44,6 +44,8 @@ use crate::event::{format_timestamp, AuditEvent};
 const EXPORT_CHUNK: usize = 1000;
 /// Chunks an export may read ahead of its consumer.
 const EXPORT_READ_AHEAD: usize = 2;
+/// The file holding the store's stable id.
+const SOURCE_ID_FILE: &str = "source_id";
 /// The file `health` creates and removes when the folder holds no file yet.
 const HEALTH_PROBE: &str = ".health-probe";
 
@@ -51,6 +53,8 @@ const HEALTH_PROBE: &str = ".health-probe";
 #[derive(Debug)]
 pub struct FileStore {
     dir: PathBuf,
+    /// From the folder's `source_id` file, made with the store.
+    source_id: String,
     rotation: Rotation,
     state: Arc<Mutex<State>>,
 }
@@ -117,8 +121,10 @@ impl FileStore {
                 hash: s.last_hash.clone(),
             })
         });
+        let source_id = read_or_make_source_id(dir)?;
         Ok(FileStore {
             dir: dir.to_owned(),
+            source_id,
             rotation,
             state: Arc::new(Mutex::new(State {
                 dir: dir.to_owned(),
@@ -183,6 +189,10 @@ impl AuditStore for FileStore {
 
     async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
         Ok(lock(&self.state).head.clone())
+    }
+
+    async fn source_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(Some(self.source_id.clone()))
     }
 
     async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
@@ -536,6 +546,28 @@ impl State {
             .map(|t| format_timestamp(&t));
         Ok(report)
     }
+}
+
+/// The folder's `source_id`, made (written and synced, then renamed into
+/// place) on the first open.
+fn read_or_make_source_id(dir: &Path) -> Result<String, StoreError> {
+    let path = dir.join(SOURCE_ID_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error("cannot read", &path, e)),
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let partial = dir.join(format!(".{SOURCE_ID_FILE}.partial"));
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&partial)?;
+        file.write_all(format!("{id}\n").as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&partial, &path)
+    };
+    write().map_err(|e| io_error("cannot write", &path, e))?;
+    Ok(id)
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {

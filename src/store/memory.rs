@@ -22,6 +22,8 @@ use crate::event::{format_timestamp, AuditEvent, EventType};
 pub struct MemoryStore {
     limit: usize,
     inner: Mutex<Ring>,
+    /// Made with the store: a memory store lives as long as its process.
+    source_id: String,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +46,7 @@ impl MemoryStore {
                 events: VecDeque::with_capacity(limit.min(4096)),
                 dropped: 0,
             }),
+            source_id: uuid::Uuid::now_v7().to_string(),
         }
     }
 
@@ -79,6 +82,10 @@ impl AuditStore for MemoryStore {
             ring.events.push_back(event);
         }
         Ok(())
+    }
+
+    async fn source_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(Some(self.source_id.clone()))
     }
 
     async fn head(&self) -> Result<Option<ChainHead>, StoreError> {

@@ -107,7 +107,13 @@ impl SqliteStore {
                 // index pages every batch touched; at the default 1,000 pages
                 // a busy writer checkpointed about ten times a second.
                 conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
-                schema::migrate(conn)
+                schema::migrate(conn)?;
+                // Made once; later opens keep the first one.
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+                    params![schema::META_SOURCE_ID, uuid::Uuid::now_v7().to_string()],
+                )?;
+                Ok(())
             })
             .await
             .map_err(from_call)?;
@@ -143,6 +149,24 @@ impl SqliteStore {
             reader,
             path,
         })
+    }
+
+    /// One `meta` value; `None` when unset or when the file predates the
+    /// table (a read-only open never migrates).
+    async fn meta(&self, key: &'static str) -> Result<Option<String>, StoreError> {
+        let conn = self.writer.as_ref().unwrap_or(&self.reader);
+        conn.call(move |conn| {
+            if schema::user_version(conn)? < schema::META_SINCE {
+                return Ok(None);
+            }
+            let value = conn
+                .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()?;
+            Ok(value)
+        })
+        .await
+        .map_err(from_call)
     }
 
     /// The database file's path.
@@ -248,6 +272,20 @@ impl AuditStore for SqliteStore {
                         ])?;
                     }
                 }
+                if let Some(c) = events
+                    .iter()
+                    .rev()
+                    .find(|e| e.event_type == EventType::Checkpoint)
+                {
+                    tx.prepare_cached(
+                        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    )?
+                    .execute(params![
+                        schema::META_LATEST_CHECKPOINT,
+                        format!("{}:{}", c.seq, c.hash)
+                    ])?;
+                }
                 tx.commit()?;
                 Ok(())
             })
@@ -273,6 +311,26 @@ impl AuditStore for SqliteStore {
         })
         .await
         .map_err(from_call)
+    }
+
+    async fn source_id(&self) -> Result<Option<String>, StoreError> {
+        self.meta(schema::META_SOURCE_ID).await
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<ChainHead>, StoreError> {
+        let Some(value) = self.meta(schema::META_LATEST_CHECKPOINT).await? else {
+            return Ok(None);
+        };
+        let parsed = value
+            .split_once(':')
+            .and_then(|(seq, hash)| Some((seq.parse().ok()?, hash.to_owned())));
+        match parsed {
+            Some((seq, hash)) => Ok(Some(ChainHead { seq, hash })),
+            None => Err(StoreError::Corrupt(format!(
+                "meta {}: {value:?} is not seq:hash",
+                schema::META_LATEST_CHECKPOINT
+            ))),
+        }
     }
 
     async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError> {

@@ -13,6 +13,7 @@ mod support;
 
 mod admin_api;
 mod binary;
+mod evidence;
 mod hardening;
 mod leaks;
 mod manifests;

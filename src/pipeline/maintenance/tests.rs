@@ -21,6 +21,7 @@ fn writer_config() -> WriterConfig {
         health_interval: Duration::from_secs(3600),
         shutdown_attempts: 1,
         source: None,
+        checkpoints: None,
     }
 }
 

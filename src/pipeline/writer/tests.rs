@@ -130,6 +130,7 @@ fn config() -> WriterConfig {
         health_interval: Duration::from_secs(3600),
         shutdown_attempts: 1,
         source: None,
+        checkpoints: None,
     }
 }
 

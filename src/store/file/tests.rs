@@ -16,10 +16,12 @@ fn page_query(limit: usize, before_seq: Option<i64>) -> EventQuery {
     }
 }
 
+/// The event files (not the store's `source_id`).
 fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name != SOURCE_ID_FILE)
         .collect();
     names.sort();
     names
@@ -297,4 +299,14 @@ async fn size_cap_never_removes_the_file_being_written() {
     );
     assert_eq!(r.bytes_after, store.stats().await.unwrap().store_bytes);
     assert!(r.bytes_after > 0);
+}
+
+#[tokio::test]
+async fn the_source_id_is_made_once_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = FileStore::open(dir.path(), Rotation::Daily).unwrap();
+    let id = first.source_id().await.unwrap().unwrap();
+    drop(first);
+    let again = FileStore::open(dir.path(), Rotation::Daily).unwrap();
+    assert_eq!(again.source_id().await.unwrap(), Some(id));
 }

@@ -55,7 +55,19 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql(
         "CREATE INDEX IF NOT EXISTS events_type_ts ON events (event_type, timestamp, seq);",
     ),
+    // 4: what the store knows about itself: its `source_id` (made once, when
+    // the store is opened for writing by a build with this step) and the
+    // newest checkpoint appended, kept apart from the events so that a
+    // tail cut from the events is noticed.
+    Migration::Sql("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"),
 ];
+
+/// `meta` key of the store's stable id.
+pub const META_SOURCE_ID: &str = "source_id";
+/// `meta` key of the newest checkpoint, as `seq:hash`.
+pub const META_LATEST_CHECKPOINT: &str = "latest_checkpoint";
+/// The first schema version with the `meta` table.
+pub const META_SINCE: i64 = 4;
 
 /// `PRAGMA auto_vacuum`'s value for INCREMENTAL.
 pub const AUTO_VACUUM_INCREMENTAL: i64 = 2;

@@ -459,3 +459,54 @@ async fn a_size_cap_purge_shrinks_the_file() {
     assert!(db <= before / 4, "{db} > {}", before / 4);
     assert_eq!(r.bytes_after, store.stats().await.unwrap().store_bytes);
 }
+
+#[tokio::test]
+async fn the_source_id_and_latest_checkpoint_are_kept_apart_from_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let id = store.source_id().await.unwrap().unwrap();
+    assert_eq!(store.latest_checkpoint().await.unwrap(), None);
+    let mut events = chain(1, GENESIS_HASH, 2);
+    let checkpoint = NewEvent::new(EventType::Checkpoint, "Checkpoint").seal(3, &events[1].hash);
+    events.push(checkpoint.clone());
+    events.extend(chain(4, &checkpoint.hash, 1));
+    store.append_batch(events.into()).await.unwrap();
+    drop(store);
+
+    // Kept across opens, and readable without writing.
+    let again = SqliteStore::open_read_only(dir.path()).await.unwrap();
+    assert_eq!(again.source_id().await.unwrap(), Some(id.clone()));
+    assert_eq!(
+        again.latest_checkpoint().await.unwrap(),
+        Some(ChainHead {
+            seq: 3,
+            hash: checkpoint.hash.clone()
+        })
+    );
+    drop(again);
+    let reopened = SqliteStore::open(dir.path()).await.unwrap();
+    assert_eq!(reopened.source_id().await.unwrap(), Some(id));
+}
+
+#[tokio::test]
+async fn a_store_older_than_the_meta_table_reads_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store
+            .append_batch(chain(1, GENESIS_HASH, 2).into())
+            .await
+            .unwrap();
+    }
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute_batch("DROP TABLE meta; PRAGMA user_version = 3;")
+        .unwrap();
+    drop(conn);
+    let old = SqliteStore::open_read_only(dir.path()).await.unwrap();
+    assert_eq!(old.source_id().await.unwrap(), None);
+    assert_eq!(old.latest_checkpoint().await.unwrap(), None);
+    drop(old);
+    // Opened for writing, it gains the table and an id.
+    let upgraded = SqliteStore::open(dir.path()).await.unwrap();
+    assert!(upgraded.source_id().await.unwrap().is_some());
+}
