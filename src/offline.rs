@@ -186,6 +186,8 @@ pub async fn purge(config: &Config) -> Result<Vec<PurgeReport>, OfflineError> {
             health_interval: Duration::from_secs(60),
             shutdown_attempts: 3,
             source: config.instance.source(),
+            queue_max_bytes: u64::MAX / 2,
+            ledger: None,
         },
         &tracker,
     )

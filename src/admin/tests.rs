@@ -47,6 +47,8 @@ async fn harness_with(store: SharedStore, tokens: &[&str], seeded: Vec<AuditEven
         health_interval: Duration::from_secs(3600),
         shutdown_attempts: 1,
         source: None,
+        queue_max_bytes: u64::MAX / 2,
+        ledger: None,
     };
     let (events, health) = spawn_writer(store.clone(), cfg, &tracker).await.unwrap();
     let readiness = Readiness::new(health);

@@ -29,7 +29,7 @@ use crate::config::{FailMode, Upstream};
 use crate::pipeline::record::{
     CallInfo, CallRecord, Failure, Recorder, RequestPrescan, ResponseOutcome,
 };
-use crate::pipeline::StoreHealth;
+use crate::pipeline::{Admission, StoreHealth};
 use crate::policy::{Direction, PolicySet, Verdict};
 use crate::telemetry::metrics::{
     operation_label, CallLabels, KindLabels, Metrics, OperationLabels,
@@ -49,6 +49,8 @@ pub struct ProxyState {
     pub recorder: Option<Recorder>,
     pub fail_mode: FailMode,
     pub store_health: StoreHealth,
+    /// Under `fail_closed`, lets a call in only while its events have room.
+    pub admission: Admission,
     pub metrics: Arc<Metrics>,
     /// The compliance policies; `block` and `redact_upstream` ones act here.
     pub policies: Arc<PolicySet>,
@@ -66,9 +68,6 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started_at = Instant::now();
     let request_id = request_id_for(req.headers());
-    if state.fail_mode == FailMode::FailClosed && !state.store_health.is_writable() {
-        return ProxyError::AuditStoreUnavailable.into_response(&request_id);
-    }
     let (mut parts, body) = req.into_parts();
     let path_and_query = parts
         .uri
@@ -88,6 +87,15 @@ pub async fn handle(
         operation: operation_label(&operation.name),
         started_at,
     };
+    // fail_closed: nothing reaches upstream unless its events have room.
+    let reservation = match state.admission.admit() {
+        Ok(reservation) => reservation,
+        Err(refusal) => {
+            tracing::debug!(request_id = %request_id, reason = refusal.as_str(), "Call refused: the audit store cannot take its events.");
+            call_log.failed(ProxyError::AuditStoreUnavailable, "refused");
+            return ProxyError::AuditStoreUnavailable.into_response(&request_id);
+        }
+    };
     let mut record = state.recorder.as_ref().map(|recorder| {
         let provider = state
             .provider_override
@@ -102,6 +110,7 @@ pub async fn handle(
             client_ip,
             headers: detached(&parts.headers),
             started_at,
+            reservation,
         })
     });
     // The path is a slice of hyper's read buffer too (see `detached`);
@@ -112,7 +121,15 @@ pub async fn handle(
         state.capture_cap,
         on_done(record.as_mut().and_then(CallRecord::request_sender)),
     );
-    let (mut prefix, rest) = match read_prefix(body, request_capture, state.capture_cap).await {
+    let committed = record.as_mut().and_then(CallRecord::request_committed);
+    let (mut prefix, rest) = match read_prefix(
+        body,
+        request_capture,
+        state.capture_cap,
+        committed.is_some(),
+    )
+    .await
+    {
         Ok(b) => b,
         Err(()) => {
             // The app's body broke off while being read: nothing was sent.
@@ -157,6 +174,13 @@ pub async fn handle(
         }
     }
     drop(prescan_sender);
+    if let Some(committed) = committed {
+        // Strict durability: the REQUEST is on disk before the call leaves.
+        if !matches!(committed.await, Ok(Ok(()))) {
+            call_log.failed(ProxyError::AuditStoreUnavailable, "refused");
+            return ProxyError::AuditStoreUnavailable.into_response(&request_id);
+        }
+    }
     if state.policies.blocks(Direction::Response) {
         // A compressed answer could not be inspected as it streams.
         headers.remove(header::ACCEPT_ENCODING);
@@ -425,16 +449,24 @@ where
 
 /// Reads the request body up to the capture cap, so the whole of a typical
 /// LLM request is known before it goes upstream; anything longer streams
-/// on through the tee.
+/// on through the tee. With `capture_prefix_only` (strict durability, whose
+/// REQUEST is committed before the body goes on), a longer body's capture
+/// ends with the prefix, marked truncated.
 async fn read_prefix(
     mut body: Incoming,
     mut capture: Capture,
     cap: usize,
+    capture_prefix_only: bool,
 ) -> Result<(Bytes, Option<TeeBody<Incoming>>), ()> {
     match read_up_to(&mut body, &mut capture, cap).await {
         Ok((prefix, true)) => {
             capture.finish(BodyEnd::Complete);
             Ok((prefix, None))
+        }
+        Ok((prefix, false)) if capture_prefix_only => {
+            capture.finish(BodyEnd::Complete);
+            let rest = Capture::new(0, Box::new(|_| {}));
+            Ok((prefix, Some(TeeBody::new(body, rest))))
         }
         Ok((prefix, false)) => Ok((prefix, Some(TeeBody::new(body, capture)))),
         Err(error) => {

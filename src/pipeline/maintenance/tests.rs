@@ -21,6 +21,8 @@ fn writer_config() -> WriterConfig {
         health_interval: Duration::from_secs(3600),
         shutdown_attempts: 1,
         source: None,
+        queue_max_bytes: u64::MAX / 2,
+        ledger: None,
     }
 }
 

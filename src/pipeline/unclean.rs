@@ -1,0 +1,111 @@
+//! Whether the previous run stopped cleanly, read from the store at start.
+//!
+//! A clean stop ends with the SYSTEM event whose `phase` is `shutdown`. A
+//! store whose newest event is anything else was left by a run that was
+//! killed, crashed or lost power: what it was still holding (queued
+//! events, a batch being written) is gone, and the record says so with an
+//! ERROR `unclean_shutdown` naming the last stored seq and time.
+
+use serde_json::json;
+
+use crate::event::{format_timestamp, AuditEvent, EventType, NewEvent};
+use crate::store::{AuditStore, EventQuery, StoreError};
+
+/// Newest events looked at: a signed checkpoint may follow the stop event.
+const LOOK_BACK: usize = 4;
+
+/// The ERROR event to record when the store's last run did not stop
+/// cleanly; `None` for an empty store or a clean stop.
+pub async fn unclean_shutdown_event(
+    store: &dyn AuditStore,
+) -> Result<Option<NewEvent>, StoreError> {
+    let page = store
+        .query(&EventQuery {
+            filter: Default::default(),
+            limit: LOOK_BACK,
+            before_seq: None,
+        })
+        .await?;
+    let Some(last) = page.events.first() else {
+        return Ok(None);
+    };
+    let stopped_cleanly = page
+        .events
+        .iter()
+        .find(|e| !is_checkpoint(e))
+        .is_some_and(is_clean_stop);
+    if stopped_cleanly {
+        return Ok(None);
+    }
+    let at = format_timestamp(&last.timestamp);
+    Ok(Some(
+        NewEvent::new(
+            EventType::Error,
+            format!(
+                "The previous run did not stop cleanly; its last stored event is seq {} at {at}",
+                last.seq
+            ),
+        )
+        .with_metadata(json!({
+            "error_type": "unclean_shutdown",
+            "details": {"last_seq": last.seq, "last_timestamp": at},
+        })),
+    ))
+}
+
+/// The SYSTEM event a clean stop writes last.
+pub fn is_clean_stop(event: &AuditEvent) -> bool {
+    event.event_type == EventType::System && event.metadata["phase"] == "shutdown"
+}
+
+/// Checkpoint records that a clean stop may write after its SYSTEM event.
+fn is_checkpoint(event: &AuditEvent) -> bool {
+    event.event_type.as_str() == "CHECKPOINT"
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::event::chain::GENESIS_HASH;
+    use crate::store::memory::MemoryStore;
+
+    async fn store_with(events: Vec<NewEvent>) -> MemoryStore {
+        let store = MemoryStore::new(100);
+        let mut prev = GENESIS_HASH.to_owned();
+        let mut sealed = Vec::new();
+        for (i, e) in events.into_iter().enumerate() {
+            let e = e.seal(i as i64 + 1, &prev);
+            prev.clone_from(&e.hash);
+            sealed.push(e);
+        }
+        store.append_batch(Arc::from(sealed)).await.unwrap();
+        store
+    }
+
+    fn stop() -> NewEvent {
+        NewEvent::new(EventType::System, "Audit proxy stopped")
+            .with_metadata(json!({"phase": "shutdown"}))
+    }
+
+    #[tokio::test]
+    async fn an_empty_store_or_a_clean_stop_needs_no_event() {
+        assert!(unclean_shutdown_event(&MemoryStore::new(10))
+            .await
+            .unwrap()
+            .is_none());
+        let store = store_with(vec![NewEvent::new(EventType::Request, "r"), stop()]).await;
+        assert!(unclean_shutdown_event(&store).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_store_that_ends_elsewhere_names_its_last_seq_and_time() {
+        let store = store_with(vec![stop(), NewEvent::new(EventType::Request, "r")]).await;
+        let event = unclean_shutdown_event(&store).await.unwrap().unwrap();
+        assert_eq!(event.event_type, EventType::Error);
+        assert_eq!(event.metadata["error_type"], "unclean_shutdown");
+        assert_eq!(event.metadata["details"]["last_seq"], 2);
+        assert!(event.metadata["details"]["last_timestamp"].is_string());
+    }
+}
