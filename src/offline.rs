@@ -55,7 +55,7 @@ pub async fn open_for_reading(audit: &AuditConfig) -> Result<SharedStore, Offlin
         StorageKind::Sqlite => Ok(Arc::new(
             SqliteStore::open_read_only(&audit.file_path).await?,
         )),
-        StorageKind::File => Ok(Arc::new(FileStore::open(
+        StorageKind::File => Ok(Arc::new(FileStore::open_for_reading(
             &audit.file_path,
             crate::app::rotation(audit.file_rotation),
         )?)),

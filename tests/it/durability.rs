@@ -261,6 +261,50 @@ async fn serve_exits_non_zero_when_events_were_lost() {
     assert!(recorded + carried > 0, "the drops are on record or carried");
 }
 
+#[tokio::test]
+async fn a_second_writer_of_a_file_store_is_refused_with_a_clear_message() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file_store = [("LLM_AUDIT_PROXY_STORAGE", "file")];
+    let (child, _, _) = serve(&mock.url(), dir.path(), &file_store);
+    for args in [
+        &["purge"][..],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    ] {
+        let out = command()
+            .args(args)
+            .args(["--storage", "file", "--file-path"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} ran beside serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("in use by another process"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // Reading needs no lock.
+    let out = command()
+        .args(["events", "--storage", "file", "--file-path"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sigterm(&child);
+    assert_eq!(exit_code(child).await, Some(0));
+}
+
 /// Calls through `proxy` from `workers` loops until the proxy goes away;
 /// returns the request ids whose whole answer reached the client.
 async fn load(proxy: &str, run: usize, workers: usize) -> Vec<String> {
