@@ -19,9 +19,9 @@ const EVENTS_PER_CALL: u64 = 4;
 /// Bounds of the bytes one call reserves: twice its capture cap (both
 /// bodies), within these limits. A typical stored call is far smaller than
 /// its cap; reserving the cap itself would admit only a few dozen calls
-/// into the default budget.
+/// into the default budget (64 KiB admits 1,024 calls into 64 MiB).
 const MIN_BYTES_PER_CALL: u64 = 16 * 1024;
-const MAX_BYTES_PER_CALL: u64 = 256 * 1024;
+const MAX_BYTES_PER_CALL: u64 = 64 * 1024;
 
 /// Decides whether a call may proceed. Cheap to clone.
 #[derive(Clone)]

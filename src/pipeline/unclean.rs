@@ -11,8 +11,9 @@ use serde_json::json;
 use crate::event::{format_timestamp, AuditEvent, EventType, NewEvent};
 use crate::store::{AuditStore, EventQuery, StoreError};
 
-/// Newest events looked at: a signed checkpoint may follow the stop event.
-const LOOK_BACK: usize = 4;
+/// Newest events looked at: checkpoints and offline purges may follow the
+/// stop event.
+const LOOK_BACK: usize = 16;
 
 /// The ERROR event to record when the store's last run did not stop
 /// cleanly; `None` for an empty store or a clean stop.
@@ -32,7 +33,7 @@ pub async fn unclean_shutdown_event(
     let stopped_cleanly = page
         .events
         .iter()
-        .find(|e| !is_checkpoint(e))
+        .find(|e| !may_follow_a_stop(e))
         .is_some_and(is_clean_stop);
     if stopped_cleanly {
         return Ok(None);
@@ -58,9 +59,11 @@ pub fn is_clean_stop(event: &AuditEvent) -> bool {
     event.event_type == EventType::System && event.metadata["phase"] == "shutdown"
 }
 
-/// Checkpoint records that a clean stop may write after its SYSTEM event.
-fn is_checkpoint(event: &AuditEvent) -> bool {
+/// Events written after a clean stop without a run: a signed checkpoint
+/// of the stop, and the SYSTEM event of an offline `purge`.
+fn may_follow_a_stop(event: &AuditEvent) -> bool {
     event.event_type.as_str() == "CHECKPOINT"
+        || (event.event_type == EventType::System && event.metadata["action"] == "purge")
 }
 
 #[cfg(test)]
@@ -96,6 +99,11 @@ mod tests {
             .unwrap()
             .is_none());
         let store = store_with(vec![NewEvent::new(EventType::Request, "r"), stop()]).await;
+        assert!(unclean_shutdown_event(&store).await.unwrap().is_none());
+        // An offline purge after the stop is no run of its own.
+        let purge =
+            NewEvent::new(EventType::System, "purged").with_metadata(json!({"action": "purge"}));
+        let store = store_with(vec![stop(), purge]).await;
         assert!(unclean_shutdown_event(&store).await.unwrap().is_none());
     }
 

@@ -6,8 +6,8 @@
 //! batch fills or someone waits for an ack or a flush), so it writes in
 //! large transactions. "How to write" is one
 //! `append_batch` call, retried with backoff while the error is retriable
-//! ([`retry`]). What is lost on the way is recorded once the store takes
-//! writes again ([`report`]).
+//! (`writer/retry.rs`). What is lost on the way is recorded once the store
+//! takes writes again (`writer/report.rs`).
 
 mod report;
 mod retry;
@@ -264,7 +264,11 @@ impl Writer {
                     batch.push(self.seal(e));
                 }
                 WriterMsg::Flush(done) => flushes.push(done),
-                WriterMsg::Close(done) => self.closing.push(done),
+                WriterMsg::Close(done) => {
+                    // Taken here rather than by the loop: close all the same.
+                    self.rx.close();
+                    self.closing.push(done);
+                }
             }
         }
         let taken = batch.len() as u64;
