@@ -59,10 +59,17 @@ pub fn is_clean_stop(event: &AuditEvent) -> bool {
     event.event_type == EventType::System && event.metadata["phase"] == "shutdown"
 }
 
-/// Events written after a clean stop without a run: a signed checkpoint
-/// of the stop, and the SYSTEM event of an offline `purge`.
+/// Events that may follow the stop event of a clean stop: a signed
+/// checkpoint of the stop, the ERROR events recording losses that rode in
+/// the last batch, and the SYSTEM event of an offline `purge` run later.
 fn may_follow_a_stop(event: &AuditEvent) -> bool {
+    let loss_report = event.event_type == EventType::Error
+        && matches!(
+            event.metadata["error_type"].as_str(),
+            Some("events_dropped" | "events_lost" | "record_build_failed")
+        );
     event.event_type.as_str() == "CHECKPOINT"
+        || loss_report
         || (event.event_type == EventType::System && event.metadata["action"] == "purge")
 }
 
@@ -104,6 +111,11 @@ mod tests {
         let purge =
             NewEvent::new(EventType::System, "purged").with_metadata(json!({"action": "purge"}));
         let store = store_with(vec![stop(), purge]).await;
+        assert!(unclean_shutdown_event(&store).await.unwrap().is_none());
+        // Nor are the loss reports of the last batch.
+        let dropped = NewEvent::new(EventType::Error, "3 dropped")
+            .with_metadata(json!({"error_type": "events_dropped"}));
+        let store = store_with(vec![stop(), dropped]).await;
         assert!(unclean_shutdown_event(&store).await.unwrap().is_none());
     }
 
