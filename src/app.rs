@@ -336,8 +336,9 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
 
 /// Runs until SIGTERM or Ctrl-C, then shuts down in phases.
 pub async fn run(config: Config) -> Result<Stopped, StartError> {
+    let stop = stop_signal();
     let running = start(config).await?;
-    wait_for_signal().await;
+    stop.await;
     running.shutdown();
     Ok(running.wait().await)
 }
@@ -472,23 +473,31 @@ fn local_addr(
         .map_err(|source| StartError::Bind { key, addr, source })
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Listens for SIGTERM from the moment it is called, so a signal sent as
+/// soon as the start-up line is logged is not met by the default action
+/// (which would kill the process before its shutdown phases). Resolves on
+/// SIGTERM or Ctrl-C.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async move {
+            match term {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {},
+            () = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }
