@@ -735,8 +735,6 @@ impl CallRecord {
         self.answer_started.take()
     }
 
-    /// Hands over the request body as request policies saw it; used once.
-    /// Dropping it unsent tells the record to read the capture itself.
     /// Strict durability: resolves once the REQUEST is committed (or could
     /// not be); `None` in buffered mode. The REQUEST is built only once the
     /// request body has been read and the prescan sender sent or dropped.
@@ -744,6 +742,8 @@ impl CallRecord {
         self.committed.take()
     }
 
+    /// Hands over the request body as request policies saw it; used once.
+    /// Dropping it unsent tells the record to read the capture itself.
     pub fn prescan_sender(&mut self) -> Option<oneshot::Sender<RequestPrescan>> {
         self.prescan.take()
     }
