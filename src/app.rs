@@ -185,8 +185,11 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
         )
         .commit_requests_first(config.audit.durability == Durability::Strict)
     });
-    let admission = if config.audit.enabled && config.audit.on_store_failure == FailMode::FailClosed
-    {
+    // Strict durability admits calls as fail_closed does: a call whose
+    // REQUEST cannot be committed must not be let in to wait for it.
+    let closed = config.audit.on_store_failure == FailMode::FailClosed
+        || config.audit.durability == Durability::Strict;
+    let admission = if config.audit.enabled && closed {
         Admission::closed(
             &events,
             store_health.clone(),

@@ -20,6 +20,10 @@ use super::policy_guard::StreamGuard;
 use super::request_id::request_id_for;
 use super::respond::{self, ProxyError, REQUEST_ID_HEADER};
 
+/// Longest a call waits for its REQUEST's commit under strict durability
+/// before it is refused with 503.
+const STRICT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Most bytes a request body may decode to for inline policy checks.
 const MAX_INSPECTED_BYTES: usize = 16 * 1024 * 1024;
 use crate::capture::decode::decode;
@@ -176,7 +180,10 @@ pub async fn handle(
     drop(prescan_sender);
     if let Some(committed) = committed {
         // Strict durability: the REQUEST is on disk before the call leaves.
-        if !matches!(committed.await, Ok(Ok(()))) {
+        // A store that keeps failing holds the commit in its retries; the
+        // call is refused rather than held.
+        let stored = tokio::time::timeout(STRICT_COMMIT_TIMEOUT, committed).await;
+        if !matches!(stored, Ok(Ok(Ok(())))) {
             call_log.failed(ProxyError::AuditStoreUnavailable, "refused");
             return ProxyError::AuditStoreUnavailable.into_response(&request_id);
         }

@@ -14,6 +14,13 @@ use llm_audit_proxy::store::sqlite::SqliteStore;
 use llm_audit_proxy::store::{AuditStore, EventFilter};
 use serde_json::{json, Value};
 
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use llm_audit_proxy::store::memory::MemoryStore;
+use llm_audit_proxy::store::{
+    Batch, ChainHead, EventPage, EventQuery, EventStream, PurgeReport, StoreError, StoreStats,
+};
+
 use crate::binary::{command, exit_code, sigterm};
 use crate::support::{MockUpstream, TestProxy};
 
@@ -176,6 +183,98 @@ async fn strict_durability_commits_the_request_before_upstream_sees_the_call() {
         "the REQUEST is stored once"
     );
     proxy.stop().await;
+}
+
+/// A store that reads but never takes a write, as a disk remounted
+/// read-only does.
+struct ReadOnlyStore(MemoryStore);
+
+#[async_trait]
+impl AuditStore for ReadOnlyStore {
+    fn kind(&self) -> &'static str {
+        "read-only"
+    }
+    async fn append_batch(&self, _: Batch) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("read-only file system".into()))
+    }
+    async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
+        self.0.head().await
+    }
+    async fn query(&self, q: &EventQuery) -> Result<EventPage, StoreError> {
+        self.0.query(q).await
+    }
+    async fn get(
+        &self,
+        id: &str,
+    ) -> Result<Option<llm_audit_proxy::event::AuditEvent>, StoreError> {
+        self.0.get(id).await
+    }
+    fn export(&self, filter: EventFilter) -> EventStream {
+        self.0.export(filter)
+    }
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.0.stats().await
+    }
+    async fn health(&self) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("read-only file system".into()))
+    }
+    async fn purge_before(&self, before: DateTime<Utc>) -> Result<PurgeReport, StoreError> {
+        self.0.purge_before(before).await
+    }
+    async fn enforce_max_bytes(&self, max: u64) -> Result<PurgeReport, StoreError> {
+        self.0.enforce_max_bytes(max).await
+    }
+}
+
+#[tokio::test]
+async fn strict_durability_refuses_calls_while_the_store_takes_no_write() {
+    let mock = MockUpstream::start().await;
+    let mut env = std::collections::HashMap::new();
+    for (k, v) in [
+        ("LLM_AUDIT_PROXY_LISTEN", "127.0.0.1:0"),
+        ("LLM_AUDIT_PROXY_ADMIN_LISTEN", "127.0.0.1:0"),
+        ("LLM_AUDIT_PROXY_STORAGE", "memory"),
+        ("LLM_AUDIT_PROXY_DURABILITY", "strict"),
+    ] {
+        env.insert(k.to_owned(), v.to_owned());
+    }
+    env.insert("LLM_AUDIT_PROXY_UPSTREAM".to_owned(), mock.url());
+    let config = llm_audit_proxy::config::load(None, &env, &Default::default()).unwrap();
+    let store = Arc::new(ReadOnlyStore(MemoryStore::new(100)));
+    let running = llm_audit_proxy::app::start_with_store(config, store)
+        .await
+        .unwrap();
+    let http = http();
+    // The start-up events fail to land: readiness says so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = http
+            .get(format!("http://{}/readyz", running.admin_addr))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if ready == 503 || tokio::time::Instant::now() > deadline {
+            assert_eq!(ready, 503);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = http
+        .post(format!("http://{}/v1/chat/completions", running.proxy_addr))
+        .header("x-request-id", "strict-refused")
+        .json(&json!({"model": "gpt-4o-mini", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.headers()["x-audit-proxy-error"],
+        "audit_store_unavailable"
+    );
+    assert_eq!(mock.calls(), 0, "no call reaches the model unrecorded");
+    running.shutdown();
+    running.wait().await;
 }
 
 #[tokio::test]
