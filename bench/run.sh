@@ -6,6 +6,10 @@
 # SQLite store. Prints a markdown table and writes bench/results/latest.md
 # and the raw JSON lines to bench/results/latest.jsonl.
 #
+# Targets sqlite-strict and sqlite-strict-full (not in the default set) run
+# the same load with audit.durability = "strict" (and synchronous FULL):
+#   TARGETS="sqlite sqlite-strict sqlite-strict-full" bash bench/run.sh
+#
 #   bash bench/run.sh            # full run, about 15 minutes on 2 cores
 #   QUICK=1 bash bench/run.sh    # about 2 minutes, for a smoke test
 #
@@ -336,6 +340,14 @@ for target in $TARGETS; do
         ;;
     sqlite)
         start_proxy "$target" -- --storage sqlite
+        ;;
+    sqlite-strict)
+        # Each REQUEST committed before the call goes upstream.
+        start_proxy "$target" LLM_AUDIT_PROXY_DURABILITY=strict -- --storage sqlite
+        ;;
+    sqlite-strict-full)
+        # As sqlite-strict, with every commit synced to disk.
+        start_proxy "$target" LLM_AUDIT_PROXY_DURABILITY=strict LLM_AUDIT_PROXY_SQLITE_SYNCHRONOUS=full -- --storage sqlite
         ;;
     file)
         start_proxy "$target" -- --storage file

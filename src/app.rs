@@ -6,10 +6,18 @@
 //! 2. the proxy stops accepting and in-flight calls, streams included, get
 //!    `proxy.shutdown_grace` to finish; what remains is cut;
 //! 3. call records still being built finish;
-//! 4. refused admin calls still being counted are recorded, the SYSTEM
-//!    shutdown event is queued and the queue flushed to the store, then
-//!    sealed with a stop checkpoint when signing is on;
-//! 5. the admin listener stops; the process exits 0.
+//! 4. the admin listener stops (no more AUTHENTICATION or custom events),
+//!    and refused admin calls still being counted are recorded;
+//! 5. the SYSTEM shutdown event is queued, sealed with a stop checkpoint
+//!    when signing is on, and the queue closed: what it holds is written,
+//!    the store is closed (for SQLite, the WAL is checkpointed into
+//!    `audit.db`), and anything offered later is counted as dropped;
+//! 6. losses the store never recorded are written to a side file for the
+//!    next start; the process exits 0, or non-zero when events were lost.
+//!
+//! At start, a store whose newest event is not the clean-stop SYSTEM event
+//! (or a checkpoint after it) gets an ERROR `unclean_shutdown` naming its
+//! last seq and time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,18 +34,21 @@ use crate::admin::refusals::RefusalLog;
 use crate::admin::{self, AdminState};
 use crate::capture::sanitize::Sanitizer;
 use crate::config::{self, AuditConfig, Config, StorageKind};
+use crate::config::{Durability, FailMode, SqliteSynchronous};
 use crate::event::chain::canonical_json;
 use crate::event::{EventType, NewEvent};
 use crate::listener::ConnectionCap;
 use crate::pipeline::checkpoint::CheckpointConfig;
+use crate::pipeline::losses::LossLedger;
 use crate::pipeline::maintenance::{self, MaintenanceConfig};
 use crate::pipeline::record::Recorder;
-use crate::pipeline::{spawn_writer, Handle, WriterConfig};
+use crate::pipeline::unclean::unclean_shutdown_event;
+use crate::pipeline::{spawn_writer, Admission, Handle, WriterConfig};
 use crate::proxy::{self, ProxyState};
 use crate::readiness::Readiness;
 use crate::store::file::FileStore;
 use crate::store::memory::MemoryStore;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{SqliteStore, Synchronous};
 use crate::store::verify::verify_chain;
 use crate::store::{SharedStore, StoreError};
 use crate::telemetry::metrics::Metrics;
@@ -66,7 +77,19 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     readiness: Readiness,
     shutdown: CancellationToken,
-    done: JoinHandle<()>,
+    done: JoinHandle<Stopped>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// Audit events lost during the run: dropped offers (a full queue, a
+    /// spent byte budget, or offered after the queue closed), batches the
+    /// store never took, and call records that could not be built.
+    pub events_lost: u64,
+    /// Of those, losses not recorded in the store (carried to the next
+    /// start in the side file).
+    pub unrecorded: u64,
 }
 
 /// Opens the configured store.
@@ -74,7 +97,7 @@ pub async fn open_store(audit: &AuditConfig) -> Result<SharedStore, StartError> 
     let kind = audit.storage.as_str();
     let store: SharedStore = match audit.storage {
         StorageKind::Sqlite => Arc::new(
-            SqliteStore::open(&audit.file_path)
+            SqliteStore::open_with(&audit.file_path, synchronous(audit.sqlite_synchronous))
                 .await
                 .map_err(|source| StartError::Store { kind, source })?,
         ),
@@ -96,6 +119,21 @@ pub fn rotation(r: config::Rotation) -> crate::store::Rotation {
     }
 }
 
+/// The store's `synchronous` setting for the configured one.
+pub fn synchronous(s: SqliteSynchronous) -> Synchronous {
+    match s {
+        SqliteSynchronous::Normal => Synchronous::Normal,
+        SqliteSynchronous::Full => Synchronous::Full,
+    }
+}
+
+/// Where losses a run could not record are kept for the next start: next
+/// to the store on disk (none for the memory store, which a restart
+/// empties anyway).
+fn ledger(audit: &AuditConfig) -> Option<LossLedger> {
+    (audit.storage != StorageKind::Memory).then(|| LossLedger::in_dir(&audit.file_path))
+}
+
 /// How often retention and the size cap run in the background.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -114,6 +152,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             enabled: config.audit.enabled,
             min_level: config.audit.log_level,
             queue_capacity: config.queue.capacity,
+            queue_max_bytes: config.queue.max_bytes,
             max_batch: config.queue.max_batch,
             commit_interval: config.queue.commit_interval,
             health_interval: Duration::from_secs(5),
@@ -128,6 +167,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
                     every_events: config.audit.checkpoint_every_events,
                     interval: config.audit.checkpoint_interval,
                 }),
+            ledger: ledger(&config.audit),
         },
         &writer_tracker,
     )
@@ -158,7 +198,23 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             cut_at_shutdown.clone(),
             config.audit.record_compliance_checks,
         )
+        .commit_requests_first(config.audit.durability == Durability::Strict)
     });
+    // Strict durability admits calls as fail_closed does: a call whose
+    // REQUEST cannot be committed must not be let in to wait for it.
+    let closed = config.audit.on_store_failure == FailMode::FailClosed
+        || config.audit.durability == Durability::Strict;
+    let admission = if config.audit.enabled && closed {
+        Admission::closed(
+            &events,
+            store_health.clone(),
+            config.queue.capacity,
+            config.queue.max_bytes,
+            config.capture.max_body_bytes,
+        )
+    } else {
+        Admission::open()
+    };
     let state = Arc::new(ProxyState {
         client,
         upstream: config.proxy.upstream.clone(),
@@ -173,11 +229,13 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
         recorder,
         fail_mode: config.audit.on_store_failure,
         store_health,
+        admission,
         metrics: metrics.clone(),
         policies: config.policies.clone(),
         cut_at_shutdown,
     });
 
+    record_last_stop(store.as_ref(), &events).await;
     record_startup(&events, &config);
     let background = CancellationToken::new();
     spawn_chain_check(&writer_tracker, store.clone(), events.clone());
@@ -237,7 +295,11 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
         "Audit proxy listening."
     );
 
+    let ledger = ledger(&config.audit);
     let done = {
+        let writer_tracker = writer_tracker.clone();
+        // Its own tracker: this task waits for `writer_tracker` to empty.
+        let shutdown_tracker = TaskTracker::new();
         let shutdown = shutdown.clone();
         let grace = config.proxy.shutdown_grace;
         let proxy_tracker = TaskTracker::new();
@@ -249,7 +311,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             proxy_tracker.clone(),
             ConnectionCap::new(config.proxy.max_connections, "proxy", metrics),
         );
-        writer_tracker.spawn(async move {
+        shutdown_tracker.spawn(async move {
             let report = proxy_task.await;
             // Phase 1 happened when `shutdown` fired (see `Running::shutdown`).
             // Phase 2: connections drained or cut.
@@ -259,26 +321,40 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             // Phase 3: records of the last calls.
             calls.close();
             let _ = tokio::time::timeout(Duration::from_secs(5), calls.wait()).await;
-            // Phase 4: refusals still being counted, the shutdown event,
-            // then everything flushed.
+            // Phase 4: nothing else writes custom or AUTHENTICATION events;
+            // refusals still being counted are recorded.
+            admin_stop.cancel();
+            let _ = admin_task.await;
             pending_refusals.flush(true);
+            background.cancel();
+            // Phase 5: the shutdown event, sealed by the stop checkpoint
+            // (when signing), then the queue closed and written.
             events.offer(
                 NewEvent::new(EventType::System, "Audit proxy stopped")
                     .with_metadata(json!({"phase": "shutdown", "drained": report.drained})),
             );
-            background.cancel();
             // A dead store must not hold the process past its grace.
-            // The stop checkpoint (when signing) seals what was written.
-            if tokio::time::timeout(Duration::from_secs(10), events.flush_and_seal())
+            let seal_and_close = async {
+                events.flush_and_seal().await;
+                events.close().await;
+            };
+            if tokio::time::timeout(Duration::from_secs(10), seal_and_close)
                 .await
                 .is_err()
             {
                 tracing::error!("Audit events still queued at exit could not be written.");
             }
-            // Phase 5.
-            admin_stop.cancel();
-            let _ = admin_task.await;
-            tracing::info!(drained = report.drained, "Audit proxy stopped.");
+            // Phase 6.
+            let stopped = account_losses(&events, ledger.as_ref());
+            drop(events);
+            writer_tracker.close();
+            let _ = tokio::time::timeout(Duration::from_secs(5), writer_tracker.wait()).await;
+            tracing::info!(
+                drained = report.drained,
+                events_lost = stopped.events_lost,
+                "Audit proxy stopped."
+            );
+            stopped
         })
     };
 
@@ -292,12 +368,12 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
 }
 
 /// Runs until SIGTERM or Ctrl-C, then shuts down in phases.
-pub async fn run(config: Config) -> Result<(), StartError> {
+pub async fn run(config: Config) -> Result<Stopped, StartError> {
+    let stop = stop_signal();
     let running = start(config).await?;
-    wait_for_signal().await;
+    stop.await;
     running.shutdown();
-    running.wait().await;
-    Ok(())
+    Ok(running.wait().await)
 }
 
 // === impl Running ===
@@ -309,9 +385,9 @@ impl Running {
         self.shutdown.cancel();
     }
 
-    /// Waits until shutdown has finished.
-    pub async fn wait(self) {
-        let _ = self.done.await;
+    /// Waits until shutdown has finished, and says what was lost.
+    pub async fn wait(self) -> Stopped {
+        self.done.await.unwrap_or_default()
     }
 }
 
@@ -356,6 +432,43 @@ fn spawn_chain_check(tracker: &TaskTracker, store: SharedStore, events: Handle) 
     });
 }
 
+/// Records an ERROR `unclean_shutdown` when the store's last run did not
+/// end with its clean-stop event. Offered before the startup events.
+async fn record_last_stop(store: &dyn crate::store::AuditStore, events: &Handle) {
+    match unclean_shutdown_event(store).await {
+        Ok(Some(event)) => {
+            tracing::warn!("The previous run did not stop cleanly.");
+            events.offer(event);
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::error!(%error, "Audit store's last event could not be read.");
+        }
+    }
+}
+
+/// Sums up the run's losses once the queue has closed, and keeps those
+/// the store never recorded for the next start.
+fn account_losses(events: &Handle, ledger: Option<&LossLedger>) -> Stopped {
+    let stats = events.stats();
+    let stopped = Stopped {
+        events_lost: stats.losses(),
+        unrecorded: stats.unreported_losses(),
+    };
+    if stopped.unrecorded > 0 {
+        tracing::error!(
+            unrecorded = stopped.unrecorded,
+            "Audit events were lost and the store could not record it."
+        );
+        if let Some(ledger) = ledger {
+            if let Err(error) = ledger.add(stopped.unrecorded) {
+                tracing::error!(%error, file = %ledger.path().display(), "Cannot keep the count of unrecorded losses.");
+            }
+        }
+    }
+    stopped
+}
+
 fn record_startup(events: &Handle, config: &Config) {
     let effective = config.to_masked_json();
     let digest = {
@@ -393,23 +506,31 @@ fn local_addr(
         .map_err(|source| StartError::Bind { key, addr, source })
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Listens for SIGTERM from the moment it is called, so a signal sent as
+/// soon as the start-up line is logged is not met by the default action
+/// (which would kill the process before its shutdown phases). Resolves on
+/// SIGTERM or Ctrl-C.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async move {
+            match term {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {},
+            () = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }

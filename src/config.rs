@@ -133,6 +133,10 @@ pub struct AuditConfig {
     pub memory_limit: usize,
     pub max_store_mb: u64,
     pub on_store_failure: FailMode,
+    /// When a call's REQUEST must be on disk (`audit.durability`).
+    pub durability: Durability,
+    /// How hard the SQLite store syncs each commit (`audit.sqlite_synchronous`).
+    pub sqlite_synchronous: SqliteSynchronous,
     /// Record one COMPLIANCE_CHECK per call and direction listing the
     /// policies that passed (violations are always recorded).
     pub record_compliance_checks: bool,
@@ -151,6 +155,9 @@ pub struct QueueConfig {
     pub max_batch: usize,
     /// Shortest time between two store writes while events keep coming.
     pub commit_interval: Duration,
+    /// Bytes of queued events (their metadata and message) before offers
+    /// are dropped, so a stalled store cannot grow memory past a limit.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +186,28 @@ pub enum FailMode {
     FailOpen,
     /// Refuse new calls with 503 until the store accepts writes again.
     FailClosed,
+}
+
+/// When a call's REQUEST is committed relative to forwarding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Events are queued and written in the background: the call never
+    /// waits on the store.
+    Buffered,
+    /// The REQUEST is committed to the store before the call is forwarded
+    /// upstream; a call whose REQUEST cannot be committed is refused.
+    Strict,
+}
+
+/// SQLite's `synchronous` setting for the store's writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqliteSynchronous {
+    /// Commits survive a crash of the process; a power loss may lose the
+    /// last commits (never corrupts the file).
+    Normal,
+    /// Every commit is synced to disk before it returns: it survives a
+    /// power loss too.
+    Full,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,11 +305,14 @@ impl Config {
                 })),
                 "checkpoint_every_events": self.audit.checkpoint_every_events,
                 "checkpoint_interval_secs": self.audit.checkpoint_interval.as_secs_f64(),
+                "durability": self.audit.durability.as_str(),
+                "sqlite_synchronous": self.audit.sqlite_synchronous.as_str(),
             },
             "queue": {
                 "capacity": self.queue.capacity,
                 "max_batch": self.queue.max_batch,
                 "commit_interval_ms": self.queue.commit_interval.as_millis() as u64,
+                "max_bytes": self.queue.max_bytes,
             },
             "instance": {
                 "pod_name": self.instance.pod_name,
@@ -385,6 +417,24 @@ impl Rotation {
             Rotation::Hourly => "hourly",
             Rotation::Daily => "daily",
             Rotation::Weekly => "weekly",
+        }
+    }
+}
+
+impl Durability {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Durability::Buffered => "buffered",
+            Durability::Strict => "strict",
+        }
+    }
+}
+
+impl SqliteSynchronous {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SqliteSynchronous::Normal => "normal",
+            SqliteSynchronous::Full => "full",
         }
     }
 }

@@ -225,6 +225,18 @@ impl AuditEvent {
 
 // === impl MetadataJson ===
 
+impl MetadataJson {
+    /// Bytes of the cached text (0 before [`NewEvent::prepare`]).
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.len())
+    }
+
+    /// Whether no text is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl PartialEq for MetadataJson {
     fn eq(&self, _: &Self) -> bool {
         true

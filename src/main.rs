@@ -26,6 +26,8 @@ const EX_USAGE: u8 = 64;
 const EX_SOFTWARE: u8 = 70;
 /// An output file could not be written (EX_IOERR).
 const EX_IOERR: u8 = 74;
+/// `serve` stopped, but audit events were lost during the run.
+const EX_EVENTS_LOST: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -48,7 +50,14 @@ fn main() -> ExitCode {
             telemetry::init(config.log.format);
             run_async(async move {
                 match app::run(config).await {
-                    Ok(()) => ExitCode::SUCCESS,
+                    Ok(stopped) if stopped.events_lost > 0 => {
+                        eprintln!(
+                            "{} audit events were lost during this run ({} not recorded in the store)",
+                            stopped.events_lost, stopped.unrecorded
+                        );
+                        ExitCode::from(EX_EVENTS_LOST)
+                    }
+                    Ok(_) => ExitCode::SUCCESS,
                     Err(error) => {
                         tracing::error!(%error, "Audit proxy failed to start.");
                         eprintln!("{error}");

@@ -59,7 +59,7 @@ pub async fn open_for_reading(audit: &AuditConfig) -> Result<SharedStore, Offlin
         StorageKind::Sqlite => Ok(Arc::new(
             SqliteStore::open_read_only(&audit.file_path).await?,
         )),
-        StorageKind::File => Ok(Arc::new(FileStore::open(
+        StorageKind::File => Ok(Arc::new(FileStore::open_for_reading(
             &audit.file_path,
             crate::app::rotation(audit.file_rotation),
         )?)),
@@ -323,6 +323,8 @@ pub async fn purge(config: &Config) -> Result<Vec<PurgeReport>, OfflineError> {
             shutdown_attempts: 3,
             source: config.instance.source(),
             checkpoints: None,
+            queue_max_bytes: u64::MAX / 2,
+            ledger: None,
         },
         &tracker,
     )

@@ -6,12 +6,23 @@
 //! choice, enforced by the proxy through [`health::StoreHealth`]). One
 //! writer task ([`writer`]) is the only place `seq` and the hash chain are
 //! stamped, so the chain is a true record of write order.
+//!
+//! The queue is bounded twice: by events (`queue.capacity`) and by the
+//! bytes those events hold (`queue.max_bytes`), so a stalled store with
+//! large bodies cannot take the process's memory. Whatever is lost (an
+//! offer over either bound, a batch the store never took, a record whose
+//! building failed) is counted and, once the store takes writes again,
+//! recorded as an ERROR event; what could not be recorded before a stop
+//! is carried to the next start in a small side file ([`losses`]).
 
+pub mod admission;
 pub mod builder;
 pub mod checkpoint;
 pub mod health;
+pub mod losses;
 pub mod maintenance;
 pub mod record;
+pub mod unclean;
 pub mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +32,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::event::{AuditEvent, Level, NewEvent};
 
+pub use admission::{Admission, Refusal, Reservation};
 pub use health::StoreHealth;
 pub use writer::{spawn_writer, WriterConfig};
+
+/// Bytes an event is counted for in the queue's byte budget besides its
+/// metadata and message: its id, type, times and the channel's own slot.
+const EVENT_OVERHEAD_BYTES: u64 = 256;
 
 /// What the writer receives.
 pub(crate) enum WriterMsg {
@@ -37,21 +53,41 @@ pub(crate) enum WriterMsg {
         stop: bool,
         done: oneshot::Sender<()>,
     },
+    /// Closes the queue: later offers are refused (and counted), what is
+    /// queued is written, the store is closed, then this is answered.
+    Close(oneshot::Sender<()>),
 }
 
 /// Counters shared by the handle and the writer.
 #[derive(Debug)]
 pub struct PipelineStats {
     pub offered: AtomicU64,
-    /// Offered but not queued because the queue was full or closed.
+    /// Offered but not queued: the queue was full or closed, or its byte
+    /// budget spent.
     pub dropped: AtomicU64,
+    /// Of `dropped`: over `queue.max_bytes`.
+    pub dropped_over_budget: AtomicU64,
+    /// Of `dropped`: offered after the queue closed at shutdown.
+    pub dropped_after_close: AtomicU64,
     /// Below `audit.log_level`, or auditing disabled.
     pub filtered: AtomicU64,
     pub written: AtomicU64,
     pub write_failures: AtomicU64,
-    /// Events lost after the writer gave up on a batch at shutdown.
+    /// Events in batches the writer gave up on (a store error that is not
+    /// retriable, or retries running out at shutdown).
     pub lost: AtomicU64,
+    /// Call records whose building failed (a panic on the builder thread);
+    /// each is one call's REQUEST or RESPONSE and its companions.
+    pub build_failures: AtomicU64,
+    /// Losses (of `dropped`, `lost` and `build_failures`) already recorded
+    /// as an ERROR event in the store.
+    pub reported: AtomicU64,
     pub queue_depth: AtomicU64,
+    /// Bytes the queued events hold (see `queue.max_bytes`).
+    pub queue_bytes: AtomicU64,
+    /// Events and bytes held back for calls admitted under `fail_closed`.
+    pub reserved_events: AtomicU64,
+    pub reserved_bytes: AtomicU64,
     /// Seconds per batch append.
     pub write_seconds: prometheus_client::metrics::histogram::Histogram,
 }
@@ -61,16 +97,41 @@ impl Default for PipelineStats {
         Self {
             offered: AtomicU64::default(),
             dropped: AtomicU64::default(),
+            dropped_over_budget: AtomicU64::default(),
+            dropped_after_close: AtomicU64::default(),
             filtered: AtomicU64::default(),
             written: AtomicU64::default(),
             write_failures: AtomicU64::default(),
             lost: AtomicU64::default(),
+            build_failures: AtomicU64::default(),
+            reported: AtomicU64::default(),
             queue_depth: AtomicU64::default(),
+            queue_bytes: AtomicU64::default(),
+            reserved_events: AtomicU64::default(),
+            reserved_bytes: AtomicU64::default(),
             // 100 µs to ~3 s.
             write_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
             ),
         }
+    }
+}
+
+// === impl PipelineStats ===
+
+impl PipelineStats {
+    /// Every loss counted so far: dropped offers, abandoned batches and
+    /// failed record builds.
+    pub fn losses(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+            + self.lost.load(Ordering::Relaxed)
+            + self.build_failures.load(Ordering::Relaxed)
+    }
+
+    /// Losses not yet recorded in the store.
+    pub fn unreported_losses(&self) -> u64 {
+        self.losses()
+            .saturating_sub(self.reported.load(Ordering::Relaxed))
     }
 }
 
@@ -83,6 +144,8 @@ pub enum SubmitError {
     BelowLevel,
     #[error("the event queue is full")]
     QueueFull,
+    #[error("the event queue's byte budget is spent")]
+    OverBudget,
     #[error("the audit writer has stopped")]
     Closed,
     #[error("the store refused the event: {0}")]
@@ -98,6 +161,15 @@ pub struct Handle {
     stats: Arc<PipelineStats>,
     /// Where the proxy runs, added to every event's metadata.
     source: Option<Arc<serde_json::Value>>,
+    /// `queue.max_bytes`.
+    max_bytes: u64,
+}
+
+/// Why an offer was not queued.
+enum NotQueued {
+    OverBudget,
+    Full,
+    Closed,
 }
 
 // === impl Handle ===
@@ -109,6 +181,7 @@ impl Handle {
         enabled: bool,
         stats: Arc<PipelineStats>,
         source: Option<serde_json::Value>,
+        max_bytes: u64,
     ) -> Self {
         Self {
             tx,
@@ -116,6 +189,7 @@ impl Handle {
             enabled,
             stats,
             source: source.map(Arc::new),
+            max_bytes,
         }
     }
 
@@ -127,34 +201,20 @@ impl Handle {
     }
 
     /// Queues `event` without waiting. Returns false when it was filtered
-    /// out or dropped (a full queue is counted in [`PipelineStats::dropped`]).
+    /// out or dropped (a full queue, a spent byte budget or a closed queue
+    /// is counted in [`PipelineStats::dropped`]).
     pub fn offer(&self, mut event: NewEvent) -> bool {
         if !self.accepts(event.level) {
             self.stats.filtered.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         self.prepare(&mut event);
-        self.stats.offered.fetch_add(1, Ordering::Relaxed);
-        // Counted before sending: the writer may take the event (and count
-        // it out) before `try_send` even returns.
-        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(WriterMsg::Event(event)) {
-            Ok(()) => true,
-            Err(_) => {
-                self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    dropped_total = self.stats.dropped.load(Ordering::Relaxed),
-                    "Audit event dropped: the queue is full or closed."
-                );
-                false
-            }
-        }
+        self.enqueue(event, WriterMsg::Event).is_ok()
     }
 
     /// Queues `event` and waits until it is stored, returning it sealed.
-    /// For callers that must answer with the stored event (the admin API);
-    /// never used on the proxy's request path.
+    /// For callers that must answer with the stored event (the admin API,
+    /// and the request path under `audit.durability = "strict"`).
     pub async fn submit(&self, mut event: NewEvent) -> Result<AuditEvent, SubmitError> {
         if !self.enabled {
             return Err(SubmitError::Disabled);
@@ -164,18 +224,66 @@ impl Handle {
         }
         self.prepare(&mut event);
         let (ack_tx, ack_rx) = oneshot::channel();
-        self.stats.offered.fetch_add(1, Ordering::Relaxed);
-        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        if self
-            .tx
-            .try_send(WriterMsg::EventAck(event, ack_tx))
-            .is_err()
-        {
-            self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return Err(SubmitError::QueueFull);
+        match self.enqueue(event, |e| WriterMsg::EventAck(e, ack_tx)) {
+            Ok(()) => ack_rx.await.unwrap_or(Err(SubmitError::Closed)),
+            Err(NotQueued::OverBudget) => Err(SubmitError::OverBudget),
+            Err(NotQueued::Full) => Err(SubmitError::QueueFull),
+            Err(NotQueued::Closed) => Err(SubmitError::Closed),
         }
-        ack_rx.await.unwrap_or(Err(SubmitError::Closed))
+    }
+
+    /// Counts a prepared event into the queue's bounds and sends it.
+    fn enqueue(
+        &self,
+        event: NewEvent,
+        msg: impl FnOnce(NewEvent) -> WriterMsg,
+    ) -> Result<(), NotQueued> {
+        self.stats.offered.fetch_add(1, Ordering::Relaxed);
+        let bytes = queued_bytes(&event);
+        // Counted before sending: the writer may take the event (and count
+        // it out) before `try_send` even returns.
+        let before = self.stats.queue_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let refused = if before + bytes > self.max_bytes {
+            Some(NotQueued::OverBudget)
+        } else {
+            self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+            match self.tx.try_send(msg(event)) {
+                Ok(()) => None,
+                Err(error) => {
+                    self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    Some(match error {
+                        mpsc::error::TrySendError::Full(_) => NotQueued::Full,
+                        mpsc::error::TrySendError::Closed(_) => NotQueued::Closed,
+                    })
+                }
+            }
+        };
+        let Some(refused) = refused else {
+            return Ok(());
+        };
+        self.stats.queue_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let reason = match refused {
+            NotQueued::OverBudget => {
+                self.stats
+                    .dropped_over_budget
+                    .fetch_add(1, Ordering::Relaxed);
+                "queue_bytes"
+            }
+            NotQueued::Full => "queue_full",
+            NotQueued::Closed => {
+                self.stats
+                    .dropped_after_close
+                    .fetch_add(1, Ordering::Relaxed);
+                "closed"
+            }
+        };
+        tracing::warn!(
+            dropped_total = dropped,
+            reason,
+            "Audit event dropped: the queue is full, over its byte budget or closed."
+        );
+        Err(refused)
     }
 
     /// Waits until every event queued before this call has been written
@@ -211,6 +319,16 @@ impl Handle {
         }
     }
 
+    /// Closes the queue for good: offers after this are refused and counted
+    /// in [`PipelineStats::dropped_after_close`]. Returns once everything
+    /// queued before has been written (or given up) and the store closed.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(WriterMsg::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Whether an event at `level` would be stored at all.
     pub fn accepts(&self, level: Level) -> bool {
         self.enabled && level >= self.min_level
@@ -219,6 +337,11 @@ impl Handle {
     pub fn stats(&self) -> &Arc<PipelineStats> {
         &self.stats
     }
+}
+
+/// What a prepared event counts for in the queue's byte budget.
+pub(crate) fn queued_bytes(event: &NewEvent) -> u64 {
+    (event.metadata_json.len() + event.message.len()) as u64 + EVENT_OVERHEAD_BYTES
 }
 
 /// Adds `source` to an object's metadata unless the producer set one.

@@ -232,6 +232,13 @@ pub trait AuditStore: Send + Sync + 'static {
     /// Runs a real, cheap operation of the store (a read that touches it).
     async fn health(&self) -> Result<(), StoreError>;
 
+    /// Leaves the store whole on disk at a clean stop, so a copy of its
+    /// files alone is complete (SQLite: the WAL checkpointed into the main
+    /// file and truncated). Called by the writer after its last write.
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Removes events with timestamp < `before`. Returns what was removed.
     ///
     /// Only a run of the oldest events goes (in `seq` order, stopping at the

@@ -60,6 +60,8 @@ async fn harness_full(
         shutdown_attempts: 1,
         source: None,
         checkpoints: None,
+        queue_max_bytes: u64::MAX / 2,
+        ledger: None,
     };
     let (events, health) = spawn_writer(store.clone(), cfg, &tracker).await.unwrap();
     let readiness = Readiness::new(health);

@@ -146,6 +146,12 @@ pub const AUDIT_CHECKPOINT_INTERVAL: Key = key(
     "LLM_AUDIT_PROXY_CHECKPOINT_INTERVAL_SECS",
     None,
 );
+pub const AUDIT_DURABILITY: Key = key("audit.durability", "LLM_AUDIT_PROXY_DURABILITY", None);
+pub const AUDIT_SQLITE_SYNCHRONOUS: Key = key(
+    "audit.sqlite_synchronous",
+    "LLM_AUDIT_PROXY_SQLITE_SYNCHRONOUS",
+    None,
+);
 pub const QUEUE_CAPACITY: Key = key("queue.capacity", "LLM_AUDIT_PROXY_QUEUE_CAPACITY", None);
 pub const QUEUE_MAX_BATCH: Key = key("queue.max_batch", "LLM_AUDIT_PROXY_QUEUE_MAX_BATCH", None);
 pub const QUEUE_COMMIT_INTERVAL_MS: Key = key(
@@ -153,6 +159,7 @@ pub const QUEUE_COMMIT_INTERVAL_MS: Key = key(
     "LLM_AUDIT_PROXY_QUEUE_COMMIT_INTERVAL_MS",
     None,
 );
+pub const QUEUE_MAX_BYTES: Key = key("queue.max_bytes", "LLM_AUDIT_PROXY_QUEUE_MAX_BYTES", None);
 pub const INSTANCE_POD_NAME: Key = key("instance.pod_name", "LLM_AUDIT_PROXY_POD_NAME", None);
 pub const INSTANCE_POD_NAMESPACE: Key = key(
     "instance.pod_namespace",
@@ -207,9 +214,12 @@ pub const ALL: &[Key] = &[
     AUDIT_SIGNING_KEY,
     AUDIT_CHECKPOINT_EVERY_EVENTS,
     AUDIT_CHECKPOINT_INTERVAL,
+    AUDIT_DURABILITY,
+    AUDIT_SQLITE_SYNCHRONOUS,
     QUEUE_CAPACITY,
     QUEUE_MAX_BATCH,
     QUEUE_COMMIT_INTERVAL_MS,
+    QUEUE_MAX_BYTES,
     INSTANCE_POD_NAME,
     INSTANCE_POD_NAMESPACE,
     INSTANCE_NODE_NAME,

@@ -11,6 +11,10 @@ use super::keys::{self, Key};
 use super::*;
 use crate::policy::{load_pack, PolicyDef, PolicySet};
 
+/// `queue.max_bytes` when unset: 64 MiB, a quarter of the 256 Mi memory
+/// limit the shipped manifests set, beside the calls' own buffers.
+const DEFAULT_QUEUE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
 /// A value as one of the sources gave it.
 enum Raw<'a> {
     Toml(&'a toml::Value),
@@ -146,6 +150,24 @@ pub(super) fn load(
                 _ => Err("must be fail_open or fail_closed".to_owned()),
             }
         }),
+        durability: l.get(
+            keys::AUDIT_DURABILITY,
+            Durability::Buffered,
+            |r| match parse_string(r)?.to_ascii_lowercase().as_str() {
+                "buffered" => Ok(Durability::Buffered),
+                "strict" => Ok(Durability::Strict),
+                _ => Err("must be buffered or strict".to_owned()),
+            },
+        ),
+        sqlite_synchronous: l.get(
+            keys::AUDIT_SQLITE_SYNCHRONOUS,
+            SqliteSynchronous::Normal,
+            |r| match parse_string(r)?.to_ascii_lowercase().as_str() {
+                "normal" => Ok(SqliteSynchronous::Normal),
+                "full" => Ok(SqliteSynchronous::Full),
+                _ => Err("must be normal or full".to_owned()),
+            },
+        ),
         record_compliance_checks: l.get(keys::AUDIT_RECORD_COMPLIANCE_CHECKS, false, parse_bool),
         signing_key: l.signing_key(),
         // A checkpoint costs one signature (~20 µs) and one small row: at
@@ -180,6 +202,9 @@ pub(super) fn load(
             Duration::from_millis(5),
             |r| parse_int(r, 0, 1000).map(Duration::from_millis),
         ),
+        max_bytes: l.get(keys::QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_BYTES, |r| {
+            parse_int(r, 1024 * 1024, 64 * 1024 * 1024 * 1024)
+        }),
     };
     let optional = |r: &Raw| parse_string(r).map(|s| Some(s).filter(|s| !s.is_empty()));
     let instance = InstanceConfig {

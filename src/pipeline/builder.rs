@@ -8,10 +8,21 @@
 //! has nothing better to do. When calls keep every core busy the thread
 //! falls behind; once its queue is full, records are built where they
 //! were started, so auditing slows the calls down instead of piling up.
+//!
+//! A job that panics (a bug in building one record) loses that record
+//! only: the panic is caught, counted in
+//! [`PipelineStats::build_failures`](super::PipelineStats::build_failures)
+//! (the writer records the count as an ERROR event), and the thread goes
+//! on with the next job.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
+
+use super::PipelineStats;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -20,33 +31,42 @@ type Job = Box<dyn FnOnce() + Send>;
 #[derive(Clone)]
 pub struct RecordBuilder {
     jobs: Option<SyncSender<Job>>,
+    /// Where failed jobs are counted.
+    stats: Arc<PipelineStats>,
 }
 
+// === impl RecordBuilder ===
+
 impl RecordBuilder {
-    /// Starts the builder thread with room for `queued` waiting jobs. If
-    /// the thread cannot be started, every job runs where it is handed in.
-    pub fn start(queued: usize) -> Self {
+    /// Starts the builder thread with room for `queued` waiting jobs,
+    /// counting failed jobs in `stats`. If the thread cannot be started,
+    /// every job runs where it is handed in.
+    pub fn start(queued: usize, stats: Arc<PipelineStats>) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Job>(queued);
+        let counted = stats.clone();
         let spawned = std::thread::Builder::new()
             .name("audit-record".into())
             .spawn(move || {
                 lower_priority();
                 while let Ok(job) = rx.recv() {
-                    job();
+                    run_caught(job, &counted);
                 }
             });
         match spawned {
-            Ok(_) => Self { jobs: Some(tx) },
+            Ok(_) => Self {
+                jobs: Some(tx),
+                stats,
+            },
             Err(error) => {
                 tracing::warn!(%error, "No record builder thread; records are built on the async workers.");
-                Self::inline()
+                Self::inline(stats)
             }
         }
     }
 
     /// A builder that runs every job where it is handed in.
-    pub fn inline() -> Self {
-        Self { jobs: None }
+    pub fn inline(stats: Arc<PipelineStats>) -> Self {
+        Self { jobs: None, stats }
     }
 
     /// Runs `job` on the builder thread, or right here when its queue is
@@ -57,8 +77,16 @@ impl RecordBuilder {
         F: FnOnce() -> T + Send + 'static,
     {
         let (done, result) = oneshot::channel();
+        let stats = self.stats.clone();
         let job: Job = Box::new(move || {
-            let _ = done.send(job());
+            // Caught here, so the failure is counted before the caller
+            // learns of it (the result channel closes after).
+            match catch_unwind(AssertUnwindSafe(job)) {
+                Ok(value) => {
+                    let _ = done.send(value);
+                }
+                Err(_) => count_failure(&stats),
+            }
         });
         let here = match &self.jobs {
             Some(jobs) => match jobs.try_send(job) {
@@ -68,10 +96,28 @@ impl RecordBuilder {
             None => Some(job),
         };
         if let Some(job) = here {
-            job();
+            run_caught(job, &self.stats);
         }
         result.await.ok()
     }
+}
+
+/// Runs `job`, turning a panic that escaped it (a failing drop) into a
+/// counted, logged failure, so the thread lives on.
+fn run_caught(job: Job, stats: &PipelineStats) {
+    // Unwind-safe in effect: the job owns what it captured, and all of it
+    // is dropped with the job; nothing shared is left half-changed.
+    if catch_unwind(AssertUnwindSafe(job)).is_err() {
+        count_failure(stats);
+    }
+}
+
+fn count_failure(stats: &PipelineStats) {
+    let failures = stats.build_failures.fetch_add(1, Ordering::Relaxed) + 1;
+    tracing::error!(
+        failures,
+        "Building a call record failed; the record is lost and counted."
+    );
 }
 
 /// Nice 19 for the calling thread (Linux threads have a niceness of their
@@ -96,7 +142,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_runs_on_the_builder_thread_and_returns_its_result() {
-        let builder = RecordBuilder::start(4);
+        let builder = RecordBuilder::start(4, Default::default());
         let name = builder
             .run(|| std::thread::current().name().map(str::to_owned))
             .await
@@ -107,7 +153,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn the_builder_thread_runs_at_the_lowest_priority() {
-        let builder = RecordBuilder::start(4);
+        let builder = RecordBuilder::start(4, Default::default());
         let nice = builder
             .run(|| rustix::process::getpriority_process(Some(rustix::thread::gettid())))
             .await
@@ -118,7 +164,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_builds_where_the_job_was_handed_in() {
-        let builder = RecordBuilder::start(1);
+        let builder = RecordBuilder::start(1, Default::default());
         let tracker = tokio_util::task::TaskTracker::new();
         // The first job holds the thread until released.
         let started = Arc::new(Barrier::new(2));
@@ -157,9 +203,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_panicking_job_is_counted_and_the_thread_goes_on() {
+        let stats = Arc::new(PipelineStats::default());
+        let builder = RecordBuilder::start(4, stats.clone());
+        let failed: Option<()> = builder.run(|| panic!("a bug in one record")).await;
+        assert_eq!(failed, None);
+        assert_eq!(stats.build_failures.load(Ordering::Relaxed), 1);
+        let name = builder
+            .run(|| std::thread::current().name().map(str::to_owned))
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("audit-record"), "the thread is alive");
+        let inline = RecordBuilder::inline(stats.clone());
+        assert_eq!(inline.run(|| panic!("inline too")).await, None::<()>);
+        assert_eq!(stats.build_failures.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
     async fn an_inline_builder_runs_jobs_in_place() {
         let here = std::thread::current().id();
-        let ran_on = RecordBuilder::inline()
+        let ran_on = RecordBuilder::inline(Default::default())
             .run(move || std::thread::current().id())
             .await;
         assert_eq!(ran_on, Some(here));

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::builder::RecordBuilder;
-use super::Handle;
+use super::{Handle, SubmitError};
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::bounded::bound_serialised;
 use crate::capture::decode::decode;
@@ -65,6 +65,9 @@ pub struct Recorder {
     cut_at_shutdown: Arc<AtomicBool>,
     /// Where the REQUEST and RESPONSE are built.
     builder: RecordBuilder,
+    /// `audit.durability = "strict"`: each REQUEST is built at once and
+    /// committed with an ack the proxy waits for before forwarding.
+    commit_requests: bool,
 }
 
 /// What the proxy knows when a call arrives.
@@ -79,6 +82,9 @@ pub struct CallInfo {
     pub client_ip: IpAddr,
     pub headers: HeaderMap,
     pub started_at: Instant,
+    /// Queue room held for this call's events under `fail_closed`,
+    /// released once the record has offered them.
+    pub reservation: Option<super::Reservation>,
 }
 
 /// Why no upstream response arrived.
@@ -129,6 +135,8 @@ pub struct CallRecord {
     /// there is no answer to wait for; that is when the REQUEST is built.
     answer_started: Option<oneshot::Sender<()>>,
     prescan: Option<oneshot::Sender<RequestPrescan>>,
+    /// Answered once the REQUEST is committed (strict durability only).
+    committed: Option<oneshot::Receiver<Result<(), SubmitError>>>,
 }
 
 /// A whole request body as request policies parsed and searched it on the
@@ -156,6 +164,16 @@ struct Interpreted {
     stream_complete: bool,
 }
 
+/// The record task's ends of the channels the proxy fills in.
+struct Captures {
+    request: oneshot::Receiver<Captured>,
+    answer_started: oneshot::Receiver<()>,
+    prescan: oneshot::Receiver<RequestPrescan>,
+    response: oneshot::Receiver<ResponseOutcome>,
+    /// Strict durability: told once the REQUEST is committed.
+    committed: Option<oneshot::Sender<Result<(), SubmitError>>>,
+}
+
 /// What was learnt from the request that the RESPONSE needs too.
 #[derive(Default)]
 struct RequestFacts {
@@ -176,7 +194,7 @@ impl Recorder {
         record_compliance_checks: bool,
     ) -> Self {
         Self {
-            builder: RecordBuilder::start(RECORD_BUILDER_QUEUE),
+            builder: RecordBuilder::start(RECORD_BUILDER_QUEUE, handle.stats().clone()),
             handle,
             sanitizer,
             tracker,
@@ -185,7 +203,16 @@ impl Recorder {
             record_compliance_checks,
             max_decoded_bytes: capture_cap,
             stored_body_limit: stored_body_limit(capture_cap),
+            commit_requests: false,
         }
+    }
+
+    /// Under `audit.durability = "strict"`: every call's REQUEST is built
+    /// as soon as its body is read and committed to the store, and
+    /// [`CallRecord::request_committed`] says when.
+    pub fn commit_requests_first(mut self, yes: bool) -> Self {
+        self.commit_requests = yes;
+        self
     }
 
     /// Starts the record of one call; its task waits for the captures.
@@ -194,16 +221,32 @@ impl Recorder {
         let (resp_tx, resp_rx) = oneshot::channel();
         let (started_tx, started_rx) = oneshot::channel();
         let (prescan_tx, prescan_rx) = oneshot::channel();
+        let (committed_tx, committed_rx) = if self.commit_requests {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let this = self.clone();
         self.tracker.spawn(async move {
-            this.record(info, req_rx, started_rx, prescan_rx, resp_rx)
-                .await
+            this.record(
+                info,
+                Captures {
+                    request: req_rx,
+                    answer_started: started_rx,
+                    prescan: prescan_rx,
+                    response: resp_rx,
+                    committed: committed_tx,
+                },
+            )
+            .await
         });
         CallRecord {
             request: Some(req_tx),
             response: Some(resp_tx),
             answer_started: Some(started_tx),
             prescan: Some(prescan_tx),
+            committed: committed_rx,
         }
     }
 
@@ -211,14 +254,14 @@ impl Recorder {
         &self.sanitizer
     }
 
-    async fn record(
-        self,
-        info: CallInfo,
-        req_rx: oneshot::Receiver<Captured>,
-        answer_started: oneshot::Receiver<()>,
-        prescan: oneshot::Receiver<RequestPrescan>,
-        resp_rx: oneshot::Receiver<ResponseOutcome>,
-    ) {
+    async fn record(self, info: CallInfo, captures: Captures) {
+        let Captures {
+            request: req_rx,
+            answer_started,
+            prescan,
+            response: resp_rx,
+            committed,
+        } = captures;
         let request = req_rx.await.ok();
         // Why the request body broke off, if it did: then a failed
         // upstream call is the client's doing, not upstream's.
@@ -232,22 +275,38 @@ impl Recorder {
         // byte; so it waits until the answer's first byte has been passed
         // on, but no longer than REQUEST_RECORD_DELAY, so a slow call's
         // REQUEST is still on record while it runs.
-        let _ = tokio::time::timeout(REQUEST_RECORD_DELAY, answer_started).await;
+        // (Under strict durability the call itself waits for the REQUEST.)
+        if committed.is_none() {
+            let _ = tokio::time::timeout(REQUEST_RECORD_DELAY, answer_started).await;
+        }
         // Sent or dropped by the proxy before the request goes upstream.
         let prescan = prescan.await.ok();
         let info = Arc::new(info);
-        let facts = {
+        let strict = committed.is_some();
+        let built = {
             let (this, info) = (self.clone(), info.clone());
             self.builder
                 .run(move || {
                     let (event, facts, scan) = this.request_event(&info, request.as_ref(), prescan);
-                    this.handle.offer(event);
+                    let to_commit = if strict {
+                        Some(event)
+                    } else {
+                        this.handle.offer(event);
+                        None
+                    };
                     this.offer_compliance(&info, &scan);
-                    facts
+                    (facts, to_commit)
                 })
                 .await
         };
-        let facts = facts.unwrap_or_default();
+        let (facts, to_commit) = built.unwrap_or_default();
+        if let (Some(committed), Some(event)) = (committed, to_commit) {
+            let stored = match self.handle.submit(event).await {
+                Ok(_) | Err(SubmitError::BelowLevel | SubmitError::Disabled) => Ok(()),
+                Err(error) => Err(error),
+            };
+            let _ = committed.send(stored);
+        }
         let outcome = resp_rx
             .await
             .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() })
@@ -799,6 +858,13 @@ impl CallRecord {
     /// the record itself holds it.
     pub fn answer_started(&mut self) -> Option<oneshot::Sender<()>> {
         self.answer_started.take()
+    }
+
+    /// Strict durability: resolves once the REQUEST is committed (or could
+    /// not be); `None` in buffered mode. The REQUEST is built only once the
+    /// request body has been read and the prescan sender sent or dropped.
+    pub fn request_committed(&mut self) -> Option<oneshot::Receiver<Result<(), SubmitError>>> {
+        self.committed.take()
     }
 
     /// Hands over the request body as request policies saw it; used once.

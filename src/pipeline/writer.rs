@@ -5,7 +5,12 @@
 //! busy one starts a write at most every `commit_interval` (sooner when a
 //! batch fills or someone waits for an ack or a flush), so it writes in
 //! large transactions. "How to write" is one
-//! `append_batch` call, retried with backoff while the error is retriable.
+//! `append_batch` call, retried with backoff while the error is retriable
+//! (`writer/retry.rs`). What is lost on the way is recorded once the store
+//! takes writes again (`writer/report.rs`).
+
+mod report;
+mod retry;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,13 +18,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use self::report::{LostBatch, Noted, Report};
 use super::checkpoint::{CheckpointConfig, Checkpointer};
 use super::health::{self, StoreHealth, StoreHealthSetter};
+use super::losses::{Carried, LossLedger};
 use super::{Handle, PipelineStats, SubmitError, WriterMsg};
 use crate::event::{chain::GENESIS_HASH, AuditEvent, EventType, Level, NewEvent};
 use crate::store::{Batch, SharedStore, StoreError};
@@ -31,6 +37,8 @@ pub struct WriterConfig {
     pub min_level: Level,
     /// Events the queue holds before offers are dropped.
     pub queue_capacity: usize,
+    /// Bytes the queued events may hold before offers are dropped.
+    pub queue_max_bytes: u64,
     /// Most events written in one transaction.
     pub max_batch: usize,
     /// Shortest time between the starts of two writes while events keep
@@ -45,6 +53,9 @@ pub struct WriterConfig {
     pub source: Option<serde_json::Value>,
     /// Signed checkpoints; `None` writes none.
     pub checkpoints: Option<CheckpointConfig>,
+    /// Where losses an earlier run could not record were left; they are
+    /// recorded with the first write that succeeds, and the file removed.
+    pub ledger: Option<LossLedger>,
 }
 
 struct Writer {
@@ -55,8 +66,18 @@ struct Writer {
     health: StoreHealthSetter,
     seq: i64,
     prev_hash: String,
-    /// Drops already reported in an ERROR event.
-    reported_drops: u64,
+    /// False after a failed re-read of the store's head: `seq` and
+    /// `prev_hash` may then name an event that was never stored, and no
+    /// batch is written until the head has been read again.
+    head_known: bool,
+    /// Losses already recorded in the store.
+    noted: Noted,
+    /// Batches given up on, not yet recorded.
+    lost_batches: Vec<LostBatch>,
+    /// What an earlier run left in the ledger, until recorded.
+    carried: Option<Carried>,
+    /// Answered once the queue has closed and everything is written.
+    closing: Vec<oneshot::Sender<()>>,
     /// Runs the store's writes, so one proceeds while the next is sealed.
     tracker: TaskTracker,
     checkpoints: Option<Checkpointer>,
@@ -70,6 +91,8 @@ struct InFlight {
     batch: Batch,
     acks: Vec<(usize, Ack)>,
     flushes: Vec<oneshot::Sender<()>>,
+    /// Losses the batch records, if any; noted once it is stored.
+    report: Option<Report>,
     append: Pin<Box<dyn Future<Output = Appended> + Send>>,
 }
 
@@ -112,7 +135,9 @@ pub async fn spawn_writer(
         cfg.enabled,
         stats.clone(),
         cfg.source.clone(),
+        cfg.queue_max_bytes,
     );
+    let carried = cfg.ledger.as_ref().and_then(LossLedger::read);
     let writer = Writer {
         store,
         rx,
@@ -120,7 +145,11 @@ pub async fn spawn_writer(
         health: setter,
         seq: head.as_ref().map_or(0, |h| h.seq),
         prev_hash: head.map_or_else(|| GENESIS_HASH.to_owned(), |h| h.hash),
-        reported_drops: 0,
+        head_known: true,
+        noted: Noted::default(),
+        lost_batches: Vec::new(),
+        carried,
+        closing: Vec::new(),
         tracker: tracker.clone(),
         checkpoints,
         cfg,
@@ -187,6 +216,14 @@ impl Writer {
                     break;
                 }
                 Step::Received(n) => {
+                    let from = msgs.len() - n;
+                    for msg in &msgs[from..] {
+                        if let WriterMsg::Close(_) = msg {
+                            // Later offers fail at once (and are counted);
+                            // what is queued is still received and written.
+                            self.rx.close();
+                        }
+                    }
                     waited_for |= msgs[msgs.len() - n..]
                         .iter()
                         .any(|m| !matches!(m, WriterMsg::Event(_)));
@@ -204,10 +241,18 @@ impl Writer {
                 last_begun = Some(Instant::now());
             }
         }
+        // A clean stop leaves the store whole on its own (for SQLite: the
+        // WAL checkpointed into the main file), so a copy of it is complete.
+        if let Err(error) = self.store.close().await {
+            tracing::warn!(%error, "Audit store could not be closed cleanly.");
+        }
         tracing::debug!(
             written = self.stats.written.load(Ordering::Relaxed),
             "Audit writer stopped."
         );
+        for done in self.closing.drain(..) {
+            let _ = done.send(());
+        }
     }
 
     /// Seals what `msgs` holds (and whatever else is queued, up to a
@@ -226,10 +271,15 @@ impl Writer {
         let mut batch: Vec<AuditEvent> = Vec::with_capacity(msgs.len());
         let mut acks: Vec<(usize, Ack)> = Vec::new();
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut bytes = 0u64;
         for msg in msgs.drain(..) {
             match msg {
-                WriterMsg::Event(e) => batch.push(self.seal(e)),
+                WriterMsg::Event(e) => {
+                    bytes += super::queued_bytes(&e);
+                    batch.push(self.seal(e));
+                }
                 WriterMsg::EventAck(e, ack) => {
+                    bytes += super::queued_bytes(&e);
                     acks.push((batch.len(), ack));
                     batch.push(self.seal(e));
                 }
@@ -244,29 +294,46 @@ impl Writer {
                     }
                     flushes.push(done);
                 }
+                WriterMsg::Close(done) => {
+                    // Taken here rather than by the loop: close all the same.
+                    self.rx.close();
+                    self.closing.push(done);
+                }
             }
         }
         let taken = batch.len() as u64;
-        let _ = self
-            .stats
-            .queue_depth
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
-                Some(d.saturating_sub(taken))
+        for (counter, n) in [
+            (&self.stats.queue_depth, taken),
+            (&self.stats.queue_bytes, bytes),
+        ] {
+            let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                Some(d.saturating_sub(n))
             });
+        }
         // One batch in the store at a time, so batches land in chain
         // order; this one was sealed while the previous was written.
         if let Some(mut write) = in_flight.take() {
             let appended = (&mut write.append).await;
             self.settle(write, appended, &mut batch).await;
         }
-        self.report_drops(&mut batch);
-        self.stamp_checkpoint(&mut batch);
+        if !self.head_known && !batch.is_empty() && !self.recover_head(&mut batch).await {
+            self.give_up(&batch, "the store's head could not be read".into());
+            for (_, ack) in acks.drain(..) {
+                let _ = ack.send(Err(SubmitError::Store("the store cannot be read".into())));
+            }
+            batch.clear();
+        }
+        let report = self.report_losses(&mut batch);
+        // Last, so a due checkpoint covers the loss reports too.
+        if self.head_known {
+            self.stamp_checkpoint(&mut batch);
+        }
         if batch.is_empty() {
             for done in flushes {
                 let _ = done.send(());
             }
         } else {
-            *in_flight = Some(self.begin(batch, acks, flushes));
+            *in_flight = Some(self.begin(batch, acks, flushes, report));
         }
     }
 
@@ -277,6 +344,7 @@ impl Writer {
         batch: Vec<AuditEvent>,
         acks: Vec<(usize, Ack)>,
         flushes: Vec<oneshot::Sender<()>>,
+        report: Option<Report>,
     ) -> InFlight {
         let batch: Batch = batch.into();
         let store = self.store.clone();
@@ -290,6 +358,7 @@ impl Writer {
             batch,
             acks,
             flushes,
+            report,
             append: Box::pin(async move {
                 task.await.unwrap_or_else(|e| {
                     let error = StoreError::Unavailable(format!("store write task ended: {e}"));
@@ -308,6 +377,7 @@ impl Writer {
             mut batch,
             acks,
             flushes,
+            report,
             ..
         } = write;
         let (appended, elapsed) = appended;
@@ -316,6 +386,9 @@ impl Writer {
         // chain's tip, `next` no longer follows it.
         let tip = self.prev_hash.clone();
         let result = self.write(&mut batch, appended).await;
+        if let Some(report) = report {
+            self.settle_report(report, result.is_ok());
+        }
         if self.prev_hash != tip {
             self.reseal(next);
         }
@@ -341,116 +414,6 @@ impl Writer {
         let sealed = event.seal(self.seq, &self.prev_hash);
         self.prev_hash.clone_from(&sealed.hash);
         sealed
-    }
-
-    /// Appends an ERROR event for drops not yet reported, so the record
-    /// itself says that it has a gap.
-    fn report_drops(&mut self, batch: &mut Vec<AuditEvent>) {
-        let dropped = self.stats.dropped.load(Ordering::Relaxed);
-        if dropped == self.reported_drops || !self.health.get() {
-            return;
-        }
-        let newly = dropped - self.reported_drops;
-        self.reported_drops = dropped;
-        let event = NewEvent::new(
-            EventType::Error,
-            format!("{newly} audit events were dropped because the event queue was full"),
-        )
-        .with_metadata(json!({
-            "error_type": "events_dropped",
-            "details": {"dropped": newly, "dropped_total": dropped},
-        }));
-        let mut event = event;
-        super::stamp_source(&mut event, self.cfg.source.as_ref());
-        batch.push(self.seal(event));
-    }
-
-    /// Completes the write of `batch` whose first attempt gave `appended`,
-    /// retrying while the error is retriable. Returns the last error's
-    /// message if the batch could not be written.
-    async fn write(
-        &mut self,
-        batch: &mut Batch,
-        mut appended: Result<(), StoreError>,
-    ) -> Result<(), String> {
-        let mut delay = Duration::from_millis(50);
-        let mut attempts = 1u32;
-        let mut conflicts = 0u32;
-        loop {
-            match appended {
-                Ok(()) => {
-                    self.stats
-                        .written
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    if !self.health.set(true) {
-                        tracing::info!("Audit store accepts writes again.");
-                    }
-                    return Ok(());
-                }
-                Err(StoreError::Conflict(message)) if conflicts < 10 => {
-                    // Another process appended (an offline purge's SYSTEM
-                    // event): continue the chain after what it wrote.
-                    conflicts += 1;
-                    tracing::debug!(%message, "Audit batch re-sealed after a concurrent append.");
-                    self.rewind().await;
-                    let mut events = batch.to_vec();
-                    self.reseal(&mut events);
-                    *batch = events.into();
-                }
-                Err(error) => {
-                    self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
-                    if self.health.set(false) {
-                        tracing::error!(%error, events = batch.len(), "Audit store write failed.");
-                    }
-                    let closing = self.rx.is_closed();
-                    if !error.is_retriable() || (closing && attempts >= self.cfg.shutdown_attempts)
-                    {
-                        self.stats
-                            .lost
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                        // The chain must continue from what the store holds,
-                        // not from the batch that never landed.
-                        self.rewind().await;
-                        tracing::error!(%error, lost = batch.len(), "Audit batch abandoned.");
-                        return Err(error.to_string());
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-            attempts += 1;
-            let started = tokio::time::Instant::now();
-            appended = self.store.append_batch(batch.clone()).await;
-            self.stats
-                .write_seconds
-                .observe(started.elapsed().as_secs_f64());
-        }
-    }
-
-    /// Seals `batch` again after the current head, keeping each event's
-    /// content.
-    fn reseal(&mut self, batch: &mut [AuditEvent]) {
-        for event in batch.iter_mut() {
-            let new = NewEvent {
-                id: std::mem::take(&mut event.id),
-                timestamp: event.timestamp,
-                event_type: event.event_type.clone(),
-                level: event.level,
-                message: std::mem::take(&mut event.message),
-                request_id: event.request_id.take(),
-                metadata: std::mem::take(&mut event.metadata),
-                metadata_json: std::mem::take(&mut event.metadata_json),
-            };
-            // A checkpoint signs the event before it: sign again for the
-            // new place.
-            let new = match &self.checkpoints {
-                Some(c) if new.event_type == EventType::Checkpoint => {
-                    c.resign(new, self.seq, &self.prev_hash)
-                }
-                _ => new,
-            };
-            *event = self.seal(new);
-        }
     }
 
     /// When an idle writer wakes: for its health check, or sooner for a
@@ -486,13 +449,6 @@ impl Writer {
         if let Some(c) = self.checkpoints.as_mut() {
             let event = c.make(reason, seq, &hash);
             batch.push(self.seal(event));
-        }
-    }
-
-    async fn rewind(&mut self) {
-        if let Ok(head) = self.store.head().await {
-            self.seq = head.as_ref().map_or(0, |h| h.seq);
-            self.prev_hash = head.map_or_else(|| GENESIS_HASH.to_owned(), |h| h.hash);
         }
     }
 

@@ -21,6 +21,10 @@ use super::policy_guard::StreamGuard;
 use super::request_id::request_id_for;
 use super::respond::{self, ProxyError, REQUEST_ID_HEADER};
 
+/// Longest a call waits for its REQUEST's commit under strict durability
+/// before it is refused with 503.
+const STRICT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Most bytes a request body may decode to for inline policy checks.
 const MAX_INSPECTED_BYTES: usize = 16 * 1024 * 1024;
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
@@ -31,7 +35,7 @@ use crate::config::{FailMode, Upstream};
 use crate::pipeline::record::{
     CallInfo, CallRecord, Failure, Recorder, RequestPrescan, ResponseOutcome,
 };
-use crate::pipeline::StoreHealth;
+use crate::pipeline::{Admission, StoreHealth};
 use crate::policy::{Direction, PolicySet, Verdict};
 use crate::telemetry::metrics::{
     operation_label, CallLabels, KindLabels, Metrics, OperationLabels,
@@ -51,6 +55,8 @@ pub struct ProxyState {
     pub recorder: Option<Recorder>,
     pub fail_mode: FailMode,
     pub store_health: StoreHealth,
+    /// Under `fail_closed`, lets a call in only while its events have room.
+    pub admission: Admission,
     pub metrics: Arc<Metrics>,
     /// The compliance policies; `block` and `redact_upstream` ones act here.
     pub policies: Arc<PolicySet>,
@@ -81,9 +87,6 @@ pub async fn handle(
         state.metrics.refused_call(error.code());
         return error.into_response(&request_id);
     }
-    if state.fail_mode == FailMode::FailClosed && !state.store_health.is_writable() {
-        return ProxyError::AuditStoreUnavailable.into_response(&request_id);
-    }
     let (mut parts, body) = req.into_parts();
     let path_and_query = parts
         .uri
@@ -103,6 +106,15 @@ pub async fn handle(
         operation: operation_label(&operation.name),
         started_at,
     };
+    // fail_closed: nothing reaches upstream unless its events have room.
+    let reservation = match state.admission.admit() {
+        Ok(reservation) => reservation,
+        Err(refusal) => {
+            tracing::debug!(request_id = %request_id, reason = refusal.as_str(), "Call refused: the audit store cannot take its events.");
+            call_log.failed(ProxyError::AuditStoreUnavailable, "refused");
+            return ProxyError::AuditStoreUnavailable.into_response(&request_id);
+        }
+    };
     let mut record = state.recorder.as_ref().map(|recorder| {
         let provider = state
             .provider_override
@@ -117,6 +129,7 @@ pub async fn handle(
             client_ip,
             headers: detached(&parts.headers),
             started_at,
+            reservation,
         })
     });
     // The path is a slice of hyper's read buffer too (see `detached`);
@@ -136,6 +149,7 @@ pub async fn handle(
             send(captured);
         })
     });
+    let committed = record.as_mut().and_then(CallRecord::request_committed);
     // While a `block` policy watches requests, the whole body is read up
     // to the inspection limit before anything goes upstream; otherwise
     // only the capped prefix, and the rest streams through.
@@ -145,21 +159,22 @@ pub async fn handle(
     } else {
         state.capture_cap
     };
-    let (mut prefix, rest) = match read_prefix(body, request_capture, read_limit).await {
-        Ok(b) => b,
-        Err(()) => {
-            // The app's body broke off while being read: nothing was sent.
-            if let Some(r) = record.as_mut() {
-                r.fail(
-                    Failure::ClientBody,
-                    ProxyError::BadRequest.status(),
-                    "request body could not be read from the client".into(),
-                );
+    let (mut prefix, rest) =
+        match read_prefix(body, request_capture, read_limit, committed.is_some()).await {
+            Ok(b) => b,
+            Err(()) => {
+                // The app's body broke off while being read: nothing was sent.
+                if let Some(r) = record.as_mut() {
+                    r.fail(
+                        Failure::ClientBody,
+                        ProxyError::BadRequest.status(),
+                        "request body could not be read from the client".into(),
+                    );
+                }
+                call_log.failed(ProxyError::BadRequest, "client_aborted");
+                return ProxyError::BadRequest.into_response(&request_id);
             }
-            call_log.failed(ProxyError::BadRequest, "client_aborted");
-            return ProxyError::BadRequest.into_response(&request_id);
-        }
-    };
+        };
 
     let mut headers = forwardable(parts.headers);
     // Sent below if request policies parse the body, dropped otherwise:
@@ -202,6 +217,16 @@ pub async fn handle(
         }
     }
     drop(prescan_sender);
+    if let Some(committed) = committed {
+        // Strict durability: the REQUEST is on disk before the call leaves.
+        // A store that keeps failing holds the commit in its retries; the
+        // call is refused rather than held.
+        let stored = tokio::time::timeout(STRICT_COMMIT_TIMEOUT, committed).await;
+        if !matches!(stored, Ok(Ok(Ok(())))) {
+            call_log.failed(ProxyError::AuditStoreUnavailable, "refused");
+            return ProxyError::AuditStoreUnavailable.into_response(&request_id);
+        }
+    }
     if state.policies.blocks(Direction::Response) {
         // A compressed answer could not be inspected as it streams.
         headers.remove(header::ACCEPT_ENCODING);
@@ -486,16 +511,24 @@ where
 
 /// Reads the request body up to the capture cap, so the whole of a typical
 /// LLM request is known before it goes upstream; anything longer streams
-/// on through the tee.
+/// on through the tee. With `capture_prefix_only` (strict durability, whose
+/// REQUEST is committed before the body goes on), a longer body's capture
+/// ends with the prefix, marked truncated.
 async fn read_prefix(
     mut body: Incoming,
     mut capture: Capture,
     cap: usize,
+    capture_prefix_only: bool,
 ) -> Result<(Bytes, Option<TeeBody<Incoming>>), ()> {
     match read_up_to(&mut body, &mut capture, cap).await {
         Ok((prefix, true)) => {
             capture.finish(BodyEnd::Complete);
             Ok((prefix, None))
+        }
+        Ok((prefix, false)) if capture_prefix_only => {
+            capture.finish(BodyEnd::Complete);
+            let rest = Capture::new(0, Box::new(|_| {}));
+            Ok((prefix, Some(TeeBody::new(body, rest))))
         }
         Ok((prefix, false)) => Ok((prefix, Some(TeeBody::new(body, capture)))),
         Err(error) => {

@@ -16,6 +16,12 @@
 //! blocks, and `stats` reads no file at all. All file I/O runs on blocking
 //! threads; one append is one write and one `sync_data` per file touched.
 //!
+//! One process writes a folder: `open` takes an exclusive lock on its
+//! `.lock` file, so a second `serve` or an offline `purge` on the same
+//! folder is refused instead of forking the chain. Readers
+//! ([`FileStore::open_for_reading`]) take no lock. A new file's name is
+//! made durable by syncing the folder once the file is created.
+//!
 //! Retention works on whole files: `purge_before` removes a file only once
 //! every event in it is older than the cutoff, so up to one rotation period
 //! of older events may remain; the size cap removes the oldest files. The
@@ -48,6 +54,8 @@ const EXPORT_READ_AHEAD: usize = 2;
 const SOURCE_ID_FILE: &str = "source_id";
 /// The file `health` creates and removes when the folder holds no file yet.
 const HEALTH_PROBE: &str = ".health-probe";
+/// The file a writing process holds an exclusive lock on.
+pub const LOCK_FILE: &str = ".lock";
 
 /// The JSON Lines store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
@@ -57,6 +65,9 @@ pub struct FileStore {
     source_id: String,
     rotation: Rotation,
     state: Arc<Mutex<State>>,
+    /// Holds the folder's write lock while the store lives (`None` for a
+    /// reader). Closing the file releases it.
+    _lock: Option<File>,
 }
 
 #[derive(Debug)]
@@ -86,7 +97,21 @@ impl FileStore {
     /// Opens (creating if needed) the store in `dir`, reading the existing
     /// files to find the chain head and build the index. A torn last line
     /// (a crash mid-write) is skipped with a warning.
+    ///
+    /// Takes the folder's write lock: a store another process writes (a
+    /// running `serve`, an offline `purge`) is refused with a message
+    /// saying so.
     pub fn open(dir: &Path, rotation: Rotation) -> Result<FileStore, StoreError> {
+        fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
+        let lock = lock_folder(dir)?;
+        let mut store = Self::open_for_reading(dir, rotation)?;
+        store._lock = Some(lock);
+        Ok(store)
+    }
+
+    /// Opens the store in `dir` without its write lock, for offline
+    /// commands that only read (a server may be writing meanwhile).
+    pub fn open_for_reading(dir: &Path, rotation: Rotation) -> Result<FileStore, StoreError> {
         fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
         let mut segments = Vec::new();
         for entry in fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, e))? {
@@ -133,6 +158,7 @@ impl FileStore {
                 head,
                 open: None,
             })),
+            _lock: None,
         })
     }
 
@@ -452,11 +478,17 @@ impl State {
         let segment = &self.segments[index];
         let reuse = matches!(&self.open, Some((name, _)) if *name == segment.name);
         if !reuse {
+            let created = !segment.path.exists();
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&segment.path)
                 .map_err(|e| io_error("cannot open", &segment.path, e))?;
+            if created {
+                // The new name must survive a power loss with the data the
+                // writer acknowledges in it.
+                sync_dir(&self.dir)?;
+            }
             self.open = Some((segment.name.clone(), file));
         }
         let Some((_, file)) = self.open.as_mut() else {
@@ -495,11 +527,27 @@ impl State {
                 tracing::error!(
                     %error,
                     file = %segment.path.display(),
-                    "Cannot undo a failed audit append; reopening the store will skip a torn line."
+                    "Cannot undo a failed audit append; the file is marked torn."
                 );
+                if part.index < created_from {
+                    self.mark_torn(part.index);
+                }
             }
         }
         self.segments.truncate(created_from);
+    }
+
+    /// Marks a file whose failed append could not be cut back as torn, so
+    /// what that append left is never read as events and the next append
+    /// starts on a fresh line.
+    fn mark_torn(&mut self, index: usize) {
+        let segment = &mut self.segments[index];
+        let marked = fs::metadata(&segment.path)
+            .map_err(|e| io_error("cannot read", &segment.path, e))
+            .and_then(|m| segment.mark_torn(m.len()));
+        if let Err(error) = marked {
+            tracing::error!(%error, file = %segment.path.display(), "Cannot mark the audit file torn.");
+        }
     }
 
     /// Removes whole files from the oldest while `remove(segment, total
@@ -568,6 +616,34 @@ fn read_or_make_source_id(dir: &Path) -> Result<String, StoreError> {
     };
     write().map_err(|e| io_error("cannot write", &path, e))?;
     Ok(id)
+}
+
+/// Takes the exclusive, non-blocking lock on `dir/.lock`, held until the
+/// returned file is closed (the OS releases it if the process dies).
+fn lock_folder(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_error("cannot open", &path, e))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreError::Other(format!(
+            "the file store in {} is in use by another process (a running serve or purge); \
+             only one process may write it at a time",
+            dir.display()
+        ))),
+        Err(e) => Err(io_error("cannot lock", &path, e.into())),
+    }
+}
+
+/// Syncs the folder itself, so names created in it are durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("cannot sync", dir, e))
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {

@@ -57,6 +57,18 @@ const INSERT: &str = "INSERT INTO events \
     (seq, id, timestamp, event_type, level, level_rank, message, request_id, metadata, prev_hash, hash) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
+/// How hard the writer syncs each commit (SQLite's `synchronous`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// The WAL is synced at checkpoints only: a commit survives a crash of
+    /// the process, and a power loss may lose the last commits (the file
+    /// stays consistent).
+    #[default]
+    Normal,
+    /// The WAL is synced at every commit: a commit survives a power loss.
+    Full,
+}
+
 /// The SQLite store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -84,13 +96,18 @@ impl SqliteStore {
     /// creating `dir` too. Sets WAL mode, `synchronous=NORMAL` and a busy
     /// timeout, and applies any pending schema migrations.
     pub async fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        Self::open_with(dir, Synchronous::Normal).await
+    }
+
+    /// As [`open`](Self::open), with the given `synchronous` setting.
+    pub async fn open_with(dir: &Path, sync: Synchronous) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
         let path = dir.join(DB_FILE);
         let writer = Connection::open(&path).await.map_err(StoreError::from)?;
         writer
-            .call(|conn| {
+            .call(move |conn| {
                 configure(conn)?;
                 // WAL lets readers in other processes run beside the writer;
                 // NORMAL is durable across application crashes, and WAL
@@ -102,7 +119,11 @@ impl SqliteStore {
                         "cannot switch the store to WAL mode (journal_mode is {mode})"
                     )));
                 }
-                conn.pragma_update(None, "synchronous", "NORMAL")?;
+                let sync = match sync {
+                    Synchronous::Normal => "NORMAL",
+                    Synchronous::Full => "FULL",
+                };
+                conn.pragma_update(None, "synchronous", sync)?;
                 // Each checkpoint syncs the WAL and the file and rewrites the
                 // index pages every batch touched; at the default 1,000 pages
                 // a busy writer checkpointed about ten times a second.
@@ -438,6 +459,27 @@ impl AuditStore for SqliteStore {
             .map_err(from_call)
     }
 
+    async fn close(&self) -> Result<(), StoreError> {
+        let Some(writer) = &self.writer else {
+            return Ok(());
+        };
+        writer
+            .call(|conn| {
+                // Copies every committed page into audit.db and empties the
+                // WAL, so audit.db alone holds the whole store. A reader in
+                // another process may keep part of the WAL alive (the
+                // first column says "busy"); the next open finishes it.
+                let busy: i64 =
+                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+                if busy != 0 {
+                    tracing::warn!("Audit store WAL not fully checkpointed: a reader holds it.");
+                }
+                Ok(())
+            })
+            .await
+            .map_err(from_call)
+    }
+
     async fn purge_before(&self, before: DateTime<Utc>) -> Result<PurgeReport, StoreError> {
         self.purge_before_impl(before).await
     }
@@ -506,7 +548,18 @@ impl From<rusqlite::Error> for StoreError {
         use rusqlite::ErrorCode as Code;
         let message = error.to_string();
         match error.sqlite_error_code() {
-            Some(Code::DatabaseBusy | Code::DatabaseLocked) => StoreError::Unavailable(message),
+            // A disk that failed a write, a file system remounted read-only
+            // or a file that cannot be opened right now may all come back
+            // (a remount, an operator's fix): the writer retries these.
+            Some(
+                Code::DatabaseBusy
+                | Code::DatabaseLocked
+                | Code::SystemIoFailure
+                | Code::ReadOnly
+                | Code::CannotOpen
+                | Code::PermissionDenied
+                | Code::FileLockingProtocolFailed,
+            ) => StoreError::Unavailable(message),
             Some(Code::DiskFull) => StoreError::Full(message),
             Some(Code::DatabaseCorrupt | Code::NotADatabase) => StoreError::Corrupt(message),
             Some(Code::ConstraintViolation) => StoreError::Conflict(message),

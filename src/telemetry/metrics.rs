@@ -253,8 +253,23 @@ impl Collector for PipelineCollector {
             ("events_offered", "Events offered to the queue", &s.offered),
             (
                 "events_dropped",
-                "Events dropped because the queue was full",
+                "Events dropped: the queue was full, over its byte budget or closed",
                 &s.dropped,
+            ),
+            (
+                "events_dropped_over_budget",
+                "Of events_dropped: over queue.max_bytes",
+                &s.dropped_over_budget,
+            ),
+            (
+                "events_dropped_after_close",
+                "Of events_dropped: offered after the queue closed at shutdown",
+                &s.dropped_after_close,
+            ),
+            (
+                "record_build_failures",
+                "Call records lost because building them failed",
+                &s.build_failures,
             ),
             (
                 "events_filtered",
@@ -269,7 +284,7 @@ impl Collector for PipelineCollector {
             ),
             (
                 "events_lost",
-                "Events in batches abandoned after retries",
+                "Events in batches the store never took",
                 &s.lost,
             ),
         ];
@@ -286,6 +301,14 @@ impl Collector for PipelineCollector {
             depth.metric_type(),
         )?;
         depth.encode(metric)?;
+        let bytes = ConstGauge::new(s.queue_bytes.load(Ordering::Relaxed) as i64);
+        let metric = encoder.encode_descriptor(
+            "queue_bytes",
+            "Bytes the queued events hold (queue.max_bytes bounds it)",
+            None,
+            bytes.metric_type(),
+        )?;
+        bytes.encode(metric)?;
         Ok(())
     }
 }
@@ -312,6 +335,9 @@ mod tests {
             "llm_audit_proxy_calls_total{operation=\"chat.create\",status=\"200\",outcome=\"completed\"} 1",
             "llm_audit_proxy_events_written_total 7",
             "llm_audit_proxy_queue_depth 0",
+            "llm_audit_proxy_queue_bytes 0",
+            "llm_audit_proxy_events_dropped_over_budget_total 0",
+            "llm_audit_proxy_record_build_failures_total 0",
             "# TYPE llm_audit_proxy_added_latency_seconds histogram",
             "# TYPE llm_audit_proxy_store_write_seconds histogram",
         ] {

@@ -13,7 +13,7 @@ use crate::support::MockUpstream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_llm-audit-proxy");
 
-fn command() -> Command {
+pub(crate) fn command() -> Command {
     let mut cmd = Command::new(BIN);
     // Nothing from the developer's environment may change what is tested.
     for (key, _) in std::env::vars() {
@@ -92,7 +92,7 @@ fn spawn_serve(upstream: &str, dir: &std::path::Path) -> (Child, String, String)
 type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// Sends SIGTERM to `child`.
-fn sigterm(child: &Child) {
+pub(crate) fn sigterm(child: &Child) {
     let sent = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -101,7 +101,7 @@ fn sigterm(child: &Child) {
 }
 
 /// Waits for `child` to exit, off the async workers; returns its code.
-async fn exit_code(mut child: Child) -> Option<i32> {
+pub(crate) async fn exit_code(mut child: Child) -> Option<i32> {
     tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap()

@@ -13,6 +13,7 @@ mod support;
 
 mod admin_api;
 mod binary;
+mod durability;
 mod evidence;
 mod hardening;
 mod leaks;

@@ -249,3 +249,33 @@ fn listener_limits_have_defaults_and_bounds() {
     let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["admin.max_connections", "admin.page_max_bytes"]);
 }
+
+#[test]
+fn durability_keys_default_to_buffered_normal_and_64_mib_and_name_themselves_when_bad() {
+    let c = load(None, &env(&[]), &FlagValues::new()).unwrap();
+    assert_eq!(c.audit.durability, Durability::Buffered);
+    assert_eq!(c.audit.sqlite_synchronous, SqliteSynchronous::Normal);
+    assert_eq!(c.queue.max_bytes, 64 * 1024 * 1024);
+    let f = file("[audit]\ndurability = \"strict\"\nsqlite_synchronous = \"FULL\"\n[queue]\nmax_bytes = 2097152\n");
+    let c = load(Some(f.path()), &env(&[]), &FlagValues::new()).unwrap();
+    assert_eq!(c.audit.durability, Durability::Strict);
+    assert_eq!(c.audit.sqlite_synchronous, SqliteSynchronous::Full);
+    assert_eq!(c.queue.max_bytes, 2 * 1024 * 1024);
+    for (var, key, bad) in [
+        (
+            "LLM_AUDIT_PROXY_DURABILITY",
+            "audit.durability",
+            "sometimes",
+        ),
+        (
+            "LLM_AUDIT_PROXY_SQLITE_SYNCHRONOUS",
+            "audit.sqlite_synchronous",
+            "off",
+        ),
+        ("LLM_AUDIT_PROXY_QUEUE_MAX_BYTES", "queue.max_bytes", "1000"),
+    ] {
+        let errs = errors(load(None, &env(&[(var, bad)]), &FlagValues::new()));
+        assert_eq!(errs[0].key, key, "{bad}");
+        assert!(errs[0].to_string().contains(var), "{bad}");
+    }
+}

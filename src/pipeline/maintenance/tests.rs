@@ -22,6 +22,8 @@ fn writer_config() -> WriterConfig {
         shutdown_attempts: 1,
         source: None,
         checkpoints: None,
+        queue_max_bytes: u64::MAX / 2,
+        ledger: None,
     }
 }
 

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use super::*;
 use crate::event::chain::ChainVerifier;
+use crate::event::EventType;
 use crate::store::memory::MemoryStore;
 use crate::store::{
     AuditStore, ChainHead, EventFilter, EventPage, EventQuery, EventStream, PurgeReport, StoreStats,
@@ -36,6 +37,10 @@ struct ScriptedStore {
     gate: Semaphore,
     /// Writes begun (held ones included).
     calls: AtomicUsize,
+    /// Reads of the head that fail before they answer again.
+    head_failures: AtomicUsize,
+    /// Times the writer closed the store.
+    closed: AtomicUsize,
 }
 
 impl ScriptedStore {
@@ -45,6 +50,8 @@ impl ScriptedStore {
             script: Mutex::new(script.iter().copied().collect()),
             gate: Semaphore::new(if open { Semaphore::MAX_PERMITS } else { 0 }),
             calls: AtomicUsize::new(0),
+            head_failures: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
         })
     }
 
@@ -88,7 +95,19 @@ impl AuditStore for ScriptedStore {
     }
 
     async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
+        let failing = self
+            .head_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(StoreError::Unavailable("cannot read".into()));
+        }
         self.inner.head().await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.closed.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
@@ -131,6 +150,8 @@ fn config() -> WriterConfig {
         shutdown_attempts: 1,
         source: None,
         checkpoints: None,
+        queue_max_bytes: u64::MAX / 2,
+        ledger: None,
     }
 }
 
@@ -226,11 +247,32 @@ async fn an_abandoned_batch_is_counted_lost_and_the_next_one_takes_its_place() {
     assert!(acks
         .iter()
         .all(|a| matches!(a, Err(SubmitError::Store(m)) if m.contains("bad page"))));
+    // The next write, with the store healthy again, records the loss.
+    assert!(handle.offer(event(5)));
+    handle.flush().await;
     let events = store.events().await;
-    let messages: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
-    assert_eq!(messages, ["call 2", "call 3", "call 4"]);
+    let calls: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event_type == EventType::Request)
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(calls, ["call 2", "call 3", "call 4", "call 5"]);
     assert_one_chain(&events);
-    assert_eq!(handle.stats().lost.load(Ordering::Relaxed), 2);
+    let lost: Vec<&AuditEvent> = events
+        .iter()
+        .filter(|e| e.event_type == EventType::Error)
+        .collect();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(
+        lost[0].message,
+        "2 audit events sealed as seq 1-2 could not be stored"
+    );
+    assert_eq!(lost[0].metadata["error_type"], "events_lost");
+    assert_eq!(lost[0].metadata["details"]["first_seq"], 1);
+    assert_eq!(lost[0].metadata["details"]["last_seq"], 2);
+    let stats = handle.stats();
+    assert_eq!(stats.lost.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.unreported_losses(), 0, "the loss is on record");
 }
 
 #[tokio::test]
@@ -379,4 +421,138 @@ async fn events_held_back_are_written_when_the_queue_closes() {
     let events = store.events().await;
     assert_eq!(events.len(), 3);
     assert_one_chain(&events);
+}
+
+#[tokio::test]
+async fn a_failed_head_read_after_a_loss_never_chains_onto_the_lost_batch() {
+    let store = ScriptedStore::new(&[Some(Fault::Corrupt)], true);
+    // The re-read of the head after the loss fails twice.
+    store.head_failures.store(0, Ordering::SeqCst);
+    let tracker = TaskTracker::new();
+    let (handle, _health) = spawn_writer(store.clone(), config(), &tracker)
+        .await
+        .unwrap();
+    store.head_failures.store(2, Ordering::SeqCst);
+    assert!(
+        handle.submit(event(0)).await.is_err(),
+        "the first batch is lost"
+    );
+    let sealed = handle.submit(event(1)).await.unwrap();
+    assert_eq!(
+        sealed.seq, 1,
+        "the chain continues from what the store holds"
+    );
+    handle.flush().await;
+    let events = store.events().await;
+    assert_one_chain(&events);
+    assert_eq!(events[0].message, "call 1");
+}
+
+#[tokio::test]
+async fn offers_over_the_byte_budget_are_dropped_counted_and_recorded() {
+    let store = ScriptedStore::new(&[], false);
+    let tracker = TaskTracker::new();
+    let big = "x".repeat(4096);
+    let one = crate::pipeline::queued_bytes(&{
+        let mut e = NewEvent::new(EventType::Request, "big")
+            .with_metadata(serde_json::json!({ "body": big }));
+        e.prepare();
+        e
+    });
+    let cfg = WriterConfig {
+        queue_max_bytes: 3 * one,
+        ..config()
+    };
+    let (handle, _health) = spawn_writer(store.clone(), cfg, &tracker).await.unwrap();
+    let offer_big = |h: &Handle| {
+        h.offer(
+            NewEvent::new(EventType::Request, "big")
+                .with_metadata(serde_json::json!({ "body": big })),
+        )
+    };
+    // The first write is held: the queue keeps what follows.
+    assert!(offer_big(&handle));
+    wait_for_writes(&store, 1).await;
+    let accepted = (0..5).filter(|_| offer_big(&handle)).count();
+    assert_eq!(accepted, 3, "three events fit the budget");
+    let stats = handle.stats().clone();
+    assert_eq!(stats.dropped_over_budget.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.dropped.load(Ordering::Relaxed), 2);
+    store.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    handle.flush().await;
+    assert_eq!(stats.queue_bytes.load(Ordering::Relaxed), 0);
+    let events = store.events().await;
+    let report = events.last().unwrap();
+    assert_eq!(report.metadata["error_type"], "events_dropped");
+    assert_eq!(report.metadata["details"]["dropped"], 2);
+    assert_eq!(report.metadata["details"]["over_byte_budget"], 2);
+    assert_eq!(stats.unreported_losses(), 0);
+}
+
+#[tokio::test]
+async fn closing_writes_what_is_queued_closes_the_store_and_counts_later_offers() {
+    let store = ScriptedStore::new(&[], true);
+    let tracker = TaskTracker::new();
+    let (handle, _health) = spawn_writer(store.clone(), config(), &tracker)
+        .await
+        .unwrap();
+    let producer = handle.clone();
+    assert!(handle.offer(event(0)));
+    tokio::time::timeout(Duration::from_secs(5), handle.close())
+        .await
+        .expect("close returns once everything is written");
+    assert_eq!(store.closed.load(Ordering::SeqCst), 1);
+    assert!(!producer.offer(event(1)), "the queue is closed");
+    let stats = producer.stats();
+    assert_eq!(stats.dropped_after_close.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.unreported_losses(), 1);
+    // The writer has ended although a producer handle is still alive.
+    tracker.close();
+    tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .expect("the writer ends at close");
+    assert_eq!(store.events().await.len(), 1);
+}
+
+#[tokio::test]
+async fn failed_record_builds_are_recorded_once_the_store_writes() {
+    let store = ScriptedStore::new(&[], true);
+    let (handle, _health) = spawn_writer(store.clone(), config(), &TaskTracker::new())
+        .await
+        .unwrap();
+    handle
+        .stats()
+        .build_failures
+        .fetch_add(1, Ordering::Relaxed);
+    assert!(handle.offer(event(0)));
+    handle.flush().await;
+    let events = store.events().await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].metadata["error_type"], "record_build_failed");
+    assert_eq!(events[1].metadata["details"]["records"], 1);
+}
+
+#[tokio::test]
+async fn losses_left_by_an_earlier_run_are_recorded_and_the_side_file_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = crate::pipeline::losses::LossLedger::in_dir(dir.path());
+    ledger.add(7).unwrap();
+    let store = ScriptedStore::new(&[], true);
+    let cfg = WriterConfig {
+        ledger: Some(ledger.clone()),
+        ..config()
+    };
+    let (handle, _health) = spawn_writer(store.clone(), cfg, &TaskTracker::new())
+        .await
+        .unwrap();
+    assert!(handle.offer(event(0)));
+    handle.flush().await;
+    let events = store.events().await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        events[1].metadata["error_type"],
+        "events_lost_before_restart"
+    );
+    assert_eq!(events[1].metadata["details"]["events"], 7);
+    assert_eq!(ledger.read(), None, "the side file is gone once recorded");
 }

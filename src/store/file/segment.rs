@@ -220,6 +220,37 @@ impl Segment {
         Ok(segment)
     }
 
+    /// Marks the file torn after an append that failed and could not be cut
+    /// back: the bytes from `end` to `len` on disk are that append's, and
+    /// none of them is an event (the writer seals those events again).
+    /// Every line they start is skipped by readers, and the next append
+    /// starts on a fresh line.
+    pub fn mark_torn(&mut self, len: u64) -> Result<(), StoreError> {
+        if len <= self.end {
+            return Ok(());
+        }
+        let mut file =
+            File::open(&self.path).map_err(|e| io_error("cannot open", &self.path, e))?;
+        file.seek(SeekFrom::Start(self.end))
+            .map_err(|e| io_error("cannot read", &self.path, e))?;
+        let mut region = Vec::new();
+        file.take(len - self.end)
+            .read_to_end(&mut region)
+            .map_err(|e| io_error("cannot read", &self.path, e))?;
+        let skip = Arc::make_mut(&mut self.skip);
+        // The first line starts at `end`; the append that closes the torn
+        // line adds that one.
+        for (i, byte) in region.iter().enumerate() {
+            let next = self.end + i as u64 + 1;
+            if *byte == b'\n' && next < len {
+                skip.push(next);
+            }
+        }
+        self.size = len;
+        self.torn = true;
+        Ok(())
+    }
+
     /// Adds an event written at `offset` to the index.
     pub fn record(&mut self, event: &AuditEvent, offset: u64) {
         if self.count % MARK_EVERY == 0 {

@@ -16,12 +16,12 @@ fn page_query(limit: usize, before_seq: Option<i64>) -> EventQuery {
     }
 }
 
-/// The event files (not the store's `source_id`).
+/// The event files (not the store's `source_id` or its lock file).
 fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|name| name != SOURCE_ID_FILE)
+        .filter(|name| name != SOURCE_ID_FILE && name != LOCK_FILE)
         .collect();
     names.sort();
     names
@@ -309,4 +309,61 @@ async fn the_source_id_is_made_once_and_kept() {
     drop(first);
     let again = FileStore::open(dir.path(), Rotation::Daily).unwrap();
     assert_eq!(again.source_id().await.unwrap(), Some(id));
+}
+
+#[test]
+fn a_second_writer_on_the_same_folder_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = FileStore::open(dir.path(), Rotation::Daily).unwrap();
+    let error = FileStore::open(dir.path(), Rotation::Daily).unwrap_err();
+    assert!(
+        error.to_string().contains("in use by another process"),
+        "{error}"
+    );
+    // Readers need no lock.
+    FileStore::open_for_reading(dir.path(), Rotation::Daily).unwrap();
+    drop(first);
+    FileStore::open(dir.path(), Rotation::Daily).unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_append_left_on_disk_is_marked_torn_and_never_read_as_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path(), Rotation::Weekly).unwrap();
+    let events = spread_events(1, GENESIS_HASH, 6, 10);
+    store
+        .append_batch(events[..3].to_vec().into())
+        .await
+        .unwrap();
+    // What a failed append that could not be cut back leaves: whole event
+    // lines and a torn one.
+    let path = dir.path().join(&files(dir.path())[0]);
+    let mut leftover = String::new();
+    for e in &events[3..5] {
+        leftover.push_str(&serde_json::to_string(e).unwrap());
+        leftover.push('\n');
+    }
+    leftover.push_str("{\"seq\": 6, \"torn");
+    OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(leftover.as_bytes())
+        .unwrap();
+    {
+        let mut state = lock(&store.state);
+        state.open = None;
+        state.mark_torn(0);
+    }
+    // The writer seals the lost events again and appends them.
+    store
+        .append_batch(events[3..].to_vec().into())
+        .await
+        .unwrap();
+    let exported: Vec<_> = store
+        .export(EventFilter::default())
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert_eq!(exported, events, "each event once, in order");
 }

@@ -386,7 +386,7 @@ fn error_codes_map_to_store_errors() {
     ));
     assert!(matches!(
         code(rusqlite::ffi::SQLITE_IOERR),
-        StoreError::Other(_)
+        StoreError::Unavailable(_)
     ));
 }
 
@@ -509,4 +509,57 @@ async fn a_store_older_than_the_meta_table_reads_without_one() {
     // Opened for writing, it gains the table and an id.
     let upgraded = SqliteStore::open(dir.path()).await.unwrap();
     assert!(upgraded.source_id().await.unwrap().is_some());
+}
+
+#[test]
+fn io_read_only_and_cannot_open_errors_are_retried() {
+    use rusqlite::ffi;
+    for code in [
+        ffi::SQLITE_IOERR,
+        ffi::SQLITE_READONLY,
+        ffi::SQLITE_CANTOPEN,
+        ffi::SQLITE_BUSY,
+    ] {
+        let error: StoreError = rusqlite::Error::SqliteFailure(ffi::Error::new(code), None).into();
+        assert!(error.is_retriable(), "code {code}: {error}");
+    }
+    let corrupt: StoreError =
+        rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_CORRUPT), None).into();
+    assert!(!corrupt.is_retriable());
+}
+
+#[tokio::test]
+async fn a_clean_close_leaves_the_whole_store_in_audit_db() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store
+        .append_batch(chain(1, GENESIS_HASH, 3).into())
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    let wal = dir.path().join("audit.db-wal");
+    assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
+    drop(store);
+    // A copy of audit.db alone holds every event.
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join(DB_FILE), copy.path().join(DB_FILE)).unwrap();
+    let restored = SqliteStore::open_read_only(copy.path()).await.unwrap();
+    assert_eq!(restored.stats().await.unwrap().total_events, 3);
+}
+
+#[tokio::test]
+async fn full_synchronous_is_applied_to_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_with(dir.path(), Synchronous::Full)
+        .await
+        .unwrap();
+    let sync: i64 = store
+        .writer()
+        .unwrap()
+        .call(|conn| -> Result<i64, StoreError> {
+            Ok(conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(sync, 2, "FULL");
 }
