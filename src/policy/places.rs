@@ -166,24 +166,42 @@ pub(crate) fn rename_keys(
         match v {
             Value::Array(items) => stack.extend(items.iter_mut()),
             Value::Object(map) => {
-                let renames: Vec<(String, String)> = map
+                let renames: Vec<(usize, String, String)> = map
                     .keys()
                     .enumerate()
-                    .filter_map(|(i, k)| rename(index + i, k).map(|new| (k.clone(), new)))
+                    .filter_map(|(i, k)| rename(index + i, k).map(|new| (i, k.clone(), new)))
                     .collect();
                 index += map.len();
-                for (old, new) in renames {
+                if renames.is_empty() {
+                    stack.extend(map.values_mut());
+                    continue;
+                }
+                // Where each value stood before the renames, so its keys
+                // are still visited in the order `keys` saw them.
+                let mut position: std::collections::HashMap<String, usize> = map
+                    .keys()
+                    .enumerate()
+                    .map(|(i, k)| (k.clone(), i))
+                    .collect();
+                for (i, old, new) in renames {
                     if let Some(value) = map.remove(&old) {
+                        position.remove(&old);
                         let mut name = new.clone();
                         let mut n = 2;
                         while map.contains_key(&name) {
                             name = format!("{new}#{n}");
                             n += 1;
                         }
+                        position.insert(name.clone(), i);
                         map.insert(name, value);
                     }
                 }
-                stack.extend(map.values_mut());
+                let mut children: Vec<(usize, &mut Value)> = map
+                    .iter_mut()
+                    .map(|(k, v)| (position.get(k).copied().unwrap_or(usize::MAX), v))
+                    .collect();
+                children.sort_by_key(|(i, _)| *i);
+                stack.extend(children.into_iter().map(|(_, v)| v));
             }
             _ => {}
         }
@@ -219,4 +237,35 @@ pub(crate) fn string_pointers(body: &Value) -> Strings<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn renamed_keys_keep_the_visiting_order_of_nested_keys() {
+        let mut body = json!({
+            "a": {"secret-1": 1, "z": {"secret-2": 2}},
+            "secret-0": {"b": 0, "secret-3": 3},
+            "c": [{"secret-4": 4}],
+        });
+        let before: Vec<String> = keys(&body).into_iter().map(str::to_owned).collect();
+        let mut seen = Vec::new();
+        rename_keys(&mut body, &mut |i, k| {
+            seen.push((i, k.to_owned()));
+            k.starts_with("secret").then(|| format!("[X]{i}"))
+        });
+        let visited: Vec<String> = seen.iter().map(|(_, k)| k.clone()).collect();
+        assert_eq!(visited, before);
+        // Every secret key was renamed, with the index `keys` gave it.
+        for (i, k) in before.iter().enumerate() {
+            if k.starts_with("secret") {
+                assert!(body.to_string().contains(&format!("[X]{i}")), "{k} {body}");
+            }
+        }
+        assert!(!body.to_string().contains("secret"));
+    }
 }
