@@ -75,14 +75,24 @@ fn text_bytes(body: &Value) -> usize {
         .sum()
 }
 
+/// `POLICY_BENCH_RUNS=N` runs each case exactly N times instead of for a
+/// time, and `POLICY_BENCH_ONLY=TEXT` only the cases whose name holds
+/// TEXT: for instruction counts under callgrind, which do not depend on how
+/// busy the machine is.
 fn measure(name: &str, bytes: usize, min_time: Duration, mut f: impl FnMut()) {
+    if std::env::var("POLICY_BENCH_ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return;
+    }
+    let runs: Option<u64> = std::env::var("POLICY_BENCH_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok());
     // Warm up: the lazy DFA builds its states on first use.
     for _ in 0..3 {
         f();
     }
     let start = Instant::now();
     let mut iterations = 0u64;
-    while start.elapsed() < min_time {
+    while runs.map_or(start.elapsed() < min_time, |n| iterations < n) {
         f();
         iterations += 1;
     }

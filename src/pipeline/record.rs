@@ -124,6 +124,9 @@ pub enum ResponseOutcome {
     },
     /// The app went away before upstream answered.
     ClientAborted { at: Instant },
+    /// The proxy refused the call for the record's sake (strict durability
+    /// could not commit the REQUEST); nothing was sent upstream.
+    Refused { status: StatusCode, at: Instant },
 }
 
 /// The proxy's ends of one record.
@@ -502,7 +505,9 @@ impl Recorder {
                 ),
                 _ => return None,
             },
-            ResponseOutcome::ClientAborted { .. } | ResponseOutcome::Blocked { .. } => return None,
+            ResponseOutcome::ClientAborted { .. }
+            | ResponseOutcome::Blocked { .. }
+            | ResponseOutcome::Refused { .. } => return None,
         };
         Some(
             NewEvent::new(
@@ -636,6 +641,12 @@ impl Recorder {
                 outcome_label = "blocked";
                 model = facts.model.clone();
                 meta.insert("blocked_by".into(), json!(policy));
+                no_upstream_answer(&mut meta, round_ms(ms(at)));
+            }
+            ResponseOutcome::Refused { status: s, at } => {
+                status = Some(s.as_u16());
+                outcome_label = "refused";
+                model = facts.model.clone();
                 no_upstream_answer(&mut meta, round_ms(ms(at)));
             }
             ResponseOutcome::ClientAborted { at } => {
@@ -884,6 +895,16 @@ impl CallRecord {
             let _ = tx.send(ResponseOutcome::Blocked {
                 status,
                 policy,
+                at: Instant::now(),
+            });
+        }
+    }
+
+    /// Records that the proxy refused the call before forwarding it.
+    pub fn refused(&mut self, status: StatusCode) {
+        if let Some(tx) = self.response.take() {
+            let _ = tx.send(ResponseOutcome::Refused {
+                status,
                 at: Instant::now(),
             });
         }

@@ -223,6 +223,9 @@ pub async fn handle(
         // call is refused rather than held.
         let stored = tokio::time::timeout(STRICT_COMMIT_TIMEOUT, committed).await;
         if !matches!(stored, Ok(Ok(Ok(())))) {
+            if let Some(r) = record.as_mut() {
+                r.refused(ProxyError::AuditStoreUnavailable.status());
+            }
             call_log.failed(ProxyError::AuditStoreUnavailable, "refused");
             return ProxyError::AuditStoreUnavailable.into_response(&request_id);
         }
