@@ -1,11 +1,11 @@
 //! AWS access key ids, long-term (`AKIA…`) and temporary (`ASIA…`).
 
-use super::Builtin;
+use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "aws_access_key",
     pattern: r"(?-u:\b)(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
     group: 0,
-    validate: None,
+    validate: Some(unless_placeholder),
     secret: true,
 };

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::Builtin;
+use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "bearer_token",
@@ -22,5 +22,8 @@ fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
         && (has(u8::is_ascii_digit)
             || has(|b| b"._~+/=".contains(b))
             || (has(u8::is_ascii_uppercase) && has(u8::is_ascii_lowercase)));
-    like.then_some(span)
+    if !like {
+        return None;
+    }
+    unless_placeholder(text, span)
 }

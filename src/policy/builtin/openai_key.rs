@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::Builtin;
+use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "openai_key",
@@ -21,5 +21,8 @@ fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
     let random = body
         .bytes()
         .any(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
-    (!body.starts_with("ant-") && random).then_some(span)
+    if body.starts_with("ant-") || !random {
+        return None;
+    }
+    unless_placeholder(text, span)
 }

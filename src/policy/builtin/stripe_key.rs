@@ -1,12 +1,12 @@
 //! Stripe secret and restricted keys, live and test. Publishable keys
 //! (`pk_…`) are meant to be public and are not reported.
 
-use super::Builtin;
+use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "stripe_key",
     pattern: r"(?-u:\b)[sr]k_(?:live|test)_[0-9A-Za-z]{16,}(?-u:\b)",
     group: 0,
-    validate: None,
+    validate: Some(unless_placeholder),
     secret: true,
 };

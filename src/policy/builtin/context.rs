@@ -1,0 +1,426 @@
+//! Context words around a candidate, to confirm or veto it.
+//!
+//! Some values are told apart only by what surrounds them: `219099999` is a
+//! Social Security number after `SSN:` and an order id after `order`, and
+//! `5.1.20.33` is a version after `firmware`. A validator hands its
+//! candidate and a [`Vocabulary`] to [`judge`], which reads a few words on
+//! each side (the name of a `key=value`, a JSON key, or the header cell of
+//! a CSV or Markdown table column counts as the nearest word) and reports
+//! what the nearest cue says.
+//!
+//! This runs on candidates only, never on whole texts, and reads at most
+//! [`MAX_BYTES`] on each side (plus a few lines up for a table header), so
+//! its cost does not grow with the text.
+//!
+//! Words are runs of ASCII letters and digits; `_`, `-`, punctuation,
+//! spaces and camelCase humps separate them (`applicant_ssn`,
+//! `firmwareVersion`), and a dot between digits joins them (`9.2.14.100` is
+//! one word). Numbers are not context words and are skipped. Matching
+//! ignores case.
+
+use std::ops::Range;
+
+/// Most bytes read on each side of a candidate.
+pub(crate) const MAX_BYTES: usize = 64;
+
+/// Lines looked up for a table's header row, and the bytes they may span.
+const HEADER_LINES: usize = 24;
+const HEADER_BYTES: usize = 4096;
+
+/// Most words a context side holds; longer reaches are cut to this.
+const MAX_WORDS: usize = 8;
+
+/// How many words a detector reads on each side of its candidate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reach {
+    pub before: usize,
+    pub after: usize,
+}
+
+/// What the nearest cue says about a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cue {
+    /// The context names the detector's entity (`SSN`, `ip`).
+    Confirm,
+    /// The context names something else (`order`, `version`).
+    Veto,
+}
+
+/// A detector's cue phrases: each one or more lower-case words separated by
+/// single spaces (`social security number`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Vocabulary {
+    pub confirm: &'static [&'static str],
+    pub veto: &'static [&'static str],
+}
+
+/// The words on one side of a candidate, nearest first.
+struct Side<'a> {
+    words: [&'a [u8]; MAX_WORDS],
+    len: usize,
+}
+
+// === impl Side ===
+
+impl<'a> Side<'a> {
+    fn new() -> Self {
+        Self {
+            words: [&[]; MAX_WORDS],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, word: &'a [u8]) -> bool {
+        if self.len == MAX_WORDS {
+            return false;
+        }
+        self.words[self.len] = word;
+        self.len += 1;
+        true
+    }
+
+    fn get(&self, i: usize) -> Option<&'a [u8]> {
+        (i < self.len).then(|| self.words[i])
+    }
+}
+
+// === impl Vocabulary ===
+
+impl Vocabulary {
+    /// The nearest cue among `side` (nearest word first); `reversed` when
+    /// the side runs backwards from the candidate, so phrases are matched
+    /// from their last word. Returns the cue and its distance in words.
+    fn nearest(&self, side: &Side<'_>, reversed: bool) -> Option<(Cue, usize)> {
+        for at in 0..side.len {
+            for (cue, phrases) in [(Cue::Veto, self.veto), (Cue::Confirm, self.confirm)] {
+                if phrases
+                    .iter()
+                    .any(|phrase| phrase_at(side, at, phrase, reversed))
+                {
+                    return Some((cue, at));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// What the nearest cue around `span` says, if any cue is within `reach`.
+/// A table column's header, when there is one, speaks first; then the
+/// nearest cue on either side, the one before on a tie.
+pub(crate) fn judge(
+    text: &str,
+    span: &Range<usize>,
+    reach: Reach,
+    vocab: &Vocabulary,
+) -> Option<Cue> {
+    if let Some(header) = column_header(text, span) {
+        let mut side = Side::new();
+        for word in words(header).rev() {
+            if !side.push(word) {
+                break;
+            }
+        }
+        if let Some((cue, _)) = vocab.nearest(&side, true) {
+            return Some(cue);
+        }
+    }
+    let before = words_before(text, span.start, reach.before);
+    let after = words_after(text, span.end, reach.after);
+    let before = vocab.nearest(&before, true);
+    let after = vocab.nearest(&after, false);
+    match (before, after) {
+        (Some((cue, b)), Some((_, a))) if b <= a => Some(cue),
+        (_, Some((cue, _))) => Some(cue),
+        (Some((cue, _)), None) => Some(cue),
+        (None, None) => None,
+    }
+}
+
+/// Whether `phrase` occurs in `side` at word `at` (its last word there when
+/// `reversed`, its first otherwise).
+fn phrase_at(side: &Side<'_>, at: usize, phrase: &str, reversed: bool) -> bool {
+    let mut parts = phrase.split(' ');
+    let n = phrase.split(' ').count();
+    (0..n).all(|k| {
+        let Some(part) = parts.next() else {
+            return false;
+        };
+        let index = if reversed { at + n - 1 - k } else { at + k };
+        side.get(index)
+            .is_some_and(|w| w.eq_ignore_ascii_case(part.as_bytes()))
+    })
+}
+
+/// Up to `n` whole words in the [`MAX_BYTES`] before `at`, nearest first.
+fn words_before(text: &str, at: usize, n: usize) -> Side<'_> {
+    let b = text.as_bytes();
+    let mut from = at.saturating_sub(MAX_BYTES);
+    // A word cut by the window's edge is not a word.
+    if from > 0 {
+        while from < at && is_word_byte(b[from]) && is_word_byte(b[from - 1]) {
+            from += 1;
+        }
+    }
+    let mut side = Side::new();
+    for word in words(&b[from..at]).rev().filter(is_text).take(n) {
+        side.push(word);
+    }
+    side
+}
+
+/// Up to `n` whole words in the [`MAX_BYTES`] after `at`, nearest first.
+fn words_after(text: &str, at: usize, n: usize) -> Side<'_> {
+    let b = text.as_bytes();
+    let mut to = (at + MAX_BYTES).min(b.len());
+    if to < b.len() {
+        while to > at && is_word_byte(b[to - 1]) && is_word_byte(b[to]) {
+            to -= 1;
+        }
+    }
+    let mut side = Side::new();
+    for word in words(&b[at..to]).filter(is_text).take(n) {
+        side.push(word);
+    }
+    side
+}
+
+/// Numbers say nothing about their neighbours (`from 9.2.14.100 to
+/// 9.2.14.101`), so they are not counted as context words.
+fn is_text(word: &&[u8]) -> bool {
+    word.iter().any(u8::is_ascii_alphabetic)
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+}
+
+/// The words of `s` in reading order: runs of ASCII letters and digits, cut
+/// at camelCase humps, with dots between digits kept inside.
+fn words(s: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    let mut bounds: Vec<Range<usize>> = Vec::new();
+    let mut start: Option<usize> = None;
+    for i in 0..s.len() {
+        let c = s[i];
+        let joins_digits = c == b'.'
+            && i > 0
+            && s[i - 1].is_ascii_digit()
+            && s.get(i + 1).is_some_and(u8::is_ascii_digit);
+        let inside = is_word_byte(c) || joins_digits;
+        match (inside, start) {
+            (true, None) => start = Some(i),
+            (true, Some(from)) => {
+                if c.is_ascii_uppercase() && s[i - 1].is_ascii_lowercase() {
+                    bounds.push(from..i);
+                    start = Some(i);
+                }
+            }
+            (false, Some(from)) => {
+                bounds.push(from..i);
+                start = None;
+            }
+            (false, None) => {}
+        }
+    }
+    if let Some(from) = start {
+        bounds.push(from..s.len());
+    }
+    bounds.into_iter().map(move |r| &s[r])
+}
+
+/// The header cell of the table column `span` sits in: for a CSV, TSV or
+/// Markdown table row, the cell at the same position in the first row of
+/// the block of rows above with as many separators. `None` outside tables
+/// or when the header is too far up.
+fn column_header<'a>(text: &'a str, span: &Range<usize>) -> Option<&'a [u8]> {
+    let b = text.as_bytes();
+    let line_start = b[..span.start]
+        .iter()
+        .rposition(|&c| c == b'\n')
+        .map_or(0, |i| i + 1);
+    let line_end = b[span.end..]
+        .iter()
+        .position(|&c| c == b'\n')
+        .map_or(b.len(), |i| span.end + i);
+    if line_start == 0 {
+        return None;
+    }
+    let line = &b[line_start..line_end];
+    let sep = [b'|', b'\t', b',', b';']
+        .into_iter()
+        .find(|&s| line.contains(&s))?;
+    let count = cells(line, sep).count();
+    if count < 2 {
+        return None;
+    }
+    let column = cells(line, sep).position(|cell| {
+        let (from, to) = (line_start + cell.start, line_start + cell.end);
+        from <= span.start && span.end <= to
+    })?;
+    // Walk up while rows have the same shape; the last one is the header.
+    let floor = line_start.saturating_sub(HEADER_BYTES);
+    let mut header: Option<&[u8]> = None;
+    let mut end = line_start - 1;
+    let mut topped = false;
+    for _ in 0..HEADER_LINES {
+        let start = b[floor..end]
+            .iter()
+            .rposition(|&c| c == b'\n')
+            .map_or(floor, |i| floor + i + 1);
+        let row = &b[start..end];
+        if start == floor && floor > 0 {
+            // The window cut this row: too far up to tell.
+            return None;
+        }
+        if cells(row, sep).count() != count {
+            topped = true;
+            break;
+        }
+        if !is_rule_row(row) {
+            header = Some(row);
+        }
+        if start == 0 {
+            topped = true;
+            break;
+        }
+        end = start - 1;
+    }
+    if !topped {
+        return None;
+    }
+    let header = header?;
+    let cell = cells(header, sep).nth(column)?;
+    Some(&header[cell])
+}
+
+/// The cells of a row as ranges, honouring double quotes; Markdown's outer
+/// pipes make no empty first or last cell.
+fn cells(row: &[u8], sep: u8) -> impl Iterator<Item = Range<usize>> + '_ {
+    let trimmed_start = if sep == b'|' {
+        row.iter()
+            .position(|c| !c.is_ascii_whitespace())
+            .filter(|&i| row[i] == b'|')
+            .map_or(0, |i| i + 1)
+    } else {
+        0
+    };
+    let trimmed_end = if sep == b'|' {
+        row.iter()
+            .rposition(|c| !c.is_ascii_whitespace())
+            .filter(|&i| row[i] == b'|' && i >= trimmed_start)
+            .unwrap_or(row.len())
+    } else {
+        row.len()
+    };
+    let mut at = trimmed_start;
+    let mut done = trimmed_start > trimmed_end;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let start = at;
+        let mut quoted = false;
+        while at < trimmed_end {
+            let c = row[at];
+            if c == b'"' {
+                quoted = !quoted;
+            } else if c == sep && !quoted {
+                break;
+            }
+            at += 1;
+        }
+        let cell = start..at;
+        if at >= trimmed_end {
+            done = true;
+        } else {
+            at += 1;
+        }
+        Some(cell)
+    })
+}
+
+/// A Markdown rule row such as `|---|:--:|`.
+fn is_rule_row(row: &[u8]) -> bool {
+    row.contains(&b'-')
+        && row
+            .iter()
+            .all(|c| matches!(c, b'|' | b'-' | b':' | b' ' | b'\t'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VOCAB: Vocabulary = Vocabulary {
+        confirm: &["ssn", "social security number"],
+        veto: &["order", "version"],
+    };
+    const REACH: Reach = Reach {
+        before: 5,
+        after: 3,
+    };
+
+    fn judge_at(text: &str, value: &str) -> Option<Cue> {
+        let start = text.find(value).unwrap();
+        judge(text, &(start..start + value.len()), REACH, &VOCAB)
+    }
+
+    #[test]
+    fn words_split_at_humps_and_join_dotted_numbers() {
+        let w: Vec<&[u8]> = words(b"applicant_ssn firmwareVersion=9.2.14.101. SSN#").collect();
+        assert_eq!(
+            w,
+            [
+                &b"applicant"[..],
+                b"ssn",
+                b"firmware",
+                b"Version",
+                b"9.2.14.101",
+                b"SSN"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_nearest_cue_decides() {
+        assert_eq!(judge_at("SSN: 219099999", "219099999"), Some(Cue::Confirm));
+        assert_eq!(
+            judge_at(r#"{"applicant_ssn": "219099999"}"#, "219099999"),
+            Some(Cue::Confirm)
+        );
+        assert_eq!(
+            judge_at("My Social Security Number is 219099999.", "219099999"),
+            Some(Cue::Confirm)
+        );
+        assert_eq!(
+            judge_at("219099999 is my ssn", "219099999"),
+            Some(Cue::Confirm)
+        );
+        assert_eq!(
+            judge_at(r#"{"ssn": "x", "order_id": 219099999}"#, "219099999"),
+            Some(Cue::Veto)
+        );
+        assert_eq!(judge_at("ticket 219099999 closed", "219099999"), None);
+        // Too far, and cut words are not words.
+        assert_eq!(
+            judge_at("ssn one two three four five six 219099999", "219099999"),
+            None
+        );
+        let far = format!("assn{} 219099999", " ".repeat(MAX_BYTES - 4));
+        assert_eq!(judge_at(&far, "219099999"), None);
+    }
+
+    #[test]
+    fn a_table_header_names_the_column() {
+        let csv = "id,ssn,order\n1,219099999,123456789\n2,219099998,123456788\n";
+        assert_eq!(judge_at(csv, "219099998"), Some(Cue::Confirm));
+        assert_eq!(judge_at(csv, "123456788"), Some(Cue::Veto));
+        let md = "| name | SSN |\n|---|---|\n| Ann | 219 09 9999 |\n";
+        assert_eq!(judge_at(md, "219 09 9999"), Some(Cue::Confirm));
+        let quoted = "\"name, full\",ssn\n\"Smith, Ann\",219099999\n";
+        assert_eq!(judge_at(quoted, "219099999"), Some(Cue::Confirm));
+        // A header the window cannot reach says nothing.
+        let long = format!("x,ssn\n{}1,219099999\n", "1,2\n".repeat(HEADER_LINES + 1));
+        assert_eq!(judge_at(&long, "219099999"), None);
+    }
+}
