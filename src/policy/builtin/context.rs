@@ -6,7 +6,7 @@
 //! candidate and a [`Vocabulary`] to [`judge`], which reads a few words on
 //! each side (the name of a `key=value`, a JSON key, or the header cell of
 //! a CSV or Markdown table column counts as the nearest word) and reports
-//! what the nearest cue says.
+//! what the nearest cue says, the words before speaking first.
 //!
 //! This runs on candidates only, never on whole texts, and reads at most
 //! [`MAX_BYTES`] on each side (plus a few lines up for a table header), so
@@ -107,7 +107,7 @@ impl Vocabulary {
 
 /// What the nearest cue around `span` says, if any cue is within `reach`.
 /// A table column's header, when there is one, speaks first; then the
-/// nearest cue on either side, the one before on a tie.
+/// nearest cue before the candidate; then the nearest after it.
 pub(crate) fn judge(
     text: &str,
     span: &Range<usize>,
@@ -125,16 +125,14 @@ pub(crate) fn judge(
             return Some(cue);
         }
     }
+    // Names precede values (`SSN: …`, `"version": …`), so the words before
+    // speak first; the words after only when those say nothing.
     let before = words_before(text, span.start, reach.before);
-    let after = words_after(text, span.end, reach.after);
-    let before = vocab.nearest(&before, true);
-    let after = vocab.nearest(&after, false);
-    match (before, after) {
-        (Some((cue, b)), Some((_, a))) if b <= a => Some(cue),
-        (_, Some((cue, _))) => Some(cue),
-        (Some((cue, _)), None) => Some(cue),
-        (None, None) => None,
+    if let Some((cue, _)) = vocab.nearest(&before, true) {
+        return Some(cue);
     }
+    let after = words_after(text, span.end, reach.after);
+    vocab.nearest(&after, false).map(|(cue, _)| cue)
 }
 
 /// Whether `phrase` occurs in `side` at word `at` (its last word there when

@@ -70,7 +70,6 @@ const VOCABULARY: Vocabulary = Vocabulary {
         "sku",
         "isbn",
         "timestamp",
-        "ts",
         "epoch",
         "port",
         "pid",
@@ -103,6 +102,13 @@ const VOCABULARY: Vocabulary = Vocabulary {
 const REACH: Reach = Reach {
     before: 5,
     after: 3,
+};
+
+/// A spaced number is vetoed only by a word right beside it: a word
+/// further off (a log line's `ts` key) is about something else.
+const VETO_REACH: Reach = Reach {
+    before: 2,
+    after: 1,
 };
 
 /// How the number is written.
@@ -138,7 +144,7 @@ fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
     };
     let fits = match form {
         Form::Dashed => true,
-        Form::Spaced => judge(text, &span, REACH, &VOCABULARY) != Some(Cue::Veto),
+        Form::Spaced => judge(text, &span, VETO_REACH, &VOCABULARY) != Some(Cue::Veto),
         Form::Other => judge(text, &span, REACH, &VOCABULARY) == Some(Cue::Confirm),
     };
     fits.then_some(span)
