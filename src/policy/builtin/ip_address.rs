@@ -109,10 +109,28 @@ fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
     let v4 = candidate
         .split('.')
         .all(|octet| octet.parse::<u8>().is_ok() && (octet.len() == 1 || !octet.starts_with('0')));
-    if !v4 || judge(text, &span, REACH, &VOCABULARY) == Some(Cue::Veto) {
+    if !v4 || written_as_version(text, &span) {
+        return None;
+    }
+    if judge(text, &span, REACH, &VOCABULARY) == Some(Cue::Veto) {
         return None;
     }
     Some(span)
+}
+
+/// Versions by their punctuation: a product token (`Agent/5.1.20.33`), a
+/// package pin (`pkg==1.2.3.4`, `>=`, `~=`, `^`, `~`), or a pre-release or
+/// build suffix (`1.2.3.4-rc1`, `1.2.3.4+build5`).
+fn written_as_version(text: &str, span: &Range<usize>) -> bool {
+    let b = text.as_bytes();
+    let before = |n: usize| span.start.checked_sub(n).map(|i| b[i]);
+    let after = |n: usize| b.get(span.end + n).copied();
+    let product = before(1) == Some(b'/') && before(2).is_some_and(|c| c.is_ascii_alphanumeric());
+    let pin = matches!(before(1), Some(b'^' | b'~'))
+        || (before(1) == Some(b'=') && matches!(before(2), Some(b'=' | b'>' | b'<' | b'~' | b'!')));
+    let suffix = after(0) == Some(b'+')
+        || (after(0) == Some(b'-') && after(1).is_some_and(|c| c.is_ascii_alphabetic()));
+    product || pin || suffix
 }
 
 /// Code such as `std::vec` or `a::b` parses as IPv6, so a candidate needs a
@@ -160,6 +178,10 @@ mod tests {
             "component,version\nagent,5.1.20.33",
             "| pkg | version |\n|---|---|\n| agent | 5.1.20.33 |",
             "10.2.0.1 release notes",
+            "User-Agent: Agent/5.1.20.33 (linux)",
+            "pip install pkg==1.2.3.4",
+            "\"dep\": \"^1.2.3.4\"",
+            "tag 1.2.3.4-rc1 and 5.1.20.33+build5",
         ] {
             assert!(found(text).is_empty(), "{text}: {:?}", found(text));
         }
@@ -174,9 +196,13 @@ mod tests {
             "version 2 of the server at 10.0.0.5",
             "release the lock on 10.1.2.3 first",
             "client 203.0.113.9 sent version=2",
-            "host,version\n10.0.3.17,5.1",
+            "host,version\n10.0.3.17,5",
+            "http://10.0.3.17/api and 10.0.0.0/8",
+            "range 10.0.0.1-10.0.0.20",
+            "ssh admin@10.0.3.17",
         ] {
-            assert_eq!(found(text).len(), 1, "{text}");
+            // Each address holds three dots, and nothing else here does.
+            assert_eq!(found(text).len(), text.matches('.').count() / 3, "{text}");
         }
     }
 }
