@@ -46,12 +46,20 @@ pub(crate) enum Cue {
     Veto,
 }
 
-/// A detector's cue phrases: each one or more lower-case words separated by
-/// single spaces (`social security number`).
+/// A cue: one or more lower-case words in reading order
+/// (`&["social", "security", "number"]`).
+pub(crate) type Phrase = &'static [&'static str];
+
+/// A detector's cue phrases, with a summary of their words (first letters
+/// and lengths) that turns most context words away in one test.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Vocabulary {
-    pub confirm: &'static [&'static str],
-    pub veto: &'static [&'static str],
+    confirm: &'static [Phrase],
+    veto: &'static [Phrase],
+    /// Bit `i`: some cue word starts with letter `a + i`.
+    initials: u32,
+    /// Bit `n`: some cue word is `n` bytes long (longer ones set bit 63).
+    lengths: u64,
 }
 
 /// The words on one side of a candidate, nearest first.
@@ -82,16 +90,81 @@ impl<'a> Side<'a> {
     fn get(&self, i: usize) -> Option<&'a [u8]> {
         (i < self.len).then(|| self.words[i])
     }
+
+    /// The last `n` (at most [`MAX_WORDS`]) of `words`, last first.
+    fn last(words: impl Iterator<Item = &'a [u8]>, n: usize) -> Self {
+        let n = n.min(MAX_WORDS);
+        // A ring of the last `n` seen, then read backwards.
+        let mut ring: [&[u8]; MAX_WORDS] = [&[]; MAX_WORDS];
+        let mut seen = 0;
+        for word in words {
+            ring[seen % MAX_WORDS] = word;
+            seen += 1;
+        }
+        let mut side = Self::new();
+        for k in 0..n.min(seen) {
+            side.push(ring[(seen - 1 - k) % MAX_WORDS]);
+        }
+        side
+    }
 }
 
 // === impl Vocabulary ===
 
 impl Vocabulary {
+    /// Cues that confirm a candidate and cues that veto it, lower case.
+    pub(crate) const fn new(confirm: &'static [Phrase], veto: &'static [Phrase]) -> Self {
+        let mut initials = 0u32;
+        let mut lengths = 0u64;
+        let lists = [confirm, veto];
+        let mut l = 0;
+        while l < lists.len() {
+            let mut p = 0;
+            while p < lists[l].len() {
+                let phrase = lists[l][p];
+                let mut w = 0;
+                while w < phrase.len() {
+                    let word = phrase[w].as_bytes();
+                    if !word.is_empty() && word[0].is_ascii_lowercase() {
+                        initials |= 1 << (word[0] - b'a');
+                    } else {
+                        // Not a letter: the summary cannot tell, so it lets
+                        // every word through.
+                        initials = u32::MAX;
+                    }
+                    lengths |= 1 << length_bit(word.len());
+                    w += 1;
+                }
+                p += 1;
+            }
+            l += 1;
+        }
+        Self {
+            confirm,
+            veto,
+            initials,
+            lengths,
+        }
+    }
+
+    /// Whether `word` may be a cue word at all.
+    fn may_hold(&self, word: &[u8]) -> bool {
+        let Some(&first) = word.first() else {
+            return false;
+        };
+        let first = first.to_ascii_lowercase();
+        let initial = !first.is_ascii_lowercase() || self.initials & (1 << (first - b'a')) != 0;
+        initial && self.lengths & (1 << length_bit(word.len())) != 0
+    }
+
     /// The nearest cue among `side` (nearest word first); `reversed` when
     /// the side runs backwards from the candidate, so phrases are matched
     /// from their last word. Returns the cue and its distance in words.
     fn nearest(&self, side: &Side<'_>, reversed: bool) -> Option<(Cue, usize)> {
         for at in 0..side.len {
+            if !side.get(at).is_some_and(|w| self.may_hold(w)) {
+                continue;
+            }
             for (cue, phrases) in [(Cue::Veto, self.veto), (Cue::Confirm, self.confirm)] {
                 if phrases
                     .iter()
@@ -114,13 +187,11 @@ pub(crate) fn judge(
     reach: Reach,
     vocab: &Vocabulary,
 ) -> Option<Cue> {
-    if let Some(header) = column_header(text, span) {
-        let mut side = Side::new();
-        for word in words(header).rev() {
-            if !side.push(word) {
-                break;
-            }
-        }
+    if let Some(header) = in_table_cell(text, span)
+        .then(|| column_header(text, span))
+        .flatten()
+    {
+        let side = Side::last(words(header), MAX_WORDS);
         if let Some((cue, _)) = vocab.nearest(&side, true) {
             return Some(cue);
         }
@@ -135,16 +206,23 @@ pub(crate) fn judge(
     vocab.nearest(&after, false).map(|(cue, _)| cue)
 }
 
+/// The bit of [`Vocabulary::lengths`] for a word of `len` bytes.
+const fn length_bit(len: usize) -> usize {
+    if len < 63 {
+        len
+    } else {
+        63
+    }
+}
+
 /// Whether `phrase` occurs in `side` at word `at` (its last word there when
 /// `reversed`, its first otherwise).
-fn phrase_at(side: &Side<'_>, at: usize, phrase: &str, reversed: bool) -> bool {
-    let mut parts = phrase.split(' ');
-    let n = phrase.split(' ').count();
-    (0..n).all(|k| {
-        let Some(part) = parts.next() else {
-            return false;
-        };
+fn phrase_at(side: &Side<'_>, at: usize, phrase: Phrase, reversed: bool) -> bool {
+    let n = phrase.len();
+    phrase.iter().enumerate().all(|(k, part)| {
         let index = if reversed { at + n - 1 - k } else { at + k };
+        // `eq_ignore_ascii_case` compares lengths first: most pairs cost
+        // one comparison.
         side.get(index)
             .is_some_and(|w| w.eq_ignore_ascii_case(part.as_bytes()))
     })
@@ -160,11 +238,7 @@ fn words_before(text: &str, at: usize, n: usize) -> Side<'_> {
             from += 1;
         }
     }
-    let mut side = Side::new();
-    for word in words(&b[from..at]).rev().filter(is_text).take(n) {
-        side.push(word);
-    }
-    side
+    Side::last(words(&b[from..at]).filter(is_text), n)
 }
 
 /// Up to `n` whole words in the [`MAX_BYTES`] after `at`, nearest first.
@@ -195,35 +269,47 @@ fn is_word_byte(b: u8) -> bool {
 
 /// The words of `s` in reading order: runs of ASCII letters and digits, cut
 /// at camelCase humps, with dots between digits kept inside.
-fn words(s: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
-    let mut bounds: Vec<Range<usize>> = Vec::new();
-    let mut start: Option<usize> = None;
-    for i in 0..s.len() {
+fn words(s: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let inside = move |i: usize| {
         let c = s[i];
-        let joins_digits = c == b'.'
-            && i > 0
-            && s[i - 1].is_ascii_digit()
-            && s.get(i + 1).is_some_and(u8::is_ascii_digit);
-        let inside = is_word_byte(c) || joins_digits;
-        match (inside, start) {
-            (true, None) => start = Some(i),
-            (true, Some(from)) => {
-                if c.is_ascii_uppercase() && s[i - 1].is_ascii_lowercase() {
-                    bounds.push(from..i);
-                    start = Some(i);
-                }
-            }
-            (false, Some(from)) => {
-                bounds.push(from..i);
-                start = None;
-            }
-            (false, None) => {}
+        is_word_byte(c)
+            || (c == b'.'
+                && i > 0
+                && s[i - 1].is_ascii_digit()
+                && s.get(i + 1).is_some_and(u8::is_ascii_digit))
+    };
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < s.len() && !inside(i) {
+            i += 1;
         }
-    }
-    if let Some(from) = start {
-        bounds.push(from..s.len());
-    }
-    bounds.into_iter().map(move |r| &s[r])
+        if i == s.len() {
+            return None;
+        }
+        let start = i;
+        i += 1;
+        while i < s.len()
+            && inside(i)
+            && !(s[i].is_ascii_uppercase() && s[i - 1].is_ascii_lowercase())
+        {
+            i += 1;
+        }
+        Some(&s[start..i])
+    })
+}
+
+/// Whether `span` fills a cell: a separator (`,` `;` `|` tab) or a line's
+/// edge on each side, past spaces and quotes. Cheap, so the header search
+/// runs only for candidates in tables.
+fn in_table_cell(text: &str, span: &Range<usize>) -> bool {
+    let b = text.as_bytes();
+    let pad = |c: &u8| matches!(c, b' ' | b'"' | b'\'');
+    let edge =
+        |c: Option<&u8>| matches!(c, None | Some(b',' | b';' | b'|' | b'\t' | b'\n' | b'\r'));
+    let before = b[..span.start].iter().rev().find(|c| !pad(c));
+    let after = b[span.end..].iter().find(|c| !pad(c));
+    let separated = |c: Option<&u8>| matches!(c, Some(b',' | b';' | b'|' | b'\t'));
+    edge(before) && edge(after) && (separated(before) || separated(after))
 }
 
 /// The header cell of the table column `span` sits in: for a CSV, TSV or
@@ -232,17 +318,18 @@ fn words(s: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
 /// or when the header is too far up.
 fn column_header<'a>(text: &'a str, span: &Range<usize>) -> Option<&'a [u8]> {
     let b = text.as_bytes();
-    let line_start = b[..span.start]
+    // A row is a line of its own; a line longer than the window is prose,
+    // and searching further would cost more than the check is worth.
+    let floor = span.start.saturating_sub(HEADER_BYTES);
+    let line_start = b[floor..span.start]
         .iter()
         .rposition(|&c| c == b'\n')
-        .map_or(0, |i| i + 1);
-    let line_end = b[span.end..]
+        .map(|i| floor + i + 1)?;
+    let ceiling = (span.end + HEADER_BYTES).min(b.len());
+    let line_end = b[span.end..ceiling]
         .iter()
         .position(|&c| c == b'\n')
-        .map_or(b.len(), |i| span.end + i);
-    if line_start == 0 {
-        return None;
-    }
+        .map_or(ceiling, |i| span.end + i);
     let line = &b[line_start..line_end];
     let sep = [b'|', b'\t', b',', b';']
         .into_iter()
@@ -256,7 +343,6 @@ fn column_header<'a>(text: &'a str, span: &Range<usize>) -> Option<&'a [u8]> {
         from <= span.start && span.end <= to
     })?;
     // Walk up while rows have the same shape; the last one is the header.
-    let floor = line_start.saturating_sub(HEADER_BYTES);
     let mut header: Option<&[u8]> = None;
     let mut end = line_start - 1;
     let mut topped = false;
@@ -349,10 +435,10 @@ fn is_rule_row(row: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    const VOCAB: Vocabulary = Vocabulary {
-        confirm: &["ssn", "social security number"],
-        veto: &["order", "version"],
-    };
+    const VOCAB: Vocabulary = Vocabulary::new(
+        &[&["ssn"], &["social", "security", "number"]],
+        &[&["order"], &["version"]],
+    );
     const REACH: Reach = Reach {
         before: 5,
         after: 3,
