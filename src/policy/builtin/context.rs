@@ -50,16 +50,15 @@ pub(crate) enum Cue {
 /// (`&["social", "security", "number"]`).
 pub(crate) type Phrase = &'static [&'static str];
 
-/// A detector's cue phrases, with a summary of their words (first letters
-/// and lengths) that turns most context words away in one test.
+/// A detector's cue phrases, with a summary of their words (a 256-bit
+/// filter keyed by first letter, last letter and length) that turns most
+/// context words away in one test.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Vocabulary {
     confirm: &'static [Phrase],
     veto: &'static [Phrase],
-    /// Bit `i`: some cue word starts with letter `a + i`.
-    initials: u32,
-    /// Bit `n`: some cue word is `n` bytes long (longer ones set bit 63).
-    lengths: u64,
+    /// Bit [`slot`] is set for every cue word.
+    filter: [u64; 4],
 }
 
 /// The words on one side of a candidate, nearest first.
@@ -114,8 +113,7 @@ impl<'a> Side<'a> {
 impl Vocabulary {
     /// Cues that confirm a candidate and cues that veto it, lower case.
     pub(crate) const fn new(confirm: &'static [Phrase], veto: &'static [Phrase]) -> Self {
-        let mut initials = 0u32;
-        let mut lengths = 0u64;
+        let mut filter = [0u64; 4];
         let lists = [confirm, veto];
         let mut l = 0;
         while l < lists.len() {
@@ -124,15 +122,8 @@ impl Vocabulary {
                 let phrase = lists[l][p];
                 let mut w = 0;
                 while w < phrase.len() {
-                    let word = phrase[w].as_bytes();
-                    if !word.is_empty() && word[0].is_ascii_lowercase() {
-                        initials |= 1 << (word[0] - b'a');
-                    } else {
-                        // Not a letter: the summary cannot tell, so it lets
-                        // every word through.
-                        initials = u32::MAX;
-                    }
-                    lengths |= 1 << length_bit(word.len());
+                    let bit = slot(phrase[w].as_bytes());
+                    filter[bit / 64] |= 1 << (bit % 64);
                     w += 1;
                 }
                 p += 1;
@@ -142,19 +133,14 @@ impl Vocabulary {
         Self {
             confirm,
             veto,
-            initials,
-            lengths,
+            filter,
         }
     }
 
     /// Whether `word` may be a cue word at all.
     fn may_hold(&self, word: &[u8]) -> bool {
-        let Some(&first) = word.first() else {
-            return false;
-        };
-        let first = first.to_ascii_lowercase();
-        let initial = !first.is_ascii_lowercase() || self.initials & (1 << (first - b'a')) != 0;
-        initial && self.lengths & (1 << length_bit(word.len())) != 0
+        let bit = slot(word);
+        self.filter[bit / 64] & (1 << (bit % 64)) != 0
     }
 
     /// The nearest cue among `side` (nearest word first); `reversed` when
@@ -206,13 +192,16 @@ pub(crate) fn judge(
     vocab.nearest(&after, false).map(|(cue, _)| cue)
 }
 
-/// The bit of [`Vocabulary::lengths`] for a word of `len` bytes.
-const fn length_bit(len: usize) -> usize {
-    if len < 63 {
-        len
-    } else {
-        63
-    }
+/// A word's bit in a [`Vocabulary`]'s filter: a hash of its first and last
+/// letters (any case) and its length.
+const fn slot(word: &[u8]) -> usize {
+    let Some((&first, _)) = word.split_first() else {
+        return 0;
+    };
+    let last = word[word.len() - 1];
+    let first = first.to_ascii_lowercase() as usize;
+    let last = last.to_ascii_lowercase() as usize;
+    (first * 31 + last * 17 + word.len() * 7) % 256
 }
 
 /// Whether `phrase` occurs in `side` at word `at` (its last word there when
@@ -463,6 +452,13 @@ mod tests {
                 b"SSN"
             ]
         );
+    }
+
+    #[test]
+    fn the_filter_lets_every_cue_word_through_in_any_case() {
+        for word in ["ssn", "SSN", "Social", "security", "NUMBER", "order", "Version"] {
+            assert!(VOCAB.may_hold(word.as_bytes()), "{word}");
+        }
     }
 
     #[test]
