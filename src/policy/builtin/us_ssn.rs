@@ -17,7 +17,9 @@ use super::{continues_number, glued, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "us_ssn",
-    pattern: r"(?-u:\b)[0-9]{3}[ .-]?[0-9]{2}[ .-]?[0-9]{4}(?-u:\b)",
+    // Both separators or none: a single one makes a zip+4 (`88213-4471`)
+    // or other codes, and searching for them would cost every text with one.
+    pattern: r"(?-u:\b)[0-9]{3}(?:[ .-][0-9]{2}[ .-]|[0-9]{2})[0-9]{4}(?-u:\b)",
     group: 0,
     validate: Some(validate),
     secret: false,
@@ -208,6 +210,8 @@ mod tests {
             r#"{"ssn": "219-09-9999", "order_id": "219099998"}"#,
             "phone 219 09 9999",
             "zip 12345-6789",
+            "SSN 21909-9999",
+            "SSN 219 099999",
             "SSN on file; order 219099999",
             "call 0219099999",
             "219.09.9999",
