@@ -227,7 +227,11 @@ fn words_before(text: &str, at: usize, n: usize) -> Side<'_> {
             from += 1;
         }
     }
-    Side::last(words(&b[from..at]).filter(is_text), n)
+    let mut side = Side::new();
+    for word in words_backwards(&b[from..at]).filter(is_text).take(n) {
+        side.push(word);
+    }
+    side
 }
 
 /// Up to `n` whole words in the [`MAX_BYTES`] after `at`, nearest first.
@@ -256,17 +260,47 @@ fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric()
 }
 
+/// Whether byte `i` of `s` belongs to a word: a letter or digit, or a dot
+/// between digits.
+fn inside(s: &[u8], i: usize) -> bool {
+    let c = s[i];
+    is_word_byte(c)
+        || (c == b'.'
+            && i > 0
+            && s[i - 1].is_ascii_digit()
+            && s.get(i + 1).is_some_and(u8::is_ascii_digit))
+}
+
+/// Whether a camelCase hump parts byte `i` of `s` from the one before.
+fn hump(s: &[u8], i: usize) -> bool {
+    s[i].is_ascii_uppercase() && s[i - 1].is_ascii_lowercase()
+}
+
+/// The words of `s` from the last to the first, lazily: the words before a
+/// candidate are read nearest first and only as far as needed.
+fn words_backwards(s: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut end = s.len();
+    std::iter::from_fn(move || {
+        while end > 0 && !inside(s, end - 1) {
+            end -= 1;
+        }
+        if end == 0 {
+            return None;
+        }
+        let mut start = end - 1;
+        while start > 0 && inside(s, start - 1) && !hump(s, start) {
+            start -= 1;
+        }
+        let word = &s[start..end];
+        end = start;
+        Some(word)
+    })
+}
+
 /// The words of `s` in reading order: runs of ASCII letters and digits, cut
 /// at camelCase humps, with dots between digits kept inside.
 fn words(s: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let inside = move |i: usize| {
-        let c = s[i];
-        is_word_byte(c)
-            || (c == b'.'
-                && i > 0
-                && s[i - 1].is_ascii_digit()
-                && s.get(i + 1).is_some_and(u8::is_ascii_digit))
-    };
+    let inside = move |i: usize| inside(s, i);
     let mut i = 0;
     std::iter::from_fn(move || {
         while i < s.len() && !inside(i) {
@@ -277,10 +311,7 @@ fn words(s: &[u8]) -> impl Iterator<Item = &[u8]> {
         }
         let start = i;
         i += 1;
-        while i < s.len()
-            && inside(i)
-            && !(s[i].is_ascii_uppercase() && s[i - 1].is_ascii_lowercase())
-        {
+        while i < s.len() && inside(i) && !hump(s, i) {
             i += 1;
         }
         Some(&s[start..i])
@@ -456,9 +487,19 @@ mod tests {
 
     #[test]
     fn the_filter_lets_every_cue_word_through_in_any_case() {
-        for word in ["ssn", "SSN", "Social", "security", "NUMBER", "order", "Version"] {
+        for word in [
+            "ssn", "SSN", "Social", "security", "NUMBER", "order", "Version",
+        ] {
             assert!(VOCAB.may_hold(word.as_bytes()), "{word}");
         }
+    }
+
+    #[test]
+    fn words_read_backwards_are_the_same_words() {
+        let text = b"applicant_ssn firmwareVersion=9.2.14.101. SSN# x";
+        let mut back: Vec<&[u8]> = words_backwards(text).collect();
+        back.reverse();
+        assert_eq!(back, words(text).collect::<Vec<_>>());
     }
 
     #[test]
