@@ -91,6 +91,22 @@ pub(crate) const BASELINE: &[&str] = &[
 #[cfg(test)]
 pub(crate) use credit_card::luhn as credit_card_luhn;
 
+/// What `detector` alone reports in `text`, for the detectors' own tests.
+#[cfg(test)]
+pub(crate) fn found_by<'a>(detector: &Builtin, text: &'a str) -> Vec<&'a str> {
+    let Ok(re) = regex::Regex::new(detector.pattern) else {
+        return Vec::new();
+    };
+    re.captures_iter(text)
+        .filter_map(|c| c.get(detector.group))
+        .filter_map(|m| match detector.validate {
+            Some(validate) => validate(text, m.range()),
+            None => Some(m.range()),
+        })
+        .map(|r| &text[r])
+        .collect()
+}
+
 /// The built-in detector called `name`.
 pub(crate) fn by_name(name: &str) -> Option<&'static Builtin> {
     ALL.iter().find(|b| b.name == name)

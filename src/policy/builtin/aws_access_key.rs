@@ -9,3 +9,25 @@ pub(super) const DETECTOR: Builtin = Builtin {
     validate: Some(unless_placeholder),
     secret: true,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::builtin::found_by;
+
+    fn found(text: &str) -> usize {
+        found_by(&DETECTOR, text).len()
+    }
+
+    #[test]
+    fn placeholders_are_not_secrets() {
+        assert_eq!(found("AKIA2E0A8F3B244C9986"), 1);
+        for template in [
+            "AKIAXXXXXXXXXXXXXXXX",
+            "AKIAIOSFODNN7EXAMPLE",
+            "${AKIA2E0A8F3B244C9986}",
+        ] {
+            assert_eq!(found(template), 0, "{template}");
+        }
+    }
+}

@@ -135,13 +135,10 @@ fn brand_fits(d: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::builtin::found_by;
 
     fn found(text: &str) -> Vec<&str> {
-        let re = regex::Regex::new(DETECTOR.pattern).unwrap();
-        re.find_iter(text)
-            .filter_map(|m| validate(text, m.range()))
-            .map(|r| &text[r])
-            .collect()
+        found_by(&DETECTOR, text)
     }
 
     #[test]

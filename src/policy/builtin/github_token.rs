@@ -10,3 +10,24 @@ pub(super) const DETECTOR: Builtin = Builtin {
     validate: Some(unless_placeholder),
     secret: true,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::builtin::found_by;
+
+    fn found(text: &str) -> usize {
+        found_by(&DETECTOR, text).len()
+    }
+
+    #[test]
+    fn placeholders_are_not_secrets() {
+        assert_eq!(found("ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789"), 1);
+        for template in [
+            "ghp_XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+            "ghp_000000000000000000000000000000000000",
+        ] {
+            assert_eq!(found(template), 0, "{template}");
+        }
+    }
+}

@@ -26,3 +26,26 @@ fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
     }
     unless_placeholder(text, span)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::builtin::found_by;
+
+    fn found(text: &str) -> usize {
+        found_by(&DETECTOR, text).len()
+    }
+
+    #[test]
+    fn placeholders_are_not_secrets() {
+        assert_eq!(found("sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12"), 1);
+        for template in [
+            "sk-XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+            "sk-proj-XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+            "sk-proj-abc1-your-key-here-example",
+            "$sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12",
+        ] {
+            assert_eq!(found(template), 0, "{template}");
+        }
+    }
+}

@@ -10,3 +10,24 @@ pub(super) const DETECTOR: Builtin = Builtin {
     validate: Some(unless_placeholder),
     secret: true,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::builtin::found_by;
+
+    fn found(text: &str) -> usize {
+        found_by(&DETECTOR, text).len()
+    }
+
+    #[test]
+    fn placeholders_are_not_secrets() {
+        assert_eq!(found("sk_live_4eC39HqLyjWDarjtT1zdp7dc"), 1);
+        for template in [
+            "sk_live_xxxxxxxxxxxxxxxxxxxxxxxx",
+            "sk_test_XXXXXXXXXXXXXXXXXXXXXXXX",
+        ] {
+            assert_eq!(found(template), 0, "{template}");
+        }
+    }
+}
