@@ -812,13 +812,13 @@ fn negative_in_context(rng: &mut Rng, ty: &str) -> Option<(String, String, Strin
         ),
         "aws_access_key" => around(
             "aws_access_key_id = ",
-            (*rng.pick(&["AKIAXXXXXXXXXXXXXXXX", "AKIAIOSFODNN7EXAMPLE", "ASIAXXXXXXXXXXXXXXXX", "${AWS_ACCESS_KEY_ID}"])).to_owned(),
+            (*rng.pick(&["AKIAXXXXXXXXXXXXXXXX", "AKIAREDACTEDREDACTED", "ASIAXXXXXXXXXXXXXXXX", "${AWS_ACCESS_KEY_ID}"])).to_owned(),
             "",
         ),
         "aws_secret_key" => around(
             "aws_secret_access_key = ",
             (*rng.pick(&[
-                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYREDACTED00",
                 "XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
                 "${AWS_SECRET_ACCESS_KEY}",
                 "<your-secret-key>",

@@ -7,8 +7,8 @@
 //! - it is filled in: a run of 6 or more of one of `x`, `X`, `0`, `#`, or
 //!   3 or more of `.`, `*`, `…` (`sk-xxxxxxxx…`, `AKIAXXXXXXXXXXXXXXXX`,
 //!   `ghp_XXXXXXXX…`, `Bearer sk-proj-.........`);
-//! - it says so: it holds `example`, `placeholder`, `redacted` or
-//!   `changeme`, or its parts are words such as `your`, `token` or `here`
+//! - it says so: it holds `placeholder`, `redacted` or `changeme`, or its
+//!   parts are words such as `your`, `token` or `here`
 //!   (`xoxb-your-bot-token-here`) and it has no digit (or two such words).
 //!
 //! Real keys are random, so none of this happens in one by chance: a run
@@ -29,7 +29,10 @@ const FILLERS: &[(char, usize)] = &[
 ];
 
 /// Words that mark the whole candidate as a template, anywhere in it.
-const MARKERS: &[&str] = &["example", "placeholder", "redacted", "changeme"];
+/// `example` is left out on purpose: AWS's documentation keys
+/// (`AKIAIOSFODNN7EXAMPLE`) stand in for real ones in tests and samples,
+/// and redacting them too is the safe side.
+const MARKERS: &[&str] = &["placeholder", "redacted", "changeme"];
 
 /// Words a template spells out between a key's prefix and its end.
 const WORDS: &[&str] = &[
@@ -48,7 +51,7 @@ pub(crate) fn is_template_value(value: &str) -> bool {
     is_filled_in(value) || spells_a_template(value)
 }
 
-/// Whether `value` holds a filler run or a marker word such as `example`:
+/// Whether `value` holds a filler run or a marker word such as `redacted`:
 /// the part of the rule that also holds for long free-form material.
 pub(crate) fn is_filled_in(value: &str) -> bool {
     has_filler_run(value) || {
@@ -128,7 +131,7 @@ mod tests {
                 "xoxb-000000000000-0000000000000-abc",
                 "xoxb-000000000000-0000000000000-abc",
             ),
-            ("AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
+            ("AKIAREDACTEDREDACTED", "AKIAREDACTEDREDACTED"),
             ("token=$API_TOKEN", "API_TOKEN"),
             ("token=${GITHUB_TOKEN}", "GITHUB_TOKEN"),
             ("set %TOKEN% first", "TOKEN"),
@@ -147,6 +150,7 @@ mod tests {
                 "sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12",
             ),
             ("AKIA2E0A8F3B244C9986", "AKIA2E0A8F3B244C9986"),
+            ("AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
             (
                 "xoxb-123456789012-1234567890123-AbCdEf",
                 "xoxb-123456789012-1234567890123-AbCdEf",
