@@ -23,6 +23,9 @@ use std::ops::Range;
 /// Most bytes read on each side of a candidate.
 pub(crate) const MAX_BYTES: usize = 64;
 
+/// Bytes a table row may reach on each side of a cell.
+const ROW_BYTES: usize = 512;
+
 /// Lines looked up for a table's header row, and the bytes they may span.
 const HEADER_LINES: usize = 24;
 const HEADER_BYTES: usize = 4096;
@@ -338,14 +341,14 @@ fn in_table_cell(text: &str, span: &Range<usize>) -> bool {
 /// or when the header is too far up.
 fn column_header<'a>(text: &'a str, span: &Range<usize>) -> Option<&'a [u8]> {
     let b = text.as_bytes();
-    // A row is a line of its own; a line longer than the window is prose,
+    // A row is a line of its own; a longer line is prose or one-line JSON,
     // and searching further would cost more than the check is worth.
-    let floor = span.start.saturating_sub(HEADER_BYTES);
+    let floor = span.start.saturating_sub(ROW_BYTES);
     let line_start = b[floor..span.start]
         .iter()
         .rposition(|&c| c == b'\n')
         .map(|i| floor + i + 1)?;
-    let ceiling = (span.end + HEADER_BYTES).min(b.len());
+    let ceiling = (span.end + ROW_BYTES).min(b.len());
     let line_end = b[span.end..ceiling]
         .iter()
         .position(|&c| c == b'\n')
