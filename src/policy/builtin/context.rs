@@ -366,6 +366,7 @@ fn column_header<'a>(text: &'a str, span: &Range<usize>) -> Option<&'a [u8]> {
         from <= span.start && span.end <= to
     })?;
     // Walk up while rows have the same shape; the last one is the header.
+    let floor = line_start.saturating_sub(HEADER_BYTES);
     let mut header: Option<&[u8]> = None;
     let mut end = line_start - 1;
     let mut topped = false;
