@@ -721,6 +721,12 @@ fn positive_in_context(rng: &mut Rng, ty: &str) -> Option<(String, String, Strin
 
 /// A negative that context, or being a template, tells apart.
 fn negative_in_context(rng: &mut Rng, ty: &str) -> Option<(String, String, String)> {
+    // One in four: the entity's own words with no entity beside them.
+    if rng.below(4) == 0 {
+        if let Some(near) = near_miss(rng, ty) {
+            return Some(plain(near.to_owned()));
+        }
+    }
     Some(match ty {
         "credit_card" => match rng.below(4) {
             // A Luhn-valid card glued to more digits is a longer code.
@@ -905,6 +911,69 @@ fn negative_in_context(rng: &mut Rng, ty: &str) -> Option<(String, String, Strin
     })
 }
 
+/// Text that names an entity type but holds none: masked values, ids and
+/// the words of a form.
+fn near_miss(rng: &mut Rng, ty: &str) -> Option<&'static str> {
+    let options: &[&'static str] = match ty {
+        "credit_card" => &[
+            "card ending in 4444, expires 12/27",
+            "Visa **** **** **** 4242 was charged",
+            "card_number=XXXX-XXXX-XXXX-1111",
+        ],
+        "us_ssn" => &[
+            "SSN: ***-**-6789",
+            "ssn=XXX-XX-6789 (last four only)",
+            "social security number: on file",
+        ],
+        "iban" => &[
+            "IBAN: see the attached form",
+            "iban=DEXX XXXX XXXX XXXX XXXX XX",
+        ],
+        "email" => &[
+            "email: <your-email>",
+            "\"email\": null",
+            "mail us at support (at) corp",
+        ],
+        "phone" => &[
+            "phone: ext. 4471",
+            "tel: +1 (ask reception)",
+            "call back after 17:30",
+        ],
+        "ip_address" => &["ip=unknown", "subnet 10.0.0 is reserved", "host: localhost"],
+        "openai_key" => &[
+            "OPENAI_API_KEY is not set",
+            "apiKey: process.env.OPENAI_API_KEY",
+        ],
+        "anthropic_key" => &["x-api-key header missing", "ANTHROPIC_API_KEY=your-key"],
+        "aws_access_key" => &["aws_access_key_id = ", "AccessKeyId: (rotated)"],
+        "aws_secret_key" => &[
+            "aws_secret_access_key = ***",
+            "AWS secret: see vault path secret/aws/prod",
+        ],
+        "github_token" => &[
+            "GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }}",
+            "token: ghp_...",
+        ],
+        "google_api_key" => &["key=YOUR_API_KEY", "GOOGLE_API_KEY=<key>"],
+        "slack_token" => &["SLACK_BOT_TOKEN=xoxb-...", "token: xoxb-your-token"],
+        "stripe_key" => &[
+            "Stripe.api_key = os.environ['STRIPE_SECRET_KEY']",
+            "sk_live_...",
+        ],
+        "jwt" => &["Authorization: Bearer eyJ...", "id_token: <jwt>"],
+        "private_key" => &[
+            "private_key: /etc/ssl/private/server.key",
+            "-----BEGIN PUBLIC KEY----- only",
+        ],
+        "bearer_token" => &[
+            "Authorization: Bearer",
+            "auth scheme: bearer token (see docs)",
+        ],
+        _ => return None,
+    };
+    Some(rng.pick_str(options))
+}
+
 fn negative_value(rng: &mut Rng, ty: &str) -> (String, String, String) {
     if rng.below(2) == 0 {
         if let Some(sample) = negative_in_context(rng, ty) {
@@ -949,8 +1018,8 @@ fn negative_value(rng: &mut Rng, ty: &str) -> (String, String, String) {
         "iban" => {
             let (cc, bban) = iban_parts(rng);
             let good = iban_check(&cc, &bban);
-            let bad = (good + 1 + rng.below(90) as u32) % 97;
-            let bad = if bad < 2 { 50 } else { bad };
+            // Any other check digits in 02..=98 fail mod-97.
+            let bad = 2 + (good - 2 + 1 + rng.below(95) as u32) % 97;
             format_iban(rng, &format!("{cc}{bad:02}{bban}"))
         }
         "email" => {

@@ -176,12 +176,8 @@ pub(crate) fn judge(
     reach: Reach,
     vocab: &Vocabulary,
 ) -> Option<Cue> {
-    if let Some(header) = in_table_cell(text, span)
-        .then(|| column_header(text, span))
-        .flatten()
-    {
-        let side = Side::last(words(header), MAX_WORDS);
-        if let Some((cue, _)) = vocab.nearest(&side, true) {
+    if in_table_cell(text, span) {
+        if let Some(cue) = column_cue(text, span, vocab) {
             return Some(cue);
         }
     }
@@ -335,11 +331,12 @@ fn in_table_cell(text: &str, span: &Range<usize>) -> bool {
     edge(before) && edge(after) && (separated(before) || separated(after))
 }
 
-/// The header cell of the table column `span` sits in: for a CSV, TSV or
-/// Markdown table row, the cell at the same position in the first row of
-/// the block of rows above with as many separators. `None` outside tables
-/// or when the header is too far up.
-fn column_header<'a>(text: &'a str, span: &Range<usize>) -> Option<&'a [u8]> {
+/// What the table column `span` sits in says: for a CSV, TSV or Markdown
+/// table row, the cells at the same position in the rows above with as many
+/// separators, nearest first, until one holds a cue (the header, or a
+/// header-like row of a table pasted into a log line). `None` outside
+/// tables, when no row names the column, or when the rows above run too far.
+fn column_cue(text: &str, span: &Range<usize>, vocab: &Vocabulary) -> Option<Cue> {
     let b = text.as_bytes();
     // A row is a line of its own; a longer line is prose or one-line JSON,
     // and searching further would cost more than the check is worth.
@@ -365,40 +362,35 @@ fn column_header<'a>(text: &'a str, span: &Range<usize>) -> Option<&'a [u8]> {
         let (from, to) = (line_start + cell.start, line_start + cell.end);
         from <= span.start && span.end <= to
     })?;
-    // Walk up while rows have the same shape; the last one is the header.
+    // Walk up while rows have the same shape.
     let floor = line_start.saturating_sub(HEADER_BYTES);
-    let mut header: Option<&[u8]> = None;
     let mut end = line_start - 1;
-    let mut topped = false;
     for _ in 0..HEADER_LINES {
         let start = b[floor..end]
             .iter()
             .rposition(|&c| c == b'\n')
             .map_or(floor, |i| floor + i + 1);
-        let row = &b[start..end];
         if start == floor && floor > 0 {
             // The window cut this row: too far up to tell.
             return None;
         }
+        let row = &b[start..end];
         if cells(row, sep).count() != count {
-            topped = true;
-            break;
+            return None;
         }
         if !is_rule_row(row) {
-            header = Some(row);
+            let cell = cells(row, sep).nth(column)?;
+            let side = Side::last(words(&row[cell]), MAX_WORDS);
+            if let Some((cue, _)) = vocab.nearest(&side, true) {
+                return Some(cue);
+            }
         }
         if start == 0 {
-            topped = true;
-            break;
+            return None;
         }
         end = start - 1;
     }
-    if !topped {
-        return None;
-    }
-    let header = header?;
-    let cell = cells(header, sep).nth(column)?;
-    Some(&header[cell])
+    None
 }
 
 /// The cells of a row as ranges, honouring double quotes; Markdown's outer
@@ -541,6 +533,9 @@ mod tests {
         assert_eq!(judge_at(csv, "219099998"), Some(Cue::Confirm));
         assert_eq!(judge_at(csv, "123456788"), Some(Cue::Veto));
         let md = "| name | SSN |\n|---|---|\n| Ann | 219 09 9999 |\n";
+        // A log line of the same shape above the header says nothing.
+        let logged = "{\"a\":1,\"b\":2,\"msg\":\"\nname,ssn,status\nAnn,219099999,ok\n";
+        assert_eq!(judge_at(logged, "219099999"), Some(Cue::Confirm));
         assert_eq!(judge_at(md, "219 09 9999"), Some(Cue::Confirm));
         let quoted = "\"name, full\",ssn\n\"Smith, Ann\",219099999\n";
         assert_eq!(judge_at(quoted, "219099999"), Some(Cue::Confirm));
