@@ -5,14 +5,21 @@
 //! group that is the sensitive part, and an optional validator that sees the
 //! candidate in its surrounding text (look-around, checksums and ranges a
 //! regex cannot express) and may narrow it. `ALL` lists them in priority
-//! order: where two built-in detectors claim overlapping text, the earlier
-//! one names it, so `Bearer sk-…` is an OpenAI key and a 15-digit card is not
-//! also a phone number.
+//! order, most specific first: where two built-in detectors claim
+//! overlapping text, the earlier one names it, so `Bearer sk-…` is an
+//! OpenAI key, `Bearer eyJ…` a JWT, and a 15-digit card is not also a phone
+//! number.
+//!
+//! Validators share two helpers: `context` reads the words around a
+//! candidate to confirm or veto it (`SSN: 219099999`, `firmware 9.2.14.101`),
+//! and `placeholder` tells templates (`sk-xxxx…`, `$API_TOKEN`) from
+//! secrets; every secret detector drops placeholders.
 
 mod anthropic_key;
 mod aws_access_key;
 mod aws_secret_key;
 mod bearer_token;
+mod context;
 mod credit_card;
 mod email;
 mod github_token;
@@ -22,6 +29,7 @@ mod ip_address;
 mod jwt;
 mod openai_key;
 mod phone;
+mod placeholder;
 mod private_key;
 mod slack_token;
 mod stripe_key;
@@ -57,9 +65,11 @@ pub(crate) const ALL: &[Builtin] = &[
     slack_token::DETECTOR,
     google_api_key::DETECTOR,
     aws_access_key::DETECTOR,
+    // A JWT's header is checked (base64url JSON with `alg`): it names the
+    // token rather than the generic shapes below, `Bearer eyJ…` included.
+    jwt::DETECTOR,
     aws_secret_key::DETECTOR,
     bearer_token::DETECTOR,
-    jwt::DETECTOR,
     // An IBAN's digits may hold a Luhn-valid run; its own checks are
     // stricter (country, length, mod-97), so it names the text first.
     iban::DETECTOR,
@@ -81,6 +91,22 @@ pub(crate) const BASELINE: &[&str] = &[
 #[cfg(test)]
 pub(crate) use credit_card::luhn as credit_card_luhn;
 
+/// What `detector` alone reports in `text`, for the detectors' own tests.
+#[cfg(test)]
+pub(crate) fn found_by<'a>(detector: &Builtin, text: &'a str) -> Vec<&'a str> {
+    let Ok(re) = regex::Regex::new(detector.pattern) else {
+        return Vec::new();
+    };
+    re.captures_iter(text)
+        .filter_map(|c| c.get(detector.group))
+        .filter_map(|m| match detector.validate {
+            Some(validate) => validate(text, m.range()),
+            None => Some(m.range()),
+        })
+        .map(|r| &text[r])
+        .collect()
+}
+
 /// The built-in detector called `name`.
 pub(crate) fn by_name(name: &str) -> Option<&'static Builtin> {
     ALL.iter().find(|b| b.name == name)
@@ -91,6 +117,12 @@ pub fn names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = ALL.iter().map(|b| b.name).collect();
     names.sort_unstable();
     names
+}
+
+/// A secret detector's last word on a candidate: `None` for a placeholder
+/// (see the `placeholder` module), the span otherwise.
+pub(crate) fn unless_placeholder(text: &str, span: Range<usize>) -> Option<Range<usize>> {
+    (!placeholder::is_placeholder(text, &span)).then_some(span)
 }
 
 /// The byte before `at`, if any.

@@ -497,6 +497,98 @@ fn the_stream_window_stays_bounded() {
     }
 }
 
+/// The entity types `text` is redacted as, by every built-in detector.
+fn redacted(set: &PolicySet, text: &str) -> String {
+    let mut hits = Vec::new();
+    set.matcher.find(text, &mut hits);
+    set.matcher.redact(text, &hits, |_| true).0.into_owned()
+}
+
+#[test]
+fn the_most_specific_type_names_a_span() {
+    let set = all_detectors("redact");
+    let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+    for (text, want) in [
+        (
+            format!("Authorization: Bearer {jwt}"),
+            "Authorization: Bearer [REDACTED:JWT]",
+        ),
+        (format!("bearer {jwt}"), "bearer [REDACTED:JWT]"),
+        (
+            "Authorization: Bearer sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12".into(),
+            "Authorization: Bearer [REDACTED:OPENAI_KEY]",
+        ),
+        (
+            "Bearer ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789".into(),
+            "Bearer [REDACTED:GITHUB_TOKEN]",
+        ),
+        (
+            "Bearer sk_live_4eC39HqLyjWDarjtT1zdp7dc".into(),
+            "Bearer [REDACTED:STRIPE_KEY]",
+        ),
+        (
+            "Bearer xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx".into(),
+            "Bearer [REDACTED:SLACK_TOKEN]",
+        ),
+        (
+            "Bearer AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q".into(),
+            "Bearer [REDACTED:GOOGLE_API_KEY]",
+        ),
+        (
+            "Bearer AKIA2E0A8F3B244C9986".into(),
+            "Bearer [REDACTED:AWS_ACCESS_KEY]",
+        ),
+        (
+            format!("Bearer sk-ant-api03-{}", "Ab1".repeat(10)),
+            "Bearer [REDACTED:ANTHROPIC_KEY]",
+        ),
+        // A JWT-shaped token whose header has no `alg` is only a bearer token.
+        (
+            "Bearer eyJ0eXAiOiJKV1QifQ.eyJzdWIiOiIxIn0.c2lnbmF0dXJl".into(),
+            "Bearer [REDACTED:BEARER_TOKEN]",
+        ),
+        (
+            "Bearer Ab12Cd34Ef56Gh78Ij90".into(),
+            "Bearer [REDACTED:BEARER_TOKEN]",
+        ),
+    ] {
+        assert_eq!(redacted(&set, &text), want, "{text}");
+    }
+}
+
+#[test]
+fn placeholders_are_left_alone_by_every_secret_detector() {
+    let set = all_detectors("redact");
+    for text in [
+        "export OPENAI_API_KEY=sk-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        "OPENAI_API_KEY=sk-XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+        "openai.api_key = \"sk-proj-XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX\"",
+        "ANTHROPIC_API_KEY=sk-ant-api03-XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+        "aws_access_key_id = AKIAXXXXXXXXXXXXXXXX",
+        "aws_access_key_id = AKIAREDACTEDREDACTED",
+        "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYREDACTED00",
+        "GITHUB_TOKEN=ghp_XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+        "SLACK_BOT_TOKEN=xoxb-your-bot-token-here",
+        "slack: xoxb-XXXXXXXXXXXX-XXXXXXXXXXXXX-XXXXXXXXXXXXXXXXXXXXXXXX",
+        "slack: xoxp-000000000000-000000000000-000000000000-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        "STRIPE_SECRET_KEY=sk_live_xxxxxxxxxxxxxxxxxxxxxxxx",
+        "GOOGLE_API_KEY=AIzaXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+        "curl -H \"Authorization: Bearer $API_TOKEN\" https://api.example.com",
+        "curl -H \"Authorization: Bearer ${GITHUB_TOKEN}\"",
+        "Authorization: Bearer <your-token>",
+        "Authorization: Bearer <API_KEY>",
+        "set Authorization to Bearer %TOKEN%",
+        "Authorization: Bearer sk-...",
+        "Authorization: Bearer sk-proj-........................",
+        "Authorization: Bearer ****************************",
+        "Authorization: Bearer your-access-token.here",
+        "token: eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.xxxxxxxxxxxxxxxx.xxxxxxxxxxxxxxxx",
+        "-----BEGIN PRIVATE KEY-----\n...\n-----END PRIVATE KEY-----",
+    ] {
+        assert_eq!(redacted(&set, text), text, "{text}");
+    }
+}
+
 /// Precision and recall per entity type over the corpus in prose, in JSON
 /// request bodies and split across stream chunks.
 #[test]

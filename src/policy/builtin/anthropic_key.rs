@@ -1,6 +1,6 @@
 //! Anthropic API keys (`sk-ant-…`).
 
-use super::Builtin;
+use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "anthropic_key",
@@ -8,6 +8,6 @@ pub(super) const DETECTOR: Builtin = Builtin {
     // up its fast DFA on non-ASCII text, and secrets are ASCII anyway.
     pattern: r"(?-u:\b)sk-ant-[A-Za-z0-9_-]{20,}",
     group: 0,
-    validate: None,
+    validate: Some(unless_placeholder),
     secret: true,
 };

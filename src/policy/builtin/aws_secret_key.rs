@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use super::{byte_at, byte_before, Builtin};
+use super::{byte_at, byte_before, unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "aws_secret_key",
@@ -31,7 +31,10 @@ fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
     if !(has(u8::is_ascii_digit) && has(u8::is_ascii_uppercase) && has(u8::is_ascii_lowercase)) {
         return None;
     }
-    (near_aws_word(text, span.start) || after_key_assignment(text, span.start)).then_some(span)
+    if !(near_aws_word(text, span.start) || after_key_assignment(text, span.start)) {
+        return None;
+    }
+    unless_placeholder(text, span)
 }
 
 fn near_aws_word(text: &str, start: usize) -> bool {

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::Builtin;
+use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "bearer_token",
@@ -22,5 +22,33 @@ fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
         && (has(u8::is_ascii_digit)
             || has(|b| b"._~+/=".contains(b))
             || (has(u8::is_ascii_uppercase) && has(u8::is_ascii_lowercase)));
-    like.then_some(span)
+    if !like {
+        return None;
+    }
+    unless_placeholder(text, span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::builtin::found_by;
+
+    fn found(text: &str) -> usize {
+        found_by(&DETECTOR, text).len()
+    }
+
+    #[test]
+    fn placeholders_are_not_secrets() {
+        assert_eq!(found("Authorization: Bearer Ab12Cd34Ef56Gh78Ij90"), 1);
+        for template in [
+            "Authorization: Bearer sk-proj-...........",
+            "Authorization: Bearer ****************",
+            "Authorization: Bearer your-access-token.here",
+            "Authorization: Bearer XXXXXXXXXXXXXXXXXXXX",
+            "Authorization: Bearer <your-token>",
+            "Authorization: Bearer $API_TOKEN",
+        ] {
+            assert_eq!(found(template), 0, "{template}");
+        }
+    }
 }

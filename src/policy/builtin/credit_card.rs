@@ -1,6 +1,9 @@
-//! Payment card numbers: 13 to 19 digits, plain or grouped with spaces or
-//! dashes, of a known brand's prefix and length, passing the Luhn check. A
-//! 16-digit order number that fails Luhn is not a card.
+//! Payment card numbers: 13 to 19 digits, plain or grouped with spaces,
+//! dashes or dots (mixed too: `5555-5555 5555.4444`) in groups of at least
+//! three after a first group of four (4-4-4-4, Amex 4-6-5, Diners 4-6-4),
+//! of a known brand's prefix and length, passing the Luhn check. A 16-digit
+//! order number that fails Luhn is not a card, and neither is a run glued to
+//! more digits (`…4444.12`).
 
 use std::ops::Range;
 
@@ -8,7 +11,7 @@ use super::{continues_number, glued, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "credit_card",
-    pattern: r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)",
+    pattern: r"(?-u:\b)[0-9](?:[ .-]?[0-9]){12,18}(?-u:\b)",
     group: 0,
     validate: Some(validate),
     secret: false,
@@ -19,16 +22,11 @@ pub(super) const DETECTOR: Builtin = Builtin {
 fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
     let candidate = &text[span.clone()];
     let sep = candidate.bytes().find(|b| !b.is_ascii_digit());
-    if let Some(sep) = sep {
-        if candidate.bytes().any(|b| !b.is_ascii_digit() && b != sep) {
-            return None;
-        }
-    }
     // Group end offsets within the candidate.
     let mut ends = Vec::new();
     let mut group_start = 0;
     for (i, b) in candidate.bytes().enumerate() {
-        if Some(b) == sep {
+        if !b.is_ascii_digit() {
             if i - group_start < 3 {
                 return None;
             }
@@ -49,7 +47,10 @@ fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
         if !(13..=19).contains(&digits.len()) {
             continue;
         }
-        if glued(text, &sub) || (sep.is_none() && continues_number(text, &sub, b" -.")) {
+        // A space may part a card from a following number (`… 4444 12`);
+        // a dot or dash glues them into one (`….4444.12`).
+        let glue: &[u8] = if sep.is_none() { b" -." } else { b"-." };
+        if glued(text, &sub) || continues_number(text, &sub, glue) {
             continue;
         }
         if brand_fits(&digits) && luhn(&digits) {
@@ -128,5 +129,51 @@ fn brand_fits(d: &[u8]) -> bool {
                 || (p2 == 63 || p2 == 67) && (12..=19).contains(&len)
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::builtin::found_by;
+
+    fn found(text: &str) -> Vec<&str> {
+        found_by(&DETECTOR, text)
+    }
+
+    #[test]
+    fn groups_may_be_parted_by_dots_and_mixed_separators() {
+        for card in [
+            "5555 5555 5555 4444",
+            "5555.5555.5555.4444",
+            "5555-5555 5555.4444",
+            "3782 822463 10005",
+            "3782.822463.10005",
+            "3056 930902 5904",
+            "4111111111111111",
+        ] {
+            assert_eq!(found(&format!("card: {card}.")), [card], "{card}");
+        }
+        // A card followed by a short number after a space is still a card.
+        assert_eq!(found("4111 1111 1111 1111 12/27"), ["4111 1111 1111 1111"]);
+    }
+
+    #[test]
+    fn look_alikes_are_not_cards() {
+        for text in [
+            "5555.5555.5555.4445",
+            "5555.5555.5555.4444.12",
+            "1.5555.5555.5555.4444",
+            "5555-5555-5555-4444-9",
+            "5555 5555.5555 444",
+            "version 4111.1111.1111.1111.1",
+            "10.0.19045.3803",
+            "2024.03.18 10.42",
+            "+1 415.555.2671 415.555.2672",
+            "order 8821.3447.1002.7713",
+            "55555.5555.5555.444",
+        ] {
+            assert!(found(text).is_empty(), "{text}: {:?}", found(text));
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::{byte_at, byte_before, is_word, Builtin};
+use super::{byte_at, byte_before, is_word, unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "google_api_key",
@@ -18,5 +18,8 @@ fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
     let key_char = |b: u8| is_word(b) || b == b'-';
     let alone = !byte_before(text, span.start).is_some_and(key_char)
         && !byte_at(text, span.end).is_some_and(key_char);
-    alone.then_some(span)
+    if !alone {
+        return None;
+    }
+    unless_placeholder(text, span)
 }

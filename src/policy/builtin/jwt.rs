@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::Builtin;
+use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "jwt",
@@ -17,7 +17,8 @@ fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
     let header = text[span.clone()].split('.').next()?;
     let decoded = decode_base64url(header)?;
     let value: serde_json::Value = serde_json::from_slice(&decoded).ok()?;
-    value.get("alg").is_some().then_some(span)
+    value.get("alg")?;
+    unless_placeholder(text, span)
 }
 
 /// Unpadded base64url; `None` on a character outside the alphabet.

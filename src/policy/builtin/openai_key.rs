@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::Builtin;
+use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "openai_key",
@@ -21,5 +21,31 @@ fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
     let random = body
         .bytes()
         .any(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
-    (!body.starts_with("ant-") && random).then_some(span)
+    if body.starts_with("ant-") || !random {
+        return None;
+    }
+    unless_placeholder(text, span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::builtin::found_by;
+
+    fn found(text: &str) -> usize {
+        found_by(&DETECTOR, text).len()
+    }
+
+    #[test]
+    fn placeholders_are_not_secrets() {
+        assert_eq!(found("sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12"), 1);
+        for template in [
+            "sk-XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+            "sk-proj-XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+            "sk-proj-abc1-your-key-here-example",
+            "$sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12",
+        ] {
+            assert_eq!(found(template), 0, "{template}");
+        }
+    }
 }

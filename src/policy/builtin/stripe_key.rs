@@ -1,12 +1,33 @@
 //! Stripe secret and restricted keys, live and test. Publishable keys
 //! (`pk_…`) are meant to be public and are not reported.
 
-use super::Builtin;
+use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "stripe_key",
     pattern: r"(?-u:\b)[sr]k_(?:live|test)_[0-9A-Za-z]{16,}(?-u:\b)",
     group: 0,
-    validate: None,
+    validate: Some(unless_placeholder),
     secret: true,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::builtin::found_by;
+
+    fn found(text: &str) -> usize {
+        found_by(&DETECTOR, text).len()
+    }
+
+    #[test]
+    fn placeholders_are_not_secrets() {
+        assert_eq!(found("sk_live_4eC39HqLyjWDarjtT1zdp7dc"), 1);
+        for template in [
+            "sk_live_xxxxxxxxxxxxxxxxxxxxxxxx",
+            "sk_test_XXXXXXXXXXXXXXXXXXXXXXXX",
+        ] {
+            assert_eq!(found(template), 0, "{template}");
+        }
+    }
+}
