@@ -5,13 +5,16 @@
 //! Each string is searched on its own first, as most text holds nothing
 //! and a detector then runs only where the scanner's one pass says it can
 //! match. Then, for the model's text, the seams between strings are
-//! searched: a window of [`REACH`] bytes either side of each seam, in the
-//! strings joined by a space, wherever the characters on both sides of the
-//! seam could belong to one value. A match that crosses a seam is cut back
+//! searched: a window either side of each seam (the unbroken run of
+//! characters touching it and [`REACH`] bytes more), in the strings joined
+//! by a space, wherever the characters on both sides of the seam could
+//! belong to one value. A match that crosses a seam is cut back
 //! into pieces, one per string it touches, in that string's own offsets;
 //! it is counted once, and each piece is redacted in its own string.
 //! Overlaps between a seam match and a match inside one string are settled
 //! by detector priority, as within one text.
+
+use std::collections::HashSet;
 
 use super::matcher::{Hit, Matcher};
 
@@ -24,9 +27,17 @@ pub(crate) const TEXT_JOIN: char = ' ';
 /// never searched across.
 pub(crate) const FIELD_JOIN: char = '\0';
 
-/// Bytes searched on each side of a seam: a value split over two strings
-/// is found when each part is at most this long.
-pub(crate) const REACH: usize = 256;
+/// Bytes searched on each side of a seam beyond the unbroken run of
+/// non-space characters that touches it: room for the spaced groups of a
+/// card, an IBAN or a phone number. The run itself (a key, a token, a JWT)
+/// is searched whole, up to [`MAX_RUN`].
+pub(crate) const REACH: usize = 64;
+
+/// Longest field remembered as clean within one body.
+const MEMO_LEN: usize = 64;
+
+/// Longest run of non-space characters next to a seam that is searched.
+pub(crate) const MAX_RUN: usize = 4096;
 
 /// One piece of a match, in one of the searched strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +75,19 @@ impl Search {
         pieces: &mut Vec<Piece>,
     ) {
         if join != TEXT_JOIN || strings.len() < 2 {
+            // Fields repeat (every message has a `role` and a `content`
+            // key, most roles are `user` or `assistant`): a short string
+            // found clean once is not searched again in this body.
+            let mut clean: HashSet<&str> = HashSet::new();
             for (i, s) in strings.iter().enumerate() {
+                let short = s.len() <= MEMO_LEN;
+                if short && clean.contains(s) {
+                    continue;
+                }
                 matcher.find(s, &mut self.hits);
+                if short && self.hits.is_empty() {
+                    clean.insert(s);
+                }
                 for h in &self.hits {
                     counts[h.entry] += 1;
                     pieces.push(Piece {
@@ -155,8 +177,8 @@ impl Search {
 /// space): the nearest non-space characters on both sides could both be
 /// part of one (digits, letters, the punctuation inside keys, addresses
 /// and numbers). A sentence's final `.` is not, unless a digit precedes it
-/// (`5555.5555.` then `5555.4444`). Most seams in a conversation end a
-/// sentence, and are not searched.
+/// and a digit follows the seam (`5555.5555.` then `5555.4444`). Most seams
+/// in a conversation end a sentence, and are not searched.
 fn may_cross(joined: &str, seam: usize) -> bool {
     let before = joined[..seam].trim_end();
     let after = joined[seam + 1..].trim_start();
@@ -170,17 +192,34 @@ fn may_cross(joined: &str, seam: usize) -> bool {
                 .chars()
                 .next_back()
                 .is_some_and(|c| c.is_ascii_digit()));
+    // After a number's `.`, only a digit continues it (`5555.` `5555`).
+    if a == '.' {
+        return a_ok && b.is_ascii_digit();
+    }
     a_ok && (inner(b) || b == '.')
 }
 
-/// The joined text searched around `seam`: [`REACH`] bytes each side, on
-/// character boundaries.
+/// The joined text searched around `seam`: on each side the run of
+/// non-space characters that touches it (at most [`MAX_RUN`] bytes) and
+/// [`REACH`] bytes more, on character boundaries.
 fn window(joined: &str, seam: usize) -> (usize, usize) {
-    let mut from = seam.saturating_sub(REACH);
+    let bytes = joined.as_bytes();
+    let run_before = bytes[..seam]
+        .iter()
+        .rev()
+        .take(MAX_RUN)
+        .take_while(|b| !b.is_ascii_whitespace())
+        .count();
+    let run_after = bytes[seam + 1..]
+        .iter()
+        .take(MAX_RUN)
+        .take_while(|b| !b.is_ascii_whitespace())
+        .count();
+    let mut from = seam.saturating_sub(run_before + REACH);
     while !joined.is_char_boundary(from) {
         from -= 1;
     }
-    let mut to = (seam + 1 + REACH).min(joined.len());
+    let mut to = (seam + 1 + run_after + REACH).min(joined.len());
     while !joined.is_char_boundary(to) {
         to += 1;
     }
@@ -269,11 +308,27 @@ mod tests {
     }
 
     #[test]
+    fn a_long_token_split_over_two_strings_is_searched_whole() {
+        let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+        let (a, b) = jwt.split_at(100);
+        let joined = format!("token {a} {b} end");
+        let seam = "token ".len() + a.len();
+        let (from, to) = window(&joined, seam);
+        assert!(joined[from..to].contains(a) && joined[from..to].contains(b));
+        // Prose around a seam is searched only REACH bytes deep.
+        let prose = format!("{} 12 34 {}", "word ".repeat(40), "word ".repeat(40));
+        let seam = prose.find("12 ").unwrap() + 2;
+        let (from, to) = window(&prose, seam);
+        assert!(to - from <= 2 * (REACH + 3) + 1);
+    }
+
+    #[test]
     fn seams_that_end_a_sentence_are_not_searched() {
         assert!(!may_cross("Paris. Next", 6));
         assert!(!may_cross("done? 5555", 5));
         assert!(may_cross("5555 5555", 4));
         assert!(may_cross("5555.5555. 5555", 10));
+        assert!(!may_cross("INV-2024-000381. Thanks", 16));
         assert!(may_cross("a@b .com", 3));
         assert!(!may_cross("  ", 1));
     }

@@ -57,20 +57,17 @@ impl<'a> Folded<'a> {
         }
         let mut out: Option<String> = None;
         let mut changes = Vec::new();
+        // Start of the unchanged text not yet copied into `out`.
+        let mut copied_to = 0;
         for (at, c) in text.char_indices() {
             let len = c.len_utf8();
             let folded = fold_char(c);
             if matches!(folded, Fold::Same) {
-                if let Some(out) = out.as_mut() {
-                    out.push(c);
-                }
                 continue;
             }
-            let out = out.get_or_insert_with(|| {
-                let mut s = String::with_capacity(text.len());
-                s.push_str(&text[..at]);
-                s
-            });
+            let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            out.push_str(&text[copied_to..at]);
+            copied_to = at + len;
             let folded_at = out.len();
             match folded {
                 Fold::Same | Fold::Drop => {}
@@ -86,10 +83,13 @@ impl<'a> Folded<'a> {
         }
         match out {
             None => Self::unchanged(text),
-            Some(out) => Self {
-                text: Cow::Owned(out),
-                changes,
-            },
+            Some(mut out) => {
+                out.push_str(&text[copied_to..]);
+                Self {
+                    text: Cow::Owned(out),
+                    changes,
+                }
+            }
         }
     }
 
