@@ -110,7 +110,7 @@ fn stream(set: &Arc<PolicySet>, frames: &[Bytes]) -> (usize, usize, usize) {
     ));
     let mut cx = Context::from_waker(Waker::noop());
     let (mut out, mut bytes, mut waited) = (0, 0, 0);
-    for i in 0..frames.len() {
+    for frame in frames {
         open.fetch_add(1, Ordering::Relaxed);
         let before = out;
         while let Poll::Ready(Some(Ok(frame))) = guard.as_mut().poll_frame(&mut cx) {
@@ -120,7 +120,7 @@ fn stream(set: &Arc<PolicySet>, frames: &[Bytes]) -> (usize, usize, usize) {
         if out == before {
             waited += 1;
             if std::env::var_os("SHOW_HELD").is_some() {
-                println!("  held: {}", String::from_utf8_lossy(&frames[i]).trim_end());
+                println!("  held: {}", String::from_utf8_lossy(frame).trim_end());
             }
         }
     }
@@ -146,7 +146,10 @@ fn main() {
     let tokens = tokens(ANSWER);
     let frames = upstream(&tokens);
     let in_bytes: usize = frames.iter().map(Bytes::len).sum();
-    for (label, set) in [("block policy, all detectors", &guarded), ("no block policy", &open)] {
+    for (label, set) in [
+        ("block policy, all detectors", &guarded),
+        ("no block policy", &open),
+    ] {
         let (out, waited, bytes) = stream(set, &frames);
         assert_eq!(bytes, in_bytes, "{label}: bytes changed");
         let started = Instant::now();
@@ -163,4 +166,3 @@ fn main() {
         );
     }
 }
-

@@ -97,7 +97,11 @@ struct Live {
 /// Prefix automata already built, one per policy set alive: building one
 /// costs a few milliseconds, far too much per stream, and a policy set is
 /// built once per configuration.
-static TAILS: Mutex<Vec<(Weak<PolicySet>, Option<Arc<Tails>>)>> = Mutex::new(Vec::new());
+static TAILS: Mutex<Vec<BuiltTails>> = Mutex::new(Vec::new());
+
+/// A policy set, while it lives, and its prefix automaton (`None`: it
+/// could not be built).
+type BuiltTails = (Weak<PolicySet>, Option<Arc<Tails>>);
 
 /// The prefix automaton of the detectors that `block` policies watching
 /// `direction` count.
