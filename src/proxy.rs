@@ -2,6 +2,7 @@
 //! prior knowledge), forwards each call through [`forward`], and drains
 //! gracefully on shutdown.
 
+pub mod answer_check;
 pub mod body;
 pub mod client;
 pub mod forward;

@@ -28,6 +28,12 @@ pub enum ProxyError {
     BadRequest,
     /// The proxy is shutting down.
     ShuttingDown,
+    /// A response `block` policy is on and the answer is longer than
+    /// `policy.max_inspected_bytes`: it cannot be inspected whole.
+    AnswerTooLarge,
+    /// A response `block` policy is on and the answer's `Content-Encoding`
+    /// is unknown or its body is corrupt: it cannot be inspected.
+    AnswerUndecodable,
 }
 
 // === impl ProxyError ===
@@ -35,7 +41,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamUnreachable
+            | ProxyError::AnswerTooLarge
+            | ProxyError::AnswerUndecodable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::AuditStoreUnavailable | ProxyError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -53,6 +61,8 @@ impl ProxyError {
             ProxyError::AuditStoreUnavailable => "audit_store_unavailable",
             ProxyError::BadRequest => "bad_request",
             ProxyError::ShuttingDown => "shutting_down",
+            ProxyError::AnswerTooLarge => "answer_too_large_to_inspect",
+            ProxyError::AnswerUndecodable => "answer_not_decodable",
         }
     }
 
@@ -69,6 +79,15 @@ impl ProxyError {
             }
             ProxyError::BadRequest => "The audit proxy could not read the request.",
             ProxyError::ShuttingDown => "The audit proxy is shutting down.",
+            ProxyError::AnswerTooLarge => {
+                "The upstream answer is longer than the audit proxy's inspection limit \
+                 (policy.max_inspected_bytes) and a block policy watches answers, so it was \
+                 not forwarded."
+            }
+            ProxyError::AnswerUndecodable => {
+                "The upstream answer's Content-Encoding could not be decoded for inspection \
+                 and a block policy watches answers, so it was not forwarded."
+            }
         }
     }
 
