@@ -5,6 +5,7 @@
 pub mod answer_check;
 pub mod body;
 pub mod client;
+pub mod encoded_stream;
 pub mod forward;
 pub mod framing_guard;
 pub mod headers;

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::answer_check::{check_answer, is_encoded, looks_like_sse, AnswerCheck, SNIFF_BYTES};
 use super::body::{full, IdleTimeoutBody, PrefixedBody, ProxyBody};
 use super::client::UpstreamClient;
+use super::encoded_stream::{streams_decodable, EncodedStreamGuard};
 use super::headers::{detached, forwardable};
 use super::policy_guard::StreamGuard;
 use super::request_id::request_id_for;
@@ -260,6 +261,17 @@ pub async fn handle(
     } else if is_sse && !encoded {
         TeeBody::new(
             StreamGuard::new(incoming, state.policies.clone(), on_block),
+            response_capture,
+        )
+        .boxed_unsync()
+    } else if let Some(coding) = encoding
+        .as_deref()
+        .filter(|e| is_sse && streams_decodable(e))
+    {
+        // A compressed event stream: inspected through its decoded text,
+        // forwarded as sent.
+        TeeBody::new(
+            EncodedStreamGuard::new(incoming, coding, state.policies.clone(), on_block),
             response_capture,
         )
         .boxed_unsync()
