@@ -1,6 +1,9 @@
 //! Inspecting a whole answer before any of it goes to the app, for
-//! response-direction `block` policies: answers that are not a plain
-//! `text/event-stream` (JSON, text, anything else, or a compressed body).
+//! response-direction `block` policies: answers that are not an event
+//! stream (JSON, text, anything else, compressed or not), and event streams
+//! under a list of codings (`gzip, br`), which cannot be decoded as they
+//! stream. Plain and singly compressed event streams are guarded as they
+//! stream instead (`StreamGuard`, `EncodedStreamGuard`).
 //!
 //! The answer is read up to `policy.max_inspected_bytes`, decoded whatever
 //! its `Content-Encoding`, and then inspected as what it is: an SSE stream
