@@ -363,3 +363,6 @@ impl StreamScanner {
         self.hold = self.hold.max(keep_from) - keep_from;
     }
 }
+
+#[cfg(test)]
+mod tests;
