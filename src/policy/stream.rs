@@ -94,6 +94,13 @@ struct Live {
     state: Step,
 }
 
+/// The byte before `at` in `text`; `None` at the start of the window, which
+/// the prefix test reads as the start of the text (a word boundary there
+/// can only widen what it finds alive).
+fn byte_before(text: &[u8], at: usize) -> Option<u8> {
+    at.checked_sub(1).map(|i| text[i])
+}
+
 /// Prefix automata already built, one per policy set alive: building one
 /// costs a few milliseconds, far too much per stream, and a policy set is
 /// built once per configuration.
@@ -277,13 +284,14 @@ impl StreamScanner {
         // Tails whose state was lost are walked again over the old text.
         for tail in &mut live {
             if tail.state == Step::Unknown {
-                tail.state = tails.walk(cache, &text[tail.start..old_len]);
+                let before = byte_before(text, tail.start);
+                tail.state = tails.walk(cache, before, &text[tail.start..old_len]);
             }
         }
         live.retain(|tail| tail.state != Step::Dead);
         for at in old_len..len {
             if self.window.is_char_boundary(at) {
-                let state = tails.start(cache);
+                let state = tails.start(cache, byte_before(text, at));
                 live.push(Live { start: at, state });
             }
             let clears = cache.clears();
@@ -291,7 +299,10 @@ impl StreamScanner {
                 tail.state = match tail.state {
                     Step::Alive(state) => tails.step(cache, state, text[at]),
                     Step::Dead => Step::Dead,
-                    Step::Unknown => tails.walk(cache, &text[tail.start..=at]),
+                    Step::Unknown => {
+                        let before = byte_before(text, tail.start);
+                        tails.walk(cache, before, &text[tail.start..=at])
+                    }
                 };
                 if cache.clears() != clears {
                     break;
@@ -301,7 +312,8 @@ impl StreamScanner {
                 // Every state id taken before the clear is stale: all are
                 // walked again from their starts, past this byte.
                 for tail in &mut live {
-                    tail.state = tails.walk(cache, &text[tail.start..=at]);
+                    let before = byte_before(text, tail.start);
+                    tail.state = tails.walk(cache, before, &text[tail.start..=at]);
                 }
             }
             let mut kept = 0;

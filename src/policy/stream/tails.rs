@@ -7,13 +7,17 @@
 //! held back until more text decides it.
 //!
 //! [`Tails`] answers this with one lazy DFA built from the blocking
-//! detectors' patterns, with every look-around assertion (`\b`, `^`, `$`)
+//! detectors' patterns. ASCII word boundaries (`(?-u:\b)`, which every
+//! built-in detector uses) are kept, and evaluated with the byte before the
+//! tail; every other look-around assertion (Unicode `\b`, `^`, `$`) is
 //! removed. Removing an assertion only widens what a pattern matches, so
 //! "this DFA cannot reach a match from here" implies "the detector cannot
 //! either": the test may hold too much, never too little. The DFA runs
 //! anchored from each candidate start; a dead state means no continuation
 //! of that tail can match, and every other state (including a quit or a
-//! cache failure) keeps the tail held.
+//! cache failure) keeps the tail held. Keeping the ASCII boundaries matters
+//! for prose: the `0` of `word0 ` cannot start a card, as no boundary
+//! precedes it.
 //!
 //! Not every live tail is held. A tail that is an *ordinary word* (see
 //! [`ordinary_word`]) may go on: it is not itself a match (complete matches
@@ -28,7 +32,7 @@ use regex_automata::hybrid::LazyStateID;
 use regex_automata::nfa::thompson;
 use regex_automata::util::start;
 use regex_automata::{Anchored, MatchKind};
-use regex_syntax::hir::{Hir, HirKind, Repetition};
+use regex_syntax::hir::{Hir, HirKind, Look, Repetition};
 
 /// Longest letters-only tail treated as an ordinary word.
 const MAX_WORD: usize = 24;
@@ -65,9 +69,6 @@ pub(crate) enum Step {
 #[derive(Debug)]
 pub(crate) struct TailCache {
     cache: Cache,
-    /// The anchored start state, valid while the cache has not been
-    /// cleared since (its clear count).
-    start: Option<(LazyStateID, usize)>,
 }
 
 // === impl Tails ===
@@ -106,24 +107,17 @@ impl Tails {
     pub fn cache(&self) -> TailCache {
         TailCache {
             cache: self.dfa.create_cache(),
-            start: None,
         }
     }
 
-    /// The state before any byte of a tail.
-    pub fn start(&self, cache: &mut TailCache) -> Step {
-        let clears = cache.cache.clear_count();
-        if let Some((start, at)) = cache.start {
-            if at == clears {
-                return Step::Alive(start);
-            }
-        }
-        let config = start::Config::new().anchored(Anchored::Yes);
+    /// The state before any byte of a tail that follows `before` (`None`
+    /// at the start of the text).
+    pub fn start(&self, cache: &mut TailCache, before: Option<u8>) -> Step {
+        let config = start::Config::new()
+            .anchored(Anchored::Yes)
+            .look_behind(before);
         match self.dfa.start_state(&mut cache.cache, &config) {
-            Ok(start) => {
-                cache.start = Some((start, cache.cache.clear_count()));
-                Step::Alive(start)
-            }
+            Ok(start) => Step::Alive(start),
             Err(_) => Step::Unknown,
         }
     }
@@ -140,9 +134,9 @@ impl Tails {
         }
     }
 
-    /// The state after all of `tail`, from the start.
-    pub fn walk(&self, cache: &mut TailCache, tail: &[u8]) -> Step {
-        let mut step = self.start(cache);
+    /// The state after all of `tail`, which follows `before`.
+    pub fn walk(&self, cache: &mut TailCache, before: Option<u8>, tail: &[u8]) -> Step {
+        let mut step = self.start(cache, before);
         for &b in tail {
             step = match step {
                 Step::Alive(state) => self.step(cache, state, b),
@@ -156,7 +150,7 @@ impl Tails {
     /// match starting at the first byte of `tail`.
     #[cfg(test)]
     pub fn alive(&self, cache: &mut TailCache, tail: &[u8]) -> bool {
-        !matches!(self.walk(cache, tail), Step::Dead)
+        !matches!(self.walk(cache, Some(b' '), tail), Step::Dead)
     }
 }
 
@@ -169,10 +163,12 @@ impl TailCache {
     }
 }
 
-/// `hir` with every look-around assertion replaced by the empty string,
-/// and capture groups dropped: a superset of what it matched.
+/// `hir` with every look-around assertion but ASCII word boundaries
+/// replaced by the empty string, and capture groups dropped: a superset of
+/// what it matched.
 fn without_look(hir: &Hir) -> Hir {
     match hir.kind() {
+        HirKind::Look(Look::WordAscii | Look::WordAsciiNegate) => hir.clone(),
         HirKind::Look(_) => Hir::empty(),
         HirKind::Capture(capture) => without_look(&capture.sub),
         HirKind::Repetition(rep) => Hir::repetition(Repetition {
@@ -230,6 +226,8 @@ mod tests {
         assert!(t.alive(&mut c, b"5555 5555 5555 4444"));
         assert!(!t.alive(&mut c, b"5555."));
         assert!(!t.alive(&mut c, b"Your"));
+        // No boundary before the digit: `word0 ` cannot start a card.
+        assert!(matches!(t.walk(&mut c, Some(b'd'), b"0 "), Step::Dead));
     }
 
     #[test]
