@@ -232,6 +232,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
         admission,
         metrics: metrics.clone(),
         policies: config.policies.clone(),
+        max_inspected_bytes: config.inspection.max_inspected_bytes,
         cut_at_shutdown,
     });
 

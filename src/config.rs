@@ -37,7 +37,23 @@ pub struct Config {
     /// Compliance policies from `policy_packs` and `[[policies]]`, plus the
     /// always-on secret detectors.
     pub policies: Arc<PolicySet>,
+    pub inspection: InspectionConfig,
 }
+
+/// How much of an answer `block` policies may hold to inspect it.
+#[derive(Debug, Clone)]
+pub struct InspectionConfig {
+    /// Most bytes of a request body, or of a non-streamed answer, read (and
+    /// decoded) to inspect it whole while a `block` policy watches that
+    /// direction; a longer one, or one that cannot be decoded, is refused
+    /// (413/415 for requests, 502 for answers), never forwarded unchecked.
+    /// At least `capture.max_body_bytes`.
+    pub max_inspected_bytes: usize,
+}
+
+/// Default of `policy.max_inspected_bytes`: 8 MiB, well above the capture
+/// cap's default and above any chat completion.
+pub const DEFAULT_MAX_INSPECTED_BYTES: usize = 8 * 1024 * 1024;
 
 /// Where this proxy runs (from the Kubernetes Downward API); recorded in
 /// every event's metadata as `source` when any is set.

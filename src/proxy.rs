@@ -2,8 +2,10 @@
 //! prior knowledge), forwards each call through [`forward`], and drains
 //! gracefully on shutdown.
 
+pub mod answer_check;
 pub mod body;
 pub mod client;
+pub mod encoded_stream;
 pub mod forward;
 pub mod framing_guard;
 pub mod headers;

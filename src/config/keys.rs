@@ -50,6 +50,11 @@ pub const CAPTURE_MAX_BODY_BYTES: Key = key(
     "LLM_AUDIT_PROXY_CAPTURE_MAX_BODY_BYTES",
     None,
 );
+pub const POLICY_MAX_INSPECTED_BYTES: Key = key(
+    "policy.max_inspected_bytes",
+    "LLM_AUDIT_PROXY_POLICY_MAX_INSPECTED_BYTES",
+    None,
+);
 pub const ADMIN_LISTEN: Key = key(
     "admin.listen",
     "LLM_AUDIT_PROXY_ADMIN_LISTEN",
@@ -191,6 +196,7 @@ pub const ALL: &[Key] = &[
     PROXY_CA_BUNDLE,
     PROXY_MAX_CONNECTIONS,
     CAPTURE_MAX_BODY_BYTES,
+    POLICY_MAX_INSPECTED_BYTES,
     ADMIN_LISTEN,
     ADMIN_TOKENS,
     ADMIN_READ_TOKENS,

@@ -77,6 +77,25 @@ pub(super) fn load(
             parse_int(r, 0, 256 * 1024 * 1024).map(|n| n as usize)
         }),
     };
+    let inspection = InspectionConfig {
+        max_inspected_bytes: l.get(
+            keys::POLICY_MAX_INSPECTED_BYTES,
+            DEFAULT_MAX_INSPECTED_BYTES.max(capture.max_body_bytes),
+            |r| parse_int(r, 1024, 1024 * 1024 * 1024).map(|n| n as usize),
+        ),
+    };
+    if inspection.max_inspected_bytes < capture.max_body_bytes {
+        let origin = l.origin_of(keys::POLICY_MAX_INSPECTED_BYTES);
+        l.errors.push(ConfigError {
+            key: keys::POLICY_MAX_INSPECTED_BYTES.name.to_owned(),
+            message: format!(
+                "must be at least capture.max_body_bytes ({}): an answer is inspected whole \
+                 before its capped copy is stored",
+                capture.max_body_bytes
+            ),
+            origin,
+        });
+    }
     let file_tokens = l.get(keys::ADMIN_TOKENS_FILE, ScopedTokens::default(), |r| {
         parse_tokens_file(&parse_string(r)?)
     });
@@ -253,6 +272,7 @@ pub(super) fn load(
             instance,
             log,
             policies,
+            inspection,
         })
     } else {
         Err(ConfigErrors(layers.errors))

@@ -240,3 +240,13 @@ impl Matcher {
         (Cow::Owned(out), spans.len())
     }
 }
+
+// === impl Entry (pattern text) ===
+
+impl Entry {
+    /// The detector's pattern text, for automata built beside the matcher
+    /// (the stream guard's prefix test).
+    pub(crate) fn pattern(&self) -> &str {
+        self.regex.as_str()
+    }
+}

@@ -13,8 +13,10 @@ use hyper::body::Incoming;
 use std::sync::OnceLock;
 use tokio::time::Instant;
 
+use super::answer_check::{check_answer, is_encoded, looks_like_sse, AnswerCheck, SNIFF_BYTES};
 use super::body::{full, IdleTimeoutBody, PrefixedBody, ProxyBody};
 use super::client::UpstreamClient;
+use super::encoded_stream::{streams_decodable, EncodedStreamGuard};
 use super::headers::{detached, forwardable};
 use super::path_guard;
 use super::policy_guard::StreamGuard;
@@ -25,8 +27,6 @@ use super::respond::{self, ProxyError, REQUEST_ID_HEADER};
 /// before it is refused with 503.
 const STRICT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Most bytes a request body may decode to for inline policy checks.
-const MAX_INSPECTED_BYTES: usize = 16 * 1024 * 1024;
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::decode::decode;
 use crate::capture::operation::{classify, provider_for};
@@ -60,6 +60,10 @@ pub struct ProxyState {
     pub metrics: Arc<Metrics>,
     /// The compliance policies; `block` and `redact_upstream` ones act here.
     pub policies: Arc<PolicySet>,
+    /// Most bytes of a request body, or of a non-stream answer, read and
+    /// decoded to inspect it whole while a `block` policy watches that
+    /// direction (`policy.max_inspected_bytes`).
+    pub max_inspected_bytes: usize,
     /// Set when the shutdown grace ran out and remaining calls were cut,
     /// so their records say so instead of blaming the client.
     pub cut_at_shutdown: Arc<std::sync::atomic::AtomicBool>,
@@ -155,7 +159,7 @@ pub async fn handle(
     // only the capped prefix, and the rest streams through.
     let inspects_requests = state.policies.blocks(Direction::Request);
     let read_limit = if inspects_requests {
-        MAX_INSPECTED_BYTES.max(state.capture_cap)
+        state.max_inspected_bytes.max(state.capture_cap)
     } else {
         state.capture_cap
     };
@@ -192,7 +196,12 @@ pub async fn handle(
     // whole body only when it fit under the cap; a longer one streams on
     // unchanged (its record says truncated).
     if rest.is_none() {
-        let (verdict, prescan) = apply_request_policies(&state.policies, &headers, &prefix);
+        let (verdict, prescan) = apply_request_policies(
+            &state.policies,
+            &headers,
+            &prefix,
+            state.max_inspected_bytes,
+        );
         if let (Some(tx), Some(prescan)) = (prescan_sender.take(), prescan) {
             let _ = tx.send(prescan);
         }
@@ -331,56 +340,108 @@ pub async fn handle(
     }
     let mut incoming = Box::pin(IdleTimeoutBody::new(incoming, state.stream_idle_timeout));
     let guard_responses = state.policies.blocks(Direction::Response) && state.capture_cap > 0;
-    let body: ProxyBody = if guard_responses && !is_sse {
-        // A whole answer can be replaced only if it is held until checked;
-        // one longer than the capture cap streams on unchecked.
-        match read_up_to(&mut incoming, &mut response_capture, state.capture_cap).await {
-            Ok((prefix, true)) => {
-                if let Some(verdict) = response_block(&state.policies, encoding.as_deref(), &prefix)
-                {
-                    let _ = blocked_by.set(verdict.clone());
-                    response_capture.finish(BodyEnd::Complete);
-                    return respond::policy_violation(&request_id, &verdict);
-                }
-                response_capture.finish(BodyEnd::Complete);
-                full(prefix)
-            }
-            Ok((prefix, false)) => {
-                PrefixedBody::new(prefix, Some(TeeBody::new(incoming, response_capture)))
-                    .boxed_unsync()
-            }
-            Err(error) => {
-                response_capture.finish(BodyEnd::Error(error));
-                return ProxyError::UpstreamUnreachable.into_response(&request_id);
-            }
-        }
-    } else if guard_responses {
-        let on_block = {
-            let blocked_by = blocked_by.clone();
-            Box::new(move |verdict: Verdict| {
-                let _ = blocked_by.set(verdict);
-            })
-        };
+    let encoded = is_encoded(encoding.as_deref());
+    let on_block = {
+        let blocked_by = blocked_by.clone();
+        Box::new(move |verdict: Verdict| {
+            let _ = blocked_by.set(verdict);
+        })
+    };
+    let body: ProxyBody = if !guard_responses {
+        TeeBody::new(incoming, response_capture).boxed_unsync()
+    } else if is_sse && !encoded {
         TeeBody::new(
             StreamGuard::new(incoming, state.policies.clone(), on_block),
             response_capture,
         )
         .boxed_unsync()
+    } else if let Some(coding) = encoding
+        .as_deref()
+        .filter(|e| is_sse && streams_decodable(e))
+    {
+        // A compressed event stream: inspected through its decoded text,
+        // forwarded as sent.
+        TeeBody::new(
+            EncodedStreamGuard::new(incoming, coding, state.policies.clone(), on_block),
+            response_capture,
+        )
+        .boxed_unsync()
     } else {
-        TeeBody::new(incoming, response_capture).boxed_unsync()
+        // Not a plain event stream: sniff the first bytes, for a stream
+        // sent without its content type.
+        let limit = state.max_inspected_bytes;
+        let sniff = if encoded || is_sse { 0 } else { SNIFF_BYTES };
+        let (prefix, ended) = match read_raw(&mut incoming, sniff).await {
+            Ok(read) => read,
+            Err(error) => {
+                response_capture.finish(BodyEnd::Error(error));
+                return ProxyError::UpstreamUnreachable.into_response(&request_id);
+            }
+        };
+        if sniff > 0 && looks_like_sse(&prefix) {
+            TeeBody::new(
+                StreamGuard::new(
+                    PrefixedBody::new(prefix, (!ended).then_some(incoming)),
+                    state.policies.clone(),
+                    on_block,
+                ),
+                response_capture,
+            )
+            .boxed_unsync()
+        } else {
+            // A whole answer can be replaced only if it is held until
+            // checked: read it up to the inspection limit.
+            let (body, complete) = if ended {
+                (prefix, true)
+            } else {
+                match read_more(&mut incoming, prefix, limit).await {
+                    Ok(read) => read,
+                    Err(error) => {
+                        response_capture.finish(BodyEnd::Error(error));
+                        return ProxyError::UpstreamUnreachable.into_response(&request_id);
+                    }
+                }
+            };
+            response_capture.observe(&body);
+            let check = check_answer(
+                &state.policies,
+                encoding.as_deref(),
+                &body,
+                complete,
+                is_sse,
+                limit,
+            );
+            match check {
+                AnswerCheck::Forward => {
+                    response_capture.finish(BodyEnd::Complete);
+                    full(body)
+                }
+                AnswerCheck::Blocked(verdict) => {
+                    let _ = blocked_by.set(verdict.clone());
+                    response_capture.finish(BodyEnd::Complete);
+                    return respond::policy_violation(&request_id, &verdict);
+                }
+                AnswerCheck::Refused(error) => {
+                    let why = match error {
+                        ProxyError::AnswerTooLarge => format!(
+                            "answer refused uninspected: longer than \
+                             policy.max_inspected_bytes ({limit})"
+                        ),
+                        _ => "answer refused uninspected: its Content-Encoding could not be \
+                              decoded"
+                            .to_owned(),
+                    };
+                    response_capture.finish(BodyEnd::Error(why));
+                    return error.into_response(&request_id);
+                }
+            }
+        }
     };
     state
         .metrics
         .added_latency
         .observe((prepared_in + headers_at.elapsed()).as_secs_f64());
     Response::from_parts(parts, body)
-}
-
-/// The blocking verdict of response policies over a whole answer, if any.
-fn response_block(policies: &PolicySet, encoding: Option<&str>, body: &[u8]) -> Option<Verdict> {
-    let decoded = decode(encoding, body, MAX_INSPECTED_BYTES).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&decoded.bytes).ok()?;
-    policies.scan_response(&value).blocking().cloned()
 }
 
 /// The call's line in the diagnostic log and its metrics, written once
@@ -512,6 +573,41 @@ where
     Ok((prefix.freeze(), body.is_end_stream()))
 }
 
+/// Reads `body` until it ends or holds at least `want` bytes (at least one
+/// frame unless it ends first). Returns the bytes and whether it ended.
+async fn read_raw<B>(body: &mut B, want: usize) -> Result<(Bytes, bool), String>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    read_more(body, Bytes::new(), want.max(1)).await
+}
+
+/// Reads on after `prefix` until `body` ends or `prefix` and what was read
+/// hold more than `limit` bytes. Returns the bytes and whether it ended
+/// within the limit.
+async fn read_more<B>(body: &mut B, prefix: Bytes, limit: usize) -> Result<(Bytes, bool), String>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut out = BytesMut::from(prefix);
+    loop {
+        if out.len() > limit {
+            return Ok((out.freeze(), false));
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    out.extend_from_slice(data);
+                }
+            }
+            Some(Err(error)) => return Err(error.to_string()),
+            None => return Ok((out.freeze(), true)),
+        }
+    }
+}
+
 /// Reads the request body up to the capture cap, so the whole of a typical
 /// LLM request is known before it goes upstream; anything longer streams
 /// on through the tee. With `capture_prefix_only` (strict durability, whose
@@ -585,6 +681,7 @@ fn apply_request_policies(
     policies: &PolicySet,
     headers: &HeaderMap,
     body: &Bytes,
+    max_inspected_bytes: usize,
 ) -> (RequestVerdict, Option<RequestPrescan>) {
     let blocks = policies.blocks(Direction::Request);
     if !(blocks || policies.redacts_upstream()) || body.is_empty() {
@@ -595,7 +692,7 @@ fn apply_request_policies(
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
-    let decoded = match decode(header(header::CONTENT_ENCODING), body, MAX_INSPECTED_BYTES) {
+    let decoded = match decode(header(header::CONTENT_ENCODING), body, max_inspected_bytes) {
         Ok(d) if !d.truncated => d.bytes,
         Ok(_) if blocks => {
             return (

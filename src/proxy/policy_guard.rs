@@ -1,9 +1,9 @@
 //! Enforcing response-direction `block` policies on a streamed completion
 //! while it passes, without buffering the stream.
 //!
-//! [`StreamGuard`] wraps the upstream body of a `text/event-stream`
-//! response. It splits each frame into Server-Sent Events lines, reads the
-//! JSON of every `data:` line, and feeds the text the model writes to one
+//! [`StreamGuard`] wraps the upstream body of an SSE response. It splits
+//! each frame into Server-Sent Events lines, reads the JSON of every
+//! `data:` line, and feeds the text the model writes to one
 //! [`StreamScanner`] per choice and field, so a card number spread over
 //! three chunks is caught while digits of two different choices are never
 //! joined into one.
@@ -11,21 +11,36 @@
 //! What reaches the app is always upstream's bytes, never re-encoded, and
 //! only whole lines that have been inspected: a line that is still open at
 //! the end of a frame is held back until its end arrives (up to
-//! [`MAX_LINE`]). Frame boundaries may therefore move to line ends, but the
-//! bytes are the same. When a line trips a scanner, the frame holding it is
-//! withheld, the app gets one SSE error event (the [`blocked_response_json`]
-//! object) and `data: [DONE]`, and the upstream body is dropped, which
-//! cancels the upstream call. The same error shape is used for chat,
-//! legacy and Responses API streams: the official OpenAI SDKs raise an
-//! `APIError` for any `data:` event whose JSON has an `error` member.
+//! [`MAX_LINE`]).
 //!
-//! A scanner confirms a match only once text follows it, so a match at the
-//! very end of a field is judged when the stream ends: at `data: [DONE]`, at
-//! a terminal Responses API event (`response.completed`,
+//! # Holding back the tail
+//!
+//! A line is forwarded only once all the text it carries lies before its
+//! field's hold point ([`StreamScanner::hold_from`]): text that is, or could
+//! still grow into, the whole of a blocked entity waits (the digits of a
+//! card, `sk-pro…`), and is released as soon as the next text shows it can
+//! no longer become one. Lines after a held line, of any field and non-data
+//! lines alike, wait behind it in order. Released lines go out in the
+//! frames they arrived in, so a clean prose stream keeps its frame count,
+//! and ordinary words are never held. At most [`MAX_HELD`] bytes wait: past
+//! that, the oldest lines are released (each field's own hold is already
+//! bounded by the scanner's window).
+//!
+//! # Cutting
+//!
+//! When a line trips a scanner, it and every held line are dropped, the app
+//! gets one SSE error event (the [`blocked_response_json`] object) and
+//! `data: [DONE]`, and the upstream body is dropped, which cancels the
+//! upstream call. The error event is framed for what the app's SSE parser
+//! has really seen, that is the lines forwarded so far. The same error
+//! shape is used for chat, legacy and Responses API streams: the official
+//! OpenAI SDKs raise an `APIError` for any `data:` event whose JSON has an
+//! `error` member.
+//!
+//! A match at the very end of a field is judged when the stream ends: at
+//! `data: [DONE]`, at a terminal Responses API event (`response.completed`,
 //! `response.incomplete`, `response.failed`), or when upstream's body ends.
-//! Its text has then already been forwarded; the error event replaces the
-//! end of the stream (the terminator line is withheld), so the app still
-//! learns that the completion was blocked.
+//! It is held until then, and the error event replaces it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
@@ -44,6 +59,11 @@ use crate::policy::{Direction, PolicySet, StreamScanner, Verdict};
 /// uninspected as it arrives, so a single runaway line cannot make the
 /// proxy hold unbounded memory.
 pub const MAX_LINE: usize = 1 << 20;
+
+/// Most bytes of inspected lines waiting behind a held tail. Past it the
+/// oldest are released, so lines of other fields or non-data lines cannot
+/// pile up without bound behind a field that stays held.
+pub const MAX_HELD: usize = 1 << 20;
 
 /// Most scanners kept for one stream. Fields past this bound share one
 /// extra scanner: their text is still inspected, at the risk of joining
@@ -71,6 +91,9 @@ pin_project! {
 struct GuardState {
     lines: LineSplitter,
     inspector: Inspector,
+    held: Held,
+    /// What the app's SSE parser holds, over the bytes really forwarded.
+    app: ParserAt,
     /// Frames to emit before polling upstream again.
     queued: VecDeque<Frame<Bytes>>,
     /// Upstream ended, failed or was cut: only `queued` remains.
@@ -78,26 +101,60 @@ struct GuardState {
     on_block: Option<OnBlock>,
 }
 
-/// Incremental SSE line splitting, tracking what the app's SSE parser has
-/// seen of the bytes forwarded so far.
+/// Incremental SSE line splitting over upstream's frames.
 #[derive(Debug, Default)]
 struct LineSplitter {
-    /// The open line at the end of the last frame, not yet forwarded.
+    /// The open line at the end of the last frame, not yet inspected.
     carry: Vec<u8>,
-    /// The open line outgrew [`MAX_LINE`]: it is forwarded uninspected up
+    /// The open line outgrew [`MAX_LINE`]: it is passed on uninspected up
     /// to its end.
     skipping: bool,
-    /// The last byte forwarded was a `\r`, so a `\n` starting the next
-    /// frame completes that line ending instead of making an empty line.
+    /// The last byte seen was a `\r`, so a `\n` starting the next frame
+    /// completes that line ending instead of making an empty line.
     after_cr: bool,
-    /// A field line was forwarded since the last empty line: the app holds
-    /// an event that has not been dispatched yet.
-    event_open: bool,
+    /// Upstream frames seen: released pieces are regrouped by it.
+    frame: u64,
+}
+
+/// Inspected pieces of the stream waiting for their fields' hold points,
+/// in upstream order.
+#[derive(Default)]
+struct Held {
+    pieces: VecDeque<Piece>,
+    bytes: usize,
+}
+
+/// A run of upstream bytes: a whole line with its ending, the `\n` that
+/// completes a `\r\n` split over two frames, or a stretch of an overlong
+/// line passed on uninspected.
+struct Piece {
+    /// The frame's bytes (or the line joined from two frames); the piece is
+    /// `source[start..end]`, so adjacent pieces of one frame go out as one
+    /// slice of it.
+    source: Bytes,
+    start: usize,
+    end: usize,
+    /// The upstream frame it ended in.
+    frame: u64,
+    kind: PieceKind,
+    /// Per field fed by this line: the field's text offset after it. The
+    /// line may go once every field's hold point has reached its offset.
+    marks: Vec<(FieldKey, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PieceKind {
+    /// A complete line: empty (dispatches), a comment, or a field line.
+    Line { empty: bool, comment: bool },
+    /// The `\n` of a `\r\n` whose `\r` ended the last frame.
+    LineEndRest,
+    /// Part of an overlong line; `ends` when its line ending is included.
+    Overlong { ends: bool },
 }
 
 /// What the app's parser holds at the last forwarded byte; decides how the
 /// error event must start to be read as an event of its own.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct ParserAt {
     mid_line: bool,
     after_cr: bool,
@@ -131,14 +188,6 @@ enum Field {
     OutputFunctionArguments,
     /// The shared scanner past [`MAX_SCANNERS`].
     Overflow,
-}
-
-/// What one upstream data frame turns into.
-enum Step {
-    /// Pass these bytes on (possibly empty: all held back).
-    Forward(Bytes),
-    /// Cut the stream; the error event starts with `prefix`.
-    Cut(Verdict, &'static [u8]),
 }
 
 /// The OpenAI-style error object for a call blocked by `verdict`, for a
@@ -184,6 +233,8 @@ impl<B> StreamGuard<B> {
                     policies,
                     scanners: BTreeMap::new(),
                 },
+                held: Held::default(),
+                app: ParserAt::default(),
                 queued: VecDeque::new(),
                 done: false,
                 on_block: Some(on_block),
@@ -227,14 +278,12 @@ where
             };
             match ready!(inner.poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => match state.lines.frame(&data, &mut state.inspector) {
-                        Step::Forward(bytes) if bytes.is_empty() && !data.is_empty() => continue,
-                        Step::Forward(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                        Step::Cut(verdict, prefix) => {
+                    Ok(data) => {
+                        if let Some(verdict) = state.data(&data) {
                             this.inner.set(None);
-                            state.cut(prefix, verdict);
+                            state.cut(verdict);
                         }
-                    },
+                    }
                     Err(frame) => {
                         // Trailers close the body: what is still open is
                         // judged before they go, as nothing may follow them.
@@ -247,7 +296,7 @@ where
                 },
                 Some(Err(error)) => {
                     // A failed body is over: nothing is judged or emitted
-                    // after the error.
+                    // after the error, and held lines are dropped.
                     state.done = true;
                     this.inner.set(None);
                     return Poll::Ready(Some(Err(error.into())));
@@ -284,11 +333,25 @@ where
 // === impl GuardState ===
 
 impl GuardState {
-    /// Queues the error event, reports the verdict and ends the body.
-    fn cut(&mut self, prefix: &[u8], verdict: Verdict) {
-        self.queued.clear();
+    /// Inspects one upstream data frame and queues what may go; returns the
+    /// verdict when a line trips a scanner.
+    fn data(&mut self, data: &Bytes) -> Option<Verdict> {
+        if data.is_empty() {
+            return None;
+        }
+        if let Some(verdict) = self.lines.frame(data, &mut self.inspector, &mut self.held) {
+            return Some(verdict);
+        }
+        self.release(false);
+        None
+    }
+
+    /// Drops what is held, queues the error event, reports the verdict and
+    /// ends the body.
+    fn cut(&mut self, verdict: Verdict) {
+        self.held = Held::default();
         self.queued
-            .push_back(Frame::data(cut_frame(prefix, &verdict)));
+            .push_back(Frame::data(cut_frame(self.app.cut_prefix(), &verdict)));
         self.done = true;
         if let Some(on_block) = self.on_block.take() {
             on_block(verdict);
@@ -296,55 +359,194 @@ impl GuardState {
     }
 
     /// Upstream finished: judges the open line and what every scanner still
-    /// holds. Returns whether the stream was cut; otherwise the held-back
-    /// line is queued and the body ends after the queue.
+    /// holds. Returns whether the stream was cut; otherwise everything held
+    /// is queued and the body ends after the queue.
     fn end(&mut self) -> bool {
         self.done = true;
-        let at = self.lines.parser_at();
         let carry = std::mem::take(&mut self.lines.carry);
         let mut verdict = None;
+        let mut marks = Vec::new();
         if !carry.is_empty() && !self.lines.skipping {
-            verdict = self.inspector.line(&carry);
+            verdict = self.inspector.line(&carry, &mut marks);
         }
         if verdict.is_none() {
             verdict = self.inspector.finish();
         }
-        match verdict {
-            Some(verdict) => {
-                self.cut(at.cut_prefix(), verdict);
-                true
-            }
-            None => {
-                if !carry.is_empty() {
-                    self.queued.push_back(Frame::data(Bytes::from(carry)));
+        if let Some(verdict) = verdict {
+            self.cut(verdict);
+            return true;
+        }
+        if !carry.is_empty() {
+            let kind = if self.lines.skipping {
+                PieceKind::Overlong { ends: false }
+            } else {
+                PieceKind::Line {
+                    empty: false,
+                    comment: carry.starts_with(b":"),
                 }
-                false
+            };
+            let end = carry.len();
+            self.held.push(Piece {
+                source: Bytes::from(carry),
+                start: 0,
+                end,
+                frame: self.lines.frame + 1,
+                kind,
+                marks,
+            });
+        }
+        self.release(true);
+        false
+    }
+
+    /// Moves the pieces whose fields' hold points have passed them (all of
+    /// them when `all`) from the front of the held queue to the output,
+    /// one frame per upstream frame.
+    fn release(&mut self, all: bool) {
+        let pieces = &self.held.pieces;
+        let mut due = if all {
+            pieces.len()
+        } else {
+            pieces
+                .iter()
+                .position(|piece| {
+                    !piece
+                        .marks
+                        .iter()
+                        .all(|(key, end)| self.inspector.hold_from(key) >= *end)
+                })
+                .unwrap_or(pieces.len())
+        };
+        // A frame goes out whole or waits whole, so frames keep their
+        // count; an `event:` line waits with the `data:` line it names.
+        if let (Some(last), Some(next)) = (
+            due.checked_sub(1).and_then(|i| pieces.get(i)),
+            pieces.get(due),
+        ) {
+            if last.frame == next.frame {
+                due = pieces
+                    .iter()
+                    .position(|piece| piece.frame == next.frame)
+                    .unwrap_or(0);
             }
         }
+        // Past the bound, the oldest go whatever they hold.
+        let mut over = self.held.bytes.saturating_sub(MAX_HELD);
+        for piece in pieces.iter().skip(due) {
+            if over == 0 {
+                break;
+            }
+            over = over.saturating_sub(piece.end - piece.start);
+            due += 1;
+        }
+        let mut out = FrameOut::default();
+        for _ in 0..due {
+            let Some(piece) = self.held.pop() else {
+                break;
+            };
+            self.app.forwarded(&piece);
+            out.add(piece, &mut self.queued);
+        }
+        out.flush(&mut self.queued);
+    }
+}
+
+/// Regroups released pieces into one frame per upstream frame.
+#[derive(Default)]
+struct FrameOut {
+    frame: u64,
+    /// Finished runs of the current frame.
+    parts: Vec<Bytes>,
+    /// The open run: a slice of one source, grown while pieces follow on.
+    run: Option<(Bytes, usize, usize)>,
+}
+
+// === impl FrameOut ===
+
+impl FrameOut {
+    fn add(&mut self, piece: Piece, queued: &mut VecDeque<Frame<Bytes>>) {
+        if piece.frame != self.frame {
+            self.flush(queued);
+            self.frame = piece.frame;
+        }
+        match &mut self.run {
+            Some((source, _, end))
+                if *end == piece.start
+                    && source.as_ptr() == piece.source.as_ptr()
+                    && source.len() == piece.source.len() =>
+            {
+                *end = piece.end;
+            }
+            run => {
+                if let Some((source, start, end)) = run.take() {
+                    self.parts.push(source.slice(start..end));
+                }
+                *run = Some((piece.source, piece.start, piece.end));
+            }
+        }
+    }
+
+    /// Queues the current frame, if any: zero-copy when it is one run.
+    fn flush(&mut self, queued: &mut VecDeque<Frame<Bytes>>) {
+        if let Some((source, start, end)) = self.run.take() {
+            self.parts.push(source.slice(start..end));
+        }
+        let bytes = match self.parts.len() {
+            0 => return,
+            1 => self.parts.pop().unwrap_or_default(),
+            _ => {
+                let mut joined = BytesMut::new();
+                for part in self.parts.drain(..) {
+                    joined.extend_from_slice(&part);
+                }
+                joined.freeze()
+            }
+        };
+        queued.push_back(Frame::data(bytes));
+    }
+}
+
+// === impl Held ===
+
+impl Held {
+    fn push(&mut self, piece: Piece) {
+        self.bytes += piece.end - piece.start;
+        self.pieces.push_back(piece);
+    }
+
+    fn pop(&mut self) -> Option<Piece> {
+        let piece = self.pieces.pop_front()?;
+        self.bytes -= piece.end - piece.start;
+        Some(piece)
     }
 }
 
 // === impl LineSplitter ===
 
 impl LineSplitter {
-    /// Splits `data` into lines, inspects each complete one, and says what
-    /// to forward: every complete line (and the line held from the last
-    /// frame), unchanged, unless one of them trips a scanner.
-    fn frame(&mut self, data: &Bytes, inspector: &mut Inspector) -> Step {
-        if data.is_empty() {
-            return Step::Forward(data.clone());
-        }
-        // Nothing of this frame has been forwarded yet, so the app's parser
-        // is where the last forwarded frame left it.
-        let at = self.parser_at();
+    /// Splits `data` into lines, inspects each complete one and adds it to
+    /// `held`; returns the verdict if one trips a scanner.
+    fn frame(
+        &mut self,
+        data: &Bytes,
+        inspector: &mut Inspector,
+        held: &mut Held,
+    ) -> Option<Verdict> {
+        self.frame += 1;
+        let frame = self.frame;
         let bytes = &data[..];
         let mut pos = 0;
         if std::mem::take(&mut self.after_cr) && bytes[0] == b'\n' {
             pos = 1;
+            held.push(Piece {
+                source: data.clone(),
+                start: 0,
+                end: 1,
+                frame,
+                kind: PieceKind::LineEndRest,
+                marks: Vec::new(),
+            });
         }
-        let held = self.carry.len();
-        // The held line, once its end arrives in this frame.
-        let mut flushed: Option<Vec<u8>> = None;
         while let Some(offset) = bytes[pos..].iter().position(|&b| b == b'\n' || b == b'\r') {
             let end = pos + offset;
             let terminator = match (bytes[end], bytes.get(end + 1)) {
@@ -355,74 +557,105 @@ impl LineSplitter {
                 }
                 _ => 1,
             };
+            let next = end + terminator;
             if self.skipping {
                 self.skipping = false;
-                self.event_open = true;
+                held.push(Piece {
+                    source: data.clone(),
+                    start: pos,
+                    end: next,
+                    frame,
+                    kind: PieceKind::Overlong { ends: true },
+                    marks: Vec::new(),
+                });
             } else {
-                let verdict = if self.carry.is_empty() {
-                    inspector.line(&bytes[pos..end])
+                let mut marks = Vec::new();
+                let (source, start, stop, line_len) = if self.carry.is_empty() {
+                    (data.clone(), pos, next, end - pos)
                 } else {
-                    self.carry.extend_from_slice(&bytes[pos..end]);
-                    let verdict = inspector.line(&self.carry);
-                    self.carry.truncate(held);
-                    flushed = Some(std::mem::take(&mut self.carry));
-                    verdict
+                    let mut line = std::mem::take(&mut self.carry);
+                    line.extend_from_slice(&bytes[pos..next]);
+                    let len = line.len() - terminator;
+                    let stop = line.len();
+                    (Bytes::from(line), 0, stop, len)
                 };
-                if let Some(verdict) = verdict {
-                    return Step::Cut(verdict, at.cut_prefix());
+                let text = &source[start..start + line_len];
+                if let Some(verdict) = inspector.line(text, &mut marks) {
+                    return Some(verdict);
                 }
-                self.track(&bytes[pos..end]);
+                let kind = PieceKind::Line {
+                    empty: text.is_empty(),
+                    comment: text.starts_with(b":"),
+                };
+                held.push(Piece {
+                    source,
+                    start,
+                    end: stop,
+                    frame,
+                    kind,
+                    marks,
+                });
             }
-            pos = end + terminator;
+            pos = next;
         }
-        let mut ready = pos;
         if pos < bytes.len() {
             let rest = &bytes[pos..];
             if self.skipping {
-                ready = bytes.len();
+                held.push(Piece {
+                    source: data.clone(),
+                    start: pos,
+                    end: bytes.len(),
+                    frame,
+                    kind: PieceKind::Overlong { ends: false },
+                    marks: Vec::new(),
+                });
             } else if self.carry.len() + rest.len() > MAX_LINE {
                 // Too long to hold: pass the line on as it comes.
                 self.skipping = true;
-                ready = bytes.len();
-                if !self.carry.is_empty() {
-                    flushed = Some(std::mem::take(&mut self.carry));
-                }
+                let mut line = std::mem::take(&mut self.carry);
+                line.extend_from_slice(rest);
+                let end = line.len();
+                held.push(Piece {
+                    source: Bytes::from(line),
+                    start: 0,
+                    end,
+                    frame,
+                    kind: PieceKind::Overlong { ends: false },
+                    marks: Vec::new(),
+                });
             } else {
                 self.carry.extend_from_slice(rest);
             }
         }
-        let out = match flushed {
-            None if ready == bytes.len() => data.clone(),
-            None => data.slice(..ready),
-            Some(mut line) => {
-                line.extend_from_slice(&bytes[..ready]);
-                Bytes::from(line)
-            }
-        };
-        Step::Forward(out)
-    }
-
-    /// Follows event boundaries over a forwarded complete line.
-    fn track(&mut self, line: &[u8]) {
-        if line.is_empty() {
-            self.event_open = false;
-        } else if !line.starts_with(b":") {
-            self.event_open = true;
-        }
-    }
-
-    fn parser_at(&self) -> ParserAt {
-        ParserAt {
-            mid_line: self.skipping,
-            after_cr: self.after_cr,
-            event_open: self.event_open,
-        }
+        None
     }
 }
 
 // === impl ParserAt ===
 
 impl ParserAt {
+    /// Follows the app's parser over a piece just forwarded.
+    fn forwarded(&mut self, piece: &Piece) {
+        if piece.end > piece.start {
+            self.after_cr = piece.source[piece.end - 1] == b'\r';
+        }
+        match piece.kind {
+            PieceKind::Line { empty: true, .. } => {
+                self.mid_line = false;
+                self.event_open = false;
+            }
+            PieceKind::Line { comment, .. } => {
+                self.mid_line = false;
+                self.event_open |= !comment;
+            }
+            PieceKind::LineEndRest => {}
+            PieceKind::Overlong { ends } => {
+                self.mid_line = !ends;
+                self.event_open = true;
+            }
+        }
+    }
+
     /// What must precede the error event so the app's parser reads it as an
     /// event of its own: the end of an open line and an empty line that
     /// dispatches (or discards) what the app already holds. After a `\r`,
@@ -446,7 +679,7 @@ impl Inspector {
     /// Feeds the model text of one complete SSE line to its scanners;
     /// returns the first violation. Lines other than `data:` with a JSON
     /// object are ignored.
-    fn line(&mut self, line: &[u8]) -> Option<Verdict> {
+    fn line(&mut self, line: &[u8], marks: &mut Vec<(FieldKey, u64)>) -> Option<Verdict> {
         let payload = line.strip_prefix(b"data:")?;
         let payload = payload.strip_prefix(b" ").unwrap_or(payload).trim_ascii();
         if payload == b"[DONE]" {
@@ -459,7 +692,7 @@ impl Inspector {
         let mut verdict = None;
         model_text(&value, &mut |key, text| {
             if verdict.is_none() {
-                verdict = self.feed(key, text);
+                verdict = self.feed(key, text, marks);
             }
         });
         if verdict.is_none() && is_terminal_event(&value) {
@@ -468,7 +701,12 @@ impl Inspector {
         verdict
     }
 
-    fn feed(&mut self, key: FieldKey, text: &str) -> Option<Verdict> {
+    fn feed(
+        &mut self,
+        key: FieldKey,
+        text: &str,
+        marks: &mut Vec<(FieldKey, u64)>,
+    ) -> Option<Verdict> {
         let key = if self.scanners.len() >= MAX_SCANNERS && !self.scanners.contains_key(&key) {
             FieldKey {
                 choice: u64::MAX,
@@ -478,10 +716,20 @@ impl Inspector {
         } else {
             key
         };
-        self.scanners
+        let scanner = self
+            .scanners
             .entry(key)
-            .or_insert_with(|| StreamScanner::new(self.policies.clone(), Direction::Response))
-            .feed(text)
+            .or_insert_with(|| StreamScanner::new(self.policies.clone(), Direction::Response));
+        let verdict = scanner.feed(text);
+        marks.push((key, scanner.fed()));
+        verdict
+    }
+
+    /// The text offset of `key`'s field up to which lines may go.
+    fn hold_from(&self, key: &FieldKey) -> u64 {
+        self.scanners
+            .get(key)
+            .map_or(u64::MAX, StreamScanner::hold_from)
     }
 
     /// Ends every scanner; the most severe violation, the first field's

@@ -42,6 +42,12 @@ pub enum ProxyError {
     /// A path with `.`/`..` segments or encoded slashes (see
     /// [`path_guard`](super::path_guard)).
     UnsafePath,
+    /// A response `block` policy is on and the answer is longer than
+    /// `policy.max_inspected_bytes`: it cannot be inspected whole.
+    AnswerTooLarge,
+    /// A response `block` policy is on and the answer's `Content-Encoding`
+    /// is unknown or its body is corrupt: it cannot be inspected.
+    AnswerUndecodable,
 }
 
 // === impl ProxyError ===
@@ -49,7 +55,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamUnreachable
+            | ProxyError::AnswerTooLarge
+            | ProxyError::AnswerUndecodable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::AuditStoreUnavailable | ProxyError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -77,6 +85,8 @@ impl ProxyError {
             ProxyError::RequestNotParsable => "request_not_parsable",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::UnsafePath => "invalid_path",
+            ProxyError::AnswerTooLarge => "answer_too_large_to_inspect",
+            ProxyError::AnswerUndecodable => "answer_not_decodable",
         }
     }
 
@@ -107,6 +117,15 @@ impl ProxyError {
             }
             ProxyError::UnsafePath => {
                 "The request path has a '.' or '..' segment or an encoded slash, which the audit proxy refuses."
+            }
+            ProxyError::AnswerTooLarge => {
+                "The upstream answer is longer than the audit proxy's inspection limit \
+                 (policy.max_inspected_bytes) and a block policy watches answers, so it was \
+                 not forwarded."
+            }
+            ProxyError::AnswerUndecodable => {
+                "The upstream answer's Content-Encoding could not be decoded for inspection \
+                 and a block policy watches answers, so it was not forwarded."
             }
         }
     }

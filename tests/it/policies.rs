@@ -338,3 +338,157 @@ async fn a_request_let_through_by_a_blocking_policy_is_recorded_clean() {
         "the token reached the store"
     );
 }
+
+/// A proxy with one inline `block` policy for cards in both directions, a
+/// 4 KiB capture cap, and `extra` settings.
+async fn card_block_proxy(mock: &MockUpstream, extra: &[(&str, &str)]) -> TestProxy {
+    let mut env = vec![
+        (
+            "LLM_AUDIT_PROXY_POLICIES",
+            r#"[{"name": "payment-card-block", "detectors": ["credit_card"], "action": "block", "direction": "both"}]"#,
+        ),
+        ("LLM_AUDIT_PROXY_CAPTURE_MAX_BODY_BYTES", "4096"),
+    ];
+    env.extend_from_slice(extra);
+    TestProxy::start_with(&mock.url(), &env).await
+}
+
+/// Sends a chat call whose answer comes in `form` (see the mock).
+async fn answer_in_form(proxy: &TestProxy, form: &str, id: &str) -> reqwest::Response {
+    proxy
+        .post_call("/v1/chat/completions", id)
+        .header("x-mock-answer-form", form)
+        .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The model text an SSE client reads from `text`.
+fn streamed_content(text: &str) -> String {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+async fn assert_blocked_response(proxy: &TestProxy, id: &str) {
+    let events = proxy.call_events(id).await;
+    let response = of_type(&events, "RESPONSE");
+    assert_eq!(response["metadata"]["outcome"], "blocked", "{response}");
+    assert_eq!(response["metadata"]["blocked_by"], "payment-card-block");
+}
+
+#[tokio::test]
+async fn a_card_split_across_stream_chunks_never_reaches_the_app() {
+    let mock = MockUpstream::start().await;
+    let proxy = card_block_proxy(&mock, &[]).await;
+    for (form, id) in [("split-card", "split-1"), ("untyped-sse", "split-2")] {
+        let resp = answer_in_form(&proxy, form, id).await;
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("policy_violation"), "{form}: {text}");
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{form}: {text}");
+        // Not a digit of the card went out: it was held until confirmed.
+        assert_eq!(streamed_content(&text), "Your card: ", "{form}");
+        assert_blocked_response(&proxy, id).await;
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_gzip_compressed_stream_is_inspected() {
+    use futures_util::StreamExt;
+    use std::io::Write;
+
+    let mock = MockUpstream::start().await;
+    let proxy = card_block_proxy(&mock, &[]).await;
+    let resp = answer_in_form(&proxy, "gzip-sse", "gz-1").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    // Compressed frames go on as sent; the cut ends the body with an error,
+    // as a compressed stream cannot take an appended error event.
+    let mut received = Vec::new();
+    let mut broke_off = false;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => received.extend_from_slice(&bytes),
+            Err(_) => {
+                broke_off = true;
+                break;
+            }
+        }
+    }
+    assert!(broke_off, "the blocked stream must not end cleanly");
+    let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+    let _ = decoder.write_all(&received);
+    let _ = decoder.flush();
+    let text = String::from_utf8_lossy(decoder.get_ref()).into_owned();
+    assert!(
+        !digits_only(&streamed_content(&text)).contains("4444"),
+        "{text}"
+    );
+    assert_blocked_response(&proxy, "gz-1").await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn text_and_long_json_answers_are_inspected_whole() {
+    let mock = MockUpstream::start().await;
+    let proxy = card_block_proxy(&mock, &[]).await;
+    // A 40 KB answer, ten times the capture cap, is still inspected whole.
+    for (form, id) in [("text", "whole-1"), ("big-json", "whole-2")] {
+        let resp = answer_in_form(&proxy, form, id).await;
+        assert_eq!(resp.status(), 400, "{form}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["policy"], "payment-card-block", "{form}");
+        assert_blocked_response(&proxy, id).await;
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_that_cannot_be_inspected_is_refused_with_a_502() {
+    let mock = MockUpstream::start().await;
+    let proxy = card_block_proxy(
+        &mock,
+        &[("LLM_AUDIT_PROXY_POLICY_MAX_INSPECTED_BYTES", "8192")],
+    )
+    .await;
+    for (form, id, code) in [
+        ("bad-encoding", "refused-1", "answer_not_decodable"),
+        ("big-json", "refused-2", "answer_too_large_to_inspect"),
+    ] {
+        let resp = answer_in_form(&proxy, form, id).await;
+        assert_eq!(resp.status(), 502, "{form}");
+        assert_eq!(resp.headers()["x-audit-request-id"], id);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{form}");
+        assert!(!body.to_string().contains("5555"));
+        let events = proxy.call_events(id).await;
+        let response = of_type(&events, "RESPONSE");
+        assert_ne!(response["metadata"]["outcome"], "completed", "{response}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_clean_prose_stream_arrives_byte_identical() {
+    let mock = MockUpstream::start().await;
+    let proxy = card_block_proxy(&mock, &[]).await;
+    let text = answer_in_form(&proxy, "prose", "prose-1")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let sent = crate::support::mock::chat_sse(crate::support::mock::PROSE_CHUNKS);
+    assert_eq!(text, sent.concat());
+    assert_eq!(text.matches("data: ").count(), sent.len());
+    proxy.stop().await;
+}

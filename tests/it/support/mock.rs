@@ -226,6 +226,10 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    if let Some(form) = parts.headers.get("x-mock-answer-form") {
+        let form = form.to_str().unwrap_or_default().to_owned();
+        return answer_in_form(shared, &form);
+    }
     match path.as_str() {
         p if parts.headers.contains_key("x-mock-hold-end") => {
             // The whole stream, its terminal event included, then a body
@@ -373,4 +377,137 @@ pub fn gzip_bomb(decoded_len: usize) -> Vec<u8> {
     enc.write_all(&vec![0u8; 1 << 20]).unwrap();
     let member = enc.finish().unwrap();
     member.repeat((decoded_len >> 20).max(1))
+}
+
+/// The chunks of the streamed answer in which a card is split across
+/// chunks, as an independent review reported it.
+pub const SPLIT_CARD_CHUNKS: &[&str] = &[
+    "Your card: ",
+    "5555 55",
+    "55 55",
+    "55 4444",
+    ". ",
+    "more text",
+];
+
+/// A clean prose answer with numbers and punctuation, one token a chunk.
+pub const PROSE_CHUNKS: &[&str] = &[
+    "Sure",
+    ".",
+    " Start",
+    " with",
+    " the",
+    " pool",
+    ":",
+    " 32",
+    " workers",
+    " and",
+    " a",
+    " pool",
+    " of",
+    " 10",
+    ",",
+    " so",
+    " requests",
+    " queue",
+    ".",
+    " Check",
+    " `max",
+    "_connections",
+    "`",
+    " and",
+    " the",
+    " retry",
+    " policy",
+    " (3",
+    " retries",
+    ",",
+    " 250",
+    " ms",
+    ").",
+    "\n\n",
+    "Version",
+    " 2",
+    ".14",
+    ".3",
+    " fixed",
+    " it",
+    ".",
+];
+
+/// The SSE events of a chat stream writing `chunks`, then `[DONE]`.
+pub fn chat_sse(chunks: &[&str]) -> Vec<String> {
+    let mut events: Vec<String> = chunks
+        .iter()
+        .map(|c| {
+            format!(
+                "data: {{\"id\":\"chatcmpl-F\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}]}}\n\n",
+                serde_json::Value::String((*c).to_owned())
+            )
+        })
+        .collect();
+    events.push("data: [DONE]\n\n".to_owned());
+    events
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+/// Answers in the forms an upstream may use, chosen by the
+/// `x-mock-answer-form` header: `split-card` (the split card as a plain
+/// event stream), `gzip-sse` (the same, gzip-compressed), `untyped-sse` (the
+/// same as `application/json`), `text` (a card in `text/plain`), `big-json`
+/// (a card in a 40 KB completion), `bad-encoding` (`Content-Encoding:
+/// compress`), `prose` (a clean prose stream).
+fn answer_in_form(shared: Arc<Shared>, form: &str) -> Response<Body> {
+    let with = |mut r: Response<Body>, name: &'static str, value: &'static str| {
+        r.headers_mut().insert(name, value.parse().unwrap());
+        r
+    };
+    let card_completion = |pad: usize| {
+        serde_json::json!({"id": "chatcmpl-B", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant",
+                "content": format!("{}Your card: 5555 5555 5555 4444. more text", " ".repeat(pad))},
+                "finish_reason": "stop"}]})
+        .to_string()
+    };
+    match form {
+        "split-card" => sse(shared, chat_sse(SPLIT_CARD_CHUNKS), Duration::ZERO),
+        "prose" => sse(shared, chat_sse(PROSE_CHUNKS), Duration::ZERO),
+        "gzip-sse" => {
+            // Compressed once, sent in small frames as a stream would be.
+            let gz = gzip(chat_sse(SPLIT_CARD_CHUNKS).concat().as_bytes());
+            let frames: Vec<Result<Frame<Bytes>, Infallible>> = gz
+                .chunks(16)
+                .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+                .collect();
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .header("content-encoding", "gzip")
+                .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+                .unwrap()
+        }
+        "untyped-sse" => {
+            let mut r = sse(shared, chat_sse(SPLIT_CARD_CHUNKS), Duration::ZERO);
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r
+        }
+        "text" => full(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "Your card: 5555 5555 5555 4444. more text",
+        ),
+        "big-json" => full(StatusCode::OK, "application/json", card_completion(40_000)),
+        "bad-encoding" => with(
+            full(StatusCode::OK, "application/json", card_completion(0)),
+            "content-encoding",
+            "compress",
+        ),
+        _ => full(StatusCode::BAD_REQUEST, "text/plain", "unknown answer form"),
+    }
 }
