@@ -344,10 +344,12 @@ impl StreamScanner {
     fn trim(&mut self) {
         let len = self.window.len();
         let mut keep_from = len.saturating_sub(LOOK_BEHIND);
+        // A match not yet confirmed (too close to the end for its right
+        // context) is kept whole, so the next delta judges all of it.
         if let Some(open) = self
             .hits
             .iter()
-            .filter(|h| h.end == len)
+            .filter(|h| h.end + RIGHT_CONTEXT > len)
             .map(|h| h.start)
             .min()
         {

@@ -14,7 +14,7 @@ use super::*;
 const ENTITIES: &[(&str, &str)] = &[
     (
         "private_key",
-        "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7bq98ZxT0uVq\n-----END RSA PRIVATE KEY-----",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7bq98ZxT0uVqN3kQ2wX8pL5mR1sTz4\n-----END RSA PRIVATE KEY-----",
     ),
     (
         "anthropic_key",
