@@ -1,6 +1,7 @@
 //! Shared test helpers: the mock upstream and an in-process proxy.
 
 pub mod mock;
+pub mod postgres;
 
 use std::collections::HashMap;
 use std::path::Path;
