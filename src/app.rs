@@ -263,6 +263,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             retention_days: config.audit.retention_days,
             max_store_bytes: config.audit.max_store_mb.saturating_mul(1024 * 1024),
             interval: MAINTENANCE_INTERVAL,
+            ship_targets: config.shipping.target_names(),
         };
         writer_tracker.spawn(maintenance::run(store, events, cfg, stop));
     }

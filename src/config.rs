@@ -368,6 +368,11 @@ impl ShippingConfig {
     pub fn is_enabled(&self) -> bool {
         self.postgres.is_some()
     }
+
+    /// The names of the configured targets (their cursors' keys).
+    pub fn target_names(&self) -> Vec<&'static str> {
+        self.postgres.iter().map(|_| "postgres").collect()
+    }
 }
 
 // === impl InstanceConfig ===

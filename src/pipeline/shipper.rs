@@ -218,6 +218,18 @@ impl Shipper {
             return Ok(Step::CaughtUp);
         };
         let last_seq = last.seq;
+        if after > 0 && first.seq > after + 1 {
+            // The size cap (or the memory store's ring) removed events the
+            // target never got; maintenance recorded the range as an ERROR.
+            let lost = first.seq - after - 1;
+            self.status.record_lost(lost as u64);
+            tracing::error!(
+                target = name,
+                first_seq = after + 1,
+                last_seq = first.seq - 1,
+                "Events were removed from the local store before they were shipped."
+            );
+        }
         self.update_lag(first.seq - 1, Some(first)).await?;
         self.target.write(&self.source, &batch).await?;
         // Only now, with the batch durable at the target, does the cursor

@@ -378,7 +378,12 @@ impl Collector for ShippingCollector {
             }
         }
         type Count = fn(&TargetStatus) -> u64;
-        let counters: [(&str, &str, Count); 2] = [
+        let counters: [(&str, &str, Count); 3] = [
+            (
+                "shipping_events_lost",
+                "Events removed from the local store before the target got them",
+                TargetStatus::lost,
+            ),
             (
                 "shipping_errors",
                 "Failed tries to ship a batch to the target (each retried)",
@@ -447,6 +452,7 @@ mod tests {
             "llm_audit_proxy_shipping_last_success_timestamp_seconds{target=\"postgres\"} 0",
             "llm_audit_proxy_shipping_errors_total{target=\"postgres\"} 0",
             "llm_audit_proxy_shipping_events_shipped_total{target=\"postgres\"} 0",
+            "llm_audit_proxy_shipping_events_lost_total{target=\"postgres\"} 0",
         ] {
             assert!(text.contains(series), "{series} missing from:\n{text}");
         }

@@ -393,6 +393,17 @@ mod tests {
     }
 
     #[test]
+    fn the_config_names_the_target_as_its_cursor_key() {
+        let shipping = crate::config::ShippingConfig {
+            postgres: Some(crate::config::PostgresTarget {
+                dsn: Secret::new("postgres://a@h/db"),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(shipping.target_names(), [NAME]);
+    }
+
+    #[test]
     fn a_target_never_shows_its_password() {
         let target =
             PostgresTarget::new(&Secret::new("postgres://audit:s3cr3t-pw@db.example/audit"))

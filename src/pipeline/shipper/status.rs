@@ -20,6 +20,8 @@ pub struct TargetStatus {
     /// Unix time of the last acknowledged batch (0 before the first).
     last_success_unix: AtomicI64,
     shipped: AtomicU64,
+    /// Events removed from the local store before the target got them.
+    lost: AtomicU64,
     errors: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -34,6 +36,9 @@ pub struct TargetSnapshot {
     /// RFC 3339, or `None` before the first success.
     pub last_success: Option<String>,
     pub shipped: u64,
+    /// Events removed from the local store (size cap, memory ring) before
+    /// the target got them.
+    pub lost: u64,
     pub errors: u64,
     /// The last failure's message (never a credential: connection errors
     /// are reported without the connection string).
@@ -51,6 +56,7 @@ impl TargetStatus {
             cursor: AtomicI64::new(-1),
             last_success_unix: AtomicI64::new(0),
             shipped: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             last_error: Mutex::new(None),
         }
@@ -76,6 +82,10 @@ impl TargetStatus {
         self.last_success_unix.store(now_unix, Ordering::Relaxed);
     }
 
+    pub(super) fn record_lost(&self, events: u64) {
+        self.lost.fetch_add(events, Ordering::Relaxed);
+    }
+
     pub(super) fn record_error(&self, message: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
@@ -97,6 +107,10 @@ impl TargetStatus {
         self.shipped.load(Ordering::Relaxed)
     }
 
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
     }
@@ -114,6 +128,7 @@ impl TargetStatus {
                 .flatten()
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             shipped: self.shipped(),
+            lost: self.lost(),
             errors: self.errors(),
             last_error: self
                 .last_error

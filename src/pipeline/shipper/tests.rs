@@ -195,3 +195,40 @@ async fn a_drain_against_a_dead_target_stops_at_its_deadline() {
     assert_eq!(h.store.ship_cursor("mock").await.unwrap(), None);
     assert!(h.target.received.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn events_removed_before_shipping_are_counted_as_lost() {
+    // A ring of 10 events: the first 15 of 25 are gone before the shipper,
+    // whose cursor says it had seq 2, reads again.
+    let store: SharedStore = Arc::new(MemoryStore::new(10));
+    let events = crate::store::conformance::sample_events();
+    store
+        .append_batch(events[..25].to_vec().into())
+        .await
+        .unwrap();
+    store.set_ship_cursor("mock", 2).await.unwrap();
+    let h = harness(0).await;
+    let shipper = Shipper {
+        store: store.clone(),
+        target: h.target.clone(),
+        source: Source {
+            source_id: "ring".into(),
+            pod: None,
+            namespace: None,
+            node: None,
+        },
+        config: ShipperConfig {
+            batch_size: 100,
+            poll_interval: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(20),
+        },
+        status: Arc::new(TargetStatus::new("mock")),
+        events: h.events.clone(),
+    };
+    let status = shipper.status.clone();
+    let mut cursor = None;
+    assert!(matches!(shipper.step(&mut cursor).await, Ok(Step::Shipped)));
+    let first_kept = events[15].seq;
+    assert_eq!(status.lost(), (first_kept - 3) as u64);
+    assert_eq!(cursor, Some(events[24].seq));
+}
