@@ -8,9 +8,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use llm_audit_proxy::event::{EventType, NewEvent};
+use chrono::{DateTime, Utc};
+use llm_audit_proxy::event::chain::ChainVerifier;
+use llm_audit_proxy::event::{format_timestamp, EventRecord, EventType, NewEvent};
 use llm_audit_proxy::store::sqlite::SqliteStore;
 use llm_audit_proxy::store::{AuditStore, EventFilter};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::binary::command;
@@ -137,6 +140,36 @@ async fn central_rows(pg: &PgCluster, source_id: &str) -> (Vec<(i64, String, Str
     (rows, duplicates)
 }
 
+/// Walks `source_id`'s chain as the central table holds it.
+async fn central_chain_verifies(pg: &PgCluster, source_id: &str) -> u64 {
+    let client = pg.client().await;
+    let rows = client
+        .query(
+            "SELECT id, seq, \"timestamp\", event_type, level, message, request_id, metadata, \
+             prev_hash, hash FROM audit_events WHERE source_id = $1 ORDER BY seq",
+            &[&source_id],
+        )
+        .await
+        .unwrap();
+    let mut verifier = ChainVerifier::new();
+    for row in rows {
+        let record = EventRecord {
+            id: row.get(0),
+            seq: row.get(1),
+            timestamp: format_timestamp(&row.get::<_, DateTime<Utc>>(2)),
+            event_type: row.get::<_, String>(3).parse().unwrap(),
+            level: row.get::<_, String>(4).parse().unwrap(),
+            message: row.get(5),
+            request_id: row.get(6),
+            metadata: RawValue::from_string(row.get(7)).unwrap(),
+            prev_hash: row.get(8),
+            hash: row.get(9),
+        };
+        verifier.check_record(&record).unwrap();
+    }
+    verifier.checked()
+}
+
 async fn assert_same_sets(pg: &PgCluster, dir: &Path) -> String {
     let (source_id, local) = local_rows(dir).await;
     let (central, duplicates) = central_rows(pg, &source_id).await;
@@ -173,6 +206,7 @@ async fn steady_load_ships_the_local_set_exactly() {
 
     // The shutdown event was shipped at stop, too.
     let source_id = assert_same_sets(&pg, dir.path()).await;
+    assert!(central_chain_verifies(&pg, &source_id).await > 30);
     let client = pg.client().await;
     let row = client
         .query_one(
@@ -340,4 +374,48 @@ fn check_config_names_a_malformed_dsn_without_showing_it() {
         "{stderr}"
     );
     assert!(!stderr.contains("Hunter2-secret"), "{stderr}");
+}
+
+/// Eight proxies, each with its own store, start at once against one
+/// empty database: the schema is made once, and every source's events
+/// arrive complete and verifiable.
+#[tokio::test]
+async fn eight_proxies_ship_into_one_database_at_once() {
+    let Some(pg) = PgCluster::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let dirs: Vec<tempfile::TempDir> = (0..8).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dsn = pg.dsn();
+    let proxies =
+        futures_util::future::join_all(dirs.iter().map(|d| start(&mock, d.path(), &dsn))).await;
+    futures_util::future::join_all(
+        proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| calls(p, if i % 2 == 0 { "even" } else { "odd" }, 3)),
+    )
+    .await;
+    for proxy in &proxies {
+        let target = until_caught_up(proxy).await;
+        assert_eq!(target["errors"], 0, "{target}");
+    }
+    futures_util::future::join_all(proxies.into_iter().map(TestProxy::stop)).await;
+    for dir in &dirs {
+        let source_id = assert_same_sets(&pg, dir.path()).await;
+        assert!(central_chain_verifies(&pg, &source_id).await > 0);
+    }
+    let client = pg.client().await;
+    let sources: i64 = client
+        .query_one("SELECT count(DISTINCT source_id) FROM audit_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sources, 8);
+    let migrations: i64 = client
+        .query_one("SELECT count(*) FROM audit_schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(migrations, 1, "each schema step applied once");
 }
