@@ -316,7 +316,7 @@ fn no_ship_cursor(kind: &str, target: &str) -> StoreError {
     ))
 }
 
-fn to_record(event: AuditEvent) -> Result<EventRecord, StoreError> {
+pub(crate) fn to_record(event: AuditEvent) -> Result<EventRecord, StoreError> {
     let seq = event.seq;
     EventRecord::try_from(event).map_err(|error| {
         StoreError::Corrupt(format!(

@@ -769,7 +769,11 @@ fn parse_policy_defs(raw: &Raw) -> Result<Vec<PolicyDef>, String> {
 fn parse_postgres_dsn(text: &str) -> Result<Secret, String> {
     const FORM: &str = "postgres://user:password@host:5432/database";
     let config: tokio_postgres::Config = text.parse().map_err(|e: tokio_postgres::Error| {
-        format!("is not a valid PostgreSQL connection string (expected e.g. {FORM}): {e}")
+        // The cause names the option at fault (`port`), never its value.
+        let cause = std::error::Error::source(&e)
+            .map(|c| format!(": {c}"))
+            .unwrap_or_default();
+        format!("is not a valid PostgreSQL connection string (expected e.g. {FORM}): {e}{cause}")
     })?;
     if config.get_hosts().is_empty() {
         return Err(format!("must name a host (e.g. {FORM})"));

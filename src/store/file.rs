@@ -44,7 +44,7 @@ use super::{
     chunk_stream, AuditStore, ChainHead, EventChunk, EventFilter, EventPage, EventQuery,
     EventStream, PurgeReport, Rotation, StoreError, StoreStats, MAX_QUERY_LIMIT,
 };
-use crate::event::{format_timestamp, AuditEvent};
+use crate::event::{format_timestamp, AuditEvent, EventRecord};
 
 /// Events per export step.
 const EXPORT_CHUNK: usize = 1000;
@@ -221,6 +221,49 @@ impl AuditStore for FileStore {
 
     async fn source_id(&self) -> Result<Option<String>, StoreError> {
         Ok(Some(self.source_id.clone()))
+    }
+
+    async fn records_after(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let limit = limit.clamp(1, MAX_QUERY_LIMIT);
+        let events = self
+            .read(move |views| {
+                // Oldest first, skipping whole files and blocks that end at
+                // or before `after_seq`, so a shipper's read costs a block,
+                // not the store.
+                let mut found = Vec::new();
+                for (v, view) in views.iter().enumerate() {
+                    let next_file = views.get(v + 1).and_then(|n| n.first_seq);
+                    if next_file.is_some_and(|next| next <= after_seq + 1) {
+                        continue;
+                    }
+                    for i in 0..view.marks.len() {
+                        if view.marks.get(i + 1).is_some_and(|m| m.0 <= after_seq + 1) {
+                            continue;
+                        }
+                        let (from, to) = view.block(i);
+                        read_range(&view.path, from, to, &view.skip, |e| {
+                            if e.seq > after_seq {
+                                found.push(e);
+                            }
+                            if found.len() >= limit {
+                                ControlFlow::Break(())
+                            } else {
+                                ControlFlow::Continue(())
+                            }
+                        })?;
+                        if found.len() >= limit {
+                            return Ok(found);
+                        }
+                    }
+                }
+                Ok(found)
+            })
+            .await?;
+        events.into_iter().map(super::to_record).collect()
     }
 
     async fn ship_cursor(&self, target: &str) -> Result<Option<i64>, StoreError> {
