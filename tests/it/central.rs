@@ -283,15 +283,19 @@ async fn a_batch_sent_again_after_a_crash_creates_no_duplicates() {
     proxy.stop().await;
 
     // As if the process died after the database committed but before the
-    // cursor moved: the whole store is sent again. A back-dated event
-    // needs a partition nobody made ahead.
+    // cursor moved: the whole store is sent again.
     {
         let store = SqliteStore::open(dir.path()).await.unwrap();
         store.set_ship_cursor("postgres", 0).await.unwrap();
     }
-    let mut old = NewEvent::new(EventType::Custom, "back-dated");
-    old.timestamp = "2020-03-15T12:00:00Z".parse().unwrap();
-    crate::support::append_to_store(dir.path(), vec![old]).await;
+    // Back-dated events across a month boundary need two partitions nobody
+    // made ahead.
+    let back_dated = ["2020-03-31T23:59:59.999999Z", "2020-04-01T00:00:00Z"].map(|t| {
+        let mut e = NewEvent::new(EventType::Custom, "back-dated");
+        e.timestamp = t.parse().unwrap();
+        e
+    });
+    crate::support::append_to_store(dir.path(), back_dated.into()).await;
 
     let proxy = start(&mock, dir.path(), &pg.dsn()).await;
     calls(&proxy, "second", 3).await;
@@ -299,15 +303,18 @@ async fn a_batch_sent_again_after_a_crash_creates_no_duplicates() {
     proxy.stop().await;
     assert_same_sets(&pg, dir.path()).await;
     let client = pg.client().await;
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass('audit_events_2020_03') IS NOT NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(exists, "the partition of the back-dated event was made");
+    for partition in ["audit_events_2020_03", "audit_events_2020_04"] {
+        let rows: i64 = client
+            .query_one(
+                "SELECT count(*) FROM audit_events a JOIN pg_class c ON c.oid = a.tableoid \
+                 WHERE c.relname = $1",
+                &[&partition],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 1, "{partition} holds its back-dated event");
+    }
 }
 
 /// A wrong password or a host nothing listens on: the proxy starts, serves
