@@ -168,10 +168,13 @@ impl Shipper {
             };
             match step {
                 Ok(step) => {
-                    if failures > 0 {
+                    // During a drain the shutdown event is already the last
+                    // one stored: nothing may follow it, or the next start
+                    // would take the stop for an unclean one.
+                    if failures > 0 && deadline.is_none() {
                         self.record_recovery(failures);
-                        failures = 0;
                     }
+                    failures = 0;
                     backoff.reset();
                     if matches!(step, Step::CaughtUp) {
                         if deadline.is_some() {
