@@ -8,7 +8,7 @@
 //! | `GET /api/events/{id}` | one event, 404 if absent |
 //! | `POST /api/events` | a custom event, stored through the pipeline; 201 with it |
 //! | `GET /api/export` | every matching event, oldest first, streamed as json, ndjson or csv; verifiable (checkpoints and chain links) when signing |
-//! | `GET /api/stats` | the store's counts and size plus the pipeline's counters |
+//! | `GET /api/stats` | the store's counts and size, the pipeline's counters, and each shipping target's progress |
 //! | `GET /api/verify` | checks the stored hash chain and its signed checkpoints |
 //!
 //! With tokens configured, every `/api/*` route requires one of them as a
@@ -75,6 +75,9 @@ struct StatsBody {
     #[serde(flatten)]
     stats: StoreStats,
     pipeline: PipelineCounters,
+    /// Each shipping target's progress; absent when shipping is off.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shipping: Vec<crate::pipeline::shipper::status::TargetSnapshot>,
 }
 
 #[derive(Debug, Serialize)]
@@ -157,6 +160,12 @@ async fn stats(State(state): State<AdminState>) -> Result<Response, AdminError> 
             lost: load(&p.lost),
             queue_depth: load(&p.queue_depth),
         },
+        shipping: state
+            .metrics
+            .shipping()
+            .iter()
+            .map(|t| t.snapshot())
+            .collect(),
     })
     .into_response())
 }

@@ -9,8 +9,9 @@
 //! 4. the admin listener stops (no more AUTHENTICATION or custom events),
 //!    and refused admin calls still being counted are recorded;
 //! 5. the SYSTEM shutdown event is queued, sealed with a stop checkpoint
-//!    when signing is on, and the queue closed: what it holds is written,
-//!    the store is closed (for SQLite, the WAL is checkpointed into
+//!    when signing is on, and written; shipping targets get what is left
+//!    of the grace period to send the tail (what remains is logged with
+//!    its seq range); then the queue is closed, the store is closed (for SQLite, the WAL is checkpointed into
 //!    `audit.db`), and anything offered later is counted as dropped;
 //! 6. losses the store never recorded are written to a side file for the
 //!    next start; the process exits 0, or non-zero when events were lost.
@@ -42,6 +43,9 @@ use crate::pipeline::checkpoint::CheckpointConfig;
 use crate::pipeline::losses::LossLedger;
 use crate::pipeline::maintenance::{self, MaintenanceConfig};
 use crate::pipeline::record::Recorder;
+use crate::pipeline::shipper::postgres::PostgresTarget;
+use crate::pipeline::shipper::status::TargetStatus;
+use crate::pipeline::shipper::{self, ShipTarget, Shipper, ShipperConfig, ShipperHandle, Source};
 use crate::pipeline::unclean::unclean_shutdown_event;
 use crate::pipeline::{spawn_writer, Admission, Handle, WriterConfig};
 use crate::proxy::{self, ProxyState};
@@ -69,6 +73,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Client(#[from] proxy::client::ClientError),
+    #[error("shipping: {0}")]
+    Shipping(String),
 }
 
 /// A started server: addresses it listens on, and its shutdown.
@@ -134,6 +140,10 @@ fn ledger(audit: &AuditConfig) -> Option<LossLedger> {
     (audit.storage != StorageKind::Memory).then(|| LossLedger::in_dir(&audit.file_path))
 }
 
+/// The least time shipping targets get to send the tail at shutdown, even
+/// when draining the calls used up the grace period.
+const MIN_SHIPPING_DRAIN: Duration = Duration::from_secs(1);
+
 /// How often retention and the size cap run in the background.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -185,7 +195,13 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
     let admin_addr = local_addr(&admin_listener, "admin.listen", config.admin.listen)?;
 
     let calls = TaskTracker::new();
-    let metrics = Arc::new(Metrics::new(events.stats().clone()));
+    let shippers = start_shippers(&config, &store, &events, &writer_tracker).await?;
+    let metrics = {
+        let mut metrics = Metrics::new(events.stats().clone());
+        metrics.register_shipping(shippers.iter().map(|(_, status)| status.clone()).collect());
+        Arc::new(metrics)
+    };
+    let shippers: Vec<ShipperHandle> = shippers.into_iter().map(|(handle, _)| handle).collect();
     let sanitizer = Arc::new(Sanitizer::from_policies(config.policies.clone()));
     let cut_at_shutdown = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let recorder = config.audit.enabled.then(|| {
@@ -248,6 +264,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             retention_days: config.audit.retention_days,
             max_store_bytes: config.audit.max_store_mb.saturating_mul(1024 * 1024),
             interval: MAINTENANCE_INTERVAL,
+            ship_targets: config.shipping.target_names(),
         };
         writer_tracker.spawn(maintenance::run(store, events, cfg, stop));
     }
@@ -313,7 +330,14 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             ConnectionCap::new(config.proxy.max_connections, "proxy", metrics),
         );
         shutdown_tracker.spawn(async move {
-            let report = proxy_task.await;
+            let started = {
+                let shutdown = shutdown.clone();
+                async move {
+                    shutdown.cancelled().await;
+                    tokio::time::Instant::now()
+                }
+            };
+            let (report, started) = tokio::join!(proxy_task, started);
             // Phase 1 happened when `shutdown` fired (see `Running::shutdown`).
             // Phase 2: connections drained or cut.
             proxy_tracker.close();
@@ -335,14 +359,17 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
                     .with_metadata(json!({"phase": "shutdown", "drained": report.drained})),
             );
             // A dead store must not hold the process past its grace.
-            let seal_and_close = async {
-                events.flush_and_seal().await;
-                events.close().await;
-            };
-            if tokio::time::timeout(Duration::from_secs(10), seal_and_close)
+            let sealed = tokio::time::timeout(Duration::from_secs(10), events.flush_and_seal())
                 .await
-                .is_err()
-            {
+                .is_ok();
+            // Shippers send the tail, the shutdown event included, in what
+            // is left of the grace period.
+            let deadline = (started + grace).max(tokio::time::Instant::now() + MIN_SHIPPING_DRAIN);
+            futures_util::future::join_all(shippers.into_iter().map(|s| s.drain(deadline))).await;
+            let closed = tokio::time::timeout(Duration::from_secs(10), events.close())
+                .await
+                .is_ok();
+            if !(sealed && closed) {
                 tracing::error!("Audit events still queued at exit could not be written.");
             }
             // Phase 6.
@@ -366,6 +393,53 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
         shutdown,
         done,
     })
+}
+
+/// Starts one shipper per configured target, each with its progress for
+/// `/metrics` and `/api/stats`.
+async fn start_shippers(
+    config: &Config,
+    store: &SharedStore,
+    events: &Handle,
+    tracker: &TaskTracker,
+) -> Result<Vec<(ShipperHandle, Arc<TargetStatus>)>, StartError> {
+    let Some(pg) = &config.shipping.postgres else {
+        return Ok(Vec::new());
+    };
+    let source_id = store
+        .source_id()
+        .await
+        .map_err(|e| StartError::Shipping(format!("the store's source_id cannot be read: {e}")))?
+        .ok_or_else(|| {
+            StartError::Shipping(format!(
+                "the {} store keeps no source_id to ship under",
+                store.kind()
+            ))
+        })?;
+    let source = Source {
+        source_id,
+        pod: config.instance.pod_name.clone(),
+        namespace: config.instance.pod_namespace.clone(),
+        node: config.instance.node_name.clone(),
+    };
+    let target = PostgresTarget::new(&pg.dsn).map_err(StartError::Shipping)?;
+    let status = Arc::new(TargetStatus::new(target.name()));
+    let handle = shipper::spawn(
+        tracker,
+        Shipper {
+            store: store.clone(),
+            target: Arc::new(target),
+            source,
+            config: ShipperConfig {
+                batch_size: config.shipping.batch_size,
+                poll_interval: config.shipping.poll_interval,
+                max_backoff: config.shipping.max_backoff,
+            },
+            status: status.clone(),
+            events: events.clone(),
+        },
+    );
+    Ok(vec![(handle, status)])
 }
 
 /// Runs until SIGTERM or Ctrl-C, then shuts down in phases.

@@ -34,6 +34,8 @@ pub struct Config {
     pub queue: QueueConfig,
     pub instance: InstanceConfig,
     pub log: LogConfig,
+    /// Where events are shipped besides the local store; off by default.
+    pub shipping: ShippingConfig,
     /// Compliance policies from `policy_packs` and `[[policies]]`, plus the
     /// always-on secret detectors.
     pub policies: Arc<PolicySet>,
@@ -174,6 +176,29 @@ pub struct QueueConfig {
     /// Bytes of queued events (their metadata and message) before offers
     /// are dropped, so a stalled store cannot grow memory past a limit.
     pub max_bytes: u64,
+}
+
+/// Central targets the local store's events are shipped to, at least once,
+/// in `seq` order (`[shipping]`). No target means no shipping.
+#[derive(Debug, Clone, Default)]
+pub struct ShippingConfig {
+    /// The PostgreSQL target (`shipping.postgres_dsn` or
+    /// `shipping.postgres_dsn_file`), when set.
+    pub postgres: Option<PostgresTarget>,
+    /// Events read from the local store and written per batch.
+    pub batch_size: usize,
+    /// How often a caught-up shipper looks for new events.
+    pub poll_interval: Duration,
+    /// The longest wait between two tries after a failure.
+    pub max_backoff: Duration,
+}
+
+/// A PostgreSQL database events are shipped to.
+#[derive(Debug, Clone)]
+pub struct PostgresTarget {
+    /// The connection string (URL or `key=value` form). It carries the
+    /// password, so it is a [`Secret`]: never logged nor recorded.
+    pub dsn: Secret,
 }
 
 #[derive(Debug, Clone)]
@@ -336,6 +361,12 @@ impl Config {
                 "node_name": self.instance.node_name,
             },
             "log": {"format": self.log.format.as_str()},
+            "shipping": {
+                "postgres_dsn": self.shipping.postgres.as_ref().map(|_| "[MASKED]"),
+                "batch_size": self.shipping.batch_size,
+                "poll_interval_ms": self.shipping.poll_interval.as_millis() as u64,
+                "max_backoff_secs": self.shipping.max_backoff.as_secs_f64(),
+            },
             "policies": self.policies.policies().iter().map(|p| json!({
                 "name": p.name(),
                 "action": p.action().as_str(),
@@ -343,6 +374,20 @@ impl Config {
                 "redact_upstream": p.redact_upstream(),
             })).collect::<Vec<_>>(),
         })
+    }
+}
+
+// === impl ShippingConfig ===
+
+impl ShippingConfig {
+    /// Whether any target is configured.
+    pub fn is_enabled(&self) -> bool {
+        self.postgres.is_some()
+    }
+
+    /// The names of the configured targets (their cursors' keys).
+    pub fn target_names(&self) -> Vec<&'static str> {
+        self.postgres.iter().map(|_| "postgres").collect()
     }
 }
 

@@ -336,6 +336,7 @@ pub async fn purge(config: &Config) -> Result<Vec<PurgeReport>, OfflineError> {
             retention_days: config.audit.retention_days,
             max_store_bytes: config.audit.max_store_mb.saturating_mul(1024 * 1024),
             interval: Duration::from_secs(3600),
+            ship_targets: config.shipping.target_names(),
         },
     )
     .await?;

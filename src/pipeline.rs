@@ -22,6 +22,7 @@ pub mod health;
 pub mod losses;
 pub mod maintenance;
 pub mod record;
+pub mod shipper;
 pub mod unclean;
 pub mod writer;
 

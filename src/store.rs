@@ -188,6 +188,42 @@ pub trait AuditStore: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Up to `limit` records with `seq` above `after_seq`, oldest first:
+    /// what a shipper sends next. The default reads through
+    /// [`export_records`](Self::export_records); stores with an index on
+    /// `seq` answer it directly.
+    async fn records_after(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let mut stream = self.export_records(EventFilter::default());
+        let mut records = Vec::new();
+        while let Some(record) = stream.next().await {
+            let record = record?;
+            if record.seq > after_seq {
+                records.push(record);
+                if records.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    /// The last `seq` shipping target `target` has acknowledged, kept in
+    /// the store itself so it survives a restart; `None` before the first.
+    /// Stores that keep no cursor refuse (the default).
+    async fn ship_cursor(&self, target: &str) -> Result<Option<i64>, StoreError> {
+        Err(no_ship_cursor(self.kind(), target))
+    }
+
+    /// Moves `target`'s cursor to `seq`, durably. Called only after the
+    /// target acknowledged every event up to `seq`.
+    async fn set_ship_cursor(&self, target: &str, _seq: i64) -> Result<(), StoreError> {
+        Err(no_ship_cursor(self.kind(), target))
+    }
+
     /// A page, newest first.
     async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError>;
 
@@ -274,7 +310,13 @@ pub(crate) fn chunk_stream<E: Send + 'static>(
     .boxed()
 }
 
-fn to_record(event: AuditEvent) -> Result<EventRecord, StoreError> {
+fn no_ship_cursor(kind: &str, target: &str) -> StoreError {
+    StoreError::Other(format!(
+        "the {kind} store keeps no shipping cursor (target {target})"
+    ))
+}
+
+pub(crate) fn to_record(event: AuditEvent) -> Result<EventRecord, StoreError> {
     let seq = event.seq;
     EventRecord::try_from(event).map_err(|error| {
         StoreError::Corrupt(format!(

@@ -224,6 +224,14 @@ fn parse_custom_event(body: &[u8]) -> Result<NewEvent, AdminError> {
                 format!("`message` must be at most {MAX_MESSAGE_CHARS} characters"),
             ))
         }
+        // PostgreSQL text cannot hold NUL, so such a message could never
+        // reach a central store.
+        Some(Value::String(s)) if s.contains('\0') => {
+            return Err(AdminError::invalid(
+                "message",
+                "`message` must not contain NUL characters",
+            ))
+        }
         Some(Value::String(s)) => s,
         None | Some(Value::Null) => {
             return Err(AdminError::invalid("message", "`message` is required"))

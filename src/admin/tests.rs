@@ -542,6 +542,10 @@ async fn custom_events_are_validated_and_stored_in_the_chain() {
         (json!({"event_type": "CUSTOM", "message": long}), "message"),
         (json!({"event_type": "CUSTOM", "message": ["m"]}), "message"),
         (
+            json!({"event_type": "CUSTOM", "message": "a\0b"}),
+            "message",
+        ),
+        (
             json!({"event_type": "CUSTOM", "message": "m", "metadata": [1]}),
             "metadata",
         ),

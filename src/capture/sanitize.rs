@@ -273,7 +273,7 @@ fn percent_decode(value: &str) -> String {
 }
 
 /// `path_and_query` with the values of credential parameters (see
-/// [`CREDENTIAL_PARAMS`]; any case, percent-encoded or not, `&`- or
+/// `CREDENTIAL_PARAMS`; any case, percent-encoded or not, `&`- or
 /// `;`-separated, in the query or as `;name=value` path parameters)
 /// replaced by [`QUERY_MARKER`]. Everything else is kept byte for byte.
 pub fn redact_query(path_and_query: &str) -> String {

@@ -177,6 +177,31 @@ pub const AUDIT_RECORD_COMPLIANCE_CHECKS: Key = key(
     "LLM_AUDIT_PROXY_RECORD_COMPLIANCE_CHECKS",
     None,
 );
+pub const SHIPPING_POSTGRES_DSN: Key = key(
+    "shipping.postgres_dsn",
+    "LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN",
+    None,
+);
+pub const SHIPPING_POSTGRES_DSN_FILE: Key = key(
+    "shipping.postgres_dsn_file",
+    "LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN_FILE",
+    None,
+);
+pub const SHIPPING_BATCH_SIZE: Key = key(
+    "shipping.batch_size",
+    "LLM_AUDIT_PROXY_SHIPPING_BATCH_SIZE",
+    None,
+);
+pub const SHIPPING_POLL_INTERVAL_MS: Key = key(
+    "shipping.poll_interval_ms",
+    "LLM_AUDIT_PROXY_SHIPPING_POLL_INTERVAL_MS",
+    None,
+);
+pub const SHIPPING_MAX_BACKOFF: Key = key(
+    "shipping.max_backoff_secs",
+    "LLM_AUDIT_PROXY_SHIPPING_MAX_BACKOFF",
+    None,
+);
 pub const POLICY_PACKS: Key = key("policy_packs", "LLM_AUDIT_PROXY_POLICY_PACKS", None);
 pub const POLICIES: Key = key("policies", "LLM_AUDIT_PROXY_POLICIES", None);
 pub const LOG_FORMAT: Key = key(
@@ -230,6 +255,11 @@ pub const ALL: &[Key] = &[
     INSTANCE_POD_NAMESPACE,
     INSTANCE_NODE_NAME,
     AUDIT_RECORD_COMPLIANCE_CHECKS,
+    SHIPPING_POSTGRES_DSN,
+    SHIPPING_POSTGRES_DSN_FILE,
+    SHIPPING_BATCH_SIZE,
+    SHIPPING_POLL_INTERVAL_MS,
+    SHIPPING_MAX_BACKOFF,
     POLICY_PACKS,
     POLICIES,
     LOG_FORMAT,

@@ -246,6 +246,25 @@ pub(super) fn load(
         }),
     };
 
+    let shipping = ShippingConfig {
+        postgres: l.postgres_target(),
+        // 1,000 rows of 13 columns stays far below PostgreSQL's 65,535
+        // bound parameters per statement, which caps the size at 5,000.
+        batch_size: l.get(keys::SHIPPING_BATCH_SIZE, 1000, |r| {
+            parse_int(r, 1, 5000).map(|n| n as usize)
+        }),
+        poll_interval: l.get(
+            keys::SHIPPING_POLL_INTERVAL_MS,
+            Duration::from_millis(500),
+            |r| parse_int(r, 10, 60_000).map(Duration::from_millis),
+        ),
+        max_backoff: l.get(
+            keys::SHIPPING_MAX_BACKOFF,
+            Duration::from_secs(30),
+            parse_secs,
+        ),
+    };
+
     let policies = l.policies();
 
     if !admin.has_tokens() && !admin.listen.ip().is_loopback() {
@@ -271,6 +290,7 @@ pub(super) fn load(
             queue,
             instance,
             log,
+            shipping,
             policies,
             inspection,
         })
@@ -450,6 +470,44 @@ impl Layers<'_> {
             });
         }
         from_file.or(inline)
+    }
+
+    /// The PostgreSQL shipping target, from `shipping.postgres_dsn_file`
+    /// (a mounted Secret) or `shipping.postgres_dsn` (never both). The DSN
+    /// is checked here, so `check-config` names a malformed one; messages
+    /// never repeat it, since it carries the password.
+    fn postgres_target(&mut self) -> Option<PostgresTarget> {
+        let from_file = self.get(keys::SHIPPING_POSTGRES_DSN_FILE, None, |r| {
+            let path = parse_string(r)?;
+            if path.is_empty() {
+                return Ok(None);
+            }
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            parse_postgres_dsn(text.trim())
+                .map(Some)
+                .map_err(|e| format!("{path}: {e}"))
+        });
+        let inline = self.get(keys::SHIPPING_POSTGRES_DSN, None, |r| {
+            let text = parse_string(r)?;
+            if text.trim().is_empty() {
+                return Ok(None);
+            }
+            parse_postgres_dsn(text.trim()).map(Some)
+        });
+        if from_file.is_some() && inline.is_some() {
+            let origin = self.origin_of(keys::SHIPPING_POSTGRES_DSN);
+            self.errors.push(ConfigError {
+                key: keys::SHIPPING_POSTGRES_DSN.name.to_owned(),
+                message: format!(
+                    "set either shipping.postgres_dsn ({}) or shipping.postgres_dsn_file ({}), not both",
+                    keys::SHIPPING_POSTGRES_DSN.env,
+                    keys::SHIPPING_POSTGRES_DSN_FILE.env
+                ),
+                origin,
+            });
+        }
+        from_file.or(inline).map(|dsn| PostgresTarget { dsn })
     }
 
     fn origin_of(&self, key: Key) -> Origin {
@@ -724,6 +782,26 @@ fn parse_policy_defs(raw: &Raw) -> Result<Vec<PolicyDef>, String> {
             other.type_str()
         )),
     }
+}
+
+/// Checks a PostgreSQL connection string (URL or `key=value` form) and
+/// that it names a host and a user. The error never repeats the string.
+fn parse_postgres_dsn(text: &str) -> Result<Secret, String> {
+    const FORM: &str = "postgres://user:password@host:5432/database";
+    let config: tokio_postgres::Config = text.parse().map_err(|e: tokio_postgres::Error| {
+        // The cause names the option at fault (`port`), never its value.
+        let cause = std::error::Error::source(&e)
+            .map(|c| format!(": {c}"))
+            .unwrap_or_default();
+        format!("is not a valid PostgreSQL connection string (expected e.g. {FORM}): {e}{cause}")
+    })?;
+    if config.get_hosts().is_empty() {
+        return Err(format!("must name a host (e.g. {FORM})"));
+    }
+    if config.get_user().is_none_or(str::is_empty) {
+        return Err(format!("must name a user (e.g. {FORM})"));
+    }
+    Ok(Secret::new(text))
 }
 
 fn parse_storage(raw: &Raw) -> Result<StorageKind, String> {

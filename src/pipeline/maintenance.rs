@@ -6,6 +6,11 @@
 //! Purges go straight to the store, beside the writer: they only remove
 //! the oldest events and never the head, so the writer's chain is never
 //! touched. The SYSTEM event goes through the writer like every other.
+//!
+//! With shipping on, retention keeps every event a target has not
+//! acknowledged: it purges only before the oldest unshipped one. The size
+//! cap still goes first (the disk is finite); when it removes unshipped
+//! events, an ERROR event names each target and the seq range it lost.
 
 use std::time::Duration;
 
@@ -14,7 +19,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Handle;
-use crate::event::{format_timestamp, EventType, NewEvent};
+use crate::event::{format_timestamp, parse_timestamp, EventType, Level, NewEvent};
 use crate::store::{PurgeReport, SharedStore, StoreError};
 
 /// The retention settings, from the `audit` config slice.
@@ -26,6 +31,8 @@ pub struct MaintenanceConfig {
     pub max_store_bytes: u64,
     /// Time between runs (the first runs at once).
     pub interval: Duration,
+    /// The shipping targets whose cursors hold retention back.
+    pub ship_targets: Vec<&'static str>,
 }
 
 /// Applies retention, then the size cap. Offers a SYSTEM event for each
@@ -38,13 +45,24 @@ pub async fn run_once(
 ) -> Result<Vec<PurgeReport>, StoreError> {
     let mut reports = Vec::new();
     if cfg.retention_days > 0 {
-        let before = crate::event::now() - chrono::Duration::days(i64::from(cfg.retention_days));
+        let mut before =
+            crate::event::now() - chrono::Duration::days(i64::from(cfg.retention_days));
+        if let Some(unshipped) = oldest_unshipped(store, &cfg.ship_targets).await? {
+            if unshipped < before {
+                tracing::info!(
+                    oldest_unshipped = %format_timestamp(&unshipped),
+                    "Audit retention holds back events not yet shipped."
+                );
+                before = unshipped;
+            }
+        }
         let report = store.purge_before(before).await?;
         record(events, &report, "retention", Some(before), None);
         reports.push(report);
     }
     if cfg.max_store_bytes > 0 {
         let report = store.enforce_max_bytes(cfg.max_store_bytes).await?;
+        record_unshipped_losses(store, events, &report, &cfg.ship_targets).await?;
         record(
             events,
             &report,
@@ -83,6 +101,67 @@ pub async fn run(
         }
     }
     tracing::debug!("Audit retention stopped.");
+}
+
+/// The timestamp of the oldest event some target has not acknowledged.
+async fn oldest_unshipped(
+    store: &SharedStore,
+    targets: &[&'static str],
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let mut oldest: Option<DateTime<Utc>> = None;
+    for target in targets {
+        let after = store.ship_cursor(target).await?.unwrap_or(0);
+        let next = store.records_after(after, 1).await?;
+        if let Some(t) = next.first().and_then(|r| parse_timestamp(&r.timestamp)) {
+            oldest = Some(oldest.map_or(t, |o| o.min(t)));
+        }
+    }
+    Ok(oldest)
+}
+
+/// Offers an ERROR event per target that lost unshipped events to the
+/// size cap, naming the seq range it will never receive.
+async fn record_unshipped_losses(
+    store: &SharedStore,
+    events: &Handle,
+    report: &PurgeReport,
+    targets: &[&'static str],
+) -> Result<(), StoreError> {
+    let (Some(first), Some(last)) = (report.first_seq, report.last_seq) else {
+        return Ok(());
+    };
+    for target in targets {
+        let shipped = store.ship_cursor(target).await?.unwrap_or(0);
+        if last <= shipped {
+            continue;
+        }
+        let first_lost = first.max(shipped + 1);
+        tracing::error!(
+            target = *target,
+            first_seq = first_lost,
+            last_seq = last,
+            "The store's size cap removed events not yet shipped."
+        );
+        events.offer(
+            NewEvent::new(
+                EventType::Error,
+                format!(
+                    "The size cap removed events {first_lost}..={last} before they were shipped to {target}"
+                ),
+            )
+            .with_level(Level::Error)
+            .with_metadata(json!({
+                "error_type": "unshipped_events_purged",
+                "details": {
+                    "target": target,
+                    "first_seq": first_lost,
+                    "last_seq": last,
+                    "count": last - first_lost + 1,
+                },
+            })),
+        );
+    }
+    Ok(())
 }
 
 /// Offers the SYSTEM event for a purge that removed something.

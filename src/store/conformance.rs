@@ -52,6 +52,7 @@ where
     limits(&*store, &events).await;
     get_by_id(&*store, &events).await;
     stats(&*store, &events).await;
+    outbox(&*store, &events).await;
 
     // The stored chain is intact after a round trip through the store.
     let mut verifier = ChainVerifier::new();
@@ -483,6 +484,40 @@ async fn stats(store: &dyn AuditStore, events: &[AuditEvent]) {
         stats.newest_timestamp.as_deref(),
         Some(crate::event::format_timestamp(&events[events.len() - 1].timestamp).as_str())
     );
+}
+
+/// What a shipper relies on: records after a seq, oldest first, exactly as
+/// exports write them, and a cursor per target.
+async fn outbox(store: &dyn AuditStore, events: &[AuditEvent]) {
+    let first = events[0].seq;
+    let page = store.records_after(first - 1, 5).await.unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        events[..5].iter().map(|e| e.seq).collect::<Vec<_>>()
+    );
+    let exported: Vec<EventRecord> = store
+        .export_records(EventFilter::default())
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(json_lines(&page), json_lines(&exported[..5]));
+    let last = events[events.len() - 1].seq;
+    let tail = store.records_after(last - 2, 100).await.unwrap();
+    assert_eq!(
+        tail.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [last - 1, last]
+    );
+    assert!(store.records_after(last, 100).await.unwrap().is_empty());
+
+    assert_eq!(store.ship_cursor("postgres").await.unwrap(), None);
+    store.set_ship_cursor("postgres", first + 6).await.unwrap();
+    store.set_ship_cursor("postgres", first + 9).await.unwrap();
+    store.set_ship_cursor("http", first).await.unwrap();
+    assert_eq!(
+        store.ship_cursor("postgres").await.unwrap(),
+        Some(first + 9)
+    );
+    assert_eq!(store.ship_cursor("http").await.unwrap(), Some(first));
 }
 
 fn query(filter: EventFilter, limit: usize, before_seq: Option<i64>) -> EventQuery {

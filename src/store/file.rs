@@ -44,7 +44,7 @@ use super::{
     chunk_stream, AuditStore, ChainHead, EventChunk, EventFilter, EventPage, EventQuery,
     EventStream, PurgeReport, Rotation, StoreError, StoreStats, MAX_QUERY_LIMIT,
 };
-use crate::event::{format_timestamp, AuditEvent};
+use crate::event::{format_timestamp, AuditEvent, EventRecord};
 
 /// Events per export step.
 const EXPORT_CHUNK: usize = 1000;
@@ -52,6 +52,8 @@ const EXPORT_CHUNK: usize = 1000;
 const EXPORT_READ_AHEAD: usize = 2;
 /// The file holding the store's stable id.
 const SOURCE_ID_FILE: &str = "source_id";
+/// Prefix of the file holding a shipping target's cursor (`ship_cursor.<target>`).
+const SHIP_CURSOR_PREFIX: &str = "ship_cursor.";
 /// The file `health` creates and removes when the folder holds no file yet.
 const HEALTH_PROBE: &str = ".health-probe";
 /// The file a writing process holds an exclusive lock on.
@@ -219,6 +221,64 @@ impl AuditStore for FileStore {
 
     async fn source_id(&self) -> Result<Option<String>, StoreError> {
         Ok(Some(self.source_id.clone()))
+    }
+
+    async fn records_after(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let limit = limit.clamp(1, MAX_QUERY_LIMIT);
+        let events = self
+            .read(move |views| {
+                // Oldest first, skipping whole files and blocks that end at
+                // or before `after_seq`, so a shipper's read costs a block,
+                // not the store.
+                let mut found = Vec::new();
+                for (v, view) in views.iter().enumerate() {
+                    let next_file = views.get(v + 1).and_then(|n| n.first_seq);
+                    if next_file.is_some_and(|next| next <= after_seq + 1) {
+                        continue;
+                    }
+                    for i in 0..view.marks.len() {
+                        if view.marks.get(i + 1).is_some_and(|m| m.0 <= after_seq + 1) {
+                            continue;
+                        }
+                        let (from, to) = view.block(i);
+                        read_range(&view.path, from, to, &view.skip, |e| {
+                            if e.seq > after_seq {
+                                found.push(e);
+                            }
+                            if found.len() >= limit {
+                                ControlFlow::Break(())
+                            } else {
+                                ControlFlow::Continue(())
+                            }
+                        })?;
+                        if found.len() >= limit {
+                            return Ok(found);
+                        }
+                    }
+                }
+                Ok(found)
+            })
+            .await?;
+        events.into_iter().map(super::to_record).collect()
+    }
+
+    async fn ship_cursor(&self, target: &str) -> Result<Option<i64>, StoreError> {
+        let path = ship_cursor_path(&self.dir, target)?;
+        tokio::task::spawn_blocking(move || read_ship_cursor(&path))
+            .await
+            .map_err(|e| StoreError::Other(format!("cursor read task failed: {e}")))?
+    }
+
+    async fn set_ship_cursor(&self, target: &str, seq: i64) -> Result<(), StoreError> {
+        let path = ship_cursor_path(&self.dir, target)?;
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || write_ship_cursor(&dir, &path, seq))
+            .await
+            .map_err(|e| StoreError::Other(format!("cursor write task failed: {e}")))?
     }
 
     async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
@@ -616,6 +676,50 @@ fn read_or_make_source_id(dir: &Path) -> Result<String, StoreError> {
     };
     write().map_err(|e| io_error("cannot write", &path, e))?;
     Ok(id)
+}
+
+/// The cursor file of `target`, whose name must be a plain word so it
+/// cannot reach outside the folder.
+fn ship_cursor_path(dir: &Path, target: &str) -> Result<PathBuf, StoreError> {
+    let plain = !target.is_empty()
+        && target
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !plain {
+        return Err(StoreError::Other(format!(
+            "shipping target name {target:?} must be letters, digits, _ or -"
+        )));
+    }
+    Ok(dir.join(format!("{SHIP_CURSOR_PREFIX}{target}")))
+}
+
+fn read_ship_cursor(path: &Path) -> Result<Option<i64>, StoreError> {
+    match fs::read_to_string(path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt(format!("{} does not hold a seq", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error("cannot read", path, e)),
+    }
+}
+
+/// Replaces the cursor file atomically: a crash leaves the old cursor or
+/// the new one, never a torn number (an old one only re-sends a batch,
+/// which the target ignores as a duplicate).
+fn write_ship_cursor(dir: &Path, path: &Path, seq: i64) -> Result<(), StoreError> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&partial)?;
+        file.write_all(format!("{seq}\n").as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&partial, path)
+    };
+    write().map_err(|e| io_error("cannot write", path, e))?;
+    sync_dir(dir)
 }
 
 /// Takes the exclusive, non-blocking lock on `dir/.lock`, held until the

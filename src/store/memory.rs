@@ -31,6 +31,8 @@ struct Ring {
     /// Ascending `seq`, as appended.
     events: VecDeque<AuditEvent>,
     dropped: u64,
+    /// Shipping cursors by target: they live as long as the events do.
+    ship_cursors: BTreeMap<String, i64>,
 }
 
 // === impl MemoryStore ===
@@ -45,6 +47,7 @@ impl MemoryStore {
             inner: Mutex::new(Ring {
                 events: VecDeque::with_capacity(limit.min(4096)),
                 dropped: 0,
+                ship_cursors: BTreeMap::new(),
             }),
             source_id: uuid::Uuid::now_v7().to_string(),
         }
@@ -86,6 +89,15 @@ impl AuditStore for MemoryStore {
 
     async fn source_id(&self) -> Result<Option<String>, StoreError> {
         Ok(Some(self.source_id.clone()))
+    }
+
+    async fn ship_cursor(&self, target: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.ring().ship_cursors.get(target).copied())
+    }
+
+    async fn set_ship_cursor(&self, target: &str, seq: i64) -> Result<(), StoreError> {
+        self.ring().ship_cursors.insert(target.to_owned(), seq);
+        Ok(())
     }
 
     async fn head(&self) -> Result<Option<ChainHead>, StoreError> {

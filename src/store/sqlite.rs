@@ -354,6 +354,59 @@ impl AuditStore for SqliteStore {
         }
     }
 
+    async fn records_after(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let limit = limit.clamp(1, MAX_QUERY_LIMIT) as i64;
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq ASC LIMIT ?2"
+            ))?;
+            let mut rows = stmt.query(params![after_seq, limit])?;
+            let mut records = Vec::new();
+            while let Some(row) = rows.next()? {
+                records.push(read_record(row)?);
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn ship_cursor(&self, target: &str) -> Result<Option<i64>, StoreError> {
+        let target = target.to_owned();
+        let conn = self.writer.as_ref().unwrap_or(&self.reader);
+        conn.call(move |conn| {
+            // A read-only open never migrates: an older file has no cursor.
+            if schema::user_version(conn)? < schema::SHIP_CURSOR_SINCE {
+                return Ok(None);
+            }
+            let seq = conn
+                .prepare_cached("SELECT seq FROM ship_cursor WHERE target = ?1")?
+                .query_row([target], |r| r.get(0))
+                .optional()?;
+            Ok(seq)
+        })
+        .await
+        .map_err(from_call)
+    }
+
+    async fn set_ship_cursor(&self, target: &str, seq: i64) -> Result<(), StoreError> {
+        let target = target.to_owned();
+        self.writer()?
+            .call(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO ship_cursor (target, seq) VALUES (?1, ?2) \
+                     ON CONFLICT (target) DO UPDATE SET seq = excluded.seq",
+                )?
+                .execute(params![target, seq])?;
+                Ok(())
+            })
+            .await
+            .map_err(from_call)
+    }
+
     async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
         self.page(query, read_row).await
     }

@@ -15,8 +15,10 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::pipeline::shipper::status::TargetStatus;
 use crate::pipeline::PipelineStats;
 
 /// Distinct model names kept as label values before the rest become
@@ -38,6 +40,11 @@ pub struct OperationLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,7 +86,16 @@ pub struct Metrics {
     /// Refused admin calls, each counted once (however they are collapsed
     /// into AUTHENTICATION events).
     pub admin_refusals: Counter,
+    /// Each shipping target's progress, read at scrape time and by
+    /// `/api/stats` (empty when shipping is off).
+    shipping: Vec<Arc<TargetStatus>>,
     models: Mutex<HashSet<String>>,
+}
+
+/// Reads the shipping targets' progress at scrape time.
+#[derive(Debug)]
+struct ShippingCollector {
+    targets: Vec<Arc<TargetStatus>>,
 }
 
 /// Reads the pipeline's counters at scrape time.
@@ -197,8 +213,25 @@ impl Metrics {
             open_connections,
             listener_cap_reached,
             admin_refusals,
+            shipping: Vec::new(),
             models: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Adds the shipping targets' series (lag, age of the oldest unshipped
+    /// event, last success, errors, events shipped), labelled by target.
+    pub fn register_shipping(&mut self, targets: Vec<Arc<TargetStatus>>) {
+        if targets.is_empty() {
+            return;
+        }
+        self.shipping = targets.clone();
+        self.registry
+            .register_collector(Box::new(ShippingCollector { targets }));
+    }
+
+    /// The shipping targets' progress, for `/api/stats`.
+    pub fn shipping(&self) -> &[Arc<TargetStatus>] {
+        &self.shipping
     }
 
     /// The metrics in Prometheus text format.
@@ -313,6 +346,68 @@ impl Collector for PipelineCollector {
     }
 }
 
+// === impl ShippingCollector ===
+
+impl Collector for ShippingCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        type Read = fn(&TargetStatus) -> i64;
+        let gauges: [(&str, &str, Read); 3] = [
+            (
+                "shipping_lag_events",
+                "Events in the local store not yet acknowledged by the target",
+                |t| i64::try_from(t.lag_events()).unwrap_or(i64::MAX),
+            ),
+            (
+                "shipping_oldest_unshipped_age_seconds",
+                "Age of the oldest event not yet acknowledged by the target (0 when none)",
+                |t| i64::try_from(t.oldest_unshipped_age_secs()).unwrap_or(i64::MAX),
+            ),
+            (
+                "shipping_last_success_timestamp_seconds",
+                "Unix time of the last batch the target acknowledged (0 before the first)",
+                TargetStatus::last_success_unix,
+            ),
+        ];
+        for (name, help, read) in gauges {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for t in &self.targets {
+                let labels = TargetLabels {
+                    target: t.name().to_owned(),
+                };
+                ConstGauge::new(read(t)).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        type Count = fn(&TargetStatus) -> u64;
+        let counters: [(&str, &str, Count); 3] = [
+            (
+                "shipping_events_lost",
+                "Events removed from the local store before the target got them",
+                TargetStatus::lost,
+            ),
+            (
+                "shipping_errors",
+                "Failed tries to ship a batch to the target (each retried)",
+                TargetStatus::errors,
+            ),
+            (
+                "shipping_events_shipped",
+                "Events the target acknowledged",
+                TargetStatus::shipped,
+            ),
+        ];
+        for (name, help, read) in counters {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for t in &self.targets {
+                let labels = TargetLabels {
+                    target: t.name().to_owned(),
+                };
+                ConstCounter::new(read(t)).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,6 +438,25 @@ mod tests {
         ] {
             assert!(text.contains(series), "{series} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn shipping_series_are_labelled_by_target() {
+        let mut m = Metrics::new(Arc::new(PipelineStats::default()));
+        assert!(!m.encode().contains("shipping"));
+        m.register_shipping(vec![Arc::new(TargetStatus::new("postgres"))]);
+        let text = m.encode();
+        for series in [
+            "llm_audit_proxy_shipping_lag_events{target=\"postgres\"} 0",
+            "llm_audit_proxy_shipping_oldest_unshipped_age_seconds{target=\"postgres\"} 0",
+            "llm_audit_proxy_shipping_last_success_timestamp_seconds{target=\"postgres\"} 0",
+            "llm_audit_proxy_shipping_errors_total{target=\"postgres\"} 0",
+            "llm_audit_proxy_shipping_events_shipped_total{target=\"postgres\"} 0",
+            "llm_audit_proxy_shipping_events_lost_total{target=\"postgres\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+        assert_eq!(m.shipping().len(), 1);
     }
 
     #[test]

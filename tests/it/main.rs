@@ -13,6 +13,7 @@ mod support;
 
 mod admin_api;
 mod binary;
+mod central;
 mod durability;
 mod evidence;
 mod hardening;

@@ -1,6 +1,7 @@
 //! Shared test helpers: the mock upstream and an in-process proxy.
 
 pub mod mock;
+pub mod postgres;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -172,10 +173,20 @@ pub async fn append_to_store(dir: &Path, events: Vec<llm_audit_proxy::event::New
 }
 
 /// Every byte of every file in a store folder, as text.
+/// A running store may remove a file between the listing and the read (the
+/// WAL after a checkpoint): such a file is skipped.
 pub fn raw_store(dir: &Path) -> String {
     let mut raw = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
-        raw.extend(std::fs::read(entry.unwrap().path()).unwrap());
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            continue;
+        }
+        match std::fs::read(&path) {
+            Ok(bytes) => raw.extend(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("{}: {e}", path.display()),
+        }
     }
     String::from_utf8_lossy(&raw).into_owned()
 }

@@ -279,3 +279,79 @@ fn durability_keys_default_to_buffered_normal_and_64_mib_and_name_themselves_whe
         assert!(errs[0].to_string().contains(var), "{bad}");
     }
 }
+
+#[test]
+fn shipping_is_off_by_default() {
+    let c = load(None, &env(&[]), &FlagValues::new()).unwrap();
+    assert!(!c.shipping.is_enabled());
+    assert_eq!(c.shipping.batch_size, 1000);
+    assert_eq!(c.shipping.max_backoff, Duration::from_secs(30));
+}
+
+#[test]
+fn postgres_dsn_comes_from_env_or_file_and_is_never_printed() {
+    let dsn = "postgres://audit:s3cr3t-pw@db.example:5432/audit";
+    let c = load(
+        None,
+        &env(&[("LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN", dsn)]),
+        &FlagValues::new(),
+    )
+    .unwrap();
+    let target = c.shipping.postgres.as_ref().unwrap();
+    assert_eq!(target.dsn.expose(), dsn);
+    assert!(!format!("{c:?}").contains("s3cr3t-pw"));
+    assert!(!c.to_masked_json().to_string().contains("s3cr3t-pw"));
+
+    let secret = file(&format!("{dsn}\n"));
+    let path = secret.path().to_str().unwrap().to_owned();
+    let toml = file(&format!("[shipping]\npostgres_dsn_file = {path:?}\n"));
+    let c = load(Some(toml.path()), &env(&[]), &FlagValues::new()).unwrap();
+    assert_eq!(c.shipping.postgres.unwrap().dsn.expose(), dsn);
+}
+
+#[test]
+fn malformed_postgres_dsn_names_the_key_and_hides_the_value() {
+    for bad in [
+        "postgres://audit:s3cr3t-pw@db.example:notaport/audit",
+        "mysql://audit:s3cr3t-pw@db.example/audit",
+        "postgres://:s3cr3t-pw@/audit",
+    ] {
+        let errs = errors(load(
+            None,
+            &env(&[("LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN", bad)]),
+            &FlagValues::new(),
+        ));
+        assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        assert_eq!(errs[0].key, "shipping.postgres_dsn");
+        let text = errs[0].to_string();
+        assert!(
+            text.contains("LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cr3t-pw"), "{text}");
+    }
+}
+
+#[test]
+fn postgres_dsn_and_dsn_file_together_are_refused() {
+    let secret = file("postgres://a@h/db");
+    let path = secret.path().to_str().unwrap();
+    let errs = errors(load(
+        None,
+        &env(&[
+            ("LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN", "postgres://a@h/db"),
+            (
+                "LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN_FILE",
+                Box::leak(path.to_owned().into_boxed_str()),
+            ),
+        ]),
+        &FlagValues::new(),
+    ));
+    assert_eq!(errs[0].key, "shipping.postgres_dsn");
+    let errs = errors(load(
+        None,
+        &env(&[("LLM_AUDIT_PROXY_SHIPPING_BATCH_SIZE", "0")]),
+        &FlagValues::new(),
+    ));
+    assert_eq!(errs[0].key, "shipping.batch_size");
+}

@@ -82,6 +82,7 @@ async fn retention(store: SharedStore) {
         retention_days: 30,
         max_store_bytes: 0,
         interval: Duration::from_secs(3600),
+        ship_targets: Vec::new(),
     };
     let reports = run_once(&store, &events, &cfg).await.unwrap();
     assert_eq!(reports.len(), 1);
@@ -121,6 +122,7 @@ async fn retention(store: SharedStore) {
         retention_days: 0,
         max_store_bytes: 0,
         interval: Duration::from_secs(3600),
+        ship_targets: Vec::new(),
     };
     assert!(run_once(&store, &events, &off).await.unwrap().is_empty());
 }
@@ -146,6 +148,7 @@ async fn sqlite_size_cap_purges_oldest_and_records_it() {
         retention_days: 90,
         max_store_bytes: bytes / 2,
         interval: Duration::from_secs(3600),
+        ship_targets: Vec::new(),
     };
     let reports = run_once(&store, &events, &cfg).await.unwrap();
     assert_eq!(reports.len(), 2);
@@ -169,6 +172,7 @@ async fn the_loop_runs_at_once_and_stops_when_cancelled() {
         retention_days: 30,
         max_store_bytes: 0,
         interval: Duration::from_secs(3600),
+        ship_targets: Vec::new(),
     };
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -192,4 +196,65 @@ async fn file_store_retention_records_a_system_event() {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::store::file::FileStore::open(dir.path(), crate::store::Rotation::Daily);
     retention(Arc::new(store.unwrap())).await;
+}
+
+#[tokio::test]
+async fn retention_keeps_events_not_yet_shipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+    let events = fill(&store, 30, 20).await;
+    // The target has the first 10 old events only.
+    store.set_ship_cursor("postgres", 10).await.unwrap();
+    let cfg = MaintenanceConfig {
+        retention_days: 30,
+        max_store_bytes: 0,
+        interval: Duration::from_secs(3600),
+        ship_targets: vec!["postgres"],
+    };
+    let reports = run_once(&store, &events, &cfg).await.unwrap();
+    assert_eq!(reports[0].removed, 10);
+    assert_eq!(reports[0].last_seq, Some(10));
+    // Once shipped, the rest of the old events go.
+    store.set_ship_cursor("postgres", 40).await.unwrap();
+    let reports = run_once(&store, &events, &cfg).await.unwrap();
+    assert_eq!(reports[0].removed, 20);
+}
+
+#[tokio::test]
+async fn the_size_cap_names_the_unshipped_range_it_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+    let events = fill(&store, 0, 400).await;
+    store.set_ship_cursor("postgres", 5).await.unwrap();
+    let bytes = store.stats().await.unwrap().store_bytes;
+    let cfg = MaintenanceConfig {
+        retention_days: 0,
+        max_store_bytes: bytes / 2,
+        interval: Duration::from_secs(3600),
+        ship_targets: vec!["postgres"],
+    };
+    let reports = run_once(&store, &events, &cfg).await.unwrap();
+    let cap = &reports[0];
+    assert!(cap.removed > 5, "{cap:?}");
+    events.flush().await;
+    let page = store
+        .query(&EventQuery {
+            filter: EventFilter {
+                event_types: vec![EventType::Error],
+                ..Default::default()
+            },
+            limit: 10,
+            before_seq: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 1);
+    let details = &page.events[0].metadata["details"];
+    assert_eq!(
+        page.events[0].metadata["error_type"],
+        "unshipped_events_purged"
+    );
+    assert_eq!(details["target"], "postgres");
+    assert_eq!(details["first_seq"], 6);
+    assert_eq!(details["last_seq"], cap.last_seq.unwrap());
 }

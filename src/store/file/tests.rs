@@ -265,6 +265,22 @@ async fn large_files_page_backwards_and_export_in_order() {
         store.get(&all[1234].id).await.unwrap().as_ref(),
         Some(&all[1234])
     );
+    // A shipper's reads walk the whole store in seq order, across block
+    // and file boundaries.
+    let mut shipped = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = store.records_after(after, 777).await.unwrap();
+        let Some(last) = batch.last() else { break };
+        after = last.seq;
+        shipped.extend(batch.iter().map(|r| r.seq));
+    }
+    assert_eq!(shipped, (1..=5000).collect::<Vec<i64>>());
+    let at_a_mark = store.records_after(255, 3).await.unwrap();
+    assert_eq!(
+        at_a_mark.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [256, 257, 258]
+    );
     // Dropping a partly read export stops the reads without error.
     let mut export = store.export(EventFilter::default());
     assert!(export.next().await.is_some());

@@ -60,6 +60,11 @@ const MIGRATIONS: &[Migration] = &[
     // newest checkpoint appended, kept apart from the events so that a
     // tail cut from the events is noticed.
     Migration::Sql("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"),
+    // 5: one row per shipping target: the last seq it acknowledged. The
+    // local store is the outbox, so the cursor commits beside the events.
+    Migration::Sql(
+        "CREATE TABLE IF NOT EXISTS ship_cursor (target TEXT PRIMARY KEY, seq INTEGER NOT NULL);",
+    ),
 ];
 
 /// `meta` key of the store's stable id.
@@ -68,6 +73,9 @@ pub const META_SOURCE_ID: &str = "source_id";
 pub const META_LATEST_CHECKPOINT: &str = "latest_checkpoint";
 /// The first schema version with the `meta` table.
 pub const META_SINCE: i64 = 4;
+
+/// The first schema version with the `ship_cursor` table.
+pub const SHIP_CURSOR_SINCE: i64 = 5;
 
 /// `PRAGMA auto_vacuum`'s value for INCREMENTAL.
 pub const AUTO_VACUUM_INCREMENTAL: i64 = 2;

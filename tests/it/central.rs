@@ -1,0 +1,428 @@
+//! Shipping to a central PostgreSQL: the local store is the outbox, and
+//! the database ends up with exactly the local events, once each, however
+//! the database behaves meanwhile.
+//!
+//! Each test runs its own throwaway cluster (see `support::postgres`) and
+//! skips when PostgreSQL is not installed, unless CI requires it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use llm_audit_proxy::event::chain::ChainVerifier;
+use llm_audit_proxy::event::{format_timestamp, EventRecord, EventType, NewEvent};
+use llm_audit_proxy::store::sqlite::SqliteStore;
+use llm_audit_proxy::store::{AuditStore, EventFilter};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::binary::command;
+use crate::support::postgres::{PgCluster, PASSWORD};
+use crate::support::{dead_address, MockUpstream, TestProxy};
+
+/// How long PostgreSQL stays down in the outage test. Production outages
+/// run longer (the issue's case is 30 s); the shipper's behaviour is the
+/// same after its backoff has reached the cap, which the test lowers.
+const OUTAGE: Duration = Duration::from_secs(5);
+
+/// The longest a test waits for shipping to catch up.
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// Shipping settings for tests: quick polls and retries, a short grace.
+fn shipping_env(dsn: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN", dsn.to_owned()),
+        ("LLM_AUDIT_PROXY_SHIPPING_POLL_INTERVAL_MS", "50".into()),
+        ("LLM_AUDIT_PROXY_SHIPPING_MAX_BACKOFF", "1".into()),
+        ("LLM_AUDIT_PROXY_SHIPPING_BATCH_SIZE", "7".into()),
+        ("LLM_AUDIT_PROXY_SHUTDOWN_GRACE", "5".into()),
+        ("LLM_AUDIT_PROXY_POD_NAME", "pod-a".into()),
+        ("LLM_AUDIT_PROXY_POD_NAMESPACE", "team-x".into()),
+    ]
+}
+
+async fn start(mock: &MockUpstream, dir: &Path, dsn: &str) -> TestProxy {
+    let env = shipping_env(dsn);
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    TestProxy::start_in(&mock.url(), dir, &pairs).await
+}
+
+async fn calls(proxy: &TestProxy, prefix: &str, n: usize) {
+    for i in 0..n {
+        let resp = proxy
+            .post_call("/v1/chat/completions", format!("{prefix}-{i}"))
+            .json(&json!({
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": "Hello"}]
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+}
+
+/// The postgres target's entry in `/api/stats`.
+async fn shipping_stats(proxy: &TestProxy) -> Value {
+    let (status, body) = proxy.admin_get("/api/stats").await;
+    assert_eq!(status, 200, "{body}");
+    body["shipping"][0].clone()
+}
+
+/// Waits (bounded) until the target has every event stored so far.
+async fn until_caught_up(proxy: &TestProxy) -> Value {
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        let (_, body) = proxy.admin_get("/api/stats").await;
+        let target = &body["shipping"][0];
+        let head = body["total_events"].as_u64().unwrap_or(0);
+        if target["lag_events"] == 0 && target["shipped"].as_u64() >= Some(head) && head > 0 {
+            return target.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shipping did not catch up: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (bounded) until the target has failed at least `n` times.
+async fn until_errors(proxy: &TestProxy, n: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        let target = shipping_stats(proxy).await;
+        if target["errors"].as_u64() >= Some(n) {
+            return target;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no shipping errors: {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every local event as (seq, hash, metadata text), in seq order.
+async fn local_rows(dir: &Path) -> (String, Vec<(i64, String, String)>) {
+    let store = SqliteStore::open_read_only(dir).await.unwrap();
+    let source_id = store.source_id().await.unwrap().unwrap();
+    let rows =
+        futures_util::StreamExt::collect::<Vec<_>>(store.export_records(EventFilter::default()))
+            .await
+            .into_iter()
+            .map(|r| {
+                let r = r.unwrap();
+                (r.seq, r.hash, r.metadata.get().to_owned())
+            })
+            .collect();
+    (source_id, rows)
+}
+
+/// Every central row of `source_id` as (seq, hash, metadata text), in seq
+/// order, and whether any (source, seq) appears twice.
+async fn central_rows(pg: &PgCluster, source_id: &str) -> (Vec<(i64, String, String)>, bool) {
+    let client = pg.client().await;
+    let rows = client
+        .query(
+            "SELECT seq, hash, metadata FROM audit_events WHERE source_id = $1 ORDER BY seq",
+            &[&source_id],
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(i64, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let mut seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    seqs.dedup();
+    let duplicates = seqs.len() != rows.len();
+    (rows, duplicates)
+}
+
+/// Walks `source_id`'s chain as the central table holds it.
+async fn central_chain_verifies(pg: &PgCluster, source_id: &str) -> u64 {
+    let client = pg.client().await;
+    let rows = client
+        .query(
+            "SELECT id, seq, \"timestamp\", event_type, level, message, request_id, metadata, \
+             prev_hash, hash FROM audit_events WHERE source_id = $1 ORDER BY seq",
+            &[&source_id],
+        )
+        .await
+        .unwrap();
+    let mut verifier = ChainVerifier::new();
+    for row in rows {
+        let record = EventRecord {
+            id: row.get(0),
+            seq: row.get(1),
+            timestamp: format_timestamp(&row.get::<_, DateTime<Utc>>(2)),
+            event_type: row.get::<_, String>(3).parse().unwrap(),
+            level: row.get::<_, String>(4).parse().unwrap(),
+            message: row.get(5),
+            request_id: row.get(6),
+            metadata: RawValue::from_string(row.get(7)).unwrap(),
+            prev_hash: row.get(8),
+            hash: row.get(9),
+        };
+        verifier.check_record(&record).unwrap();
+    }
+    verifier.checked()
+}
+
+async fn assert_same_sets(pg: &PgCluster, dir: &Path) -> String {
+    let (source_id, local) = local_rows(dir).await;
+    let (central, duplicates) = central_rows(pg, &source_id).await;
+    assert!(!duplicates, "duplicate (source, seq) rows");
+    assert_eq!(central.len(), local.len());
+    assert!(central == local, "central rows differ from the local store");
+    source_id
+}
+
+#[tokio::test]
+async fn steady_load_ships_the_local_set_exactly() {
+    let Some(pg) = PgCluster::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(&mock, dir.path(), &pg.dsn()).await;
+    calls(&proxy, "steady", 15).await;
+    let target = until_caught_up(&proxy).await;
+    assert_eq!(target["target"], "postgres");
+    assert_eq!(target["errors"], 0);
+    assert!(target["last_success"].is_string());
+    let (_, metrics) = {
+        let r = proxy
+            .http
+            .get(format!("{}/metrics", proxy.admin_url))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    };
+    assert!(metrics.contains("llm_audit_proxy_shipping_lag_events{target=\"postgres\"} 0"));
+    proxy.stop().await;
+
+    // The shutdown event was shipped at stop, too.
+    let source_id = assert_same_sets(&pg, dir.path()).await;
+    assert!(central_chain_verifies(&pg, &source_id).await > 30);
+    let client = pg.client().await;
+    let row = client
+        .query_one(
+            "SELECT pod, namespace, count(*) FROM audit_events WHERE source_id = $1 GROUP BY pod, namespace",
+            &[&source_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("pod-a"));
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("team-x"));
+    // Partitions for this month and the next exist before any need them.
+    let partitions: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'audit_events'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(partitions >= 2, "{partitions} partitions");
+}
+
+#[tokio::test]
+async fn an_outage_under_load_loses_nothing_and_duplicates_nothing() {
+    let Some(pg) = PgCluster::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(&mock, dir.path(), &pg.dsn()).await;
+    calls(&proxy, "before", 5).await;
+    until_caught_up(&proxy).await;
+
+    pg.stop();
+    let outage_end = tokio::time::Instant::now() + OUTAGE;
+    let mut n = 0;
+    while tokio::time::Instant::now() < outage_end {
+        calls(&proxy, &format!("during-{n}"), 2).await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The proxy kept recording while the database was down.
+    assert!(proxy.call_events("during-0-0").await.len() >= 2);
+    let target = until_errors(&proxy, 1).await;
+    assert!(target["lag_events"].as_u64() > Some(0), "{target}");
+    assert!(!target["last_error"].as_str().unwrap().contains(PASSWORD));
+
+    pg.pg_ctl_start();
+    calls(&proxy, "after", 5).await;
+    let target = until_caught_up(&proxy).await;
+    assert_eq!(target["lag_events"], 0);
+    assert_eq!(target["oldest_unshipped_age_secs"], 0);
+    let failed = proxy
+        .wait_events("event_type=ERROR", 1)
+        .await
+        .into_iter()
+        .find(|e| e["metadata"]["error_type"] == "shipping_failed")
+        .expect("an ERROR event for the failed shipping");
+    assert_eq!(failed["metadata"]["details"]["target"], "postgres");
+    proxy.stop().await;
+    assert_same_sets(&pg, dir.path()).await;
+}
+
+#[tokio::test]
+async fn a_batch_sent_again_after_a_crash_creates_no_duplicates() {
+    let Some(pg) = PgCluster::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(&mock, dir.path(), &pg.dsn()).await;
+    calls(&proxy, "first", 5).await;
+    until_caught_up(&proxy).await;
+    proxy.stop().await;
+
+    // As if the process died after the database committed but before the
+    // cursor moved: the whole store is sent again.
+    {
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store.set_ship_cursor("postgres", 0).await.unwrap();
+    }
+    // Back-dated events across a month boundary need two partitions nobody
+    // made ahead.
+    let back_dated = ["2020-03-31T23:59:59.999999Z", "2020-04-01T00:00:00Z"].map(|t| {
+        let mut e = NewEvent::new(EventType::Custom, "back-dated");
+        e.timestamp = t.parse().unwrap();
+        e
+    });
+    crate::support::append_to_store(dir.path(), back_dated.into()).await;
+
+    let proxy = start(&mock, dir.path(), &pg.dsn()).await;
+    calls(&proxy, "second", 3).await;
+    until_caught_up(&proxy).await;
+    proxy.stop().await;
+    assert_same_sets(&pg, dir.path()).await;
+    let client = pg.client().await;
+    for partition in ["audit_events_2020_03", "audit_events_2020_04"] {
+        let rows: i64 = client
+            .query_one(
+                "SELECT count(*) FROM audit_events a JOIN pg_class c ON c.oid = a.tableoid \
+                 WHERE c.relname = $1",
+                &[&partition],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 1, "{partition} holds its back-dated event");
+    }
+}
+
+/// A wrong password or a host nothing listens on: the proxy starts, serves
+/// and records, retries shipping with an ERROR event, and stops cleanly.
+#[tokio::test]
+async fn a_refused_or_unreachable_database_is_retried_and_never_loses_local_events() {
+    let Some(pg) = PgCluster::start().await else {
+        return;
+    };
+    let dead = dead_address().await.replace("http://", "");
+    for (case, dsn) in [
+        ("wrong-password", pg.dsn_with_password("not-the-password")),
+        (
+            "unreachable",
+            format!("postgres://postgres:{PASSWORD}@{dead}/postgres?sslmode=disable"),
+        ),
+    ] {
+        let mock = MockUpstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = start(&mock, dir.path(), &dsn).await;
+        calls(&proxy, case, 3).await;
+        let target = until_errors(&proxy, 2).await;
+        let last_error = target["last_error"].as_str().unwrap().to_owned();
+        assert!(!last_error.contains(PASSWORD), "{case}: {last_error}");
+        assert!(
+            !last_error.contains("not-the-password"),
+            "{case}: {last_error}"
+        );
+        if case == "wrong-password" {
+            assert!(last_error.contains("password"), "{case}: {last_error}");
+        }
+        assert!(proxy.call_events(&format!("{case}-2")).await.len() >= 2);
+        let errors = proxy.wait_events("event_type=ERROR", 1).await;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e["metadata"]["error_type"] == "shipping_failed"),
+            "{case}: {errors:#?}"
+        );
+        proxy.stop().await;
+        // Nothing was shipped, and every event stayed in the local store.
+        let store = SqliteStore::open_read_only(dir.path()).await.unwrap();
+        assert_eq!(store.ship_cursor("postgres").await.unwrap(), None);
+        let stats = store.stats().await.unwrap();
+        assert!(stats.total_events >= 9, "{case}: {stats:?}");
+    }
+}
+
+#[test]
+fn check_config_names_a_malformed_dsn_without_showing_it() {
+    let out = command()
+        .args(["check-config", "/dev/null"])
+        .env(
+            "LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN",
+            "postgres://audit:Hunter2-secret@db:port/audit",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("shipping.postgres_dsn"), "{stderr}");
+    assert!(
+        stderr.contains("LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Hunter2-secret"), "{stderr}");
+}
+
+/// Eight proxies, each with its own store, start at once against one
+/// empty database: the schema is made once, and every source's events
+/// arrive complete and verifiable.
+#[tokio::test]
+async fn eight_proxies_ship_into_one_database_at_once() {
+    let Some(pg) = PgCluster::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let dirs: Vec<tempfile::TempDir> = (0..8).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dsn = pg.dsn();
+    let proxies =
+        futures_util::future::join_all(dirs.iter().map(|d| start(&mock, d.path(), &dsn))).await;
+    futures_util::future::join_all(
+        proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| calls(p, if i % 2 == 0 { "even" } else { "odd" }, 3)),
+    )
+    .await;
+    for proxy in &proxies {
+        let target = until_caught_up(proxy).await;
+        assert_eq!(target["errors"], 0, "{target}");
+    }
+    futures_util::future::join_all(proxies.into_iter().map(TestProxy::stop)).await;
+    for dir in &dirs {
+        let source_id = assert_same_sets(&pg, dir.path()).await;
+        assert!(central_chain_verifies(&pg, &source_id).await > 0);
+    }
+    let client = pg.client().await;
+    let sources: i64 = client
+        .query_one("SELECT count(DISTINCT source_id) FROM audit_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sources, 8);
+    let migrations: i64 = client
+        .query_one("SELECT count(*) FROM audit_schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(migrations, 1, "each schema step applied once");
+}
