@@ -768,6 +768,19 @@ impl PolicySet {
             .any(|p| p.action == Action::Block && p.applies_to.covers(direction))
     }
 
+    /// Scanner entries counted by `block` policies that watch `direction`.
+    pub(crate) fn blocking_entries(&self, direction: Direction) -> Vec<usize> {
+        let mut entries: Vec<usize> = self
+            .policies
+            .iter()
+            .filter(|p| p.action == Action::Block && p.applies_to.covers(direction))
+            .flat_map(|p| p.entries.iter().copied())
+            .collect();
+        entries.sort_unstable();
+        entries.dedup();
+        entries
+    }
+
     /// Whether any policy rewrites the body sent upstream.
     pub fn redacts_upstream(&self) -> bool {
         self.upstream.contains(&true)

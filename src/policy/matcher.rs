@@ -95,6 +95,19 @@ impl Entry {
         }
     }
 
+    /// Spans the pattern finds in `text` before any validator has looked
+    /// at them (text is folded first, as for [`Matcher::find`]).
+    pub fn candidates(&self, text: &str) -> Vec<(usize, usize)> {
+        let folded = Folded::new(text);
+        let mut out = Vec::new();
+        for caps in self.regex.captures_iter(folded.text()) {
+            if let Some(m) = caps.get(self.group) {
+                out.push(folded.original_span(m.start(), m.end()));
+            }
+        }
+        out
+    }
+
     fn find(&self, index: usize, text: &str, out: &mut Vec<Hit>) {
         let mut push = |start: usize, end: usize| {
             // An empty match (a user pattern such as `\b`) marks nothing.

@@ -56,6 +56,14 @@ pub const MAX_WINDOW: usize = 4096;
 /// far waits for more.
 const RIGHT_CONTEXT: usize = 2;
 
+/// Detectors whose candidates the words after them can confirm, not only
+/// veto: a bare nine-digit number followed by `(SSN)` is an SSN.
+const CONFIRMED_BY_WORDS_AFTER: &[&str] = &["US_SSN"];
+
+/// How far after a candidate those words are read (the context reach of
+/// the detectors' validators).
+const WORDS_AFTER_REACH: usize = 64;
+
 /// Feeds on the text deltas of one streamed field (e.g. the
 /// `choices[0].delta.content` of each SSE chunk, or one tool call's
 /// `arguments`) and reports the first `block` violation. Use one scanner per
@@ -82,6 +90,9 @@ pub struct StreamScanner {
     /// The prefix test; `None` when it could not be built, and then the
     /// whole window is held.
     tails: Option<Arc<Tails>>,
+    /// Scanner entries of blocking detectors that words after a candidate
+    /// can confirm (see [`CONFIRMED_BY_WORDS_AFTER`]).
+    confirmed_after: Vec<usize>,
     cache: Option<TailCache>,
 }
 
@@ -150,7 +161,18 @@ impl StreamScanner {
         } else {
             None
         };
+        let confirmed_after = if active {
+            set.blocking_entries(direction)
+                .into_iter()
+                .filter(|&e| {
+                    CONFIRMED_BY_WORDS_AFTER.contains(&set.matcher.entries()[e].kind.as_str())
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Self {
+            confirmed_after,
             set,
             direction,
             active,
@@ -265,6 +287,16 @@ impl StreamScanner {
             for h in &self.hits {
                 if h.end + RIGHT_CONTEXT > len {
                     hold = hold.min(h.start);
+                }
+            }
+            // A candidate that only words after it can confirm (`219099999
+            // (SSN)`) waits until those words could have arrived.
+            for &e in &self.confirmed_after {
+                let candidates = self.set.matcher.entries()[e].candidates(&self.window);
+                for (start, end) in candidates {
+                    if end + WORDS_AFTER_REACH > len {
+                        hold = hold.min(start);
+                    }
                 }
             }
         }

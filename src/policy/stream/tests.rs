@@ -87,3 +87,21 @@ fn the_end_releases_everything() {
     assert!(s.finish().is_none());
     assert_eq!(s.hold_from(), s.fed());
 }
+
+#[test]
+fn a_number_that_words_after_it_may_name_an_ssn_waits_for_them() {
+    let mut s = scanner(&["us_ssn"], &[]);
+    assert_eq!(held_after(&mut s, "applicant 219099999"), 9);
+    // Not yet ruled out: the words that name it may still come.
+    assert_eq!(held_after(&mut s, " ("), 11);
+    assert!(
+        s.feed("SSN) on file").is_some(),
+        "confirmed by the words after"
+    );
+
+    // Followed by enough other text, it is released.
+    let mut s = scanner(&["us_ssn"], &[]);
+    assert_eq!(held_after(&mut s, "order 219099999"), 9);
+    let filler = " shipped to the warehouse on the east side of town, on time, as promised.";
+    assert_eq!(held_after(&mut s, filler), 0);
+}
