@@ -277,15 +277,7 @@ async fn metrics_expose_calls_latency_tokens_and_pipeline_series() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url()).await;
     make_calls(&proxy, 2).await;
-    let text = proxy
-        .http
-        .get(format!("{}/metrics", proxy.admin_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = proxy.admin_text("/metrics").await;
     for series in [
         "llm_audit_proxy_calls_total{operation=\"chat.create\",status=\"200\",outcome=\"completed\"} 2",
         "llm_audit_proxy_call_duration_seconds_count{operation=\"chat.create\"} 2",

@@ -114,15 +114,7 @@ async fn fail_closed_refuses_a_call_whose_events_have_no_room_before_upstream() 
     let body: Value = r.json().await.unwrap();
     assert!(body["error"]["message"].is_string(), "{body}");
     assert_eq!(mock.calls(), 0, "nothing reached upstream");
-    let metrics = proxy
-        .http
-        .get(format!("{}/metrics", proxy.admin_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.admin_text("/metrics").await;
     assert!(
         metrics
             .lines()

@@ -513,14 +513,8 @@ async fn verifiable_exports_check_alone_and_each_tampering_is_named() {
     // proxy runs, so the export asks for a checkpoint over its end.
     for format in ["json", "ndjson"] {
         let body = proxy
-            .http
-            .get(format!("{}/api/export?format={format}", proxy.admin_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+            .admin_text(&format!("/api/export?format={format}"))
+            .await;
         let path = out_dir.path().join(format!("all.{format}"));
         std::fs::write(&path, body).unwrap();
         let out = verify_file(&path, &public);

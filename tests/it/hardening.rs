@@ -154,15 +154,7 @@ async fn connect_and_escaping_paths_are_refused_and_never_forwarded() {
         mock.seen()[0].path_and_query,
         "/tenant-a/v1/chat/completions"
     );
-    let metrics = proxy
-        .http
-        .get(format!("{}/metrics", proxy.admin_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.admin_text("/metrics").await;
     assert!(
         metrics.contains(r#"llm_audit_proxy_refused_calls_total{kind="invalid_path"} 7"#),
         "{metrics}"
@@ -182,15 +174,7 @@ async fn a_client_that_leaves_after_the_terminal_event_completes_its_call() {
         )
         .await;
         leave_after_the_terminal_event(&proxy, cap).await;
-        let metrics = proxy
-            .http
-            .get(format!("{}/metrics", proxy.admin_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = proxy.admin_text("/metrics").await;
         assert!(metrics.contains(r#"outcome="completed""#), "{metrics}");
         assert!(
             !metrics.contains(r#"outcome="client_aborted""#),
@@ -336,15 +320,7 @@ async fn an_admin_connection_flood_never_stops_app_traffic() {
     .expect("a stalled admin connection stayed open");
     assert!(read.is_ok() || answer.is_empty());
 
-    let metrics = proxy
-        .http
-        .get(format!("{}/metrics", proxy.admin_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.admin_text("/metrics").await;
     assert!(
         metrics.contains(r#"llm_audit_proxy_listener_cap_reached_total{kind="admin"}"#),
         "{metrics}"
@@ -450,15 +426,7 @@ async fn the_proxy_listener_waits_at_its_own_cap() {
     let queued = r#"llm_audit_proxy_listener_cap_reached_total{kind="proxy"} 1"#;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let metrics = proxy
-            .http
-            .get(format!("{}/metrics", proxy.admin_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = proxy.admin_text("/metrics").await;
         if metrics.contains(queued) {
             break;
         }

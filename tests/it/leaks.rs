@@ -23,14 +23,8 @@ async fn record_text(proxy: &TestProxy, dir: &std::path::Path) -> String {
     let mut all = raw_store(dir);
     for format in ["json", "ndjson", "csv"] {
         let body = proxy
-            .http
-            .get(format!("{}/api/export?format={format}", proxy.admin_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+            .admin_text(&format!("/api/export?format={format}"))
+            .await;
         all.push_str(&body);
     }
     all

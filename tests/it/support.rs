@@ -91,6 +91,18 @@ impl TestProxy {
         (status, body)
     }
 
+    /// GET on the admin API; the body as text (metrics, exports).
+    pub async fn admin_text(&self, path_and_query: &str) -> String {
+        self.http
+            .get(format!("{}{path_and_query}", self.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Events matching `query` (newest first), waiting until at least `n`
     /// are stored (bounded: 10 s).
     pub async fn wait_events(&self, query: &str, n: usize) -> Vec<Value> {
