@@ -91,6 +91,16 @@ pub(crate) const BASELINE: &[&str] = &[
 #[cfg(test)]
 pub(crate) use credit_card::luhn as credit_card_luhn;
 
+/// Asserts that `detector` finds `real` and leaves every one of
+/// `templates` alone, for the detectors' placeholder tests.
+#[cfg(test)]
+pub(crate) fn assert_placeholders_left_alone(detector: &Builtin, real: &str, templates: &[&str]) {
+    assert_eq!(found_by(detector, real).len(), 1, "{real}");
+    for template in templates {
+        assert!(found_by(detector, template).is_empty(), "{template}");
+    }
+}
+
 /// What `detector` alone reports in `text`, for the detectors' own tests.
 #[cfg(test)]
 pub(crate) fn found_by<'a>(detector: &Builtin, text: &'a str) -> Vec<&'a str> {
