@@ -372,6 +372,7 @@ impl Config {
                 "action": p.action().as_str(),
                 "severity": p.severity().as_str(),
                 "redact_upstream": p.redact_upstream(),
+                "keep_matches": p.keep_matches(),
             })).collect::<Vec<_>>(),
         })
     }
