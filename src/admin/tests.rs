@@ -50,19 +50,7 @@ async fn harness_full(
     page_max_bytes: usize,
 ) -> Harness {
     let tracker = TaskTracker::new();
-    let cfg = WriterConfig {
-        enabled: true,
-        min_level: Level::Debug,
-        queue_capacity: 64,
-        max_batch: 64,
-        commit_interval: Duration::ZERO,
-        health_interval: Duration::from_secs(3600),
-        shutdown_attempts: 1,
-        source: None,
-        checkpoints: None,
-        queue_max_bytes: u64::MAX / 2,
-        ledger: None,
-    };
+    let cfg = WriterConfig::for_tests(64, 64);
     let (events, health) = spawn_writer(store.clone(), cfg, &tracker).await.unwrap();
     let readiness = Readiness::new(health);
     readiness.set_proxy_listening(true);

@@ -158,6 +158,30 @@ pub async fn spawn_writer(
     Ok((handle, health))
 }
 
+// === impl WriterConfig ===
+
+#[cfg(test)]
+impl WriterConfig {
+    /// A writer that stores every level, writes as soon as anything is
+    /// queued, never signs and has room to spare: the tests' baseline, with
+    /// their own queue size and batch.
+    pub(crate) fn for_tests(queue_capacity: usize, max_batch: usize) -> Self {
+        Self {
+            enabled: true,
+            min_level: Level::Debug,
+            queue_capacity,
+            max_batch,
+            commit_interval: Duration::ZERO,
+            health_interval: Duration::from_secs(3600),
+            shutdown_attempts: 1,
+            source: None,
+            checkpoints: None,
+            queue_max_bytes: u64::MAX / 2,
+            ledger: None,
+        }
+    }
+}
+
 // === impl Writer ===
 
 impl Writer {

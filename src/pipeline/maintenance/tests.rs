@@ -5,26 +5,14 @@ use tokio_util::task::TaskTracker;
 
 use super::*;
 use crate::event::chain::ChainVerifier;
-use crate::event::{AuditEvent, Level};
+use crate::event::AuditEvent;
 use crate::pipeline::{spawn_writer, WriterConfig};
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{EventFilter, EventQuery};
 
 fn writer_config() -> WriterConfig {
-    WriterConfig {
-        enabled: true,
-        min_level: Level::Debug,
-        queue_capacity: 512,
-        max_batch: 64,
-        commit_interval: Duration::ZERO,
-        health_interval: Duration::from_secs(3600),
-        shutdown_attempts: 1,
-        source: None,
-        checkpoints: None,
-        queue_max_bytes: u64::MAX / 2,
-        ledger: None,
-    }
+    WriterConfig::for_tests(512, 64)
 }
 
 /// Writes `old` events stamped 100 days ago, then `new` ones stamped now,

@@ -2,7 +2,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex as StdMutex;
 
 use super::*;
-use crate::event::{AuditEvent, Level};
+use crate::event::AuditEvent;
 use crate::pipeline::{spawn_writer, WriterConfig};
 use crate::store::memory::MemoryStore;
 use crate::store::{EventFilter, EventQuery};
@@ -50,19 +50,7 @@ struct Harness {
 async fn harness(fail: u32) -> Harness {
     let store: SharedStore = Arc::new(MemoryStore::new(100_000));
     let tracker = TaskTracker::new();
-    let cfg = WriterConfig {
-        enabled: true,
-        min_level: Level::Debug,
-        queue_capacity: 1024,
-        max_batch: 64,
-        commit_interval: Duration::ZERO,
-        health_interval: Duration::from_secs(3600),
-        shutdown_attempts: 1,
-        source: None,
-        checkpoints: None,
-        queue_max_bytes: u64::MAX / 2,
-        ledger: None,
-    };
+    let cfg = WriterConfig::for_tests(1024, 64);
     let (events, _health) = spawn_writer(store.clone(), cfg, &tracker).await.unwrap();
     let target = Arc::new(MockTarget {
         fail: AtomicU32::new(fail),

@@ -140,19 +140,7 @@ impl AuditStore for ScriptedStore {
 }
 
 fn config() -> WriterConfig {
-    WriterConfig {
-        enabled: true,
-        min_level: Level::Debug,
-        queue_capacity: 1_000,
-        max_batch: 100,
-        commit_interval: Duration::ZERO,
-        health_interval: Duration::from_secs(3600),
-        shutdown_attempts: 1,
-        source: None,
-        checkpoints: None,
-        queue_max_bytes: u64::MAX / 2,
-        ledger: None,
-    }
+    WriterConfig::for_tests(1_000, 100)
 }
 
 fn event(i: usize) -> NewEvent {
