@@ -1,5 +1,6 @@
 //! Shared test helpers: the mock upstream and an in-process proxy.
 
+pub mod console;
 pub mod mock;
 pub mod postgres;
 
