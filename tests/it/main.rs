@@ -15,6 +15,7 @@ mod admin_api;
 mod binary;
 mod central;
 mod console;
+mod console_browser;
 mod durability;
 mod evidence;
 mod hardening;

@@ -3,6 +3,7 @@
 pub mod console;
 pub mod mock;
 pub mod postgres;
+pub mod webdriver;
 
 use std::collections::HashMap;
 use std::path::Path;

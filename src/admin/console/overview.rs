@@ -153,7 +153,7 @@ fn render(range: &str, label: &str, o: &Overview) -> String {
 /// tooltip title, and the numbers as a table for screen readers.
 pub fn column_chart(id: &str, title: &str, values: &[u64]) -> String {
     const W: f64 = 720.0;
-    const H: f64 = 160.0;
+    const H: f64 = 90.0;
     let max = values.iter().copied().max().unwrap_or(0).max(1) as f64;
     let n = values.len().max(1) as f64;
     let bar = W / n;

@@ -65,7 +65,92 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql(
         "CREATE TABLE IF NOT EXISTS ship_cursor (target TEXT PRIMARY KEY, seq INTEGER NOT NULL);",
     ),
+    // 6: what the web console searches and counts without reading event
+    // metadata: an FTS5 index over the text of prompts (REQUEST
+    // `request_data`) and answers (RESPONSE `response_data`), contentless
+    // so the text is not stored twice, and one narrow row of facets per
+    // REQUEST, RESPONSE and COMPLIANCE_VIOLATION. Triggers keep both in
+    // the transaction that writes or purges the events, whichever process
+    // does it; existing rows are back-filled here (from scratch, so a file
+    // whose version was set back is rebuilt, not doubled).
+    Migration::Sql(BROWSE_INDEX),
 ];
+
+/// Migration 6 (see [`MIGRATIONS`]).
+const BROWSE_INDEX: &str = "
+    DROP TRIGGER IF EXISTS events_browse_insert;
+    DROP TRIGGER IF EXISTS events_browse_delete;
+    DROP TABLE IF EXISTS events_fts;
+    DROP TABLE IF EXISTS event_facets;
+    CREATE VIRTUAL TABLE events_fts USING fts5(
+        body, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2'
+    );
+    CREATE TABLE event_facets (
+        seq          INTEGER PRIMARY KEY,
+        timestamp    TEXT    NOT NULL,
+        event_type   TEXT    NOT NULL,
+        model        TEXT,
+        operation    TEXT,
+        outcome      TEXT,
+        status       INTEGER,
+        latency_ms   REAL,
+        total_tokens INTEGER,
+        policy       TEXT,
+        severity     TEXT
+    );
+    CREATE INDEX event_facets_type_ts ON event_facets (event_type, timestamp);
+    CREATE INDEX event_facets_model ON event_facets (model, seq);
+    CREATE INDEX event_facets_operation ON event_facets (operation, seq);
+    CREATE INDEX event_facets_outcome ON event_facets (outcome, seq);
+    CREATE TRIGGER events_browse_insert AFTER INSERT ON events
+    WHEN new.event_type IN ('REQUEST', 'RESPONSE', 'COMPLIANCE_VIOLATION')
+    BEGIN
+        INSERT INTO event_facets VALUES (
+            new.seq, new.timestamp, new.event_type,
+            json_extract(new.metadata, '$.model'),
+            json_extract(new.metadata, '$.operation'),
+            json_extract(new.metadata, '$.outcome'),
+            json_extract(new.metadata, '$.status'),
+            json_extract(new.metadata, '$.latency_ms'),
+            json_extract(new.metadata, '$.usage.total_tokens'),
+            json_extract(new.metadata, '$.policy_name'),
+            json_extract(new.metadata, '$.severity')
+        );
+        INSERT INTO events_fts (rowid, body)
+        SELECT new.seq, (
+            SELECT group_concat(value, ' ') FROM json_tree(
+                new.metadata,
+                CASE new.event_type WHEN 'REQUEST' THEN '$.request_data' ELSE '$.response_data' END
+            ) WHERE type = 'text'
+        )
+        WHERE new.event_type IN ('REQUEST', 'RESPONSE');
+    END;
+    CREATE TRIGGER events_browse_delete AFTER DELETE ON events
+    WHEN old.event_type IN ('REQUEST', 'RESPONSE', 'COMPLIANCE_VIOLATION')
+    BEGIN
+        DELETE FROM event_facets WHERE seq = old.seq;
+        DELETE FROM events_fts WHERE rowid = old.seq AND old.event_type IN ('REQUEST', 'RESPONSE');
+    END;
+    INSERT INTO event_facets
+    SELECT seq, timestamp, event_type,
+        json_extract(metadata, '$.model'),
+        json_extract(metadata, '$.operation'),
+        json_extract(metadata, '$.outcome'),
+        json_extract(metadata, '$.status'),
+        json_extract(metadata, '$.latency_ms'),
+        json_extract(metadata, '$.usage.total_tokens'),
+        json_extract(metadata, '$.policy_name'),
+        json_extract(metadata, '$.severity')
+    FROM events WHERE event_type IN ('REQUEST', 'RESPONSE', 'COMPLIANCE_VIOLATION');
+    INSERT INTO events_fts (rowid, body)
+    SELECT seq, (
+        SELECT group_concat(value, ' ') FROM json_tree(
+            metadata,
+            CASE event_type WHEN 'REQUEST' THEN '$.request_data' ELSE '$.response_data' END
+        ) WHERE type = 'text'
+    )
+    FROM events WHERE event_type IN ('REQUEST', 'RESPONSE');
+";
 
 /// `meta` key of the store's stable id.
 pub const META_SOURCE_ID: &str = "source_id";

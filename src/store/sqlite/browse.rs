@@ -1,0 +1,459 @@
+//! The console's search and overview answered from the FTS5 index and the
+//! `event_facets` table (schema migration 6), so neither reads event
+//! metadata.
+//!
+//! A search walks candidate seqs newest first, in batches: from the text
+//! index when there is text, else from the facets index of the first
+//! facet given. Each batch is then checked against the rest of the
+//! filter. A page reads at most [`MAX_CANDIDATES`] candidates; one that
+//! stops there says so and its cursor continues the walk.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params_from_iter, Connection};
+
+use super::{read_record, Conditions, COLUMNS};
+use crate::event::{format_timestamp, parse_timestamp, EventRecord};
+use crate::store::browse::{
+    CallFacts, Overview, OverviewQuery, RecentViolation, SearchPage, SearchQuery, RECENT_VIOLATIONS,
+};
+use crate::store::{StoreError, MAX_QUERY_LIMIT};
+
+/// Candidates read per batch.
+const BATCH: i64 = 1000;
+/// Most candidates one page reads.
+pub const MAX_CANDIDATES: usize = 50_000;
+
+/// One page of `query`, newest first.
+pub fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+    let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
+    let facets = facet_conditions(query);
+    let text = query
+        .text
+        .as_deref()
+        .map(fts_query)
+        .filter(|q| !q.is_empty());
+    let (candidate_sql, candidate_param) = match (&text, facets.first()) {
+        (Some(q), _) => (
+            "SELECT rowid FROM events_fts WHERE events_fts MATCH ?1 AND rowid < ?2 \
+             ORDER BY rowid DESC LIMIT ?3"
+                .to_owned(),
+            SqlValue::Text(q.clone()),
+        ),
+        (None, Some((column, value))) => (
+            format!(
+                "SELECT seq FROM event_facets WHERE {column} = ?1 AND seq < ?2 \
+                 ORDER BY seq DESC LIMIT ?3"
+            ),
+            SqlValue::Text(value.clone()),
+        ),
+        (None, None) => {
+            return Err(StoreError::Other(
+                "a search needs text or a facet; plain pages are queries".into(),
+            ))
+        }
+    };
+    let mut conditions = Conditions::from_filter(&query.filter);
+    for (column, value) in &facets {
+        conditions.fragments.push(format!(
+            "EXISTS (SELECT 1 FROM event_facets f WHERE f.seq = events.seq AND f.{column} = ?)"
+        ));
+        conditions.params.push(SqlValue::Text(value.clone()));
+    }
+    conditions
+        .fragments
+        .push("seq IN (SELECT value FROM json_each(?))".to_owned());
+    let events_sql = format!(
+        "SELECT {COLUMNS} FROM events{} ORDER BY seq DESC LIMIT ?",
+        conditions.where_sql()
+    );
+    let mut candidates_stmt = conn.prepare_cached(&candidate_sql)?;
+    let mut events_stmt = conn.prepare_cached(&events_sql)?;
+    let mut before = query.before_seq.unwrap_or(i64::MAX);
+    let mut records: Vec<EventRecord> = Vec::new();
+    let mut read = 0usize;
+    loop {
+        let batch: Vec<i64> = candidates_stmt
+            .query_map(
+                rusqlite::params![candidate_param.clone(), before, BATCH],
+                |r| r.get(0),
+            )?
+            .collect::<Result<_, _>>()?;
+        read += batch.len();
+        let Some(&lowest) = batch.last() else {
+            return Ok(SearchPage {
+                records,
+                next_before_seq: None,
+                scan_limited: false,
+            });
+        };
+        let mut params = conditions.params.clone();
+        params.push(SqlValue::Text(
+            serde_json::to_string(&batch).map_err(|e| StoreError::Other(e.to_string()))?,
+        ));
+        params.push(SqlValue::Integer((limit - records.len() + 1) as i64));
+        let mut rows = events_stmt.query(params_from_iter(params.iter()))?;
+        while let Some(row) = rows.next()? {
+            if records.len() == limit {
+                let next = records.last().map(|r| r.seq);
+                return Ok(SearchPage {
+                    records,
+                    next_before_seq: next,
+                    scan_limited: false,
+                });
+            }
+            records.push(read_record(row)?);
+        }
+        if (batch.len() as i64) < BATCH {
+            return Ok(SearchPage {
+                records,
+                next_before_seq: None,
+                scan_limited: false,
+            });
+        }
+        before = lowest;
+        if read >= MAX_CANDIDATES {
+            return Ok(SearchPage {
+                records,
+                next_before_seq: Some(before),
+                scan_limited: true,
+            });
+        }
+    }
+}
+
+/// The range's calls and violations, from the facets.
+pub fn overview(conn: &Connection, query: &OverviewQuery) -> Result<Overview, StoreError> {
+    let mut overview = Overview {
+        bucket_secs: query.bucket_secs(),
+        calls_by_bucket: vec![0; query.buckets()],
+        ..Overview::default()
+    };
+    let start = format_timestamp(&query.start);
+    let end = format_timestamp(&query.end);
+    let mut latencies = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT timestamp, model, outcome, status, latency_ms, total_tokens FROM event_facets \
+             WHERE event_type = 'RESPONSE' AND timestamp >= ?1 AND timestamp < ?2",
+        )?;
+        let mut rows = stmt.query([&start, &end])?;
+        // Rows of one minute share their bar: parse a minute's time once.
+        let mut minute: (String, Option<chrono::DateTime<chrono::Utc>>) = (String::new(), None);
+        while let Some(row) = rows.next()? {
+            let timestamp: String = row.get(0)?;
+            let outcome: Option<String> = row.get(2)?;
+            let status: Option<i64> = row.get(3)?;
+            let call = CallFacts {
+                model: row.get(1)?,
+                error: outcome.as_deref().unwrap_or("completed") != "completed"
+                    || status.unwrap_or(200) >= 400,
+                latency_ms: row.get(4)?,
+                total_tokens: row.get::<_, Option<i64>>(5)?.unwrap_or(0).max(0) as u64,
+            };
+            let key = timestamp.get(..16).unwrap_or(&timestamp);
+            if minute.0 != key {
+                minute = (key.to_owned(), parse_timestamp(&timestamp));
+            }
+            overview.add_call(query, minute.1, &call);
+            if let Some(l) = call.latency_ms {
+                latencies.push(l);
+            }
+        }
+    }
+    overview.set_latencies(&mut latencies);
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT coalesce(policy, ''), coalesce(severity, ''), COUNT(*) FROM event_facets \
+             WHERE event_type = 'COMPLIANCE_VIOLATION' AND timestamp >= ?1 AND timestamp < ?2 \
+             GROUP BY 1, 2",
+        )?;
+        let mut rows = stmt.query([&start, &end])?;
+        while let Some(row) = rows.next()? {
+            let (policy, severity): (String, String) = (row.get(0)?, row.get(1)?);
+            let n = row.get::<_, i64>(2)?.max(0) as u64;
+            *overview.violations_by_policy.entry(policy).or_default() += n;
+            *overview.violations_by_severity.entry(severity).or_default() += n;
+        }
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT f.seq, f.timestamp, e.request_id, coalesce(f.policy, ''), coalesce(f.severity, '') \
+         FROM event_facets f JOIN events e ON e.seq = f.seq \
+         WHERE f.event_type = 'COMPLIANCE_VIOLATION' AND f.timestamp >= ?1 AND f.timestamp < ?2 \
+         ORDER BY f.timestamp DESC LIMIT ?3",
+    )?;
+    let recent = stmt.query_map(
+        rusqlite::params![start, end, RECENT_VIOLATIONS as i64],
+        |r| {
+            Ok(RecentViolation {
+                seq: r.get(0)?,
+                timestamp: r.get(1)?,
+                request_id: r.get(2)?,
+                policy: r.get(3)?,
+                severity: r.get(4)?,
+            })
+        },
+    )?;
+    overview.recent_violations = recent.collect::<Result<_, _>>()?;
+    Ok(overview)
+}
+
+/// The facets a search names, as (column, value), most selective first
+/// (a model or operation narrows more than an outcome).
+fn facet_conditions(query: &SearchQuery) -> Vec<(&'static str, String)> {
+    [
+        ("model", &query.model),
+        ("operation", &query.operation),
+        ("outcome", &query.outcome),
+    ]
+    .into_iter()
+    .filter_map(|(column, value)| value.clone().map(|v| (column, v)))
+    .collect()
+}
+
+/// Search text as an FTS5 query: each word a quoted string (quotes
+/// doubled), all required. Nothing the reader types is FTS5 syntax.
+pub fn fts_query(text: &str) -> String {
+    text.split_whitespace()
+        .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{Duration, Utc};
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::chain::GENESIS_HASH;
+    use crate::event::{AuditEvent, EventType, NewEvent};
+    use crate::store::browse::{overview_by_scan, search_by_scan};
+    use crate::store::sqlite::{schema, SqliteStore, DB_FILE};
+    use crate::store::{AuditStore, EventFilter};
+
+    /// `n` calls a minute apart ending now: REQUEST, RESPONSE and, for
+    /// every third, a violation. Call `i` asks about `animal i`.
+    fn calls(n: i64) -> Vec<AuditEvent> {
+        let start = Utc::now() - Duration::minutes(n);
+        let mut out: Vec<AuditEvent> = Vec::new();
+        let mut prev = GENESIS_HASH.to_owned();
+        let mut push = |mut e: NewEvent, at| {
+            e.timestamp = at;
+            let sealed = e.seal(out.len() as i64 + 1, &prev);
+            prev.clone_from(&sealed.hash);
+            out.push(sealed);
+        };
+        for i in 0..n {
+            let at = start + Duration::minutes(i);
+            let id = format!("call-{i}");
+            let model = if i % 2 == 0 { "gpt-a" } else { "gpt-b" };
+            push(
+                NewEvent::new(EventType::Request, "POST /v1/chat/completions")
+                    .with_request_id(&id)
+                    .with_metadata(json!({"model": model, "operation": "chat.create",
+                        "request_data": {"model": model, "messages": [
+                            {"role": "user", "content": format!("Tell me about animal{i}, please.\nThanks")}]}})),
+                at,
+            );
+            push(
+                NewEvent::new(EventType::Response, "200")
+                    .with_request_id(&id)
+                    .with_metadata(json!({"model": model, "operation": "chat.create",
+                        "outcome": if i == 1 { "timeout" } else { "completed" },
+                        "status": 200, "latency_ms": 10 * (i + 1), "usage": {"total_tokens": 5},
+                        "response_data": {"choices": [{"message": {"role": "assistant",
+                            "content": format!("Answer{i} follows")}}]}})),
+                at + Duration::seconds(1),
+            );
+            if i % 3 == 0 {
+                push(
+                    NewEvent::new(EventType::ComplianceViolation, "violation")
+                        .with_request_id(&id)
+                        .with_metadata(json!({"policy_name": "pii", "severity": "HIGH"})),
+                    at + Duration::seconds(2),
+                );
+            }
+        }
+        out
+    }
+
+    fn text(words: &str) -> SearchQuery {
+        SearchQuery {
+            text: Some(words.to_owned()),
+            limit: 50,
+            ..SearchQuery::default()
+        }
+    }
+
+    fn request_ids(page: &SearchPage) -> Vec<String> {
+        page.records
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}:{}",
+                    r.event_type,
+                    r.request_id.clone().unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn text_search_finds_prompt_and_answer_words_and_follows_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let events = calls(6);
+        store.append_batch(events.clone().into()).await.unwrap();
+
+        let page = store.search(&text("animal2")).await.unwrap();
+        assert_eq!(request_ids(&page), ["REQUEST:call-2"]);
+        // Words after an escaped newline are words too; case folds.
+        let page = store.search(&text("THANKS")).await.unwrap();
+        assert_eq!(page.records.len(), 6);
+        let page = store.search(&text("answer4 follows")).await.unwrap();
+        assert_eq!(request_ids(&page), ["RESPONSE:call-4"]);
+        // FTS5 syntax typed by a reader is only words.
+        for hostile in ["\"animal2", "animal2 OR animal3", "NEAR(", "*", "col:x"] {
+            let page = store.search(&text(hostile)).await.unwrap();
+            assert!(page.records.len() <= 1, "{hostile}");
+        }
+
+        // Retention removes the index rows with the events.
+        store.purge_before(events[5].timestamp).await.unwrap();
+        assert!(store
+            .search(&text("animal0"))
+            .await
+            .unwrap()
+            .records
+            .is_empty());
+        assert!(store
+            .search(&text("animal1"))
+            .await
+            .unwrap()
+            .records
+            .is_empty());
+        assert_eq!(
+            store.search(&text("animal2")).await.unwrap().records.len(),
+            1
+        );
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let (facets, stored): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM event_facets), \
+                 (SELECT COUNT(*) FROM events WHERE event_type IN \
+                 ('REQUEST', 'RESPONSE', 'COMPLIANCE_VIOLATION'))",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(facets, stored);
+    }
+
+    #[tokio::test]
+    async fn facets_and_pages_agree_with_the_scan_every_store_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store.append_batch(calls(30).into()).await.unwrap();
+        let queries = [
+            SearchQuery {
+                model: Some("gpt-a".into()),
+                limit: 7,
+                ..SearchQuery::default()
+            },
+            SearchQuery {
+                outcome: Some("timeout".into()),
+                limit: 7,
+                ..SearchQuery::default()
+            },
+            SearchQuery {
+                model: Some("gpt-b".into()),
+                operation: Some("chat.create".into()),
+                filter: EventFilter {
+                    event_types: vec![EventType::Response],
+                    ..EventFilter::default()
+                },
+                limit: 4,
+                ..SearchQuery::default()
+            },
+        ];
+        for query in queries {
+            let mut indexed = Vec::new();
+            let mut scanned = Vec::new();
+            let (mut a, mut b) = (query.clone(), query.clone());
+            loop {
+                let page = store.search(&a).await.unwrap();
+                indexed.extend(page.records.iter().map(|r| r.seq));
+                match page.next_before_seq {
+                    Some(next) => a.before_seq = Some(next),
+                    None => break,
+                }
+            }
+            loop {
+                let page = search_by_scan(&store, &b).await.unwrap();
+                scanned.extend(page.records.iter().map(|r| r.seq));
+                match page.next_before_seq {
+                    Some(next) => b.before_seq = Some(next),
+                    None => break,
+                }
+            }
+            assert!(!indexed.is_empty(), "{query:?}");
+            assert_eq!(indexed, scanned, "{query:?}");
+        }
+
+        let range = OverviewQuery {
+            start: Utc::now() - Duration::hours(1),
+            end: Utc::now() + Duration::minutes(1),
+        };
+        let rolled = store.overview(&range).await.unwrap();
+        let scanned = overview_by_scan(&store, &range).await.unwrap();
+        assert_eq!(rolled, scanned);
+        assert_eq!(rolled.calls, 30);
+        assert_eq!(rolled.errors, 1);
+        assert_eq!(rolled.violations_by_policy["pii"], 10);
+        assert_eq!(rolled.tokens_by_model["gpt-a"], 75);
+        assert_eq!(rolled.latency_p50_ms, Some(150.0));
+        assert_eq!(
+            rolled.recent_violations[0].request_id.as_deref(),
+            Some("call-27")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_migration_back_fills_an_older_store() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path()).await.unwrap();
+            store.append_batch(calls(4).into()).await.unwrap();
+        }
+        // The file as the build before the console left it.
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER events_browse_insert; DROP TRIGGER events_browse_delete; \
+             DROP TABLE events_fts; DROP TABLE event_facets; PRAGMA user_version = 5;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        assert_eq!(schema::user_version(&conn).unwrap(), schema::SCHEMA_VERSION);
+        let page = store.search(&text("animal3")).await.unwrap();
+        assert_eq!(request_ids(&page), ["REQUEST:call-3"]);
+        let page = store
+            .search(&SearchQuery {
+                model: Some("gpt-b".into()),
+                limit: 50,
+                ..SearchQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.records.len(), 4);
+    }
+
+    #[test]
+    fn search_text_is_quoted_words() {
+        assert_eq!(fts_query(" a  \"b\" "), "\"a\" \"\"\"b\"\"\"");
+        assert_eq!(fts_query("   "), "");
+    }
+}
