@@ -370,3 +370,60 @@ async fn export_holds_exactly_the_filtered_view() {
     assert_eq!(console.get("/ui/export?format=xml").await.status, 400);
     console.proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_streamed_call_shows_its_reassembled_tool_calls_and_errors() {
+    let mock = MockUpstream::start().await;
+    let mut console = ConsoleClient::start(&mock.url(), &[]).await;
+    console.sign_in(ADMIN_TOKEN).await;
+    let r = console
+        .proxy
+        .post_call("/v1/chat/completions", "call-tools-1")
+        .json(&json!({"model": "gpt-4o", "stream": true,
+            "messages": [{"role": "user", "content": "weather in Paris?"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]}))
+        .send()
+        .await
+        .unwrap();
+    let _ = r.bytes().await;
+    console
+        .wait_events("request_id=call-tools-1&event_type=REQUEST,RESPONSE", 2)
+        .await;
+    let page = console.get("/ui/calls/call-tools-1").await;
+    assert!(
+        page.body.contains("tool call <code>get_weather</code>"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("&quot;loc"), "the reassembled arguments");
+    assert!(page.body.contains("<dt>Streamed</dt><dd>true</dd>"));
+    assert!(page
+        .body
+        .contains("<dt>Finish reason</dt><dd>tool_calls</dd>"));
+
+    console.proxy.stop().await;
+
+    // An upstream that is not there: the call's ERROR event is shown.
+    let dead = crate::support::dead_address().await;
+    let mut console = ConsoleClient::start(&dead, &[]).await;
+    console.sign_in(ADMIN_TOKEN).await;
+    let r = console
+        .proxy
+        .post_call("/v1/chat/completions", "call-dead-1")
+        .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    console
+        .wait_events("request_id=call-dead-1&event_type=ERROR", 1)
+        .await;
+    let page = console.get("/ui/calls/call-dead-1").await;
+    assert!(
+        page.body.contains("<h2 id=\"err-h\">Errors</h2>"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("<dd>upstream_error</dd>"));
+    console.proxy.stop().await;
+}

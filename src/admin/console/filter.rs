@@ -146,7 +146,7 @@ impl ConsoleFilter {
 
     /// Whether `q` could be a request id (and so is tried as one first).
     pub fn q_as_request_id(&self) -> Option<&str> {
-        (valid_request_id(&self.q) && self.q.len() >= 8).then_some(self.q.as_str())
+        valid_request_id(&self.q).then_some(self.q.as_str())
     }
 
     /// The search a page of this view asks the store for.
