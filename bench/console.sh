@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Console page times on a large SQLite store: generates the store through
 # the store API, starts `serve` on it (no admin token, loopback), waits for
-# the start-up chain check, then times each console page over HTTP. Also
-# writes the same events once more without the console's index triggers,
-# for the index's write cost. See bench/README.md.
+# the start-up chain check, then times each console page over HTTP. First
+# writes the same events with the console's index and with its tables
+# stripped of indexes, for the index's write cost. See bench/README.md.
 #
 #   bash bench/console.sh                 # 1,000,000 events
 #   EVENTS=100000 bash bench/console.sh   # a quick run
@@ -43,7 +43,7 @@ PY
 )
 PROXY=$ROOT/target/release/llm-audit-proxy
 
-log "Write cost of the index: $WRITE_EVENTS events with and without its triggers."
+log "Write cost of the index: $WRITE_EVENTS events with and without it."
 "$BENCH" generate --dir "$WORK/plain" --events "$WRITE_EVENTS" --plain
 "$BENCH" generate --dir "$WORK/indexed" --events "$WRITE_EVENTS"
 rm -rf "$WORK/plain" "$WORK/indexed"

@@ -294,6 +294,7 @@ impl AuditStore for SqliteStore {
                         ])?;
                     }
                 }
+                browse::index_batch(&tx, &events)?;
                 if let Some(c) = events
                     .iter()
                     .rev()

@@ -2,6 +2,11 @@
 //! `event_facets` table (schema migration 6), so neither reads event
 //! metadata.
 //!
+//! Both are written by [`index_batch`] in the transaction that appends the
+//! events, from the metadata values the events already carry (no JSON is
+//! parsed again); a trigger removes their rows when retention or the size
+//! cap deletes events.
+//!
 //! A search walks candidate seqs newest first, in batches: from the text
 //! index when there is text, else from the facets index of the first
 //! facet given. Each batch is then checked against the rest of the
@@ -11,8 +16,10 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection};
 
+use serde_json::Value;
+
 use super::{read_record, Conditions, COLUMNS};
-use crate::event::{format_timestamp, parse_timestamp, EventRecord};
+use crate::event::{format_timestamp, parse_timestamp, AuditEvent, EventRecord, EventType};
 use crate::store::browse::{
     CallFacts, Overview, OverviewQuery, RecentViolation, SearchPage, SearchQuery, RECENT_VIOLATIONS,
 };
@@ -22,6 +29,66 @@ use crate::store::{StoreError, MAX_QUERY_LIMIT};
 const BATCH: i64 = 1000;
 /// Most candidates one page reads.
 pub const MAX_CANDIDATES: usize = 50_000;
+
+/// Writes the facets and the searchable text of `events` (REQUEST,
+/// RESPONSE and COMPLIANCE_VIOLATION; others have none).
+pub fn index_batch(
+    tx: &rusqlite::Transaction<'_>,
+    events: &[AuditEvent],
+) -> Result<(), StoreError> {
+    let mut facets = tx.prepare_cached(
+        "INSERT INTO event_facets (seq, timestamp, event_type, model, operation, outcome, \
+         status, latency_ms, total_tokens, policy, severity) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let mut fts = tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?;
+    let mut text = String::new();
+    for e in events {
+        let body = match e.event_type {
+            EventType::Request => Some("request_data"),
+            EventType::Response => Some("response_data"),
+            EventType::ComplianceViolation => None,
+            _ => continue,
+        };
+        let m = &e.metadata;
+        facets.execute(rusqlite::params![
+            e.seq,
+            format_timestamp(&e.timestamp),
+            e.event_type.as_str(),
+            m["model"].as_str(),
+            m["operation"].as_str(),
+            m["outcome"].as_str(),
+            m["status"].as_i64(),
+            m["latency_ms"].as_f64(),
+            m["usage"]["total_tokens"].as_i64(),
+            m["policy_name"].as_str(),
+            m["severity"].as_str(),
+        ])?;
+        if let Some(field) = body {
+            text.clear();
+            push_text(&m[field], &mut text);
+            fts.execute(rusqlite::params![e.seq, text])?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends every string in `value`, depth first, separated by spaces:
+/// the words a reader may search for (the migration's back-fill takes the
+/// same strings with `json_tree`).
+fn push_text(value: &Value, out: &mut String) {
+    match value {
+        Value::String(s) => {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(s);
+        }
+        Value::Array(items) => items.iter().for_each(|v| push_text(v, out)),
+        Value::Object(map) => map.values().for_each(|v| push_text(v, out)),
+        _ => {}
+    }
+}
 
 /// One page of `query`, newest first.
 pub fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPage, StoreError> {
@@ -430,7 +497,7 @@ mod tests {
         // The file as the build before the console left it.
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
         conn.execute_batch(
-            "DROP TRIGGER events_browse_insert; DROP TRIGGER events_browse_delete; \
+            "DROP TRIGGER events_browse_delete; \
              DROP TABLE events_fts; DROP TABLE event_facets; PRAGMA user_version = 5;",
         )
         .unwrap();

@@ -69,16 +69,17 @@ const MIGRATIONS: &[Migration] = &[
     // metadata: an FTS5 index over the text of prompts (REQUEST
     // `request_data`) and answers (RESPONSE `response_data`), contentless
     // so the text is not stored twice, and one narrow row of facets per
-    // REQUEST, RESPONSE and COMPLIANCE_VIOLATION. Triggers keep both in
-    // the transaction that writes or purges the events, whichever process
-    // does it; existing rows are back-filled here (from scratch, so a file
-    // whose version was set back is rebuilt, not doubled).
+    // REQUEST, RESPONSE and COMPLIANCE_VIOLATION. The store's append writes
+    // both in the transaction of the events (from the values it holds, see
+    // `sqlite/browse.rs`); a trigger deletes their rows with the events,
+    // whichever process purges. Existing rows are back-filled here (from
+    // scratch, so a file whose version was set back is rebuilt, not
+    // doubled).
     Migration::Sql(BROWSE_INDEX),
 ];
 
 /// Migration 6 (see [`MIGRATIONS`]).
 const BROWSE_INDEX: &str = "
-    DROP TRIGGER IF EXISTS events_browse_insert;
     DROP TRIGGER IF EXISTS events_browse_delete;
     DROP TABLE IF EXISTS events_fts;
     DROP TABLE IF EXISTS event_facets;
@@ -102,29 +103,6 @@ const BROWSE_INDEX: &str = "
     CREATE INDEX event_facets_model ON event_facets (model, seq);
     CREATE INDEX event_facets_operation ON event_facets (operation, seq);
     CREATE INDEX event_facets_outcome ON event_facets (outcome, seq);
-    CREATE TRIGGER events_browse_insert AFTER INSERT ON events
-    WHEN new.event_type IN ('REQUEST', 'RESPONSE', 'COMPLIANCE_VIOLATION')
-    BEGIN
-        INSERT INTO event_facets VALUES (
-            new.seq, new.timestamp, new.event_type,
-            json_extract(new.metadata, '$.model'),
-            json_extract(new.metadata, '$.operation'),
-            json_extract(new.metadata, '$.outcome'),
-            json_extract(new.metadata, '$.status'),
-            json_extract(new.metadata, '$.latency_ms'),
-            json_extract(new.metadata, '$.usage.total_tokens'),
-            json_extract(new.metadata, '$.policy_name'),
-            json_extract(new.metadata, '$.severity')
-        );
-        INSERT INTO events_fts (rowid, body)
-        SELECT new.seq, (
-            SELECT group_concat(value, ' ') FROM json_tree(
-                new.metadata,
-                CASE new.event_type WHEN 'REQUEST' THEN '$.request_data' ELSE '$.response_data' END
-            ) WHERE type = 'text'
-        )
-        WHERE new.event_type IN ('REQUEST', 'RESPONSE');
-    END;
     CREATE TRIGGER events_browse_delete AFTER DELETE ON events
     WHEN old.event_type IN ('REQUEST', 'RESPONSE', 'COMPLIANCE_VIOLATION')
     BEGIN
