@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{Duration, Utc};
+use chrono::{Duration, DurationRound, Utc};
 
 use super::events::store_error;
 use super::filter::PRESETS;
@@ -37,10 +37,10 @@ pub async fn page(
         );
     };
     let end = Utc::now();
-    let query = OverviewQuery {
-        start: end - Duration::seconds(*secs),
-        end,
-    };
+    // Ranges start on a whole minute, as per-minute rollups count them.
+    let start = end - Duration::seconds(*secs);
+    let start = start.duration_trunc(Duration::minutes(1)).unwrap_or(start);
+    let query = OverviewQuery { start, end };
     let overview = match state.admin.store.overview(&query).await {
         Ok(o) => o,
         Err(error) => return store_error(error),

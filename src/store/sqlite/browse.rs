@@ -16,6 +16,8 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection};
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use super::{read_record, Conditions, COLUMNS};
@@ -43,6 +45,7 @@ pub fn index_batch(
     )?;
     let mut fts = tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?;
     let mut text = String::new();
+    let mut rollups = Rollups::default();
     for e in events {
         let body = match e.event_type {
             EventType::Request => Some("request_data"),
@@ -51,9 +54,11 @@ pub fn index_batch(
             _ => continue,
         };
         let m = &e.metadata;
+        let timestamp = format_timestamp(&e.timestamp);
+        rollups.add(&timestamp, e.event_type.clone(), m);
         facets.execute(rusqlite::params![
             e.seq,
-            format_timestamp(&e.timestamp),
+            timestamp,
             e.event_type.as_str(),
             m["model"].as_str(),
             m["operation"].as_str(),
@@ -70,7 +75,96 @@ pub fn index_batch(
             fts.execute(rusqlite::params![e.seq, text])?;
         }
     }
-    Ok(())
+    rollups.write(tx)
+}
+
+/// A batch's additions to the per-minute rollups, keyed by minute
+/// (`YYYY-MM-DDTHH:MM`).
+#[derive(Default)]
+struct Rollups {
+    /// (minute, model) to (calls, errors, tokens).
+    calls: BTreeMap<(String, String), (i64, i64, i64)>,
+    latency: BTreeMap<(String, i64), i64>,
+    violations: BTreeMap<(String, String, String), i64>,
+}
+
+impl Rollups {
+    fn add(&mut self, timestamp: &str, event_type: EventType, m: &Value) {
+        let minute = minute_of(timestamp).to_owned();
+        match event_type {
+            EventType::Response => {
+                let call = CallFacts::of(m);
+                let model = m["model"].as_str().unwrap_or("").to_owned();
+                let tokens = m["usage"]["total_tokens"].as_i64().unwrap_or(0);
+                let entry = self.calls.entry((minute.clone(), model)).or_default();
+                entry.0 += 1;
+                entry.1 += i64::from(call.error);
+                entry.2 += tokens;
+                if let Some(ms) = m["latency_ms"].as_f64() {
+                    *self
+                        .latency
+                        .entry((minute, latency_bucket(ms)))
+                        .or_default() += 1;
+                }
+            }
+            EventType::ComplianceViolation => {
+                let text = |k: &str| m[k].as_str().unwrap_or("").to_owned();
+                *self
+                    .violations
+                    .entry((minute, text("policy_name"), text("severity")))
+                    .or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
+    fn write(self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+        let mut calls = tx.prepare_cached(
+            "INSERT INTO call_minutes VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (minute, model) \
+             DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors, \
+             tokens = tokens + excluded.tokens",
+        )?;
+        for ((minute, model), (n, errors, tokens)) in self.calls {
+            calls.execute(rusqlite::params![minute, model, n, errors, tokens])?;
+        }
+        let mut latency = tx.prepare_cached(
+            "INSERT INTO latency_minutes VALUES (?1, ?2, ?3) ON CONFLICT (minute, bucket) \
+             DO UPDATE SET calls = calls + excluded.calls",
+        )?;
+        for ((minute, bucket), n) in self.latency {
+            latency.execute(rusqlite::params![minute, bucket, n])?;
+        }
+        let mut violations = tx.prepare_cached(
+            "INSERT INTO violation_minutes VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (minute, policy, severity) DO UPDATE SET count = count + excluded.count",
+        )?;
+        for ((minute, policy, severity), n) in self.violations {
+            violations.execute(rusqlite::params![minute, policy, severity, n])?;
+        }
+        Ok(())
+    }
+}
+
+/// The minute of a stored timestamp, as rollups key it.
+fn minute_of(timestamp: &str) -> &str {
+    timestamp.get(..16).unwrap_or(timestamp)
+}
+
+/// A latency rounded to two significant digits, as an ordered key:
+/// `(exponent + 10) * 100 + mantissa digits` (`812.4` → `1281`, i.e.
+/// 8.1e2). The migration computes the same key with `printf('%.1e')`.
+pub fn latency_bucket(ms: f64) -> i64 {
+    let text = format!("{:.1e}", ms.max(0.0));
+    let (mantissa, exponent) = text.split_once('e').unwrap_or(("0.0", "0"));
+    let digits: i64 = mantissa.replace('.', "").parse().unwrap_or(0);
+    let exponent: i64 = exponent.parse().unwrap_or(0);
+    (exponent + 10) * 100 + digits
+}
+
+/// The latency a bucket key stands for.
+pub fn bucket_latency(bucket: i64) -> f64 {
+    let exponent = bucket / 100 - 10;
+    (bucket % 100) as f64 * 10f64.powi(i32::try_from(exponent - 1).unwrap_or(0))
 }
 
 /// Appends every string in `value`, depth first, separated by spaces:
@@ -188,7 +282,9 @@ pub fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPage, Stor
     }
 }
 
-/// The range's calls and violations, from the facets.
+/// The range's calls and violations, from the per-minute rollups (whole
+/// minutes: the console asks for ranges that start on one) and, for the
+/// latest violations, the facets.
 pub fn overview(conn: &Connection, query: &OverviewQuery) -> Result<Overview, StoreError> {
     let mut overview = Overview {
         bucket_secs: query.bucket_secs(),
@@ -197,49 +293,63 @@ pub fn overview(conn: &Connection, query: &OverviewQuery) -> Result<Overview, St
     };
     let start = format_timestamp(&query.start);
     let end = format_timestamp(&query.end);
-    let mut latencies = Vec::new();
+    let first_minute = minute_of(&start).to_owned();
+    // The minute of the last instant before `end`.
+    let last_minute = format_timestamp(&(query.end - chrono::Duration::microseconds(1)));
+    let last_minute = minute_of(&last_minute).to_owned();
+    let bounds = [&first_minute, &last_minute];
+    let bar =
+        |minute: &str| parse_timestamp(&format!("{minute}:00Z")).and_then(|t| query.bucket_of(t));
     {
         let mut stmt = conn.prepare_cached(
-            "SELECT timestamp, model, outcome, status, latency_ms, total_tokens FROM event_facets \
-             WHERE event_type = 'RESPONSE' AND timestamp >= ?1 AND timestamp < ?2",
+            "SELECT minute, model, calls, errors, tokens FROM call_minutes \
+             WHERE minute >= ?1 AND minute <= ?2 AND calls > 0",
         )?;
-        let mut rows = stmt.query([&start, &end])?;
-        // Rows of one minute share their bar: parse a minute's time once.
-        let mut minute: (String, Option<chrono::DateTime<chrono::Utc>>) = (String::new(), None);
+        let mut rows = stmt.query(bounds)?;
         while let Some(row) = rows.next()? {
-            let timestamp: String = row.get(0)?;
-            let outcome: Option<String> = row.get(2)?;
-            let status: Option<i64> = row.get(3)?;
-            let call = CallFacts {
-                model: row.get(1)?,
-                error: outcome.as_deref().unwrap_or("completed") != "completed"
-                    || status.unwrap_or(200) >= 400,
-                latency_ms: row.get(4)?,
-                total_tokens: row.get::<_, Option<i64>>(5)?.unwrap_or(0).max(0) as u64,
-            };
-            let key = timestamp.get(..16).unwrap_or(&timestamp);
-            if minute.0 != key {
-                minute = (key.to_owned(), parse_timestamp(&timestamp));
+            let minute: String = row.get(0)?;
+            let model: String = row.get(1)?;
+            let (calls, errors, tokens): (i64, i64, i64) = (row.get(2)?, row.get(3)?, row.get(4)?);
+            let calls = calls.max(0) as u64;
+            overview.calls += calls;
+            overview.errors += errors.max(0) as u64;
+            if let Some(n) = bar(&minute).and_then(|b| overview.calls_by_bucket.get_mut(b)) {
+                *n += calls;
             }
-            overview.add_call(query, minute.1, &call);
-            if let Some(l) = call.latency_ms {
-                latencies.push(l);
+            if tokens > 0 {
+                let model = if model.is_empty() {
+                    "unknown".to_owned()
+                } else {
+                    model
+                };
+                *overview.tokens_by_model.entry(model).or_default() += tokens as u64;
             }
         }
     }
-    overview.set_latencies(&mut latencies);
     {
         let mut stmt = conn.prepare_cached(
-            "SELECT coalesce(policy, ''), coalesce(severity, ''), COUNT(*) FROM event_facets \
-             WHERE event_type = 'COMPLIANCE_VIOLATION' AND timestamp >= ?1 AND timestamp < ?2 \
-             GROUP BY 1, 2",
+            "SELECT bucket, SUM(calls) FROM latency_minutes \
+             WHERE minute >= ?1 AND minute <= ?2 GROUP BY bucket ORDER BY bucket",
         )?;
-        let mut rows = stmt.query([&start, &end])?;
+        let histogram: Vec<(i64, i64)> = stmt
+            .query_map(bounds, |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        overview.latency_p50_ms = histogram_percentile(&histogram, 0.50);
+        overview.latency_p99_ms = histogram_percentile(&histogram, 0.99);
+    }
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT policy, severity, SUM(count) FROM violation_minutes \
+             WHERE minute >= ?1 AND minute <= ?2 GROUP BY 1, 2",
+        )?;
+        let mut rows = stmt.query(bounds)?;
         while let Some(row) = rows.next()? {
             let (policy, severity): (String, String) = (row.get(0)?, row.get(1)?);
             let n = row.get::<_, i64>(2)?.max(0) as u64;
-            *overview.violations_by_policy.entry(policy).or_default() += n;
-            *overview.violations_by_severity.entry(severity).or_default() += n;
+            if n > 0 {
+                *overview.violations_by_policy.entry(policy).or_default() += n;
+                *overview.violations_by_severity.entry(severity).or_default() += n;
+            }
         }
     }
     let mut stmt = conn.prepare_cached(
@@ -262,6 +372,24 @@ pub fn overview(conn: &Connection, query: &OverviewQuery) -> Result<Overview, St
     )?;
     overview.recent_violations = recent.collect::<Result<_, _>>()?;
     Ok(overview)
+}
+
+/// The nearest-rank percentile of a latency histogram (bucket, count),
+/// ordered by bucket.
+fn histogram_percentile(histogram: &[(i64, i64)], p: f64) -> Option<f64> {
+    let total: i64 = histogram.iter().map(|(_, n)| (*n).max(0)).sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((p * total as f64).ceil() as i64).clamp(1, total);
+    let mut seen = 0;
+    for (bucket, n) in histogram {
+        seen += (*n).max(0);
+        if seen >= rank {
+            return Some(bucket_latency(*bucket));
+        }
+    }
+    None
 }
 
 /// The facets a search names, as (column, value), most selective first
@@ -290,7 +418,7 @@ pub fn fts_query(text: &str) -> String {
 mod tests {
     use std::sync::Arc;
 
-    use chrono::{Duration, Utc};
+    use chrono::{Duration, DurationRound, Utc};
     use serde_json::json;
 
     use super::*;
@@ -469,8 +597,11 @@ mod tests {
             assert_eq!(indexed, scanned, "{query:?}");
         }
 
+        let start = (Utc::now() - Duration::hours(1))
+            .duration_trunc(Duration::minutes(1))
+            .unwrap();
         let range = OverviewQuery {
-            start: Utc::now() - Duration::hours(1),
+            start,
             end: Utc::now() + Duration::minutes(1),
         };
         let rolled = store.overview(&range).await.unwrap();
@@ -485,6 +616,28 @@ mod tests {
             rolled.recent_violations[0].request_id.as_deref(),
             Some("call-27")
         );
+
+        // Retention takes purged calls out of the rollups too.
+        let oldest_kept = store
+            .search(&SearchQuery {
+                text: Some("animal12".into()),
+                limit: 1,
+                ..SearchQuery::default()
+            })
+            .await
+            .unwrap()
+            .records[0]
+            .timestamp
+            .clone();
+        store
+            .purge_before(parse_timestamp(&oldest_kept).unwrap())
+            .await
+            .unwrap();
+        let rolled = store.overview(&range).await.unwrap();
+        let scanned = overview_by_scan(&store, &range).await.unwrap();
+        assert_eq!(rolled, scanned);
+        assert_eq!(rolled.calls, 18);
+        assert_eq!(rolled.violations_by_policy["pii"], 6);
     }
 
     #[tokio::test]
@@ -516,6 +669,39 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(page.records.len(), 4);
+        // The rollups are back-filled with the same buckets the append uses.
+        let range = OverviewQuery {
+            start: (Utc::now() - Duration::hours(1))
+                .duration_trunc(Duration::minutes(1))
+                .unwrap(),
+            end: Utc::now() + Duration::minutes(1),
+        };
+        let rolled = store.overview(&range).await.unwrap();
+        assert_eq!(
+            rolled,
+            overview_by_scan(store.as_ref(), &range).await.unwrap()
+        );
+        assert_eq!(rolled.calls, 4);
+    }
+
+    #[test]
+    fn latency_buckets_keep_two_digits_and_their_order() {
+        for (ms, key, back) in [
+            (812.4, 1281, 810.0),
+            (0.125, 912, 0.12),
+            (150.0, 1215, 150.0),
+            (10.0, 1110, 10.0),
+            (0.427, 943, 0.43),
+            (0.0, 1000, 0.0),
+        ] {
+            assert_eq!(latency_bucket(ms), key, "{ms}");
+            assert!((bucket_latency(key) - back).abs() < 1e-9, "{ms}");
+        }
+        let keys: Vec<i64> = [0.05, 0.9, 1.0, 9.9, 10.0, 99.0, 100.0, 5000.0]
+            .iter()
+            .map(|ms| latency_bucket(*ms))
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
     }
 
     #[test]

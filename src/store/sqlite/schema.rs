@@ -79,10 +79,22 @@ const MIGRATIONS: &[Migration] = &[
 ];
 
 /// Migration 6 (see [`MIGRATIONS`]).
+///
+/// Besides the text index and the facets, per-minute rollups for the
+/// overview: calls, errors and tokens by model, calls by latency bucket
+/// (two significant digits, see `latency_bucket` in `sqlite/browse.rs`, the
+/// same rounding as `printf('%.1e')` here), and violations by policy and
+/// severity. The delete trigger takes a purged event back out of its
+/// minute's rollups (reading its facets row before deleting it) and drops
+/// rollup rows of minutes before it, so ranges over purged time count
+/// nothing.
 const BROWSE_INDEX: &str = "
     DROP TRIGGER IF EXISTS events_browse_delete;
     DROP TABLE IF EXISTS events_fts;
     DROP TABLE IF EXISTS event_facets;
+    DROP TABLE IF EXISTS call_minutes;
+    DROP TABLE IF EXISTS latency_minutes;
+    DROP TABLE IF EXISTS violation_minutes;
     CREATE VIRTUAL TABLE events_fts USING fts5(
         body, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2'
     );
@@ -103,9 +115,44 @@ const BROWSE_INDEX: &str = "
     CREATE INDEX event_facets_model ON event_facets (model, seq);
     CREATE INDEX event_facets_operation ON event_facets (operation, seq);
     CREATE INDEX event_facets_outcome ON event_facets (outcome, seq);
+    CREATE TABLE call_minutes (
+        minute TEXT NOT NULL, model TEXT NOT NULL,
+        calls INTEGER NOT NULL, errors INTEGER NOT NULL, tokens INTEGER NOT NULL,
+        PRIMARY KEY (minute, model)
+    ) WITHOUT ROWID;
+    CREATE TABLE latency_minutes (
+        minute TEXT NOT NULL, bucket INTEGER NOT NULL, calls INTEGER NOT NULL,
+        PRIMARY KEY (minute, bucket)
+    ) WITHOUT ROWID;
+    CREATE TABLE violation_minutes (
+        minute TEXT NOT NULL, policy TEXT NOT NULL, severity TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (minute, policy, severity)
+    ) WITHOUT ROWID;
     CREATE TRIGGER events_browse_delete AFTER DELETE ON events
     WHEN old.event_type IN ('REQUEST', 'RESPONSE', 'COMPLIANCE_VIOLATION')
     BEGIN
+        UPDATE call_minutes SET
+            calls = calls - 1,
+            errors = errors - (SELECT CASE WHEN coalesce(outcome, 'completed') != 'completed'
+                OR coalesce(status, 200) >= 400 THEN 1 ELSE 0 END
+                FROM event_facets WHERE seq = old.seq),
+            tokens = tokens - (SELECT coalesce(total_tokens, 0) FROM event_facets WHERE seq = old.seq)
+        WHERE old.event_type = 'RESPONSE' AND minute = substr(old.timestamp, 1, 16)
+            AND model = (SELECT coalesce(model, '') FROM event_facets WHERE seq = old.seq);
+        UPDATE latency_minutes SET calls = calls - 1
+        WHERE old.event_type = 'RESPONSE' AND minute = substr(old.timestamp, 1, 16)
+            AND bucket = (SELECT (CAST(substr(p, instr(p, 'e') + 1) AS INTEGER) + 10) * 100
+                    + CAST(substr(p, 1, 1) || substr(p, 3, 1) AS INTEGER)
+                FROM (SELECT printf('%.1e', latency_ms) AS p FROM event_facets
+                      WHERE seq = old.seq AND latency_ms IS NOT NULL));
+        UPDATE violation_minutes SET count = count - 1
+        WHERE old.event_type = 'COMPLIANCE_VIOLATION' AND minute = substr(old.timestamp, 1, 16)
+            AND policy = (SELECT coalesce(policy, '') FROM event_facets WHERE seq = old.seq)
+            AND severity = (SELECT coalesce(severity, '') FROM event_facets WHERE seq = old.seq);
+        DELETE FROM call_minutes WHERE minute < substr(old.timestamp, 1, 16);
+        DELETE FROM latency_minutes WHERE minute < substr(old.timestamp, 1, 16);
+        DELETE FROM violation_minutes WHERE minute < substr(old.timestamp, 1, 16);
         DELETE FROM event_facets WHERE seq = old.seq;
         DELETE FROM events_fts WHERE rowid = old.seq AND old.event_type IN ('REQUEST', 'RESPONSE');
     END;
@@ -128,6 +175,23 @@ const BROWSE_INDEX: &str = "
         ) WHERE type = 'text'
     )
     FROM events WHERE event_type IN ('REQUEST', 'RESPONSE');
+    INSERT INTO call_minutes
+    SELECT substr(timestamp, 1, 16), coalesce(model, ''), COUNT(*),
+        SUM(CASE WHEN coalesce(outcome, 'completed') != 'completed'
+            OR coalesce(status, 200) >= 400 THEN 1 ELSE 0 END),
+        SUM(coalesce(total_tokens, 0))
+    FROM event_facets WHERE event_type = 'RESPONSE' GROUP BY 1, 2;
+    INSERT INTO latency_minutes
+    SELECT minute, bucket, COUNT(*) FROM (
+        SELECT substr(timestamp, 1, 16) AS minute,
+            (CAST(substr(p, instr(p, 'e') + 1) AS INTEGER) + 10) * 100
+                + CAST(substr(p, 1, 1) || substr(p, 3, 1) AS INTEGER) AS bucket
+        FROM (SELECT timestamp, printf('%.1e', latency_ms) AS p FROM event_facets
+              WHERE event_type = 'RESPONSE' AND latency_ms IS NOT NULL)
+    ) GROUP BY 1, 2;
+    INSERT INTO violation_minutes
+    SELECT substr(timestamp, 1, 16), coalesce(policy, ''), coalesce(severity, ''), COUNT(*)
+    FROM event_facets WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1, 2, 3;
 ";
 
 /// `meta` key of the store's stable id.
