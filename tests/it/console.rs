@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::console::{ConsoleClient, ADMIN_TOKEN};
+use crate::support::console::{keygen, ConsoleClient, ADMIN_TOKEN};
 use crate::support::MockUpstream;
 
 const OPENAI_KEY: &str = "sk-proj-Zq81Wn5Rt0Yp3Lk7Hd2Fb6Xc9Vm4Ns1Qa";
@@ -89,8 +89,20 @@ async fn sign_in_refuses_bad_tokens_records_them_and_keeps_a_strict_cookie() {
 #[tokio::test]
 async fn sign_out_and_verify_need_the_sessions_csrf_token() {
     let mock = MockUpstream::start().await;
-    let mut console = ConsoleClient::start(&mock.url(), &[]).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (key_file, key_id) = keygen(keys.path());
+    let mut console = ConsoleClient::start(
+        &mock.url(),
+        &[
+            ("LLM_AUDIT_PROXY_SIGNING_KEY_FILE", &key_file),
+            ("LLM_AUDIT_PROXY_CHECKPOINT_EVERY_EVENTS", "2"),
+        ],
+    )
+    .await;
     console.sign_in(ADMIN_TOKEN).await;
+    console.chat("signed-1", "hello").await;
+    console.chat("signed-2", "hello again").await;
+    console.wait_events("event_type=CHECKPOINT", 1).await;
     let csrf = console.csrf("/ui/integrity").await;
 
     for form in [vec![], vec![("csrf", "forged")]] {
@@ -111,6 +123,13 @@ async fn sign_out_and_verify_need_the_sessions_csrf_token() {
     assert_eq!(page.status, 303);
     let page = console.get("/ui/integrity").await;
     assert!(page.body.contains("data-state=\"ok\""), "{}", page.body);
+    // The latest signed checkpoint, with the id of the key that signed it.
+    assert!(
+        page.body
+            .contains(&format!("<code id=\"key-id\">{key_id}</code>")),
+        "{}",
+        page.body
+    );
 
     let page = console.post_form("/ui/logout", &[("csrf", &csrf)]).await;
     assert_eq!(page.status, 303);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::console::{ConsoleClient, ADMIN_TOKEN};
+use crate::support::console::{keygen, ConsoleClient, ADMIN_TOKEN};
 use crate::support::webdriver::{browser_required, find_binaries, Browser, REQUIRE_ENV};
 use crate::support::{MockUpstream, TestProxy};
 
@@ -32,12 +32,16 @@ async fn the_console_in_a_real_browser() {
     let shots = std::env::var_os("LLM_AUDIT_PROXY_SCREENSHOT_DIR").map(PathBuf::from);
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (key_file, key_id) = keygen(keys.path());
     let proxy = TestProxy::start_in(
         &mock.url(),
         dir.path(),
         &[
             ("LLM_AUDIT_PROXY_ADMIN_TOKEN", ADMIN_TOKEN),
             ("LLM_AUDIT_PROXY_POLICY_PACKS", "pci"),
+            ("LLM_AUDIT_PROXY_SIGNING_KEY_FILE", &key_file),
+            ("LLM_AUDIT_PROXY_CHECKPOINT_EVERY_EVENTS", "4"),
         ],
     )
     .await;
@@ -158,6 +162,7 @@ async fn the_console_in_a_real_browser() {
     b.click(&b.find("#run-verify").await).await;
     b.wait_for("#verify-badge", Some("data-state"), |s| s == "ok")
         .await;
+    b.wait_for("#key-id", None, |k| k == key_id).await;
     if let Some(dir) = &shots {
         b.screenshot(dir, "console-integrity").await;
     }

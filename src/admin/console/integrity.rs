@@ -153,11 +153,24 @@ fn badge(out: &mut String, last: Option<&VerifyRun>) {
             esc(&head.hash)
         );
     }
+    let signatures = match r.checkpoints.signatures_ok {
+        Some(true) => "all verified with the key in use",
+        Some(false) => "a signature does not verify",
+        None => "not checked (no signing key configured)",
+    };
     let _ = write!(
         out,
-        "<dt>Checkpoints checked</dt><dd>{}</dd></dl>",
+        "<dt>Checkpoints checked</dt><dd>{}</dd><dt>Signatures</dt><dd>{signatures}</dd>",
         r.checkpoints.checked
     );
+    if r.checkpoints.unknown_key > 0 {
+        let _ = write!(
+            out,
+            "<dt>Signed by earlier keys</dt><dd>{} (check them with <code>verify --public-key</code>)</dd>",
+            r.checkpoints.unknown_key
+        );
+    }
+    out.push_str("</dl>");
 }
 
 /// The newest CHECKPOINT event: its seq, time and metadata.

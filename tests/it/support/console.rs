@@ -170,3 +170,23 @@ impl Page {
         }
     }
 }
+
+/// A fresh checkpoint signing key in `dir` from `keygen`; returns the
+/// private key file and the key id.
+pub fn keygen(dir: &std::path::Path) -> (String, String) {
+    let path = dir.join("console-signing.key");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llm-audit-proxy"))
+        .args(["keygen", "--out", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        report["private_key_file"].as_str().unwrap().to_owned(),
+        report["key_id"].as_str().unwrap().to_owned(),
+    )
+}
