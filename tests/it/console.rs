@@ -313,6 +313,20 @@ async fn a_call_page_shows_the_conversation_markers_and_findings() {
     ] {
         assert!(page.body.contains(part), "{part}");
     }
+    // A long prompt is shown in part, the rest behind the raw link.
+    let long = format!("{} tail-marker", "word ".repeat(4000));
+    console.chat("call-long-1", &long).await;
+    let page = console.get("/ui/calls/call-long-1").await;
+    assert!(page.body.contains("Load the whole body"));
+    assert!(
+        !page.body.contains("tail-marker"),
+        "cut after 8,000 characters"
+    );
+    assert!(
+        page.body.contains("Load JSON ("),
+        "a 20 KB event's JSON loads on demand"
+    );
+
     // A blocked call: its violation and its findings.
     let r = console
         .proxy

@@ -82,6 +82,19 @@ async fn the_console_in_a_real_browser() {
     b.click(&b.find("form.signin button").await).await;
     b.wait_url(|u| u.ends_with("/ui/overview")).await;
 
+    // Keyboard: the first Tab lands on the skip link, which then shows on
+    // screen; the next ones reach the navigation.
+    b.press_tab().await;
+    let (href, [x, y, w, h]) = b.focused("href").await;
+    assert_eq!(href.as_deref(), Some("#main"));
+    assert!(
+        x >= 0.0 && y >= 0.0 && w > 0.0 && h > 0.0,
+        "visible: {x} {y} {w} {h}"
+    );
+    b.press_tab().await;
+    let (href, _) = b.focused("href").await;
+    assert_eq!(href.as_deref(), Some("/ui/overview"));
+
     // Overview: charts for a range with violations, each linking its call.
     b.goto(&format!("{admin}/ui/overview?range=1h")).await;
     assert!(b.count("svg#chart-calls rect.bar").await >= 1);

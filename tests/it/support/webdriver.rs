@@ -287,6 +287,33 @@ impl Browser {
             .to_owned()
     }
 
+    /// Presses Tab, as a keyboard user moving to the next control.
+    pub async fn press_tab(&self) {
+        let tab = "\u{E004}";
+        self.call(
+            "POST",
+            "/actions",
+            Some(
+                json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                {"type": "keyDown", "value": tab}, {"type": "keyUp", "value": tab}]}]}),
+            ),
+        )
+        .await;
+    }
+
+    /// The focused element's attribute and its on-screen rectangle
+    /// (x, y, width, height).
+    pub async fn focused(&self, attribute: &str) -> (Option<String>, [f64; 4]) {
+        let active = self.call("GET", "/element/active", None).await;
+        let element = Element(active[ELEMENT].as_str().unwrap().to_owned());
+        let value = self.attribute(&element, attribute).await;
+        let rect = self
+            .call("GET", &format!("/element/{}/rect", element.0), None)
+            .await;
+        let n = |k: &str| rect[k].as_f64().unwrap_or(-1.0);
+        (value, [n("x"), n("y"), n("width"), n("height")])
+    }
+
     /// A cookie's value, HttpOnly ones included.
     pub async fn cookie(&self, name: &str) -> String {
         self.call("GET", &format!("/cookie/{name}"), None).await["value"]
