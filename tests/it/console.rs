@@ -460,3 +460,42 @@ async fn a_streamed_call_shows_its_reassembled_tool_calls_and_errors() {
     assert!(page.body.contains("<dd>upstream_error</dd>"));
     console.proxy.stop().await;
 }
+
+#[tokio::test]
+async fn the_memory_and_file_stores_serve_the_same_pages() {
+    let mock = MockUpstream::start().await;
+    for storage in ["memory", "file"] {
+        let mut console =
+            ConsoleClient::start(&mock.url(), &[("LLM_AUDIT_PROXY_STORAGE", storage)]).await;
+        console.sign_in(ADMIN_TOKEN).await;
+        console.chat("store-1", "a question about lynxes").await;
+        console.chat("store-2", "a question about martens").await;
+
+        let page = console.get("/ui/events?q=lynxes").await;
+        assert!(
+            page.body.contains("store-1") && !page.body.contains("store-2"),
+            "{storage}"
+        );
+        let page = console
+            .get("/ui/events?type=RESPONSE&model=gpt-4o-mini-2024-07-18")
+            .await;
+        assert!(
+            page.body.contains("<span id=\"row-count\">2</span>"),
+            "{storage}"
+        );
+        assert_eq!(
+            console.get("/ui/calls/store-2").await.status,
+            200,
+            "{storage}"
+        );
+        let overview = console.get("/ui/overview?range=1h").await;
+        assert!(
+            overview.body.contains("<dd id=\"calls\">2</dd>"),
+            "{storage}: {}",
+            overview.body
+        );
+        let export = console.get("/ui/export?q=martens&format=ndjson").await;
+        assert_eq!(export.body.lines().count(), 1, "{storage}");
+        console.proxy.stop().await;
+    }
+}
