@@ -311,11 +311,11 @@ async fn login(State(state): State<ConsoleState>, req: Request) -> Response {
         return sign_in_form(StatusCode::UNAUTHORIZED, Some(message));
     }
     let (id, _) = state.sessions.create();
+    // 303: the browser follows with a GET.
     let mut response = Redirect::to("/ui/overview").into_response();
     if let Ok(cookie) = HeaderValue::from_str(&session::set_cookie(&id, secure)) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
-    *response.status_mut() = StatusCode::SEE_OTHER;
     response
 }
 
@@ -331,7 +331,6 @@ async fn logout(State(state): State<ConsoleState>, req: Request) -> Response {
         state.sessions.remove(&id);
     }
     let mut response = Redirect::to("/ui/login").into_response();
-    *response.status_mut() = StatusCode::SEE_OTHER;
     if let Ok(cookie) = HeaderValue::from_str(&session::clear_cookie(secure)) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }

@@ -39,14 +39,17 @@ pub struct Sessions {
 impl Sessions {
     /// Starts a session; returns its id (the cookie value).
     pub fn create(&self) -> (String, Session) {
+        self.create_at(Instant::now())
+    }
+
+    fn create_at(&self, now: Instant) -> (String, Session) {
         let id = random_hex();
         let session = Session {
             csrf: random_hex(),
-            expires: Instant::now() + LIFETIME,
+            expires: now + LIFETIME,
         };
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         if table.len() >= MAX_SESSIONS {
-            let now = Instant::now();
             table.retain(|_, s| s.expires > now);
         }
         if table.len() >= MAX_SESSIONS {
@@ -64,10 +67,14 @@ impl Sessions {
 
     /// The live session named by the request's cookie.
     pub fn find(&self, headers: &HeaderMap) -> Option<(String, Session)> {
+        self.find_at(headers, Instant::now())
+    }
+
+    fn find_at(&self, headers: &HeaderMap, now: Instant) -> Option<(String, Session)> {
         let id = cookie_value(headers, COOKIE)?;
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         match table.get(id) {
-            Some(s) if s.expires > Instant::now() => Some((id.to_owned(), s.clone())),
+            Some(s) if s.expires > now => Some((id.to_owned(), s.clone())),
             Some(_) => {
                 table.remove(id);
                 None
@@ -176,6 +183,19 @@ mod tests {
             .find(&with_cookie(&format!("{COOKIE}=deadbeef")))
             .is_none());
         assert!(sessions.find(&with_cookie(&format!("{COOKIE}="))).is_none());
+    }
+
+    #[test]
+    fn a_session_ends_at_its_expiry() {
+        let sessions = Sessions::default();
+        let start = Instant::now();
+        let (id, _) = sessions.create_at(start);
+        let headers = with_cookie(&format!("{COOKIE}={id}"));
+        let almost = start + LIFETIME - Duration::from_secs(1);
+        assert!(sessions.find_at(&headers, almost).is_some());
+        assert!(sessions.find_at(&headers, start + LIFETIME).is_none());
+        // An expired session is gone, not just refused once.
+        assert!(sessions.find_at(&headers, almost).is_none());
     }
 
     #[test]
