@@ -499,3 +499,31 @@ async fn the_memory_and_file_stores_serve_the_same_pages() {
         console.proxy.stop().await;
     }
 }
+
+#[tokio::test]
+async fn without_tokens_the_console_is_open_but_forms_still_need_their_token() {
+    let mock = MockUpstream::start().await;
+    let console = ConsoleClient::on(crate::support::TestProxy::start(&mock.url()).await);
+    assert_eq!(console.get("/ui/events").await.status, 200);
+    let login = console.get("/ui/login").await;
+    assert_eq!(login.status, 303);
+    assert_eq!(login.location.as_deref(), Some("/ui/overview"));
+    assert_eq!(
+        console
+            .post_form("/ui/verify", &[("csrf", "guess")])
+            .await
+            .status,
+        403
+    );
+    let csrf = console.csrf("/ui/integrity").await;
+    assert_eq!(
+        console
+            .post_form("/ui/verify", &[("csrf", &csrf)])
+            .await
+            .status,
+        303
+    );
+    let page = console.get("/ui/integrity").await;
+    assert!(page.body.contains("data-state=\"ok\""));
+    console.proxy.stop().await;
+}
