@@ -10,6 +10,7 @@
 //! | `GET /api/export` | every matching event, oldest first, streamed as json, ndjson or csv; verifiable (checkpoints and chain links) when signing |
 //! | `GET /api/stats` | the store's counts and size, the pipeline's counters, and each shipping target's progress |
 //! | `GET /api/verify` | checks the stored hash chain and its signed checkpoints |
+//! | `GET /ui/...` | the web console ([`console`]), with its own sign-in |
 //!
 //! With tokens configured, every `/api/*` route requires one of them as a
 //! bearer token, with the `read` scope, or `write` for `POST /api/events`
@@ -21,6 +22,7 @@
 //! the hash chain. Errors are JSON, mapped in one place ([`error`]).
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod export;
 pub mod params;
@@ -109,7 +111,8 @@ pub fn router(state: AdminState) -> Router {
             state.clone(),
             auth::require_token,
         ))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(console::router(state))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -12,6 +12,7 @@
 //!
 //! [`ChainVerifier`]: crate::event::chain::ChainVerifier
 
+pub mod browse;
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod file;
@@ -255,6 +256,31 @@ pub trait AuditStore: Send + Sync + 'static {
         self.export(filter)
             .map(|event| event.and_then(to_record))
             .boxed()
+    }
+
+    /// A page of events matching a search over their content (text, call
+    /// facets), newest first. The default reads through
+    /// [`query_records`](Self::query_records) and checks each record,
+    /// reading a bounded number ([`browse::SCAN_LIMIT`]); stores with a
+    /// text index answer directly.
+    async fn search(&self, query: &browse::SearchQuery) -> Result<browse::SearchPage, StoreError> {
+        browse::search_by_scan(self, query).await
+    }
+
+    /// Whether [`search`](Self::search) uses a text index (and so reads
+    /// every match, not a bounded number of events).
+    fn has_text_index(&self) -> bool {
+        false
+    }
+
+    /// Calls, errors, latency, tokens and violations over a time range.
+    /// The default reads the range's events (bounded, see
+    /// [`browse::overview_by_scan`]); stores with rollups answer directly.
+    async fn overview(
+        &self,
+        query: &browse::OverviewQuery,
+    ) -> Result<browse::Overview, StoreError> {
+        browse::overview_by_scan(self, query).await
     }
 
     /// Counts by type and level, and size on disk.

@@ -10,6 +10,7 @@
 //! the size and the reads stop as soon as the consumer goes away.
 //! Retention and the size cap live in `sqlite/purge.rs`.
 
+mod browse;
 mod purge;
 mod schema;
 
@@ -293,6 +294,7 @@ impl AuditStore for SqliteStore {
                         ])?;
                     }
                 }
+                browse::index_batch(&tx, &events)?;
                 if let Some(c) = events
                     .iter()
                     .rev()
@@ -413,6 +415,29 @@ impl AuditStore for SqliteStore {
 
     async fn query_records(&self, query: &EventQuery) -> Result<RecordPage, StoreError> {
         self.page(query, read_record).await
+    }
+
+    async fn search(
+        &self,
+        query: &super::browse::SearchQuery,
+    ) -> Result<super::browse::SearchPage, StoreError> {
+        if query.is_plain() {
+            return super::browse::search_by_scan(self, query).await;
+        }
+        let query = query.clone();
+        self.read(move |conn| browse::search(conn, &query)).await
+    }
+
+    fn has_text_index(&self) -> bool {
+        true
+    }
+
+    async fn overview(
+        &self,
+        query: &super::browse::OverviewQuery,
+    ) -> Result<super::browse::Overview, StoreError> {
+        let query = *query;
+        self.read(move |conn| browse::overview(conn, &query)).await
     }
 
     async fn get(&self, id: &str) -> Result<Option<AuditEvent>, StoreError> {

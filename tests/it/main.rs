@@ -14,6 +14,8 @@ mod support;
 mod admin_api;
 mod binary;
 mod central;
+mod console;
+mod console_browser;
 mod durability;
 mod evidence;
 mod hardening;

@@ -1,7 +1,9 @@
 //! Shared test helpers: the mock upstream and an in-process proxy.
 
+pub mod console;
 pub mod mock;
 pub mod postgres;
+pub mod webdriver;
 
 use std::collections::HashMap;
 use std::path::Path;

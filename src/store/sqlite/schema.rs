@@ -65,7 +65,134 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql(
         "CREATE TABLE IF NOT EXISTS ship_cursor (target TEXT PRIMARY KEY, seq INTEGER NOT NULL);",
     ),
+    // 6: what the web console searches and counts without reading event
+    // metadata: an FTS5 index over the text of prompts (REQUEST
+    // `request_data`) and answers (RESPONSE `response_data`), contentless
+    // so the text is not stored twice, and one narrow row of facets per
+    // REQUEST, RESPONSE and COMPLIANCE_VIOLATION. The store's append writes
+    // both in the transaction of the events (from the values it holds, see
+    // `sqlite/browse.rs`); a trigger deletes their rows with the events,
+    // whichever process purges. Existing rows are back-filled here (from
+    // scratch, so a file whose version was set back is rebuilt, not
+    // doubled).
+    Migration::Sql(BROWSE_INDEX),
 ];
+
+/// Migration 6 (see [`MIGRATIONS`]).
+///
+/// Besides the text index and the facets, per-minute rollups for the
+/// overview: calls, errors and tokens by model, calls by latency bucket
+/// (two significant digits, see `latency_bucket` in `sqlite/browse.rs`, the
+/// same rounding as `printf('%.1e')` here), and violations by policy and
+/// severity. The delete trigger takes a purged event back out of its
+/// minute's rollups (reading its facets row before deleting it) and drops
+/// rollup rows of minutes before it, so ranges over purged time count
+/// nothing.
+const BROWSE_INDEX: &str = "
+    DROP TRIGGER IF EXISTS events_browse_delete;
+    DROP TABLE IF EXISTS events_fts;
+    DROP TABLE IF EXISTS event_facets;
+    DROP TABLE IF EXISTS call_minutes;
+    DROP TABLE IF EXISTS latency_minutes;
+    DROP TABLE IF EXISTS violation_minutes;
+    CREATE VIRTUAL TABLE events_fts USING fts5(
+        body, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2'
+    );
+    CREATE TABLE event_facets (
+        seq          INTEGER PRIMARY KEY,
+        timestamp    TEXT    NOT NULL,
+        event_type   TEXT    NOT NULL,
+        model        TEXT,
+        operation    TEXT,
+        outcome      TEXT,
+        status       INTEGER,
+        latency_ms   REAL,
+        total_tokens INTEGER,
+        policy       TEXT,
+        severity     TEXT
+    );
+    CREATE INDEX event_facets_type_ts ON event_facets (event_type, timestamp);
+    CREATE INDEX event_facets_model ON event_facets (model, seq);
+    CREATE INDEX event_facets_operation ON event_facets (operation, seq);
+    CREATE INDEX event_facets_outcome ON event_facets (outcome, seq);
+    CREATE TABLE call_minutes (
+        minute TEXT NOT NULL, model TEXT NOT NULL,
+        calls INTEGER NOT NULL, errors INTEGER NOT NULL, tokens INTEGER NOT NULL,
+        PRIMARY KEY (minute, model)
+    ) WITHOUT ROWID;
+    CREATE TABLE latency_minutes (
+        minute TEXT NOT NULL, bucket INTEGER NOT NULL, calls INTEGER NOT NULL,
+        PRIMARY KEY (minute, bucket)
+    ) WITHOUT ROWID;
+    CREATE TABLE violation_minutes (
+        minute TEXT NOT NULL, policy TEXT NOT NULL, severity TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (minute, policy, severity)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER events_browse_delete AFTER DELETE ON events
+    WHEN old.event_type IN ('REQUEST', 'RESPONSE', 'COMPLIANCE_VIOLATION')
+    BEGIN
+        UPDATE call_minutes SET
+            calls = calls - 1,
+            errors = errors - (SELECT CASE WHEN coalesce(outcome, 'completed') != 'completed'
+                OR coalesce(status, 200) >= 400 THEN 1 ELSE 0 END
+                FROM event_facets WHERE seq = old.seq),
+            tokens = tokens - (SELECT coalesce(total_tokens, 0) FROM event_facets WHERE seq = old.seq)
+        WHERE old.event_type = 'RESPONSE' AND minute = substr(old.timestamp, 1, 16)
+            AND model = (SELECT coalesce(model, '') FROM event_facets WHERE seq = old.seq);
+        UPDATE latency_minutes SET calls = calls - 1
+        WHERE old.event_type = 'RESPONSE' AND minute = substr(old.timestamp, 1, 16)
+            AND bucket = (SELECT (CAST(substr(p, instr(p, 'e') + 1) AS INTEGER) + 10) * 100
+                    + CAST(substr(p, 1, 1) || substr(p, 3, 1) AS INTEGER)
+                FROM (SELECT printf('%.1e', latency_ms) AS p FROM event_facets
+                      WHERE seq = old.seq AND latency_ms IS NOT NULL));
+        UPDATE violation_minutes SET count = count - 1
+        WHERE old.event_type = 'COMPLIANCE_VIOLATION' AND minute = substr(old.timestamp, 1, 16)
+            AND policy = (SELECT coalesce(policy, '') FROM event_facets WHERE seq = old.seq)
+            AND severity = (SELECT coalesce(severity, '') FROM event_facets WHERE seq = old.seq);
+        DELETE FROM call_minutes WHERE minute < substr(old.timestamp, 1, 16);
+        DELETE FROM latency_minutes WHERE minute < substr(old.timestamp, 1, 16);
+        DELETE FROM violation_minutes WHERE minute < substr(old.timestamp, 1, 16);
+        DELETE FROM event_facets WHERE seq = old.seq;
+        DELETE FROM events_fts WHERE rowid = old.seq AND old.event_type IN ('REQUEST', 'RESPONSE');
+    END;
+    INSERT INTO event_facets
+    SELECT seq, timestamp, event_type,
+        json_extract(metadata, '$.model'),
+        json_extract(metadata, '$.operation'),
+        json_extract(metadata, '$.outcome'),
+        json_extract(metadata, '$.status'),
+        json_extract(metadata, '$.latency_ms'),
+        json_extract(metadata, '$.usage.total_tokens'),
+        json_extract(metadata, '$.policy_name'),
+        json_extract(metadata, '$.severity')
+    FROM events WHERE event_type IN ('REQUEST', 'RESPONSE', 'COMPLIANCE_VIOLATION');
+    INSERT INTO events_fts (rowid, body)
+    SELECT seq, (
+        SELECT group_concat(value, ' ') FROM json_tree(
+            metadata,
+            CASE event_type WHEN 'REQUEST' THEN '$.request_data' ELSE '$.response_data' END
+        ) WHERE type = 'text'
+    )
+    FROM events WHERE event_type IN ('REQUEST', 'RESPONSE');
+    INSERT INTO call_minutes
+    SELECT substr(timestamp, 1, 16), coalesce(model, ''), COUNT(*),
+        SUM(CASE WHEN coalesce(outcome, 'completed') != 'completed'
+            OR coalesce(status, 200) >= 400 THEN 1 ELSE 0 END),
+        SUM(coalesce(total_tokens, 0))
+    FROM event_facets WHERE event_type = 'RESPONSE' GROUP BY 1, 2;
+    INSERT INTO latency_minutes
+    SELECT minute, bucket, COUNT(*) FROM (
+        SELECT substr(timestamp, 1, 16) AS minute,
+            (CAST(substr(p, instr(p, 'e') + 1) AS INTEGER) + 10) * 100
+                + CAST(substr(p, 1, 1) || substr(p, 3, 1) AS INTEGER) AS bucket
+        FROM (SELECT timestamp, printf('%.1e', latency_ms) AS p FROM event_facets
+              WHERE event_type = 'RESPONSE' AND latency_ms IS NOT NULL)
+    ) GROUP BY 1, 2;
+    INSERT INTO violation_minutes
+    SELECT substr(timestamp, 1, 16), coalesce(policy, ''), coalesce(severity, ''), COUNT(*)
+    FROM event_facets WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1, 2, 3;
+";
 
 /// `meta` key of the store's stable id.
 pub const META_SOURCE_ID: &str = "source_id";

@@ -1,0 +1,712 @@
+//! The console's search and overview answered from the FTS5 index and the
+//! `event_facets` table (schema migration 6), so neither reads event
+//! metadata.
+//!
+//! Both are written by [`index_batch`] in the transaction that appends the
+//! events, from the metadata values the events already carry (no JSON is
+//! parsed again); a trigger removes their rows when retention or the size
+//! cap deletes events.
+//!
+//! A search walks candidate seqs newest first, in batches: from the text
+//! index when there is text, else from the facets index of the first
+//! facet given. Each batch is then checked against the rest of the
+//! filter. A page reads at most [`MAX_CANDIDATES`] candidates; one that
+//! stops there says so and its cursor continues the walk.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params_from_iter, Connection};
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{read_record, Conditions, COLUMNS};
+use crate::event::{format_timestamp, parse_timestamp, AuditEvent, EventRecord, EventType};
+use crate::store::browse::{
+    CallFacts, Overview, OverviewQuery, RecentViolation, SearchPage, SearchQuery, RECENT_VIOLATIONS,
+};
+use crate::store::{StoreError, MAX_QUERY_LIMIT};
+
+/// Candidates read per batch.
+const BATCH: i64 = 1000;
+/// Most candidates one page reads.
+pub const MAX_CANDIDATES: usize = 50_000;
+
+/// Writes the facets and the searchable text of `events` (REQUEST,
+/// RESPONSE and COMPLIANCE_VIOLATION; others have none).
+pub fn index_batch(
+    tx: &rusqlite::Transaction<'_>,
+    events: &[AuditEvent],
+) -> Result<(), StoreError> {
+    let mut facets = tx.prepare_cached(
+        "INSERT INTO event_facets (seq, timestamp, event_type, model, operation, outcome, \
+         status, latency_ms, total_tokens, policy, severity) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let mut fts = tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?;
+    let mut text = String::new();
+    let mut rollups = Rollups::default();
+    for e in events {
+        let body = match e.event_type {
+            EventType::Request => Some("request_data"),
+            EventType::Response => Some("response_data"),
+            EventType::ComplianceViolation => None,
+            _ => continue,
+        };
+        let m = &e.metadata;
+        let timestamp = format_timestamp(&e.timestamp);
+        rollups.add(&timestamp, e.event_type.clone(), m);
+        facets.execute(rusqlite::params![
+            e.seq,
+            timestamp,
+            e.event_type.as_str(),
+            m["model"].as_str(),
+            m["operation"].as_str(),
+            m["outcome"].as_str(),
+            m["status"].as_i64(),
+            m["latency_ms"].as_f64(),
+            m["usage"]["total_tokens"].as_i64(),
+            m["policy_name"].as_str(),
+            m["severity"].as_str(),
+        ])?;
+        if let Some(field) = body {
+            text.clear();
+            push_text(&m[field], &mut text);
+            fts.execute(rusqlite::params![e.seq, text])?;
+        }
+    }
+    rollups.write(tx)
+}
+
+/// A batch's additions to the per-minute rollups, keyed by minute
+/// (`YYYY-MM-DDTHH:MM`).
+#[derive(Default)]
+struct Rollups {
+    /// (minute, model) to (calls, errors, tokens).
+    calls: BTreeMap<(String, String), (i64, i64, i64)>,
+    latency: BTreeMap<(String, i64), i64>,
+    violations: BTreeMap<(String, String, String), i64>,
+}
+
+impl Rollups {
+    fn add(&mut self, timestamp: &str, event_type: EventType, m: &Value) {
+        let minute = minute_of(timestamp).to_owned();
+        match event_type {
+            EventType::Response => {
+                let call = CallFacts::of(m);
+                let model = m["model"].as_str().unwrap_or("").to_owned();
+                let tokens = m["usage"]["total_tokens"].as_i64().unwrap_or(0);
+                let entry = self.calls.entry((minute.clone(), model)).or_default();
+                entry.0 += 1;
+                entry.1 += i64::from(call.error);
+                entry.2 += tokens;
+                if let Some(ms) = m["latency_ms"].as_f64() {
+                    *self
+                        .latency
+                        .entry((minute, latency_bucket(ms)))
+                        .or_default() += 1;
+                }
+            }
+            EventType::ComplianceViolation => {
+                let text = |k: &str| m[k].as_str().unwrap_or("").to_owned();
+                *self
+                    .violations
+                    .entry((minute, text("policy_name"), text("severity")))
+                    .or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
+    fn write(self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+        let mut calls = tx.prepare_cached(
+            "INSERT INTO call_minutes VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (minute, model) \
+             DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors, \
+             tokens = tokens + excluded.tokens",
+        )?;
+        for ((minute, model), (n, errors, tokens)) in self.calls {
+            calls.execute(rusqlite::params![minute, model, n, errors, tokens])?;
+        }
+        let mut latency = tx.prepare_cached(
+            "INSERT INTO latency_minutes VALUES (?1, ?2, ?3) ON CONFLICT (minute, bucket) \
+             DO UPDATE SET calls = calls + excluded.calls",
+        )?;
+        for ((minute, bucket), n) in self.latency {
+            latency.execute(rusqlite::params![minute, bucket, n])?;
+        }
+        let mut violations = tx.prepare_cached(
+            "INSERT INTO violation_minutes VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (minute, policy, severity) DO UPDATE SET count = count + excluded.count",
+        )?;
+        for ((minute, policy, severity), n) in self.violations {
+            violations.execute(rusqlite::params![minute, policy, severity, n])?;
+        }
+        Ok(())
+    }
+}
+
+/// The minute of a stored timestamp, as rollups key it.
+fn minute_of(timestamp: &str) -> &str {
+    timestamp.get(..16).unwrap_or(timestamp)
+}
+
+/// A latency rounded to two significant digits, as an ordered key:
+/// `(exponent + 10) * 100 + mantissa digits` (`812.4` → `1281`, i.e.
+/// 8.1e2). The migration computes the same key with `printf('%.1e')`.
+pub fn latency_bucket(ms: f64) -> i64 {
+    let text = format!("{:.1e}", ms.max(0.0));
+    let (mantissa, exponent) = text.split_once('e').unwrap_or(("0.0", "0"));
+    let digits: i64 = mantissa.replace('.', "").parse().unwrap_or(0);
+    let exponent: i64 = exponent.parse().unwrap_or(0);
+    (exponent + 10) * 100 + digits
+}
+
+/// The latency a bucket key stands for.
+pub fn bucket_latency(bucket: i64) -> f64 {
+    let exponent = bucket / 100 - 10;
+    (bucket % 100) as f64 * 10f64.powi(i32::try_from(exponent - 1).unwrap_or(0))
+}
+
+/// Appends every string in `value`, depth first, separated by spaces:
+/// the words a reader may search for (the migration's back-fill takes the
+/// same strings with `json_tree`).
+fn push_text(value: &Value, out: &mut String) {
+    match value {
+        Value::String(s) => {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(s);
+        }
+        Value::Array(items) => items.iter().for_each(|v| push_text(v, out)),
+        Value::Object(map) => map.values().for_each(|v| push_text(v, out)),
+        _ => {}
+    }
+}
+
+/// One page of `query`, newest first.
+pub fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+    let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
+    let facets = facet_conditions(query);
+    let text = query
+        .text
+        .as_deref()
+        .map(fts_query)
+        .filter(|q| !q.is_empty());
+    let (candidate_sql, candidate_param) = match (&text, facets.first()) {
+        (Some(q), _) => (
+            "SELECT rowid FROM events_fts WHERE events_fts MATCH ?1 AND rowid < ?2 \
+             ORDER BY rowid DESC LIMIT ?3"
+                .to_owned(),
+            SqlValue::Text(q.clone()),
+        ),
+        (None, Some((column, value))) => (
+            format!(
+                "SELECT seq FROM event_facets WHERE {column} = ?1 AND seq < ?2 \
+                 ORDER BY seq DESC LIMIT ?3"
+            ),
+            SqlValue::Text(value.clone()),
+        ),
+        (None, None) => {
+            return Err(StoreError::Other(
+                "a search needs text or a facet; plain pages are queries".into(),
+            ))
+        }
+    };
+    let mut conditions = Conditions::from_filter(&query.filter);
+    for (column, value) in &facets {
+        conditions.fragments.push(format!(
+            "EXISTS (SELECT 1 FROM event_facets f WHERE f.seq = events.seq AND f.{column} = ?)"
+        ));
+        conditions.params.push(SqlValue::Text(value.clone()));
+    }
+    conditions
+        .fragments
+        .push("seq IN (SELECT value FROM json_each(?))".to_owned());
+    let events_sql = format!(
+        "SELECT {COLUMNS} FROM events{} ORDER BY seq DESC LIMIT ?",
+        conditions.where_sql()
+    );
+    let mut candidates_stmt = conn.prepare_cached(&candidate_sql)?;
+    let mut events_stmt = conn.prepare_cached(&events_sql)?;
+    let mut before = query.before_seq.unwrap_or(i64::MAX);
+    let mut records: Vec<EventRecord> = Vec::new();
+    let mut read = 0usize;
+    loop {
+        let batch: Vec<i64> = candidates_stmt
+            .query_map(
+                rusqlite::params![candidate_param.clone(), before, BATCH],
+                |r| r.get(0),
+            )?
+            .collect::<Result<_, _>>()?;
+        read += batch.len();
+        let Some(&lowest) = batch.last() else {
+            return Ok(SearchPage {
+                records,
+                next_before_seq: None,
+                scan_limited: false,
+            });
+        };
+        let mut params = conditions.params.clone();
+        params.push(SqlValue::Text(
+            serde_json::to_string(&batch).map_err(|e| StoreError::Other(e.to_string()))?,
+        ));
+        params.push(SqlValue::Integer((limit - records.len() + 1) as i64));
+        let mut rows = events_stmt.query(params_from_iter(params.iter()))?;
+        while let Some(row) = rows.next()? {
+            if records.len() == limit {
+                let next = records.last().map(|r| r.seq);
+                return Ok(SearchPage {
+                    records,
+                    next_before_seq: next,
+                    scan_limited: false,
+                });
+            }
+            records.push(read_record(row)?);
+        }
+        if (batch.len() as i64) < BATCH {
+            return Ok(SearchPage {
+                records,
+                next_before_seq: None,
+                scan_limited: false,
+            });
+        }
+        before = lowest;
+        if read >= MAX_CANDIDATES {
+            return Ok(SearchPage {
+                records,
+                next_before_seq: Some(before),
+                scan_limited: true,
+            });
+        }
+    }
+}
+
+/// The range's calls and violations, from the per-minute rollups (whole
+/// minutes: the console asks for ranges that start on one) and, for the
+/// latest violations, the facets.
+pub fn overview(conn: &Connection, query: &OverviewQuery) -> Result<Overview, StoreError> {
+    let mut overview = Overview {
+        bucket_secs: query.bucket_secs(),
+        calls_by_bucket: vec![0; query.buckets()],
+        ..Overview::default()
+    };
+    let start = format_timestamp(&query.start);
+    let end = format_timestamp(&query.end);
+    let first_minute = minute_of(&start).to_owned();
+    // The minute of the last instant before `end`.
+    let last_minute = format_timestamp(&(query.end - chrono::Duration::microseconds(1)));
+    let last_minute = minute_of(&last_minute).to_owned();
+    let bounds = [&first_minute, &last_minute];
+    let bar =
+        |minute: &str| parse_timestamp(&format!("{minute}:00Z")).and_then(|t| query.bucket_of(t));
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT minute, model, calls, errors, tokens FROM call_minutes \
+             WHERE minute >= ?1 AND minute <= ?2 AND calls > 0",
+        )?;
+        let mut rows = stmt.query(bounds)?;
+        while let Some(row) = rows.next()? {
+            let minute: String = row.get(0)?;
+            let model: String = row.get(1)?;
+            let (calls, errors, tokens): (i64, i64, i64) = (row.get(2)?, row.get(3)?, row.get(4)?);
+            let calls = calls.max(0) as u64;
+            overview.calls += calls;
+            overview.errors += errors.max(0) as u64;
+            if let Some(n) = bar(&minute).and_then(|b| overview.calls_by_bucket.get_mut(b)) {
+                *n += calls;
+            }
+            if tokens > 0 {
+                let model = if model.is_empty() {
+                    "unknown".to_owned()
+                } else {
+                    model
+                };
+                *overview.tokens_by_model.entry(model).or_default() += tokens as u64;
+            }
+        }
+    }
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT bucket, SUM(calls) FROM latency_minutes \
+             WHERE minute >= ?1 AND minute <= ?2 GROUP BY bucket ORDER BY bucket",
+        )?;
+        let histogram: Vec<(i64, i64)> = stmt
+            .query_map(bounds, |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        overview.latency_p50_ms = histogram_percentile(&histogram, 0.50);
+        overview.latency_p99_ms = histogram_percentile(&histogram, 0.99);
+    }
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT policy, severity, SUM(count) FROM violation_minutes \
+             WHERE minute >= ?1 AND minute <= ?2 GROUP BY 1, 2",
+        )?;
+        let mut rows = stmt.query(bounds)?;
+        while let Some(row) = rows.next()? {
+            let (policy, severity): (String, String) = (row.get(0)?, row.get(1)?);
+            let n = row.get::<_, i64>(2)?.max(0) as u64;
+            if n > 0 {
+                *overview.violations_by_policy.entry(policy).or_default() += n;
+                *overview.violations_by_severity.entry(severity).or_default() += n;
+            }
+        }
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT f.seq, f.timestamp, e.request_id, coalesce(f.policy, ''), coalesce(f.severity, '') \
+         FROM event_facets f JOIN events e ON e.seq = f.seq \
+         WHERE f.event_type = 'COMPLIANCE_VIOLATION' AND f.timestamp >= ?1 AND f.timestamp < ?2 \
+         ORDER BY f.timestamp DESC LIMIT ?3",
+    )?;
+    let recent = stmt.query_map(
+        rusqlite::params![start, end, RECENT_VIOLATIONS as i64],
+        |r| {
+            Ok(RecentViolation {
+                seq: r.get(0)?,
+                timestamp: r.get(1)?,
+                request_id: r.get(2)?,
+                policy: r.get(3)?,
+                severity: r.get(4)?,
+            })
+        },
+    )?;
+    overview.recent_violations = recent.collect::<Result<_, _>>()?;
+    Ok(overview)
+}
+
+/// The nearest-rank percentile of a latency histogram (bucket, count),
+/// ordered by bucket.
+fn histogram_percentile(histogram: &[(i64, i64)], p: f64) -> Option<f64> {
+    let total: i64 = histogram.iter().map(|(_, n)| (*n).max(0)).sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((p * total as f64).ceil() as i64).clamp(1, total);
+    let mut seen = 0;
+    for (bucket, n) in histogram {
+        seen += (*n).max(0);
+        if seen >= rank {
+            return Some(bucket_latency(*bucket));
+        }
+    }
+    None
+}
+
+/// The facets a search names, as (column, value), most selective first
+/// (a model or operation narrows more than an outcome).
+fn facet_conditions(query: &SearchQuery) -> Vec<(&'static str, String)> {
+    [
+        ("model", &query.model),
+        ("operation", &query.operation),
+        ("outcome", &query.outcome),
+    ]
+    .into_iter()
+    .filter_map(|(column, value)| value.clone().map(|v| (column, v)))
+    .collect()
+}
+
+/// Search text as an FTS5 query: each word a quoted string (quotes
+/// doubled), all required. Nothing the reader types is FTS5 syntax.
+pub fn fts_query(text: &str) -> String {
+    text.split_whitespace()
+        .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{Duration, DurationRound, Utc};
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::chain::GENESIS_HASH;
+    use crate::event::{AuditEvent, EventType, NewEvent};
+    use crate::store::browse::{overview_by_scan, search_by_scan};
+    use crate::store::sqlite::{schema, SqliteStore, DB_FILE};
+    use crate::store::{AuditStore, EventFilter};
+
+    /// `n` calls a minute apart ending now: REQUEST, RESPONSE and, for
+    /// every third, a violation. Call `i` asks about `animal i`.
+    fn calls(n: i64) -> Vec<AuditEvent> {
+        let start = Utc::now() - Duration::minutes(n);
+        let mut out: Vec<AuditEvent> = Vec::new();
+        let mut prev = GENESIS_HASH.to_owned();
+        let mut push = |mut e: NewEvent, at| {
+            e.timestamp = at;
+            let sealed = e.seal(out.len() as i64 + 1, &prev);
+            prev.clone_from(&sealed.hash);
+            out.push(sealed);
+        };
+        for i in 0..n {
+            let at = start + Duration::minutes(i);
+            let id = format!("call-{i}");
+            let model = if i % 2 == 0 { "gpt-a" } else { "gpt-b" };
+            push(
+                NewEvent::new(EventType::Request, "POST /v1/chat/completions")
+                    .with_request_id(&id)
+                    .with_metadata(json!({"model": model, "operation": "chat.create",
+                        "request_data": {"model": model, "messages": [
+                            {"role": "user", "content": format!("Tell me about animal{i}, please.\nThanks")}]}})),
+                at,
+            );
+            push(
+                NewEvent::new(EventType::Response, "200")
+                    .with_request_id(&id)
+                    .with_metadata(json!({"model": model, "operation": "chat.create",
+                        "outcome": if i == 1 { "timeout" } else { "completed" },
+                        "status": 200, "latency_ms": 10 * (i + 1), "usage": {"total_tokens": 5},
+                        "response_data": {"choices": [{"message": {"role": "assistant",
+                            "content": format!("Answer{i} follows")}}]}})),
+                at + Duration::seconds(1),
+            );
+            if i % 3 == 0 {
+                push(
+                    NewEvent::new(EventType::ComplianceViolation, "violation")
+                        .with_request_id(&id)
+                        .with_metadata(json!({"policy_name": "pii", "severity": "HIGH"})),
+                    at + Duration::seconds(2),
+                );
+            }
+        }
+        out
+    }
+
+    fn text(words: &str) -> SearchQuery {
+        SearchQuery {
+            text: Some(words.to_owned()),
+            limit: 50,
+            ..SearchQuery::default()
+        }
+    }
+
+    fn request_ids(page: &SearchPage) -> Vec<String> {
+        page.records
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}:{}",
+                    r.event_type,
+                    r.request_id.clone().unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn text_search_finds_prompt_and_answer_words_and_follows_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let events = calls(6);
+        store.append_batch(events.clone().into()).await.unwrap();
+
+        let page = store.search(&text("animal2")).await.unwrap();
+        assert_eq!(request_ids(&page), ["REQUEST:call-2"]);
+        // Words after an escaped newline are words too; case folds.
+        let page = store.search(&text("THANKS")).await.unwrap();
+        assert_eq!(page.records.len(), 6);
+        let page = store.search(&text("answer4 follows")).await.unwrap();
+        assert_eq!(request_ids(&page), ["RESPONSE:call-4"]);
+        // FTS5 syntax typed by a reader is only words.
+        for hostile in ["\"animal2", "animal2 OR animal3", "NEAR(", "*", "col:x"] {
+            let page = store.search(&text(hostile)).await.unwrap();
+            assert!(page.records.len() <= 1, "{hostile}");
+        }
+
+        // Retention removes the index rows with the events.
+        store.purge_before(events[5].timestamp).await.unwrap();
+        assert!(store
+            .search(&text("animal0"))
+            .await
+            .unwrap()
+            .records
+            .is_empty());
+        assert!(store
+            .search(&text("animal1"))
+            .await
+            .unwrap()
+            .records
+            .is_empty());
+        assert_eq!(
+            store.search(&text("animal2")).await.unwrap().records.len(),
+            1
+        );
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let (facets, stored): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM event_facets), \
+                 (SELECT COUNT(*) FROM events WHERE event_type IN \
+                 ('REQUEST', 'RESPONSE', 'COMPLIANCE_VIOLATION'))",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(facets, stored);
+    }
+
+    #[tokio::test]
+    async fn facets_and_pages_agree_with_the_scan_every_store_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store.append_batch(calls(30).into()).await.unwrap();
+        let queries = [
+            SearchQuery {
+                model: Some("gpt-a".into()),
+                limit: 7,
+                ..SearchQuery::default()
+            },
+            SearchQuery {
+                outcome: Some("timeout".into()),
+                limit: 7,
+                ..SearchQuery::default()
+            },
+            SearchQuery {
+                model: Some("gpt-b".into()),
+                operation: Some("chat.create".into()),
+                filter: EventFilter {
+                    event_types: vec![EventType::Response],
+                    ..EventFilter::default()
+                },
+                limit: 4,
+                ..SearchQuery::default()
+            },
+        ];
+        for query in queries {
+            let mut indexed = Vec::new();
+            let mut scanned = Vec::new();
+            let (mut a, mut b) = (query.clone(), query.clone());
+            loop {
+                let page = store.search(&a).await.unwrap();
+                indexed.extend(page.records.iter().map(|r| r.seq));
+                match page.next_before_seq {
+                    Some(next) => a.before_seq = Some(next),
+                    None => break,
+                }
+            }
+            loop {
+                let page = search_by_scan(&store, &b).await.unwrap();
+                scanned.extend(page.records.iter().map(|r| r.seq));
+                match page.next_before_seq {
+                    Some(next) => b.before_seq = Some(next),
+                    None => break,
+                }
+            }
+            assert!(!indexed.is_empty(), "{query:?}");
+            assert_eq!(indexed, scanned, "{query:?}");
+        }
+
+        let start = (Utc::now() - Duration::hours(1))
+            .duration_trunc(Duration::minutes(1))
+            .unwrap();
+        let range = OverviewQuery {
+            start,
+            end: Utc::now() + Duration::minutes(1),
+        };
+        let rolled = store.overview(&range).await.unwrap();
+        let scanned = overview_by_scan(&store, &range).await.unwrap();
+        assert_eq!(rolled, scanned);
+        assert_eq!(rolled.calls, 30);
+        assert_eq!(rolled.errors, 1);
+        assert_eq!(rolled.violations_by_policy["pii"], 10);
+        assert_eq!(rolled.tokens_by_model["gpt-a"], 75);
+        assert_eq!(rolled.latency_p50_ms, Some(150.0));
+        assert_eq!(
+            rolled.recent_violations[0].request_id.as_deref(),
+            Some("call-27")
+        );
+
+        // Retention takes purged calls out of the rollups too.
+        let oldest_kept = store
+            .search(&SearchQuery {
+                text: Some("animal12".into()),
+                limit: 1,
+                ..SearchQuery::default()
+            })
+            .await
+            .unwrap()
+            .records[0]
+            .timestamp
+            .clone();
+        store
+            .purge_before(parse_timestamp(&oldest_kept).unwrap())
+            .await
+            .unwrap();
+        let rolled = store.overview(&range).await.unwrap();
+        let scanned = overview_by_scan(&store, &range).await.unwrap();
+        assert_eq!(rolled, scanned);
+        assert_eq!(rolled.calls, 18);
+        assert_eq!(rolled.violations_by_policy["pii"], 6);
+    }
+
+    #[tokio::test]
+    async fn the_migration_back_fills_an_older_store() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path()).await.unwrap();
+            store.append_batch(calls(4).into()).await.unwrap();
+        }
+        // The file as the build before the console left it.
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER events_browse_delete; \
+             DROP TABLE events_fts; DROP TABLE event_facets; PRAGMA user_version = 5;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        assert_eq!(schema::user_version(&conn).unwrap(), schema::SCHEMA_VERSION);
+        let page = store.search(&text("animal3")).await.unwrap();
+        assert_eq!(request_ids(&page), ["REQUEST:call-3"]);
+        let page = store
+            .search(&SearchQuery {
+                model: Some("gpt-b".into()),
+                limit: 50,
+                ..SearchQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.records.len(), 4);
+        // The rollups are back-filled with the same buckets the append uses.
+        let range = OverviewQuery {
+            start: (Utc::now() - Duration::hours(1))
+                .duration_trunc(Duration::minutes(1))
+                .unwrap(),
+            end: Utc::now() + Duration::minutes(1),
+        };
+        let rolled = store.overview(&range).await.unwrap();
+        assert_eq!(
+            rolled,
+            overview_by_scan(store.as_ref(), &range).await.unwrap()
+        );
+        assert_eq!(rolled.calls, 4);
+    }
+
+    #[test]
+    fn latency_buckets_keep_two_digits_and_their_order() {
+        for (ms, key, back) in [
+            (812.4, 1281, 810.0),
+            (0.125, 912, 0.12),
+            (150.0, 1215, 150.0),
+            (10.0, 1110, 10.0),
+            (0.427, 943, 0.43),
+            (0.0, 1000, 0.0),
+        ] {
+            assert_eq!(latency_bucket(ms), key, "{ms}");
+            assert!((bucket_latency(key) - back).abs() < 1e-9, "{ms}");
+        }
+        let keys: Vec<i64> = [0.05, 0.9, 1.0, 9.9, 10.0, 99.0, 100.0, 5000.0]
+            .iter()
+            .map(|ms| latency_bucket(*ms))
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+    }
+
+    #[test]
+    fn search_text_is_quoted_words() {
+        assert_eq!(fts_query(" a  \"b\" "), "\"a\" \"\"\"b\"\"\"");
+        assert_eq!(fts_query("   "), "");
+    }
+}
