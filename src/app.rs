@@ -585,7 +585,7 @@ fn local_addr(
 /// soon as the start-up line is logged is not met by the default action
 /// (which would kill the process before its shutdown phases). Resolves on
 /// SIGTERM or Ctrl-C.
-fn stop_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     async move {

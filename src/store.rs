@@ -16,6 +16,7 @@
 pub(crate) mod conformance;
 pub mod file;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 pub mod verify;
 
@@ -50,6 +51,14 @@ pub struct EventFilter {
     pub min_level: Option<Level>,
     /// Compliance events of this policy (`metadata.policy_name`).
     pub policy_name: Option<String>,
+    /// Events of this source (a store's `source_id`). The central store
+    /// holds many; a local store holds one, so there the filter matches
+    /// everything or nothing (see [`scope_filter`]).
+    pub source: Option<String>,
+    /// Events of sources in this pod (as in `source`).
+    pub pod: Option<String>,
+    /// Events of sources in this namespace (as in `source`).
+    pub namespace: Option<String>,
 }
 
 /// A page request: newest first, below `before_seq` when paging on.
@@ -166,8 +175,23 @@ pub trait Sequenced {
 /// The one interface every backend implements.
 #[async_trait]
 pub trait AuditStore: Send + Sync + 'static {
-    /// A short name for logs and stats: `sqlite`, `memory`, `file`.
+    /// A short name for logs and stats: `sqlite`, `memory`, `file`,
+    /// `postgres`.
     fn kind(&self) -> &'static str;
+
+    /// Whether the store holds the events of many sources (the central
+    /// store): it then filters on `source`, `pod` and `namespace` itself,
+    /// pages on its own row order, and each source's chain is verified on
+    /// its own.
+    fn holds_many_sources(&self) -> bool {
+        false
+    }
+
+    /// The sources the store holds, oldest first; a store of one source
+    /// answers its own id (none when it keeps none).
+    async fn source_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.source_id().await?.into_iter().collect())
+    }
 
     /// Persists a batch atomically, in order. Events arrive sealed.
     async fn append_batch(&self, events: Batch) -> Result<(), StoreError>;
@@ -310,6 +334,39 @@ pub(crate) fn chunk_stream<E: Send + 'static>(
     .boxed()
 }
 
+/// The filter a store of one source applies: `source`, `pod` and
+/// `namespace` name the store itself there, so each is dropped when it
+/// equals the store's own (its `source_id`; the `pod` and `namespace` of
+/// `instance`, the process's `instance.*` settings) and makes the filter
+/// match nothing (`None`) otherwise. A store of many sources gets the
+/// filter unchanged.
+pub async fn scope_filter(
+    store: &dyn AuditStore,
+    mut filter: EventFilter,
+    instance: Option<&serde_json::Value>,
+) -> Result<Option<EventFilter>, StoreError> {
+    if store.holds_many_sources() {
+        return Ok(Some(filter));
+    }
+    if let Some(source) = filter.source.take() {
+        if store.source_id().await?.as_deref() != Some(source.as_str()) {
+            return Ok(None);
+        }
+    }
+    for (key, wanted) in [
+        ("pod", filter.pod.take()),
+        ("namespace", filter.namespace.take()),
+    ] {
+        if let Some(wanted) = wanted {
+            let own = instance.and_then(|i| i[key].as_str());
+            if own != Some(wanted.as_str()) {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(filter))
+}
+
 fn no_ship_cursor(kind: &str, target: &str) -> StoreError {
     StoreError::Other(format!(
         "the {kind} store keeps no shipping cursor (target {target})"
@@ -392,8 +449,10 @@ impl Sequenced for AuditEvent {
 }
 
 impl Sequenced for EventRecord {
+    /// The record's place in its store's order: its `seq`, or in the
+    /// central store (where a `seq` is unique only per source) its row.
     fn seq(&self) -> i64 {
-        self.seq
+        self.origin.as_ref().map_or(self.seq, |o| o.row_id)
     }
 }
 

@@ -14,6 +14,7 @@ mod support;
 mod admin_api;
 mod binary;
 mod central;
+mod central_fleet;
 mod durability;
 mod evidence;
 mod hardening;

@@ -1,0 +1,162 @@
+//! The central table's schema and connections, shared by the shipping
+//! target that writes it and the store that reads it back.
+//!
+//! The proxy owns the schema. Pending migrations are applied in one
+//! transaction under a transaction-level advisory lock, so fifty pods
+//! starting at once apply each step once and the others wait for it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
+use rustls::RootCertStore;
+use tokio_postgres::Client;
+
+/// The advisory lock key every schema change takes ("llm-audit" in ASCII),
+/// so concurrent pods serialise on it.
+pub const SCHEMA_LOCK: i64 = 0x6c6c_6d2d_6175_6469;
+
+/// How long one connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ordered schema steps: entry `i` takes the schema from version `i` to
+/// `i + 1`. Never edit a released step; append a new one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the events table, partitioned by month, with one index per
+    // `/api/events` filter and one for the source's pod.
+    "CREATE TABLE IF NOT EXISTS audit_events (
+        source_id   TEXT        NOT NULL,
+        seq         BIGINT      NOT NULL,
+        \"timestamp\" TIMESTAMPTZ NOT NULL,
+        id          TEXT        NOT NULL,
+        event_type  TEXT        NOT NULL,
+        level       TEXT        NOT NULL,
+        level_rank  SMALLINT    NOT NULL,
+        message     TEXT        NOT NULL,
+        request_id  TEXT,
+        metadata    TEXT        NOT NULL,
+        prev_hash   TEXT        NOT NULL,
+        hash        TEXT        NOT NULL,
+        pod         TEXT,
+        namespace   TEXT,
+        node        TEXT,
+        shipped_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (source_id, seq, \"timestamp\")
+    ) PARTITION BY RANGE (\"timestamp\");
+    CREATE INDEX IF NOT EXISTS audit_events_timestamp ON audit_events (\"timestamp\");
+    CREATE INDEX IF NOT EXISTS audit_events_type_ts ON audit_events (event_type, \"timestamp\");
+    CREATE INDEX IF NOT EXISTS audit_events_request_id ON audit_events (request_id);
+    CREATE INDEX IF NOT EXISTS audit_events_level_ts ON audit_events (level_rank, \"timestamp\");
+    CREATE INDEX IF NOT EXISTS audit_events_namespace_pod ON audit_events (namespace, pod);",
+    // 2: a row id in arrival order, which the fleet admin pages on (a
+    // source's `seq` is unique only within that source), and an index for
+    // the `pod` filter alone.
+    "CREATE SEQUENCE IF NOT EXISTS audit_events_row_id_seq AS BIGINT;
+    ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS row_id BIGINT NOT NULL
+        DEFAULT nextval('audit_events_row_id_seq');
+    CREATE INDEX IF NOT EXISTS audit_events_ts_row ON audit_events (\"timestamp\", row_id);
+    CREATE INDEX IF NOT EXISTS audit_events_row_id ON audit_events (row_id);
+    CREATE INDEX IF NOT EXISTS audit_events_pod ON audit_events (pod);",
+];
+
+/// Applies pending migrations and makes the partitions of `months`, in one
+/// transaction under the schema lock.
+pub async fn migrate(
+    client: &mut Client,
+    months: &BTreeSet<(i32, u32)>,
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS audit_schema_migrations (
+            version    INTEGER     PRIMARY KEY,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )",
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM audit_schema_migrations",
+            &[],
+        )
+        .await?;
+    let current: i32 = row.get(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+        tx.batch_execute(sql).await?;
+        let version = i as i32 + 1;
+        tx.execute(
+            "INSERT INTO audit_schema_migrations (version) VALUES ($1)",
+            &[&version],
+        )
+        .await?;
+    }
+    create_partitions(&tx, months).await?;
+    tx.commit().await
+}
+
+/// Creates the partition of each month, if missing. The caller holds the
+/// schema lock. DDL takes no bound parameters: the name and bounds are
+/// written from the month's numbers, never from input text.
+pub async fn create_partitions(
+    tx: &tokio_postgres::Transaction<'_>,
+    months: &BTreeSet<(i32, u32)>,
+) -> Result<(), tokio_postgres::Error> {
+    for &(year, month) in months {
+        let (next_year, next) = next_month((year, month));
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS audit_events_{year:04}_{month:02} PARTITION OF audit_events \
+             FOR VALUES FROM ('{year:04}-{month:02}-01 00:00:00+00') \
+             TO ('{next_year:04}-{next:02}-01 00:00:00+00')"
+        );
+        tx.batch_execute(&sql).await?;
+    }
+    Ok(())
+}
+
+/// The (year, month) of `t` in UTC.
+pub fn month_of(t: DateTime<Utc>) -> (i32, u32) {
+    (t.year(), t.month())
+}
+
+/// The month after `(year, month)`.
+pub fn next_month((year, month): (i32, u32)) -> (i32, u32) {
+    NaiveDate::from_ymd_opt(year, month, 1)
+        .and_then(|d| d.checked_add_months(Months::new(1)))
+        .map_or((year + 1, 1), |d| (d.year(), d.month()))
+}
+
+/// Rustls with the web PKI roots; the DSN's `sslmode` decides whether TLS
+/// is used (`prefer` by default, `require` to insist on it).
+pub fn tls_connector() -> tokio_postgres_rustls::MakeRustlsConnect {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = match rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+    {
+        Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
+        // ring supports the default versions; this branch is not taken.
+        Err(_) => rustls::ClientConfig::builder()
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
+/// The error and its causes, one line. tokio-postgres never puts the
+/// password in its messages.
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
