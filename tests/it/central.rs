@@ -17,13 +17,12 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::binary::command;
+use crate::durability::{load, serve, sigkill};
 use crate::support::postgres::{PgCluster, PASSWORD};
 use crate::support::{dead_address, MockUpstream, TestProxy};
 
-/// How long PostgreSQL stays down in the outage test. Production outages
-/// run longer (the case is 30 s); the shipper's behaviour is the
-/// same after its backoff has reached the cap, which the test lowers.
-const OUTAGE: Duration = Duration::from_secs(5);
+/// How long PostgreSQL stays down in the outage test, under load.
+const OUTAGE: Duration = Duration::from_secs(30);
 
 /// The longest a test waits for shipping to catch up.
 const CATCH_UP: Duration = Duration::from_secs(60);
@@ -430,4 +429,71 @@ async fn eight_proxies_ship_into_one_database_at_once() {
         .get(0);
     let steps = llm_audit_proxy::store::postgres::schema::MIGRATIONS.len() as i64;
     assert_eq!(migrations, steps, "each schema step applied once");
+}
+
+/// The proxy SIGKILLed under load while shipping big batches, three times,
+/// then restarted on the same store: what was in flight is sent again, and
+/// the central set equals the local set, each event once.
+#[tokio::test]
+async fn a_sigkill_mid_batch_loses_nothing_and_duplicates_nothing() {
+    let Some(pg) = PgCluster::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dsn = pg.dsn();
+    let env = [
+        ("LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN", dsn.as_str()),
+        ("LLM_AUDIT_PROXY_SHIPPING_POLL_INTERVAL_MS", "20"),
+        ("LLM_AUDIT_PROXY_SHIPPING_BATCH_SIZE", "500"),
+        ("LLM_AUDIT_PROXY_SHIPPING_MAX_BACKOFF", "1"),
+    ];
+    let client = pg.client().await;
+    // 0 until the first proxy made the table.
+    let central_count = || async {
+        client
+            .query_one("SELECT count(*) FROM audit_events", &[])
+            .await
+            .map_or(0, |row| row.get::<_, i64>(0))
+    };
+    let mut left_unshipped = 0;
+    for run in 0..3 {
+        let (mut child, proxy, _) = serve(&mock.url(), dir.path(), &env);
+        let load = tokio::spawn(async move { load(&proxy, run, 4).await });
+        // Killed once this run's rows are arriving: shipping is under way.
+        let before = central_count().await;
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        while central_count().await <= before {
+            assert!(tokio::time::Instant::now() < deadline, "nothing shipped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::task::spawn_blocking(move || sigkill(&mut child))
+            .await
+            .unwrap();
+        load.await.unwrap();
+        let store = SqliteStore::open_read_only(dir.path()).await.unwrap();
+        let head = store.head().await.unwrap().unwrap().seq;
+        let cursor = store.ship_cursor("postgres").await.unwrap().unwrap_or(0);
+        if cursor < head {
+            left_unshipped += 1;
+        }
+    }
+    assert!(left_unshipped > 0, "no kill left events to ship");
+
+    // The restart sends what the kills left (its own run ships little).
+    let proxy = start(&mock, dir.path(), &dsn).await;
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        let (_, body) = proxy.admin_get("/api/stats").await;
+        let target = &body["shipping"][0];
+        if target["lag_events"] == 0 && target["cursor"].as_u64() >= body["total_events"].as_u64() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.stop().await;
+    let source_id = assert_same_sets(&pg, dir.path()).await;
+    assert!(central_chain_verifies(&pg, &source_id).await > 0);
 }
