@@ -422,7 +422,8 @@ async fn start_shippers(
         namespace: config.instance.pod_namespace.clone(),
         node: config.instance.node_name.clone(),
     };
-    let target = PostgresTarget::new(&pg.dsn).map_err(StartError::Shipping)?;
+    let target = PostgresTarget::new(&pg.dsn, config.shipping.central_retention_days)
+        .map_err(StartError::Shipping)?;
     let status = Arc::new(TargetStatus::new(target.name()));
     let handle = shipper::spawn(
         tracker,

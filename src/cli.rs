@@ -31,7 +31,8 @@ pub enum Command {
     /// Make an Ed25519 key pair for signed checkpoints; prints the public
     /// key and its key id.
     Keygen(KeygenArgs),
-    /// Apply retention and the size cap now.
+    /// Apply retention and the size cap now; with --central, drop the
+    /// central store's months older than shipping.central_retention_days.
     Purge(StoreArgs),
     /// Serve the admin API (/api/events, /api/export, /api/stats,
     /// /api/verify) over the central store that shipping fills, for the

@@ -191,6 +191,9 @@ pub struct ShippingConfig {
     pub poll_interval: Duration,
     /// The longest wait between two tries after a failure.
     pub max_backoff: Duration,
+    /// Monthly partitions of the central table wholly older than this many
+    /// days are dropped (0: kept for ever).
+    pub central_retention_days: u32,
 }
 
 /// A PostgreSQL database events are shipped to.
@@ -366,6 +369,7 @@ impl Config {
                 "batch_size": self.shipping.batch_size,
                 "poll_interval_ms": self.shipping.poll_interval.as_millis() as u64,
                 "max_backoff_secs": self.shipping.max_backoff.as_secs_f64(),
+                "central_retention_days": self.shipping.central_retention_days,
             },
             "policies": self.policies.policies().iter().map(|p| json!({
                 "name": p.name(),

@@ -111,13 +111,11 @@ fn main() -> ExitCode {
             }
             Err(error) => offline_error(error),
         },
-        Command::Purge(store) if store.central() => {
-            eprintln!(
-                "--central: the central store is not purged event by event; \
-                 shipping.central_retention_days drops its old months"
-            );
-            ExitCode::from(EX_USAGE)
-        }
+        Command::Purge(store) if store.central() => offline_command(&store, |config| async move {
+            let dropped = offline::purge_central(&config).await?;
+            print_line(&serde_json::json!({ "dropped_partitions": dropped }).to_string());
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Purge(store) => offline_command(&store, |config| async move {
             let reports = offline::purge(&config).await?;
             print_line(&serde_json::json!({ "purges": reports }).to_string());

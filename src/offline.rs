@@ -80,14 +80,18 @@ pub async fn open_reader(config: &Config, central: bool) -> Result<SharedStore, 
         return open_for_reading(&config.audit).await;
     }
     let Some(target) = &config.shipping.postgres else {
-        return Err(OfflineError::BadFlag {
-            param: "central".into(),
-            message: "the central store is the database of shipping.postgres_dsn or \
-                      shipping.postgres_dsn_file; set one (or pass --postgres-dsn-file)"
-                .into(),
-        });
+        return Err(no_central_dsn());
     };
     Ok(Arc::new(PostgresStore::open(&target.dsn).await?))
+}
+
+fn no_central_dsn() -> OfflineError {
+    OfflineError::BadFlag {
+        param: "central".into(),
+        message: "the central store is the database of shipping.postgres_dsn or \
+                  shipping.postgres_dsn_file; set one (or pass --postgres-dsn-file)"
+            .into(),
+    }
 }
 
 async fn open_for_writing(audit: &AuditConfig) -> Result<SharedStore, OfflineError> {
@@ -388,6 +392,26 @@ pub async fn purge(config: &Config) -> Result<Vec<PurgeReport>, OfflineError> {
     .await?;
     events.flush().await;
     Ok(reports)
+}
+
+/// `purge --central`: central retention now, by whole months
+/// (`shipping.central_retention_days`). Returns the partitions dropped.
+pub async fn purge_central(config: &Config) -> Result<Vec<String>, OfflineError> {
+    let days = config.shipping.central_retention_days;
+    if days == 0 {
+        return Err(OfflineError::BadFlag {
+            param: "central".into(),
+            message: "shipping.central_retention_days is 0 (keep every month); set the days \
+                      after which whole months are dropped"
+                .into(),
+        });
+    }
+    let Some(target) = &config.shipping.postgres else {
+        return Err(no_central_dsn());
+    };
+    let store = PostgresStore::open(&target.dsn).await?;
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+    Ok(store.drop_months_before(cutoff).await?)
 }
 
 // === impl Verified ===

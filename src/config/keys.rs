@@ -202,6 +202,11 @@ pub const SHIPPING_MAX_BACKOFF: Key = key(
     "LLM_AUDIT_PROXY_SHIPPING_MAX_BACKOFF",
     None,
 );
+pub const SHIPPING_CENTRAL_RETENTION_DAYS: Key = key(
+    "shipping.central_retention_days",
+    "LLM_AUDIT_PROXY_SHIPPING_CENTRAL_RETENTION_DAYS",
+    None,
+);
 pub const POLICY_PACKS: Key = key("policy_packs", "LLM_AUDIT_PROXY_POLICY_PACKS", None);
 pub const POLICIES: Key = key("policies", "LLM_AUDIT_PROXY_POLICIES", None);
 pub const LOG_FORMAT: Key = key(
@@ -260,6 +265,7 @@ pub const ALL: &[Key] = &[
     SHIPPING_BATCH_SIZE,
     SHIPPING_POLL_INTERVAL_MS,
     SHIPPING_MAX_BACKOFF,
+    SHIPPING_CENTRAL_RETENTION_DAYS,
     POLICY_PACKS,
     POLICIES,
     LOG_FORMAT,

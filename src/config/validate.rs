@@ -263,6 +263,9 @@ pub(super) fn load(
             Duration::from_secs(30),
             parse_secs,
         ),
+        central_retention_days: l.get(keys::SHIPPING_CENTRAL_RETENTION_DAYS, 0, |r| {
+            parse_int(r, 0, 36_500).map(|n| n as u32)
+        }),
     };
 
     let policies = l.policies();

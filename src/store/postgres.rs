@@ -108,6 +108,17 @@ impl PostgresStore {
         Ok(Self { pool })
     }
 
+    /// Central retention now: drops the months of the table wholly older
+    /// than `cutoff`; returns the partitions dropped.
+    pub async fn drop_months_before(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut lease = self.pool.lease().await?;
+        let result = schema::drop_months_before(lease.client_mut()?, cutoff).await;
+        lease.check(result)
+    }
+
     /// One page of records, newest first, from `query.before_seq` (a row
     /// id) down.
     async fn page(&self, query: &EventQuery) -> Result<RecordPage, StoreError> {

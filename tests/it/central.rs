@@ -75,7 +75,9 @@ pub(crate) async fn until_caught_up(proxy: &TestProxy) -> Value {
         let (_, body) = proxy.admin_get("/api/stats").await;
         let target = &body["shipping"][0];
         let head = body["total_events"].as_u64().unwrap_or(0);
-        if target["lag_events"] == 0 && target["shipped"].as_u64() >= Some(head) && head > 0 {
+        // The cursor, not this run's count: a restarted proxy ships only
+        // what earlier runs left.
+        if target["lag_events"] == 0 && target["cursor"].as_u64() >= Some(head) && head > 0 {
             return target.clone();
         }
         assert!(
@@ -496,4 +498,127 @@ async fn a_sigkill_mid_batch_loses_nothing_and_duplicates_nothing() {
     proxy.stop().await;
     let source_id = assert_same_sets(&pg, dir.path()).await;
     assert!(central_chain_verifies(&pg, &source_id).await > 0);
+}
+
+/// The partitions of the central table, by name.
+async fn partitions(pg: &PgCluster) -> Vec<String> {
+    let client = pg.client().await;
+    let mut names: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'audit_events'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    names.sort();
+    names
+}
+
+fn back_dated(times: &[&str]) -> Vec<NewEvent> {
+    times
+        .iter()
+        .map(|t| {
+            let mut e = NewEvent::new(EventType::Custom, "back-dated");
+            e.timestamp = t.parse().unwrap();
+            e
+        })
+        .collect()
+}
+
+/// Central retention drops whole months older than
+/// `shipping.central_retention_days`: with `purge --central`, and by a
+/// shipper at its first batch. Newer months and their rows stay.
+#[tokio::test]
+async fn central_retention_drops_whole_old_months() {
+    let Some(pg) = PgCluster::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dsn = pg.dsn();
+    crate::support::append_to_store(
+        dir.path(),
+        back_dated(&["2020-03-31T23:59:59.999999Z", "2020-04-01T00:00:00Z"]),
+    )
+    .await;
+    let proxy = start(&mock, dir.path(), &dsn).await;
+    calls(&proxy, "kept", 2).await;
+    until_caught_up(&proxy).await;
+    proxy.stop().await;
+    let before = partitions(&pg).await;
+    assert!(
+        before.contains(&"audit_events_2020_03".to_owned()),
+        "{before:?}"
+    );
+    assert!(
+        before.contains(&"audit_events_2020_04".to_owned()),
+        "{before:?}"
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let dsn_file = work.path().join("dsn");
+    std::fs::write(&dsn_file, &dsn).unwrap();
+    // Without days set, the command says which key to set.
+    let out = command()
+        .args(["purge", "--postgres-dsn-file"])
+        .arg(&dsn_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("shipping.central_retention_days"),
+        "{stderr}"
+    );
+
+    let out = command()
+        .args(["purge", "--central"])
+        .env("LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN_FILE", &dsn_file)
+        .env("LLM_AUDIT_PROXY_SHIPPING_CENTRAL_RETENTION_DAYS", "30")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["dropped_partitions"],
+        json!(["audit_events_2020_03", "audit_events_2020_04"])
+    );
+    let after = partitions(&pg).await;
+    assert_eq!(after.len(), before.len() - 2, "{after:?}");
+    let (source_id, local) = local_rows(dir.path()).await;
+    let (central, _) = central_rows(&pg, &source_id).await;
+    assert_eq!(central.len(), local.len() - 2, "only the two old rows went");
+
+    // A month shipped later, then a shipper with retention set drops it
+    // before its first batch.
+    crate::support::append_to_store(dir.path(), back_dated(&["2019-06-15T12:00:00Z"])).await;
+    let proxy = start(&mock, dir.path(), &dsn).await;
+    until_caught_up(&proxy).await;
+    proxy.stop().await;
+    assert!(partitions(&pg)
+        .await
+        .contains(&"audit_events_2019_06".to_owned()));
+    let mut env = shipping_env(&dsn);
+    env.push((
+        "LLM_AUDIT_PROXY_SHIPPING_CENTRAL_RETENTION_DAYS",
+        "30".to_owned(),
+    ));
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let proxy = TestProxy::start_in(&mock.url(), dir.path(), &pairs).await;
+    calls(&proxy, "after", 1).await;
+    until_caught_up(&proxy).await;
+    proxy.stop().await;
+    assert_eq!(
+        partitions(&pg).await,
+        after,
+        "2019-06 dropped, the rest kept"
+    );
 }

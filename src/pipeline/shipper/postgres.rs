@@ -28,8 +28,8 @@ use super::{ShipError, ShipTarget, Source};
 use crate::config::Secret;
 use crate::event::{parse_timestamp, EventRecord};
 use crate::store::postgres::schema::{
-    create_partitions, describe, migrate, month_of, next_month, tls_connector, CONNECT_TIMEOUT,
-    SCHEMA_LOCK,
+    create_partitions, describe, drop_months_before, migrate, month_of, next_month, tls_connector,
+    CONNECT_TIMEOUT, SCHEMA_LOCK,
 };
 
 /// The target's name (its cursor key and metrics label).
@@ -55,14 +55,23 @@ pub struct PostgresTarget {
     state: Mutex<Connected>,
     /// Runs each connection's I/O task; a task ends with its client.
     connections: TaskTracker,
+    /// `shipping.central_retention_days`, when not 0.
+    retention: Option<chrono::Duration>,
 }
 
-/// The open connection, and the months known to have a partition.
+/// The open connection, the months known to have a partition, and when
+/// central retention runs next.
 #[derive(Default)]
 struct Connected {
     client: Option<Client>,
     months: BTreeSet<(i32, u32)>,
+    /// `None`: at the next batch.
+    retention_due: Option<tokio::time::Instant>,
 }
+
+/// How often a target applies central retention (every pod does, under
+/// the schema lock; all but the first find nothing to drop).
+const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A batch's columns, as the INSERT binds them.
 #[derive(Default)]
@@ -84,8 +93,10 @@ struct Columns<'a> {
 
 impl PostgresTarget {
     /// A target for `dsn` (checked when the configuration was loaded). No
-    /// connection is made until the first batch.
-    pub fn new(dsn: &Secret) -> Result<Self, String> {
+    /// connection is made until the first batch. With `retention_days`
+    /// above 0, months of the central table wholly older than that are
+    /// dropped before the first batch and hourly after.
+    pub fn new(dsn: &Secret, retention_days: u32) -> Result<Self, String> {
         let mut config: tokio_postgres::Config = dsn
             .expose()
             .parse()
@@ -101,7 +112,40 @@ impl PostgresTarget {
             tls: tls_connector(),
             state: Mutex::new(Connected::default()),
             connections: TaskTracker::new(),
+            retention: (retention_days > 0)
+                .then(|| chrono::Duration::days(i64::from(retention_days))),
         })
+    }
+
+    /// Drops the months past retention, when due. A failure is logged and
+    /// tried again at the next interval: it never holds shipping.
+    async fn apply_retention(&self, state: &mut Connected) {
+        let (Some(retention), Some(client)) = (self.retention, state.client.as_mut()) else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        if state.retention_due.is_some_and(|due| now < due) {
+            return;
+        }
+        state.retention_due = Some(now + RETENTION_INTERVAL);
+        let cutoff = crate::event::now() - retention;
+        match drop_months_before(client, cutoff).await {
+            Ok(dropped) if dropped.is_empty() => {}
+            Ok(dropped) => {
+                // A back-dated batch into a dropped month makes it again.
+                state
+                    .months
+                    .retain(|&(y, m)| !dropped.contains(&format!("audit_events_{y:04}_{m:02}")));
+                tracing::info!(
+                    target = NAME,
+                    partitions = ?dropped,
+                    "Central retention dropped months older than shipping.central_retention_days."
+                );
+            }
+            Err(error) => {
+                tracing::warn!(target = NAME, error = %describe(&error), "Central retention failed; tried again later.");
+            }
+        }
     }
 
     /// Connects and brings the schema up to date.
@@ -140,7 +184,8 @@ impl ShipTarget for PostgresTarget {
             state.client = Some(client);
             state.months = months;
         }
-        let Connected { client, months } = &mut *state;
+        self.apply_retention(&mut state).await;
+        let Connected { client, months, .. } = &mut *state;
         let Some(client) = client.as_mut() else {
             return Err(ShipError::Connect {
                 target: NAME,
@@ -267,9 +312,11 @@ mod tests {
 
     #[test]
     fn a_target_never_shows_its_password() {
-        let target =
-            PostgresTarget::new(&Secret::new("postgres://audit:s3cr3t-pw@db.example/audit"))
-                .unwrap();
+        let target = PostgresTarget::new(
+            &Secret::new("postgres://audit:s3cr3t-pw@db.example/audit"),
+            0,
+        )
+        .unwrap();
         assert!(!format!("{:?}", target.config).contains("s3cr3t-pw"));
     }
 }

@@ -115,6 +115,62 @@ pub async fn create_partitions(
     Ok(())
 }
 
+/// Drops every monthly partition of the events table wholly older than
+/// `cutoff` (its month ends at or before it), in one transaction under
+/// the schema lock. Rows are never deleted one by one: a month goes whole
+/// or stays. Returns the partitions dropped, oldest first.
+pub async fn drop_months_before(
+    client: &mut Client,
+    cutoff: DateTime<Utc>,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .await?;
+    let rows = tx
+        .query(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'audit_events'::regclass",
+            &[],
+        )
+        .await?;
+    let mut months: Vec<(i32, u32)> = rows
+        .iter()
+        .filter_map(|row| partition_month(row.get::<_, &str>(0)))
+        .filter(|&month| month_start(next_month(month)).is_some_and(|end| end <= cutoff))
+        .collect();
+    months.sort_unstable();
+    let mut dropped = Vec::new();
+    for (year, month) in months {
+        // Written from the parsed numbers, never from the catalogue's text.
+        let name = format!("audit_events_{year:04}_{month:02}");
+        tx.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+            .await?;
+        dropped.push(name);
+    }
+    tx.commit().await?;
+    Ok(dropped)
+}
+
+/// The month a partition named `audit_events_YYYY_MM` holds.
+pub fn partition_month(name: &str) -> Option<(i32, u32)> {
+    let (year, month) = name.strip_prefix("audit_events_")?.split_once('_')?;
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(year, 4) || !digits(month, 2) {
+        return None;
+    }
+    let month: u32 = month.parse().ok()?;
+    (1..=12)
+        .contains(&month)
+        .then_some((year.parse().ok()?, month))
+}
+
+/// The first instant of `(year, month)`, UTC.
+fn month_start((year, month): (i32, u32)) -> Option<DateTime<Utc>> {
+    NaiveDate::from_ymd_opt(year, month, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+}
+
 /// The (year, month) of `t` in UTC.
 pub fn month_of(t: DateTime<Utc>) -> (i32, u32) {
     (t.year(), t.month())
@@ -159,4 +215,32 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_partition_names_of_real_months_are_read() {
+        assert_eq!(partition_month("audit_events_2026_11"), Some((2026, 11)));
+        for other in [
+            "audit_events",
+            "audit_events_2026_13",
+            "audit_events_2026_1",
+            "audit_events_26_11",
+            "audit_events_2026_11; DROP TABLE x",
+            "other_2026_11",
+        ] {
+            assert_eq!(partition_month(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_month_starts_at_midnight_utc() {
+        assert_eq!(
+            month_start((2027, 1)).map(|t| t.to_rfc3339()),
+            Some("2027-01-01T00:00:00+00:00".to_owned())
+        );
+    }
 }
