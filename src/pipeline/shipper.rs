@@ -18,6 +18,7 @@
 //! logged with its seq range and sent at the next start.
 
 pub mod backoff;
+pub mod http;
 pub mod postgres;
 pub mod status;
 

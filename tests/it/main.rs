@@ -15,6 +15,7 @@ mod admin_api;
 mod binary;
 mod central;
 mod central_fleet;
+mod central_http;
 mod durability;
 mod evidence;
 mod hardening;
