@@ -3,8 +3,9 @@
 //! refuses connections, then stalls, then answers 500, then accepts.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,9 +17,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use llm_audit_proxy::store::sqlite::SqliteStore;
+use llm_audit_proxy::store::AuditStore;
 use serde_json::Value;
 
-use crate::binary::command;
+use crate::binary::{command, exit_code, sigterm};
 use crate::central::{calls, local_rows, until_caught_up, until_errors};
 use crate::support::{MockUpstream, TestProxy};
 
@@ -295,5 +298,152 @@ fn check_config_names_a_bad_http_target_by_key_without_showing_the_token() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(key), "{env:?}: {stderr}");
         assert!(!stderr.contains("Hunter2"), "{env:?}: {stderr}");
+    }
+}
+
+type Logs = Arc<Mutex<Vec<String>>>;
+
+/// Starts the binary's `serve` with `env`, collecting its JSON log lines;
+/// returns the child, its proxy address and the lines.
+fn serve_logged(
+    upstream: &str,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Child, String, Logs) {
+    let mut child = command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--upstream", upstream, "--log-format", "json"])
+        .arg("--file-path")
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let logs: Logs = Default::default();
+    let proxy = loop {
+        let line = lines
+            .next()
+            .expect("serve exited before listening")
+            .unwrap();
+        logs.lock().unwrap().push(line.clone());
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if v["message"] == "Audit proxy listening." {
+                break v["proxy"].as_str().unwrap().to_owned();
+            }
+        }
+    };
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (child, proxy, logs)
+}
+
+async fn call_with(proxy: &str, id: &str, content: &str) {
+    let resp = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("http://{proxy}/v1/chat/completions"))
+        .header("x-request-id", id)
+        .json(&serde_json::json!({
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": content}]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// On SIGTERM the shipper sends the tail within the grace period; what a
+/// stalled receiver leaves unshipped is logged with its seq range (and no
+/// body), stays in the local store, and the stop is still clean.
+#[tokio::test]
+async fn sigterm_ships_the_tail_or_logs_the_unshipped_range() {
+    let mock = MockUpstream::start().await;
+    for (case, mode) in [("tail-sent", ACCEPT), ("receiver-stalled", STALL)] {
+        let dir = tempfile::tempdir().unwrap();
+        let receiver = Receiver::new();
+        receiver.mode.store(mode, Ordering::SeqCst);
+        let addr = {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        receiver.listen(addr).await;
+        let url = format!("http://{addr}/ingest");
+        // A caught-up shipper looks again only after a minute: what the
+        // calls record is still to send when SIGTERM comes (or the drain
+        // wakes it).
+        let env = [
+            ("LLM_AUDIT_PROXY_SHIPPING_HTTP_URL", url.as_str()),
+            ("LLM_AUDIT_PROXY_SHIPPING_HTTP_TOKEN", TOKEN),
+            ("LLM_AUDIT_PROXY_SHIPPING_HTTP_TIMEOUT", "30"),
+            ("LLM_AUDIT_PROXY_SHIPPING_POLL_INTERVAL_MS", "60000"),
+            ("LLM_AUDIT_PROXY_SHUTDOWN_GRACE", "2"),
+        ];
+        let (child, proxy, logs) = serve_logged(&mock.url(), dir.path(), &env);
+        for i in 0..3 {
+            call_with(&proxy, &format!("{case}-{i}"), "body-marker-5c1e").await;
+        }
+        sigterm(&child);
+        assert_eq!(exit_code(child).await, Some(0), "{case}");
+
+        let (source_id, local) = local_rows(dir.path()).await;
+        let head = local.last().unwrap().0;
+        let logs = logs.lock().unwrap().clone();
+        assert!(
+            !logs.iter().any(|l| l.contains("body-marker-5c1e")),
+            "{case}: a body reached the log"
+        );
+        let stopped: Vec<&String> = logs
+            .iter()
+            .filter(|l| l.contains("Shipper stopped"))
+            .collect();
+        assert_eq!(stopped.len(), 1, "{case}: {logs:#?}");
+        if mode == ACCEPT {
+            // Everything, the shutdown event included, reached the receiver.
+            let mut received: Vec<i64> = receiver
+                .accepted
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|b| b.lines.iter().map(|l| l["seq"].as_i64().unwrap()))
+                .collect();
+            received.sort_unstable();
+            received.dedup();
+            let local: Vec<i64> = local.iter().map(|r| r.0).collect();
+            assert_eq!(received, local, "{case}");
+            assert!(
+                stopped[0].contains("every event shipped"),
+                "{case}: {stopped:?}"
+            );
+            assert!(stopped[0].contains(&format!("\"shipped_up_to_seq\":{head}")));
+        } else {
+            assert!(receiver.accepted.lock().unwrap().is_empty());
+            let line: Value = serde_json::from_str(stopped[0]).unwrap();
+            assert_eq!(line["level"], "WARN", "{case}: {line}");
+            assert_eq!(line["first_seq"], 1, "{case}: {line}");
+            assert_eq!(line["last_seq"], head, "{case}: {line}");
+            assert!(stopped[0].contains("http"), "{case}: {line}");
+            // Still in the local store, for the next start.
+            let store = SqliteStore::open_read_only(dir.path()).await.unwrap();
+            assert_eq!(store.ship_cursor("http").await.unwrap(), None);
+            assert_eq!(
+                store.source_id().await.unwrap().as_deref(),
+                Some(source_id.as_str())
+            );
+        }
     }
 }
