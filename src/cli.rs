@@ -104,7 +104,7 @@ pub struct StoreArgs {
 #[derive(Debug, Args, Default, Clone)]
 pub struct FleetAdminArgs {
     /// TOML configuration file: its `admin.*` and `shipping.postgres_dsn*`
-    /// keys apply. [env: LLM_AUDIT_PROXY_CONFIG]
+    /// keys apply.
     #[arg(long, env = "LLM_AUDIT_PROXY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Admin API address [default: 127.0.0.1:9090]. [env: LLM_AUDIT_PROXY_ADMIN_LISTEN]
