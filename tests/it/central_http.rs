@@ -447,3 +447,70 @@ async fn sigterm_ships_the_tail_or_logs_the_unshipped_range() {
         }
     }
 }
+
+/// Both targets on at once: each has its own shipper, cursor and stats
+/// entry, and each gets every event.
+#[tokio::test]
+async fn postgres_and_http_targets_ship_side_by_side() {
+    let Some(pg) = crate::support::postgres::PgCluster::start().await else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::new();
+    receiver.mode.store(ACCEPT, Ordering::SeqCst);
+    let addr = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    receiver.listen(addr).await;
+    let mut env = crate::central::shipping_env(&pg.dsn());
+    env.push((
+        "LLM_AUDIT_PROXY_SHIPPING_HTTP_URL",
+        format!("http://{addr}/in"),
+    ));
+    env.push(("LLM_AUDIT_PROXY_SHIPPING_HTTP_TOKEN", TOKEN.to_owned()));
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let proxy = TestProxy::start_in(&mock.url(), dir.path(), &pairs).await;
+    calls(&proxy, "both", 4).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = proxy.admin_get("/api/stats").await;
+        let targets = body["shipping"].as_array().unwrap().clone();
+        let names: Vec<&str> = targets
+            .iter()
+            .map(|t| t["target"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["postgres", "http"]);
+        if targets
+            .iter()
+            .all(|t| t["lag_events"] == 0 && t["cursor"].as_u64() >= body["total_events"].as_u64())
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.stop().await;
+    crate::central::assert_same_sets(&pg, dir.path()).await;
+    let (_, local) = local_rows(dir.path()).await;
+    let mut received: Vec<i64> = receiver
+        .accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.lines.iter().map(|l| l["seq"].as_i64().unwrap()))
+        .collect();
+    received.sort_unstable();
+    received.dedup();
+    assert_eq!(received, local.iter().map(|r| r.0).collect::<Vec<_>>());
+    let store = SqliteStore::open_read_only(dir.path()).await.unwrap();
+    let head = local.last().unwrap().0;
+    for target in ["postgres", "http"] {
+        assert_eq!(
+            store.ship_cursor(target).await.unwrap(),
+            Some(head),
+            "{target}"
+        );
+    }
+}
