@@ -38,14 +38,10 @@ pub async fn list(
     let mut allowed = FILTER_PARAMS.to_vec();
     allowed.extend(["limit", "cursor"]);
     let params = Params::parse(raw.as_deref(), &allowed)?;
+    let filter = params.filter()?;
     let mut remaining = params.limit()?;
     let mut before_seq = params.cursor()?;
-    let Some(filter) = scope_filter(
-        state.store.as_ref(),
-        params.filter()?,
-        state.events.source(),
-    )
-    .await?
+    let Some(filter) = scope_filter(state.store.as_ref(), filter, state.events.source()).await?
     else {
         return Ok((
             [(header::CONTENT_TYPE, "application/json")],
