@@ -103,17 +103,20 @@ print(1 if t.get("lag_events") == 0 and (t.get("cursor") or 0) >= s["total_event
     sleep 0.05
 done
 end_ns="$(date +%s%N)"
+# The proxy's CPU time (user + system) over the whole run, in clock ticks.
+proxy_ticks="$(awk '{print $14 + $15}' "/proc/$PROXY_PID/stat")"
 kill "$PROXY_PID"
 wait "$PROXY_PID" || true
 PROXY_PID=""
 
 rows="$("${as_pg[@]}" "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U postgres -Atc 'SELECT count(*) FROM audit_events')"
 stored="$(printf '%s' "$stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total_events"])')"
-python3 - "$stored" "$rows" "$start_ns" "$end_ns" "$BATCH" <<'EOF'
+python3 - "$stored" "$rows" "$start_ns" "$end_ns" "$BATCH" "$proxy_ticks" "$(getconf CLK_TCK)" <<'EOF'
 import json, sys
-stored, rows, start, end, batch = (int(x) for x in sys.argv[1:])
+stored, rows, start, end, batch, ticks, hz = (int(x) for x in sys.argv[1:])
 secs = (end - start) / 1e9
 print(json.dumps({"shipping": "catch_up", "events": stored, "central_rows": rows,
                   "batch_size": batch, "secs": round(secs, 2),
-                  "events_per_s": round(stored / secs)}))
+                  "events_per_s": round(stored / secs),
+                  "proxy_cpu_secs": round(ticks / hz, 2)}))
 EOF
