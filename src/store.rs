@@ -499,3 +499,84 @@ impl EventFilter {
                 .is_none_or(|p| event.metadata["policy_name"].as_str() == Some(p))
     }
 }
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    /// A store of one source with a fixed id.
+    struct Named(MemoryStore);
+
+    #[async_trait]
+    impl AuditStore for Named {
+        fn kind(&self) -> &'static str {
+            "named"
+        }
+        async fn source_id(&self) -> Result<Option<String>, StoreError> {
+            Ok(Some("src-1".into()))
+        }
+        async fn append_batch(&self, events: Batch) -> Result<(), StoreError> {
+            self.0.append_batch(events).await
+        }
+        async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
+            self.0.head().await
+        }
+        async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
+            self.0.query(query).await
+        }
+        async fn get(&self, id: &str) -> Result<Option<AuditEvent>, StoreError> {
+            self.0.get(id).await
+        }
+        fn export(&self, filter: EventFilter) -> EventStream {
+            self.0.export(filter)
+        }
+        async fn stats(&self) -> Result<StoreStats, StoreError> {
+            self.0.stats().await
+        }
+        async fn health(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn purge_before(&self, before: DateTime<Utc>) -> Result<PurgeReport, StoreError> {
+            self.0.purge_before(before).await
+        }
+        async fn enforce_max_bytes(&self, max_bytes: u64) -> Result<PurgeReport, StoreError> {
+            self.0.enforce_max_bytes(max_bytes).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_store_matches_its_own_origin_only() {
+        let store = Named(MemoryStore::new(10));
+        let instance = serde_json::json!({"pod": "pod-a", "namespace": "team-x"});
+        let with = |source: Option<&str>, pod: Option<&str>, namespace: Option<&str>| EventFilter {
+            source: source.map(Into::into),
+            pod: pod.map(Into::into),
+            namespace: namespace.map(Into::into),
+            request_id: Some("r-1".into()),
+            ..EventFilter::default()
+        };
+        for (filter, kept) in [
+            (with(Some("src-1"), Some("pod-a"), Some("team-x")), true),
+            (with(None, None, None), true),
+            (with(Some("src-2"), None, None), false),
+            (with(None, Some("pod-b"), None), false),
+            (with(None, None, Some("team-y")), false),
+        ] {
+            let scoped = scope_filter(&store, filter.clone(), Some(&instance))
+                .await
+                .unwrap();
+            match scoped {
+                // The origin conditions are met, so dropped; the rest stays.
+                Some(f) if kept => assert_eq!(f, with(None, None, None)),
+                None if !kept => {}
+                other => panic!("{filter:?} gave {other:?}"),
+            }
+        }
+        // Outside Kubernetes a pod filter matches nothing.
+        let scoped = scope_filter(&store, with(None, Some("pod-a"), None), None)
+            .await
+            .unwrap();
+        assert_eq!(scoped, None);
+    }
+}

@@ -229,6 +229,31 @@ mod tests {
     }
 
     #[test]
+    fn origin_filters_are_kept_or_refused_by_name() {
+        let p = Params::parse(
+            Some("source=abc-1&pod=pod-a&namespace=team-x"),
+            &FILTER_PARAMS,
+        )
+        .unwrap();
+        let f = p.filter().unwrap();
+        assert_eq!(f.source.as_deref(), Some("abc-1"));
+        assert_eq!(f.pod.as_deref(), Some("pod-a"));
+        assert_eq!(f.namespace.as_deref(), Some("team-x"));
+        let long = format!("pod={}", "a".repeat(254));
+        for (query, param) in [
+            ("pod=", "pod"),
+            ("namespace=a%01b", "namespace"),
+            (long.as_str(), "pod"),
+            ("source=a&source=b", "source"),
+        ] {
+            match Params::parse(Some(query), &FILTER_PARAMS).unwrap().filter() {
+                Err(AdminError::InvalidParameter { param: p, .. }) => assert_eq!(p, param),
+                other => panic!("{query}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn event_type_lists_merge_aliases() {
         let p = Params::parse(
             Some("event_type=REQUEST,RESPONSE&event_types=USER_LOGIN"),
