@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Lints deploy/Dockerfile, then renders the kustomize base
-# (deploy/kubernetes) and every overlay and validates each rendered manifest
+# (deploy/kubernetes), the fleet admin (deploy/kubernetes/fleet-admin) and
+# every overlay and validates each rendered manifest
 # offline against the Kubernetes JSON schemas (strict: unknown fields are
 # errors). Exits non-zero on the first manifest that does not render or does
 # not validate.
@@ -54,7 +55,7 @@ elif command -v kubectl >/dev/null 2>&1; then
     fi
 fi
 
-dirs=(deploy/kubernetes)
+dirs=(deploy/kubernetes deploy/kubernetes/fleet-admin)
 for overlay in deploy/kubernetes/overlays/*/; do
     dirs+=("${overlay%/}")
 done

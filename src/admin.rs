@@ -179,7 +179,7 @@ async fn verify(State(state): State<AdminState>) -> Result<Response, AdminError>
         tolerate_unknown_keys: true,
         expect_checkpoints: Vec::new(),
     };
-    let report = crate::store::verify::verify_store(state.store.as_ref(), options).await?;
+    let report = crate::store::verify::verify_any(state.store.as_ref(), options).await?;
     Ok(Json(report).into_response())
 }
 

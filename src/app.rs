@@ -43,6 +43,7 @@ use crate::pipeline::checkpoint::CheckpointConfig;
 use crate::pipeline::losses::LossLedger;
 use crate::pipeline::maintenance::{self, MaintenanceConfig};
 use crate::pipeline::record::Recorder;
+use crate::pipeline::shipper::http::HttpTarget;
 use crate::pipeline::shipper::postgres::PostgresTarget;
 use crate::pipeline::shipper::status::TargetStatus;
 use crate::pipeline::shipper::{self, ShipTarget, Shipper, ShipperConfig, ShipperHandle, Source};
@@ -403,9 +404,9 @@ async fn start_shippers(
     events: &Handle,
     tracker: &TaskTracker,
 ) -> Result<Vec<(ShipperHandle, Arc<TargetStatus>)>, StartError> {
-    let Some(pg) = &config.shipping.postgres else {
+    if !config.shipping.is_enabled() {
         return Ok(Vec::new());
-    };
+    }
     let source_id = store
         .source_id()
         .await
@@ -422,24 +423,40 @@ async fn start_shippers(
         namespace: config.instance.pod_namespace.clone(),
         node: config.instance.node_name.clone(),
     };
-    let target = PostgresTarget::new(&pg.dsn).map_err(StartError::Shipping)?;
-    let status = Arc::new(TargetStatus::new(target.name()));
-    let handle = shipper::spawn(
-        tracker,
-        Shipper {
-            store: store.clone(),
-            target: Arc::new(target),
-            source,
-            config: ShipperConfig {
-                batch_size: config.shipping.batch_size,
-                poll_interval: config.shipping.poll_interval,
-                max_backoff: config.shipping.max_backoff,
+    // Each target has its own shipper and cursor.
+    let mut targets: Vec<Arc<dyn ShipTarget>> = Vec::new();
+    if let Some(pg) = &config.shipping.postgres {
+        targets.push(Arc::new(
+            PostgresTarget::new(&pg.dsn, config.shipping.central_retention_days)
+                .map_err(StartError::Shipping)?,
+        ));
+    }
+    if let Some(http) = &config.shipping.http {
+        targets.push(Arc::new(
+            HttpTarget::new(http).map_err(StartError::Shipping)?,
+        ));
+    }
+    let mut shippers = Vec::new();
+    for target in targets {
+        let status = Arc::new(TargetStatus::new(target.name()));
+        let handle = shipper::spawn(
+            tracker,
+            Shipper {
+                store: store.clone(),
+                target,
+                source: source.clone(),
+                config: ShipperConfig {
+                    batch_size: config.shipping.batch_size,
+                    poll_interval: config.shipping.poll_interval,
+                    max_backoff: config.shipping.max_backoff,
+                },
+                status: status.clone(),
+                events: events.clone(),
             },
-            status: status.clone(),
-            events: events.clone(),
-        },
-    );
-    Ok(vec![(handle, status)])
+        );
+        shippers.push((handle, status));
+    }
+    Ok(shippers)
 }
 
 /// Runs until SIGTERM or Ctrl-C, then shuts down in phases.
@@ -585,7 +602,7 @@ fn local_addr(
 /// soon as the start-up line is logged is not met by the default action
 /// (which would kill the process before its shutdown phases). Resolves on
 /// SIGTERM or Ctrl-C.
-fn stop_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     async move {

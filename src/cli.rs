@@ -31,8 +31,13 @@ pub enum Command {
     /// Make an Ed25519 key pair for signed checkpoints; prints the public
     /// key and its key id.
     Keygen(KeygenArgs),
-    /// Apply retention and the size cap now.
+    /// Apply retention and the size cap now; with --central, drop the
+    /// central store's months older than shipping.central_retention_days.
     Purge(StoreArgs),
+    /// Serve the admin API (/api/events, /api/export, /api/stats,
+    /// /api/verify) over the central store that shipping fills, for the
+    /// whole fleet; `source`, `pod` and `namespace` filter by origin.
+    FleetAdmin(FleetAdminArgs),
     /// Validate a config file and print every error with its key.
     CheckConfig {
         /// The TOML file to check.
@@ -84,6 +89,39 @@ pub struct StoreArgs {
     /// Folder of the store [default: ./audit_logs/]. [env: LLM_AUDIT_PROXY_FILE_PATH]
     #[arg(long)]
     pub file_path: Option<String>,
+    /// Read the central store (the PostgreSQL database of
+    /// shipping.postgres_dsn or shipping.postgres_dsn_file) instead of the
+    /// local one: every source's events.
+    #[arg(long)]
+    pub central: bool,
+    /// The central store's connection string, from this file; implies
+    /// --central. [env: LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub postgres_dsn_file: Option<String>,
+}
+
+/// What `fleet-admin` serves, and where.
+#[derive(Debug, Args, Default, Clone)]
+pub struct FleetAdminArgs {
+    /// TOML configuration file: its `admin.*` and `shipping.postgres_dsn*`
+    /// keys apply.
+    #[arg(long, env = "LLM_AUDIT_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Admin API address [default: 127.0.0.1:9090]. [env: LLM_AUDIT_PROXY_ADMIN_LISTEN]
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// Bearer token for the admin API (repeat, or comma-separate, for
+    /// several). [env: LLM_AUDIT_PROXY_ADMIN_TOKEN]
+    #[arg(long, value_delimiter = ',')]
+    pub admin_token: Vec<String>,
+    /// The central store's connection string, from this file. [env:
+    /// LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub postgres_dsn_file: Option<String>,
+    /// Diagnostic log format: json or text [default: json, text on a
+    /// terminal]. [env: LLM_AUDIT_PROXY_LOG_FORMAT]
+    #[arg(long)]
+    pub log_format: Option<String>,
 }
 
 /// The filters `GET /api/events` takes, as flags.
@@ -107,6 +145,16 @@ pub struct FilterArgs {
     /// Compliance events of one policy.
     #[arg(long)]
     pub policy_name: Option<String>,
+    /// Events of one source (a store's source_id); on a local store, its
+    /// own id matches every event and any other none.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Events shipped from one pod (instance.pod_name).
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Events shipped from one namespace (instance.pod_namespace).
+    #[arg(long)]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -235,6 +283,36 @@ impl StoreArgs {
         if let Some(v) = &self.file_path {
             flags.insert(keys::AUDIT_FILE_PATH.name, v.clone());
         }
+        if let Some(v) = &self.postgres_dsn_file {
+            flags.insert(keys::SHIPPING_POSTGRES_DSN_FILE.name, v.clone());
+        }
+        flags
+    }
+
+    /// Whether the command reads the central store.
+    pub fn central(&self) -> bool {
+        self.central || self.postgres_dsn_file.is_some()
+    }
+}
+
+// === impl FleetAdminArgs ===
+
+impl FleetAdminArgs {
+    /// The flags given, by config key.
+    pub fn flag_values(&self) -> FlagValues {
+        let mut flags = FlagValues::new();
+        if let Some(v) = &self.admin_listen {
+            flags.insert(keys::ADMIN_LISTEN.name, v.clone());
+        }
+        if let Some(v) = &self.postgres_dsn_file {
+            flags.insert(keys::SHIPPING_POSTGRES_DSN_FILE.name, v.clone());
+        }
+        if let Some(v) = &self.log_format {
+            flags.insert(keys::LOG_FORMAT.name, v.clone());
+        }
+        if !self.admin_token.is_empty() {
+            flags.insert(keys::ADMIN_TOKENS.name, self.admin_token.join(","));
+        }
         flags
     }
 }
@@ -257,6 +335,9 @@ impl FilterArgs {
         put("request_id", &self.request_id);
         put("level", &self.level);
         put("policy_name", &self.policy_name);
+        put("source", &self.source);
+        put("pod", &self.pod);
+        put("namespace", &self.namespace);
         pairs
     }
 }

@@ -191,6 +191,22 @@ pub struct ShippingConfig {
     pub poll_interval: Duration,
     /// The longest wait between two tries after a failure.
     pub max_backoff: Duration,
+    /// Monthly partitions of the central table wholly older than this many
+    /// days are dropped (0: kept for ever).
+    pub central_retention_days: u32,
+    /// The HTTP target (`shipping.http_url` with its token), when set.
+    pub http: Option<HttpTarget>,
+}
+
+/// An HTTP endpoint that takes batches of events as gzip-compressed NDJSON.
+#[derive(Debug, Clone)]
+pub struct HttpTarget {
+    /// `http://` or `https://`, where each batch is POSTed.
+    pub url: http::Uri,
+    /// The bearer token (`shipping.http_token` or `shipping.http_token_file`).
+    pub token: Secret,
+    /// The longest one POST may take (`shipping.http_timeout_secs`).
+    pub timeout: Duration,
 }
 
 /// A PostgreSQL database events are shipped to.
@@ -366,6 +382,9 @@ impl Config {
                 "batch_size": self.shipping.batch_size,
                 "poll_interval_ms": self.shipping.poll_interval.as_millis() as u64,
                 "max_backoff_secs": self.shipping.max_backoff.as_secs_f64(),
+                "central_retention_days": self.shipping.central_retention_days,
+                "http_url": self.shipping.http.as_ref().map(|h| h.url.to_string()),
+                "http_token": self.shipping.http.as_ref().map(|_| "[MASKED]"),
             },
             "policies": self.policies.policies().iter().map(|p| json!({
                 "name": p.name(),
@@ -383,12 +402,13 @@ impl Config {
 impl ShippingConfig {
     /// Whether any target is configured.
     pub fn is_enabled(&self) -> bool {
-        self.postgres.is_some()
+        self.postgres.is_some() || self.http.is_some()
     }
 
     /// The names of the configured targets (their cursors' keys).
     pub fn target_names(&self) -> Vec<&'static str> {
-        self.postgres.iter().map(|_| "postgres").collect()
+        let postgres = self.postgres.iter().map(|_| "postgres");
+        postgres.chain(self.http.iter().map(|_| "http")).collect()
     }
 }
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
 
-pub use record::{canonical_timestamp, EventRecord};
+pub use record::{canonical_timestamp, EventRecord, Origin};
 
 /// One stored audit record, as every store, query and export returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,7 +15,9 @@
 //! everything else is recorded after the fact. [`config`] loads and checks
 //! the settings, [`app`] starts and stops the parts in order, and
 //! [`telemetry`] carries diagnostics and metrics. Each [`listener`] has its
-//! own connection cap, so admin load never stops app traffic.
+//! own connection cap, so admin load never stops app traffic. Shipping
+//! targets copy the store's events to a central PostgreSQL, which the
+//! [`fleet`] admin serves through the same admin API.
 
 pub mod admin;
 pub mod app;
@@ -23,6 +25,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod fleet;
 pub mod listener;
 pub mod offline;
 pub mod pipeline;

@@ -66,6 +66,23 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::FleetAdmin(args) => {
+            let config = match load(args.config.as_deref(), &args.flag_values()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            telemetry::init(config.log.format);
+            run_async(async move {
+                match llm_audit_proxy::fleet::run(config).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => {
+                        tracing::error!(%error, "Fleet admin failed to start.");
+                        eprintln!("{error}");
+                        ExitCode::from(EX_SOFTWARE)
+                    }
+                }
+            })
+        }
         Command::Events(args) => offline_command(&args.store.clone(), move |config| async move {
             let mut stdout = std::io::stdout().lock();
             offline::events(&config, &args, &mut stdout).await?;
@@ -94,6 +111,11 @@ fn main() -> ExitCode {
             }
             Err(error) => offline_error(error),
         },
+        Command::Purge(store) if store.central() => offline_command(&store, |config| async move {
+            let dropped = offline::purge_central(&config).await?;
+            print_line(&serde_json::json!({ "dropped_partitions": dropped }).to_string());
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Purge(store) => offline_command(&store, |config| async move {
             let reports = offline::purge(&config).await?;
             print_line(&serde_json::json!({ "purges": reports }).to_string());
@@ -213,6 +235,29 @@ fn offline_error(error: OfflineError) -> ExitCode {
 /// Prints a verify report; a fault goes to stderr too, and exits 1.
 fn verified_exit(verified: Verified) -> ExitCode {
     match verified {
+        Verified::Fleet(report) => {
+            print_line(&serde_json::to_string(&report).unwrap_or_default());
+            for t in &report.tampered {
+                eprintln!(
+                    "verify failed ({}) in source {} at seq {}: {}",
+                    t.fault.as_str(),
+                    t.source_id,
+                    t.seq,
+                    t.reason
+                );
+            }
+            for m in &report.missing {
+                eprintln!(
+                    "source {} misses seq {}..={} (deleted centrally, or not shipped)",
+                    m.source_id, m.first_seq, m.last_seq
+                );
+            }
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EX_TAMPERED)
+            }
+        }
         Verified::Intact(report) => {
             print_line(&serde_json::to_string(&report).unwrap_or_default());
             ExitCode::SUCCESS

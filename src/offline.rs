@@ -19,13 +19,15 @@ use crate::admin::params::{encode_cursor, Params, FILTER_PARAMS};
 use crate::cli::{EventsArgs, ExportArgs, KeygenArgs, VerifyArgs};
 use crate::config::{AuditConfig, Config, StorageKind};
 use crate::event::checkpoint::{public_key_text, CheckpointSigner, TrustedKeys};
-use crate::event::{format_timestamp, AuditEvent};
+use crate::event::EventRecord;
 use crate::pipeline::maintenance::{self, MaintenanceConfig};
 use crate::pipeline::{spawn_writer, WriterConfig};
 use crate::store::file::FileStore;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::verify::{verify_store, VerifyOptions, VerifyReport};
-use crate::store::{EventQuery, PurgeReport, SharedStore, StoreError};
+use crate::store::verify::fleet::FleetVerifyReport;
+use crate::store::verify::{verify_any, Verification, VerifyOptions, VerifyReport};
+use crate::store::{scope_filter, EventPage, EventQuery, PurgeReport, SharedStore, StoreError};
 
 mod export_file;
 
@@ -51,6 +53,9 @@ pub enum OfflineError {
 pub enum Verified {
     Intact(VerifyReport),
     Broken(VerifyReport),
+    /// The central store's report, source by source (`ok` false when a
+    /// source was tampered with or misses seqs).
+    Fleet(FleetVerifyReport),
 }
 
 /// Opens the configured store for reading.
@@ -64,6 +69,28 @@ pub async fn open_for_reading(audit: &AuditConfig) -> Result<SharedStore, Offlin
             crate::app::rotation(audit.file_rotation),
         )?)),
         StorageKind::Memory => Err(memory_unsupported()),
+    }
+}
+
+/// Opens the store an offline command reads: the central store with
+/// `central` (the database `shipping.postgres_dsn(_file)` names), else the
+/// configured local one.
+pub async fn open_reader(config: &Config, central: bool) -> Result<SharedStore, OfflineError> {
+    if !central {
+        return open_for_reading(&config.audit).await;
+    }
+    let Some(target) = &config.shipping.postgres else {
+        return Err(no_central_dsn());
+    };
+    Ok(Arc::new(PostgresStore::open(&target.dsn).await?))
+}
+
+fn no_central_dsn() -> OfflineError {
+    OfflineError::BadFlag {
+        param: "central".into(),
+        message: "the central store is the database of shipping.postgres_dsn or \
+                  shipping.postgres_dsn_file; set one (or pass --postgres-dsn-file)"
+            .into(),
     }
 }
 
@@ -100,13 +127,26 @@ pub async fn events(
     let mut allowed = FILTER_PARAMS.to_vec();
     allowed.extend(["limit", "cursor"]);
     let params = parse_params(&pairs, &allowed)?;
-    let query = EventQuery {
-        filter: params.filter().map_err(bad_flag)?,
-        limit: params.limit().map_err(bad_flag)?,
-        before_seq: params.cursor().map_err(bad_flag)?,
+    let filter = params.filter().map_err(bad_flag)?;
+    let limit = params.limit().map_err(bad_flag)?;
+    let before_seq = params.cursor().map_err(bad_flag)?;
+    let store = open_reader(config, args.store.central()).await?;
+    let instance = config.instance.source();
+    let page = match scope_filter(store.as_ref(), filter, instance.as_ref()).await? {
+        Some(filter) => {
+            store
+                .query_records(&EventQuery {
+                    filter,
+                    limit,
+                    before_seq,
+                })
+                .await?
+        }
+        None => EventPage {
+            events: Vec::new(),
+            next_before_seq: None,
+        },
     };
-    let store = open_for_reading(&config.audit).await?;
-    let page = store.query(&query).await?;
     let next_cursor = page.next_before_seq.map(encode_cursor);
     let written = if args.json {
         let body = serde_json::json!({"events": page.events, "next_cursor": next_cursor});
@@ -128,8 +168,14 @@ pub async fn export(config: &Config, args: &ExportArgs) -> Result<PathBuf, Offli
         message: format!("must be json, ndjson or csv, not {:?}", args.format),
     })?;
     let params = parse_params(&args.filter.query_pairs(), &FILTER_PARAMS)?;
-    let filter = params.filter().map_err(bad_flag)?;
-    let store = open_for_reading(&config.audit).await?;
+    let store = open_reader(config, args.store.central()).await?;
+    let instance = config.instance.source();
+    let filter = scope_filter(
+        store.as_ref(),
+        params.filter().map_err(bad_flag)?,
+        instance.as_ref(),
+    )
+    .await?;
     let write_err = |source| OfflineError::Write {
         path: args.out.clone(),
         source,
@@ -142,10 +188,11 @@ pub async fn export(config: &Config, args: &ExportArgs) -> Result<PathBuf, Offli
     let verifiable = args
         .verifiable
         .unwrap_or(config.audit.signing_key.is_some());
-    let mut body = Box::pin(encode_items(
-        format,
-        items(&store, format, filter, verifiable),
-    ));
+    let events = match filter {
+        Some(filter) => items(&store, format, filter, verifiable),
+        None => crate::admin::export::cover::plain(futures_util::stream::empty().boxed()),
+    };
+    let mut body = Box::pin(encode_items(format, events));
     let mut failed = None;
     while let Some(chunk) = body.next().await {
         match chunk {
@@ -172,8 +219,11 @@ pub async fn export(config: &Config, args: &ExportArgs) -> Result<PathBuf, Offli
 /// `verify`: walks the store's chain and checkpoints.
 pub async fn verify(config: &Config, args: &VerifyArgs) -> Result<Verified, OfflineError> {
     let options = verify_options(args)?;
-    let store = open_for_reading(&config.audit).await?;
-    Ok(Verified::from(verify_store(store.as_ref(), options).await?))
+    let store = open_reader(config, args.store.central()).await?;
+    Ok(match verify_any(store.as_ref(), options).await? {
+        Verification::Chain(report) => Verified::from(*report),
+        Verification::Fleet(report) => Verified::Fleet(report),
+    })
 }
 
 /// `verify --file`: checks an export alone, with no store and no network.
@@ -344,6 +394,26 @@ pub async fn purge(config: &Config) -> Result<Vec<PurgeReport>, OfflineError> {
     Ok(reports)
 }
 
+/// `purge --central`: central retention now, by whole months
+/// (`shipping.central_retention_days`). Returns the partitions dropped.
+pub async fn purge_central(config: &Config) -> Result<Vec<String>, OfflineError> {
+    let days = config.shipping.central_retention_days;
+    if days == 0 {
+        return Err(OfflineError::BadFlag {
+            param: "central".into(),
+            message: "shipping.central_retention_days is 0 (keep every month); set the days \
+                      after which whole months are dropped"
+                .into(),
+        });
+    }
+    let Some(target) = &config.shipping.postgres else {
+        return Err(no_central_dsn());
+    };
+    let store = PostgresStore::open(&target.dsn).await?;
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+    Ok(store.drop_months_before(cutoff).await?)
+}
+
 // === impl Verified ===
 
 impl From<VerifyReport> for Verified {
@@ -382,22 +452,30 @@ fn partial_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
+/// The page as a table; central records get a POD column (the source's
+/// pod, or its source_id when it ran outside Kubernetes).
 fn write_table(
     out: &mut dyn Write,
-    events: &[AuditEvent],
+    events: &[EventRecord],
     next_cursor: Option<&str>,
 ) -> std::io::Result<()> {
+    let central = events.iter().any(|e| e.origin.is_some());
+    let pod_header = if central { "POD  " } else { "" };
     writeln!(
         out,
-        "{:>8}  {:<27}  {:<20}  {:<8}  {:<36}  MESSAGE",
+        "{pod_header}{:>8}  {:<27}  {:<20}  {:<8}  {:<36}  MESSAGE",
         "SEQ", "TIMESTAMP", "TYPE", "LEVEL", "REQUEST_ID"
     )?;
     for e in events {
+        let pod = match &e.origin {
+            Some(o) => format!("{}  ", o.pod.as_deref().unwrap_or(&o.source_id)),
+            None => String::new(),
+        };
         writeln!(
             out,
-            "{:>8}  {:<27}  {:<20}  {:<8}  {:<36}  {}",
+            "{pod}{:>8}  {:<27}  {:<20}  {:<8}  {:<36}  {}",
             e.seq,
-            format_timestamp(&e.timestamp),
+            e.timestamp,
             e.event_type.as_str(),
             e.level.as_str(),
             e.request_id.as_deref().unwrap_or("-"),

@@ -194,6 +194,12 @@ impl Handle {
         }
     }
 
+    /// Where this process runs (`instance.*`: pod, namespace, node), as
+    /// stamped on each event's `metadata.source`.
+    pub fn source(&self) -> Option<&serde_json::Value> {
+        self.source.as_deref()
+    }
+
     /// Adds the source and serialises the metadata here, on the producer's
     /// thread, so the single writer only hashes and appends.
     fn prepare(&self, event: &mut NewEvent) {

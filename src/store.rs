@@ -17,6 +17,7 @@ pub mod browse;
 pub(crate) mod conformance;
 pub mod file;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 pub mod verify;
 
@@ -51,6 +52,14 @@ pub struct EventFilter {
     pub min_level: Option<Level>,
     /// Compliance events of this policy (`metadata.policy_name`).
     pub policy_name: Option<String>,
+    /// Events of this source (a store's `source_id`). The central store
+    /// holds many; a local store holds one, so there the filter matches
+    /// everything or nothing (see [`scope_filter`]).
+    pub source: Option<String>,
+    /// Events of sources in this pod (as in `source`).
+    pub pod: Option<String>,
+    /// Events of sources in this namespace (as in `source`).
+    pub namespace: Option<String>,
 }
 
 /// A page request: newest first, below `before_seq` when paging on.
@@ -167,8 +176,23 @@ pub trait Sequenced {
 /// The one interface every backend implements.
 #[async_trait]
 pub trait AuditStore: Send + Sync + 'static {
-    /// A short name for logs and stats: `sqlite`, `memory`, `file`.
+    /// A short name for logs and stats: `sqlite`, `memory`, `file`,
+    /// `postgres`.
     fn kind(&self) -> &'static str;
+
+    /// Whether the store holds the events of many sources (the central
+    /// store): it then filters on `source`, `pod` and `namespace` itself,
+    /// pages on its own row order, and each source's chain is verified on
+    /// its own.
+    fn holds_many_sources(&self) -> bool {
+        false
+    }
+
+    /// The sources the store holds, oldest first; a store of one source
+    /// answers its own id (none when it keeps none).
+    async fn source_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.source_id().await?.into_iter().collect())
+    }
 
     /// Persists a batch atomically, in order. Events arrive sealed.
     async fn append_batch(&self, events: Batch) -> Result<(), StoreError>;
@@ -336,6 +360,39 @@ pub(crate) fn chunk_stream<E: Send + 'static>(
     .boxed()
 }
 
+/// The filter a store of one source applies: `source`, `pod` and
+/// `namespace` name the store itself there, so each is dropped when it
+/// equals the store's own (its `source_id`; the `pod` and `namespace` of
+/// `instance`, the process's `instance.*` settings) and makes the filter
+/// match nothing (`None`) otherwise. A store of many sources gets the
+/// filter unchanged.
+pub async fn scope_filter(
+    store: &dyn AuditStore,
+    mut filter: EventFilter,
+    instance: Option<&serde_json::Value>,
+) -> Result<Option<EventFilter>, StoreError> {
+    if store.holds_many_sources() {
+        return Ok(Some(filter));
+    }
+    if let Some(source) = filter.source.take() {
+        if store.source_id().await?.as_deref() != Some(source.as_str()) {
+            return Ok(None);
+        }
+    }
+    for (key, wanted) in [
+        ("pod", filter.pod.take()),
+        ("namespace", filter.namespace.take()),
+    ] {
+        if let Some(wanted) = wanted {
+            let own = instance.and_then(|i| i[key].as_str());
+            if own != Some(wanted.as_str()) {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(filter))
+}
+
 fn no_ship_cursor(kind: &str, target: &str) -> StoreError {
     StoreError::Other(format!(
         "the {kind} store keeps no shipping cursor (target {target})"
@@ -418,8 +475,10 @@ impl Sequenced for AuditEvent {
 }
 
 impl Sequenced for EventRecord {
+    /// The record's place in its store's order: its `seq`, or in the
+    /// central store (where a `seq` is unique only per source) its row.
     fn seq(&self) -> i64 {
-        self.seq
+        self.origin.as_ref().map_or(self.seq, |o| o.row_id)
     }
 }
 
@@ -464,5 +523,86 @@ impl EventFilter {
                 .policy_name
                 .as_deref()
                 .is_none_or(|p| event.metadata["policy_name"].as_str() == Some(p))
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    /// A store of one source with a fixed id.
+    struct Named(MemoryStore);
+
+    #[async_trait]
+    impl AuditStore for Named {
+        fn kind(&self) -> &'static str {
+            "named"
+        }
+        async fn source_id(&self) -> Result<Option<String>, StoreError> {
+            Ok(Some("src-1".into()))
+        }
+        async fn append_batch(&self, events: Batch) -> Result<(), StoreError> {
+            self.0.append_batch(events).await
+        }
+        async fn head(&self) -> Result<Option<ChainHead>, StoreError> {
+            self.0.head().await
+        }
+        async fn query(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
+            self.0.query(query).await
+        }
+        async fn get(&self, id: &str) -> Result<Option<AuditEvent>, StoreError> {
+            self.0.get(id).await
+        }
+        fn export(&self, filter: EventFilter) -> EventStream {
+            self.0.export(filter)
+        }
+        async fn stats(&self) -> Result<StoreStats, StoreError> {
+            self.0.stats().await
+        }
+        async fn health(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn purge_before(&self, before: DateTime<Utc>) -> Result<PurgeReport, StoreError> {
+            self.0.purge_before(before).await
+        }
+        async fn enforce_max_bytes(&self, max_bytes: u64) -> Result<PurgeReport, StoreError> {
+            self.0.enforce_max_bytes(max_bytes).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_store_matches_its_own_origin_only() {
+        let store = Named(MemoryStore::new(10));
+        let instance = serde_json::json!({"pod": "pod-a", "namespace": "team-x"});
+        let with = |source: Option<&str>, pod: Option<&str>, namespace: Option<&str>| EventFilter {
+            source: source.map(Into::into),
+            pod: pod.map(Into::into),
+            namespace: namespace.map(Into::into),
+            request_id: Some("r-1".into()),
+            ..EventFilter::default()
+        };
+        for (filter, kept) in [
+            (with(Some("src-1"), Some("pod-a"), Some("team-x")), true),
+            (with(None, None, None), true),
+            (with(Some("src-2"), None, None), false),
+            (with(None, Some("pod-b"), None), false),
+            (with(None, None, Some("team-y")), false),
+        ] {
+            let scoped = scope_filter(&store, filter.clone(), Some(&instance))
+                .await
+                .unwrap();
+            match scoped {
+                // The origin conditions are met, so dropped; the rest stays.
+                Some(f) if kept => assert_eq!(f, with(None, None, None)),
+                None if !kept => {}
+                other => panic!("{filter:?} gave {other:?}"),
+            }
+        }
+        // Outside Kubernetes a pod filter matches nothing.
+        let scoped = scope_filter(&store, with(None, Some("pod-a"), None), None)
+            .await
+            .unwrap();
+        assert_eq!(scoped, None);
     }
 }

@@ -12,7 +12,7 @@ use crate::store::{EventFilter, DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT};
 use super::error::AdminError;
 
 /// The filter parameters both endpoints accept.
-pub const FILTER_PARAMS: [&str; 7] = [
+pub const FILTER_PARAMS: [&str; 10] = [
     "event_type",
     "event_types",
     "start_time",
@@ -20,6 +20,9 @@ pub const FILTER_PARAMS: [&str; 7] = [
     "request_id",
     "level",
     "policy_name",
+    "source",
+    "pod",
+    "namespace",
 ];
 
 /// Parsed query parameters: each accepted name with the values given.
@@ -141,6 +144,9 @@ impl Params {
             }
             filter.policy_name = Some(policy.to_owned());
         }
+        filter.source = self.origin("source")?;
+        filter.pod = self.origin("pod")?;
+        filter.namespace = self.origin("namespace")?;
         if let Some(level) = self.single("level")? {
             filter.min_level = Some(level.parse::<Level>().map_err(|_| {
                 AdminError::invalid(
@@ -150,6 +156,21 @@ impl Params {
             })?);
         }
         Ok(filter)
+    }
+
+    /// `source`, `pod` or `namespace`: 1 to 253 characters (a DNS name's
+    /// most), no control characters.
+    fn origin(&self, name: &str) -> Result<Option<String>, AdminError> {
+        let Some(value) = self.single(name)? else {
+            return Ok(None);
+        };
+        if value.is_empty() || value.len() > 253 || value.chars().any(char::is_control) {
+            return Err(AdminError::invalid(
+                name,
+                format!("`{name}` must be 1 to 253 characters, none of them control characters"),
+            ));
+        }
+        Ok(Some(value.to_owned()))
     }
 
     fn time(&self, name: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, AdminError> {
@@ -204,6 +225,31 @@ mod tests {
             "99999999999999999999",
         ] {
             assert_eq!(decode_cursor(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn origin_filters_are_kept_or_refused_by_name() {
+        let p = Params::parse(
+            Some("source=abc-1&pod=pod-a&namespace=team-x"),
+            &FILTER_PARAMS,
+        )
+        .unwrap();
+        let f = p.filter().unwrap();
+        assert_eq!(f.source.as_deref(), Some("abc-1"));
+        assert_eq!(f.pod.as_deref(), Some("pod-a"));
+        assert_eq!(f.namespace.as_deref(), Some("team-x"));
+        let long = format!("pod={}", "a".repeat(254));
+        for (query, param) in [
+            ("pod=", "pod"),
+            ("namespace=a%01b", "namespace"),
+            (long.as_str(), "pod"),
+            ("source=a&source=b", "source"),
+        ] {
+            match Params::parse(Some(query), &FILTER_PARAMS).unwrap().filter() {
+                Err(AdminError::InvalidParameter { param: p, .. }) => assert_eq!(p, param),
+                other => panic!("{query}: {other:?}"),
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use super::error::AdminError;
 use super::params::{self, Params, FILTER_PARAMS};
 use super::AdminState;
 use crate::event::{AuditEvent, EventType, Level, NewEvent};
-use crate::store::{EventQuery, StoreError};
+use crate::store::{scope_filter, EventQuery, Sequenced, StoreError};
 
 /// The largest `POST /api/events` body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -41,6 +41,14 @@ pub async fn list(
     let filter = params.filter()?;
     let mut remaining = params.limit()?;
     let mut before_seq = params.cursor()?;
+    let Some(filter) = scope_filter(state.store.as_ref(), filter, state.events.source()).await?
+    else {
+        return Ok((
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"events":[],"next_cursor":null}"#,
+        )
+            .into_response());
+    };
     let budget = state.page_max_bytes;
     let mut events: Vec<u8> = Vec::new();
     let mut count = 0usize;
@@ -76,7 +84,8 @@ pub async fn list(
             events.extend_from_slice(&json);
             count += 1;
             remaining -= 1;
-            before_seq = Some(record.seq);
+            // The store's order: `seq`, or the central store's row.
+            before_seq = Some(Sequenced::seq(&record));
         }
         match page.next_before_seq {
             Some(next) if remaining > 0 => before_seq = Some(next),

@@ -202,6 +202,31 @@ pub const SHIPPING_MAX_BACKOFF: Key = key(
     "LLM_AUDIT_PROXY_SHIPPING_MAX_BACKOFF",
     None,
 );
+pub const SHIPPING_CENTRAL_RETENTION_DAYS: Key = key(
+    "shipping.central_retention_days",
+    "LLM_AUDIT_PROXY_SHIPPING_CENTRAL_RETENTION_DAYS",
+    None,
+);
+pub const SHIPPING_HTTP_URL: Key = key(
+    "shipping.http_url",
+    "LLM_AUDIT_PROXY_SHIPPING_HTTP_URL",
+    None,
+);
+pub const SHIPPING_HTTP_TOKEN: Key = key(
+    "shipping.http_token",
+    "LLM_AUDIT_PROXY_SHIPPING_HTTP_TOKEN",
+    None,
+);
+pub const SHIPPING_HTTP_TOKEN_FILE: Key = key(
+    "shipping.http_token_file",
+    "LLM_AUDIT_PROXY_SHIPPING_HTTP_TOKEN_FILE",
+    None,
+);
+pub const SHIPPING_HTTP_TIMEOUT: Key = key(
+    "shipping.http_timeout_secs",
+    "LLM_AUDIT_PROXY_SHIPPING_HTTP_TIMEOUT",
+    None,
+);
 pub const POLICY_PACKS: Key = key("policy_packs", "LLM_AUDIT_PROXY_POLICY_PACKS", None);
 pub const POLICIES: Key = key("policies", "LLM_AUDIT_PROXY_POLICIES", None);
 pub const LOG_FORMAT: Key = key(
@@ -260,6 +285,11 @@ pub const ALL: &[Key] = &[
     SHIPPING_BATCH_SIZE,
     SHIPPING_POLL_INTERVAL_MS,
     SHIPPING_MAX_BACKOFF,
+    SHIPPING_CENTRAL_RETENTION_DAYS,
+    SHIPPING_HTTP_URL,
+    SHIPPING_HTTP_TOKEN,
+    SHIPPING_HTTP_TOKEN_FILE,
+    SHIPPING_HTTP_TIMEOUT,
     POLICY_PACKS,
     POLICIES,
     LOG_FORMAT,

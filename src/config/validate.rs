@@ -263,6 +263,10 @@ pub(super) fn load(
             Duration::from_secs(30),
             parse_secs,
         ),
+        central_retention_days: l.get(keys::SHIPPING_CENTRAL_RETENTION_DAYS, 0, |r| {
+            parse_int(r, 0, 36_500).map(|n| n as u32)
+        }),
+        http: l.http_target(),
     };
 
     let policies = l.policies();
@@ -508,6 +512,75 @@ impl Layers<'_> {
             });
         }
         from_file.or(inline).map(|dsn| PostgresTarget { dsn })
+    }
+
+    /// The HTTP shipping target: `shipping.http_url`, and its bearer token
+    /// from `shipping.http_token_file` (a mounted Secret) or
+    /// `shipping.http_token` (one of them, required with a URL). Messages
+    /// never repeat the token.
+    fn http_target(&mut self) -> Option<HttpTarget> {
+        let url = self.get(keys::SHIPPING_HTTP_URL, None, |r| {
+            let s = parse_string(r)?;
+            if s.trim().is_empty() {
+                return Ok(None);
+            }
+            parse_http_target_url(s.trim()).map(Some)
+        });
+        let from_file = self.get(keys::SHIPPING_HTTP_TOKEN_FILE, None, |r| {
+            let path = parse_string(r)?;
+            if path.is_empty() {
+                return Ok(None);
+            }
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            parse_token(text.trim())
+                .map(Some)
+                .map_err(|e| format!("{path}: {e}"))
+        });
+        let inline = self.get(keys::SHIPPING_HTTP_TOKEN, None, |r| {
+            let text = parse_string(r)?;
+            if text.trim().is_empty() {
+                return Ok(None);
+            }
+            parse_token(text.trim()).map(Some)
+        });
+        let timeout = self.get(
+            keys::SHIPPING_HTTP_TIMEOUT,
+            Duration::from_secs(30),
+            parse_secs,
+        );
+        if from_file.is_some() && inline.is_some() {
+            let origin = self.origin_of(keys::SHIPPING_HTTP_TOKEN);
+            self.errors.push(ConfigError {
+                key: keys::SHIPPING_HTTP_TOKEN.name.to_owned(),
+                message: format!(
+                    "set either shipping.http_token ({}) or shipping.http_token_file ({}), not both",
+                    keys::SHIPPING_HTTP_TOKEN.env,
+                    keys::SHIPPING_HTTP_TOKEN_FILE.env
+                ),
+                origin,
+            });
+        }
+        let url = url?;
+        let Some(token) = from_file.or(inline) else {
+            let origin = self.origin_of(keys::SHIPPING_HTTP_URL);
+            self.errors.push(ConfigError {
+                key: keys::SHIPPING_HTTP_TOKEN.name.to_owned(),
+                message: format!(
+                    "shipping.http_url is set: give its bearer token in shipping.http_token_file \
+                     ({}) or shipping.http_token ({})",
+                    keys::SHIPPING_HTTP_TOKEN_FILE.env,
+                    keys::SHIPPING_HTTP_TOKEN.env
+                ),
+                origin,
+            });
+            return None;
+        };
+        Some(HttpTarget {
+            url,
+            token,
+            timeout,
+        })
     }
 
     fn origin_of(&self, key: Key) -> Origin {
@@ -786,6 +859,34 @@ fn parse_policy_defs(raw: &Raw) -> Result<Vec<PolicyDef>, String> {
 
 /// Checks a PostgreSQL connection string (URL or `key=value` form) and
 /// that it names a host and a user. The error never repeats the string.
+/// An `http://` or `https://` URL with a host and no credentials.
+fn parse_http_target_url(s: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|_| format!("must be an http:// or https:// URL, not {s:?}"))?;
+    let web = uri
+        .scheme()
+        .is_some_and(|s| *s == http::uri::Scheme::HTTP || *s == http::uri::Scheme::HTTPS);
+    if !web {
+        return Err(format!("must start with http:// or https://, not {s:?}"));
+    }
+    match uri.authority() {
+        None => Err(format!("must name a host, not {s:?}")),
+        Some(a) if a.as_str().contains('@') => {
+            Err("must not carry credentials; the token goes in shipping.http_token_file".to_owned())
+        }
+        Some(_) => Ok(uri),
+    }
+}
+
+/// A bearer token: visible ASCII, no spaces. The message never shows it.
+fn parse_token(text: &str) -> Result<Secret, String> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be a token of visible ASCII characters without spaces".to_owned());
+    }
+    Ok(Secret::new(text))
+}
+
 fn parse_postgres_dsn(text: &str) -> Result<Secret, String> {
     const FORM: &str = "postgres://user:password@host:5432/database";
     let config: tokio_postgres::Config = text.parse().map_err(|e: tokio_postgres::Error| {

@@ -30,6 +30,25 @@ pub struct EventRecord {
     pub metadata: Box<RawValue>,
     pub prev_hash: String,
     pub hash: String,
+    /// Where the event came from, in a store of many sources (the central
+    /// store); absent from a local store's records, which then serialise
+    /// exactly as their events.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Box<Origin>>,
+}
+
+/// The source of a central store's record: the store it was shipped from
+/// and where that ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    pub source_id: String,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub node: Option<String>,
+    /// The central row's place in arrival order, which pages continue
+    /// from.
+    #[serde(skip)]
+    pub row_id: i64,
 }
 
 /// The width of a timestamp as [`format_timestamp`] writes it.
@@ -99,6 +118,7 @@ impl TryFrom<AuditEvent> for EventRecord {
             metadata,
             prev_hash: event.prev_hash,
             hash: event.hash,
+            origin: None,
         })
     }
 }

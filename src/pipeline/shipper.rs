@@ -18,6 +18,7 @@
 //! logged with its seq range and sent at the next start.
 
 pub mod backoff;
+pub mod http;
 pub mod postgres;
 pub mod status;
 
@@ -159,19 +160,29 @@ impl Shipper {
                 d.saturating_duration_since(Instant::now())
                     .min(WRITE_TIMEOUT)
             });
-            let step = match tokio::time::timeout(budget, self.step(&mut cursor)).await {
-                Ok(step) => step,
-                Err(_) => Err(ShipError::Timeout {
+            // A drain asked for while a write hangs cuts it at the drain's
+            // deadline, so the shipper stops in time to log the tail.
+            let step = tokio::select! {
+                step = tokio::time::timeout(budget, self.step(&mut cursor)) => match step {
+                    Ok(step) => step,
+                    Err(_) => Err(ShipError::Timeout {
+                        target: name,
+                        secs: budget.as_secs(),
+                    }),
+                },
+                () = drain_deadline_passed(&mut drain) => Err(ShipError::Timeout {
                     target: name,
                     secs: budget.as_secs(),
                 }),
             };
+            // A drain may have been asked for during the step.
+            let draining = deadline.is_some() || drain.borrow().is_some();
             match step {
                 Ok(step) => {
                     // During a drain the shutdown event is already the last
                     // one stored: nothing may follow it, or the next start
                     // would take the stop for an unclean one.
-                    if failures > 0 && deadline.is_none() {
+                    if failures > 0 && !draining {
                         self.record_recovery(failures);
                     }
                     failures = 0;
@@ -180,13 +191,18 @@ impl Shipper {
                         if deadline.is_some() {
                             break;
                         }
+                        if draining {
+                            // The step may have read before the last event
+                            // was stored: look once more.
+                            continue;
+                        }
                         wait(&mut drain, self.config.poll_interval).await;
                     }
                 }
                 Err(error) => {
                     self.status.record_error(error.to_string());
                     failures += 1;
-                    if failures == 1 && deadline.is_none() {
+                    if failures == 1 && !draining {
                         self.record_failure(&error, cursor);
                     } else {
                         tracing::debug!(target = name, %error, failures, "Shipping still failing.");
@@ -326,6 +342,21 @@ impl Shipper {
                 shipped_up_to_seq = shipped,
                 "Shipper stopped with every event shipped."
             );
+        }
+    }
+}
+
+/// Resolves once a drain deadline is set and has passed; never without one.
+async fn drain_deadline_passed(drain: &mut watch::Receiver<Option<Instant>>) {
+    loop {
+        let deadline = *drain.borrow_and_update();
+        if let Some(deadline) = deadline {
+            tokio::time::sleep_until(deadline).await;
+            return;
+        }
+        if drain.changed().await.is_err() {
+            // The handle is gone: no drain will come.
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -299,6 +299,9 @@ fn sample_filters(events: &[AuditEvent]) -> Vec<EventFilter> {
             request_id: Some("req-1".into()),
             min_level: Some(Level::Info),
             policy_name: None,
+            source: None,
+            pod: None,
+            namespace: None,
         },
         EventFilter {
             policy_name: Some("policy-1".into()),

@@ -842,6 +842,7 @@ fn read_record(row: &rusqlite::Row<'_>) -> Result<EventRecord, StoreError> {
         metadata,
         prev_hash: text(8, "prev_hash")?,
         hash: text(9, "hash")?,
+        origin: None,
     })
 }
 

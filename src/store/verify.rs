@@ -1,6 +1,8 @@
 //! Walking a store's hash chain and its signed checkpoints, for
 //! `/api/verify`, `verify` and the check `serve` runs at start.
 
+pub mod fleet;
+
 use futures_util::StreamExt;
 use serde::Serialize;
 
@@ -44,6 +46,32 @@ pub struct VerifyOptions {
     /// Checkpoints (own seq and hash) the store must still reach, e.g. one
     /// recorded elsewhere earlier.
     pub expect_checkpoints: Vec<(i64, String)>,
+}
+
+/// What verifying a store found: its one chain, or each source's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Verification {
+    Chain(Box<VerifyReport>),
+    Fleet(fleet::FleetVerifyReport),
+}
+
+/// Verifies `store`: a store of one source as [`verify_store`] does, a
+/// store of many (the central store) source by source (expected
+/// checkpoints then do not apply: each names one source's chain).
+pub async fn verify_any(
+    store: &dyn AuditStore,
+    options: VerifyOptions,
+) -> Result<Verification, StoreError> {
+    if store.holds_many_sources() {
+        Ok(Verification::Fleet(
+            fleet::verify_fleet(store, &options).await?,
+        ))
+    } else {
+        Ok(Verification::Chain(Box::new(
+            verify_store(store, options).await?,
+        )))
+    }
 }
 
 /// Walks the whole store oldest first, chain only. Retention removes the

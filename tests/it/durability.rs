@@ -26,7 +26,7 @@ use crate::support::{MockUpstream, TestProxy};
 
 /// Starts `serve` on ephemeral ports with `env`, returning the child and
 /// its proxy and admin addresses (read from its start-up log line).
-fn serve(upstream: &str, dir: &Path, env: &[(&str, &str)]) -> (Child, String, String) {
+pub(crate) fn serve(upstream: &str, dir: &Path, env: &[(&str, &str)]) -> (Child, String, String) {
     let mut cmd = command();
     cmd.args([
         "serve",
@@ -69,7 +69,7 @@ fn serve(upstream: &str, dir: &Path, env: &[(&str, &str)]) -> (Child, String, St
     (child, proxy, admin)
 }
 
-fn sigkill(child: &mut Child) {
+pub(crate) fn sigkill(child: &mut Child) {
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -399,7 +399,7 @@ async fn a_second_writer_of_a_file_store_is_refused_with_a_clear_message() {
 
 /// Calls through `proxy` from `workers` loops until the proxy goes away;
 /// returns the request ids whose whole answer reached the client.
-async fn load(proxy: &str, run: usize, workers: usize) -> Vec<String> {
+pub(crate) async fn load(proxy: &str, run: usize, workers: usize) -> Vec<String> {
     let done = Arc::new(Mutex::new(Vec::new()));
     let http = http();
     let tasks: Vec<_> = (0..workers)

@@ -14,6 +14,8 @@ mod support;
 mod admin_api;
 mod binary;
 mod central;
+mod central_fleet;
+mod central_http;
 mod console;
 mod console_browser;
 mod durability;

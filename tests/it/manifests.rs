@@ -579,3 +579,101 @@ async fn the_binary_serves_the_kubernetes_manifests_configuration() {
         "exit after SIGTERM; stderr:\n{stderr}"
     );
 }
+
+/// The Secret name and key `file` comes from: the volume mounted on the
+/// folder that holds it in `container`.
+fn secret_file_source(pod: &Value, container: &Value, file: &str) -> (String, String) {
+    let path = Path::new(file);
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| path.parent() == Some(Path::new(str_of(&m["mountPath"], "mountPath"))))
+        .unwrap_or_else(|| panic!("no volume mounted where {file} is"));
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let secret = &volume["secret"];
+    let key = path.file_name().unwrap().to_str().unwrap().to_owned();
+    if let Some(items) = secret["items"].as_array() {
+        assert!(
+            items.iter().any(|i| i["path"] == key.as_str()),
+            "{file} is not among the Secret's items"
+        );
+    }
+    (str_of(&secret["secretName"], "secretName").to_owned(), key)
+}
+
+fn stringdata_has(objects: &[Value], secret: &str, key: &str) {
+    let s = find(objects, "Secret", secret);
+    assert!(s["stringData"][key].is_string(), "{secret} has no {key}");
+}
+
+/// The central-shipping overlay gives the sidecar its DSN as a file from a
+/// Secret the overlay ships (the patch is read, as kustomize applies it).
+#[test]
+fn the_central_shipping_overlay_mounts_the_dsn_from_its_secret() {
+    let dir = Path::new(BASE).join("overlays/central-shipping");
+    let objects = load_kustomization(&dir);
+    let k = &load_yaml(&dir.join("kustomization.yaml"))[0];
+    let ops: Vec<Value> =
+        serde_yaml_ng::from_str(str_of(&k["patches"][0]["patch"], "patch")).unwrap();
+    let added = |suffix: &str| -> Value {
+        ops.iter()
+            .find(|op| op["op"] == "add" && str_of(&op["path"], "path").ends_with(suffix))
+            .unwrap_or_else(|| panic!("no op adding {suffix}"))["value"]
+            .clone()
+    };
+    let env = added("/env/-");
+    assert_eq!(env["name"], "LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN_FILE");
+    let mut deployment = find(&objects, "Deployment", "example-app").clone();
+    let pod = &mut deployment["spec"]["template"]["spec"];
+    pod["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(added("/volumes/-"));
+    let mut sidecar = pod["initContainers"][0].clone();
+    sidecar["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(added("/volumeMounts/-"));
+    let (secret, key) = secret_file_source(pod, &sidecar, str_of(&env["value"], "env value"));
+    stringdata_has(&objects, &secret, &key);
+}
+
+/// The fleet admin runs `fleet-admin`, listens where its Service points
+/// with a token from its Secret, and reads its DSN from that Secret's file.
+#[test]
+fn the_fleet_admin_manifests_hold_together() {
+    let objects = load_kustomization(&Path::new(BASE).join("fleet-admin"));
+    let deployment = only(&objects, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["args"], serde_json::json!(["fleet-admin"]));
+    let listen = env_of(container, "LLM_AUDIT_PROXY_ADMIN_LISTEN").unwrap();
+    let service = only(&objects, "Service");
+    let port = resolve_port(container, &service["spec"]["ports"][0]["targetPort"]);
+    assert_eq!(port, port_of(listen));
+    let token = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "LLM_AUDIT_PROXY_ADMIN_TOKEN")
+        .unwrap();
+    let token_ref = &token["valueFrom"]["secretKeyRef"];
+    stringdata_has(
+        &objects,
+        str_of(&token_ref["name"], "secret"),
+        str_of(&token_ref["key"], "key"),
+    );
+    let dsn_file = env_of(container, "LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN_FILE").unwrap();
+    let (secret, key) = secret_file_source(pod, container, dsn_file);
+    stringdata_has(&objects, &secret, &key);
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+}

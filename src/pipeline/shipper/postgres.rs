@@ -17,12 +17,9 @@
 //! central side.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
-use rustls::RootCertStore;
+use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
 use tokio_util::task::TaskTracker;
@@ -30,47 +27,13 @@ use tokio_util::task::TaskTracker;
 use super::{ShipError, ShipTarget, Source};
 use crate::config::Secret;
 use crate::event::{parse_timestamp, EventRecord};
+use crate::store::postgres::schema::{
+    create_partitions, describe, drop_months_before, migrate, month_of, next_month, tls_connector,
+    CONNECT_TIMEOUT, SCHEMA_LOCK,
+};
 
 /// The target's name (its cursor key and metrics label).
 pub const NAME: &str = "postgres";
-
-/// The advisory lock key every schema change takes ("llm-audit" in ASCII),
-/// so concurrent pods serialise on it.
-const SCHEMA_LOCK: i64 = 0x6c6c_6d2d_6175_6469;
-
-/// How long one connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Ordered schema steps: entry `i` takes the schema from version `i` to
-/// `i + 1`. Never edit a released step; append a new one.
-const MIGRATIONS: &[&str] = &[
-    // 1: the events table, partitioned by month, with one index per
-    // `/api/events` filter and one for the source's pod.
-    "CREATE TABLE IF NOT EXISTS audit_events (
-        source_id   TEXT        NOT NULL,
-        seq         BIGINT      NOT NULL,
-        \"timestamp\" TIMESTAMPTZ NOT NULL,
-        id          TEXT        NOT NULL,
-        event_type  TEXT        NOT NULL,
-        level       TEXT        NOT NULL,
-        level_rank  SMALLINT    NOT NULL,
-        message     TEXT        NOT NULL,
-        request_id  TEXT,
-        metadata    TEXT        NOT NULL,
-        prev_hash   TEXT        NOT NULL,
-        hash        TEXT        NOT NULL,
-        pod         TEXT,
-        namespace   TEXT,
-        node        TEXT,
-        shipped_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
-        PRIMARY KEY (source_id, seq, \"timestamp\")
-    ) PARTITION BY RANGE (\"timestamp\");
-    CREATE INDEX IF NOT EXISTS audit_events_timestamp ON audit_events (\"timestamp\");
-    CREATE INDEX IF NOT EXISTS audit_events_type_ts ON audit_events (event_type, \"timestamp\");
-    CREATE INDEX IF NOT EXISTS audit_events_request_id ON audit_events (request_id);
-    CREATE INDEX IF NOT EXISTS audit_events_level_ts ON audit_events (level_rank, \"timestamp\");
-    CREATE INDEX IF NOT EXISTS audit_events_namespace_pod ON audit_events (namespace, pod);",
-];
 
 /// One batch, one statement: the columns travel as arrays.
 const INSERT: &str = "INSERT INTO audit_events
@@ -92,14 +55,23 @@ pub struct PostgresTarget {
     state: Mutex<Connected>,
     /// Runs each connection's I/O task; a task ends with its client.
     connections: TaskTracker,
+    /// `shipping.central_retention_days`, when not 0.
+    retention: Option<chrono::Duration>,
 }
 
-/// The open connection, and the months known to have a partition.
+/// The open connection, the months known to have a partition, and when
+/// central retention runs next.
 #[derive(Default)]
 struct Connected {
     client: Option<Client>,
     months: BTreeSet<(i32, u32)>,
+    /// `None`: at the next batch.
+    retention_due: Option<tokio::time::Instant>,
 }
+
+/// How often a target applies central retention (every pod does, under
+/// the schema lock; all but the first find nothing to drop).
+const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A batch's columns, as the INSERT binds them.
 #[derive(Default)]
@@ -121,8 +93,10 @@ struct Columns<'a> {
 
 impl PostgresTarget {
     /// A target for `dsn` (checked when the configuration was loaded). No
-    /// connection is made until the first batch.
-    pub fn new(dsn: &Secret) -> Result<Self, String> {
+    /// connection is made until the first batch. With `retention_days`
+    /// above 0, months of the central table wholly older than that are
+    /// dropped before the first batch and hourly after.
+    pub fn new(dsn: &Secret, retention_days: u32) -> Result<Self, String> {
         let mut config: tokio_postgres::Config = dsn
             .expose()
             .parse()
@@ -138,7 +112,40 @@ impl PostgresTarget {
             tls: tls_connector(),
             state: Mutex::new(Connected::default()),
             connections: TaskTracker::new(),
+            retention: (retention_days > 0)
+                .then(|| chrono::Duration::days(i64::from(retention_days))),
         })
+    }
+
+    /// Drops the months past retention, when due. A failure is logged and
+    /// tried again at the next interval: it never holds shipping.
+    async fn apply_retention(&self, state: &mut Connected) {
+        let (Some(retention), Some(client)) = (self.retention, state.client.as_mut()) else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        if state.retention_due.is_some_and(|due| now < due) {
+            return;
+        }
+        state.retention_due = Some(now + RETENTION_INTERVAL);
+        let cutoff = crate::event::now() - retention;
+        match drop_months_before(client, cutoff).await {
+            Ok(dropped) if dropped.is_empty() => {}
+            Ok(dropped) => {
+                // A back-dated batch into a dropped month makes it again.
+                state
+                    .months
+                    .retain(|&(y, m)| !dropped.contains(&format!("audit_events_{y:04}_{m:02}")));
+                tracing::info!(
+                    target = NAME,
+                    partitions = ?dropped,
+                    "Central retention dropped months older than shipping.central_retention_days."
+                );
+            }
+            Err(error) => {
+                tracing::warn!(target = NAME, error = %describe(&error), "Central retention failed; tried again later.");
+            }
+        }
     }
 
     /// Connects and brings the schema up to date.
@@ -177,7 +184,8 @@ impl ShipTarget for PostgresTarget {
             state.client = Some(client);
             state.months = months;
         }
-        let Connected { client, months } = &mut *state;
+        self.apply_retention(&mut state).await;
+        let Connected { client, months, .. } = &mut *state;
         let Some(client) = client.as_mut() else {
             return Err(ShipError::Connect {
                 target: NAME,
@@ -266,91 +274,6 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// Applies pending migrations and makes the partitions of `months`, in one
-/// transaction under the schema lock.
-async fn migrate(
-    client: &mut Client,
-    months: &BTreeSet<(i32, u32)>,
-) -> Result<(), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-        .await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS audit_schema_migrations (
-            version    INTEGER     PRIMARY KEY,
-            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-        )",
-    )
-    .await?;
-    let row = tx
-        .query_one(
-            "SELECT COALESCE(MAX(version), 0) FROM audit_schema_migrations",
-            &[],
-        )
-        .await?;
-    let current: i32 = row.get(0);
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
-        tx.batch_execute(sql).await?;
-        let version = i as i32 + 1;
-        tx.execute(
-            "INSERT INTO audit_schema_migrations (version) VALUES ($1)",
-            &[&version],
-        )
-        .await?;
-    }
-    create_partitions(&tx, months).await?;
-    tx.commit().await
-}
-
-/// Creates the partition of each month, if missing. The caller holds the
-/// schema lock. DDL takes no bound parameters: the name and bounds are
-/// written from the month's numbers, never from input text.
-async fn create_partitions(
-    tx: &tokio_postgres::Transaction<'_>,
-    months: &BTreeSet<(i32, u32)>,
-) -> Result<(), tokio_postgres::Error> {
-    for &(year, month) in months {
-        let (next_year, next) = next_month((year, month));
-        let sql = format!(
-            "CREATE TABLE IF NOT EXISTS audit_events_{year:04}_{month:02} PARTITION OF audit_events \
-             FOR VALUES FROM ('{year:04}-{month:02}-01 00:00:00+00') \
-             TO ('{next_year:04}-{next:02}-01 00:00:00+00')"
-        );
-        tx.batch_execute(&sql).await?;
-    }
-    Ok(())
-}
-
-/// The (year, month) of `t` in UTC.
-fn month_of(t: DateTime<Utc>) -> (i32, u32) {
-    (t.year(), t.month())
-}
-
-/// The month after `(year, month)`.
-fn next_month((year, month): (i32, u32)) -> (i32, u32) {
-    NaiveDate::from_ymd_opt(year, month, 1)
-        .and_then(|d| d.checked_add_months(Months::new(1)))
-        .map_or((year + 1, 1), |d| (d.year(), d.month()))
-}
-
-/// Rustls with the web PKI roots; the DSN's `sslmode` decides whether TLS
-/// is used (`prefer` by default, `require` to insist on it).
-fn tls_connector() -> tokio_postgres_rustls::MakeRustlsConnect {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = match rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-    {
-        Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
-        // ring supports the default versions; this branch is not taken.
-        Err(_) => rustls::ClientConfig::builder()
-            .with_root_certificates(RootCertStore::empty())
-            .with_no_client_auth(),
-    };
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
-}
-
 fn write_error(error: tokio_postgres::Error) -> ShipError {
     let message = describe(&error);
     if error.is_closed() || error.as_db_error().is_none() {
@@ -364,22 +287,6 @@ fn write_error(error: tokio_postgres::Error) -> ShipError {
             message,
         }
     }
-}
-
-/// The error and its causes, one line. tokio-postgres never puts the
-/// password in its messages.
-fn describe(error: &tokio_postgres::Error) -> String {
-    if let Some(db) = error.as_db_error() {
-        return format!("{}: {}", db.severity(), db.message());
-    }
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -405,9 +312,11 @@ mod tests {
 
     #[test]
     fn a_target_never_shows_its_password() {
-        let target =
-            PostgresTarget::new(&Secret::new("postgres://audit:s3cr3t-pw@db.example/audit"))
-                .unwrap();
+        let target = PostgresTarget::new(
+            &Secret::new("postgres://audit:s3cr3t-pw@db.example/audit"),
+            0,
+        )
+        .unwrap();
         assert!(!format!("{:?}", target.config).contains("s3cr3t-pw"));
     }
 }
