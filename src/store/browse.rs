@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{AuditStore, EventFilter, EventQuery, StoreError};
+use super::{AuditStore, EventFilter, EventQuery, Sequenced, StoreError};
 use crate::event::{parse_timestamp, EventRecord, EventType};
 
 /// Most records a fallback search or overview reads.
@@ -186,7 +186,7 @@ pub async fn search_by_scan<S: AuditStore + ?Sized>(
             .await?;
         for record in page.events {
             scanned += 1;
-            before_seq = Some(record.seq);
+            before_seq = Some(Sequenced::seq(&record));
             if query.matches(&record) {
                 records.push(record);
                 if records.len() == query.limit {

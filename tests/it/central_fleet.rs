@@ -100,6 +100,31 @@ impl Admin {
     }
 }
 
+/// The number of rows the console's events page shows.
+fn row_count(page: &str) -> usize {
+    let start = page.find("id=\"row-count\">").expect("a row count") + "id=\"row-count\">".len();
+    let end = start + page[start..].find('<').unwrap();
+    page[start..end].parse().unwrap()
+}
+
+/// Runs verify from the console's integrity page (its form and CSRF
+/// token) and returns the page it lands on.
+async fn console_verify(admin: &Admin) -> String {
+    let page = admin.text("/ui/integrity").await;
+    let marker = "name=\"csrf\" value=\"";
+    let start = page.find(marker).expect("a CSRF field") + marker.len();
+    let csrf = &page[start..start + page[start..].find('"').unwrap()];
+    let r = admin
+        .http
+        .post(format!("{}/ui/verify", admin.url))
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
 #[tokio::test]
 async fn the_fleet_admin_queries_exports_and_verifies_across_sources() {
     let Some(pg) = PgCluster::start().await else {
@@ -203,6 +228,32 @@ async fn the_fleet_admin_queries_exports_and_verifies_across_sources() {
     assert_eq!(stats["store"], "postgres");
     assert_eq!(stats["total_events"], total as u64);
 
+    // The console over the same store: origin filters, and the pod of
+    // each row.
+    let page = admin.text("/ui/events?pod=pod-a").await;
+    assert_eq!(row_count(&page), local_a.len().min(50), "{page}");
+    assert!(page.contains("<th scope=\"col\">Pod</th>"), "{page}");
+    assert!(page.contains("id=\"pod\""), "the pod filter is offered");
+    assert!(!page.contains(">pod-b<"), "{page}");
+    let page = admin
+        .text(&format!("/ui/events?source={id_b}&type=RESPONSE"))
+        .await;
+    assert_eq!(row_count(&page), 3, "{page}");
+    assert!(page.contains(">pod-b<"), "{page}");
+    assert_eq!(
+        row_count(&admin.text("/ui/events?namespace=team-z").await),
+        0
+    );
+    let call = admin.text("/ui/calls/beta-1").await;
+    assert!(call.contains("beta-1"), "{call}");
+    let overview = admin.text("/ui/overview?range=24h").await;
+    assert!(overview.contains("<svg"), "{overview}");
+    let integrity = console_verify(&admin).await;
+    assert!(
+        integrity.contains("data-state=\"ok\""),
+        "every source intact: {integrity}"
+    );
+
     // Both chains verify, each on its own.
     let (status, report) = admin.get("/api/verify").await;
     assert_eq!(status, 200);
@@ -241,6 +292,12 @@ async fn the_fleet_admin_queries_exports_and_verifies_across_sources() {
     assert_eq!(missing[0]["source_id"], id_b.as_str());
     assert_eq!(missing[0]["first_seq"], 3);
     assert_eq!(missing[0]["last_seq"], 4);
+    let integrity = console_verify(&admin).await;
+    assert!(integrity.contains("data-state=\"broken\""), "{integrity}");
+    assert!(
+        integrity.contains("3..=4"),
+        "the missing range: {integrity}"
+    );
     let source_b = report["sources"]
         .as_array()
         .unwrap()

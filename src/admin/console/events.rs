@@ -16,8 +16,8 @@ use super::html::{esc, marked, time, url_value, Section};
 use super::{html_page, message_page, ConsoleState};
 use crate::admin::export::{self, Format};
 use crate::event::{EventRecord, EventType, Level};
-use crate::store::browse::{SearchQuery, SCAN_LIMIT};
-use crate::store::{EventFilter, EventQuery, RecordStream, SharedStore};
+use crate::store::browse::{SearchPage, SearchQuery, SCAN_LIMIT};
+use crate::store::{scope_filter, EventFilter, EventQuery, RecordStream, SharedStore, StoreError};
 
 /// Rows on one page.
 pub const PAGE_ROWS: usize = 50;
@@ -95,17 +95,18 @@ pub async fn page(
         }
     }
     let before_seq = cursor(&raw);
-    let found = match state
-        .admin
-        .store
-        .search(&filter.search(PAGE_ROWS, before_seq))
-        .await
-    {
+    let store = &state.admin.store;
+    let found = match scoped(&state, &filter).await {
+        Ok(Some(search)) => store.search(&search.search(PAGE_ROWS, before_seq)).await,
+        Ok(None) => Ok(SearchPage::default()),
+        Err(error) => Err(error),
+    };
+    let found = match found {
         Ok(found) => found,
         Err(error) => return store_error(error),
     };
     let mut body = String::with_capacity(16 * 1024);
-    filter_form(&mut body, &filter);
+    filter_form(&mut body, &filter, store.holds_many_sources());
     render_table(&mut body, &found.records);
     if found.records.is_empty() && before_seq.is_none() && filter.q_as_request_id().is_some() {
         body.push_str("<p>No call has this request id either.</p>");
@@ -171,8 +172,17 @@ pub async fn export(
             message: "format must be one of json, ndjson, csv".to_owned(),
         });
     };
-    let search = filter.search(EXPORT_PAGE, None);
-    let records = if search.is_plain() {
+    let search = match scoped(&state, &filter).await {
+        Ok(Some(scoped)) => scoped.search(EXPORT_PAGE, None),
+        Ok(None) => SearchQuery {
+            limit: 0,
+            ..filter.search(EXPORT_PAGE, None)
+        },
+        Err(error) => return store_error(error),
+    };
+    let records = if search.limit == 0 {
+        futures_util::stream::empty().boxed()
+    } else if search.is_plain() {
         state.admin.store.export_records(search.filter)
     } else {
         searched(state.admin.store.clone(), search)
@@ -194,7 +204,25 @@ pub async fn export(
     response
 }
 
-fn filter_form(out: &mut String, f: &ConsoleFilter) {
+/// `filter` as the store applies it: on a store of one source the origin
+/// filters name that store (or nothing, `None`), as in `/api/events`.
+async fn scoped(
+    state: &ConsoleState,
+    filter: &ConsoleFilter,
+) -> Result<Option<ConsoleFilter>, StoreError> {
+    let scoped = scope_filter(
+        state.admin.store.as_ref(),
+        filter.store.clone(),
+        state.admin.events.source(),
+    )
+    .await?;
+    Ok(scoped.map(|store| ConsoleFilter {
+        store,
+        ..filter.clone()
+    }))
+}
+
+fn filter_form(out: &mut String, f: &ConsoleFilter, many_sources: bool) {
     out.push_str(
         "<form method=\"get\" action=\"/ui/events\" class=\"filters\" role=\"search\" aria-label=\"Filter events\">",
     );
@@ -256,7 +284,17 @@ fn filter_form(out: &mut String, f: &ConsoleFilter) {
         ("operation", "Operation", &f.operation),
         ("outcome", "Outcome", &f.outcome),
         ("policy", "Policy", &f.policy),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        [
+            ("pod", "Pod", &f.pod),
+            ("namespace", "Namespace", &f.namespace),
+            ("source", "Source id", &f.source),
+        ]
+        .into_iter()
+        .filter(|(_, _, value)| many_sources || !value.is_empty()),
+    ) {
         let _ = write!(
             out,
             "<div class=\"field\"><label for=\"{name}\">{label}</label>\
@@ -278,9 +316,17 @@ pub fn render_table(out: &mut String, records: &[EventRecord]) {
         out.push_str("<p>No event matches.</p>");
         return;
     }
-    out.push_str(
+    // Records of the central store say where they came from.
+    let fleet = records.iter().any(|r| r.origin.is_some());
+    let origin_header = if fleet {
+        "<th scope=\"col\">Pod</th>"
+    } else {
+        ""
+    };
+    let _ = write!(
+        out,
         "<table class=\"events\"><caption>Events, newest first</caption><thead><tr>\
-         <th scope=\"col\">Time</th><th scope=\"col\">Seq</th><th scope=\"col\">Type</th>\
+         <th scope=\"col\">Time</th><th scope=\"col\">Seq</th>{origin_header}<th scope=\"col\">Type</th>\
          <th scope=\"col\">Level</th><th scope=\"col\">Request</th><th scope=\"col\">Model</th>\
          <th scope=\"col\">Message</th></tr></thead><tbody>",
     );
@@ -297,10 +343,11 @@ pub fn render_table(out: &mut String, records: &[EventRecord]) {
         };
         let _ = write!(
             out,
-            "<tr class=\"level-{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{request}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"level-{}\"><td>{}</td><td>{}</td>{}<td>{}</td><td>{}</td><td>{request}</td><td>{}</td><td>{}</td></tr>",
             r.level.as_str().to_ascii_lowercase(),
             time(&r.timestamp),
             r.seq,
+            origin_cell(r, fleet),
             esc(r.event_type.as_str()),
             r.level.as_str(),
             esc(model),
@@ -308,6 +355,22 @@ pub fn render_table(out: &mut String, records: &[EventRecord]) {
         );
     }
     out.push_str("</tbody></table>");
+}
+
+/// The pod an event of the central store came from (its source id when
+/// it names no pod), with the source id on hover.
+fn origin_cell(record: &EventRecord, fleet: bool) -> String {
+    if !fleet {
+        return String::new();
+    }
+    match &record.origin {
+        Some(origin) => format!(
+            "<td title=\"{}\">{}</td>",
+            esc(&origin.source_id),
+            esc(origin.pod.as_deref().unwrap_or(short(&origin.source_id)))
+        ),
+        None => "<td></td>".to_owned(),
+    }
 }
 
 /// The last 12 characters of an id: enough to tell calls apart at a

@@ -38,6 +38,11 @@ pub struct ConsoleFilter {
     pub operation: String,
     pub outcome: String,
     pub policy: String,
+    /// The origin filters of a store of many sources (the central store);
+    /// on a local store they match it or nothing, as in the API.
+    pub source: String,
+    pub pod: String,
+    pub namespace: String,
     /// Free text: a request id jumps to its call, anything else searches
     /// prompts and answers.
     pub q: String,
@@ -71,6 +76,9 @@ impl ConsoleFilter {
                 "operation" => f.operation = value,
                 "outcome" => f.outcome = value,
                 "policy" => f.policy = value,
+                "source" => f.source = value,
+                "pod" => f.pod = value,
+                "namespace" => f.namespace = value,
                 "q" => f.q = value,
                 // Paging and the export format are read by the pages.
                 _ => {}
@@ -126,6 +134,24 @@ impl ConsoleFilter {
         if !self.policy.is_empty() {
             store.policy_name = Some(self.policy.clone());
         }
+        for (param, value, slot) in [
+            ("source", &self.source, &mut store.source),
+            ("pod", &self.pod, &mut store.pod),
+            ("namespace", &self.namespace, &mut store.namespace),
+        ] {
+            if value.is_empty() {
+                continue;
+            }
+            if value.len() > 253 || value.chars().any(char::is_control) {
+                return Err(bad(
+                    param,
+                    &format!(
+                        "{param} must be 1 to 253 characters, none of them control characters"
+                    ),
+                ));
+            }
+            *slot = Some(value.clone());
+        }
         for (param, value) in [
             ("model", &self.model),
             ("operation", &self.operation),
@@ -177,6 +203,9 @@ impl ConsoleFilter {
             ("operation", &self.operation),
             ("outcome", &self.outcome),
             ("policy", &self.policy),
+            ("source", &self.source),
+            ("pod", &self.pod),
+            ("namespace", &self.namespace),
             ("q", &self.q),
         ] {
             if !value.is_empty() {
@@ -251,11 +280,28 @@ mod tests {
             ("type=not-a-type", "type"),
             ("level=LOUD", "level"),
             ("request_id=a%20b", "request_id"),
+            ("pod=a%07b", "pod"),
+            ("namespace=a%0Ab", "namespace"),
         ] {
             let err = ConsoleFilter::parse(raw, now()).unwrap_err();
             assert_eq!(err.param, param, "{raw}");
         }
         let long = format!("q={}", "x".repeat(MAX_TEXT + 1));
         assert_eq!(ConsoleFilter::parse(&long, now()).unwrap_err().param, "q");
+        let long = format!("source={}", "s".repeat(254));
+        assert_eq!(
+            ConsoleFilter::parse(&long, now()).unwrap_err().param,
+            "source"
+        );
+    }
+
+    #[test]
+    fn origin_filters_reach_the_store_and_the_url() {
+        let f = ConsoleFilter::parse("pod=pod-a&namespace=team-x&source=s-1", now()).unwrap();
+        assert_eq!(f.store.pod.as_deref(), Some("pod-a"));
+        assert_eq!(f.store.namespace.as_deref(), Some("team-x"));
+        assert_eq!(f.store.source.as_deref(), Some("s-1"));
+        let again = ConsoleFilter::parse(&f.query_string(), now()).unwrap();
+        assert_eq!(again.store, f.store);
     }
 }

@@ -14,14 +14,15 @@ use super::events::store_error;
 use super::html::{esc, time, Section};
 use super::{html_page, message_page, ConsoleState, Detour};
 use crate::event::{format_timestamp, EventType};
-use crate::store::verify::{verify_store, VerifyOptions, VerifyReport};
+use crate::store::verify::fleet::FleetVerifyReport;
+use crate::store::verify::{verify_any, Verification, VerifyOptions, VerifyReport};
 use crate::store::{EventFilter, EventQuery};
 
 /// One verify run: when, and what it found.
 #[derive(Debug, Clone)]
 pub struct VerifyRun {
     pub at: DateTime<Utc>,
-    pub report: VerifyReport,
+    pub report: Verification,
 }
 
 /// `GET /ui/integrity`.
@@ -85,7 +86,7 @@ pub async fn run(State(state): State<ConsoleState>, req: Request) -> Response {
         tolerate_unknown_keys: true,
         expect_checkpoints: Vec::new(),
     };
-    match verify_store(state.admin.store.as_ref(), options).await {
+    match verify_any(state.admin.store.as_ref(), options).await {
         Ok(report) => {
             *state
                 .last_verify
@@ -115,7 +116,14 @@ fn badge(out: &mut String, last: Option<&VerifyRun>) {
         );
         return;
     };
-    let r = &run.report;
+    let r = match &run.report {
+        Verification::Chain(r) => r,
+        Verification::Fleet(fleet) => return fleet_badge(out, run.at, fleet),
+    };
+    chain_badge(out, run.at, r);
+}
+
+fn chain_badge(out: &mut String, at: DateTime<Utc>, r: &VerifyReport) {
     if r.ok {
         let _ = write!(
             out,
@@ -130,7 +138,7 @@ fn badge(out: &mut String, last: Option<&VerifyRun>) {
     let _ = write!(
         out,
         "<dl class=\"summary\"><dt>Verified at</dt><dd>{}</dd><dt>Events checked</dt><dd id=\"events-checked\">{}</dd>",
-        time(&format_timestamp(&run.at)),
+        time(&format_timestamp(&at)),
         r.events_checked
     );
     if let Some(seq) = r.first_bad_seq {
@@ -171,6 +179,58 @@ fn badge(out: &mut String, last: Option<&VerifyRun>) {
         );
     }
     out.push_str("</dl>");
+}
+
+/// The central store's verify: each source's chain on its own, with
+/// tampering apart from seqs that were never shipped or are missing.
+fn fleet_badge(out: &mut String, at: DateTime<Utc>, r: &FleetVerifyReport) {
+    let (class, state, label) = match (r.intact, r.complete) {
+        (true, true) => ("ok", "ok", "Every source's chain intact"),
+        (true, false) => ("warn", "incomplete", "Chains intact, seqs missing"),
+        (false, _) => ("bad", "broken", "Chain broken"),
+    };
+    let _ = write!(
+        out,
+        "<p class=\"badge {class}\" id=\"verify-badge\" data-state=\"{state}\">{label}</p>\
+         <dl class=\"summary\"><dt>Verified at</dt><dd>{}</dd><dt>Sources checked</dt><dd>{}</dd>\
+         <dt>Events checked</dt><dd id=\"events-checked\">{}</dd></dl>",
+        time(&format_timestamp(&at)),
+        r.sources_checked,
+        r.events_checked
+    );
+    out.push_str(
+        "<table><caption>Sources</caption><thead><tr><th scope=\"col\">Source id</th>\
+         <th scope=\"col\">Pod</th><th scope=\"col\">Namespace</th><th scope=\"col\">Seqs held</th>\
+         <th scope=\"col\">Chain</th><th scope=\"col\">First broken seq</th>\
+         <th scope=\"col\">Missing seqs</th></tr></thead><tbody>",
+    );
+    for source in &r.sources {
+        let held = match (source.first_seq, source.last_seq) {
+            (Some(first), Some(last)) => format!("{first}..={last}"),
+            _ => String::new(),
+        };
+        let chain = match source.fault {
+            None if source.intact => "intact".to_owned(),
+            None => "broken".to_owned(),
+            Some(fault) => format!("broken ({})", fault.as_str()),
+        };
+        let missing: Vec<String> = source
+            .missing
+            .iter()
+            .map(|(first, last)| format!("{first}..={last}"))
+            .collect();
+        let _ = write!(
+            out,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{held}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&source.source_id),
+            esc(source.pod.as_deref().unwrap_or("")),
+            esc(source.namespace.as_deref().unwrap_or("")),
+            esc(&chain),
+            source.first_bad_seq.map(|s| s.to_string()).unwrap_or_default(),
+            esc(&missing.join(", ")),
+        );
+    }
+    out.push_str("</tbody></table>");
 }
 
 /// The newest CHECKPOINT event: its seq, time and metadata.
