@@ -9,7 +9,7 @@ use llm_audit_proxy::store::sqlite::SqliteStore;
 use llm_audit_proxy::store::{AuditStore, EventFilter};
 use serde_json::{json, Value};
 
-use crate::support::MockUpstream;
+use crate::support::{output_ok, MockUpstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_llm-audit-proxy");
 
@@ -26,18 +26,10 @@ pub(crate) fn command() -> Command {
 
 #[test]
 fn reference_config_is_valid() {
-    let out = command()
-        .args([
-            "check-config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/llm-audit-proxy.toml"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    output_ok(command().args([
+        "check-config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/llm-audit-proxy.toml"),
+    ]));
 }
 
 #[test]
@@ -85,11 +77,11 @@ fn serve_refuses_bad_configuration_naming_the_key() {
 /// Starts `serve` on ephemeral ports; returns the child and its addresses,
 /// read from its start-up log line.
 fn spawn_serve(upstream: &str, dir: &std::path::Path) -> (Child, String, String) {
-    let (child, proxy, admin, _) = spawn_serve_logged(upstream, dir, "info");
+    let (child, proxy, admin, _) = spawn_serve_logged(upstream, dir, "info", &[]);
     (child, proxy, admin)
 }
 
-type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+pub(crate) type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// Sends SIGTERM to `child`.
 pub(crate) fn sigterm(child: &Child) {
@@ -108,12 +100,13 @@ pub(crate) async fn exit_code(mut child: Child) -> Option<i32> {
         .code()
 }
 
-/// As [`spawn_serve`] with `RUST_LOG` set to `rust_log`, also collecting
-/// every stderr line.
-fn spawn_serve_logged(
+/// As [`spawn_serve`] with `RUST_LOG` set to `rust_log` and `env` on top,
+/// also collecting every stderr line.
+pub(crate) fn spawn_serve_logged(
     upstream: &str,
     dir: &std::path::Path,
     rust_log: &str,
+    env: &[(&str, &str)],
 ) -> (Child, String, String, LogLines) {
     let mut child = command()
         .args([
@@ -127,6 +120,7 @@ fn spawn_serve_logged(
         .arg("--file-path")
         .arg(dir)
         .env("RUST_LOG", rust_log)
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -168,6 +162,7 @@ async fn sigterm_drains_flushes_and_exits_zero() {
         &mock.url(),
         dir.path(),
         "info,llm_audit_proxy::access=debug",
+        &[],
     );
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
@@ -335,7 +330,7 @@ async fn sigterm_under_load_loses_no_event() {
 async fn calls_log_no_access_line_unless_asked_for() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (child, proxy, _admin, logs) = spawn_serve_logged(&mock.url(), dir.path(), "info");
+    let (child, proxy, _admin, logs) = spawn_serve_logged(&mock.url(), dir.path(), "info", &[]);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let status = http
         .post(format!("http://{proxy}/v1/chat/completions"))

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use crate::binary::command;
 use crate::durability::{load, serve, sigkill};
 use crate::support::postgres::{PgCluster, PASSWORD};
-use crate::support::{dead_address, MockUpstream, TestProxy};
+use crate::support::{dead_address, output_ok, MockUpstream, TestProxy};
 
 /// How long PostgreSQL stays down in the outage test, under load.
 const OUTAGE: Duration = Duration::from_secs(30);
@@ -575,16 +575,11 @@ async fn central_retention_drops_whole_old_months() {
         "{stderr}"
     );
 
-    let out = command()
-        .args(["purge", "--central"])
-        .env("LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN_FILE", &dsn_file)
-        .env("LLM_AUDIT_PROXY_SHIPPING_CENTRAL_RETENTION_DAYS", "30")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        command()
+            .args(["purge", "--central"])
+            .env("LLM_AUDIT_PROXY_SHIPPING_POSTGRES_DSN_FILE", &dsn_file)
+            .env("LLM_AUDIT_PROXY_SHIPPING_CENTRAL_RETENTION_DAYS", "30"),
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(

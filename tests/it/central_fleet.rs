@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::binary::command;
 use crate::central::{calls, local_rows, shipping_env, until_caught_up};
 use crate::support::postgres::PgCluster;
-use crate::support::{MockUpstream, TestProxy};
+use crate::support::{output_ok, MockUpstream, TestProxy};
 
 /// A proxy shipping as `pod` in `namespace`.
 async fn start_as(
@@ -313,15 +313,10 @@ async fn the_fleet_admin_queries_exports_and_verifies_across_sources() {
     let dsn_file = work.path().join("dsn");
     std::fs::write(&dsn_file, &dsn).unwrap();
     let dsn_flag = dsn_file.display().to_string();
-    let out = command()
-        .args(["events", "--postgres-dsn-file", &dsn_flag, "--json"])
-        .args(["--pod", "pod-b", "--limit", "1000"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        command()
+            .args(["events", "--postgres-dsn-file", &dsn_flag, "--json"])
+            .args(["--pod", "pod-b", "--limit", "1000"]),
     );
     let page: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -337,22 +332,17 @@ async fn the_fleet_admin_queries_exports_and_verifies_across_sources() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("POD"));
 
     let export = work.path().join("fleet.ndjson");
-    let out = command()
-        .args([
-            "export",
-            "--postgres-dsn-file",
-            &dsn_flag,
-            "--format",
-            "ndjson",
-        ])
-        .args(["--namespace", "team-x", "--out"])
-        .arg(&export)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        command()
+            .args([
+                "export",
+                "--postgres-dsn-file",
+                &dsn_flag,
+                "--format",
+                "ndjson",
+            ])
+            .args(["--namespace", "team-x", "--out"])
+            .arg(&export),
     );
     let lines = std::fs::read_to_string(&export).unwrap();
     assert_eq!(lines.lines().count(), local_a.len());

@@ -3,9 +3,8 @@
 //! refuses connections, then stalls, then answers 500, then accepts.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +20,7 @@ use llm_audit_proxy::store::sqlite::SqliteStore;
 use llm_audit_proxy::store::AuditStore;
 use serde_json::Value;
 
-use crate::binary::{command, exit_code, sigterm};
+use crate::binary::{command, exit_code, sigterm, spawn_serve_logged};
 use crate::central::{calls, local_rows, until_caught_up, until_errors};
 use crate::support::{MockUpstream, TestProxy};
 
@@ -56,6 +55,21 @@ impl Receiver {
             seen: Arc::new(Default::default()),
             accepted: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// The seqs of every accepted line, sorted, each once (a retried batch
+    /// may be accepted twice).
+    fn accepted_seqs(&self) -> Vec<i64> {
+        let mut seqs: Vec<i64> = self
+            .accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b.lines.iter().map(|l| l["seq"].as_i64().unwrap()))
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs
     }
 
     /// Serves on `addr` from now on.
@@ -301,55 +315,6 @@ fn check_config_names_a_bad_http_target_by_key_without_showing_the_token() {
     }
 }
 
-type Logs = Arc<Mutex<Vec<String>>>;
-
-/// Starts the binary's `serve` with `env`, collecting its JSON log lines;
-/// returns the child, its proxy address and the lines.
-fn serve_logged(
-    upstream: &str,
-    dir: &std::path::Path,
-    env: &[(&str, &str)],
-) -> (Child, String, Logs) {
-    let mut child = command()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--upstream", upstream, "--log-format", "json"])
-        .arg("--file-path")
-        .arg(dir)
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let logs: Logs = Default::default();
-    let proxy = loop {
-        let line = lines
-            .next()
-            .expect("serve exited before listening")
-            .unwrap();
-        logs.lock().unwrap().push(line.clone());
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            if v["message"] == "Audit proxy listening." {
-                break v["proxy"].as_str().unwrap().to_owned();
-            }
-        }
-    };
-    let sink = logs.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    (child, proxy, logs)
-}
-
 async fn call_with(proxy: &str, id: &str, content: &str) {
     let resp = reqwest::Client::builder()
         .no_proxy()
@@ -393,7 +358,8 @@ async fn sigterm_ships_the_tail_or_logs_the_unshipped_range() {
             ("LLM_AUDIT_PROXY_SHIPPING_POLL_INTERVAL_MS", "60000"),
             ("LLM_AUDIT_PROXY_SHUTDOWN_GRACE", "2"),
         ];
-        let (child, proxy, logs) = serve_logged(&mock.url(), dir.path(), &env);
+        let (child, proxy, _admin, logs) =
+            spawn_serve_logged(&mock.url(), dir.path(), "info", &env);
         for i in 0..3 {
             call_with(&proxy, &format!("{case}-{i}"), "body-marker-5c1e").await;
         }
@@ -414,17 +380,8 @@ async fn sigterm_ships_the_tail_or_logs_the_unshipped_range() {
         assert_eq!(stopped.len(), 1, "{case}: {logs:#?}");
         if mode == ACCEPT {
             // Everything, the shutdown event included, reached the receiver.
-            let mut received: Vec<i64> = receiver
-                .accepted
-                .lock()
-                .unwrap()
-                .iter()
-                .flat_map(|b| b.lines.iter().map(|l| l["seq"].as_i64().unwrap()))
-                .collect();
-            received.sort_unstable();
-            received.dedup();
             let local: Vec<i64> = local.iter().map(|r| r.0).collect();
-            assert_eq!(received, local, "{case}");
+            assert_eq!(receiver.accepted_seqs(), local, "{case}");
             assert!(
                 stopped[0].contains("every event shipped"),
                 "{case}: {stopped:?}"
@@ -494,16 +451,10 @@ async fn postgres_and_http_targets_ship_side_by_side() {
     proxy.stop().await;
     crate::central::assert_same_sets(&pg, dir.path()).await;
     let (_, local) = local_rows(dir.path()).await;
-    let mut received: Vec<i64> = receiver
-        .accepted
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|b| b.lines.iter().map(|l| l["seq"].as_i64().unwrap()))
-        .collect();
-    received.sort_unstable();
-    received.dedup();
-    assert_eq!(received, local.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert_eq!(
+        receiver.accepted_seqs(),
+        local.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
     let store = SqliteStore::open_read_only(dir.path()).await.unwrap();
     let head = local.last().unwrap().0;
     for target in ["postgres", "http"] {

@@ -22,7 +22,7 @@ use llm_audit_proxy::store::{
 };
 
 use crate::binary::{command, exit_code, sigterm};
-use crate::support::{MockUpstream, TestProxy};
+use crate::support::{output_ok, MockUpstream, TestProxy};
 
 /// Starts `serve` on ephemeral ports with `env`, returning the child and
 /// its proxy and admin addresses (read from its start-up log line).
@@ -383,15 +383,10 @@ async fn a_second_writer_of_a_file_store_is_refused_with_a_clear_message() {
         );
     }
     // Reading needs no lock.
-    let out = command()
-        .args(["events", "--storage", "file", "--file-path"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        command()
+            .args(["events", "--storage", "file", "--file-path"])
+            .arg(dir.path()),
     );
     sigterm(&child);
     assert_eq!(exit_code(child).await, Some(0));

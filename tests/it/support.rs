@@ -204,3 +204,15 @@ pub fn raw_store(dir: &Path) -> String {
     }
     String::from_utf8_lossy(&raw).into_owned()
 }
+
+/// Runs `cmd` to its end and returns its output, failing the test with the
+/// command's stderr when it does not exit 0.
+pub fn output_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -4,7 +4,7 @@
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::json;
 
-use super::TestProxy;
+use super::{output_ok, TestProxy};
 
 pub const ADMIN_TOKEN: &str = "console-admin-token-0123456789";
 
@@ -175,14 +175,12 @@ impl Page {
 /// private key file and the key id.
 pub fn keygen(dir: &std::path::Path) -> (String, String) {
     let path = dir.join("console-signing.key");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llm-audit-proxy"))
-        .args(["keygen", "--out", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_llm-audit-proxy")).args([
+            "keygen",
+            "--out",
+            path.to_str().unwrap(),
+        ]),
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     (
