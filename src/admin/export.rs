@@ -132,12 +132,21 @@ pub async fn export(
         Some(filter) => items(&state.store, format, filter, verifiable),
         None => cover::plain(futures_util::stream::empty().boxed()),
     };
+    let mut response = attachment(format, Body::from_stream(encode_items(format, events)));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `body` as a download in `format`, named `audit-events-<now>.<extension>`.
+pub fn attachment(format: Format, body: Body) -> Response {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let disposition = format!(
         "attachment; filename=\"audit-events-{stamp}.{}\"",
         format.extension()
     );
-    let mut response = Body::from_stream(encode_items(format, events)).into_response();
+    let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -146,8 +155,7 @@ pub async fn export(
     if let Ok(value) = HeaderValue::from_str(&disposition) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    response
 }
 
 /// What an export of `filter` holds: the matching events, plus (when

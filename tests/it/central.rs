@@ -61,47 +61,45 @@ pub(crate) async fn calls(proxy: &TestProxy, prefix: &str, n: usize) {
     }
 }
 
-/// The postgres target's entry in `/api/stats`.
-async fn shipping_stats(proxy: &TestProxy) -> Value {
-    let (status, body) = proxy.admin_get("/api/stats").await;
-    assert_eq!(status, 200, "{body}");
-    body["shipping"][0].clone()
+/// Polls `/api/stats` (bounded) until `ok` holds for its body; returns that
+/// body. `what` names what did not happen when the time runs out.
+pub(crate) async fn until_stats(
+    proxy: &TestProxy,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        let (status, body) = proxy.admin_get("/api/stats").await;
+        assert_eq!(status, 200, "{body}");
+        if ok(&body) {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits (bounded) until the target has every event stored so far.
 pub(crate) async fn until_caught_up(proxy: &TestProxy) -> Value {
-    let deadline = tokio::time::Instant::now() + CATCH_UP;
-    loop {
-        let (_, body) = proxy.admin_get("/api/stats").await;
+    let body = until_stats(proxy, "shipping did not catch up", |body| {
         let target = &body["shipping"][0];
         let head = body["total_events"].as_u64().unwrap_or(0);
         // The cursor, not this run's count: a restarted proxy ships only
         // what earlier runs left.
-        if target["lag_events"] == 0 && target["cursor"].as_u64() >= Some(head) && head > 0 {
-            return target.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "shipping did not catch up: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        target["lag_events"] == 0 && target["cursor"].as_u64() >= Some(head) && head > 0
+    })
+    .await;
+    body["shipping"][0].clone()
 }
 
 /// Waits (bounded) until the target has failed at least `n` times.
 pub(crate) async fn until_errors(proxy: &TestProxy, n: u64) -> Value {
-    let deadline = tokio::time::Instant::now() + CATCH_UP;
-    loop {
-        let target = shipping_stats(proxy).await;
-        if target["errors"].as_u64() >= Some(n) {
-            return target;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no shipping errors: {target}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let body = until_stats(proxy, "no shipping errors", |body| {
+        body["shipping"][0]["errors"].as_u64() >= Some(n)
+    })
+    .await;
+    body["shipping"][0].clone()
 }
 
 /// Every local event as (seq, hash, metadata text), in seq order.
@@ -485,16 +483,7 @@ async fn a_sigkill_mid_batch_loses_nothing_and_duplicates_nothing() {
 
     // The restart sends what the kills left (its own run ships little).
     let proxy = start(&mock, dir.path(), &dsn).await;
-    let deadline = tokio::time::Instant::now() + CATCH_UP;
-    loop {
-        let (_, body) = proxy.admin_get("/api/stats").await;
-        let target = &body["shipping"][0];
-        if target["lag_events"] == 0 && target["cursor"].as_u64() >= body["total_events"].as_u64() {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_caught_up(&proxy).await;
     proxy.stop().await;
     let source_id = assert_same_sets(&pg, dir.path()).await;
     assert!(central_chain_verifies(&pg, &source_id).await > 0);

@@ -21,7 +21,7 @@ use llm_audit_proxy::store::AuditStore;
 use serde_json::Value;
 
 use crate::binary::{command, exit_code, sigterm, spawn_serve_logged};
-use crate::central::{calls, local_rows, until_caught_up, until_errors};
+use crate::central::{calls, local_rows, until_caught_up, until_errors, until_stats};
 use crate::support::{MockUpstream, TestProxy};
 
 const TOKEN: &str = "ship-token-7f3a";
@@ -198,19 +198,17 @@ async fn an_http_receiver_that_refuses_stalls_and_fails_gets_every_event_once_it
 
     receiver.mode.store(FAIL, Ordering::SeqCst);
     receiver.until_seen(FAIL).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, body) = proxy.admin_get("/api/stats").await;
-        let last_error = body["shipping"][0]["last_error"]
+    let last_error = |body: &Value| {
+        body["shipping"][0]["last_error"]
             .as_str()
-            .unwrap_or_default();
-        if last_error.contains("HTTP 500") {
-            assert!(last_error.contains("ingest is down"), "{last_error}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let body = until_stats(&proxy, "no HTTP 500 recorded", |body| {
+        last_error(body).contains("HTTP 500")
+    })
+    .await;
+    assert!(last_error(&body).contains("ingest is down"), "{body}");
     // The proxy kept recording all along.
     calls(&proxy, "failing", 2).await;
 
@@ -430,24 +428,18 @@ async fn postgres_and_http_targets_ship_side_by_side() {
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let proxy = TestProxy::start_in(&mock.url(), dir.path(), &pairs).await;
     calls(&proxy, "both", 4).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, body) = proxy.admin_get("/api/stats").await;
-        let targets = body["shipping"].as_array().unwrap().clone();
+    until_stats(&proxy, "a target did not catch up", |body| {
+        let targets = body["shipping"].as_array().unwrap();
         let names: Vec<&str> = targets
             .iter()
             .map(|t| t["target"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["postgres", "http"]);
-        if targets
+        targets
             .iter()
             .all(|t| t["lag_events"] == 0 && t["cursor"].as_u64() >= body["total_events"].as_u64())
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     proxy.stop().await;
     crate::central::assert_same_sets(&pg, dir.path()).await;
     let (_, local) = local_rows(dir.path()).await;

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::Value;
@@ -187,21 +187,7 @@ pub async fn export(
     } else {
         searched(state.admin.store.clone(), search)
     };
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let disposition = format!(
-        "attachment; filename=\"audit-events-{stamp}.{}\"",
-        format.extension()
-    );
-    let mut response = Body::from_stream(export::encode(format, records)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(format.content_type()),
-    );
-    if let Ok(value) = HeaderValue::from_str(&disposition) {
-        headers.insert(header::CONTENT_DISPOSITION, value);
-    }
-    response
+    export::attachment(format, Body::from_stream(export::encode(format, records)))
 }
 
 /// `filter` as the store applies it: on a store of one source the origin
