@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{MockUpstream, TestProxy};
+use crate::support::{ndjson, MockUpstream, TestProxy};
 
 async fn make_calls(proxy: &TestProxy, n: usize) {
     for i in 0..n {
@@ -48,12 +48,8 @@ async fn exports_in_every_format_match_the_query_api() {
     let json_export: Vec<Value> = serde_json::from_str(&get("json").await).unwrap();
     assert_eq!(json_export, events);
 
-    let ndjson: Vec<Value> = get("ndjson")
-        .await
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(ndjson, events);
+    let lines: Vec<Value> = ndjson(&get("ndjson").await);
+    assert_eq!(lines, events);
 
     let csv_text = get("csv").await;
     let mut reader = csv::Reader::from_reader(csv_text.as_bytes());

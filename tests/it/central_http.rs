@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::binary::{command, exit_code, sigterm, spawn_serve_logged};
 use crate::central::{calls, local_rows, until_caught_up, until_errors, until_stats};
-use crate::support::{MockUpstream, TestProxy};
+use crate::support::{ndjson, MockUpstream, TestProxy};
 
 const TOKEN: &str = "ship-token-7f3a";
 
@@ -125,10 +125,7 @@ impl Receiver {
                 flate2::read::GzDecoder::new(&body[..])
                     .read_to_string(&mut text)
                     .unwrap();
-                let lines = text
-                    .lines()
-                    .map(|l| serde_json::from_str(l).unwrap())
-                    .collect();
+                let lines = ndjson(&text);
                 self.accepted.lock().unwrap().push(Batch {
                     key,
                     authorization,

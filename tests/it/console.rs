@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::support::console::{keygen, ConsoleClient, ADMIN_TOKEN};
-use crate::support::MockUpstream;
+use crate::support::{ndjson, MockUpstream};
 
 const OPENAI_KEY: &str = "sk-proj-Zq81Wn5Rt0Yp3Lk7Hd2Fb6Xc9Vm4Ns1Qa";
 
@@ -328,16 +328,8 @@ async fn a_call_page_shows_the_conversation_markers_and_findings() {
     );
 
     // A blocked call: its violation and its findings.
-    let r = console
-        .proxy
-        .post_call("/v1/chat/completions", "call-card-1")
-        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "card 4111 1111 1111 1111"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
     console
-        .wait_events("request_id=call-card-1&event_type=RESPONSE", 1)
+        .refused_chat("call-card-1", "card 4111 1111 1111 1111")
         .await;
     let page = console.get("/ui/calls/call-card-1").await;
     assert!(page.body.contains("pci-card-block"));
@@ -378,13 +370,9 @@ async fn export_holds_exactly_the_filtered_view() {
     console.chat("exp-1", "first question about otters").await;
     console.chat("exp-2", "second question about badgers").await;
 
-    let ndjson = console.get("/ui/export?type=REQUEST&format=ndjson").await;
-    assert_eq!(ndjson.status, 200);
-    let rows: Vec<Value> = ndjson
-        .body
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let export = console.get("/ui/export?type=REQUEST&format=ndjson").await;
+    assert_eq!(export.status, 200);
+    let rows: Vec<Value> = ndjson(&export.body);
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r["event_type"] == "REQUEST"));
     assert_eq!(

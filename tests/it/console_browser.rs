@@ -9,11 +9,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::support::console::{keygen, ConsoleClient, ADMIN_TOKEN};
 use crate::support::webdriver::{browser_required, find_binaries, Browser, REQUIRE_ENV};
-use crate::support::{MockUpstream, TestProxy};
+use crate::support::{ndjson, MockUpstream, TestProxy};
 
 const OPENAI_KEY: &str = "sk-proj-Zq81Wn5Rt0Yp3Lk7Hd2Fb6Xc9Vm4Ns1Qa";
 
@@ -52,16 +52,8 @@ async fn the_console_in_a_real_browser() {
     client
         .chat("br-call-2", &format!("Is {OPENAI_KEY} a valid key?"))
         .await;
-    let r = client
-        .proxy
-        .post_call("/v1/chat/completions", "br-card-1")
-        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "charge 4111 1111 1111 1111"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
     client
-        .wait_events("request_id=br-card-1&event_type=RESPONSE", 1)
+        .refused_chat("br-card-1", "charge 4111 1111 1111 1111")
         .await;
     let admin = client.proxy.admin_url.clone();
     let b = Browser::start(&chromium, &driver).await;
@@ -144,10 +136,7 @@ async fn the_console_in_a_real_browser() {
         .text()
         .await
         .unwrap();
-    let rows: Vec<Value> = body
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows: Vec<Value> = ndjson(&body);
     assert_eq!(rows.len(), 3, "{body}");
     assert!(rows.iter().all(|r| r["event_type"] == "REQUEST"));
 

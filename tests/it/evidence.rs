@@ -10,7 +10,7 @@ use llm_audit_proxy::event::chain::event_hash;
 use llm_audit_proxy::event::{parse_timestamp, AuditEvent, EventType, NewEvent};
 use serde_json::{json, Value};
 
-use crate::support::{MockUpstream, TestProxy};
+use crate::support::{ndjson, MockUpstream, TestProxy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_llm-audit-proxy");
 
@@ -457,11 +457,7 @@ async fn a_signed_file_store_shares_the_verify() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
         .unwrap();
-    let lines: Vec<Value> = std::fs::read_to_string(&file)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = ndjson(&std::fs::read_to_string(&file).unwrap());
     let events: Vec<AuditEvent> = lines
         .iter()
         .map(|l| serde_json::from_value(l.clone()).unwrap())
@@ -534,10 +530,7 @@ async fn verifiable_exports_check_alone_and_each_tampering_is_named() {
         .text()
         .await
         .unwrap();
-    let items: Vec<Value> = body
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let items: Vec<Value> = ndjson(&body);
     assert!(items.iter().any(|i| i["request_id"] == "ex-2"));
     assert!(items.iter().any(|i| i["event_type"] == "CHECKPOINT"));
     assert!(
@@ -595,11 +588,8 @@ async fn verifiable_exports_check_alone_and_each_tampering_is_named() {
     assert!(out.status.success(), "{}", json_of(&out));
 
     // The tamper matrix on a whole-store NDJSON export.
-    let all: Vec<AuditEvent> = std::fs::read_to_string(out_dir.path().join("all.ndjson"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let all: Vec<AuditEvent> =
+        ndjson(&std::fs::read_to_string(out_dir.path().join("all.ndjson")).unwrap());
     let k = target(&all);
     for case in CASES {
         let mut events = all.clone();

@@ -107,16 +107,7 @@ async fn a_streamed_card_number_is_cut_off() {
         !text.contains("More text"),
         "the stream stopped at the violation: {text}"
     );
-    let content: String = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    let content = streamed_content(&text);
     assert!(
         !digits_only(&content).contains("4111111111111111"),
         "{content}"

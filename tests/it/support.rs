@@ -216,3 +216,10 @@ pub fn output_ok(cmd: &mut std::process::Command) -> std::process::Output {
     );
     out
 }
+
+/// Each line of NDJSON `text`, parsed.
+pub fn ndjson<T: serde::de::DeserializeOwned>(text: &str) -> Vec<T> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

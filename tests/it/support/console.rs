@@ -146,6 +146,21 @@ impl ConsoleClient {
         )
         .await;
     }
+
+    /// One chat call that a policy refuses with 400; waits until its
+    /// RESPONSE is stored.
+    pub async fn refused_chat(&self, request_id: &str, content: &str) {
+        let r = self
+            .proxy
+            .post_call("/v1/chat/completions", request_id)
+            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        self.wait_events(&format!("request_id={request_id}&event_type=RESPONSE"), 1)
+            .await;
+    }
 }
 
 impl Page {
