@@ -13,6 +13,7 @@
 
 pub mod schema;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -121,6 +122,15 @@ impl PostgresStore {
 
     /// One page of records, newest first, from `query.before_seq` (a row
     /// id) down.
+    /// The (name, count) rows of a `GROUP BY` query, as a map.
+    async fn counts(&self, sql: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows = self.pool.query(sql, &[]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64))
+            .collect())
+    }
+
     async fn page(&self, query: &EventQuery) -> Result<RecordPage, StoreError> {
         let mut c = Conditions::of(&query.filter);
         if let Some(before) = query.before_seq {
@@ -260,46 +270,25 @@ impl AuditStore for PostgresStore {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let mut stats = StoreStats::default();
-        let counts = |rows: Vec<Row>| {
-            rows.iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64))
-                .collect()
-        };
-        let rows = self
-            .pool
-            .query(
-                "SELECT event_type, count(*) FROM audit_events GROUP BY event_type",
-                &[],
+        stats.by_type = self
+            .counts("SELECT event_type, count(*) FROM audit_events GROUP BY event_type")
+            .await?;
+        stats.total_events = stats.by_type.values().sum();
+        stats.by_level = self
+            .counts("SELECT level, count(*) FROM audit_events GROUP BY level")
+            .await?;
+        stats.violations_by_policy = self
+            .counts(
+                "SELECT COALESCE(metadata::jsonb ->> 'policy_name', ''), count(*) \
+                 FROM audit_events WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1",
             )
             .await?;
-        stats.by_type = counts(rows);
-        stats.total_events = stats.by_type.values().sum();
-        stats.by_level = counts(
-            self.pool
-                .query(
-                    "SELECT level, count(*) FROM audit_events GROUP BY level",
-                    &[],
-                )
-                .await?,
-        );
-        stats.violations_by_policy = counts(
-            self.pool
-                .query(
-                    "SELECT COALESCE(metadata::jsonb ->> 'policy_name', ''), count(*) \
-                     FROM audit_events WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1",
-                    &[],
-                )
-                .await?,
-        );
-        stats.violations_by_severity = counts(
-            self.pool
-                .query(
-                    "SELECT COALESCE(metadata::jsonb ->> 'severity', ''), count(*) \
-                     FROM audit_events WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1",
-                    &[],
-                )
-                .await?,
-        );
+        stats.violations_by_severity = self
+            .counts(
+                "SELECT COALESCE(metadata::jsonb ->> 'severity', ''), count(*) \
+                 FROM audit_events WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1",
+            )
+            .await?;
         let row = self
             .pool
             .query(

@@ -102,6 +102,18 @@ pub(crate) async fn until_errors(proxy: &TestProxy, n: u64) -> Value {
     body["shipping"][0].clone()
 }
 
+/// Asserts that the proxy recorded an ERROR event for `target`'s failed
+/// shipping.
+pub(crate) async fn assert_shipping_failed_recorded(proxy: &TestProxy, target: &str) {
+    let failed = proxy
+        .wait_events("event_type=ERROR", 1)
+        .await
+        .into_iter()
+        .find(|e| e["metadata"]["error_type"] == "shipping_failed")
+        .expect("an ERROR event for the failed shipping");
+    assert_eq!(failed["metadata"]["details"]["target"], target);
+}
+
 /// Every local event as (seq, hash, metadata text), in seq order.
 pub(crate) async fn local_rows(dir: &Path) -> (String, Vec<(i64, String, String)>) {
     let store = SqliteStore::open_read_only(dir).await.unwrap();
@@ -262,13 +274,7 @@ async fn an_outage_under_load_loses_nothing_and_duplicates_nothing() {
     let target = until_caught_up(&proxy).await;
     assert_eq!(target["lag_events"], 0);
     assert_eq!(target["oldest_unshipped_age_secs"], 0);
-    let failed = proxy
-        .wait_events("event_type=ERROR", 1)
-        .await
-        .into_iter()
-        .find(|e| e["metadata"]["error_type"] == "shipping_failed")
-        .expect("an ERROR event for the failed shipping");
-    assert_eq!(failed["metadata"]["details"]["target"], "postgres");
+    assert_shipping_failed_recorded(&proxy, "postgres").await;
     proxy.stop().await;
     assert_same_sets(&pg, dir.path()).await;
 }

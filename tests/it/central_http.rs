@@ -21,7 +21,9 @@ use llm_audit_proxy::store::AuditStore;
 use serde_json::Value;
 
 use crate::binary::{command, exit_code, sigterm, spawn_serve_logged};
-use crate::central::{calls, local_rows, until_caught_up, until_errors, until_stats};
+use crate::central::{
+    assert_shipping_failed_recorded, calls, local_rows, until_caught_up, until_errors, until_stats,
+};
 use crate::support::{ndjson, MockUpstream, TestProxy};
 
 const TOKEN: &str = "ship-token-7f3a";
@@ -212,13 +214,7 @@ async fn an_http_receiver_that_refuses_stalls_and_fails_gets_every_event_once_it
     receiver.mode.store(ACCEPT, Ordering::SeqCst);
     calls(&proxy, "accepted", 2).await;
     until_caught_up(&proxy).await;
-    let failed = proxy
-        .wait_events("event_type=ERROR", 1)
-        .await
-        .into_iter()
-        .find(|e| e["metadata"]["error_type"] == "shipping_failed")
-        .expect("an ERROR event for the failed shipping");
-    assert_eq!(failed["metadata"]["details"]["target"], "http");
+    assert_shipping_failed_recorded(&proxy, "http").await;
     proxy.stop().await;
 
     // Every local event arrived; one copy of each after dedup by key.

@@ -129,16 +129,19 @@ impl ConsoleClient {
         }
     }
 
-    /// One chat call through the proxy with `content` as the prompt;
-    /// waits until its REQUEST and RESPONSE are stored.
-    pub async fn chat(&self, request_id: &str, content: &str) {
-        let r = self
-            .proxy
+    async fn post_chat(&self, request_id: &str, content: &str) -> reqwest::Response {
+        self.proxy
             .post_call("/v1/chat/completions", request_id)
             .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}))
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// One chat call through the proxy with `content` as the prompt;
+    /// waits until its REQUEST and RESPONSE are stored.
+    pub async fn chat(&self, request_id: &str, content: &str) {
+        let r = self.post_chat(request_id, content).await;
         let _ = r.bytes().await;
         self.wait_events(
             &format!("request_id={request_id}&event_type=REQUEST,RESPONSE"),
@@ -150,13 +153,7 @@ impl ConsoleClient {
     /// One chat call that a policy refuses with 400; waits until its
     /// RESPONSE is stored.
     pub async fn refused_chat(&self, request_id: &str, content: &str) {
-        let r = self
-            .proxy
-            .post_call("/v1/chat/completions", request_id)
-            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}))
-            .send()
-            .await
-            .unwrap();
+        let r = self.post_chat(request_id, content).await;
         assert_eq!(r.status(), 400);
         self.wait_events(&format!("request_id={request_id}&event_type=RESPONSE"), 1)
             .await;
