@@ -51,24 +51,22 @@ struct Admin {
 }
 
 impl Admin {
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
+    async fn send(&self, path: &str) -> reqwest::Response {
+        self.http
             .get(format!("{}{path}", self.url))
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.send(path).await;
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     async fn text(&self, path: &str) -> String {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
+        let r = self.send(path).await;
         assert_eq!(r.status(), 200);
         r.text().await.unwrap()
     }

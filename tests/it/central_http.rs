@@ -24,7 +24,7 @@ use crate::binary::{command, exit_code, sigterm, spawn_serve_logged};
 use crate::central::{
     assert_shipping_failed_recorded, calls, local_rows, until_caught_up, until_errors, until_stats,
 };
-use crate::support::{ndjson, MockUpstream, TestProxy};
+use crate::support::{ndjson, unused_addr, MockUpstream, TestProxy};
 
 const TOKEN: &str = "ship-token-7f3a";
 
@@ -158,10 +158,7 @@ async fn an_http_receiver_that_refuses_stalls_and_fails_gets_every_event_once_it
     let token_file = dir.path().join("ship-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     // A port nothing listens on yet: connections are refused.
-    let addr = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
-    };
+    let addr = unused_addr().await;
     let url = format!("http://{addr}/ingest");
     let token_path = token_file.display().to_string();
     let env = [
@@ -333,10 +330,7 @@ async fn sigterm_ships_the_tail_or_logs_the_unshipped_range() {
         let dir = tempfile::tempdir().unwrap();
         let receiver = Receiver::new();
         receiver.mode.store(mode, Ordering::SeqCst);
-        let addr = {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            l.local_addr().unwrap()
-        };
+        let addr = unused_addr().await;
         receiver.listen(addr).await;
         let url = format!("http://{addr}/ingest");
         // A caught-up shipper looks again only after a minute: what the
@@ -407,10 +401,7 @@ async fn postgres_and_http_targets_ship_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::new();
     receiver.mode.store(ACCEPT, Ordering::SeqCst);
-    let addr = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
-    };
+    let addr = unused_addr().await;
     receiver.listen(addr).await;
     let mut env = crate::central::shipping_env(&pg.dsn());
     env.push((

@@ -156,12 +156,15 @@ pub fn of_type<'a>(events: &'a [Value], event_type: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {event_type} in {events:#?}"))
 }
 
-/// An address on loopback that nothing listens on.
-pub async fn dead_address() -> String {
+/// A loopback address that nothing listens on (yet).
+pub async fn unused_addr() -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    format!("http://{addr}")
+    l.local_addr().unwrap()
+}
+
+/// The URL of a loopback address that nothing listens on.
+pub async fn dead_address() -> String {
+    format!("http://{}", unused_addr().await)
 }
 
 /// Appends `events` to the SQLite store in `dir`, chained after its head,
