@@ -10,19 +10,14 @@ use llm_audit_proxy::event::chain::event_hash;
 use llm_audit_proxy::event::{parse_timestamp, AuditEvent, EventType, NewEvent};
 use serde_json::{json, Value};
 
-use crate::support::{ndjson, MockUpstream, TestProxy};
+use crate::binary::command;
+use crate::support::{ndjson, output_ok, MockUpstream, TestProxy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_llm-audit-proxy");
 
 /// Runs the binary with no `LLM_AUDIT_PROXY_*` variables from outside.
 fn cli(args: &[&str]) -> Output {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("LLM_AUDIT_PROXY_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args(args).output().unwrap()
+    command().args(args).output().unwrap()
 }
 
 fn json_of(out: &Output) -> Value {
@@ -39,12 +34,7 @@ fn json_of(out: &Output) -> Value {
 /// key id).
 fn keygen(dir: &Path, name: &str) -> (String, String, String) {
     let out_path = dir.join(name);
-    let out = cli(&["keygen", "--out", out_path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output_ok(command().args(["keygen", "--out", out_path.to_str().unwrap()]));
     let report = json_of(&out);
     (
         report["private_key_file"].as_str().unwrap().to_owned(),
@@ -519,17 +509,8 @@ async fn verifiable_exports_check_alone_and_each_tampering_is_named() {
 
     // A range: one call's events, with links to the checkpoint after them.
     let body = proxy
-        .http
-        .get(format!(
-            "{}/api/export?format=ndjson&request_id=ex-2",
-            proxy.admin_url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .admin_text("/api/export?format=ndjson&request_id=ex-2")
+        .await;
     let items: Vec<Value> = ndjson(&body);
     assert!(items.iter().any(|i| i["request_id"] == "ex-2"));
     assert!(items.iter().any(|i| i["event_type"] == "CHECKPOINT"));

@@ -101,17 +101,10 @@ async fn offline_events_and_export_answer_like_the_api_while_serve_runs() {
             out_file.to_str().unwrap()
         );
         let from_api = proxy
-            .http
-            .get(format!(
-                "{}/api/export?format={format}&event_types=REQUEST,RESPONSE",
-                proxy.admin_url
+            .admin_text(&format!(
+                "/api/export?format={format}&event_types=REQUEST,RESPONSE"
             ))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(
             std::fs::read_to_string(&out_file).unwrap(),
             from_api,
