@@ -31,7 +31,7 @@ use crate::capture::sse;
 use crate::capture::summary::{request_model_and_stream, summarize};
 use crate::capture::tee::{BodyEnd, Captured};
 use crate::event::{EventType, NewEvent};
-use crate::policy::{compliance_event, Direction, Scan, Verdict};
+use crate::policy::{compliance_event, BodyFindings, Direction, Scan, Verdict};
 use crate::telemetry::metrics::{Metrics, PolicyLabels, TokenLabels};
 
 /// Longest a REQUEST waits for upstream's answer to begin before it is
@@ -155,6 +155,23 @@ pub struct RequestPrescan {
     /// The search on the request path covered every detector and none
     /// matched the body's text (see `PolicySet::gate_request`).
     pub text_clean: bool,
+    /// What every detector found in the body on the request path, when it
+    /// searched with all of them: the record redacts from it instead of
+    /// searching again.
+    pub findings: Option<BodyFindings>,
+}
+
+/// What the request path learnt about a request body that its record
+/// reuses.
+#[derive(Debug, Default)]
+enum Searched {
+    /// Nothing: the record searches the body.
+    #[default]
+    No,
+    /// No detector matched the body's text.
+    TextClean,
+    /// Every match of every detector.
+    Found(BodyFindings),
 }
 
 /// A captured body as the record reads it.
@@ -393,20 +410,22 @@ impl Recorder {
         captured: Option<&Captured>,
         prescan: Option<RequestPrescan>,
     ) -> (NewEvent, RequestFacts, Scan) {
-        let mut text_clean = false;
+        let mut searched = Searched::No;
         let (mut data, truncated, body_bytes) = match captured {
             Some(c) => {
                 let (value, truncated, reused) = self.interpret_request(&info.headers, c, prescan);
-                text_clean = reused;
+                searched = reused;
                 (value, truncated, c.total_bytes)
             }
             None => (Value::Null, false, 0),
         };
-        let scan = self
-            .sanitizer
-            .policies()
-            .inspect_after_scan(&mut data, Direction::Request, text_clean)
-            .scan;
+        let policies = self.sanitizer.policies();
+        let scan = match searched {
+            Searched::Found(findings) => policies.inspect_found(&mut data, findings),
+            Searched::TextClean => policies.inspect_after_scan(&mut data, Direction::Request, true),
+            Searched::No => policies.inspect_after_scan(&mut data, Direction::Request, false),
+        }
+        .scan;
         // Read from the cleaned body, so a key sent as the model name is
         // not stored beside its marker.
         let (mut model, stream) = request_model_and_stream(&data);
@@ -737,14 +756,14 @@ impl Recorder {
     }
 
     /// As [`Self::interpret`] for a request body, taking the body the
-    /// proxy already parsed when it is the same one. The last flag says it
-    /// was, and that its text was clean.
+    /// proxy already parsed when it is the same one, with what the proxy's
+    /// search of it learnt.
     fn interpret_request(
         &self,
         headers: &HeaderMap,
         captured: &Captured,
         prescan: Option<RequestPrescan>,
-    ) -> (Value, bool, bool) {
+    ) -> (Value, bool, Searched) {
         let encoding = header_str(headers, "content-encoding");
         let content_type = header_str(headers, "content-type");
         if let Some(prescan) = prescan.filter(|_| !captured.truncated) {
@@ -753,12 +772,17 @@ impl Recorder {
                     && d.bytes.len() == prescan.decoded_len
                     && body_is_parsed_as_json(&d.bytes, content_type)
                 {
-                    return (prescan.body, false, prescan.text_clean);
+                    let searched = match prescan.findings {
+                        Some(findings) => Searched::Found(findings),
+                        None if prescan.text_clean => Searched::TextClean,
+                        None => Searched::No,
+                    };
+                    return (prescan.body, false, searched);
                 }
             }
         }
         let interpreted = self.interpret(headers, captured, false, "");
-        (interpreted.value, interpreted.truncated, false)
+        (interpreted.value, interpreted.truncated, Searched::No)
     }
 
     /// Decodes and parses a captured body.
