@@ -303,6 +303,33 @@ impl Recorder {
         let prescan = prescan.await.ok();
         let info = Arc::new(info);
         let strict = committed.is_some();
+        // An answer of known length is complete when its first byte is
+        // passed on, so most calls have ended by now: both records are then
+        // built in one job, one hand-off to the builder thread and back
+        // instead of two.
+        let mut resp_rx = resp_rx;
+        let ended = if strict {
+            None
+        } else {
+            resp_rx.try_recv().ok()
+        };
+        let ended = match ended {
+            Some(outcome) if !outcome.was_streamed() => {
+                let outcome = outcome.blaming_client_body(request_broke);
+                let this = self.clone();
+                self.builder
+                    .run(move || {
+                        let (event, facts, scan) =
+                            this.request_event(&info, request.as_ref(), prescan);
+                        this.handle.offer(event);
+                        this.offer_compliance(&info, &scan);
+                        this.offer_response(&info, &facts, outcome);
+                    })
+                    .await;
+                return;
+            }
+            other => other,
+        };
         let built = {
             let (this, info) = (self.clone(), info.clone());
             self.builder
@@ -327,10 +354,13 @@ impl Recorder {
             };
             let _ = committed.send(stored);
         }
-        let outcome = resp_rx
-            .await
-            .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() })
-            .blaming_client_body(request_broke);
+        let outcome = match ended {
+            Some(outcome) => outcome,
+            None => resp_rx
+                .await
+                .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() }),
+        }
+        .blaming_client_body(request_broke);
         if outcome.was_streamed() {
             // A streamed answer's RESPONSE is the dearest record to build
             // (every chunk is parsed and folded), and a chat client sends
@@ -342,15 +372,19 @@ impl Recorder {
         }
         let this = self.clone();
         self.builder
-            .run(move || {
-                if let Some(error) = this.error_event(&info, &outcome) {
-                    this.handle.offer(error);
-                }
-                let (event, scan) = this.response_event(&info, &facts, outcome);
-                this.handle.offer(event);
-                this.offer_compliance(&info, &scan);
-            })
+            .run(move || this.offer_response(&info, &facts, outcome))
             .await;
+    }
+
+    /// Builds and offers the RESPONSE (after an ERROR event, when the call
+    /// failed) and its compliance events.
+    fn offer_response(&self, info: &CallInfo, facts: &RequestFacts, outcome: ResponseOutcome) {
+        if let Some(error) = self.error_event(info, &outcome) {
+            self.handle.offer(error);
+        }
+        let (event, scan) = self.response_event(info, facts, outcome);
+        self.handle.offer(event);
+        self.offer_compliance(info, &scan);
     }
 
     /// A COMPLIANCE_VIOLATION for each policy that found something; with
