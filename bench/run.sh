@@ -511,7 +511,19 @@ if [[ "$SKIP_STORE" != 1 ]]; then
 fi
 
 # --- report ------------------------------------------------------------------
-MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)"
+# "2-vCPU AMD EPYC VM, 24 GB": what the machine is, from /proc/cpuinfo.
+MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+case $MODEL in
+*EPYC*) FAMILY="AMD EPYC" ;;
+*Xeon*) FAMILY="Intel Xeon" ;;
+*) FAMILY=$MODEL ;;
+esac
+if grep -qw hypervisor /proc/cpuinfo; then
+    MACHINE="$(nproc)-vCPU $FAMILY VM"
+else
+    MACHINE="$(nproc)-core $FAMILY"
+fi
+MACHINE="$MACHINE ($MODEL), $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)"
 cp "$RAW" "$OUT/latest.jsonl"
 python3 "$ROOT/bench/report.py" "$RAW" "$MACHINE" "QUICK=${QUICK:-0} RUNS=$RUNS DURATION=${DURATION}s CONNS=$CONNS RATE=$RATE WARMUP=${WARMUP}s" \
     >"$OUT/latest.md"
