@@ -126,7 +126,7 @@ fn record_prefix(record: &EventRecord) -> Vec<u8> {
 
 /// One field of the encoding: length, `:`, bytes, `\n`.
 fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(bytes.len().to_string().as_bytes());
+    out.extend_from_slice(decimal(bytes.len(), &mut [0; 20]));
     out.push(b':');
     out.extend_from_slice(bytes);
     out.push(b'\n');
@@ -136,12 +136,27 @@ fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
 fn hash_fields(fields: [&[u8]; 9]) -> String {
     let mut hasher = Sha256::new();
     for bytes in fields {
-        hasher.update(bytes.len().to_string().as_bytes());
+        hasher.update(decimal(bytes.len(), &mut [0; 20]));
         hasher.update(b":");
         hasher.update(bytes);
         hasher.update(b"\n");
     }
     hex::encode(hasher.finalize())
+}
+
+/// `n` in decimal ASCII, written into `buf` (an event is hashed for every
+/// call, so its field lengths are not formatted into new strings).
+fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[at..]
 }
 
 /// Compact JSON with object keys in sorted order.
@@ -252,6 +267,13 @@ mod tests {
                 e
             })
             .collect()
+    }
+
+    #[test]
+    fn lengths_are_written_as_decimal_text() {
+        for n in [0, 7, 10, 99, 1000, 123_456_789, usize::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
     }
 
     #[test]
