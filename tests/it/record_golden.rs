@@ -117,8 +117,33 @@ async fn record_of_a_fixed_call_set_matches_the_golden_file() {
         let events: Vec<Value> = events.into_iter().map(normalised).collect();
         recorded.insert(call.id.to_owned(), Value::Array(events));
     }
+    // The export returns the same events as the query API.
+    let export = proxy.admin_text("/api/export?format=ndjson").await;
+    let mut exported: Map<String, Value> = Map::new();
+    for line in export.lines() {
+        let event: Value = serde_json::from_str(line).unwrap();
+        if let Some(id) = event["request_id"]
+            .as_str()
+            .filter(|id| recorded.contains_key(*id))
+        {
+            let calls = exported.entry(id.to_owned()).or_insert_with(|| json!([]));
+            calls.as_array_mut().unwrap().push(normalised(event));
+        }
+    }
     proxy.stop().await;
     let recorded = Value::Object(recorded);
+    let mut differences = Vec::new();
+    compare(
+        "export",
+        &recorded,
+        &Value::Object(exported),
+        &mut differences,
+    );
+    assert!(
+        differences.is_empty(),
+        "the export differs from the query API:\n{}",
+        differences.join("\n")
+    );
 
     let path = format!("{}/{GOLDEN}", env!("CARGO_MANIFEST_DIR"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
