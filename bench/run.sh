@@ -95,7 +95,8 @@ for line in open(path):
 print(exe)
 EOF
 }
-PROXY=$ROOT/target/release/llm-audit-proxy
+# PROXY_BIN runs another build of the proxy (e.g. a copy of an earlier one).
+PROXY=${PROXY_BIN:-$ROOT/target/release/llm-audit-proxy}
 MOCK=$(exe mock_upstream)
 LOADGEN=$(exe loadgen)
 STORE_BENCH=$(exe store_bench)

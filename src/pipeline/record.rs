@@ -317,34 +317,39 @@ impl Recorder {
             Some(outcome) if !outcome.was_streamed() => {
                 let outcome = outcome.blaming_client_body(request_broke);
                 let this = self.clone();
-                self.builder
-                    .run(move || {
-                        let (event, facts, scan) =
-                            this.request_event(&info, request.as_ref(), prescan);
-                        this.handle.offer(event);
-                        this.offer_compliance(&info, &scan);
-                        this.offer_response(&info, &facts, outcome);
-                    })
-                    .await;
+                // Nothing waits for this job, so nothing is woken when it
+                // ends; the token keeps shutdown waiting for it.
+                let running = self.tracker.token();
+                self.builder.spawn(move || {
+                    let (event, facts, scan) = this.request_event(&info, request.as_ref(), prescan);
+                    this.handle.offer(event);
+                    this.offer_compliance(&info, &scan);
+                    this.offer_response(&info, &facts, outcome);
+                    drop(running);
+                });
                 return;
             }
             other => other,
         };
         let built = {
             let (this, info) = (self.clone(), info.clone());
-            self.builder
-                .run(move || {
-                    let (event, facts, scan) = this.request_event(&info, request.as_ref(), prescan);
-                    let to_commit = if strict {
-                        Some(event)
-                    } else {
-                        this.handle.offer(event);
-                        None
-                    };
-                    this.offer_compliance(&info, &scan);
-                    (facts, to_commit)
-                })
-                .await
+            let job = move || {
+                let (event, facts, scan) = this.request_event(&info, request.as_ref(), prescan);
+                let to_commit = if strict {
+                    Some(event)
+                } else {
+                    this.handle.offer(event);
+                    None
+                };
+                this.offer_compliance(&info, &scan);
+                (facts, to_commit)
+            };
+            // Under strict durability the call waits for this REQUEST.
+            if strict {
+                self.builder.run_now(job).await
+            } else {
+                self.builder.run(job).await
+            }
         };
         let (facts, to_commit) = built.unwrap_or_default();
         if let (Some(committed), Some(event)) = (committed, to_commit) {
