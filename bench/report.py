@@ -44,6 +44,51 @@ def added(a, b):
     return f"{a - b:+.2f}" if a is not None and b is not None else "—"
 
 
+def per_call(recs, key, calls_field="sent"):
+    """A count summed over runs, divided by the calls those runs sent."""
+    calls = sum(r.get(calls_field, 0) for r in recs if key in r.get("counts", {}))
+    total = sum(r["counts"][key] for r in recs if key in r.get("counts", {}))
+    return total / calls if calls else None
+
+
+def percall_table(w, present, L):
+    if not any(L.get(f"{t}/counts") or L.get(f"{t}/cpu") for t in present):
+        return
+    w("## Costs per call\n")
+    w("CPU is the process's utime + stime (`/proc/PID/stat`); context switches and "
+      "syscalls are counted by the kernel (`perf stat -e context-switches,raw_syscalls:sys_enter "
+      "-p PID`); allocations by uprobes on mimalloc's and libc's allocation entry points, in a "
+      "run of their own. See bench/README.md.\n")
+    w("| target | CPU µs / call (saturation) | ctx switches / call (saturation) "
+      "| CPU µs / call (fixed rate) | ctx switches / call (fixed rate) | syscalls / call (fixed rate) "
+      "| allocations / call (fixed rate) |")
+    w("|---|---|---|---|---|---|---|")
+    for t in present:
+        if t == "direct":
+            continue
+        sat = L.get(f"{t}/saturation", [])
+        calls = sum(r["sent"] for r in sat)
+        cpu_sat = None
+        if L.get(f"{t}/cpu") and calls:
+            cpu_sat = L[f"{t}/cpu"][0]["cpu_ms"] * 1000 / calls
+        counts = L.get(f"{t}/counts", [])
+        sent = sum(r["sent"] for r in counts)
+        cpu_rate = sum(r.get("cpu_ms", 0) for r in counts) * 1000 / sent if sent else None
+        allocs = L.get(f"{t}/allocs", [])
+        alloc = None
+        a_sent = sum(r["sent"] for r in allocs)
+        if a_sent:
+            alloc = sum(v for r in allocs for k, v in r.get("counts", {}).items()) / a_sent
+        w(f"| {t} | {fmt(cpu_sat, 1)} | {fmt(per_call(sat, 'context-switches'), 1)} "
+          f"| {fmt(cpu_rate, 1)} | {fmt(per_call(counts, 'context-switches'), 1)} "
+          f"| {fmt(per_call(counts, 'raw_syscalls:sys_enter'), 1)} | {fmt(alloc, 0)} |")
+    rate = next((r.get("target_rate") for t in present for r in L.get(f"{t}/counts", [])), None)
+    arate = next((r.get("target_rate") for t in present for r in L.get(f"{t}/allocs", [])), None)
+    if rate:
+        w(f"\nFixed rate: {fmt(rate, 0)} calls/s ({fmt(arate, 0)} calls/s for allocations).")
+    w("")
+
+
 def main():
     raw, machine, settings = sys.argv[1], sys.argv[2], sys.argv[3]
     L, S = load(raw)
@@ -91,6 +136,8 @@ def main():
           f"| {fmt(one(t, 'rate', 'p50_ms'))} | {fmt(p99)} | {added(p99, one('direct', 'rate', 'p99_ms'))} "
           f"| {added(p99, one('nginx', 'rate', 'p99_ms'))} | {fmt(cpu, 1)} |")
     w("")
+
+    percall_table(w, present, L)
 
     sizes = sorted({int(k.split("body-")[1]) for k in L if "/body-" in k})
     if sizes:

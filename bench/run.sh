@@ -13,6 +13,11 @@
 #   bash bench/run.sh            # full run, about 15 minutes on 2 cores
 #   QUICK=1 bash bench/run.sh    # about 2 minutes, for a smoke test
 #
+# Costs per call only (CPU, allocations, context switches, syscalls; see
+# bench/README.md for how each is counted), for a few targets:
+#   PHASES="saturation counts" SKIP_STORE=1 TARGETS="nginx audit-off sqlite-policies" \
+#       bash bench/run.sh
+#
 # Every duration and size below can be set from the environment. Needs
 # cargo, python3 (for the report) and optionally nginx.
 set -euo pipefail
@@ -22,9 +27,11 @@ ROOT=$PWD
 if [[ "${QUICK:-0}" == 1 ]]; then
     : "${DURATION:=2}" "${RUNS:=1}" "${RATE_DURATION:=3}" "${BODY_DURATION:=2}"
     : "${STREAM_DURATION:=3}" "${STORE_EVENTS:=100000}" "${QUERIES:=200}"
+    : "${COUNT_DURATION:=3}"
 else
     : "${DURATION:=10}" "${RUNS:=3}" "${RATE_DURATION:=10}" "${BODY_DURATION:=5}"
     : "${STREAM_DURATION:=10}" "${STORE_EVENTS:=1000000}" "${QUERIES:=1000}"
+    : "${COUNT_DURATION:=10}"
 fi
 : "${CONNS:=64}"              # connections for throughput at saturation
 : "${RATE:=1000}"             # calls/s of the fixed-rate latency run
@@ -36,7 +43,12 @@ fi
 : "${WARMUP:=1}"              # seconds of load before a latency run records
 : "${HOLD_STREAMS:=1000}"     # concurrent open streams for the RSS figure
 : "${HOLD_DELAY_MS:=1000}"    # keeps those streams open for ~20 s
+: "${COUNT_RATE:=3000}"        # calls/s of the per-call counting runs
+: "${COUNT_CONNS:=64}"
+: "${ALLOC_RATE:=500}"         # calls/s of the allocation-counting run (probes are slow)
 : "${TARGETS:=direct nginx audit-off sqlite file sqlite-policies}"
+# Phases measured on each target, in this order.
+: "${PHASES:=hold saturation rate counts body stream}"
 : "${POLICY_TOML:=policy_packs = [\"pii-basic\", \"secrets\"]}"
 : "${SKIP_STORE:=0}"
 : "${QUERY_MAX_SECS:=120}"    # time cap per query kind on the generated store
@@ -52,6 +64,7 @@ RAW=$WORK/raw.jsonl
 PIDS=()
 
 cleanup() {
+    [[ "${PROBES:-0}" == 1 ]] && perf probe -q -d "$PROBE_GROUP:*" 2>/dev/null
     for pid in "${PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
@@ -82,7 +95,8 @@ for line in open(path):
 print(exe)
 EOF
 }
-PROXY=$ROOT/target/release/llm-audit-proxy
+# PROXY_BIN runs another build of the proxy (e.g. a copy of an earlier one).
+PROXY=${PROXY_BIN:-$ROOT/target/release/llm-audit-proxy}
 MOCK=$(exe mock_upstream)
 LOADGEN=$(exe loadgen)
 STORE_BENCH=$(exe store_bench)
@@ -121,6 +135,74 @@ cpu_ms() {
         total=$((total + ${t:-0}))
     done
     echo $((total * 1000 / CLK_TCK))
+}
+
+# --- per-call counters -------------------------------------------------------
+# Context switches and syscalls are counted by the kernel for the target's
+# processes (`perf stat`: a software event and the raw_syscalls:sys_enter
+# tracepoint); allocations by user-space probes (uprobes) on the allocator
+# entry points: mimalloc's (the proxy's Rust allocator) and libc's malloc,
+# calloc and realloc (bundled SQLite's allocator, and nginx's). A probe hit
+# costs about a microsecond, so allocations are counted in a run of their
+# own, whose CPU is not reported. Needs root and perf; without them those
+# columns stay empty.
+PERF_OK=0
+if command -v perf >/dev/null &&
+    perf stat -e context-switches,raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+    PERF_OK=1
+fi
+PROBES=0
+PROBE_GROUP=lapbench
+setup_probes() {
+    [[ "$PERF_OK" == 1 ]] || return 0
+    local libc
+    libc=$(ldd "$PROXY" | awk '/libc\.so/ {print $3}')
+    perf probe -q -d "$PROBE_GROUP:*" 2>/dev/null || true
+    if perf probe -q -x "$PROXY" -a "$PROBE_GROUP:mi_malloc=mi_malloc_aligned" \
+        -a "$PROBE_GROUP:mi_zalloc=mi_zalloc_aligned" -a "$PROBE_GROUP:mi_realloc=mi_realloc_aligned" &&
+        perf probe -q -x "$libc" -a "$PROBE_GROUP:malloc=malloc" -a "$PROBE_GROUP:calloc=calloc" \
+            -a "$PROBE_GROUP:realloc=realloc"; then
+        PROBES=1
+    else
+        log "Cannot add allocation probes (perf probe); allocations per call are not counted."
+    fi
+}
+
+# Runs a command while perf stat counts EVENTS in the target's processes;
+# prints the command's output, and writes the counts to FILE as one JSON
+# object.
+counted() { # FILE EVENTS CMD...
+    local file=$1 events=$2 perf_pid
+    shift 2
+    perf stat -x, --no-big-num -e "$events" -p "$(tree_pids "$TARGET_PID" | paste -sd,)" \
+        -o "$file.csv" 2>/dev/null &
+    perf_pid=$!
+    sleep 0.5 # perf attaches before the load starts
+    "$@"
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    python3 -c '
+import json, sys
+counts = {}
+for line in open(sys.argv[1]):
+    f = line.strip().split(",")
+    if len(f) > 2 and not line.startswith("#"):
+        try:
+            counts[f[2]] = counts.get(f[2], 0) + float(f[0])
+        except ValueError:
+            pass  # "<not counted>"
+print(json.dumps(counts))' "$file.csv" >"$file"
+}
+
+# A loadgen JSON line with perf's counts (and CPU ms, when given) added.
+with_counts() { # LINE COUNTS_FILE [CPU_MS]
+    python3 -c '
+import json, sys
+r = json.loads(sys.argv[1])
+r["counts"] = json.load(open(sys.argv[2]))
+if len(sys.argv) > 3:
+    r["cpu_ms"] = int(sys.argv[3])
+print(json.dumps(r))' "$@"
 }
 
 metric() { # ADMIN NAME
@@ -245,7 +327,7 @@ measure_target() {
 
     # Memory first, on a fresh process: VmHWM then holds startup plus the
     # open streams, not the 1 MB bodies of later phases.
-    if [[ -n "$RSS_PID" ]]; then
+    if [[ -n "$RSS_PID" && " $PHASES " == *" hold "* ]]; then
         out=$(loadgen --mode hold --streams "$HOLD_STREAMS" --chunk-delay-ms "$HOLD_DELAY_MS" \
             --pid "$RSS_PID" --label "$name/hold")
         raw "$out"
@@ -253,10 +335,18 @@ measure_target() {
 
     local w0 t0 c0 c1 w1 t1 d0
     [[ -n "$ADMIN" ]] && { drain "$ADMIN"; w0=$(metric "$ADMIN" events_written_total); d0=$(metric "$ADMIN" events_dropped_total); }
+    if [[ " $PHASES " == *" saturation "* ]]; then
     c0=$(cpu_ms "$TARGET_PID")
     t0=$(date +%s.%N)
     for i in $(seq "$RUNS"); do
-        raw "$(loadgen --mode closed --conns "$CONNS" --duration "$DURATION" --label "$name/saturation")"
+        if [[ "$PERF_OK" == 1 ]]; then
+            # Context switches only: a software event, nearly free.
+            out=$(counted "$WORK/sat.counts" context-switches \
+                loadgen --mode closed --conns "$CONNS" --duration "$DURATION" --label "$name/saturation")
+            raw "$(with_counts "$out" "$WORK/sat.counts")"
+        else
+            raw "$(loadgen --mode closed --conns "$CONNS" --duration "$DURATION" --label "$name/saturation")"
+        fi
     done
     c1=$(cpu_ms "$TARGET_PID")
     if [[ -n "$ADMIN" ]]; then
@@ -271,6 +361,7 @@ measure_target() {
         raw "{\"label\":\"$name/writer\",\"store_bytes\":$sb,\"total_events\":$total,\"events_written\":$((w1 - w0)),\"events_dropped\":$(( $(metric "$ADMIN" events_dropped_total) - d0 )),\"secs\":$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')}"
     fi
     raw "{\"label\":\"$name/cpu\",\"cpu_ms\":$((c1 - c0))}"
+    fi
 
     # Each phase starts with an empty queue, so it is not timed while the
     # writer still stores the previous phase's backlog.
@@ -280,16 +371,35 @@ measure_target() {
     # Each first runs WARMUP seconds unrecorded (streaming connections start
     # spread over it), so a p99 is the steady state's, not that of the
     # first calls on new connections all sent in the same instant.
-    for i in $(seq "$RUNS"); do
+    [[ " $PHASES " == *" rate "* ]] && for i in $(seq "$RUNS"); do
         raw "$(loadgen --mode rate --rate "$RATE" --conns "$RATE_CONNS" --duration "$RATE_DURATION" \
             --warmup "$WARMUP" --label "$name/rate")"
     done
-    for s in $BODY_SIZES; do
+    # Costs per call at a fixed, moderate rate: CPU, context switches and
+    # syscalls in one run; allocations in a second run (probes slow calls).
+    if [[ " $PHASES " == *" counts "* && "$PERF_OK" == 1 ]]; then
+        [[ -n "$ADMIN" ]] && drain "$ADMIN"
+        c0=$(cpu_ms "$TARGET_PID")
+        out=$(counted "$WORK/rate.counts" context-switches,raw_syscalls:sys_enter \
+            loadgen --mode rate --rate "$COUNT_RATE" --conns "$COUNT_CONNS" --duration "$COUNT_DURATION" \
+            --label "$name/counts")
+        [[ -n "$ADMIN" ]] && drain "$ADMIN"
+        c1=$(cpu_ms "$TARGET_PID")
+        raw "$(with_counts "$out" "$WORK/rate.counts" "$((c1 - c0))")"
+        if [[ "$PROBES" == 1 ]]; then
+            out=$(counted "$WORK/alloc.counts" "$PROBE_GROUP:*" \
+                loadgen --mode rate --rate "$ALLOC_RATE" --conns "$COUNT_CONNS" --duration "$COUNT_DURATION" \
+                --label "$name/allocs")
+            [[ -n "$ADMIN" ]] && drain "$ADMIN"
+            raw "$(with_counts "$out" "$WORK/alloc.counts")"
+        fi
+    fi
+    [[ " $PHASES " == *" body "* ]] && for s in $BODY_SIZES; do
         [[ -n "$ADMIN" ]] && drain "$ADMIN"
         raw "$(loadgen --mode closed --conns "$BODY_CONNS" --duration "$BODY_DURATION" --body "$s" --label "$name/body-$s")"
     done
     [[ -n "$ADMIN" ]] && drain "$ADMIN"
-    for i in $(seq "$RUNS"); do
+    [[ " $PHASES " == *" stream "* ]] && for i in $(seq "$RUNS"); do
         [[ -n "$ADMIN" ]] && drain "$ADMIN"
         raw "$(loadgen --mode closed --conns "$STREAM_CONNS" --duration "$STREAM_DURATION" --stream \
             --chunk-delay-ms "$STREAM_DELAY_MS" --warmup "$WARMUP" --label "$name/stream")"
@@ -315,6 +425,7 @@ print(json.dumps({"label": name + "/store", "calls": calls, "stored_req_resp": s
 }
 
 # --- targets -----------------------------------------------------------------
+[[ " $PHASES " == *" counts "* ]] && setup_probes
 start_mock
 log "Mock upstream on $MOCK_ADDR."
 
@@ -401,7 +512,19 @@ if [[ "$SKIP_STORE" != 1 ]]; then
 fi
 
 # --- report ------------------------------------------------------------------
-MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)"
+# "2-vCPU AMD EPYC VM, 24 GB": what the machine is, from /proc/cpuinfo.
+MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+case $MODEL in
+*EPYC*) FAMILY="AMD EPYC" ;;
+*Xeon*) FAMILY="Intel Xeon" ;;
+*) FAMILY=$MODEL ;;
+esac
+if grep -qw hypervisor /proc/cpuinfo; then
+    MACHINE="$(nproc)-vCPU $FAMILY VM"
+else
+    MACHINE="$(nproc)-core $FAMILY"
+fi
+MACHINE="$MACHINE ($MODEL), $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)"
 cp "$RAW" "$OUT/latest.jsonl"
 python3 "$ROOT/bench/report.py" "$RAW" "$MACHINE" "QUICK=${QUICK:-0} RUNS=$RUNS DURATION=${DURATION}s CONNS=$CONNS RATE=$RATE WARMUP=${WARMUP}s" \
     >"$OUT/latest.md"

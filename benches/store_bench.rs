@@ -14,6 +14,12 @@
 //!   request_id), then each export format read to the end, with events/s,
 //!   MB/s and the server's RSS around it. Each query kind stops early after
 //!   `--max-secs` (120). Prints one JSON line per figure.
+//! - `index-cost --dir DIR --events N`: the cost of each secondary index
+//!   on writes. For each set of indexes (today's, each one left out, the
+//!   ones kept), a fresh store in DIR gets N pre-sealed events of the
+//!   sizes above in batches of 40 (a busy writer's commit), and the
+//!   process's CPU time (utime + stime) over the appends is divided by N.
+//!   Prints one JSON line per set.
 
 #![expect(
     clippy::unwrap_used,
@@ -80,6 +86,7 @@ async fn main() {
     match cmd.as_str() {
         "generate" => generate(dir, events).await,
         "measure" => measure(admin, events, base.expect("--base"), pid, queries, max_secs).await,
+        "index-cost" => index_cost(dir, events).await,
         _ => {
             eprintln!("usage: store_bench generate|measure [options]");
             std::process::exit(64);
@@ -191,6 +198,70 @@ async fn generate(dir: PathBuf, events: u64) {
         json!({"store": "generate", "events": seq, "secs": secs, "events_per_s": seq as f64 / secs,
                "base": format_timestamp(&base)})
     );
+}
+
+/// Secondary indexes of the events table that a store may have.
+const INDEXES: &[&str] = &[
+    "events_timestamp",
+    "events_type_seq",
+    "events_request_id",
+    "events_level_seq",
+    "events_type_ts",
+];
+
+async fn index_cost(dir: PathBuf, events: u64) {
+    let base = Utc::now().trunc_subsecs(0);
+    let mut sealed = Vec::with_capacity(events as usize);
+    let mut prev = GENESIS_HASH.to_owned();
+    for call in 0..events.div_ceil(2) {
+        for ev in call_events(base, call) {
+            let e = ev.seal(sealed.len() as i64 + 1, &prev);
+            prev.clone_from(&e.hash);
+            sealed.push(e);
+        }
+    }
+    sealed.truncate(events as usize);
+    let batches: Vec<llm_audit_proxy::store::Batch> =
+        sealed.chunks(40).map(|c| c.to_vec().into()).collect();
+    let mut sets: Vec<(String, Vec<&str>)> = vec![("today".into(), Vec::new())];
+    for index in INDEXES {
+        sets.push((format!("without {index}"), vec![*index]));
+    }
+    sets.push(("none".into(), INDEXES.to_vec()));
+    for (name, dropped) in sets {
+        let at = dir.join(name.replace(' ', "-"));
+        let _ = std::fs::remove_dir_all(&at);
+        let store = SqliteStore::open(&at).await.unwrap();
+        {
+            let conn = rusqlite::Connection::open(at.join("audit.db")).unwrap();
+            for index in &dropped {
+                conn.execute_batch(&format!("DROP INDEX IF EXISTS {index}"))
+                    .unwrap();
+            }
+        }
+        let cpu0 = process_cpu_us();
+        for batch in &batches {
+            store.append_batch(batch.clone()).await.unwrap();
+        }
+        let cpu_us = process_cpu_us() - cpu0;
+        println!(
+            "{}",
+            json!({"store": "index_cost", "set": name, "events": events,
+                   "cpu_us_per_event": cpu_us as f64 / events as f64})
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&at);
+    }
+}
+
+/// utime + stime of this process, in microseconds.
+fn process_cpu_us() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // CLK_TCK is 100 on Linux.
+    ticks * 10_000
 }
 
 /// A tiny xorshift generator: the benchmark needs cheap, repeatable picks,

@@ -104,31 +104,56 @@ pub enum ParseError {
 /// Formats a timestamp the way every event carries it: RFC 3339, UTC,
 /// microseconds, `Z` suffix. Fixed width, so text order is time order.
 pub fn format_timestamp(ts: &DateTime<Utc>) -> String {
+    timestamp_text(ts).as_str().to_owned()
+}
+
+/// A timestamp's text as [`format_timestamp`] writes it, on the stack
+/// (hashing and storing an event need it for a moment only).
+pub enum TimestampText {
+    Fixed([u8; 27]),
+    Other(String),
+}
+
+impl TimestampText {
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Only ASCII digits and separators are ever written there.
+            TimestampText::Fixed(bytes) => std::str::from_utf8(bytes).unwrap_or_default(),
+            TimestampText::Other(text) => text,
+        }
+    }
+}
+
+/// [`format_timestamp`] without a new string for the usual timestamp.
+pub fn timestamp_text(ts: &DateTime<Utc>) -> TimestampText {
     // Every event is formatted several times (hash, row, export), and
     // chrono's format strings are interpreted on each call; four-digit
     // years, the only ones an event carries in practice, take a direct path.
     let (year, micros) = (ts.year(), ts.nanosecond() / 1_000);
     if !(0..=9999).contains(&year) || micros >= 1_000_000 {
-        return ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        return TimestampText::Other(ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
     }
-    let mut out = String::with_capacity(27);
+    let mut out = [0u8; 27];
+    let mut at = 0;
     let fields = [
-        (year as u32, 4, '-'),
-        (ts.month(), 2, '-'),
-        (ts.day(), 2, 'T'),
-        (ts.hour(), 2, ':'),
-        (ts.minute(), 2, ':'),
-        (ts.second(), 2, '.'),
-        (micros, 6, 'Z'),
+        (year as u32, 4, b'-'),
+        (ts.month(), 2, b'-'),
+        (ts.day(), 2, b'T'),
+        (ts.hour(), 2, b':'),
+        (ts.minute(), 2, b':'),
+        (ts.second(), 2, b'.'),
+        (micros, 6, b'Z'),
     ];
     for (value, width, separator) in fields {
         for place in (0..width).rev() {
             let digit = (value / 10u32.pow(place)) % 10;
-            out.push(char::from(b'0' + digit as u8));
+            out[at] = b'0' + digit as u8;
+            at += 1;
         }
-        out.push(separator);
+        out[at] = separator;
+        at += 1;
     }
-    out
+    TimestampText::Fixed(out)
 }
 
 /// Parses an RFC 3339 timestamp with any offset into UTC.

@@ -29,7 +29,7 @@ pub mod writer;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::event::{AuditEvent, Level, NewEvent};
 
@@ -164,6 +164,27 @@ pub struct Handle {
     source: Option<Arc<serde_json::Value>>,
     /// `queue.max_bytes`.
     max_bytes: u64,
+    /// Wakes the writer for a message someone waits for (a flush, an ack,
+    /// a close) and once every handle is gone: a writer gathering a batch
+    /// does not read the queue, so plain events wake nobody.
+    waited_for: Arc<WriterBell>,
+}
+
+/// Rings the writer; shared by the clones of a [`Handle`], the last one
+/// dropped rings it too, so a writer gathering a batch sees the queue
+/// close.
+struct WriterBell(Arc<Notify>);
+
+impl WriterBell {
+    fn ring(&self) {
+        self.0.notify_one();
+    }
+}
+
+impl Drop for WriterBell {
+    fn drop(&mut self) {
+        self.ring();
+    }
 }
 
 /// Why an offer was not queued.
@@ -183,6 +204,7 @@ impl Handle {
         stats: Arc<PipelineStats>,
         source: Option<serde_json::Value>,
         max_bytes: u64,
+        waited_for: Arc<Notify>,
     ) -> Self {
         Self {
             tx,
@@ -191,6 +213,7 @@ impl Handle {
             stats,
             source: source.map(Arc::new),
             max_bytes,
+            waited_for: Arc::new(WriterBell(waited_for)),
         }
     }
 
@@ -232,7 +255,10 @@ impl Handle {
         self.prepare(&mut event);
         let (ack_tx, ack_rx) = oneshot::channel();
         match self.enqueue(event, |e| WriterMsg::EventAck(e, ack_tx)) {
-            Ok(()) => ack_rx.await.unwrap_or(Err(SubmitError::Closed)),
+            Ok(()) => {
+                self.waited_for.ring();
+                ack_rx.await.unwrap_or(Err(SubmitError::Closed))
+            }
             Err(NotQueued::OverBudget) => Err(SubmitError::OverBudget),
             Err(NotQueued::Full) => Err(SubmitError::QueueFull),
             Err(NotQueued::Closed) => Err(SubmitError::Closed),
@@ -298,6 +324,7 @@ impl Handle {
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(WriterMsg::Flush(tx)).await.is_ok() {
+            self.waited_for.ring();
             let _ = rx.await;
         }
     }
@@ -322,6 +349,7 @@ impl Handle {
             .await
             .is_ok()
         {
+            self.waited_for.ring();
             let _ = rx.await;
         }
     }
@@ -332,6 +360,7 @@ impl Handle {
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(WriterMsg::Close(tx)).await.is_ok() {
+            self.waited_for.ring();
             let _ = rx.await;
         }
     }

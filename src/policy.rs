@@ -194,6 +194,18 @@ pub struct GateVerdict {
     pub text_clean: bool,
 }
 
+/// Everything every detector found in one request body, searched on the
+/// request path ([`PolicySet::gate_request_for_record`]) and handed to the
+/// body's record ([`PolicySet::inspect_found`]), which then does not search
+/// it again. Offsets only, never the matched text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyFindings {
+    counts: Vec<u64>,
+    text: Vec<Piece>,
+    other: Vec<Piece>,
+    keys: Vec<Piece>,
+}
+
 /// One policy's outcome for one side of a call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
@@ -844,6 +856,87 @@ impl PolicySet {
         GateVerdict {
             blocking,
             text_clean: gate.complete && gate_text_clean,
+        }
+    }
+
+    /// As [`Self::gate_request`], but searching with every detector and
+    /// keeping what was found, for a request whose call is recorded: its
+    /// body is then searched once, here, instead of by the gate here and
+    /// again, whole, by the record. The verdict is the gate's: the counts
+    /// of the entries of `block` policies are the same in both searches.
+    pub fn gate_request_for_record(&self, body: &Value) -> (GateVerdict, BodyFindings) {
+        let strings = places::strings(body);
+        let keys = places::keys(body);
+        let mut findings = BodyFindings {
+            counts: vec![0u64; self.matcher.entries().len()],
+            text: Vec::new(),
+            other: Vec::new(),
+            keys: Vec::new(),
+        };
+        let mut search = Search::default();
+        let counts = &mut findings.counts;
+        search.run(
+            &self.matcher,
+            &strings.text,
+            TEXT_JOIN,
+            counts,
+            &mut findings.text,
+        );
+        search.run(
+            &self.matcher,
+            &strings.other,
+            FIELD_JOIN,
+            counts,
+            &mut findings.other,
+        );
+        search.run(&self.matcher, &keys, FIELD_JOIN, counts, &mut findings.keys);
+        let found = findings.counts.iter().any(|n| *n > 0);
+        let blocking = (found && self.request_gate.is_some())
+            .then(|| {
+                self.verdicts(&findings.counts, Direction::Request)
+                    .blocking()
+                    .cloned()
+            })
+            .flatten();
+        let verdict = GateVerdict {
+            blocking,
+            text_clean: findings.text.is_empty(),
+        };
+        (verdict, findings)
+    }
+
+    /// As [`Self::inspect`] for a request body, from what
+    /// [`Self::gate_request_for_record`] found in this very body: matches
+    /// become markers without a second search. A key to rename would
+    /// reorder the body's strings, so such a body is searched again.
+    pub fn inspect_found(&self, body: &mut Value, findings: BodyFindings) -> Inspection {
+        let direction = Direction::Request;
+        if !findings.keys.is_empty() {
+            return self.inspect(body, direction);
+        }
+        let stored = self.stored_for(Some(direction));
+        let select = |e: usize| self.always[e] || stored[e];
+        let mut redacted = 0;
+        let mut strings = places::strings_mut(body);
+        for (group, pieces) in [
+            (&mut strings.text, &findings.text),
+            (&mut strings.other, &findings.other),
+        ] {
+            if pieces.is_empty() {
+                continue;
+            }
+            let replaced = {
+                let views: Vec<&str> = group.iter().map(|s| s.as_str()).collect();
+                self.replace_pieces(&views, pieces, &select)
+            };
+            redacted += replaced.len();
+            for (i, text) in replaced {
+                *group[i] = text;
+            }
+        }
+        Inspection {
+            scan: self.verdicts(&findings.counts, direction),
+            redacted,
         }
     }
 

@@ -6,6 +6,8 @@
 //! described (name, type, size) rather than copied. The caller sanitises the
 //! result.
 
+use std::borrow::Cow;
+
 use memchr::memmem;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -56,7 +58,7 @@ pub fn body_to_value(bytes: &[u8], content_type: Option<&str>, truncated: bool) 
         return Value::Null;
     }
     let media = content_type.map(MediaType::parse);
-    let essence = media.as_ref().map_or("", |m| m.essence.as_str());
+    let essence = media.as_ref().map_or("", |m| &*m.essence);
 
     if essence.starts_with("multipart/") {
         if let Some(boundary) = media.as_ref().and_then(|m| m.param("boundary")) {
@@ -127,7 +129,7 @@ pub fn body_is_parsed_as_json(bytes: &[u8], content_type: Option<&str>) -> bool 
         return false;
     }
     let media = content_type.map(MediaType::parse);
-    let essence = media.as_ref().map_or("", |m| m.essence.as_str());
+    let essence = media.as_ref().map_or("", |m| &*m.essence);
     !(essence.starts_with("multipart/")
         && media
             .as_ref()
@@ -141,23 +143,27 @@ fn tries_json(essence: &str, bytes: &[u8]) -> bool {
 }
 
 /// A parsed `Content-Type` (or `Content-Disposition`) value.
-struct MediaType {
-    /// Lower-cased, without parameters.
-    essence: String,
+struct MediaType<'a> {
+    /// Lower-cased, without parameters (borrowed when already lower case).
+    essence: Cow<'a, str>,
     /// Names lower-cased, values unquoted.
     params: Vec<(String, String)>,
 }
 
 // === impl MediaType ===
 
-impl MediaType {
-    fn parse(value: &str) -> Self {
+impl<'a> MediaType<'a> {
+    fn parse(value: &'a str) -> Self {
+        // The usual value (`application/json`) has no parameters: read
+        // without splitting or copying.
+        if !value.contains(';') {
+            return Self {
+                essence: lower_case(value.trim()),
+                params: Vec::new(),
+            };
+        }
         let mut pieces = split_params(value).into_iter();
-        let essence = pieces
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let essence = lower_case(pieces.next().unwrap_or_default().trim());
         let params = pieces
             .filter_map(|p| {
                 let (name, value) = p.split_once('=')?;
@@ -250,6 +256,14 @@ fn incomplete_tail_start(bytes: &[u8]) -> usize {
 }
 
 /// Splits on `;` outside double quotes.
+fn lower_case(text: &str) -> Cow<'_, str> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(text.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
 fn split_params(value: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);

@@ -204,18 +204,19 @@ pub fn headers_to_value(headers: &HeaderMap, s: &Sanitizer, direction: Direction
         if is_credential_header(name.as_str()) {
             continue;
         }
-        let mut joined = String::new();
-        for (i, value) in headers.get_all(name).iter().enumerate() {
-            if i > 0 {
-                joined.push_str(", ");
-            }
-            match std::str::from_utf8(value.as_bytes()) {
-                Ok(text) if text.contains(['?', ';']) => {
-                    joined.push_str(&s.redact_stored_text(&redact_query(text), Some(direction)));
-                }
-                Ok(text) => joined.push_str(&s.redact_stored_text(text, Some(direction))),
-                Err(_) => joined.push_str(NON_UTF8),
-            }
+        let stored = |value: &http::HeaderValue| match std::str::from_utf8(value.as_bytes()) {
+            Ok(text) if text.contains(['?', ';']) => s
+                .redact_stored_text(&redact_query(text), Some(direction))
+                .into_owned(),
+            Ok(text) => s.redact_stored_text(text, Some(direction)).into_owned(),
+            Err(_) => NON_UTF8.to_owned(),
+        };
+        let mut values = headers.get_all(name).iter();
+        // Most headers hold one value: stored as is, without joining.
+        let mut joined = values.next().map(stored).unwrap_or_default();
+        for value in values {
+            joined.push_str(", ");
+            joined.push_str(&stored(value));
         }
         out.insert(name.as_str().to_owned(), Value::String(joined));
     }

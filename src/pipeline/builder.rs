@@ -15,10 +15,11 @@
 //! (the writer records the count as an ERROR event), and the thread goes
 //! on with the next job.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -26,13 +27,48 @@ use super::PipelineStats;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// How long the thread, woken for one job, waits for more before it
+/// starts. Jobs that arrive meanwhile wake nobody, so at a few thousand
+/// calls a second one wake-up builds several records instead of one each.
+const LINGER: Duration = Duration::from_millis(2);
+
 /// Hands record-building jobs to the builder thread. Cheap to clone; the
 /// thread ends once every clone is dropped and its queue is empty.
 #[derive(Clone)]
 pub struct RecordBuilder {
-    jobs: Option<SyncSender<Job>>,
+    jobs: Option<Arc<Sender>>,
     /// Where failed jobs are counted.
     stats: Arc<PipelineStats>,
+}
+
+/// The jobs waiting for the thread, and whether it sleeps on them.
+struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+    capacity: usize,
+}
+
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// The thread waits for a first job: the next one must wake it.
+    parked: bool,
+    /// A queued job cannot wait for others.
+    urgent: bool,
+    /// False once every [`RecordBuilder`] is gone.
+    open: bool,
+}
+
+/// Shared by the clones of one [`RecordBuilder`]; the last one dropped
+/// tells the thread to finish.
+struct Sender {
+    queue: Arc<Queue>,
+}
+
+/// Whether a job may wait for others to gather before the thread starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Urgency {
+    Linger,
+    Now,
 }
 
 // === impl RecordBuilder ===
@@ -42,19 +78,31 @@ impl RecordBuilder {
     /// counting failed jobs in `stats`. If the thread cannot be started,
     /// every job runs where it is handed in.
     pub fn start(queued: usize, stats: Arc<PipelineStats>) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Job>(queued);
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState {
+                jobs: VecDeque::with_capacity(queued),
+                parked: false,
+                urgent: false,
+                open: true,
+            }),
+            wake: Condvar::new(),
+            capacity: queued.max(1),
+        });
         let counted = stats.clone();
+        let taken = queue.clone();
         let spawned = std::thread::Builder::new()
             .name("audit-record".into())
             .spawn(move || {
                 lower_priority();
-                while let Ok(job) = rx.recv() {
-                    run_caught(job, &counted);
+                while let Some(jobs) = taken.next_jobs() {
+                    for job in jobs {
+                        run_caught(job, &counted);
+                    }
                 }
             });
         match spawned {
             Ok(_) => Self {
-                jobs: Some(tx),
+                jobs: Some(Arc::new(Sender { queue })),
                 stats,
             },
             Err(error) => {
@@ -71,7 +119,36 @@ impl RecordBuilder {
 
     /// Runs `job` on the builder thread, or right here when its queue is
     /// full, and returns what it returned (`None` only if the job died).
+    /// The job may wait a moment for others, so that one wake-up of the
+    /// thread builds several.
     pub async fn run<T, F>(&self, job: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        self.run_as(job, Urgency::Linger).await
+    }
+
+    /// As [`run`](Self::run), for a job a call waits for: the thread
+    /// starts on it at once.
+    pub async fn run_now<T, F>(&self, job: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        self.run_as(job, Urgency::Now).await
+    }
+
+    /// Runs `job` on the builder thread, or right here when its queue is
+    /// full, without waiting for it: no hand-off back to the caller.
+    pub fn spawn<F>(&self, job: F)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        self.hand_in(Box::new(job), Urgency::Linger);
+    }
+
+    async fn run_as<T, F>(&self, job: F, urgency: Urgency) -> Option<T>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
@@ -88,17 +165,85 @@ impl RecordBuilder {
                 Err(_) => count_failure(&stats),
             }
         });
+        self.hand_in(job, urgency);
+        result.await.ok()
+    }
+
+    /// Queues `job` for the thread, or runs it here when the queue is
+    /// full or there is no thread.
+    fn hand_in(&self, job: Job, urgency: Urgency) {
         let here = match &self.jobs {
-            Some(jobs) => match jobs.try_send(job) {
-                Ok(()) => None,
-                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => Some(job),
-            },
+            Some(sender) => sender.queue.push(job, urgency),
             None => Some(job),
         };
         if let Some(job) = here {
             run_caught(job, &self.stats);
         }
-        result.await.ok()
+    }
+}
+
+// === impl Queue ===
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A job never runs under the lock, so a poisoned lock still holds
+        // a whole queue.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `job`, or gives it back when the queue is full. Wakes the
+    /// thread only when it waits for a first job, the queue is half full,
+    /// or the job cannot wait.
+    fn push(&self, job: Job, urgency: Urgency) -> Option<Job> {
+        let mut state = self.lock();
+        if state.jobs.len() >= self.capacity || !state.open {
+            return Some(job);
+        }
+        state.jobs.push_back(job);
+        state.urgent |= urgency == Urgency::Now;
+        let wake = state.parked || state.urgent || state.jobs.len() * 2 >= self.capacity;
+        drop(state);
+        if wake {
+            self.wake.notify_one();
+        }
+        None
+    }
+
+    /// The next jobs to run, taken together; `None` once the queue is
+    /// closed and empty.
+    fn next_jobs(&self) -> Option<VecDeque<Job>> {
+        let mut state = self.lock();
+        while state.jobs.is_empty() {
+            if !state.open {
+                return None;
+            }
+            state.parked = true;
+            state = self
+                .wake
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            state.parked = false;
+        }
+        // Jobs queued while this waits wake nobody (unless the queue
+        // fills up or one cannot wait).
+        if state.open && !state.urgent && state.jobs.len() * 2 < self.capacity {
+            state = self
+                .wake
+                .wait_timeout(state, LINGER)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        state.urgent = false;
+        Some(std::mem::take(&mut state.jobs))
+    }
+}
+
+// === impl Sender ===
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.queue.lock().open = false;
+        self.queue.wake.notify_one();
     }
 }
 
@@ -217,6 +362,46 @@ mod tests {
         let inline = RecordBuilder::inline(stats.clone());
         assert_eq!(inline.run(|| panic!("inline too")).await, None::<()>);
         assert_eq!(stats.build_failures.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_spawned_job_runs_on_the_builder_thread_without_a_reply() {
+        let builder = RecordBuilder::start(4, Default::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        builder.spawn(move || {
+            let _ = tx.send(std::thread::current().name().map(str::to_owned));
+        });
+        let name = tokio::task::spawn_blocking(move || rx.recv().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("audit-record"));
+    }
+
+    #[tokio::test]
+    async fn jobs_queued_when_the_last_builder_is_dropped_still_run() {
+        let builder = RecordBuilder::start(8, Default::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..3 {
+            let tx = tx.clone();
+            builder.spawn(move || {
+                let _ = tx.send(i);
+            });
+        }
+        drop((builder, tx));
+        let ran = tokio::task::spawn_blocking(move || rx.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert_eq!(ran, vec![0, 1, 2], "in order, every one");
+    }
+
+    #[tokio::test]
+    async fn a_job_a_call_waits_for_runs_on_the_builder_thread() {
+        let builder = RecordBuilder::start(4, Default::default());
+        let name = builder
+            .run_now(|| std::thread::current().name().map(str::to_owned))
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("audit-record"));
     }
 
     #[tokio::test]

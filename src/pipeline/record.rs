@@ -31,7 +31,7 @@ use crate::capture::sse;
 use crate::capture::summary::{request_model_and_stream, summarize};
 use crate::capture::tee::{BodyEnd, Captured};
 use crate::event::{EventType, NewEvent};
-use crate::policy::{compliance_event, Direction, Scan, Verdict};
+use crate::policy::{compliance_event, BodyFindings, Direction, Scan, Verdict};
 use crate::telemetry::metrics::{Metrics, PolicyLabels, TokenLabels};
 
 /// Longest a REQUEST waits for upstream's answer to begin before it is
@@ -155,6 +155,23 @@ pub struct RequestPrescan {
     /// The search on the request path covered every detector and none
     /// matched the body's text (see `PolicySet::gate_request`).
     pub text_clean: bool,
+    /// What every detector found in the body on the request path, when it
+    /// searched with all of them: the record redacts from it instead of
+    /// searching again.
+    pub findings: Option<BodyFindings>,
+}
+
+/// What the request path learnt about a request body that its record
+/// reuses.
+#[derive(Debug, Default)]
+enum Searched {
+    /// Nothing: the record searches the body.
+    #[default]
+    No,
+    /// No detector matched the body's text.
+    TextClean,
+    /// Every match of every detector.
+    Found(BodyFindings),
 }
 
 /// A captured body as the record reads it.
@@ -286,21 +303,53 @@ impl Recorder {
         let prescan = prescan.await.ok();
         let info = Arc::new(info);
         let strict = committed.is_some();
+        // An answer of known length is complete when its first byte is
+        // passed on, so most calls have ended by now: both records are then
+        // built in one job, one hand-off to the builder thread and back
+        // instead of two.
+        let mut resp_rx = resp_rx;
+        let ended = if strict {
+            None
+        } else {
+            resp_rx.try_recv().ok()
+        };
+        let ended = match ended {
+            Some(outcome) if !outcome.was_streamed() => {
+                let outcome = outcome.blaming_client_body(request_broke);
+                let this = self.clone();
+                // Nothing waits for this job, so nothing is woken when it
+                // ends; the token keeps shutdown waiting for it.
+                let running = self.tracker.token();
+                self.builder.spawn(move || {
+                    let (event, facts, scan) = this.request_event(&info, request.as_ref(), prescan);
+                    this.handle.offer(event);
+                    this.offer_compliance(&info, &scan);
+                    this.offer_response(&info, &facts, outcome);
+                    drop(running);
+                });
+                return;
+            }
+            other => other,
+        };
         let built = {
             let (this, info) = (self.clone(), info.clone());
-            self.builder
-                .run(move || {
-                    let (event, facts, scan) = this.request_event(&info, request.as_ref(), prescan);
-                    let to_commit = if strict {
-                        Some(event)
-                    } else {
-                        this.handle.offer(event);
-                        None
-                    };
-                    this.offer_compliance(&info, &scan);
-                    (facts, to_commit)
-                })
-                .await
+            let job = move || {
+                let (event, facts, scan) = this.request_event(&info, request.as_ref(), prescan);
+                let to_commit = if strict {
+                    Some(event)
+                } else {
+                    this.handle.offer(event);
+                    None
+                };
+                this.offer_compliance(&info, &scan);
+                (facts, to_commit)
+            };
+            // Under strict durability the call waits for this REQUEST.
+            if strict {
+                self.builder.run_now(job).await
+            } else {
+                self.builder.run(job).await
+            }
         };
         let (facts, to_commit) = built.unwrap_or_default();
         if let (Some(committed), Some(event)) = (committed, to_commit) {
@@ -310,10 +359,13 @@ impl Recorder {
             };
             let _ = committed.send(stored);
         }
-        let outcome = resp_rx
-            .await
-            .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() })
-            .blaming_client_body(request_broke);
+        let outcome = match ended {
+            Some(outcome) => outcome,
+            None => resp_rx
+                .await
+                .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() }),
+        }
+        .blaming_client_body(request_broke);
         if outcome.was_streamed() {
             // A streamed answer's RESPONSE is the dearest record to build
             // (every chunk is parsed and folded), and a chat client sends
@@ -325,15 +377,19 @@ impl Recorder {
         }
         let this = self.clone();
         self.builder
-            .run(move || {
-                if let Some(error) = this.error_event(&info, &outcome) {
-                    this.handle.offer(error);
-                }
-                let (event, scan) = this.response_event(&info, &facts, outcome);
-                this.handle.offer(event);
-                this.offer_compliance(&info, &scan);
-            })
+            .run(move || this.offer_response(&info, &facts, outcome))
             .await;
+    }
+
+    /// Builds and offers the RESPONSE (after an ERROR event, when the call
+    /// failed) and its compliance events.
+    fn offer_response(&self, info: &CallInfo, facts: &RequestFacts, outcome: ResponseOutcome) {
+        if let Some(error) = self.error_event(info, &outcome) {
+            self.handle.offer(error);
+        }
+        let (event, scan) = self.response_event(info, facts, outcome);
+        self.handle.offer(event);
+        self.offer_compliance(info, &scan);
     }
 
     /// A COMPLIANCE_VIOLATION for each policy that found something; with
@@ -393,20 +449,22 @@ impl Recorder {
         captured: Option<&Captured>,
         prescan: Option<RequestPrescan>,
     ) -> (NewEvent, RequestFacts, Scan) {
-        let mut text_clean = false;
+        let mut searched = Searched::No;
         let (mut data, truncated, body_bytes) = match captured {
             Some(c) => {
                 let (value, truncated, reused) = self.interpret_request(&info.headers, c, prescan);
-                text_clean = reused;
+                searched = reused;
                 (value, truncated, c.total_bytes)
             }
             None => (Value::Null, false, 0),
         };
-        let scan = self
-            .sanitizer
-            .policies()
-            .inspect_after_scan(&mut data, Direction::Request, text_clean)
-            .scan;
+        let policies = self.sanitizer.policies();
+        let scan = match searched {
+            Searched::Found(findings) => policies.inspect_found(&mut data, findings),
+            Searched::TextClean => policies.inspect_after_scan(&mut data, Direction::Request, true),
+            Searched::No => policies.inspect_after_scan(&mut data, Direction::Request, false),
+        }
+        .scan;
         // Read from the cleaned body, so a key sent as the model name is
         // not stored beside its marker.
         let (mut model, stream) = request_model_and_stream(&data);
@@ -737,14 +795,14 @@ impl Recorder {
     }
 
     /// As [`Self::interpret`] for a request body, taking the body the
-    /// proxy already parsed when it is the same one. The last flag says it
-    /// was, and that its text was clean.
+    /// proxy already parsed when it is the same one, with what the proxy's
+    /// search of it learnt.
     fn interpret_request(
         &self,
         headers: &HeaderMap,
         captured: &Captured,
         prescan: Option<RequestPrescan>,
-    ) -> (Value, bool, bool) {
+    ) -> (Value, bool, Searched) {
         let encoding = header_str(headers, "content-encoding");
         let content_type = header_str(headers, "content-type");
         if let Some(prescan) = prescan.filter(|_| !captured.truncated) {
@@ -753,12 +811,17 @@ impl Recorder {
                     && d.bytes.len() == prescan.decoded_len
                     && body_is_parsed_as_json(&d.bytes, content_type)
                 {
-                    return (prescan.body, false, prescan.text_clean);
+                    let searched = match prescan.findings {
+                        Some(findings) => Searched::Found(findings),
+                        None if prescan.text_clean => Searched::TextClean,
+                        None => Searched::No,
+                    };
+                    return (prescan.body, false, searched);
                 }
             }
         }
         let interpreted = self.interpret(headers, captured, false, "");
-        (interpreted.value, interpreted.truncated, false)
+        (interpreted.value, interpreted.truncated, Searched::No)
     }
 
     /// Decodes and parses a captured body.
@@ -929,11 +992,13 @@ fn compliance_summary(scan: &Scan) -> Option<Value> {
     if scan.verdicts.is_empty() {
         return None;
     }
-    let names = |passed: bool| -> Vec<&str> {
+    // Built as values directly: a list of names in between would be one
+    // more allocation for each.
+    let names = |passed: bool| -> Value {
         scan.verdicts
             .iter()
             .filter(|v| v.passed == passed)
-            .map(|v| v.policy_name.as_str())
+            .map(|v| Value::String(v.policy_name.clone()))
             .collect()
     };
     Some(json!({"passed": names(true), "violated": names(false)}))

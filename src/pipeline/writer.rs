@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -61,6 +61,8 @@ pub struct WriterConfig {
 struct Writer {
     store: SharedStore,
     rx: mpsc::Receiver<WriterMsg>,
+    /// Signalled after a message someone waits for is queued.
+    waited_for: Arc<Notify>,
     cfg: WriterConfig,
     stats: Arc<PipelineStats>,
     health: StoreHealthSetter,
@@ -100,7 +102,8 @@ struct InFlight {
 enum Step {
     Received(usize),
     Written(Appended),
-    /// The commit interval has passed with events waiting.
+    /// The commit interval has passed with events waiting, or someone
+    /// waits for what is queued.
     Due,
     Idle,
 }
@@ -129,6 +132,7 @@ pub async fn spawn_writer(
     let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
     let stats = Arc::new(PipelineStats::default());
     let (setter, health) = health::channel();
+    let waited_for = Arc::new(Notify::new());
     let handle = Handle::new(
         tx,
         cfg.min_level,
@@ -136,11 +140,13 @@ pub async fn spawn_writer(
         stats.clone(),
         cfg.source.clone(),
         cfg.queue_max_bytes,
+        waited_for.clone(),
     );
     let carried = cfg.ledger.as_ref().and_then(LossLedger::read);
     let writer = Writer {
         store,
         rx,
+        waited_for,
         stats,
         health: setter,
         seq: head.as_ref().map_or(0, |h| h.seq),
@@ -197,18 +203,24 @@ impl Writer {
             let due = last_begun.map_or_else(Instant::now, |t| t + self.cfg.commit_interval);
             let lingering = !msgs.is_empty();
             let idle = self.idle_deadline();
+            // While a batch gathers (`lingering`), the queue is not read:
+            // events offered meanwhile wake nobody and are taken together
+            // when the interval is up. A message someone waits for (an
+            // ack, a flush, a close) is signalled and ends the wait.
             let step = match in_flight.as_mut() {
-                // A write is under way: take new events as they come (they
-                // are sealed while it runs) but settle it as soon as it ends,
-                // so acks and flushes are not held back by a quiet queue.
+                // A write is under way: new events are sealed while it runs,
+                // but it is settled as soon as it ends, so acks and flushes
+                // are not held back by a quiet queue.
                 Some(write) => tokio::select! {
-                    n = self.rx.recv_many(&mut msgs, room) => Step::Received(n),
+                    n = self.rx.recv_many(&mut msgs, room), if !lingering => Step::Received(n),
                     appended = &mut write.append => Step::Written(appended),
                     () = tokio::time::sleep_until(due), if lingering => Step::Due,
+                    () = self.waited_for.notified(), if lingering => Step::Due,
                 },
                 None => tokio::select! {
-                    n = self.rx.recv_many(&mut msgs, room) => Step::Received(n),
+                    n = self.rx.recv_many(&mut msgs, room), if !lingering => Step::Received(n),
                     () = tokio::time::sleep_until(due), if lingering => Step::Due,
+                    () = self.waited_for.notified(), if lingering => Step::Due,
                     () = tokio::time::sleep_until(idle), if !lingering => Step::Idle,
                 },
             };

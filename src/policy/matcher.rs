@@ -193,6 +193,11 @@ impl Matcher {
     }
 
     fn find_folded(&self, text: &str, out: &mut Vec<Hit>) {
+        // Most strings hold nothing; telling that needs no allocation,
+        // where the set of detectors that matched is a new one per call.
+        if !self.set.is_match(text) {
+            return;
+        }
         let which = self.set.matches(text);
         if !which.matched_any() {
             return;

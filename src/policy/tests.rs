@@ -718,3 +718,44 @@ fn score(
         }
     }
 }
+
+#[test]
+fn a_request_searched_once_is_recorded_as_one_searched_twice() {
+    let mut defs = load_pack("pii-basic").unwrap();
+    defs.extend(load_pack("secrets").unwrap());
+    let packs = PolicySet::compile(&defs).unwrap();
+    let sets = [packs, all_detectors("redact"), all_detectors("block")];
+    let mut bodies: Vec<serde_json::Value> = generate(0x5CA1, 40)
+        .into_iter()
+        .map(|s| json!({"model": "m", "messages": [{"role": "user", "content": s.text}]}))
+        .collect();
+    bodies.extend([
+        // A phone number over two messages: found across the seam.
+        json!({"messages": [{"role": "user", "content": "call +1 415"},
+                            {"role": "user", "content": "555 0100 now"}]}),
+        // A secret outside the text, and PII in a field.
+        json!({"model": "m", "user": "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+               "metadata": {"email": "jane.doe@example.com"},
+               "messages": [{"role": "user", "content": "hello"}]}),
+        // A secret as an object key: renamed, so searched again.
+        json!({"metadata": {"sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12Mn34Op56": "x",
+                            "note": "mail a@example.com"}}),
+        json!({"messages": [{"role": "user", "content": "nothing at all"}]}),
+        json!("a bare string with a@example.com"),
+    ]);
+    let mut found = 0;
+    for set in &sets {
+        for body in &bodies {
+            let (verdict, findings) = set.gate_request_for_record(body);
+            assert_eq!(verdict.blocking, set.gate_request(body).blocking, "{body}");
+            let mut twice = body.clone();
+            let expected = set.inspect(&mut twice, Direction::Request);
+            let mut once = body.clone();
+            let got = set.inspect_found(&mut once, findings);
+            assert_eq!(once, twice, "{body}");
+            assert_eq!(got, expected, "{body}");
+            found += usize::from(got.redacted > 0);
+        }
+    }
+    assert!(found > 40, "{found} bodies had something to redact");
+}

@@ -201,6 +201,7 @@ pub async fn handle(
             &headers,
             &prefix,
             state.max_inspected_bytes,
+            prescan_sender.is_some(),
         );
         if let (Some(tx), Some(prescan)) = (prescan_sender.take(), prescan) {
             let _ = tx.send(prescan);
@@ -682,6 +683,7 @@ fn apply_request_policies(
     headers: &HeaderMap,
     body: &Bytes,
     max_inspected_bytes: usize,
+    for_record: bool,
 ) -> (RequestVerdict, Option<RequestPrescan>) {
     let blocks = policies.blocks(Direction::Request);
     if !(blocks || policies.redacts_upstream()) || body.is_empty() {
@@ -721,7 +723,14 @@ fn apply_request_policies(
         } else {
             body_to_value(&decoded, content_type, false)
         };
-        let gate = policies.gate_request(&value);
+        // A recorded JSON body is searched here with every detector, once:
+        // its record takes what was found instead of searching it again.
+        let (gate, findings) = if for_record && body_is_parsed_as_json(json, content_type) {
+            let (gate, findings) = policies.gate_request_for_record(&value);
+            (gate, Some(findings))
+        } else {
+            (policies.gate_request(&value), None)
+        };
         if let Some(verdict) = gate.blocking {
             return (RequestVerdict::Block(verdict), None);
         }
@@ -729,6 +738,7 @@ fn apply_request_policies(
             body: value,
             decoded_len: decoded.len(),
             text_clean: gate.text_clean,
+            findings,
         });
     }
     let verdict = match policies.redact_upstream(&decoded) {

@@ -5,14 +5,15 @@
 //! events pushed out of the ring are counted in [`MemoryStore::dropped`].
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt};
 
 use super::{
-    AuditStore, ChainHead, EventFilter, EventPage, EventQuery, EventStream, PurgeReport,
+    AuditStore, Batch, ChainHead, EventFilter, EventPage, EventQuery, EventStream, PurgeReport,
     StoreError, StoreStats, MAX_QUERY_LIMIT,
 };
 use crate::event::{format_timestamp, AuditEvent, EventType};
@@ -29,10 +30,28 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Ring {
     /// Ascending `seq`, as appended.
-    events: VecDeque<AuditEvent>,
+    events: VecDeque<Stored>,
     dropped: u64,
     /// Shipping cursors by target: they live as long as the events do.
     ship_cursors: BTreeMap<String, i64>,
+}
+
+/// One event of the ring: a share of the batch the writer appended, so
+/// appending copies no event (their metadata trees are the larger part of
+/// an event). A batch lives until its last event leaves the ring, which
+/// bounds the extra memory to one batch.
+#[derive(Debug, Clone)]
+struct Stored {
+    batch: Batch,
+    index: usize,
+}
+
+impl Deref for Stored {
+    type Target = AuditEvent;
+
+    fn deref(&self) -> &AuditEvent {
+        &self.batch[self.index]
+    }
 }
 
 // === impl MemoryStore ===
@@ -77,12 +96,18 @@ impl AuditStore for MemoryStore {
 
     async fn append_batch(&self, events: super::Batch) -> Result<(), StoreError> {
         let mut ring = self.ring();
-        for event in events.iter().cloned() {
+        // Only the newest `limit` of a batch can stay.
+        let skipped = events.len().saturating_sub(self.limit);
+        ring.dropped += skipped as u64;
+        for index in skipped..events.len() {
             if ring.events.len() == self.limit {
                 ring.events.pop_front();
                 ring.dropped += 1;
             }
-            ring.events.push_back(event);
+            ring.events.push_back(Stored {
+                batch: Arc::clone(&events),
+                index,
+            });
         }
         Ok(())
     }
@@ -121,13 +146,18 @@ impl AuditStore for MemoryStore {
             .rev()
             .filter(|e| query.filter.matches(e))
             .take(limit + 1)
-            .cloned()
+            .map(|e| AuditEvent::clone(e))
             .collect();
         Ok(EventPage::from_overfetched(events, limit))
     }
 
     async fn get(&self, id: &str) -> Result<Option<AuditEvent>, StoreError> {
-        Ok(self.ring().events.iter().find(|e| e.id == id).cloned())
+        Ok(self
+            .ring()
+            .events
+            .iter()
+            .find(|e| e.id == id)
+            .map(|e| AuditEvent::clone(e)))
     }
 
     fn export(&self, filter: EventFilter) -> EventStream {
@@ -138,7 +168,7 @@ impl AuditStore for MemoryStore {
             .events
             .iter()
             .filter(|e| filter.matches(e))
-            .cloned()
+            .map(|e| AuditEvent::clone(e))
             .collect();
         stream::iter(snapshot.into_iter().map(Ok)).boxed()
     }
@@ -259,5 +289,42 @@ mod tests {
         assert_eq!(store.head().await.unwrap().unwrap().seq, 5);
         assert!(store.get(&events[0].id).await.unwrap().is_none());
         assert_eq!(store.stats().await.unwrap().total_events, 3);
+    }
+
+    #[tokio::test]
+    async fn append_shares_the_batch_instead_of_copying_events() {
+        let store = MemoryStore::new(3);
+        let mut prev = GENESIS_HASH.to_owned();
+        let events: Vec<_> = (1..=2)
+            .map(|seq| {
+                let e = NewEvent::new(EventType::Custom, format!("e{seq}")).seal(seq, &prev);
+                prev.clone_from(&e.hash);
+                e
+            })
+            .collect();
+        let batch: Batch = events.into();
+        store.append_batch(Arc::clone(&batch)).await.unwrap();
+        // Ours, plus one per stored event.
+        assert_eq!(Arc::strong_count(&batch), 3);
+        let ring = store.ring();
+        assert!(std::ptr::eq(&*ring.events[0], &batch[0]));
+        assert!(std::ptr::eq(&*ring.events[1], &batch[1]));
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_the_ring_keeps_its_newest_events() {
+        let store = MemoryStore::new(2);
+        let mut prev = GENESIS_HASH.to_owned();
+        let events: Vec<_> = (1..=5)
+            .map(|seq| {
+                let e = NewEvent::new(EventType::Custom, format!("e{seq}")).seal(seq, &prev);
+                prev.clone_from(&e.hash);
+                e
+            })
+            .collect();
+        store.append_batch(events.into()).await.unwrap();
+        assert_eq!(store.dropped(), 3);
+        let seqs: Vec<i64> = store.ring().events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [4, 5]);
     }
 }

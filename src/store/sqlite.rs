@@ -33,7 +33,8 @@ use super::{
     MAX_QUERY_LIMIT,
 };
 use crate::event::{
-    canonical_timestamp, format_timestamp, AuditEvent, EventRecord, EventType, Level,
+    canonical_timestamp, format_timestamp, timestamp_text, AuditEvent, EventRecord, EventType,
+    Level,
 };
 
 /// The file name inside the store folder.
@@ -282,7 +283,7 @@ impl AuditStore for SqliteStore {
                         insert.execute(params![
                             e.seq,
                             e.id,
-                            format_timestamp(&e.timestamp),
+                            timestamp_text(&e.timestamp).as_str(),
                             e.event_type.as_str(),
                             e.level.as_str(),
                             e.level.rank(),

@@ -507,19 +507,30 @@ async fn verifiable_exports_check_alone_and_each_tampering_is_named() {
         assert!(out.status.success(), "{format}: {}", json_of(&out));
     }
 
-    // A range: one call's events, with links to the checkpoint after them.
+    // A range: one call's events, with links to the checkpoint after them
+    // (a call whose RESPONSE is not itself followed by a checkpoint).
+    let all: Vec<Value> = std::fs::read_to_string(out_dir.path().join("all.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ranged = all
+        .windows(2)
+        .find(|w| w[0]["event_type"] == "RESPONSE" && w[1]["event_type"] != "CHECKPOINT")
+        .map(|w| w[0]["request_id"].as_str().unwrap().to_owned())
+        .expect("a RESPONSE followed by another event");
     let body = proxy
-        .admin_text("/api/export?format=ndjson&request_id=ex-2")
+        .admin_text(&format!("/api/export?format=ndjson&request_id={ranged}"))
         .await;
     let items: Vec<Value> = ndjson(&body);
-    assert!(items.iter().any(|i| i["request_id"] == "ex-2"));
+    assert!(items.iter().any(|i| i["request_id"] == ranged.as_str()));
     assert!(items.iter().any(|i| i["event_type"] == "CHECKPOINT"));
     assert!(
         items.iter().any(|i| i.get("chain_link").is_some()),
         "{body}"
     );
     assert!(
-        items.iter().all(|i| i["request_id"] == "ex-2"
+        items.iter().all(|i| i["request_id"] == ranged.as_str()
             || i["event_type"] == "CHECKPOINT"
             || i.get("chain_link").is_some()),
         "no other call's content: {body}"
@@ -533,7 +544,7 @@ async fn verifiable_exports_check_alone_and_each_tampering_is_named() {
     let mut edited = items.clone();
     let i = edited
         .iter()
-        .position(|i| i["request_id"] == "ex-2")
+        .position(|i| i["request_id"] == ranged.as_str())
         .unwrap();
     let mut event: AuditEvent = serde_json::from_value(edited[i].clone()).unwrap();
     event.message.push('!');

@@ -27,5 +27,6 @@ mod offline;
 mod policies;
 mod policy_cli;
 mod proxy_calls;
+mod record_golden;
 mod scenarios;
 mod sdk;
