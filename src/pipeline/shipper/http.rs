@@ -201,14 +201,7 @@ fn client() -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
 /// The error and its causes, one line (a URL's path may show; the token
 /// never does, since it travels only in a header).
 fn describe(error: &hyper_util::client::legacy::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    crate::telemetry::with_causes(error)
 }
 
 #[cfg(test)]
