@@ -53,9 +53,9 @@ pub fn event_hash(event: &AuditEvent) -> String {
 /// As [`event_hash`], with the metadata's canonical JSON already at hand
 /// (sealing reuses the text the producer serialised).
 pub fn hash_with_metadata(event: &AuditEvent, metadata_json: &str) -> String {
-    let mut seq = [0u8; 20];
+    let mut seq = itoa::Buffer::new();
     hash_fields([
-        signed_decimal(event.seq, &mut seq),
+        decimal(event.seq, &mut seq),
         event.id.as_bytes(),
         timestamp_text(&event.timestamp).as_str().as_bytes(),
         event.event_type.as_str().as_bytes(),
@@ -65,26 +65,6 @@ pub fn hash_with_metadata(event: &AuditEvent, metadata_json: &str) -> String {
         metadata_json.as_bytes(),
         event.prev_hash.as_bytes(),
     ])
-}
-
-/// `n` in decimal, written into the end of `buf`, as `n.to_string()`
-/// would write it (without a new string for each event).
-fn signed_decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    let mut rest = n.unsigned_abs();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        at -= 1;
-        buf[at] = b'-';
-    }
-    &buf[at..]
 }
 
 /// Whether a stored record's `hash` matches its content. The metadata is
@@ -147,7 +127,7 @@ fn record_prefix(record: &EventRecord) -> Vec<u8> {
 
 /// One field of the encoding: length, `:`, bytes, `\n`.
 fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(decimal(bytes.len(), &mut [0; 20]));
+    out.extend_from_slice(decimal(bytes.len(), &mut itoa::Buffer::new()));
     out.push(b':');
     out.extend_from_slice(bytes);
     out.push(b'\n');
@@ -157,7 +137,7 @@ fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
 fn hash_fields(fields: [&[u8]; 9]) -> String {
     let mut hasher = Sha256::new();
     for bytes in fields {
-        hasher.update(decimal(bytes.len(), &mut [0; 20]));
+        hasher.update(decimal(bytes.len(), &mut itoa::Buffer::new()));
         hasher.update(b":");
         hasher.update(bytes);
         hasher.update(b"\n");
@@ -166,18 +146,9 @@ fn hash_fields(fields: [&[u8]; 9]) -> String {
 }
 
 /// `n` in decimal ASCII, written into `buf` (an event is hashed for every
-/// call, so its field lengths are not formatted into new strings).
-fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[at..]
+/// call, so its seq and field lengths are not formatted into new strings).
+fn decimal<N: itoa::Integer>(n: N, buf: &mut itoa::Buffer) -> &[u8] {
+    buf.format(n).as_bytes()
 }
 
 /// Compact JSON with object keys in sorted order.
@@ -293,14 +264,20 @@ mod tests {
     #[test]
     fn lengths_are_written_as_decimal_text() {
         for n in [0, 7, 10, 99, 1000, 123_456_789, usize::MAX] {
-            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+            assert_eq!(
+                decimal(n, &mut itoa::Buffer::new()),
+                n.to_string().as_bytes()
+            );
         }
     }
 
     #[test]
     fn sequence_numbers_are_written_as_decimal_text() {
         for n in [0, 1, -1, 42, -1000, i64::MAX, i64::MIN] {
-            assert_eq!(signed_decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+            assert_eq!(
+                decimal(n, &mut itoa::Buffer::new()),
+                n.to_string().as_bytes()
+            );
         }
     }
 
