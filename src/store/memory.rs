@@ -252,6 +252,18 @@ mod tests {
     use super::*;
     use crate::event::{chain::GENESIS_HASH, NewEvent};
 
+    /// Events 1..=n, sealed into one chain.
+    fn sealed(n: i64) -> Vec<AuditEvent> {
+        let mut prev = GENESIS_HASH.to_owned();
+        (1..=n)
+            .map(|seq| {
+                let e = NewEvent::new(EventType::Custom, format!("e{seq}")).seal(seq, &prev);
+                prev.clone_from(&e.hash);
+                e
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn conforms() {
         crate::store::conformance::conformance_suite(|| async {
@@ -266,14 +278,7 @@ mod tests {
     #[tokio::test]
     async fn ring_drops_oldest_and_counts_them() {
         let store = MemoryStore::new(3);
-        let mut prev = GENESIS_HASH.to_owned();
-        let events: Vec<_> = (1..=5)
-            .map(|seq| {
-                let e = NewEvent::new(EventType::Custom, format!("e{seq}")).seal(seq, &prev);
-                prev.clone_from(&e.hash);
-                e
-            })
-            .collect();
+        let events = sealed(5);
         store.append_batch(events.clone().into()).await.unwrap();
         assert_eq!(store.dropped(), 2);
         let page = store
@@ -294,14 +299,7 @@ mod tests {
     #[tokio::test]
     async fn append_shares_the_batch_instead_of_copying_events() {
         let store = MemoryStore::new(3);
-        let mut prev = GENESIS_HASH.to_owned();
-        let events: Vec<_> = (1..=2)
-            .map(|seq| {
-                let e = NewEvent::new(EventType::Custom, format!("e{seq}")).seal(seq, &prev);
-                prev.clone_from(&e.hash);
-                e
-            })
-            .collect();
+        let events = sealed(2);
         let batch: Batch = events.into();
         store.append_batch(Arc::clone(&batch)).await.unwrap();
         // Ours, plus one per stored event.
@@ -314,14 +312,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_larger_than_the_ring_keeps_its_newest_events() {
         let store = MemoryStore::new(2);
-        let mut prev = GENESIS_HASH.to_owned();
-        let events: Vec<_> = (1..=5)
-            .map(|seq| {
-                let e = NewEvent::new(EventType::Custom, format!("e{seq}")).seal(seq, &prev);
-                prev.clone_from(&e.hash);
-                e
-            })
-            .collect();
+        let events = sealed(5);
         store.append_batch(events.into()).await.unwrap();
         assert_eq!(store.dropped(), 3);
         let seqs: Vec<i64> = store.ring().events.iter().map(|e| e.seq).collect();
