@@ -172,20 +172,18 @@ pub async fn export(
             message: "format must be one of json, ndjson, csv".to_owned(),
         });
     };
-    let search = match scoped(&state, &filter).await {
-        Ok(Some(scoped)) => scoped.search(EXPORT_PAGE, None),
-        Ok(None) => SearchQuery {
-            limit: 0,
-            ..filter.search(EXPORT_PAGE, None)
-        },
+    let records = match scoped(&state, &filter).await {
+        // Origin filters naming another store: nothing to export.
+        Ok(None) => futures_util::stream::empty().boxed(),
+        Ok(Some(scoped)) => {
+            let search = scoped.search(EXPORT_PAGE, None);
+            if search.is_plain() {
+                state.admin.store.export_records(search.filter)
+            } else {
+                searched(state.admin.store.clone(), search)
+            }
+        }
         Err(error) => return store_error(error),
-    };
-    let records = if search.limit == 0 {
-        futures_util::stream::empty().boxed()
-    } else if search.is_plain() {
-        state.admin.store.export_records(search.filter)
-    } else {
-        searched(state.admin.store.clone(), search)
     };
     export::attachment(format, Body::from_stream(export::encode(format, records)))
 }
