@@ -13,17 +13,17 @@
 //! filter. A page reads at most [`MAX_CANDIDATES`] candidates; one that
 //! stops there says so and its cursor continues the walk.
 
+mod facets;
+
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection};
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-
 use super::{read_record, Conditions, COLUMNS};
 use crate::event::{format_timestamp, parse_timestamp, AuditEvent, EventRecord, EventType};
 use crate::store::browse::{
-    CallFacts, Overview, OverviewQuery, RecentViolation, SearchPage, SearchQuery, RECENT_VIOLATIONS,
+    Overview, OverviewQuery, RecentViolation, SearchPage, SearchQuery, RECENT_VIOLATIONS,
 };
 use crate::store::{StoreError, MAX_QUERY_LIMIT};
 
@@ -53,25 +53,25 @@ pub fn index_batch(
             EventType::ComplianceViolation => None,
             _ => continue,
         };
-        let m = &e.metadata;
+        text.clear();
+        // One pass over the metadata text, no tree.
+        let m = facets::read(e.metadata.as_str(), body, &mut text);
         let timestamp = format_timestamp(&e.timestamp);
-        rollups.add(&timestamp, e.event_type.clone(), m);
+        rollups.add(&timestamp, e.event_type.clone(), &m);
         facets.execute(rusqlite::params![
             e.seq,
             timestamp,
             e.event_type.as_str(),
-            m["model"].as_str(),
-            m["operation"].as_str(),
-            m["outcome"].as_str(),
-            m["status"].as_i64(),
-            m["latency_ms"].as_f64(),
-            m["usage"]["total_tokens"].as_i64(),
-            m["policy_name"].as_str(),
-            m["severity"].as_str(),
+            m.model.as_str(),
+            m.operation.as_str(),
+            m.outcome.as_str(),
+            m.status.as_i64(),
+            m.latency_ms.as_f64(),
+            m.total_tokens.as_i64(),
+            m.policy_name.as_str(),
+            m.severity.as_str(),
         ])?;
-        if let Some(field) = body {
-            text.clear();
-            push_text(&m[field], &mut text);
+        if body.is_some() {
             fts.execute(rusqlite::params![e.seq, text])?;
         }
     }
@@ -89,18 +89,20 @@ struct Rollups {
 }
 
 impl Rollups {
-    fn add(&mut self, timestamp: &str, event_type: EventType, m: &Value) {
+    fn add(&mut self, timestamp: &str, event_type: EventType, m: &facets::Facets<'_>) {
         let minute = minute_of(timestamp).to_owned();
         match event_type {
             EventType::Response => {
-                let call = CallFacts::of(m);
-                let model = m["model"].as_str().unwrap_or("").to_owned();
-                let tokens = m["usage"]["total_tokens"].as_i64().unwrap_or(0);
+                // As `CallFacts::of` counts an error.
+                let error = m.outcome.as_str().unwrap_or("completed") != "completed"
+                    || m.status.as_u64().unwrap_or(200) >= 400;
+                let model = m.model.as_str().unwrap_or("").to_owned();
+                let tokens = m.total_tokens.as_i64().unwrap_or(0);
                 let entry = self.calls.entry((minute.clone(), model)).or_default();
                 entry.0 += 1;
-                entry.1 += i64::from(call.error);
+                entry.1 += i64::from(error);
                 entry.2 += tokens;
-                if let Some(ms) = m["latency_ms"].as_f64() {
+                if let Some(ms) = m.latency_ms.as_f64() {
                     *self
                         .latency
                         .entry((minute, latency_bucket(ms)))
@@ -108,10 +110,10 @@ impl Rollups {
                 }
             }
             EventType::ComplianceViolation => {
-                let text = |k: &str| m[k].as_str().unwrap_or("").to_owned();
+                let text = |s: &facets::Scalar<'_>| s.as_str().unwrap_or("").to_owned();
                 *self
                     .violations
-                    .entry((minute, text("policy_name"), text("severity")))
+                    .entry((minute, text(&m.policy_name), text(&m.severity)))
                     .or_default() += 1;
             }
             _ => {}
@@ -165,23 +167,6 @@ pub fn latency_bucket(ms: f64) -> i64 {
 pub fn bucket_latency(bucket: i64) -> f64 {
     let exponent = bucket / 100 - 10;
     (bucket % 100) as f64 * 10f64.powi(i32::try_from(exponent - 1).unwrap_or(0))
-}
-
-/// Appends every string in `value`, depth first, separated by spaces:
-/// the words a reader may search for (the migration's back-fill takes the
-/// same strings with `json_tree`).
-fn push_text(value: &Value, out: &mut String) {
-    match value {
-        Value::String(s) => {
-            if !out.is_empty() {
-                out.push(' ');
-            }
-            out.push_str(s);
-        }
-        Value::Array(items) => items.iter().for_each(|v| push_text(v, out)),
-        Value::Object(map) => map.values().for_each(|v| push_text(v, out)),
-        _ => {}
-    }
 }
 
 /// One page of `query`, newest first.
