@@ -35,7 +35,7 @@ impl Metadata {
 
     /// The canonical text of `value`.
     pub fn from_value(value: &Value) -> Self {
-        Self(serde_json::to_string(value).unwrap_or_default().into())
+        written(value)
     }
 
     /// The JSON text of `typed`, written directly without a tree in
@@ -43,14 +43,17 @@ impl Metadata {
     /// in sorted order, maps with sorted keys, no floats that are not
     /// finite. Debug builds check this on every call.
     pub fn of<T: Serialize + ?Sized>(typed: &T) -> Self {
-        let text = serde_json::to_string(typed).unwrap_or_else(|_| "null".to_owned());
+        let metadata = written(typed);
         #[cfg(debug_assertions)]
         {
-            let reparsed: Value = serde_json::from_str(&text).unwrap_or_default();
+            let reparsed: Value = serde_json::from_str(&metadata.0).unwrap_or_default();
             let canonical = serde_json::to_string(&reparsed).unwrap_or_default();
-            assert_eq!(text, canonical, "metadata written in non-canonical form");
+            assert_eq!(
+                &*metadata.0, canonical,
+                "metadata written in non-canonical form"
+            );
         }
-        Self(text.into())
+        metadata
     }
 
     /// Any JSON text, made canonical (parsed and written again only when
@@ -135,6 +138,37 @@ impl Metadata {
         text.push_str(&self.0[at..]);
         Self(text.into())
     }
+}
+
+/// Most bytes the per-thread buffer keeps between events; a larger
+/// buffer is dropped after use.
+const KEPT_BUFFER_BYTES: usize = 256 * 1024;
+
+thread_local! {
+    /// Where metadata is written before it is copied into its shared text:
+    /// one allocation per event instead of a buffer grown by doubling.
+    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `typed` serialised as JSON, in one allocation of its exact size.
+fn written<T: Serialize + ?Sized>(typed: &T) -> Metadata {
+    let text = BUFFER.with(|buffer| {
+        let Ok(mut buffer) = buffer.try_borrow_mut() else {
+            // Serialising inside a serialisation: no shared buffer.
+            return Arc::from(serde_json::to_string(typed).unwrap_or_else(|_| "null".into()));
+        };
+        buffer.clear();
+        let text: Arc<str> = match serde_json::to_writer(&mut *buffer, typed) {
+            // serde_json writes only UTF-8.
+            Ok(()) => Arc::from(std::str::from_utf8(&buffer).unwrap_or("null")),
+            Err(_) => Arc::from("null"),
+        };
+        if buffer.capacity() > KEPT_BUFFER_BYTES {
+            *buffer = Vec::new();
+        }
+        text
+    });
+    Metadata(text)
 }
 
 /// What [`splice_point`] found.

@@ -9,11 +9,13 @@
 //! answer has begun, failed or been awaited for 200 ms,
 //! so a call whose response never ends still leaves its REQUEST.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod counters;
 mod metadata;
 
 use http::{HeaderMap, Method, StatusCode};
@@ -34,7 +36,8 @@ use crate::capture::summary::{request_model_and_stream, summarize};
 use crate::capture::tee::{BodyEnd, Captured};
 use crate::event::{EventType, NewEvent};
 use crate::policy::{compliance_event, BodyFindings, Direction, Scan, Verdict};
-use crate::telemetry::metrics::{Metrics, PolicyLabels, TokenLabels};
+use crate::telemetry::metrics::Metrics;
+use counters::RecordCounters;
 use metadata::{
     metadata_of, ComplianceSummary, ErrorDetails, ErrorMetadata, RequestMetadata, ResponseMetadata,
     StoredHeaders,
@@ -65,6 +68,7 @@ pub struct Recorder {
     /// take (see [`stored_body_limit`]).
     stored_body_limit: usize,
     metrics: Arc<Metrics>,
+    counters: Arc<RecordCounters>,
     /// Record COMPLIANCE_CHECK events for passed policies.
     record_compliance_checks: bool,
     /// Set when shutdown cut the calls still running after the grace.
@@ -205,6 +209,8 @@ struct Captures {
 struct RequestFacts {
     model: Option<String>,
     stream: bool,
+    /// The operation as stored, once the REQUEST has cleaned it.
+    operation: Option<String>,
 }
 
 // === impl Recorder ===
@@ -225,6 +231,7 @@ impl Recorder {
             sanitizer,
             tracker,
             metrics,
+            counters: Arc::default(),
             cut_at_shutdown,
             record_compliance_checks,
             max_decoded_bytes: capture_cap,
@@ -390,7 +397,7 @@ impl Recorder {
     /// Builds and offers the RESPONSE (after an ERROR event, when the call
     /// failed) and its compliance events.
     fn offer_response(&self, info: &CallInfo, facts: &RequestFacts, outcome: ResponseOutcome) {
-        if let Some(error) = self.error_event(info, &outcome) {
+        if let Some(error) = self.error_event(info, facts, &outcome) {
             self.handle.offer(error);
         }
         let (event, scan) = self.response_event(info, facts, outcome);
@@ -409,16 +416,13 @@ impl Recorder {
         for verdict in &scan.verdicts {
             direction = Some(verdict.direction);
             if verdict.passed {
-                passed.push(&verdict.policy_name);
+                if self.record_compliance_checks {
+                    passed.push(&verdict.policy_name);
+                }
                 continue;
             }
-            self.metrics
-                .violations
-                .get_or_create(&PolicyLabels {
-                    policy: verdict.policy_name.clone(),
-                    severity: verdict.severity.as_str().to_owned(),
-                })
-                .inc();
+            self.counters
+                .violation(&self.metrics, &verdict.policy_name, verdict.severity);
             self.handle
                 .offer(compliance_event(verdict, &info.request_id));
         }
@@ -521,10 +525,20 @@ impl Recorder {
         )
         .with_request_id(info.request_id.clone())
         .with_metadata(metadata);
-        (event, RequestFacts { model, stream }, scan)
+        let facts = RequestFacts {
+            model,
+            stream,
+            operation: Some(operation),
+        };
+        (event, facts, scan)
     }
 
-    fn error_event(&self, info: &CallInfo, outcome: &ResponseOutcome) -> Option<NewEvent> {
+    fn error_event(
+        &self,
+        info: &CallInfo,
+        facts: &RequestFacts,
+        outcome: &ResponseOutcome,
+    ) -> Option<NewEvent> {
         let (error_type, message, detail) = match outcome {
             ResponseOutcome::Failed {
                 failure, detail, ..
@@ -562,7 +576,7 @@ impl Recorder {
             | ResponseOutcome::Blocked { .. }
             | ResponseOutcome::Refused { .. } => return None,
         };
-        let operation = self.stored_operation(info);
+        let operation = self.operation_of(info, facts);
         let metadata = metadata_of(&ErrorMetadata {
             details: ErrorDetails {
                 message: self.sanitizer.redact_stored_text(detail, None),
@@ -585,7 +599,7 @@ impl Recorder {
         outcome: ResponseOutcome,
     ) -> (NewEvent, Scan) {
         let ms = |at: Instant| at.saturating_duration_since(info.started_at).as_secs_f64() * 1e3;
-        let operation = self.stored_operation(info);
+        let operation = self.operation_of(info, facts);
         let mut scan = Scan::default();
         // The RESPONSE of a call upstream never answered.
         let no_answer = |status: Option<StatusCode>,
@@ -726,8 +740,8 @@ impl Recorder {
                 (None, outcome_label, metadata)
             }
         };
-        let status_text = status.map_or(std::borrow::Cow::Borrowed("no status"), |s| {
-            std::borrow::Cow::Owned(s.as_u16().to_string())
+        let status_text = status.map_or(Cow::Borrowed("no status"), |s| {
+            Cow::Owned(s.as_u16().to_string())
         });
         let event = NewEvent::new(
             EventType::Response,
@@ -742,6 +756,15 @@ impl Recorder {
     /// `METHOD /path`, cleaned like the path.
     fn stored_operation(&self, info: &CallInfo) -> String {
         stored_path(&info.operation.name, &self.sanitizer)
+    }
+
+    /// [`Self::stored_operation`], cleaned once per call: as the REQUEST
+    /// stored it, when it has been built.
+    fn operation_of<'a>(&self, info: &CallInfo, facts: &'a RequestFacts) -> Cow<'a, str> {
+        match &facts.operation {
+            Some(operation) => Cow::Borrowed(operation),
+            None => Cow::Owned(self.stored_operation(info)),
+        }
     }
 
     /// A stored string outside the bodies, cleaned like them.
@@ -781,21 +804,12 @@ impl Recorder {
 
     fn count_tokens(&self, model: Option<&str>, usage: Option<&Value>) {
         let Some(usage) = usage else { return };
-        let model = self.metrics.model_label(model.unwrap_or("unknown"));
-        for (kind, key) in [
-            ("prompt", "prompt_tokens"),
-            ("completion", "completion_tokens"),
-        ] {
-            if let Some(n) = usage[key].as_u64().filter(|n| *n > 0) {
-                self.metrics
-                    .tokens
-                    .get_or_create(&TokenLabels {
-                        model: model.clone(),
-                        kind: kind.to_owned(),
-                    })
-                    .inc_by(n);
-            }
-        }
+        let count = |key: &str| usage[key].as_u64().unwrap_or(0);
+        self.counters.add_tokens(
+            &self.metrics,
+            model.unwrap_or("unknown"),
+            [count("prompt_tokens"), count("completion_tokens")],
+        );
     }
 
     /// As [`Self::interpret`] for a request body, taking the body the
