@@ -316,7 +316,7 @@ pub fn compliance_event(verdict: &Verdict, request_id: &str) -> NewEvent {
                 "Policy {} violated in the {}: {} ({}).",
                 verdict.policy_name,
                 verdict.direction,
-                verdict.summary(),
+                FindingsSummary(&verdict.findings),
                 verdict.action
             ),
         )
@@ -352,6 +352,19 @@ struct ComplianceMetadata<'a> {
     policy_name: &'a str,
     result: bool,
     severity: Option<&'a str>,
+}
+
+/// [`Verdict::summary`] written straight into the message.
+struct FindingsSummary<'a>(&'a BTreeMap<String, u64>);
+
+impl fmt::Display for FindingsSummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (kind, n)) in self.0.iter().enumerate() {
+            let separator = if i == 0 { "" } else { ", " };
+            write!(f, "{separator}{kind} x{n}")?;
+        }
+        Ok(())
+    }
 }
 
 /// `[{"count", "entity_type"}]`, sorted by entity type.

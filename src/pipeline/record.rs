@@ -30,7 +30,7 @@ use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::bounded::bound_serialised;
 use crate::capture::decode::decode;
 use crate::capture::operation::Operation;
-use crate::capture::sanitize::{stored_path, Sanitizer};
+use crate::capture::sanitize::Sanitizer;
 use crate::capture::sse;
 use crate::capture::summary::{request_model_and_stream, summarize};
 use crate::capture::tee::{BodyEnd, Captured};
@@ -478,7 +478,7 @@ impl Recorder {
                 .map(|d| self.stored_text(d, Direction::Request));
         }
         let (data, cut) = self.bound_body(data, captured, &info.headers);
-        let path = stored_path(&info.path_and_query, &self.sanitizer);
+        let path = self.stored_path(&info.path_and_query);
         let operation = self.stored_operation(info);
         let body_end = captured
             .map(|c| &c.end)
@@ -528,7 +528,12 @@ impl Recorder {
         let facts = RequestFacts {
             model,
             stream,
-            operation: Some(operation),
+            // Kept only when cleaning changed it: else the borrowed name
+            // is as cheap to take again.
+            operation: match operation {
+                Cow::Owned(operation) => Some(operation),
+                Cow::Borrowed(_) => None,
+            },
         };
         (event, facts, scan)
     }
@@ -754,16 +759,20 @@ impl Recorder {
 
     /// The operation's name as stored: for an unknown path it is
     /// `METHOD /path`, cleaned like the path.
-    fn stored_operation(&self, info: &CallInfo) -> String {
-        stored_path(&info.operation.name, &self.sanitizer)
+    fn stored_operation<'a>(&self, info: &'a CallInfo) -> Cow<'a, str> {
+        self.stored_path(&info.operation.name)
     }
 
-    /// [`Self::stored_operation`], cleaned once per call: as the REQUEST
-    /// stored it, when it has been built.
-    fn operation_of<'a>(&self, info: &CallInfo, facts: &'a RequestFacts) -> Cow<'a, str> {
+    fn stored_path<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        metadata::stored_path_of(&self.sanitizer, text)
+    }
+
+    /// [`Self::stored_operation`], as the REQUEST stored it when it was
+    /// cleaned there.
+    fn operation_of<'a>(&self, info: &'a CallInfo, facts: &'a RequestFacts) -> Cow<'a, str> {
         match &facts.operation {
             Some(operation) => Cow::Borrowed(operation),
-            None => Cow::Owned(self.stored_operation(info)),
+            None => self.stored_operation(info),
         }
     }
 

@@ -13,7 +13,9 @@ use http::HeaderMap;
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 
-use crate::capture::sanitize::{is_credential_header, redact_query, Sanitizer, NON_UTF8};
+use crate::capture::sanitize::{
+    is_credential_header, redact_query, stored_path, Sanitizer, NON_UTF8,
+};
 use crate::event::Metadata;
 use crate::policy::{Direction, Scan};
 
@@ -207,6 +209,17 @@ impl<'a> StoredHeaders<'a> {
     }
 }
 
+/// [`stored_path`], borrowed when nothing in it is cleaned. Text without
+/// `?` and `;` holds no query or path parameters, and `stored_path`
+/// cleans such text as one stored string.
+pub fn stored_path_of<'a>(sanitizer: &Sanitizer, text: &'a str) -> Cow<'a, str> {
+    if text.contains(['?', ';']) {
+        Cow::Owned(stored_path(text, sanitizer))
+    } else {
+        sanitizer.redact_stored_text(text, Some(Direction::Request))
+    }
+}
+
 /// One header value as stored.
 fn stored_header_value<'h>(
     sanitizer: &Sanitizer,
@@ -230,6 +243,30 @@ mod tests {
 
     use super::*;
     use crate::capture::sanitize::headers_to_value;
+
+    #[test]
+    fn stored_paths_borrow_only_what_stored_path_keeps() {
+        let sanitizer = Sanitizer::baseline();
+        for path in [
+            "/v1/chat/completions",
+            "chat.create",
+            "POST /v1/x/sk-proj-abcdefghijklmnopqrstuvwxyz0123456789",
+            "/v1/models;key=abc/x",
+            "/v1/x?api_key=secret&a=1#frag",
+            "/v1/x#frag sk-proj-abcdefghijklmnopqrstuvwxyz0123456789",
+            "",
+        ] {
+            let fast = stored_path_of(&sanitizer, path);
+            assert_eq!(fast, stored_path(path, &sanitizer), "{path}");
+            if matches!(fast, Cow::Borrowed(_)) {
+                assert_eq!(fast, path);
+            }
+        }
+        assert!(matches!(
+            stored_path_of(&sanitizer, "/v1/chat/completions"),
+            Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn stored_headers_match_the_tree_they_replace() {
