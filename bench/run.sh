@@ -152,7 +152,7 @@ if command -v perf >/dev/null &&
     PERF_OK=1
 fi
 PROBES=0
-PROBE_GROUP=lapbench
+: "${PROBE_GROUP:=lapbench}"  # perf probe group; runs at the same time need their own
 setup_probes() {
     [[ "$PERF_OK" == 1 ]] || return 0
     local libc

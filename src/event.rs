@@ -8,18 +8,17 @@
 pub mod chain;
 pub mod checkpoint;
 pub mod evidence;
+mod metadata;
 mod record;
 
-use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, SubsecRound, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::Value;
 use uuid::Uuid;
 
+pub use metadata::{Metadata, TextOf};
 pub use record::{canonical_timestamp, EventRecord, Origin};
 
 /// One stored audit record, as every store, query and export returns it.
@@ -33,19 +32,11 @@ pub struct AuditEvent {
     pub level: Level,
     pub message: String,
     pub request_id: Option<String>,
-    pub metadata: Value,
+    /// Canonical JSON text: what is hashed, stored and returned.
+    pub metadata: Metadata,
     pub prev_hash: String,
     pub hash: String,
-    /// `metadata` as canonical JSON, when already computed.
-    #[serde(skip)]
-    pub metadata_json: MetadataJson,
 }
-
-/// A cache of an event's `metadata` as canonical JSON (the text hashed and
-/// stored). Producers fill it on their own threads so the single writer
-/// does not serialise every event; it is never part of equality.
-#[derive(Clone, Default)]
-pub struct MetadataJson(Option<Arc<str>>);
 
 /// An event before the writer has placed it in the chain.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,10 +47,9 @@ pub struct NewEvent {
     pub level: Level,
     pub message: String,
     pub request_id: Option<String>,
-    /// Changing it after [`NewEvent::prepare`] requires calling
-    /// [`NewEvent::with_metadata`], which clears the cached text.
-    pub metadata: Value,
-    pub metadata_json: MetadataJson,
+    /// Canonical JSON text, written on the producer's thread so the
+    /// single writer only hashes and appends it.
+    pub metadata: Metadata,
 }
 
 /// The standard event types, plus caller-defined `UPPER_SNAKE` names.
@@ -187,15 +177,7 @@ impl NewEvent {
             level,
             message: message.into(),
             request_id: None,
-            metadata: Value::Object(Default::default()),
-            metadata_json: MetadataJson::default(),
-        }
-    }
-
-    /// Serialises the metadata now, on the caller's thread.
-    pub fn prepare(&mut self) {
-        if self.metadata_json.0.is_none() {
-            self.metadata_json = MetadataJson(Some(chain::canonical_json(&self.metadata).into()));
+            metadata: Metadata::empty(),
         }
     }
 
@@ -209,15 +191,15 @@ impl NewEvent {
         self
     }
 
-    pub fn with_metadata(mut self, metadata: Value) -> Self {
-        self.metadata = metadata;
-        self.metadata_json = MetadataJson::default();
+    /// Sets the metadata: a `serde_json::Value`, or [`Metadata`] already
+    /// written (see [`Metadata::of`]).
+    pub fn with_metadata(mut self, metadata: impl Into<Metadata>) -> Self {
+        self.metadata = metadata.into();
         self
     }
 
     /// Places the event in the chain after `prev_hash` with number `seq`.
-    pub fn seal(mut self, seq: i64, prev_hash: &str) -> AuditEvent {
-        self.prepare();
+    pub fn seal(self, seq: i64, prev_hash: &str) -> AuditEvent {
         let mut event = AuditEvent {
             id: self.id,
             seq,
@@ -229,10 +211,14 @@ impl NewEvent {
             metadata: self.metadata,
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
-            metadata_json: self.metadata_json,
         };
-        event.hash = chain::hash_with_metadata(&event, &event.metadata_text());
+        event.hash = chain::event_hash(&event);
         event
+    }
+
+    /// The metadata as a tree (parsed from its text).
+    pub fn metadata_value(&self) -> serde_json::Value {
+        self.metadata.value()
     }
 }
 
@@ -240,41 +226,14 @@ impl NewEvent {
 
 impl AuditEvent {
     /// `metadata` as canonical JSON: the text that is hashed and stored.
-    pub fn metadata_text(&self) -> Cow<'_, str> {
-        match &self.metadata_json.0 {
-            Some(text) => Cow::Borrowed(text),
-            None => Cow::Owned(chain::canonical_json(&self.metadata)),
-        }
-    }
-}
-
-// === impl MetadataJson ===
-
-impl MetadataJson {
-    /// Bytes of the cached text (0 before [`NewEvent::prepare`]).
-    pub fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |s| s.len())
+    pub fn metadata_text(&self) -> &str {
+        self.metadata.as_str()
     }
 
-    /// Whether no text is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl PartialEq for MetadataJson {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl fmt::Debug for MetadataJson {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "MetadataJson(cached)"
-        } else {
-            "MetadataJson(none)"
-        })
+    /// The metadata as a tree (parsed from its text), for readers that
+    /// look inside it.
+    pub fn metadata_value(&self) -> serde_json::Value {
+        self.metadata.value()
     }
 }
 

@@ -223,11 +223,10 @@ impl Handle {
         self.source.as_deref()
     }
 
-    /// Adds the source and serialises the metadata here, on the producer's
-    /// thread, so the single writer only hashes and appends.
+    /// Adds the source here, on the producer's thread, so the single
+    /// writer only hashes and appends.
     fn prepare(&self, event: &mut NewEvent) {
         stamp_source(event, self.source.as_deref());
-        event.prepare();
     }
 
     /// Queues `event` without waiting. Returns false when it was filtered
@@ -377,15 +376,12 @@ impl Handle {
 
 /// What a prepared event counts for in the queue's byte budget.
 pub(crate) fn queued_bytes(event: &NewEvent) -> u64 {
-    (event.metadata_json.len() + event.message.len()) as u64 + EVENT_OVERHEAD_BYTES
+    (event.metadata.len() + event.message.len()) as u64 + EVENT_OVERHEAD_BYTES
 }
 
 /// Adds `source` to an object's metadata unless the producer set one.
 pub(crate) fn stamp_source(event: &mut NewEvent, source: Option<&serde_json::Value>) {
-    if let (Some(source), serde_json::Value::Object(meta)) = (source, &mut event.metadata) {
-        if !meta.contains_key("source") {
-            meta.insert("source".to_owned(), source.clone());
-            event.metadata_json = Default::default();
-        }
+    if let Some(source) = source {
+        event.metadata = event.metadata.with_field_if_absent("source", source);
     }
 }

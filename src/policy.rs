@@ -41,9 +41,9 @@ use std::str::FromStr;
 
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::event::{EventType, Level, NewEvent};
+use crate::event::{EventType, Level, Metadata, NewEvent};
 use joined::{Piece, Search, FIELD_JOIN, TEXT_JOIN};
 use matcher::{Entry, Hit, Matcher};
 
@@ -292,18 +292,14 @@ pub fn event_level(severity: Severity) -> Level {
 /// `direction` and `findings`, an array of `{"entity_type", "count"}`
 /// sorted by entity type (empty when passed).
 pub fn compliance_event(verdict: &Verdict, request_id: &str) -> NewEvent {
-    let findings: Vec<Value> = verdict
-        .findings
-        .iter()
-        .map(|(entity_type, count)| json!({"entity_type": entity_type, "count": count}))
-        .collect();
-    let metadata = json!({
-        "policy_name": verdict.policy_name,
-        "result": verdict.passed,
-        "severity": verdict.severity.as_str(),
-        "action": verdict.action.as_str(),
-        "direction": verdict.direction.as_str(),
-        "findings": findings,
+    let metadata = Metadata::of(&ComplianceMetadata {
+        action: Some(verdict.action.as_str()),
+        direction: verdict.direction.as_str(),
+        findings: FindingCounts(&verdict.findings),
+        policies: None,
+        policy_name: &verdict.policy_name,
+        result: verdict.passed,
+        severity: Some(verdict.severity.as_str()),
     });
     let event = if verdict.passed {
         NewEvent::new(
@@ -320,13 +316,73 @@ pub fn compliance_event(verdict: &Verdict, request_id: &str) -> NewEvent {
                 "Policy {} violated in the {}: {} ({}).",
                 verdict.policy_name,
                 verdict.direction,
-                verdict.summary(),
+                FindingsSummary(&verdict.findings),
                 verdict.action
             ),
         )
         .with_level(event_level(verdict.severity))
     };
     event.with_request_id(request_id).with_metadata(metadata)
+}
+
+/// The metadata of one COMPLIANCE_CHECK listing the policies that passed
+/// on one side of a call: `policy_name` (their names joined with `,`),
+/// `policies`, `result` true, `severity` and `action` null, `direction`,
+/// and no findings.
+pub fn passed_check_metadata(passed: &[&str], direction: Direction) -> Metadata {
+    Metadata::of(&ComplianceMetadata {
+        action: None,
+        direction: direction.as_str(),
+        findings: FindingCounts(&BTreeMap::new()),
+        policies: Some(passed),
+        policy_name: &passed.join(","),
+        result: true,
+        severity: None,
+    })
+}
+
+/// COMPLIANCE_* metadata, fields in canonical (sorted) order.
+#[derive(Serialize)]
+struct ComplianceMetadata<'a> {
+    action: Option<&'a str>,
+    direction: &'a str,
+    findings: FindingCounts<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policies: Option<&'a [&'a str]>,
+    policy_name: &'a str,
+    result: bool,
+    severity: Option<&'a str>,
+}
+
+/// [`Verdict::summary`] written straight into the message.
+struct FindingsSummary<'a>(&'a BTreeMap<String, u64>);
+
+impl fmt::Display for FindingsSummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (kind, n)) in self.0.iter().enumerate() {
+            let separator = if i == 0 { "" } else { ", " };
+            write!(f, "{separator}{kind} x{n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `[{"count", "entity_type"}]`, sorted by entity type.
+struct FindingCounts<'a>(&'a BTreeMap<String, u64>);
+
+impl Serialize for FindingCounts<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Count<'a> {
+            count: u64,
+            entity_type: &'a str,
+        }
+        s.collect_seq(
+            self.0
+                .iter()
+                .map(|(entity_type, &count)| Count { count, entity_type }),
+        )
+    }
 }
 
 /// One event per verdict of `scan`, in order.

@@ -522,7 +522,7 @@ impl EventFilter {
             && self
                 .policy_name
                 .as_deref()
-                .is_none_or(|p| event.metadata["policy_name"].as_str() == Some(p))
+                .is_none_or(|p| event.metadata.field("policy_name").as_str() == Some(p))
     }
 }
 

@@ -137,10 +137,11 @@ pub async fn create(State(state): State<AdminState>, body: Body) -> Result<Respo
                 AdminError::invalid("body", "the request body could not be read")
             }
         })?;
-    let mut event = parse_custom_event(&bytes)?;
+    let (event, mut metadata) = parse_custom_event(&bytes)?;
     // Callers' metadata is a body like any other: secrets and what the
     // policies do not keep never reach the store.
-    state.sanitizer.redact_stored(&mut event.metadata);
+    state.sanitizer.redact_stored(&mut metadata);
+    let mut event = event.with_metadata(metadata);
     event.message = state
         .sanitizer
         .redact_stored_text(&event.message, None)
@@ -171,7 +172,9 @@ fn is_length_limit(error: &axum::Error) -> bool {
 }
 
 /// Turns a request body into a custom event, naming the field at fault.
-fn parse_custom_event(body: &[u8]) -> Result<NewEvent, AdminError> {
+/// The event without its metadata, and the metadata apart (to be cleaned
+/// before it is set).
+fn parse_custom_event(body: &[u8]) -> Result<(NewEvent, Value), AdminError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|_| AdminError::invalid("body", "the request body must be a JSON object"))?;
     let Value::Object(mut fields) = value else {
@@ -259,7 +262,7 @@ fn parse_custom_event(body: &[u8]) -> Result<NewEvent, AdminError> {
         }
     };
 
-    let mut event = NewEvent::new(event_type, message).with_metadata(metadata);
+    let mut event = NewEvent::new(event_type, message);
 
     match fields.remove("level") {
         None | Some(Value::Null) => {}
@@ -287,7 +290,7 @@ fn parse_custom_event(body: &[u8]) -> Result<NewEvent, AdminError> {
             ))
         }
     }
-    Ok(event)
+    Ok((event, metadata))
 }
 
 /// Types only the proxy itself records; accepting them from callers would

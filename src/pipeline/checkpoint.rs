@@ -119,7 +119,9 @@ impl Checkpointer {
     /// `event` signed again for a new place in the chain (the writer
     /// re-sealed its batch after another process appended).
     pub(crate) fn resign(&self, event: NewEvent, seq: i64, hash: &str) -> NewEvent {
-        let reason = event.metadata["reason"]
+        let reason = event
+            .metadata
+            .field("reason")
             .as_str()
             .and_then(Reason::parse)
             .unwrap_or(Reason::Interval);
@@ -196,8 +198,8 @@ mod tests {
         let first = c.make(Reason::Events, 4, "aa");
         let again = c.resign(first.clone(), 9, "bb");
         assert_eq!(again.id, first.id);
-        assert_eq!(again.metadata["reason"], "events");
-        assert_eq!(again.metadata["seq"], 9);
-        assert_eq!(again.metadata["hash"], "bb");
+        assert_eq!(again.metadata.field("reason"), "events");
+        assert_eq!(again.metadata.field("seq"), 9);
+        assert_eq!(again.metadata.field("hash"), "bb");
     }
 }

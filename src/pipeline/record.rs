@@ -9,13 +9,17 @@
 //! answer has begun, failed or been awaited for 200 ms,
 //! so a call whose response never ends still leaves its REQUEST.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod counters;
+mod metadata;
+
 use http::{HeaderMap, Method, StatusCode};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -26,13 +30,18 @@ use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::bounded::bound_serialised;
 use crate::capture::decode::decode;
 use crate::capture::operation::Operation;
-use crate::capture::sanitize::{headers_to_value, stored_path, Sanitizer};
+use crate::capture::sanitize::Sanitizer;
 use crate::capture::sse;
 use crate::capture::summary::{request_model_and_stream, summarize};
 use crate::capture::tee::{BodyEnd, Captured};
 use crate::event::{EventType, NewEvent};
 use crate::policy::{compliance_event, BodyFindings, Direction, Scan, Verdict};
-use crate::telemetry::metrics::{Metrics, PolicyLabels, TokenLabels};
+use crate::telemetry::metrics::Metrics;
+use counters::RecordCounters;
+use metadata::{
+    metadata_of, ComplianceSummary, ErrorDetails, ErrorMetadata, RequestMetadata, ResponseMetadata,
+    StoredHeaders,
+};
 
 /// Longest a REQUEST waits for upstream's answer to begin before it is
 /// built anyway.
@@ -59,6 +68,7 @@ pub struct Recorder {
     /// take (see [`stored_body_limit`]).
     stored_body_limit: usize,
     metrics: Arc<Metrics>,
+    counters: Arc<RecordCounters>,
     /// Record COMPLIANCE_CHECK events for passed policies.
     record_compliance_checks: bool,
     /// Set when shutdown cut the calls still running after the grace.
@@ -199,6 +209,8 @@ struct Captures {
 struct RequestFacts {
     model: Option<String>,
     stream: bool,
+    /// The operation as stored, once the REQUEST has cleaned it.
+    operation: Option<String>,
 }
 
 // === impl Recorder ===
@@ -219,6 +231,7 @@ impl Recorder {
             sanitizer,
             tracker,
             metrics,
+            counters: Arc::default(),
             cut_at_shutdown,
             record_compliance_checks,
             max_decoded_bytes: capture_cap,
@@ -384,7 +397,7 @@ impl Recorder {
     /// Builds and offers the RESPONSE (after an ERROR event, when the call
     /// failed) and its compliance events.
     fn offer_response(&self, info: &CallInfo, facts: &RequestFacts, outcome: ResponseOutcome) {
-        if let Some(error) = self.error_event(info, &outcome) {
+        if let Some(error) = self.error_event(info, facts, &outcome) {
             self.handle.offer(error);
         }
         let (event, scan) = self.response_event(info, facts, outcome);
@@ -403,16 +416,13 @@ impl Recorder {
         for verdict in &scan.verdicts {
             direction = Some(verdict.direction);
             if verdict.passed {
-                passed.push(&verdict.policy_name);
+                if self.record_compliance_checks {
+                    passed.push(&verdict.policy_name);
+                }
                 continue;
             }
-            self.metrics
-                .violations
-                .get_or_create(&PolicyLabels {
-                    policy: verdict.policy_name.clone(),
-                    severity: verdict.severity.as_str().to_owned(),
-                })
-                .inc();
+            self.counters
+                .violation(&self.metrics, &verdict.policy_name, verdict.severity);
             self.handle
                 .offer(compliance_event(verdict, &info.request_id));
         }
@@ -430,15 +440,7 @@ impl Recorder {
                     ),
                 )
                 .with_request_id(info.request_id.clone())
-                .with_metadata(json!({
-                    "policy_name": passed.join(","),
-                    "policies": passed,
-                    "result": true,
-                    "severity": null,
-                    "action": null,
-                    "direction": direction.as_str(),
-                    "findings": [],
-                })),
+                .with_metadata(crate::policy::passed_check_metadata(&passed, direction)),
             );
         }
     }
@@ -476,45 +478,42 @@ impl Recorder {
                 .map(|d| self.stored_text(d, Direction::Request));
         }
         let (data, cut) = self.bound_body(data, captured, &info.headers);
-        let path = stored_path(&info.path_and_query, &self.sanitizer);
+        let path = self.stored_path(&info.path_and_query);
         let operation = self.stored_operation(info);
-        let mut meta = Map::new();
-        if let Some(summary) = compliance_summary(&scan) {
-            meta.insert("compliance".into(), summary);
-        }
-        meta.insert("provider".into(), json!(info.provider));
-        meta.insert("operation".into(), json!(operation));
-        meta.insert("method".into(), json!(info.method.as_str()));
-        meta.insert("path".into(), json!(path));
-        meta.insert("model".into(), json!(model));
-        meta.insert("stream".into(), json!(stream));
-        meta.insert("client_ip".into(), json!(info.client_ip.to_string()));
-        meta.insert(
-            "headers".into(),
-            headers_to_value(&info.headers, &self.sanitizer, Direction::Request),
-        );
-        meta.insert("request_data".into(), data);
-        meta.insert("body_bytes".into(), json!(body_bytes));
-        meta.insert("truncated".into(), json!(truncated || cut));
-        if let Some(end) = captured
+        let body_end = captured
             .map(|c| &c.end)
             .filter(|e| **e != BodyEnd::Complete)
-        {
-            meta.insert("body_complete".into(), json!(false));
-            meta.insert("body_end".into(), json!(end_label(end)));
-        }
-        if let Some(d) = &info.operation.azure_deployment {
-            meta.insert(
-                "azure_deployment".into(),
-                json!(self.stored_text(d, Direction::Request)),
-            );
-        }
-        if let Some(v) = &info.operation.api_version {
-            meta.insert(
-                "api_version".into(),
-                json!(self.stored_text(v, Direction::Request)),
-            );
-        }
+            .map(end_label);
+        let metadata = metadata_of(&RequestMetadata {
+            api_version: info
+                .operation
+                .api_version
+                .as_deref()
+                .map(|v| self.stored_text(v, Direction::Request)),
+            azure_deployment: info
+                .operation
+                .azure_deployment
+                .as_deref()
+                .map(|d| self.stored_text(d, Direction::Request)),
+            body_bytes,
+            body_complete: body_end.map(|_| false),
+            body_end,
+            client_ip: info.client_ip,
+            compliance: ComplianceSummary::of(&scan),
+            headers: StoredHeaders {
+                headers: &info.headers,
+                sanitizer: &self.sanitizer,
+                direction: Direction::Request,
+            },
+            method: info.method.as_str(),
+            model: model.as_deref(),
+            operation: &operation,
+            path: &path,
+            provider: &info.provider,
+            request_data: &data,
+            stream,
+            truncated: truncated || cut,
+        });
         let event = NewEvent::new(
             EventType::Request,
             format!(
@@ -525,11 +524,26 @@ impl Recorder {
             ),
         )
         .with_request_id(info.request_id.clone())
-        .with_metadata(Value::Object(meta));
-        (event, RequestFacts { model, stream }, scan)
+        .with_metadata(metadata);
+        let facts = RequestFacts {
+            model,
+            stream,
+            // Kept only when cleaning changed it: else the borrowed name
+            // is as cheap to take again.
+            operation: match operation {
+                Cow::Owned(operation) => Some(operation),
+                Cow::Borrowed(_) => None,
+            },
+        };
+        (event, facts, scan)
     }
 
-    fn error_event(&self, info: &CallInfo, outcome: &ResponseOutcome) -> Option<NewEvent> {
+    fn error_event(
+        &self,
+        info: &CallInfo,
+        facts: &RequestFacts,
+        outcome: &ResponseOutcome,
+    ) -> Option<NewEvent> {
         let (error_type, message, detail) = match outcome {
             ResponseOutcome::Failed {
                 failure, detail, ..
@@ -537,29 +551,29 @@ impl Recorder {
                 Failure::Unreachable => (
                     "upstream_unreachable",
                     "Upstream could not be reached",
-                    detail.clone(),
+                    detail.as_str(),
                 ),
                 Failure::Timeout => (
                     "upstream_timeout",
                     "Upstream sent no response headers in time",
-                    detail.clone(),
+                    detail.as_str(),
                 ),
                 Failure::ClientBody => (
                     "client_body_error",
                     "The client's request body broke off before its end",
-                    detail.clone(),
+                    detail.as_str(),
                 ),
             },
             ResponseOutcome::Upstream { body, .. } => match &body.end {
                 BodyEnd::Error(e) if is_idle_timeout(e) => (
                     "stream_idle_timeout",
                     "Upstream went silent in the middle of the response body",
-                    e.clone(),
+                    e.as_str(),
                 ),
                 BodyEnd::Error(e) => (
                     "upstream_stream_error",
                     "Upstream's response body failed before its end",
-                    e.clone(),
+                    e.as_str(),
                 ),
                 _ => return None,
             },
@@ -567,20 +581,19 @@ impl Recorder {
             | ResponseOutcome::Blocked { .. }
             | ResponseOutcome::Refused { .. } => return None,
         };
+        let operation = self.operation_of(info, facts);
+        let metadata = metadata_of(&ErrorMetadata {
+            details: ErrorDetails {
+                message: self.sanitizer.redact_stored_text(detail, None),
+                operation: &operation,
+                provider: &info.provider,
+            },
+            error_type,
+        });
         Some(
-            NewEvent::new(
-                EventType::Error,
-                format!("{message} ({})", self.stored_operation(info)),
-            )
-            .with_request_id(info.request_id.clone())
-            .with_metadata(json!({
-                "error_type": error_type,
-                "details": {
-                    "message": self.sanitizer.redact_stored_text(&detail, None),
-                    "operation": self.stored_operation(info),
-                    "provider": info.provider,
-                },
-            })),
+            NewEvent::new(EventType::Error, format!("{message} ({operation})"))
+                .with_request_id(info.request_id.clone())
+                .with_metadata(metadata),
         )
     }
 
@@ -591,16 +604,37 @@ impl Recorder {
         outcome: ResponseOutcome,
     ) -> (NewEvent, Scan) {
         let ms = |at: Instant| at.saturating_duration_since(info.started_at).as_secs_f64() * 1e3;
-        let mut meta = Map::new();
-        meta.insert("provider".into(), json!(info.provider));
-        let operation = self.stored_operation(info);
-        meta.insert("operation".into(), json!(operation));
-        meta.insert("stream".into(), json!(facts.stream));
-        let (status, outcome_label, model);
+        let operation = self.operation_of(info, facts);
         let mut scan = Scan::default();
-        match outcome {
+        // The RESPONSE of a call upstream never answered.
+        let no_answer = |status: Option<StatusCode>,
+                         outcome: &str,
+                         blocked_by: Option<&str>,
+                         at: Instant,
+                         scan: &Scan| {
+            metadata_of(&ResponseMetadata {
+                blocked_by,
+                body_bytes: 0,
+                compliance: ComplianceSummary::of(scan),
+                finish_reason: None,
+                headers: None,
+                latency_ms: round_ms(ms(at)),
+                model: facts.model.as_deref(),
+                operation: &operation,
+                outcome,
+                provider: &info.provider,
+                response_data: None,
+                status: status.map(|s| s.as_u16()),
+                stream: facts.stream,
+                truncated: false,
+                ttfb_ms: None,
+                upstream_request_id: None,
+                usage: None,
+            })
+        };
+        let (status, outcome_label, metadata) = match outcome {
             ResponseOutcome::Upstream {
-                status: s,
+                status,
                 headers,
                 headers_at,
                 body,
@@ -623,9 +657,7 @@ impl Recorder {
                     .inspect(&mut data, Direction::Response)
                     .scan;
                 let (data, cut) = self.bound_body(data, Some(&body), &headers);
-                status = Some(s.as_u16());
                 if let Some(verdict) = &blocked_by {
-                    meta.insert("blocked_by".into(), json!(verdict.policy_name));
                     // A cut stream's record lacks the text that tripped the
                     // policy; the verdict itself is the evidence.
                     let seen = scan
@@ -638,7 +670,7 @@ impl Recorder {
                         None => scan.verdicts.push((**verdict).clone()),
                     }
                 }
-                outcome_label = match &body.end {
+                let outcome_label = match &body.end {
                     _ if blocked_by.is_some() => "blocked",
                     BodyEnd::Complete => "completed",
                     // The app had the whole answer (`[DONE]` or a terminal
@@ -650,94 +682,98 @@ impl Recorder {
                     BodyEnd::Dropped if self.was_cut() => "shutdown",
                     BodyEnd::Dropped => "client_aborted",
                 };
-                model = summary
+                let model = summary
                     .model
-                    .map(|m| self.stored_text(&m, Direction::Response))
-                    .or_else(|| facts.model.clone());
-                meta.insert("stream".into(), json!(facts.stream || is_sse));
-                meta.insert("latency_ms".into(), json!(round_ms(ms(body.ended_at))));
-                meta.insert(
-                    "ttfb_ms".into(),
-                    json!(round_ms(ms(body.first_byte_at.unwrap_or(headers_at)))),
-                );
-                meta.insert("usage".into(), summary.usage.unwrap_or(Value::Null));
-                meta.insert("finish_reason".into(), json!(summary.finish_reason));
-                meta.insert(
-                    "upstream_request_id".into(),
-                    json!(header_str(&headers, "x-request-id")
-                        .map(|id| self.stored_text(id, Direction::Response))),
-                );
-                meta.insert(
-                    "headers".into(),
-                    headers_to_value(&headers, &self.sanitizer, Direction::Response),
-                );
-                meta.insert("response_data".into(), data);
-                meta.insert("body_bytes".into(), json!(body.total_bytes));
-                meta.insert("truncated".into(), json!(truncated || cut));
+                    .as_deref()
+                    .map(|m| self.stored_text(m, Direction::Response));
+                let upstream_request_id = header_str(&headers, "x-request-id")
+                    .map(|id| self.stored_text(id, Direction::Response));
+                let metadata = metadata_of(&ResponseMetadata {
+                    blocked_by: blocked_by.as_deref().map(|v| v.policy_name.as_str()),
+                    body_bytes: body.total_bytes,
+                    compliance: ComplianceSummary::of(&scan),
+                    finish_reason: summary.finish_reason.as_deref(),
+                    headers: Some(StoredHeaders {
+                        headers: &headers,
+                        sanitizer: &self.sanitizer,
+                        direction: Direction::Response,
+                    }),
+                    latency_ms: round_ms(ms(body.ended_at)),
+                    model: model.as_deref().or(facts.model.as_deref()),
+                    operation: &operation,
+                    outcome: outcome_label,
+                    provider: &info.provider,
+                    response_data: Some(&data),
+                    status: Some(status.as_u16()),
+                    stream: facts.stream || is_sse,
+                    truncated: truncated || cut,
+                    ttfb_ms: Some(round_ms(ms(body.first_byte_at.unwrap_or(headers_at)))),
+                    upstream_request_id: upstream_request_id.as_deref(),
+                    usage: summary.usage.as_ref(),
+                });
+                (Some(status), outcome_label, metadata)
             }
             ResponseOutcome::Failed {
                 failure,
-                status: s,
+                status,
                 at,
                 ..
             } => {
-                status = Some(s.as_u16());
-                outcome_label = match failure {
+                let outcome_label = match failure {
                     Failure::Unreachable => "upstream_error",
                     Failure::Timeout => "timeout",
                     Failure::ClientBody => "client_aborted",
                 };
-                model = facts.model.clone();
-                no_upstream_answer(&mut meta, round_ms(ms(at)));
+                let metadata = no_answer(Some(status), outcome_label, None, at, &scan);
+                (Some(status), outcome_label, metadata)
             }
-            ResponseOutcome::Blocked {
-                status: s,
-                policy,
-                at,
-            } => {
-                status = Some(s.as_u16());
-                outcome_label = "blocked";
-                model = facts.model.clone();
-                meta.insert("blocked_by".into(), json!(policy));
-                no_upstream_answer(&mut meta, round_ms(ms(at)));
+            ResponseOutcome::Blocked { status, policy, at } => {
+                let metadata = no_answer(Some(status), "blocked", Some(&policy), at, &scan);
+                (Some(status), "blocked", metadata)
             }
-            ResponseOutcome::Refused { status: s, at } => {
-                status = Some(s.as_u16());
-                outcome_label = "refused";
-                model = facts.model.clone();
-                no_upstream_answer(&mut meta, round_ms(ms(at)));
+            ResponseOutcome::Refused { status, at } => {
+                let metadata = no_answer(Some(status), "refused", None, at, &scan);
+                (Some(status), "refused", metadata)
             }
             ResponseOutcome::ClientAborted { at } => {
-                status = None;
-                outcome_label = if self.was_cut() {
+                let outcome_label = if self.was_cut() {
                     "shutdown"
                 } else {
                     "client_aborted"
                 };
-                model = facts.model.clone();
-                no_upstream_answer(&mut meta, round_ms(ms(at)));
+                let metadata = no_answer(None, outcome_label, None, at, &scan);
+                (None, outcome_label, metadata)
             }
-        }
-        if let Some(summary) = compliance_summary(&scan) {
-            meta.insert("compliance".into(), summary);
-        }
-        meta.insert("status".into(), json!(status));
-        meta.insert("model".into(), json!(model));
-        meta.insert("outcome".into(), json!(outcome_label));
-        let status_text = status.map_or_else(|| "no status".to_owned(), |s| s.to_string());
+        };
+        let status_text = status.map_or(Cow::Borrowed("no status"), |s| {
+            Cow::Owned(s.as_u16().to_string())
+        });
         let event = NewEvent::new(
             EventType::Response,
             format!("{} {} ({})", operation, status_text, outcome_label),
         )
         .with_request_id(info.request_id.clone())
-        .with_metadata(Value::Object(meta));
+        .with_metadata(metadata);
         (event, scan)
     }
 
     /// The operation's name as stored: for an unknown path it is
     /// `METHOD /path`, cleaned like the path.
-    fn stored_operation(&self, info: &CallInfo) -> String {
-        stored_path(&info.operation.name, &self.sanitizer)
+    fn stored_operation<'a>(&self, info: &'a CallInfo) -> Cow<'a, str> {
+        self.stored_path(&info.operation.name)
+    }
+
+    fn stored_path<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        metadata::stored_path_of(&self.sanitizer, text)
+    }
+
+    /// [`Self::stored_operation`], as the REQUEST stored it when it was
+    /// cleaned there.
+    fn operation_of<'a>(&self, info: &'a CallInfo, facts: &'a RequestFacts) -> Cow<'a, str> {
+        match &facts.operation {
+            Some(operation) => Cow::Borrowed(operation),
+            None => self.stored_operation(info),
+        }
     }
 
     /// A stored string outside the bodies, cleaned like them.
@@ -777,21 +813,12 @@ impl Recorder {
 
     fn count_tokens(&self, model: Option<&str>, usage: Option<&Value>) {
         let Some(usage) = usage else { return };
-        let model = self.metrics.model_label(model.unwrap_or("unknown"));
-        for (kind, key) in [
-            ("prompt", "prompt_tokens"),
-            ("completion", "completion_tokens"),
-        ] {
-            if let Some(n) = usage[key].as_u64().filter(|n| *n > 0) {
-                self.metrics
-                    .tokens
-                    .get_or_create(&TokenLabels {
-                        model: model.clone(),
-                        kind: kind.to_owned(),
-                    })
-                    .inc_by(n);
-            }
-        }
+        let count = |key: &str| usage[key].as_u64().unwrap_or(0);
+        self.counters.add_tokens(
+            &self.metrics,
+            model.unwrap_or("unknown"),
+            [count("prompt_tokens"), count("completion_tokens")],
+        );
     }
 
     /// As [`Self::interpret`] for a request body, taking the body the
@@ -986,46 +1013,12 @@ impl CallRecord {
     }
 }
 
-/// Which policies looked at one side of a call, and which found
-/// something: the per-call evidence that the checks ran.
-fn compliance_summary(scan: &Scan) -> Option<Value> {
-    if scan.verdicts.is_empty() {
-        return None;
-    }
-    // Built as values directly: a list of names in between would be one
-    // more allocation for each.
-    let names = |passed: bool| -> Value {
-        scan.verdicts
-            .iter()
-            .filter(|v| v.passed == passed)
-            .map(|v| Value::String(v.policy_name.clone()))
-            .collect()
-    };
-    Some(json!({"passed": names(true), "violated": names(false)}))
-}
-
 /// Most bytes of JSON a stored body value may take: twice the capture cap
 /// (ordinary text grows at most twofold when escaped; control-heavy bodies
 /// are summarised instead), and never under 64 KiB so a small cap still
 /// leaves room for redaction markers.
 pub fn stored_body_limit(capture_cap: usize) -> usize {
     capture_cap.saturating_mul(2).max(64 * 1024)
-}
-
-/// The RESPONSE fields of a call upstream never answered.
-fn no_upstream_answer(meta: &mut Map<String, Value>, latency_ms: f64) {
-    meta.insert("latency_ms".into(), json!(latency_ms));
-    for key in [
-        "ttfb_ms",
-        "usage",
-        "finish_reason",
-        "upstream_request_id",
-        "response_data",
-    ] {
-        meta.insert(key.into(), Value::Null);
-    }
-    meta.insert("body_bytes".into(), json!(0));
-    meta.insert("truncated".into(), json!(false));
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -56,7 +56,7 @@ pub async fn unclean_shutdown_event(
 
 /// The SYSTEM event a clean stop writes last.
 pub fn is_clean_stop(event: &AuditEvent) -> bool {
-    event.event_type == EventType::System && event.metadata["phase"] == "shutdown"
+    event.event_type == EventType::System && event.metadata.field("phase") == "shutdown"
 }
 
 /// Events that may follow the stop event of a clean stop: a signed
@@ -65,12 +65,12 @@ pub fn is_clean_stop(event: &AuditEvent) -> bool {
 fn may_follow_a_stop(event: &AuditEvent) -> bool {
     let loss_report = event.event_type == EventType::Error
         && matches!(
-            event.metadata["error_type"].as_str(),
+            event.metadata.field("error_type").as_str(),
             Some("events_dropped" | "events_lost" | "record_build_failed")
         );
     event.event_type.as_str() == "CHECKPOINT"
         || loss_report
-        || (event.event_type == EventType::System && event.metadata["action"] == "purge")
+        || (event.event_type == EventType::System && event.metadata.field("action") == "purge")
 }
 
 #[cfg(test)]
@@ -124,8 +124,8 @@ mod tests {
         let store = store_with(vec![stop(), NewEvent::new(EventType::Request, "r")]).await;
         let event = unclean_shutdown_event(&store).await.unwrap().unwrap();
         assert_eq!(event.event_type, EventType::Error);
-        assert_eq!(event.metadata["error_type"], "unclean_shutdown");
-        assert_eq!(event.metadata["details"]["last_seq"], 2);
-        assert!(event.metadata["details"]["last_timestamp"].is_string());
+        assert_eq!(event.metadata.field("error_type"), "unclean_shutdown");
+        assert_eq!(event.metadata.field("details")["last_seq"], 2);
+        assert!(event.metadata.field("details")["last_timestamp"].is_string());
     }
 }

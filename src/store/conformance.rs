@@ -474,7 +474,7 @@ async fn stats(store: &dyn AuditStore, events: &[AuditEvent]) {
         *by_type.entry(e.event_type.to_string()).or_insert(0u64) += 1;
         *by_level.entry(e.level.to_string()).or_insert(0u64) += 1;
         if e.event_type == EventType::ComplianceViolation {
-            let policy = e.metadata["policy_name"].as_str().unwrap().to_owned();
+            let policy = e.metadata.field("policy_name").as_str().unwrap().to_owned();
             *by_policy.entry(policy).or_insert(0u64) += 1;
         }
     }

@@ -199,10 +199,16 @@ impl AuditStore for MemoryStore {
             count(&mut stats.by_type, e.event_type.as_str());
             count(&mut stats.by_level, e.level.as_str());
             if e.event_type == EventType::ComplianceViolation {
-                let policy = e.metadata["policy_name"].as_str().unwrap_or_default();
-                count(&mut stats.violations_by_policy, policy);
-                let severity = e.metadata["severity"].as_str().unwrap_or_default();
-                count(&mut stats.violations_by_severity, severity);
+                let policy = e.metadata.field("policy_name");
+                count(
+                    &mut stats.violations_by_policy,
+                    policy.as_str().unwrap_or_default(),
+                );
+                let severity = e.metadata.field("severity");
+                count(
+                    &mut stats.violations_by_severity,
+                    severity.as_str().unwrap_or_default(),
+                );
             }
         }
         Ok(stats)

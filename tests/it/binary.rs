@@ -225,13 +225,13 @@ async fn sigterm_drains_flushes_and_exits_zero() {
         Some("SYSTEM"),
         "{types:?}"
     );
-    assert_eq!(events.last().unwrap().metadata["phase"], "shutdown");
+    assert_eq!(events.last().unwrap().metadata.field("phase"), "shutdown");
     let call: Vec<_> = events
         .iter()
         .filter(|e| e.request_id.as_deref() == Some("term-stream"))
         .collect();
     assert_eq!(call.len(), 2);
-    assert_eq!(call[1].metadata["outcome"], "completed");
+    assert_eq!(call[1].metadata.field("outcome"), "completed");
 
     // Asked for, one JSON line per call, and never a body or a credential.
     let logs = logs.lock().unwrap();
@@ -321,9 +321,9 @@ async fn sigterm_under_load_loses_no_event() {
             .collect();
         assert_eq!(call.len(), 2, "{id}");
         assert_eq!(call[0].event_type.to_string(), "REQUEST");
-        assert_eq!(call[1].metadata["outcome"], "completed", "{id}");
+        assert_eq!(call[1].metadata.field("outcome"), "completed", "{id}");
     }
-    assert_eq!(events.last().unwrap().metadata["phase"], "shutdown");
+    assert_eq!(events.last().unwrap().metadata.field("phase"), "shutdown");
 }
 
 #[tokio::test]

@@ -296,7 +296,7 @@ async fn a_clean_stop_checkpoints_the_wal_and_a_kill_is_recorded_at_the_next_sta
     sigkill(&mut child);
     let before = stored(dir.path()).await;
     let last = before.last().unwrap();
-    assert_ne!(last.metadata["phase"], "shutdown");
+    assert_ne!(last.metadata.field("phase"), "shutdown");
 
     let (child, _, _) = serve(&mock.url(), dir.path(), &[]);
     sigterm(&child);
@@ -304,10 +304,10 @@ async fn a_clean_stop_checkpoints_the_wal_and_a_kill_is_recorded_at_the_next_sta
     let events = stored(dir.path()).await;
     let unclean: Vec<_> = events
         .iter()
-        .filter(|e| e.metadata["error_type"] == "unclean_shutdown")
+        .filter(|e| e.metadata.field("error_type") == "unclean_shutdown")
         .collect();
     assert_eq!(unclean.len(), 1, "only the killed run is unclean");
-    assert_eq!(unclean[0].metadata["details"]["last_seq"], last.seq);
+    assert_eq!(unclean[0].metadata.field("details")["last_seq"], last.seq);
     assert!(unclean[0].message.contains(&format!("seq {}", last.seq)));
 }
 
@@ -339,8 +339,8 @@ async fn serve_exits_non_zero_when_events_were_lost() {
     let events = stored(dir.path()).await;
     let recorded: u64 = events
         .iter()
-        .filter(|e| e.metadata["error_type"] == "events_dropped")
-        .map(|e| e.metadata["details"]["dropped"].as_u64().unwrap())
+        .filter(|e| e.metadata.field("error_type") == "events_dropped")
+        .map(|e| e.metadata.field("details")["dropped"].as_u64().unwrap())
         .sum();
     let carried = std::fs::read(dir.path().join("unrecorded-losses.json"))
         .ok()
@@ -469,7 +469,7 @@ async fn kill_loop(durability: &str, kills: usize, every: Duration) {
     assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
     let unclean = events
         .iter()
-        .filter(|e| e.metadata["error_type"] == "unclean_shutdown")
+        .filter(|e| e.metadata.field("error_type") == "unclean_shutdown")
         .count();
     assert_eq!(unclean, kills, "each kill is recorded at the next start");
     assert!(!completed.is_empty(), "the load made calls");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use llm_audit_proxy::event::chain::event_hash;
-use llm_audit_proxy::event::{parse_timestamp, AuditEvent, EventType, NewEvent};
+use llm_audit_proxy::event::{parse_timestamp, AuditEvent, EventType, Metadata, NewEvent};
 use serde_json::{json, Value};
 
 use crate::binary::command;
@@ -117,10 +117,9 @@ fn read_rows(dir: &Path) -> Vec<AuditEvent> {
             level: r.get::<_, String>(4)?.parse().unwrap(),
             message: r.get(5)?,
             request_id: r.get(6)?,
-            metadata: serde_json::from_str(&r.get::<_, String>(7)?).unwrap(),
+            metadata: Metadata::from_json(&r.get::<_, String>(7)?).unwrap(),
             prev_hash: r.get(8)?,
             hash: r.get(9)?,
-            metadata_json: Default::default(),
         })
     })
     .unwrap()
@@ -630,7 +629,7 @@ async fn a_rotated_key_signs_after_its_configuration_event_and_verify_takes_both
     {
         let expected = if e.seq > rotated_at { &new_id } else { &old_id };
         assert_eq!(
-            e.metadata["key_id"],
+            e.metadata.field("key_id"),
             expected.as_str(),
             "checkpoint {}",
             e.seq

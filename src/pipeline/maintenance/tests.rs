@@ -85,7 +85,7 @@ async fn retention(store: SharedStore) {
     events.flush().await;
     let system = purge_events(&store).await;
     assert_eq!(system.len(), 1);
-    let m = &system[0].metadata;
+    let m = system[0].metadata_value();
     assert_eq!(m["action"], "purge");
     assert_eq!(m["reason"], "retention");
     assert_eq!(m["removed"], 30);
@@ -146,9 +146,9 @@ async fn sqlite_size_cap_purges_oldest_and_records_it() {
     events.flush().await;
     let system = purge_events(&store).await;
     assert_eq!(system.len(), 1);
-    assert_eq!(system[0].metadata["reason"], "max_store_mb");
-    assert_eq!(system[0].metadata["removed"], cap.removed);
-    assert_eq!(system[0].metadata["max_store_bytes"], bytes / 2);
+    assert_eq!(system[0].metadata.field("reason"), "max_store_mb");
+    assert_eq!(system[0].metadata.field("removed"), cap.removed);
+    assert_eq!(system[0].metadata.field("max_store_bytes"), bytes / 2);
     verify(&exported(&store).await);
 }
 
@@ -237,9 +237,9 @@ async fn the_size_cap_names_the_unshipped_range_it_removed() {
         .await
         .unwrap();
     assert_eq!(page.events.len(), 1);
-    let details = &page.events[0].metadata["details"];
+    let details = &page.events[0].metadata.field("details");
     assert_eq!(
-        page.events[0].metadata["error_type"],
+        page.events[0].metadata.field("error_type"),
         "unshipped_events_purged"
     );
     assert_eq!(details["target"], "postgres");

@@ -144,11 +144,12 @@ async fn failures_are_retried_recorded_once_and_lose_nothing() {
         .filter(|e| e.event_type == EventType::Error)
         .collect();
     assert_eq!(errors.len(), 1, "one ERROR per run of failures");
-    assert_eq!(errors[0].metadata["error_type"], "shipping_failed");
-    assert_eq!(errors[0].metadata["details"]["target"], "mock");
+    assert_eq!(errors[0].metadata.field("error_type"), "shipping_failed");
+    assert_eq!(errors[0].metadata.field("details")["target"], "mock");
     assert!(events
         .iter()
-        .any(|e| e.event_type == EventType::System && e.metadata["phase"] == "shipping_resumed"));
+        .any(|e| e.event_type == EventType::System
+            && e.metadata.field("phase") == "shipping_resumed"));
 }
 
 #[tokio::test]

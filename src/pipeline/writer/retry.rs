@@ -141,7 +141,6 @@ impl Writer {
                 message: std::mem::take(&mut event.message),
                 request_id: event.request_id.take(),
                 metadata: std::mem::take(&mut event.metadata),
-                metadata_json: std::mem::take(&mut event.metadata_json),
             };
             // A checkpoint signs the event before it: sign again for the
             // new place.

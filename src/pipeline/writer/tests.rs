@@ -255,9 +255,9 @@ async fn an_abandoned_batch_is_counted_lost_and_the_next_one_takes_its_place() {
         lost[0].message,
         "2 audit events sealed as seq 1-2 could not be stored"
     );
-    assert_eq!(lost[0].metadata["error_type"], "events_lost");
-    assert_eq!(lost[0].metadata["details"]["first_seq"], 1);
-    assert_eq!(lost[0].metadata["details"]["last_seq"], 2);
+    assert_eq!(lost[0].metadata.field("error_type"), "events_lost");
+    assert_eq!(lost[0].metadata.field("details")["first_seq"], 1);
+    assert_eq!(lost[0].metadata.field("details")["last_seq"], 2);
     let stats = handle.stats();
     assert_eq!(stats.lost.load(Ordering::Relaxed), 2);
     assert_eq!(stats.unreported_losses(), 0, "the loss is on record");
@@ -441,12 +441,9 @@ async fn offers_over_the_byte_budget_are_dropped_counted_and_recorded() {
     let store = ScriptedStore::new(&[], false);
     let tracker = TaskTracker::new();
     let big = "x".repeat(4096);
-    let one = crate::pipeline::queued_bytes(&{
-        let mut e = NewEvent::new(EventType::Request, "big")
-            .with_metadata(serde_json::json!({ "body": big }));
-        e.prepare();
-        e
-    });
+    let one = crate::pipeline::queued_bytes(
+        &NewEvent::new(EventType::Request, "big").with_metadata(serde_json::json!({ "body": big })),
+    );
     let cfg = WriterConfig {
         queue_max_bytes: 3 * one,
         ..config()
@@ -471,9 +468,9 @@ async fn offers_over_the_byte_budget_are_dropped_counted_and_recorded() {
     assert_eq!(stats.queue_bytes.load(Ordering::Relaxed), 0);
     let events = store.events().await;
     let report = events.last().unwrap();
-    assert_eq!(report.metadata["error_type"], "events_dropped");
-    assert_eq!(report.metadata["details"]["dropped"], 2);
-    assert_eq!(report.metadata["details"]["over_byte_budget"], 2);
+    assert_eq!(report.metadata.field("error_type"), "events_dropped");
+    assert_eq!(report.metadata.field("details")["dropped"], 2);
+    assert_eq!(report.metadata.field("details")["over_byte_budget"], 2);
     assert_eq!(stats.unreported_losses(), 0);
 }
 
@@ -516,8 +513,11 @@ async fn failed_record_builds_are_recorded_once_the_store_writes() {
     handle.flush().await;
     let events = store.events().await;
     assert_eq!(events.len(), 2);
-    assert_eq!(events[1].metadata["error_type"], "record_build_failed");
-    assert_eq!(events[1].metadata["details"]["records"], 1);
+    assert_eq!(
+        events[1].metadata.field("error_type"),
+        "record_build_failed"
+    );
+    assert_eq!(events[1].metadata.field("details")["records"], 1);
 }
 
 #[tokio::test]
@@ -538,9 +538,9 @@ async fn losses_left_by_an_earlier_run_are_recorded_and_the_side_file_removed() 
     let events = store.events().await;
     assert_eq!(events.len(), 2);
     assert_eq!(
-        events[1].metadata["error_type"],
+        events[1].metadata.field("error_type"),
         "events_lost_before_restart"
     );
-    assert_eq!(events[1].metadata["details"]["events"], 7);
+    assert_eq!(events[1].metadata.field("details")["events"], 7);
     assert_eq!(ledger.read(), None, "the side file is gone once recorded");
 }

@@ -277,12 +277,14 @@ impl Segment {
             .entry(event.level.as_str().to_owned())
             .or_default() += 1;
         if event.event_type == EventType::ComplianceViolation {
-            let policy = event.metadata["policy_name"].as_str().unwrap_or_default();
+            let policy = event.metadata.field("policy_name");
+            let policy = policy.as_str().unwrap_or_default();
             *self
                 .violations_by_policy
                 .entry(policy.to_owned())
                 .or_default() += 1;
-            let severity = event.metadata["severity"].as_str().unwrap_or_default();
+            let severity = event.metadata.field("severity");
+            let severity = severity.as_str().unwrap_or_default();
             *self
                 .violations_by_severity
                 .entry(severity.to_owned())

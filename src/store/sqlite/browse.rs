@@ -13,17 +13,20 @@
 //! filter. A page reads at most [`MAX_CANDIDATES`] candidates; one that
 //! stops there says so and its cursor continues the walk.
 
+mod facets;
+
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection};
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-
 use super::{read_record, Conditions, COLUMNS};
-use crate::event::{format_timestamp, parse_timestamp, AuditEvent, EventRecord, EventType};
+use crate::event::{
+    format_timestamp, parse_timestamp, timestamp_text, AuditEvent, EventRecord, EventType,
+};
 use crate::store::browse::{
-    CallFacts, Overview, OverviewQuery, RecentViolation, SearchPage, SearchQuery, RECENT_VIOLATIONS,
+    Overview, OverviewQuery, RecentViolation, SearchPage, SearchQuery, RECENT_VIOLATIONS,
 };
 use crate::store::{StoreError, MAX_QUERY_LIMIT};
 
@@ -53,25 +56,26 @@ pub fn index_batch(
             EventType::ComplianceViolation => None,
             _ => continue,
         };
-        let m = &e.metadata;
-        let timestamp = format_timestamp(&e.timestamp);
-        rollups.add(&timestamp, e.event_type.clone(), m);
+        text.clear();
+        // One pass over the metadata text, no tree.
+        let m = facets::read(e.metadata.as_str(), body, &mut text);
+        let timestamp = timestamp_text(&e.timestamp);
+        let timestamp = timestamp.as_str();
+        rollups.add(timestamp, e.event_type.clone(), &m);
         facets.execute(rusqlite::params![
             e.seq,
             timestamp,
             e.event_type.as_str(),
-            m["model"].as_str(),
-            m["operation"].as_str(),
-            m["outcome"].as_str(),
-            m["status"].as_i64(),
-            m["latency_ms"].as_f64(),
-            m["usage"]["total_tokens"].as_i64(),
-            m["policy_name"].as_str(),
-            m["severity"].as_str(),
+            m.model.as_str(),
+            m.operation.as_str(),
+            m.outcome.as_str(),
+            m.status.as_i64(),
+            m.latency_ms.as_f64(),
+            m.total_tokens.as_i64(),
+            m.policy_name.as_str(),
+            m.severity.as_str(),
         ])?;
-        if let Some(field) = body {
-            text.clear();
-            push_text(&m[field], &mut text);
+        if body.is_some() {
             fts.execute(rusqlite::params![e.seq, text])?;
         }
     }
@@ -79,42 +83,63 @@ pub fn index_batch(
 }
 
 /// A batch's additions to the per-minute rollups, keyed by minute
-/// (`YYYY-MM-DDTHH:MM`).
+/// (`YYYY-MM-DDTHH:MM`). Names are borrowed from the batch's metadata.
 #[derive(Default)]
-struct Rollups {
-    /// (minute, model) to (calls, errors, tokens).
-    calls: BTreeMap<(String, String), (i64, i64, i64)>,
-    latency: BTreeMap<(String, i64), i64>,
-    violations: BTreeMap<(String, String, String), i64>,
+struct Rollups<'a> {
+    minutes: BTreeMap<String, MinuteRollup<'a>>,
 }
 
-impl Rollups {
-    fn add(&mut self, timestamp: &str, event_type: EventType, m: &Value) {
-        let minute = minute_of(timestamp).to_owned();
+/// One minute's additions.
+#[derive(Default)]
+struct MinuteRollup<'a> {
+    /// Model to (calls, errors, tokens).
+    calls: BTreeMap<Cow<'a, str>, (i64, i64, i64)>,
+    latency: BTreeMap<i64, i64>,
+    /// (policy, severity) to violations.
+    violations: BTreeMap<(Cow<'a, str>, Cow<'a, str>), i64>,
+}
+
+impl<'a> Rollups<'a> {
+    fn add(&mut self, timestamp: &str, event_type: EventType, m: &facets::Facets<'a>) {
+        if !matches!(
+            event_type,
+            EventType::Response | EventType::ComplianceViolation
+        ) {
+            return;
+        }
+        let minute = minute_of(timestamp);
+        // A batch spans a minute or two: a new key is rare.
+        if !self.minutes.contains_key(minute) {
+            self.minutes
+                .insert(minute.to_owned(), MinuteRollup::default());
+        }
+        let Some(rollup) = self.minutes.get_mut(minute) else {
+            return;
+        };
+        let text = |s: &facets::Scalar<'a>| match s {
+            facets::Scalar::Text(t) => t.clone(),
+            _ => Cow::Borrowed(""),
+        };
         match event_type {
             EventType::Response => {
-                let call = CallFacts::of(m);
-                let model = m["model"].as_str().unwrap_or("").to_owned();
-                let tokens = m["usage"]["total_tokens"].as_i64().unwrap_or(0);
-                let entry = self.calls.entry((minute.clone(), model)).or_default();
+                // As `CallFacts::of` counts an error.
+                let error = m.outcome.as_str().unwrap_or("completed") != "completed"
+                    || m.status.as_u64().unwrap_or(200) >= 400;
+                let tokens = m.total_tokens.as_i64().unwrap_or(0);
+                let entry = rollup.calls.entry(text(&m.model)).or_default();
                 entry.0 += 1;
-                entry.1 += i64::from(call.error);
+                entry.1 += i64::from(error);
                 entry.2 += tokens;
-                if let Some(ms) = m["latency_ms"].as_f64() {
-                    *self
-                        .latency
-                        .entry((minute, latency_bucket(ms)))
-                        .or_default() += 1;
+                if let Some(ms) = m.latency_ms.as_f64() {
+                    *rollup.latency.entry(latency_bucket(ms)).or_default() += 1;
                 }
             }
-            EventType::ComplianceViolation => {
-                let text = |k: &str| m[k].as_str().unwrap_or("").to_owned();
-                *self
+            _ => {
+                *rollup
                     .violations
-                    .entry((minute, text("policy_name"), text("severity")))
+                    .entry((text(&m.policy_name), text(&m.severity)))
                     .or_default() += 1;
             }
-            _ => {}
         }
     }
 
@@ -124,22 +149,24 @@ impl Rollups {
              DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors, \
              tokens = tokens + excluded.tokens",
         )?;
-        for ((minute, model), (n, errors, tokens)) in self.calls {
-            calls.execute(rusqlite::params![minute, model, n, errors, tokens])?;
-        }
         let mut latency = tx.prepare_cached(
             "INSERT INTO latency_minutes VALUES (?1, ?2, ?3) ON CONFLICT (minute, bucket) \
              DO UPDATE SET calls = calls + excluded.calls",
         )?;
-        for ((minute, bucket), n) in self.latency {
-            latency.execute(rusqlite::params![minute, bucket, n])?;
-        }
         let mut violations = tx.prepare_cached(
             "INSERT INTO violation_minutes VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (minute, policy, severity) DO UPDATE SET count = count + excluded.count",
         )?;
-        for ((minute, policy, severity), n) in self.violations {
-            violations.execute(rusqlite::params![minute, policy, severity, n])?;
+        for (minute, rollup) in &self.minutes {
+            for (model, (n, errors, tokens)) in &rollup.calls {
+                calls.execute(rusqlite::params![minute, model, n, errors, tokens])?;
+            }
+            for (bucket, n) in &rollup.latency {
+                latency.execute(rusqlite::params![minute, bucket, n])?;
+            }
+            for ((policy, severity), n) in &rollup.violations {
+                violations.execute(rusqlite::params![minute, policy, severity, n])?;
+            }
         }
         Ok(())
     }
@@ -165,23 +192,6 @@ pub fn latency_bucket(ms: f64) -> i64 {
 pub fn bucket_latency(bucket: i64) -> f64 {
     let exponent = bucket / 100 - 10;
     (bucket % 100) as f64 * 10f64.powi(i32::try_from(exponent - 1).unwrap_or(0))
-}
-
-/// Appends every string in `value`, depth first, separated by spaces:
-/// the words a reader may search for (the migration's back-fill takes the
-/// same strings with `json_tree`).
-fn push_text(value: &Value, out: &mut String) {
-    match value {
-        Value::String(s) => {
-            if !out.is_empty() {
-                out.push(' ');
-            }
-            out.push_str(s);
-        }
-        Value::Array(items) => items.iter().for_each(|v| push_text(v, out)),
-        Value::Object(map) => map.values().for_each(|v| push_text(v, out)),
-        _ => {}
-    }
 }
 
 /// One page of `query`, newest first.
