@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::export::{encode_items, items, Format};
+use crate::admin::export::{encode_items, items, CsvColumns, Format};
 use crate::admin::params::{encode_cursor, Params, FILTER_PARAMS};
 use crate::cli::{EventsArgs, ExportArgs, KeygenArgs, VerifyArgs};
 use crate::config::{AuditConfig, Config, StorageKind};
@@ -192,7 +192,8 @@ pub async fn export(config: &Config, args: &ExportArgs) -> Result<PathBuf, Offli
         Some(filter) => items(&store, format, filter, verifiable),
         None => crate::admin::export::cover::plain(futures_util::stream::empty().boxed()),
     };
-    let mut body = Box::pin(encode_items(format, events));
+    let columns = CsvColumns::of(store.as_ref());
+    let mut body = Box::pin(encode_items(format, columns, events));
     let mut failed = None;
     while let Some(chunk) = body.next().await {
         match chunk {
