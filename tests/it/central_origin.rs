@@ -1,11 +1,15 @@
 //! The central store's rows keep their origin: CSV exports name each
 //! row's source, pod, namespace and node (a local store's CSV is as it
-//! always was).
+//! always was); and the `pod` and `policy_name` filters are served by
+//! indexes.
 
 use std::path::Path;
 
-use llm_audit_proxy::config::{self, FlagValues};
+use llm_audit_proxy::config::{self, FlagValues, Secret};
+use llm_audit_proxy::event::EventType;
 use llm_audit_proxy::fleet::{self, RunningFleet};
+use llm_audit_proxy::store::postgres::PostgresStore;
+use llm_audit_proxy::store::{AuditStore, EventFilter, EventQuery};
 
 use crate::binary::command;
 use crate::central::{calls, local_rows, shipping_env, until_caught_up};
@@ -187,4 +191,98 @@ async fn central_csv_exports_name_each_rows_origin_and_local_ones_do_not() {
     );
     let body = std::fs::read_to_string(&out).unwrap();
     assert_fleet_csv(&body, total, &origins, "export --central");
+}
+
+#[tokio::test]
+async fn the_pod_and_policy_filters_use_central_indexes() {
+    let Some(pg) = PgCluster::start().await else {
+        return;
+    };
+    let store = PostgresStore::open(&Secret::new(pg.dsn())).await.unwrap();
+    // 20,000 rows of 200 pods (100 rows each, as in a large fleet) in the
+    // current month; every 50th a violation
+    // of one of four policies. Rows whose policy is a number, or sits
+    // deeper than the top level, do not count as naming a policy.
+    let client = pg.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO audit_events (source_id, seq, \"timestamp\", id, event_type, level,
+                 level_rank, message, request_id, metadata, prev_hash, hash, pod, namespace, node)
+             SELECT 'source-' || (i % 20), i,
+                 date_trunc('month', now()) + i * interval '1 second',
+                 'id-' || i,
+                 CASE WHEN i % 50 = 0 THEN 'COMPLIANCE_VIOLATION' ELSE 'RESPONSE' END,
+                 'INFO', 1, 'm', 'req-' || i,
+                 CASE
+                     WHEN i % 50 = 0 THEN '{\"policy_name\":\"policy-' || (i / 50 % 4) || '\"}'
+                     WHEN i % 50 = 1 THEN '{\"policy_name\":7}'
+                     WHEN i % 50 = 2 THEN '{\"nested\":{\"policy_name\":\"policy-1\"}}'
+                     ELSE '{\"model\":\"gpt\"}'
+                 END,
+                 'p', 'h', 'pod-' || (i % 200), 'ns-' || (i % 2), 'node'
+             FROM generate_series(1, 20000) AS i;
+             ANALYZE audit_events;",
+        )
+        .await
+        .unwrap();
+
+    let page = |filter: EventFilter| EventQuery {
+        filter,
+        limit: 100,
+        before_seq: None,
+    };
+    let by_pod = page(EventFilter {
+        pod: Some("pod-3".into()),
+        ..EventFilter::default()
+    });
+    let by_policy = page(EventFilter {
+        policy_name: Some("policy-1".into()),
+        ..EventFilter::default()
+    });
+    for (query, index) in [
+        (&by_pod, "pod_timestamp_idx"),
+        (&by_policy, "policy_name_timestamp_idx"),
+    ] {
+        let plan = store.explain_page(query).await.unwrap();
+        assert!(
+            plan.lines()
+                .any(|line| line.contains("Index") && line.contains(index)),
+            "{:?} does not use an index on {index}:\n{plan}",
+            query.filter
+        );
+    }
+
+    // The filters still select exactly their rows.
+    let all = |filter: EventFilter| {
+        let store = &store;
+        async move {
+            let query = EventQuery {
+                filter,
+                limit: 10_000,
+                before_seq: None,
+            };
+            store.query_records(&query).await.unwrap().events
+        }
+    };
+    let pod_3 = all(by_pod.filter.clone()).await;
+    assert_eq!(pod_3.len(), 100);
+    assert!(pod_3
+        .iter()
+        .all(|r| r.origin.as_ref().unwrap().pod.as_deref() == Some("pod-3")));
+    let policy_1 = all(by_policy.filter.clone()).await;
+    assert_eq!(
+        policy_1.len(),
+        100,
+        "one violation in 200 rows names policy-1"
+    );
+    assert!(policy_1
+        .iter()
+        .all(|r| r.event_type == EventType::ComplianceViolation
+            && r.metadata.get() == r#"{"policy_name":"policy-1"}"#));
+    let numeric = all(EventFilter {
+        policy_name: Some("7".into()),
+        ..EventFilter::default()
+    })
+    .await;
+    assert!(numeric.is_empty(), "a number is not a policy name");
 }
