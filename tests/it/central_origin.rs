@@ -1,7 +1,8 @@
 //! The central store's rows keep their origin: CSV exports name each
 //! row's source, pod, namespace and node (a local store's CSV is as it
-//! always was); and the `pod` and `policy_name` filters are served by
-//! indexes.
+//! always was); `verify --source` checks one source's chain against the
+//! checkpoints expected of it; and the `pod` and `policy_name` filters are
+//! served by indexes.
 
 use std::path::Path;
 
@@ -104,6 +105,7 @@ fn assert_fleet_csv(body: &str, expected_rows: usize, origins: &[(&str, &str)], 
 /// Two proxies (pod-a and pod-b) that shipped a few calls each, stopped:
 /// their store folders, and each store's id and rows.
 struct Shipped {
+    dir_a: tempfile::TempDir,
     id_a: String,
     local_a: Vec<(i64, String, String)>,
     id_b: String,
@@ -124,6 +126,7 @@ async fn ship_two_pods(dsn: &str) -> Shipped {
     let (id_a, local_a) = local_rows(dir_a.path()).await;
     let (id_b, local_b) = local_rows(dir_b.path()).await;
     Shipped {
+        dir_a,
         id_a,
         local_a,
         id_b,
@@ -191,6 +194,104 @@ async fn central_csv_exports_name_each_rows_origin_and_local_ones_do_not() {
     );
     let body = std::fs::read_to_string(&out).unwrap();
     assert_fleet_csv(&body, total, &origins, "export --central");
+}
+
+#[tokio::test]
+async fn verify_checks_one_central_source_against_its_expected_checkpoint() {
+    let Some(pg) = PgCluster::start().await else {
+        return;
+    };
+    let dsn = pg.dsn();
+    let Shipped {
+        dir_a,
+        id_a,
+        local_a,
+        id_b,
+        ..
+    } = ship_two_pods(&dsn).await;
+    let work = tempfile::tempdir().unwrap();
+    let dsn_flag = dsn_file(&work, &dsn);
+
+    // verify --expect-checkpoint on the central store needs --source.
+    let (seq, hash, _) = &local_a[2];
+    let anchor = format!("{seq}:{hash}");
+    let verify = |extra: &[&str]| {
+        command()
+            .args(["verify", "--postgres-dsn-file", &dsn_flag])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&["--expect-checkpoint", &anchor]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--expect-checkpoint") && stderr.contains("--source"),
+        "{stderr}"
+    );
+
+    // With the source named: its chain alone, reaching the checkpoint.
+    let out = verify(&["--source", &id_a, "--expect-checkpoint", &anchor]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sources_checked"], 1, "{report}");
+    assert_eq!(report["sources"][0]["source_id"], id_a.as_str());
+    assert_eq!(report["events_checked"], local_a.len() as u64);
+
+    // The same seq with another hash: a rebuilt chain.
+    let forged = format!("{seq}:{}", "0".repeat(64));
+    let out = verify(&["--source", &id_a, "--expect-checkpoint", &forged]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("(rebuilt) in source {id_a} at seq {seq}")),
+        "{stderr}"
+    );
+
+    // A checkpoint past the last shipped row: the record does not reach it.
+    let last = local_a.last().unwrap().0;
+    let beyond = format!("{}:{hash}", last + 5);
+    let out = verify(&["--source", &id_a, "--expect-checkpoint", &beyond]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("(truncated)") && stderr.contains(&format!("ends at seq {last}")),
+        "{stderr}"
+    );
+
+    // The checkpoint belongs to source a: source b's chain does not hold
+    // that hash at that seq.
+    let out = verify(&["--source", &id_b, "--expect-checkpoint", &anchor]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // A source the central store does not hold.
+    let out = verify(&["--source", "no-such-source"]);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no events of source no-such-source"),
+        "{stderr}"
+    );
+
+    // On a local store --source names the store itself.
+    let local = |source: &str| {
+        command()
+            .args(["verify", "--file-path"])
+            .arg(dir_a.path())
+            .args(["--source", source, "--expect-checkpoint", &anchor])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(local(&id_a).status.code(), Some(0));
+    let out = local(&id_b);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--source"), "{stderr}");
 }
 
 #[tokio::test]
