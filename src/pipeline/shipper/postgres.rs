@@ -54,9 +54,11 @@ const COPY_DIRECT: &str = "COPY audit_events
      prev_hash, hash, source_id, pod, namespace, node)
     FROM STDIN (FORMAT binary)";
 
-/// Whether any seq of a batch is in the events table already.
+/// Whether any seq of a batch is in the events table already. A stored
+/// event has the timestamp it was sent with, so only the partitions of
+/// the batch's time span are looked at.
 const ANY_SHIPPED: &str = "SELECT EXISTS (SELECT 1 FROM audit_events
-    WHERE source_id = $1 AND seq BETWEEN $2 AND $3)";
+    WHERE source_id = $1 AND seq BETWEEN $2 AND $3 AND \"timestamp\" BETWEEN $4 AND $5)";
 
 /// The per-connection table a batch is copied into when some of it may be
 /// in the events table already. Only the event's own columns travel: the
@@ -244,6 +246,11 @@ impl ShipTarget for PostgresTarget {
                 })
             })
             .collect::<Result<Vec<DateTime<Utc>>, _>>()?;
+        // Back-dated events may come out of time order.
+        let (Some(&earliest), Some(&latest)) = (timestamps.iter().min(), timestamps.iter().max())
+        else {
+            return Ok(());
+        };
         let mut state = self.state.lock().await;
         if state.client.is_none() {
             let (client, months) = self.connect().await?;
@@ -278,7 +285,10 @@ impl ShipTarget for PostgresTarget {
                 tx.commit().await?;
             }
             let shipped: bool = client
-                .query_one(ANY_SHIPPED, &[&source.source_id, &first, &last])
+                .query_one(
+                    ANY_SHIPPED,
+                    &[&source.source_id, &first, &last, &earliest, &latest],
+                )
                 .await?
                 .get(0);
             if !shipped {
