@@ -13,6 +13,8 @@ PROXIES = ["audit-off", "sqlite", "sqlite-strict", "sqlite-strict-full", "file",
 
 def load(path):
     by_label, store = {}, {}
+    # bench/shipping.sh's lines, by kind (catch_up_median, steady_on, …).
+    shipping = {}
     for line in open(path):
         line = line.strip()
         if not line:
@@ -20,10 +22,12 @@ def load(path):
         rec = json.loads(line)
         if "label" in rec and rec["label"]:
             by_label.setdefault(rec["label"], []).append(rec)
+        elif "shipping" in rec:
+            shipping[rec["shipping"]] = rec
         elif "store" in rec:
             key = rec["store"] + ("/" + rec["format"] if "format" in rec else "")
             store[key] = rec
-    return by_label, store
+    return by_label, store, shipping
 
 
 def fmt(v, digits=2):
@@ -91,7 +95,7 @@ def percall_table(w, present, L):
 
 def main():
     raw, machine, settings = sys.argv[1], sys.argv[2], sys.argv[3]
-    L, S = load(raw)
+    L, S, SH = load(raw)
     present = [t for t in TARGETS if any(k.startswith(t + "/") and not k.endswith("/skipped") for k in L)]
     skipped = [L[t + "/skipped"][0] for t in TARGETS if t + "/skipped" in L]
 
@@ -212,6 +216,31 @@ def main():
                   f"| {e['rss_before_kb'] / 1024:.1f} | {e['rss_peak_kb'] / 1024:.1f} | {e['rss_growth_kb'] / 1024:.1f} |")
         w("")
 
+    catch_up, on, off = SH.get("catch_up_median"), SH.get("steady_on"), SH.get("steady_off")
+    added_cpu = None
+    if on and off and off.get("cpu_us_per_call"):
+        added_cpu = on["cpu_us_per_call"] / off["cpu_us_per_call"] - 1
+    if SH:
+        w("## Shipping to PostgreSQL (`bench/shipping.sh`)\n")
+        w("| figure | result |")
+        w("|---|---|")
+        if catch_up:
+            runs = ", ".join(fmt(x) for x in catch_up.get("all_events_per_s", []))
+            w(f"| catch-up after an outage, events/s (median of {catch_up.get('runs')}: {runs}) "
+              f"| {fmt(catch_up.get('events_per_s'))} ({fmt(catch_up.get('events'))} events, "
+              f"batch {fmt(catch_up.get('batch_size'))}; CPU s: proxy {fmt(catch_up.get('proxy_cpu_secs'))}, "
+              f"PostgreSQL {fmt(catch_up.get('postgres_cpu_secs'))}) |")
+        if on:
+            w(f"| steady shipping, events/s | {fmt(on.get('events_per_s'))} "
+              f"({fmt(on.get('calls'))} calls; lag after the load: {fmt(on.get('lag_after_load'))}) |")
+        if on and off:
+            w(f"| proxy CPU µs / call, shipping off → on | {fmt(off.get('cpu_us_per_call'), 1)} → "
+              f"{fmt(on.get('cpu_us_per_call'), 1)} "
+              f"({'—' if added_cpu is None else f'{added_cpu * 100:+.1f} %'}) |")
+        w("")
+    elif "shipping/skipped" in L:
+        w(f"Shipping to PostgreSQL: skipped ({L['shipping/skipped'][0].get('reason')}).\n")
+
     # The targets, read off the figures above (a report, not a test).
     w(f"## Targets (full auditing = {full})\n")
     w("| target | measured | |")
@@ -245,6 +274,11 @@ def main():
         row("export RSS growth ≤ 20 MB", f"{grow:.1f} MB", grow <= 20)
         q = max(S.get(k, {}).get("p99_ms", 0) for k in ["query_type_time", "query_request_id"])
         row("filtered query p99 ≤ 20 ms", f"{q:.2f} ms", q <= 20)
+    if catch_up:
+        eps = catch_up.get("events_per_s")
+        row("shipping catch-up ≥ 50,000 events/s", fmt(eps), eps >= 50_000 if eps else None)
+    if added_cpu is not None:
+        row("steady shipping adds ≤ 10% CPU per call", f"{added_cpu * 100:+.1f} %", added_cpu <= 0.10)
     print("\n".join(out))
 
 

@@ -47,8 +47,9 @@ fi
 : "${COUNT_CONNS:=64}"
 : "${ALLOC_RATE:=500}"         # calls/s of the allocation-counting run (probes are slow)
 : "${TARGETS:=direct nginx audit-off sqlite file sqlite-policies}"
-# Phases measured on each target, in this order.
-: "${PHASES:=hold saturation rate counts body stream}"
+# Phases measured on each target, in this order; `shipping` (not a
+# target's phase) runs bench/shipping.sh once, after the targets.
+: "${PHASES:=hold saturation rate counts body stream shipping}"
 : "${POLICY_TOML:=policy_packs = [\"pii-basic\", \"secrets\"]}"
 : "${SKIP_STORE:=0}"
 : "${QUERY_MAX_SECS:=120}"    # time cap per query kind on the generated store
@@ -484,6 +485,28 @@ for target in $TARGETS; do
         stop_target
     fi
 done
+
+# --- shipping ----------------------------------------------------------------
+# Catch-up after an outage and steady shipping into a throwaway PostgreSQL
+# (bench/shipping.sh, which says how each is taken), when its server
+# binaries are installed.
+if [[ " $PHASES " == *" shipping "* ]]; then
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        log "PostgreSQL server binaries not found: skipping the shipping phase (install them with 'apt-get install postgresql')."
+        raw '{"label":"shipping/skipped","reason":"PostgreSQL server binaries not found (apt-get install postgresql)"}'
+    else
+        log "Measuring shipping to PostgreSQL (bench/shipping.sh)."
+        # Its own phases: this script's PHASES names the targets' ones.
+        if PHASES="catchup steady" PROXY_BIN=$PROXY bash "$ROOT/bench/shipping.sh" >"$WORK/shipping.jsonl"; then
+            while IFS= read -r line; do
+                raw "$line"
+            done <"$WORK/shipping.jsonl"
+        else
+            log "bench/shipping.sh failed; the report has no shipping figures."
+            raw '{"label":"shipping/skipped","reason":"bench/shipping.sh failed"}'
+        fi
+    fi
+fi
 
 # --- store figures -----------------------------------------------------------
 if [[ "$SKIP_STORE" != 1 ]]; then

@@ -215,6 +215,11 @@ pub struct VerifyArgs {
     /// must still reach: a cut tail fails. Repeatable.
     #[arg(long = "expect-checkpoint", value_name = "SEQ:HASH")]
     pub expect_checkpoints: Vec<String>,
+    /// Verify one source's chain (a store's source_id): on the central
+    /// store, the one an --expect-checkpoint belongs to; on a local store,
+    /// its own id.
+    #[arg(long, value_name = "SOURCE_ID")]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::export::{encode_items, items, Format};
+use crate::admin::export::{encode_items, items, CsvColumns, Format};
 use crate::admin::params::{encode_cursor, Params, FILTER_PARAMS};
 use crate::cli::{EventsArgs, ExportArgs, KeygenArgs, VerifyArgs};
 use crate::config::{AuditConfig, Config, StorageKind};
@@ -25,7 +25,7 @@ use crate::pipeline::{spawn_writer, WriterConfig};
 use crate::store::file::FileStore;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::verify::fleet::FleetVerifyReport;
+use crate::store::verify::fleet::{verify_fleet, verify_source, FleetVerifyReport};
 use crate::store::verify::{verify_any, Verification, VerifyOptions, VerifyReport};
 use crate::store::{scope_filter, EventPage, EventQuery, PurgeReport, SharedStore, StoreError};
 
@@ -192,7 +192,8 @@ pub async fn export(config: &Config, args: &ExportArgs) -> Result<PathBuf, Offli
         Some(filter) => items(&store, format, filter, verifiable),
         None => crate::admin::export::cover::plain(futures_util::stream::empty().boxed()),
     };
-    let mut body = Box::pin(encode_items(format, events));
+    let columns = CsvColumns::of(store.as_ref());
+    let mut body = Box::pin(encode_items(format, columns, events));
     let mut failed = None;
     while let Some(chunk) = body.next().await {
         match chunk {
@@ -220,6 +221,40 @@ pub async fn export(config: &Config, args: &ExportArgs) -> Result<PathBuf, Offli
 pub async fn verify(config: &Config, args: &VerifyArgs) -> Result<Verified, OfflineError> {
     let options = verify_options(args)?;
     let store = open_reader(config, args.store.central()).await?;
+    let source = args.source.as_deref();
+    if source.is_some_and(|s| s.trim().is_empty()) {
+        return Err(OfflineError::BadFlag {
+            param: "source".into(),
+            message: "must name a source_id".into(),
+        });
+    }
+    if store.holds_many_sources() {
+        // Each source has its own chain: a checkpoint names one of them.
+        return Ok(Verified::Fleet(match source {
+            Some(source) => verify_source(store.as_ref(), source, &options).await?,
+            None if !options.expect_checkpoints.is_empty() => {
+                return Err(OfflineError::BadFlag {
+                    param: "expect-checkpoint".into(),
+                    message: "the central store holds one chain per source: name the source \
+                              the checkpoint belongs to with --source <source_id>"
+                        .into(),
+                })
+            }
+            None => verify_fleet(store.as_ref(), &options).await?,
+        }));
+    }
+    if let Some(source) = source {
+        let own = store.source_id().await?;
+        if own.as_deref() != Some(source) {
+            return Err(OfflineError::BadFlag {
+                param: "source".into(),
+                message: format!(
+                    "this store is source {}, not {source}",
+                    own.as_deref().unwrap_or("(none recorded)")
+                ),
+            });
+        }
+    }
     Ok(match verify_any(store.as_ref(), options).await? {
         Verification::Chain(report) => Verified::from(*report),
         Verification::Fleet(report) => Verified::Fleet(report),

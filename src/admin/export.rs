@@ -30,7 +30,7 @@ use super::params::{Params, FILTER_PARAMS};
 use super::AdminState;
 use crate::event::chain::ChainLink;
 use crate::event::EventRecord;
-use crate::store::{scope_filter, EventFilter, RecordStream, SharedStore, StoreError};
+use crate::store::{scope_filter, AuditStore, EventFilter, RecordStream, SharedStore, StoreError};
 
 pub use cover::ExportItem;
 
@@ -55,6 +55,20 @@ pub const CSV_HEADER: [&str; 10] = [
     "hash",
 ];
 
+/// The columns a CSV export of the central store adds after
+/// [`CSV_HEADER`]: where each event came from.
+pub const CSV_ORIGIN_HEADER: [&str; 4] = ["source_id", "pod", "namespace", "node"];
+
+/// Which columns a CSV export has. An export of a local store keeps
+/// [`CSV_HEADER`] alone, as it always had; one of a store of many sources
+/// adds [`CSV_ORIGIN_HEADER`], since a row's `seq` means nothing without
+/// its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsvColumns {
+    Event,
+    EventAndOrigin,
+}
+
 /// An export encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -72,6 +86,7 @@ struct Encoder {
     /// Whether a JSON array item has been written (for the separators).
     wrote_item: bool,
     out: Out,
+    csv_columns: CsvColumns,
     /// The `seq` cell, reused from row to row.
     seq: String,
 }
@@ -132,7 +147,11 @@ pub async fn export(
         Some(filter) => items(&state.store, format, filter, verifiable),
         None => cover::plain(futures_util::stream::empty().boxed()),
     };
-    let mut response = attachment(format, Body::from_stream(encode_items(format, events)));
+    let columns = CsvColumns::of(state.store.as_ref());
+    let mut response = attachment(
+        format,
+        Body::from_stream(encode_items(format, columns, events)),
+    );
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -179,22 +198,33 @@ pub fn items(
     cover::covered(store.export_records(EventFilter::default()), filter)
 }
 
-/// The encoded body: chunks of at least [`FLUSH_BYTES`] (the last may be
-/// smaller), ending in an error if the store fails.
+/// The encoded body of a local store's events: chunks of at least
+/// [`FLUSH_BYTES`] (the last may be smaller), ending in an error if the
+/// store fails.
 pub fn encode(
     format: Format,
     events: RecordStream,
 ) -> impl Stream<Item = Result<Bytes, ExportAborted>> + Send + 'static {
-    encode_items(format, cover::plain(events))
+    encode_items(format, CsvColumns::Event, cover::plain(events))
 }
 
-/// As [`encode`], for export items (events, and chain links).
+/// As [`encode`], for the events of any store, whose CSV has `columns`.
+pub fn encode_records(
+    format: Format,
+    columns: CsvColumns,
+    events: RecordStream,
+) -> impl Stream<Item = Result<Bytes, ExportAborted>> + Send + 'static {
+    encode_items(format, columns, cover::plain(events))
+}
+
+/// As [`encode_records`], for export items (events, and chain links).
 pub fn encode_items(
     format: Format,
+    columns: CsvColumns,
     mut events: ItemStream,
 ) -> impl Stream<Item = Result<Bytes, ExportAborted>> + Send + 'static {
     async_stream::stream! {
-        let mut encoder = Encoder::new(format);
+        let mut encoder = Encoder::new(format, columns);
         encoder.begin();
         while let Some(item) = events.next().await {
             let written = match item {
@@ -238,6 +268,19 @@ pub fn inert_cell(cell: &str) -> Cow<'_, str> {
     }
 }
 
+// === impl CsvColumns ===
+
+impl CsvColumns {
+    /// The columns of `store`'s CSV exports.
+    pub fn of(store: &dyn AuditStore) -> Self {
+        if store.holds_many_sources() {
+            CsvColumns::EventAndOrigin
+        } else {
+            CsvColumns::Event
+        }
+    }
+}
+
 // === impl Format ===
 
 impl Format {
@@ -270,7 +313,7 @@ impl Format {
 // === impl Encoder ===
 
 impl Encoder {
-    fn new(format: Format) -> Self {
+    fn new(format: Format, csv_columns: CsvColumns) -> Self {
         let out = match format {
             Format::Json => Out::Json {
                 ndjson: false,
@@ -285,6 +328,7 @@ impl Encoder {
         Self {
             wrote_item: false,
             out,
+            csv_columns,
             seq: String::new(),
         }
     }
@@ -295,7 +339,12 @@ impl Encoder {
             Out::Json { ndjson: true, .. } => {}
             Out::Csv(csv) => {
                 // The header has no cell that needs quoting, and cannot fail.
-                let _ = csv.write_record(CSV_HEADER);
+                let _ = match self.csv_columns {
+                    CsvColumns::Event => csv.write_record(CSV_HEADER),
+                    CsvColumns::EventAndOrigin => {
+                        csv.write_record(CSV_HEADER.iter().chain(&CSV_ORIGIN_HEADER))
+                    }
+                };
             }
         }
     }
@@ -330,8 +379,21 @@ impl Encoder {
                     event.hash.as_str(),
                 ];
                 let cells = cells.map(inert_cell);
-                csv.write_record(cells.iter().map(|c| c.as_bytes()))
-                    .map_err(|_| ExportAborted)?;
+                match self.csv_columns {
+                    CsvColumns::Event => csv.write_record(cells.iter().map(|c| c.as_bytes())),
+                    CsvColumns::EventAndOrigin => {
+                        let origin = event.origin.as_deref();
+                        let origin_cells = [
+                            origin.map(|o| o.source_id.as_str()),
+                            origin.and_then(|o| o.pod.as_deref()),
+                            origin.and_then(|o| o.namespace.as_deref()),
+                            origin.and_then(|o| o.node.as_deref()),
+                        ]
+                        .map(|cell| inert_cell(cell.unwrap_or("")));
+                        csv.write_record(cells.iter().chain(&origin_cells).map(|c| c.as_bytes()))
+                    }
+                }
+                .map_err(|_| ExportAborted)?;
             }
         }
         Ok(())
@@ -555,6 +617,55 @@ mod tests {
             assert!(sent.contains(&events[0].id), "{format:?}");
             assert!(!sent.contains(&events[2].id), "{format:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_csv_of_many_sources_adds_each_rows_origin() {
+        let events = events(3);
+        let mut records: Vec<EventRecord> = events
+            .iter()
+            .map(|e| EventRecord::try_from(e.clone()).unwrap())
+            .collect();
+        records[0].origin = Some(Box::new(crate::event::Origin {
+            source_id: "source-a".into(),
+            pod: Some("pod-a".into()),
+            namespace: Some("team-x".into()),
+            node: Some("=node".into()),
+            row_id: 1,
+        }));
+        let stream = stream::iter(records.into_iter().map(Ok)).boxed();
+        let chunks: Vec<_> = encode_records(Format::Csv, CsvColumns::EventAndOrigin, stream)
+            .collect()
+            .await;
+        let body: Vec<u8> = chunks
+            .into_iter()
+            .flat_map(|c| c.unwrap().to_vec())
+            .collect();
+        let mut reader = csv::Reader::from_reader(body.as_slice());
+        let header: Vec<String> = reader
+            .headers()
+            .unwrap()
+            .iter()
+            .map(str::to_owned)
+            .collect();
+        let mut want: Vec<&str> = CSV_HEADER.to_vec();
+        want.extend(CSV_ORIGIN_HEADER);
+        assert_eq!(header, want);
+        let rows: Vec<Vec<String>> = reader
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+            .collect();
+        assert_eq!(rows.len(), 3);
+        // The event's cells as a local export writes them, then the origin
+        // (made inert like any cell); a row without one has empty cells.
+        let local = reference(Format::Csv, &events);
+        let mut local = csv::Reader::from_reader(local.as_slice());
+        for (row, plain) in rows.iter().zip(local.records()) {
+            let plain: Vec<String> = plain.unwrap().iter().map(str::to_owned).collect();
+            assert_eq!(row[..10], plain[..]);
+        }
+        assert_eq!(rows[0][10..], ["source-a", "pod-a", "team-x", "'=node"]);
+        assert_eq!(rows[1][10..], ["", "", "", ""]);
     }
 
     #[test]

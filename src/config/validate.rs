@@ -248,8 +248,9 @@ pub(super) fn load(
 
     let shipping = ShippingConfig {
         postgres: l.postgres_target(),
-        // 1,000 rows of 13 columns stays far below PostgreSQL's 65,535
-        // bound parameters per statement, which caps the size at 5,000.
+        // Two batches are held at once (the one being written and the next,
+        // read ahead): 5,000 events of a few KB each bounds that memory.
+        // 1,000 keeps an `http` batch's body near a megabyte.
         batch_size: l.get(keys::SHIPPING_BATCH_SIZE, 1000, |r| {
             parse_int(r, 1, 5000).map(|n| n as usize)
         }),

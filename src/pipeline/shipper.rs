@@ -110,6 +110,29 @@ pub struct ShipperHandle {
     task: JoinHandle<()>,
 }
 
+/// The batch after a cursor, read while the batch before it was being
+/// written.
+#[derive(Default)]
+struct ReadAhead {
+    /// The cursor the batch follows, and the batch (never empty).
+    next: Option<(i64, Vec<EventRecord>)>,
+}
+
+impl ReadAhead {
+    /// The batch read after `cursor`, if one is held. An empty read is not
+    /// kept: events may have been stored since.
+    fn take(&mut self, cursor: i64) -> Option<Vec<EventRecord>> {
+        match self.next.take() {
+            Some((after, batch)) if after == cursor => Some(batch),
+            _ => None,
+        }
+    }
+
+    fn keep(&mut self, cursor: i64, batch: Vec<EventRecord>) {
+        self.next = (!batch.is_empty()).then_some((cursor, batch));
+    }
+}
+
 /// What one step did.
 enum Step {
     /// Nothing after the cursor.
@@ -149,6 +172,7 @@ impl Shipper {
         let name = self.target.name();
         let mut backoff = Backoff::new(self.config.max_backoff);
         let mut cursor: Option<i64> = None;
+        let mut ahead = ReadAhead::default();
         let mut failures: u64 = 0;
         tracing::info!(target = name, "Shipping audit events.");
         loop {
@@ -163,7 +187,7 @@ impl Shipper {
             // A drain asked for while a write hangs cuts it at the drain's
             // deadline, so the shipper stops in time to log the tail.
             let step = tokio::select! {
-                step = tokio::time::timeout(budget, self.step(&mut cursor)) => match step {
+                step = tokio::time::timeout(budget, self.step(&mut cursor, &mut ahead)) => match step {
                     Ok(step) => step,
                     Err(_) => Err(ShipError::Timeout {
                         target: name,
@@ -215,7 +239,11 @@ impl Shipper {
     }
 
     /// Ships one batch after the cursor, if there is one.
-    async fn step(&self, cursor: &mut Option<i64>) -> Result<Step, ShipError> {
+    async fn step(
+        &self,
+        cursor: &mut Option<i64>,
+        ahead: &mut ReadAhead,
+    ) -> Result<Step, ShipError> {
         let name = self.target.name();
         let after = match *cursor {
             Some(seq) => seq,
@@ -228,10 +256,14 @@ impl Shipper {
                 stored.unwrap_or(0)
             }
         };
-        let batch = self
-            .store
-            .records_after(after, self.config.batch_size)
-            .await?;
+        let batch = match ahead.take(after) {
+            Some(batch) => batch,
+            None => {
+                self.store
+                    .records_after(after, self.config.batch_size)
+                    .await?
+            }
+        };
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
             self.status.set_lag(0, 0);
             return Ok(Step::CaughtUp);
@@ -250,7 +282,14 @@ impl Shipper {
             );
         }
         self.update_lag(first.seq - 1, Some(first)).await?;
-        self.target.write(&self.source, &batch).await?;
+        // The next batch is read from the local store while the target
+        // writes this one: a backlog drains at the pace of the slower of
+        // the two, not of their sum. It is kept only if this write works.
+        let (written, next) = tokio::join!(
+            self.target.write(&self.source, &batch),
+            self.store.records_after(last_seq, self.config.batch_size)
+        );
+        written?;
         // Only now, with the batch durable at the target, does the cursor
         // move: a crash before this line re-sends the batch, never skips it.
         self.store.set_ship_cursor(name, last_seq).await?;
@@ -258,8 +297,9 @@ impl Shipper {
         self.status.set_cursor(last_seq);
         self.status
             .record_success(batch.len() as u64, crate::event::now().timestamp());
-        let next = self.store.records_after(last_seq, 1).await?;
+        let next = next?;
         self.update_lag(last_seq, next.first()).await?;
+        ahead.keep(last_seq, next);
         Ok(Step::Shipped)
     }
 

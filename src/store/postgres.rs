@@ -120,8 +120,21 @@ impl PostgresStore {
         lease.check(result)
     }
 
-    /// One page of records, newest first, from `query.before_seq` (a row
-    /// id) down.
+    /// The plan PostgreSQL chooses for a page of `query` (`EXPLAIN`, one
+    /// line per plan node), to see which index a fleet query uses.
+    pub async fn explain_page(&self, query: &EventQuery) -> Result<String, StoreError> {
+        let (sql, c) = page_sql(query);
+        let rows = self
+            .pool
+            .query(&format!("EXPLAIN {sql}"), &c.params)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
     /// The (name, count) rows of a `GROUP BY` query, as a map.
     async fn counts(&self, sql: &str) -> Result<BTreeMap<String, u64>, StoreError> {
         let rows = self.pool.query(sql, &[]).await?;
@@ -131,21 +144,10 @@ impl PostgresStore {
             .collect())
     }
 
+    /// One page of records, newest first, from `query.before_seq` (a row
+    /// id) down.
     async fn page(&self, query: &EventQuery) -> Result<RecordPage, StoreError> {
-        let mut c = Conditions::of(&query.filter);
-        if let Some(before) = query.before_seq {
-            let n = c.bind(before);
-            c.fragments.push(format!(
-                "(\"timestamp\", row_id) < (SELECT \"timestamp\", row_id FROM audit_events \
-                 WHERE row_id = ${n} LIMIT 1)"
-            ));
-        }
-        let limit = c.bind(query.limit as i64 + 1);
-        let sql = format!(
-            "SELECT {COLUMNS} FROM audit_events{} ORDER BY \"timestamp\" DESC, row_id DESC \
-             LIMIT ${limit}",
-            c.where_sql()
-        );
+        let (sql, c) = page_sql(query);
         let rows = self.pool.query(&sql, &c.params).await?;
         let records = rows.iter().map(record_of).collect::<Result<Vec<_>, _>>()?;
         Ok(EventPage::from_overfetched(records, query.limit))
@@ -464,13 +466,9 @@ impl Conditions {
             let n = c.bind(i16::try_from(level.rank()).unwrap_or(i16::MAX));
             c.fragments.push(format!("level_rank >= ${n}"));
         }
-        if let Some(policy) = policy_name {
-            let n = c.bind(policy.clone());
-            c.fragments
-                .push(format!("metadata::jsonb ->> 'policy_name' = ${n}"));
-        }
         for (column, value) in [
             ("request_id", request_id),
+            ("policy_name", policy_name),
             ("source_id", source),
             ("pod", pod),
             ("namespace", namespace),
@@ -496,6 +494,26 @@ impl Conditions {
             format!(" WHERE {}", self.fragments.join(" AND "))
         }
     }
+}
+
+/// The query of one page (one row more than the limit, to know whether
+/// another page follows) and its parameters.
+fn page_sql(query: &EventQuery) -> (String, Conditions) {
+    let mut c = Conditions::of(&query.filter);
+    if let Some(before) = query.before_seq {
+        let n = c.bind(before);
+        c.fragments.push(format!(
+            "(\"timestamp\", row_id) < (SELECT \"timestamp\", row_id FROM audit_events \
+             WHERE row_id = ${n} LIMIT 1)"
+        ));
+    }
+    let limit = c.bind(query.limit as i64 + 1);
+    let sql = format!(
+        "SELECT {COLUMNS} FROM audit_events{} ORDER BY \"timestamp\" DESC, row_id DESC \
+         LIMIT ${limit}",
+        c.where_sql()
+    );
+    (sql, c)
 }
 
 /// A row read with [`COLUMNS`] as a record, naming what cannot be read.

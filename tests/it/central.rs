@@ -9,8 +9,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use llm_audit_proxy::event::chain::ChainVerifier;
+use llm_audit_proxy::config::Secret;
+use llm_audit_proxy::event::chain::{ChainVerifier, GENESIS_HASH};
 use llm_audit_proxy::event::{format_timestamp, EventRecord, EventType, NewEvent};
+use llm_audit_proxy::pipeline::shipper::postgres::PostgresTarget;
+use llm_audit_proxy::pipeline::shipper::{ShipTarget, Source};
 use llm_audit_proxy::store::sqlite::SqliteStore;
 use llm_audit_proxy::store::{AuditStore, EventFilter};
 use serde_json::value::RawValue;
@@ -324,6 +327,50 @@ async fn a_batch_sent_again_after_a_crash_creates_no_duplicates() {
             .get(0);
         assert_eq!(rows, 1, "{partition} holds its back-dated event");
     }
+}
+
+/// The same batch from two connections at once, then part of it again:
+/// every write is acknowledged and each event is stored once, whichever
+/// way each write went in (a `COPY` that meets the other's rows gives way
+/// to the merge through the incoming table).
+#[tokio::test]
+async fn the_same_batch_written_twice_at_once_is_stored_once() {
+    let Some(pg) = PgCluster::start().await else {
+        return;
+    };
+    let dsn = Secret::new(pg.dsn());
+    let (one, two) = (
+        PostgresTarget::new(&dsn, 0).unwrap(),
+        PostgresTarget::new(&dsn, 0).unwrap(),
+    );
+    let source = Source {
+        source_id: "twice".into(),
+        pod: Some("pod-t".into()),
+        namespace: None,
+        node: None,
+    };
+    let mut prev = GENESIS_HASH.to_owned();
+    let batch: Vec<EventRecord> = (1..=500)
+        .map(|seq| {
+            let event = NewEvent::new(EventType::Custom, format!("event {seq}")).seal(seq, &prev);
+            prev.clone_from(&event.hash);
+            EventRecord::try_from(event).unwrap()
+        })
+        .collect();
+    let (a, b) = tokio::join!(one.write(&source, &batch), two.write(&source, &batch));
+    a.unwrap();
+    b.unwrap();
+    one.write(&source, &batch[400..]).await.unwrap();
+    let row = pg
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*), count(DISTINCT seq) FROM audit_events WHERE source_id = 'twice'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (500, 500));
 }
 
 /// A wrong password or a host nothing listens on: the proxy starts, serves

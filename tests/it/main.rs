@@ -16,6 +16,7 @@ mod binary;
 mod central;
 mod central_fleet;
 mod central_http;
+mod central_origin;
 mod console;
 mod console_browser;
 mod durability;

@@ -185,7 +185,11 @@ pub async fn export(
         }
         Err(error) => return store_error(error),
     };
-    export::attachment(format, Body::from_stream(export::encode(format, records)))
+    let columns = export::CsvColumns::of(state.admin.store.as_ref());
+    export::attachment(
+        format,
+        Body::from_stream(export::encode_records(format, columns, records)),
+    )
 }
 
 /// `filter` as the store applies it: on a store of one source the origin

@@ -10,18 +10,30 @@
 //!
 //! The key is (`source_id`, `seq`, `timestamp`): a source's `seq` is unique
 //! and its event's timestamp never changes, and PostgreSQL wants the
-//! partition column in every unique key. Each batch is one transaction of
-//! one `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING`: a batch
-//! sent twice leaves one row per event. `metadata` keeps the exact text
-//! the local store holds, so each source's hash chain is verifiable on the
-//! central side.
+//! partition column in every unique key, which also makes writes
+//! idempotent. Each batch is one transaction with a binary `COPY`:
+//!
+//! - straight into the events table when none of the batch's seqs is there
+//!   yet (the usual case: the cursor moves after each commit). Should a row
+//!   arrive meanwhile (a batch sent twice at once), the key refuses the
+//!   `COPY` and the batch goes the other way;
+//! - otherwise (a batch sent again after a crash between the commit and the
+//!   cursor's move) into a temporary table of the connection, then
+//!   `INSERT … SELECT … ON CONFLICT DO NOTHING` from it, which skips the
+//!   rows already there.
+//!
+//! `metadata` keeps the exact text the local store holds, so each
+//! source's hash chain is verifiable on the central side.
 
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
-use tokio_postgres::Client;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Transaction};
 use tokio_util::task::TaskTracker;
 
 use super::{ShipError, ShipTarget, Source};
@@ -35,16 +47,74 @@ use crate::store::postgres::schema::{
 /// The target's name (its cursor key and metrics label).
 pub const NAME: &str = "postgres";
 
-/// One batch, one statement: the columns travel as arrays.
-const INSERT: &str = "INSERT INTO audit_events
+/// The binary `COPY` of a batch straight into the events table, in
+/// [`DIRECT_TYPES`] order.
+const COPY_DIRECT: &str = "COPY audit_events
+    (seq, \"timestamp\", id, event_type, level, level_rank, message, request_id, metadata,
+     prev_hash, hash, source_id, pod, namespace, node)
+    FROM STDIN (FORMAT binary)";
+
+/// Whether any seq of a batch is in the events table already. A stored
+/// event has the timestamp it was sent with, so only the partitions of
+/// the batch's time span are looked at.
+const ANY_SHIPPED: &str = "SELECT EXISTS (SELECT 1 FROM audit_events
+    WHERE source_id = $1 AND seq BETWEEN $2 AND $3 AND \"timestamp\" BETWEEN $4 AND $5)";
+
+/// The per-connection table a batch is copied into when some of it may be
+/// in the events table already. Only the event's own columns travel: the
+/// source's id, pod, namespace and node are the same for the whole batch,
+/// so the `INSERT` adds them once as parameters.
+const CREATE_INCOMING: &str = "CREATE TEMP TABLE IF NOT EXISTS audit_events_incoming (
+        seq         BIGINT      NOT NULL,
+        \"timestamp\" TIMESTAMPTZ NOT NULL,
+        id          TEXT        NOT NULL,
+        event_type  TEXT        NOT NULL,
+        level       TEXT        NOT NULL,
+        level_rank  SMALLINT    NOT NULL,
+        message     TEXT        NOT NULL,
+        request_id  TEXT,
+        metadata    TEXT        NOT NULL,
+        prev_hash   TEXT        NOT NULL,
+        hash        TEXT        NOT NULL
+    ) ON COMMIT DELETE ROWS";
+
+/// The binary `COPY` of a batch, in [`INCOMING_TYPES`] order.
+const COPY_INCOMING: &str = "COPY audit_events_incoming
+    (seq, \"timestamp\", id, event_type, level, level_rank, message, request_id, metadata,
+     prev_hash, hash)
+    FROM STDIN (FORMAT binary)";
+
+/// The column types of [`COPY_DIRECT`]; the first eleven are those of
+/// [`COPY_INCOMING`].
+const DIRECT_TYPES: [Type; 15] = [
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT2,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+];
+
+/// The event's own columns of a row.
+const EVENT_COLUMNS: usize = 11;
+
+/// Moves the copied batch into the events table; a (source, seq) already
+/// there is skipped, so a batch sent again adds nothing.
+const INSERT_INCOMING: &str = "INSERT INTO audit_events
     (source_id, seq, \"timestamp\", id, event_type, level, level_rank, message,
      request_id, metadata, prev_hash, hash, pod, namespace, node)
-    SELECT $1, u.seq, u.ts, u.id, u.event_type, u.level, u.level_rank, u.message,
-           u.request_id, u.metadata, u.prev_hash, u.hash, $13, $14, $15
-    FROM unnest($2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
-                $7::int2[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
-      AS u(seq, ts, id, event_type, level, level_rank, message, request_id, metadata,
-           prev_hash, hash)
+    SELECT $1, seq, \"timestamp\", id, event_type, level, level_rank, message,
+           request_id, metadata, prev_hash, hash, $2, $3, $4
+    FROM audit_events_incoming
     ON CONFLICT DO NOTHING";
 
 /// A PostgreSQL database events are shipped to. One connection, opened
@@ -64,6 +134,8 @@ pub struct PostgresTarget {
 #[derive(Default)]
 struct Connected {
     client: Option<Client>,
+    /// Whether this connection made its incoming table.
+    incoming: bool,
     months: BTreeSet<(i32, u32)>,
     /// `None`: at the next batch.
     retention_due: Option<tokio::time::Instant>,
@@ -72,22 +144,6 @@ struct Connected {
 /// How often a target applies central retention (every pod does, under
 /// the schema lock; all but the first find nothing to drop).
 const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// A batch's columns, as the INSERT binds them.
-#[derive(Default)]
-struct Columns<'a> {
-    seq: Vec<i64>,
-    ts: Vec<DateTime<Utc>>,
-    id: Vec<&'a str>,
-    event_type: Vec<&'a str>,
-    level: Vec<&'static str>,
-    level_rank: Vec<i16>,
-    message: Vec<&'a str>,
-    request_id: Vec<Option<&'a str>>,
-    metadata: Vec<&'a str>,
-    prev_hash: Vec<&'a str>,
-    hash: Vec<&'a str>,
-}
 
 // === impl PostgresTarget ===
 
@@ -177,23 +233,45 @@ impl ShipTarget for PostgresTarget {
     }
 
     async fn write(&self, source: &Source, batch: &[EventRecord]) -> Result<(), ShipError> {
-        let columns = Columns::of(batch)?;
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return Ok(());
+        };
+        let (first, last) = (first.seq, last.seq);
+        let timestamps = batch
+            .iter()
+            .map(|r| {
+                parse_timestamp(&r.timestamp).ok_or_else(|| ShipError::Write {
+                    target: NAME,
+                    message: format!("event seq {}: timestamp is not RFC 3339", r.seq),
+                })
+            })
+            .collect::<Result<Vec<DateTime<Utc>>, _>>()?;
+        // Back-dated events may come out of time order.
+        let (Some(&earliest), Some(&latest)) = (timestamps.iter().min(), timestamps.iter().max())
+        else {
+            return Ok(());
+        };
         let mut state = self.state.lock().await;
         if state.client.is_none() {
             let (client, months) = self.connect().await?;
             state.client = Some(client);
             state.months = months;
+            state.incoming = false;
         }
         self.apply_retention(&mut state).await;
-        let Connected { client, months, .. } = &mut *state;
+        let Connected {
+            client,
+            months,
+            incoming,
+            ..
+        } = &mut *state;
         let Some(client) = client.as_mut() else {
             return Err(ShipError::Connect {
                 target: NAME,
                 message: "no connection".to_owned(),
             });
         };
-        let needed: BTreeSet<(i32, u32)> = columns
-            .ts
+        let needed: BTreeSet<(i32, u32)> = timestamps
             .iter()
             .map(|t| month_of(*t))
             .filter(|m| !months.contains(m))
@@ -206,31 +284,24 @@ impl ShipTarget for PostgresTarget {
                 create_partitions(&tx, &needed).await?;
                 tx.commit().await?;
             }
-            let tx = client.transaction().await?;
-            tx.execute(
-                INSERT,
-                &[
-                    &source.source_id,
-                    &columns.seq,
-                    &columns.ts,
-                    &columns.id,
-                    &columns.event_type,
-                    &columns.level,
-                    &columns.level_rank,
-                    &columns.message,
-                    &columns.request_id,
-                    &columns.metadata,
-                    &columns.prev_hash,
-                    &columns.hash,
-                    &source.pod,
-                    &source.namespace,
-                    &source.node,
-                ],
-            )
-            .await?;
-            // The commit returns once PostgreSQL has the batch durably
-            // (synchronous_commit): only then may the cursor move.
-            tx.commit().await
+            let shipped: bool = client
+                .query_one(
+                    ANY_SHIPPED,
+                    &[&source.source_id, &first, &last, &earliest, &latest],
+                )
+                .await?
+                .get(0);
+            if !shipped {
+                match copy_direct(client, source, batch, &timestamps).await {
+                    Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
+                    done => return done,
+                }
+            }
+            if !*incoming {
+                client.batch_execute(CREATE_INCOMING).await?;
+                *incoming = true;
+            }
+            copy_merged(client, source, batch, &timestamps).await
         }
         .await;
         match result {
@@ -247,31 +318,88 @@ impl ShipTarget for PostgresTarget {
     }
 }
 
-// === impl Columns ===
+/// Copies `batch` into the events table in one transaction. The commit
+/// returns once PostgreSQL has the batch durably (synchronous_commit):
+/// only then may the cursor move.
+async fn copy_direct(
+    client: &mut Client,
+    source: &Source,
+    batch: &[EventRecord],
+    timestamps: &[DateTime<Utc>],
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    copy_rows(
+        &tx,
+        COPY_DIRECT,
+        DIRECT_TYPES.len(),
+        source,
+        batch,
+        timestamps,
+    )
+    .await?;
+    tx.commit().await
+}
 
-impl<'a> Columns<'a> {
-    fn of(batch: &'a [EventRecord]) -> Result<Self, ShipError> {
-        let mut c = Columns::default();
-        for r in batch {
-            let ts = parse_timestamp(&r.timestamp).ok_or_else(|| ShipError::Write {
-                target: NAME,
-                message: format!("event seq {}: timestamp is not RFC 3339", r.seq),
-            })?;
-            c.seq.push(r.seq);
-            c.ts.push(ts);
-            c.id.push(&r.id);
-            c.event_type.push(r.event_type.as_str());
-            c.level.push(r.level.as_str());
-            c.level_rank
-                .push(i16::try_from(r.level.rank()).unwrap_or(i16::MAX));
-            c.message.push(&r.message);
-            c.request_id.push(r.request_id.as_deref());
-            c.metadata.push(r.metadata.get());
-            c.prev_hash.push(&r.prev_hash);
-            c.hash.push(&r.hash);
-        }
-        Ok(c)
+/// Copies `batch` into the incoming table, then adds to the events table
+/// the rows it does not hold yet, in one transaction. The commit also
+/// empties the incoming table (`ON COMMIT DELETE ROWS`).
+async fn copy_merged(
+    client: &mut Client,
+    source: &Source,
+    batch: &[EventRecord],
+    timestamps: &[DateTime<Utc>],
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    copy_rows(&tx, COPY_INCOMING, EVENT_COLUMNS, source, batch, timestamps).await?;
+    tx.execute(
+        INSERT_INCOMING,
+        &[
+            &source.source_id,
+            &source.pod,
+            &source.namespace,
+            &source.node,
+        ],
+    )
+    .await?;
+    tx.commit().await
+}
+
+/// One binary `COPY` of `batch`, each row's first `columns` of
+/// [`DIRECT_TYPES`] (the event's, then the source's). Binary: no text to
+/// format here nor to parse on the server.
+async fn copy_rows(
+    tx: &Transaction<'_>,
+    copy: &str,
+    columns: usize,
+    source: &Source,
+    batch: &[EventRecord],
+    timestamps: &[DateTime<Utc>],
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = tx.copy_in(copy).await?;
+    let writer = BinaryCopyInWriter::new(sink, &DIRECT_TYPES[..columns]);
+    let mut writer = std::pin::pin!(writer);
+    for (r, ts) in batch.iter().zip(timestamps) {
+        let level_rank = i16::try_from(r.level.rank()).unwrap_or(i16::MAX);
+        let row: [&(dyn ToSql + Sync); 15] = [
+            &r.seq,
+            ts,
+            &r.id,
+            &r.event_type.as_str(),
+            &r.level.as_str(),
+            &level_rank,
+            &r.message,
+            &r.request_id,
+            &r.metadata.get(),
+            &r.prev_hash,
+            &r.hash,
+            &source.source_id,
+            &source.pod,
+            &source.namespace,
+            &source.node,
+        ];
+        writer.as_mut().write(&row[..columns]).await?;
     }
+    writer.finish().await
 }
 
 fn write_error(error: tokio_postgres::Error) -> ShipError {

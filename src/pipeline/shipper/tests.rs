@@ -216,8 +216,68 @@ async fn events_removed_before_shipping_are_counted_as_lost() {
     };
     let status = shipper.status.clone();
     let mut cursor = None;
-    assert!(matches!(shipper.step(&mut cursor).await, Ok(Step::Shipped)));
+    let mut ahead = ReadAhead::default();
+    assert!(matches!(
+        shipper.step(&mut cursor, &mut ahead).await,
+        Ok(Step::Shipped)
+    ));
     let first_kept = events[15].seq;
     assert_eq!(status.lost(), (first_kept - 3) as u64);
     assert_eq!(cursor, Some(events[24].seq));
+}
+
+#[tokio::test]
+async fn the_batch_read_ahead_is_sent_next_and_dropped_when_a_write_fails() {
+    let store: SharedStore = Arc::new(MemoryStore::new(100));
+    let events = crate::store::conformance::sample_events();
+    store
+        .append_batch(events[..20].to_vec().into())
+        .await
+        .unwrap();
+    let h = harness(0).await;
+    // A target of its own: the harness's shipper writes to its own.
+    let target = Arc::new(MockTarget::default());
+    let shipper = Shipper {
+        store: store.clone(),
+        target: target.clone(),
+        source: Source {
+            source_id: "read-ahead".into(),
+            pod: None,
+            namespace: None,
+            node: None,
+        },
+        config: ShipperConfig {
+            batch_size: 8,
+            poll_interval: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(20),
+        },
+        status: Arc::new(TargetStatus::new("mock")),
+        events: h.events.clone(),
+    };
+    let seqs: Vec<i64> = events[..20].iter().map(|e| e.seq).collect();
+    let (mut cursor, mut ahead) = (None, ReadAhead::default());
+    assert!(matches!(
+        shipper.step(&mut cursor, &mut ahead).await,
+        Ok(Step::Shipped)
+    ));
+    assert_eq!(cursor, Some(seqs[7]));
+    // The next batch was read while the first was written.
+    assert_eq!(
+        ahead.next.as_ref().map(|(after, b)| (*after, b.len())),
+        Some((seqs[7], 8))
+    );
+
+    // The second write fails: the cursor stays, nothing read ahead is
+    // kept, and the same batch goes again.
+    target.fail.store(1, Ordering::SeqCst);
+    assert!(shipper.step(&mut cursor, &mut ahead).await.is_err());
+    assert_eq!(cursor, Some(seqs[7]));
+    assert!(ahead.next.is_none());
+    assert_eq!(store.ship_cursor("mock").await.unwrap(), Some(seqs[7]));
+    while matches!(
+        shipper.step(&mut cursor, &mut ahead).await,
+        Ok(Step::Shipped)
+    ) {}
+    assert_eq!(cursor, Some(seqs[19]));
+    assert_eq!(*target.received.lock().unwrap(), seqs);
 }

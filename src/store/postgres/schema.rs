@@ -68,6 +68,24 @@ pub const MIGRATIONS: &[&str] = &[
     EXCEPTION WHEN feature_not_supported OR invalid_parameter_value OR syntax_error THEN
         NULL;
     END $$;",
+    // 4: indexes for a `pod` filter without `namespace` (the (namespace,
+    // pod) index serves only filters that name the namespace) and for the
+    // `policy_name` filter. The policy is a generated column, so every
+    // writer fills it, whatever its version: `strpos` skips the JSON parse
+    // for the rows that do not name a policy (nearly all of them), and only
+    // a string counts, as in the local stores. Both indexes are partial:
+    // rows without a pod or a policy cost them nothing. The timestamp in
+    // each serves the pages, which run newest first.
+    "ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS policy_name TEXT
+        GENERATED ALWAYS AS (CASE
+            WHEN strpos(metadata, '\"policy_name\"') = 0 THEN NULL
+            WHEN jsonb_typeof(metadata::jsonb -> 'policy_name') = 'string'
+                THEN metadata::jsonb ->> 'policy_name'
+        END) STORED;
+    CREATE INDEX IF NOT EXISTS audit_events_pod_ts ON audit_events (pod, \"timestamp\")
+        WHERE pod IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS audit_events_policy_ts ON audit_events (policy_name, \"timestamp\")
+        WHERE policy_name IS NOT NULL;",
 ];
 
 /// Applies pending migrations and makes the partitions of `months`, in one

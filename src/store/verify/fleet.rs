@@ -75,14 +75,50 @@ pub struct SourceReport {
     pub checkpoints: CheckpointSummary,
 }
 
-/// Walks every source of `store`, each on its own.
+/// Walks every source of `store`, each on its own. Expected checkpoints
+/// do not apply here: each names one source's chain (see
+/// [`verify_source`]).
 pub async fn verify_fleet(
     store: &dyn AuditStore,
     options: &VerifyOptions,
 ) -> Result<FleetVerifyReport, StoreError> {
+    walk_sources(store, store.source_ids().await?, options, &[]).await
+}
+
+/// Walks the one source `source_id` of `store`, which must reach each of
+/// `options.expect_checkpoints` (checkpoints recorded elsewhere of this
+/// source's chain): one that is not there, past the last row shipped, is
+/// a truncated record (not shipped yet, or cut); one whose row has another
+/// hash, a rebuilt one. A source with no row is an error naming it.
+pub async fn verify_source(
+    store: &dyn AuditStore,
+    source_id: &str,
+    options: &VerifyOptions,
+) -> Result<FleetVerifyReport, StoreError> {
+    let report = walk_sources(
+        store,
+        vec![source_id.to_owned()],
+        options,
+        &options.expect_checkpoints,
+    )
+    .await?;
+    if report.events_checked == 0 {
+        return Err(StoreError::Other(format!(
+            "the central store holds no events of source {source_id}"
+        )));
+    }
+    Ok(report)
+}
+
+async fn walk_sources(
+    store: &dyn AuditStore,
+    source_ids: Vec<String>,
+    options: &VerifyOptions,
+    expect: &[(i64, String)],
+) -> Result<FleetVerifyReport, StoreError> {
     let mut sources = Vec::new();
-    for source_id in store.source_ids().await? {
-        let mut walk = SourceWalk::new(source_id.clone(), options);
+    for source_id in source_ids {
+        let mut walk = SourceWalk::new(source_id.clone(), options, expect);
         let mut records = store.export_records(EventFilter {
             source: Some(source_id),
             ..EventFilter::default()
@@ -133,10 +169,14 @@ struct SourceWalk<'a> {
     report: SourceReport,
     options: &'a VerifyOptions,
     verifier: Option<EvidenceVerifier>,
+    /// Checkpoints (seq, hash) the source must reach, and whether each
+    /// was seen. Checked here rather than by each run's verifier, since a
+    /// run ended by a gap does not reach the ones after it.
+    expect: Vec<(i64, &'a str, bool)>,
 }
 
 impl<'a> SourceWalk<'a> {
-    fn new(source_id: String, options: &'a VerifyOptions) -> Self {
+    fn new(source_id: String, options: &'a VerifyOptions, expect: &'a [(i64, String)]) -> Self {
         Self {
             report: SourceReport {
                 source_id,
@@ -155,6 +195,10 @@ impl<'a> SourceWalk<'a> {
             },
             options,
             verifier: None,
+            expect: expect
+                .iter()
+                .map(|(seq, hash)| (*seq, hash.as_str(), false))
+                .collect(),
         }
     }
 
@@ -186,6 +230,57 @@ impl<'a> SourceWalk<'a> {
         // A faulted run ignores the rest up to the next gap; the seqs are
         // still followed, so later gaps are reported.
         verifier.push(Item::Event(record));
+        let mut rebuilt = None;
+        for (seq, hash, met) in &mut self.expect {
+            if *seq == record.seq {
+                *met = true;
+                if *hash != record.hash {
+                    rebuilt = Some(format!(
+                        "seq {seq} has hash {}, not the expected {hash}",
+                        record.hash
+                    ));
+                }
+            }
+        }
+        if let Some(reason) = rebuilt {
+            self.fault(FaultKind::Rebuilt, record.seq, reason);
+        }
+    }
+
+    /// Records `kind` at `seq` as the source's fault, unless an earlier
+    /// one is already recorded.
+    fn fault(&mut self, kind: FaultKind, seq: i64, reason: String) {
+        if self.report.fault.is_none() {
+            self.report.intact = false;
+            self.report.fault = Some(kind);
+            self.report.first_bad_seq = Some(seq);
+            self.report.reason = Some(reason);
+        }
+    }
+
+    /// Faults the first expected checkpoint past the last row: the record
+    /// does not reach it. One before the first row is outside what was
+    /// shipped (or dropped by central retention), and one inside a
+    /// missing run is reported with that run.
+    fn check_expected(&mut self) {
+        let (first, last) = (self.report.first_seq, self.report.last_seq);
+        let unmet = self.expect.iter().filter(|(seq, _, met)| {
+            !met && first.is_none_or(|f| *seq >= f) && last.is_none_or(|l| *seq > l)
+        });
+        if let Some(&(seq, _, _)) = unmet.min_by_key(|(seq, _, _)| *seq) {
+            let ends = last.map_or_else(
+                || "holds no events".to_owned(),
+                |l| format!("ends at seq {l}"),
+            );
+            self.fault(
+                FaultKind::Truncated,
+                last.map_or(seq, |l| l + 1),
+                format!(
+                    "the central record of this source {ends}, before the checkpoint at seq \
+                     {seq} it must reach (not shipped yet, or cut)"
+                ),
+            );
+        }
     }
 
     /// Folds the current run's findings into the report.
@@ -200,17 +295,15 @@ impl<'a> SourceWalk<'a> {
             ..
         } = verifier.finish();
         self.report.events_checked += events_checked;
-        if let (Some(fault), None) = (fault, &self.report.fault) {
-            self.report.intact = false;
-            self.report.fault = Some(fault.kind);
-            self.report.first_bad_seq = Some(fault.seq);
-            self.report.reason = Some(fault.reason);
+        if let Some(fault) = fault {
+            self.fault(fault.kind, fault.seq, fault.reason);
         }
         merge_checkpoints(&mut self.report.checkpoints, checkpoints);
     }
 
     fn finish(mut self) -> SourceReport {
         self.end_run();
+        self.check_expected();
         self.report
     }
 }
