@@ -9,6 +9,7 @@
 pub mod body;
 pub mod bounded;
 pub mod decode;
+pub mod json_view;
 pub mod operation;
 pub mod sanitize;
 pub mod sse;
