@@ -13,5 +13,6 @@ pub mod json_view;
 pub mod operation;
 pub mod sanitize;
 pub mod sse;
+pub mod stored_body;
 pub mod summary;
 pub mod tee;

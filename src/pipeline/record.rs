@@ -29,6 +29,7 @@ use crate::capture::json_view::JsonView;
 use crate::capture::operation::Operation;
 use crate::capture::sanitize::{headers_to_value, stored_path, Sanitizer};
 use crate::capture::sse;
+use crate::capture::stored_body::StoredBody;
 use crate::capture::summary::{request_model_and_stream, summarize, Cleaned, Summary};
 use crate::capture::tee::{BodyEnd, Captured};
 use crate::event::{EventType, NewEvent};
@@ -171,14 +172,6 @@ enum Searched {
     TextClean,
     /// Every match of every detector.
     Found(BodyFindings),
-}
-
-/// A body as its event stores it.
-enum StoredBody {
-    /// JSON text as serde_json prints it, written from the raw body.
-    Json(String),
-    /// Anything else (and the rare JSON left to serde_json), as a value.
-    Value(Value),
 }
 
 /// A captured, decoded body: JSON to read from its text, or a value.
@@ -922,7 +915,7 @@ impl Recorder {
         let (text, cut) =
             self.bound_json(view.write(&inspection.replaced), Some(captured), headers);
         CleanRequest {
-            body: StoredBody::Json(text),
+            body: StoredBody::json(text),
             truncated,
             cut,
             scan: inspection.scan,
@@ -985,7 +978,7 @@ impl Recorder {
                     let (text, cut) =
                         self.bound_json(view.write(&inspection.replaced), Some(captured), headers);
                     return CleanResponse {
-                        body: StoredBody::Json(text),
+                        body: StoredBody::json(text),
                         summary,
                         scan: inspection.scan,
                         truncated: *truncated,
@@ -1238,14 +1231,9 @@ pub fn stored_body_limit(capture_cap: usize) -> usize {
     capture_cap.saturating_mul(2).max(64 * 1024)
 }
 
-/// `meta[key] = body`: the one place a body written as JSON text becomes a
-/// `Value` again, while event metadata is a `Value`.
+/// `meta[key] = body` (see [`StoredBody::into_value`]).
 fn insert_body(meta: &mut Map<String, Value>, key: &str, body: StoredBody) {
-    let value = match body {
-        StoredBody::Json(text) => serde_json::from_str(&text).unwrap_or(Value::Null),
-        StoredBody::Value(value) => value,
-    };
-    meta.insert(key.into(), value);
+    meta.insert(key.into(), body.into_value());
 }
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
