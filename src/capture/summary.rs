@@ -2,7 +2,7 @@
 //! token usage in one normalised shape, and why generation stopped.
 //!
 //! They are read through [`JsonRead`], from a parsed `Value` or straight
-//! from a [`JsonView`] of the raw body, with the same outcome.
+//! from a [`super::json_view::JsonView`] of the raw body, with the same outcome.
 
 use std::borrow::Cow;
 
