@@ -100,8 +100,10 @@ impl<'a> JsonView<'a> {
             // Bodies hold about one node per 24 bytes.
             nodes: Vec::with_capacity(bytes.len() / 24 + 4),
             items: Vec::with_capacity(bytes.len() / 24 + 4),
-            pending: Vec::new(),
-            pending_pairs: Vec::new(),
+            // Room for the members of a few open containers, so most
+            // bodies never grow these.
+            pending: Vec::with_capacity(32),
+            pending_pairs: Vec::with_capacity(32),
         };
         parser.skip_ws();
         let root = parser.value(0)?;
@@ -115,6 +117,17 @@ impl<'a> JsonView<'a> {
             items: parser.items,
             root,
         })
+    }
+
+    /// How many nodes the view holds (strings, numbers, containers and
+    /// keys alike): a bound on how many strings it has.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the view is empty; never, as a view holds its root.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
     }
 
     pub fn root(&self) -> At<'_, 'a> {

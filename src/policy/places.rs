@@ -246,9 +246,11 @@ pub(crate) fn string_pointers(body: &Value) -> Strings<String> {
 /// As [`strings`], over a view of the raw text: each string with its node,
 /// in the same order (the view orders members as the parsed `Value` does).
 pub(crate) fn view_strings<'a>(view: &JsonView<'a>) -> Strings<(NodeId, Cow<'a, str>)> {
+    // About half of a body's nodes are strings, and about half of the
+    // strings in a chat body are text: room for them all up front.
     let mut out = Strings {
-        text: Vec::new(),
-        other: Vec::new(),
+        text: Vec::with_capacity(view.len() / 4 + 1),
+        other: Vec::with_capacity(view.len() / 2 + 1),
     };
     walk_view(view.root(), Kind::Text, &mut out);
     out
@@ -290,7 +292,7 @@ pub(crate) fn view_keys<'a>(view: &JsonView<'a>) -> Vec<Cow<'a, str>> {
             }
         }
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(view.len() / 2 + 1);
     walk(view.root(), &mut out);
     out
 }
