@@ -9,8 +9,10 @@
 pub mod body;
 pub mod bounded;
 pub mod decode;
+pub mod json_view;
 pub mod operation;
 pub mod sanitize;
 pub mod sse;
+pub mod stored_body;
 pub mod summary;
 pub mod tee;

@@ -43,6 +43,7 @@ use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::capture::json_view::{JsonView, NodeId};
 use crate::event::{EventType, Level, Metadata, NewEvent};
 use joined::{Piece, Search, FIELD_JOIN, TEXT_JOIN};
 use matcher::{Entry, Hit, Matcher};
@@ -232,6 +233,16 @@ pub struct Inspection {
     pub scan: Scan,
     /// Markers written into the stored copy.
     pub redacted: usize,
+}
+
+/// What [`PolicySet::inspect_view`] found in a body read as a
+/// [`JsonView`], and how its stored copy differs from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewInspection {
+    pub scan: Scan,
+    /// The new text of each string value that holds markers, by node,
+    /// sorted: what [`JsonView::write`] replaces.
+    pub replaced: Vec<(NodeId, String)>,
 }
 
 /// One piece of a finding and where it is, for [`PolicySet::explain`].
@@ -888,13 +899,24 @@ impl PolicySet {
     /// Without request `block` policies nothing is searched and nothing is
     /// known.
     pub fn gate_request(&self, body: &Value) -> GateVerdict {
+        self.gate_with(|matcher| count_body(matcher, body))
+    }
+
+    /// As [`Self::gate_request`], over a body read as a [`JsonView`].
+    pub fn gate_request_view(&self, view: &JsonView<'_>) -> GateVerdict {
+        self.gate_with(|matcher| count_view(matcher, view))
+    }
+
+    /// The gate's verdict from `count`, which searches the body with the
+    /// matcher it is given.
+    fn gate_with(&self, count: impl FnOnce(&Matcher) -> (Vec<u64>, bool)) -> GateVerdict {
         let Some(gate) = &self.request_gate else {
             return GateVerdict {
                 blocking: None,
                 text_clean: false,
             };
         };
-        let (gate_counts, gate_text_clean) = count_body(&gate.matcher, body);
+        let (gate_counts, gate_text_clean) = count(&gate.matcher);
         let mut counts = vec![0u64; self.matcher.entries().len()];
         for (i, n) in gate_counts.iter().enumerate() {
             counts[gate.full_index[i]] += n;
@@ -923,6 +945,29 @@ impl PolicySet {
     pub fn gate_request_for_record(&self, body: &Value) -> (GateVerdict, BodyFindings) {
         let strings = places::strings(body);
         let keys = places::keys(body);
+        self.gate_places_for_record(&strings.text, &strings.other, &keys)
+    }
+
+    /// As [`Self::gate_request_for_record`], over a body read as a
+    /// [`JsonView`]; the findings are for [`Self::inspect_view`] (or, as
+    /// the view orders strings as the parsed `Value` does,
+    /// [`Self::inspect_found`]).
+    pub fn gate_request_view_for_record(&self, view: &JsonView<'_>) -> (GateVerdict, BodyFindings) {
+        let strings = places::view_strings(view);
+        let keys = places::view_keys(view);
+        self.gate_places_for_record(
+            &as_strs(&strings.text),
+            &as_strs(&strings.other),
+            &keys.iter().map(|k| k.as_ref()).collect::<Vec<_>>(),
+        )
+    }
+
+    fn gate_places_for_record(
+        &self,
+        text: &[&str],
+        other: &[&str],
+        keys: &[&str],
+    ) -> (GateVerdict, BodyFindings) {
         let mut findings = BodyFindings {
             counts: vec![0u64; self.matcher.entries().len()],
             text: Vec::new(),
@@ -931,21 +976,15 @@ impl PolicySet {
         };
         let mut search = Search::default();
         let counts = &mut findings.counts;
+        search.run(&self.matcher, text, TEXT_JOIN, counts, &mut findings.text);
         search.run(
             &self.matcher,
-            &strings.text,
-            TEXT_JOIN,
-            counts,
-            &mut findings.text,
-        );
-        search.run(
-            &self.matcher,
-            &strings.other,
+            other,
             FIELD_JOIN,
             counts,
             &mut findings.other,
         );
-        search.run(&self.matcher, &keys, FIELD_JOIN, counts, &mut findings.keys);
+        search.run(&self.matcher, keys, FIELD_JOIN, counts, &mut findings.keys);
         let found = findings.counts.iter().any(|n| *n > 0);
         let blocking = (found && self.request_gate.is_some())
             .then(|| {
@@ -959,6 +998,90 @@ impl PolicySet {
             text_clean: findings.text.is_empty(),
         };
         (verdict, findings)
+    }
+
+    /// As [`Self::inspect_after_scan`] (or, given the `findings` of
+    /// [`Self::gate_request_view_for_record`] for this very body,
+    /// [`Self::inspect_found`]) over a body read as a [`JsonView`]: the
+    /// verdicts, and the strings its stored copy replaces. `None` when an
+    /// object key would be replaced: renaming keys reorders the body, so
+    /// the caller cleans its parsed `Value` instead (rare: a secret sent
+    /// as a key).
+    pub fn inspect_view(
+        &self,
+        view: &JsonView<'_>,
+        direction: Direction,
+        text_clean: bool,
+        findings: Option<BodyFindings>,
+    ) -> Option<ViewInspection> {
+        let stored = self.stored_for(Some(direction));
+        let select = |e: usize| self.always[e] || stored[e];
+        let strings = places::view_strings(view);
+        let text = as_strs(&strings.text);
+        let other = as_strs(&strings.other);
+        let (counts, text_pieces, other_pieces) = match findings {
+            Some(found) => {
+                if found.keys.iter().any(|p| select(p.entry)) {
+                    return None;
+                }
+                (found.counts, found.text, found.other)
+            }
+            None => {
+                let mut counts = vec![0u64; self.matcher.entries().len()];
+                let mut search = Search::default();
+                let mut key_pieces = Vec::new();
+                {
+                    let keys = places::view_keys(view);
+                    let keys: Vec<&str> = keys.iter().map(|k| k.as_ref()).collect();
+                    search.run(
+                        &self.matcher,
+                        &keys,
+                        FIELD_JOIN,
+                        &mut counts,
+                        &mut key_pieces,
+                    );
+                }
+                if key_pieces.iter().any(|p| select(p.entry)) {
+                    return None;
+                }
+                let mut text_pieces = Vec::new();
+                if !text_clean {
+                    search.run(
+                        &self.matcher,
+                        &text,
+                        TEXT_JOIN,
+                        &mut counts,
+                        &mut text_pieces,
+                    );
+                }
+                let mut other_pieces = Vec::new();
+                search.run(
+                    &self.matcher,
+                    &other,
+                    FIELD_JOIN,
+                    &mut counts,
+                    &mut other_pieces,
+                );
+                (counts, text_pieces, other_pieces)
+            }
+        };
+        let mut replaced = Vec::new();
+        for (group, nodes, pieces) in [
+            (&text, &strings.text, &text_pieces),
+            (&other, &strings.other, &other_pieces),
+        ] {
+            if pieces.is_empty() {
+                continue;
+            }
+            for (i, new) in self.replace_pieces(group, pieces, &select) {
+                replaced.push((nodes[i].0, new));
+            }
+        }
+        replaced.sort_unstable_by_key(|(node, _)| *node);
+        Some(ViewInspection {
+            scan: self.verdicts(&counts, direction),
+            replaced,
+        })
     }
 
     /// As [`Self::inspect`] for a request body, from what
@@ -1380,6 +1503,38 @@ fn count_body(matcher: &Matcher, body: &Value) -> (Vec<u64>, bool) {
     );
     search.run(matcher, &keys, FIELD_JOIN, &mut counts, &mut pieces);
     (counts, text_clean)
+}
+
+/// As [`count_body`], over a body read as a [`JsonView`].
+fn count_view(matcher: &Matcher, view: &JsonView<'_>) -> (Vec<u64>, bool) {
+    let strings = places::view_strings(view);
+    let keys = places::view_keys(view);
+    let keys: Vec<&str> = keys.iter().map(|k| k.as_ref()).collect();
+    let mut counts = vec![0u64; matcher.entries().len()];
+    let mut pieces = Vec::new();
+    let mut search = Search::default();
+    search.run(
+        matcher,
+        &as_strs(&strings.text),
+        TEXT_JOIN,
+        &mut counts,
+        &mut pieces,
+    );
+    let text_clean = pieces.is_empty();
+    search.run(
+        matcher,
+        &as_strs(&strings.other),
+        FIELD_JOIN,
+        &mut counts,
+        &mut pieces,
+    );
+    search.run(matcher, &keys, FIELD_JOIN, &mut counts, &mut pieces);
+    (counts, text_clean)
+}
+
+/// The texts of a view's strings, for a search.
+fn as_strs<'s>(strings: &'s [(NodeId, Cow<'_, str>)]) -> Vec<&'s str> {
+    strings.iter().map(|(_, s)| s.as_ref()).collect()
 }
 
 /// A user regex, refused when it is invalid or would match everywhere.

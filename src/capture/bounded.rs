@@ -39,6 +39,21 @@ pub fn bound_serialised(value: Value, limit: usize) -> (Value, bool) {
     )
 }
 
+/// As [`bound_serialised`] for a body already written as JSON text: the
+/// text itself when it fits, else the same cut object, as text.
+pub fn bound_text(text: String, limit: usize) -> (String, bool) {
+    if text.len() <= limit {
+        return (text, false);
+    }
+    let keep = (limit / 2).saturating_sub(WRAPPER_ROOM);
+    let mut end = keep.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = json!({"cut": true, "limit_bytes": limit, "preview": &text[..end]});
+    (cut.to_string(), true)
+}
+
 /// Counts what is written, failing once past the limit so serialising
 /// stops early.
 struct Counter {
@@ -116,6 +131,23 @@ mod tests {
     fn a_value_that_fits_is_kept() {
         let v = json!({"model": "gpt-4o", "messages": [{"content": "hi"}]});
         assert_eq!(bound_serialised(v.clone(), 1024), (v, false));
+    }
+
+    #[test]
+    fn a_text_is_bounded_as_its_value_is() {
+        for (v, limit) in [
+            (
+                json!({"model": "gpt-4o", "messages": [{"content": "hi"}]}),
+                1024,
+            ),
+            (json!({"text": "\"\\\u{0}é".repeat(1024)}), 1024),
+            (json!({"text": "aé€😀".repeat(4096)}), 4096),
+        ] {
+            let (want, want_cut) = bound_serialised(v.clone(), limit);
+            let (got, cut) = bound_text(v.to_string(), limit);
+            assert_eq!(cut, want_cut);
+            assert_eq!(got, want.to_string());
+        }
     }
 
     #[test]

@@ -27,12 +27,14 @@ use tokio_util::task::TaskTracker;
 use super::builder::RecordBuilder;
 use super::{Handle, SubmitError};
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
-use crate::capture::bounded::bound_serialised;
+use crate::capture::bounded::{bound_serialised, bound_text};
 use crate::capture::decode::decode;
+use crate::capture::json_view::JsonView;
 use crate::capture::operation::Operation;
 use crate::capture::sanitize::Sanitizer;
 use crate::capture::sse;
-use crate::capture::summary::{request_model_and_stream, summarize};
+use crate::capture::stored_body::StoredBody;
+use crate::capture::summary::{request_model_and_stream, summarize, Cleaned, Summary};
 use crate::capture::tee::{BodyEnd, Captured};
 use crate::event::{EventType, NewEvent};
 use crate::policy::{compliance_event, BodyFindings, Direction, Scan, Verdict};
@@ -152,13 +154,11 @@ pub struct CallRecord {
     committed: Option<oneshot::Receiver<Result<(), SubmitError>>>,
 }
 
-/// A whole request body as request policies parsed and searched it on the
-/// request path, so its record does not parse it again (nor search its
-/// text, when that search covered every detector and found nothing).
+/// What request policies learnt searching a whole request body on the
+/// request path, so its record does not search it again (nor its text,
+/// when that search covered every detector and found nothing).
 #[derive(Debug)]
 pub struct RequestPrescan {
-    /// The decoded body, parsed.
-    pub body: Value,
     /// Length of the decoded body that was parsed, to tell it is the same
     /// body the record decodes.
     pub decoded_len: usize,
@@ -182,6 +182,36 @@ enum Searched {
     TextClean,
     /// Every match of every detector.
     Found(BodyFindings),
+}
+
+/// A captured, decoded body: JSON to read from its text, or a value.
+enum Read {
+    Json {
+        bytes: bytes::Bytes,
+        truncated: bool,
+    },
+    Value(Interpreted),
+}
+
+/// A request body as its REQUEST stores it, with what was read from it.
+struct CleanRequest {
+    body: StoredBody,
+    truncated: bool,
+    /// Cut to the stored-body limit.
+    cut: bool,
+    scan: Scan,
+    model: Option<String>,
+    stream: bool,
+}
+
+/// A response body as its RESPONSE stores it, with what was read from it.
+struct CleanResponse {
+    body: StoredBody,
+    summary: Summary,
+    scan: Scan,
+    truncated: bool,
+    stream_complete: bool,
+    cut: bool,
 }
 
 /// A captured body as the record reads it.
@@ -451,33 +481,24 @@ impl Recorder {
         captured: Option<&Captured>,
         prescan: Option<RequestPrescan>,
     ) -> (NewEvent, RequestFacts, Scan) {
-        let mut searched = Searched::No;
-        let (mut data, truncated, body_bytes) = match captured {
-            Some(c) => {
-                let (value, truncated, reused) = self.interpret_request(&info.headers, c, prescan);
-                searched = reused;
-                (value, truncated, c.total_bytes)
-            }
-            None => (Value::Null, false, 0),
+        let CleanRequest {
+            body: data,
+            truncated,
+            cut,
+            scan,
+            model,
+            stream,
+        } = match captured {
+            Some(c) => self.clean_request(&info.headers, c, prescan),
+            None => self.clean_request_value(Value::Null, false, Searched::No, None, &info.headers),
         };
-        let policies = self.sanitizer.policies();
-        let scan = match searched {
-            Searched::Found(findings) => policies.inspect_found(&mut data, findings),
-            Searched::TextClean => policies.inspect_after_scan(&mut data, Direction::Request, true),
-            Searched::No => policies.inspect_after_scan(&mut data, Direction::Request, false),
-        }
-        .scan;
-        // Read from the cleaned body, so a key sent as the model name is
-        // not stored beside its marker.
-        let (mut model, stream) = request_model_and_stream(&data);
-        if model.is_none() {
-            model = info
-                .operation
+        let body_bytes = captured.map_or(0, |c| c.total_bytes);
+        let model = model.or_else(|| {
+            info.operation
                 .azure_deployment
                 .as_deref()
-                .map(|d| self.stored_text(d, Direction::Request));
-        }
-        let (data, cut) = self.bound_body(data, captured, &info.headers);
+                .map(|d| self.stored_text(d, Direction::Request))
+        });
         let path = self.stored_path(&info.path_and_query);
         let operation = self.stored_operation(info);
         let body_end = captured
@@ -641,22 +662,19 @@ impl Recorder {
                 blocked_by,
             } => {
                 let is_sse = sse::is_event_stream(header_str(&headers, "content-type"));
-                let Interpreted {
-                    value: mut data,
+                let CleanResponse {
+                    body: data,
+                    summary,
+                    scan: found,
                     truncated,
                     stream_complete,
-                } = self.interpret(&headers, &body, is_sse, &info.operation.name);
-                let summary = summarize(&info.operation.name, &data);
+                    cut,
+                } = self.clean_response(&headers, &body, is_sse, &info.operation.name);
+                scan = found;
                 self.count_tokens(
                     summary.model.as_deref().or(facts.model.as_deref()),
                     summary.usage.as_ref(),
                 );
-                scan = self
-                    .sanitizer
-                    .policies()
-                    .inspect(&mut data, Direction::Response)
-                    .scan;
-                let (data, cut) = self.bound_body(data, Some(&body), &headers);
                 if let Some(verdict) = &blocked_by {
                     // A cut stream's record lacks the text that tripped the
                     // policy; the verdict itself is the evidence.
@@ -783,17 +801,39 @@ impl Recorder {
             .into_owned()
     }
 
-    /// Keeps a stored body value within the stored-body limit. Measuring
-    /// it means serialising it; a body whose decoded size is under an
-    /// eighth of the limit cannot reach it (escaping writes at most six
-    /// bytes per byte, and redaction markers and reformatted numbers grow
-    /// less), so it is kept without measuring.
+    /// Keeps a stored body value within the stored-body limit (see
+    /// [`Self::measures`]).
     fn bound_body(
         &self,
         value: Value,
         captured: Option<&Captured>,
         headers: &HeaderMap,
     ) -> (Value, bool) {
+        if !self.measures(captured, headers) {
+            return (value, false);
+        }
+        bound_serialised(value, self.stored_body_limit)
+    }
+
+    /// As [`Self::bound_body`] for a body written as JSON text.
+    fn bound_json(
+        &self,
+        text: String,
+        captured: Option<&Captured>,
+        headers: &HeaderMap,
+    ) -> (String, bool) {
+        if !self.measures(captured, headers) {
+            return (text, false);
+        }
+        bound_text(text, self.stored_body_limit)
+    }
+
+    /// Whether a stored body could reach the stored-body limit. Measuring
+    /// a value means serialising it; a body whose decoded size is under an
+    /// eighth of the limit cannot reach it (escaping writes at most six
+    /// bytes per byte, and redaction markers and reformatted numbers grow
+    /// less), so it is kept without measuring.
+    fn measures(&self, captured: Option<&Captured>, headers: &HeaderMap) -> bool {
         let encoded = header_str(headers, "content-encoding")
             .is_some_and(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"));
         let decoded_at_most = match captured {
@@ -801,10 +841,7 @@ impl Recorder {
             Some(_) if encoded => self.max_decoded_bytes,
             Some(c) => c.bytes.len(),
         };
-        if decoded_at_most.saturating_mul(8) <= self.stored_body_limit {
-            return (value, false);
-        }
-        bound_serialised(value, self.stored_body_limit)
+        decoded_at_most.saturating_mul(8) > self.stored_body_limit
     }
 
     fn was_cut(&self) -> bool {
@@ -821,34 +858,216 @@ impl Recorder {
         );
     }
 
-    /// As [`Self::interpret`] for a request body, taking the body the
-    /// proxy already parsed when it is the same one, with what the proxy's
-    /// search of it learnt.
-    fn interpret_request(
+    /// Reads, cleans and bounds a request body, taking what the proxy's
+    /// search of it learnt when it searched these very bytes.
+    fn clean_request(
         &self,
         headers: &HeaderMap,
         captured: &Captured,
         prescan: Option<RequestPrescan>,
-    ) -> (Value, bool, Searched) {
-        let encoding = header_str(headers, "content-encoding");
+    ) -> CleanRequest {
         let content_type = header_str(headers, "content-type");
-        if let Some(prescan) = prescan.filter(|_| !captured.truncated) {
-            if let Ok(d) = decode(encoding, &captured.bytes, self.max_decoded_bytes) {
-                if !d.truncated
-                    && d.bytes.len() == prescan.decoded_len
-                    && body_is_parsed_as_json(&d.bytes, content_type)
+        let (bytes, truncated) = match self.read(headers, captured, false, "") {
+            Read::Json { bytes, truncated } => (bytes, truncated),
+            Read::Value(interpreted) => {
+                return self.clean_request_value(
+                    interpreted.value,
+                    interpreted.truncated,
+                    Searched::No,
+                    Some(captured),
+                    headers,
+                )
+            }
+        };
+        // The proxy parsed the body without a leading BOM, and its search
+        // holds for exactly the bytes it decoded.
+        let prescan =
+            prescan.filter(|p| !truncated && !captured.truncated && bytes.len() == p.decoded_len);
+        let json = match &prescan {
+            Some(_) => bytes.strip_prefix(UTF8_BOM).unwrap_or(&bytes),
+            None => &bytes[..],
+        };
+        let (text_clean, findings) = match prescan {
+            Some(p) => (p.text_clean && p.findings.is_none(), p.findings),
+            None => (false, None),
+        };
+        let searched = |findings: Option<BodyFindings>| match findings {
+            Some(findings) => Searched::Found(findings),
+            None if text_clean => Searched::TextClean,
+            None => Searched::No,
+        };
+        let Some(view) = JsonView::parse(json) else {
+            // JSON the view leaves to serde_json.
+            let value = match serde_json::from_slice(json) {
+                Ok(value) => value,
+                Err(_) => {
+                    let value = body_to_value(&bytes, content_type, truncated);
+                    return self.clean_request_value(
+                        value,
+                        truncated,
+                        Searched::No,
+                        Some(captured),
+                        headers,
+                    );
+                }
+            };
+            return self.clean_request_value(
+                value,
+                truncated,
+                searched(findings),
+                Some(captured),
+                headers,
+            );
+        };
+        let policies = self.sanitizer.policies();
+        let Some(inspection) =
+            policies.inspect_view(&view, Direction::Request, text_clean, findings)
+        else {
+            // A key to rename: cleaned as a value, searched again.
+            let value = serde_json::from_slice(json).unwrap_or(Value::Null);
+            return self.clean_request_value(
+                value,
+                truncated,
+                Searched::No,
+                Some(captured),
+                headers,
+            );
+        };
+        // Read from the cleaned body, so a key sent as the model name is
+        // not stored beside its marker.
+        let (model, stream) = request_model_and_stream(Cleaned {
+            at: view.root(),
+            replaced: &inspection.replaced,
+        });
+        let (text, cut) =
+            self.bound_json(view.write(&inspection.replaced), Some(captured), headers);
+        CleanRequest {
+            body: StoredBody::json(text),
+            truncated,
+            cut,
+            scan: inspection.scan,
+            model,
+            stream,
+        }
+    }
+
+    /// As [`Self::clean_request`] for a body read as a value.
+    fn clean_request_value(
+        &self,
+        mut data: Value,
+        truncated: bool,
+        searched: Searched,
+        captured: Option<&Captured>,
+        headers: &HeaderMap,
+    ) -> CleanRequest {
+        let policies = self.sanitizer.policies();
+        let scan = match searched {
+            Searched::Found(findings) => policies.inspect_found(&mut data, findings),
+            Searched::TextClean => policies.inspect_after_scan(&mut data, Direction::Request, true),
+            Searched::No => policies.inspect_after_scan(&mut data, Direction::Request, false),
+        }
+        .scan;
+        // Read from the cleaned body, as above.
+        let (model, stream) = request_model_and_stream(&data);
+        let (data, cut) = self.bound_body(data, captured, headers);
+        CleanRequest {
+            body: StoredBody::Value(data),
+            truncated,
+            cut,
+            scan,
+            model,
+            stream,
+        }
+    }
+
+    /// Reads, summarises, cleans and bounds a response body.
+    fn clean_response(
+        &self,
+        headers: &HeaderMap,
+        captured: &Captured,
+        is_sse: bool,
+        operation: &str,
+    ) -> CleanResponse {
+        let policies = self.sanitizer.policies();
+        let read = self.read(headers, captured, is_sse, operation);
+        if let Read::Json { bytes, truncated } = &read {
+            if let Some(view) = JsonView::parse(bytes) {
+                if let Some(inspection) =
+                    policies.inspect_view(&view, Direction::Response, false, None)
                 {
-                    let searched = match prescan.findings {
-                        Some(findings) => Searched::Found(findings),
-                        None if prescan.text_clean => Searched::TextClean,
-                        None => Searched::No,
+                    let summary = summarize(
+                        operation,
+                        Cleaned {
+                            at: view.root(),
+                            replaced: &[],
+                        },
+                    );
+                    let (text, cut) =
+                        self.bound_json(view.write(&inspection.replaced), Some(captured), headers);
+                    return CleanResponse {
+                        body: StoredBody::json(text),
+                        summary,
+                        scan: inspection.scan,
+                        truncated: *truncated,
+                        stream_complete: false,
+                        cut,
                     };
-                    return (prescan.body, false, searched);
                 }
             }
         }
-        let interpreted = self.interpret(headers, captured, false, "");
-        (interpreted.value, interpreted.truncated, Searched::No)
+        let Interpreted {
+            value: mut data,
+            truncated,
+            stream_complete,
+        } = match read {
+            Read::Value(interpreted) => interpreted,
+            Read::Json { bytes, truncated } => Interpreted {
+                value: body_to_value(&bytes, header_str(headers, "content-type"), truncated),
+                truncated,
+                stream_complete: false,
+            },
+        };
+        let summary = summarize(operation, &data);
+        let scan = policies.inspect(&mut data, Direction::Response).scan;
+        let (data, cut) = self.bound_body(data, Some(captured), headers);
+        CleanResponse {
+            body: StoredBody::Value(data),
+            summary,
+            scan,
+            truncated,
+            stream_complete,
+            cut,
+        }
+    }
+
+    /// Decodes a captured body: JSON (by type or shape) is left as text to
+    /// read, anything else is interpreted as [`Self::interpret`] does.
+    fn read(
+        &self,
+        headers: &HeaderMap,
+        captured: &Captured,
+        is_sse: bool,
+        operation: &str,
+    ) -> Read {
+        let content_type = header_str(headers, "content-type");
+        if !is_sse {
+            let encoding = header_str(headers, "content-encoding");
+            if let Ok(d) = decode(encoding, &captured.bytes, self.max_decoded_bytes) {
+                let truncated = d.truncated || captured.truncated;
+                if body_is_parsed_as_json(&d.bytes, content_type) {
+                    return Read::Json {
+                        bytes: d.bytes,
+                        truncated,
+                    };
+                }
+                return Read::Value(Interpreted {
+                    value: body_to_value(&d.bytes, content_type, truncated),
+                    truncated,
+                    stream_complete: false,
+                });
+            }
+        }
+        Read::Value(self.interpret(headers, captured, is_sse, operation))
     }
 
     /// Decodes and parses a captured body.
@@ -1020,6 +1239,8 @@ impl CallRecord {
 pub fn stored_body_limit(capture_cap: usize) -> usize {
     capture_cap.saturating_mul(2).max(64 * 1024)
 }
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())

@@ -78,7 +78,7 @@ impl Search {
             // Fields repeat (every message has a `role` and a `content`
             // key, most roles are `user` or `assistant`): a short string
             // found clean once is not searched again in this body.
-            let mut clean: HashSet<&str> = HashSet::new();
+            let mut clean: HashSet<&str> = HashSet::with_capacity(strings.len());
             for (i, s) in strings.iter().enumerate() {
                 let short = s.len() <= MEMO_LEN;
                 if short && clean.contains(s) {

@@ -15,7 +15,11 @@
 //! like any other. Only inline binary is left alone: `data:` URIs and
 //! base64 payloads (`b64_json`, `input_audio.data`).
 
+use std::borrow::Cow;
+
 use serde_json::Value;
+
+use crate::capture::json_view::{At, JsonView, NodeId};
 
 /// Keys whose string values (or arrays of strings) the model reads or
 /// writes.
@@ -236,6 +240,60 @@ pub(crate) fn string_pointers(body: &Value) -> Strings<String> {
             _ => {}
         }
     }
+    out
+}
+
+/// As [`strings`], over a view of the raw text: each string with its node,
+/// in the same order (the view orders members as the parsed `Value` does).
+pub(crate) fn view_strings<'a>(view: &JsonView<'a>) -> Strings<(NodeId, Cow<'a, str>)> {
+    // About half of a body's nodes are strings, and about half of the
+    // strings in a chat body are text: room for them all up front.
+    let mut out = Strings {
+        text: Vec::with_capacity(view.len() / 4 + 1),
+        other: Vec::with_capacity(view.len() / 2 + 1),
+    };
+    walk_view(view.root(), Kind::Text, &mut out);
+    out
+}
+
+fn walk_view<'a>(at: At<'_, 'a>, kind: Kind, out: &mut Strings<(NodeId, Cow<'a, str>)>) {
+    if let Some(s) = at.as_str() {
+        if is_binary(&s, kind) {
+            return;
+        }
+        if kind == Kind::Text {
+            out.text.push((at.id(), s));
+        } else {
+            out.other.push((at.id(), s));
+        }
+    } else if let Some(items) = at.items() {
+        for item in items {
+            walk_view(item, kind, out);
+        }
+    } else if let Some(members) = at.members() {
+        for (key, value) in members {
+            walk_view(value, kind_of(&key), out);
+        }
+    }
+}
+
+/// Every object key of a view. Unlike [`keys`], in document order: keys
+/// are each searched on their own, so their order changes no finding.
+pub(crate) fn view_keys<'a>(view: &JsonView<'a>) -> Vec<Cow<'a, str>> {
+    fn walk<'a>(at: At<'_, 'a>, out: &mut Vec<Cow<'a, str>>) {
+        if let Some(items) = at.items() {
+            for item in items {
+                walk(item, out);
+            }
+        } else if let Some(members) = at.members() {
+            for (key, value) in members {
+                out.push(key);
+                walk(value, out);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(view.len() / 2 + 1);
+    walk(view.root(), &mut out);
     out
 }
 

@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::json;
+use serde_json::{json, Value};
+
+use crate::capture::json_view::JsonView;
 
 use super::corpus::{generate, Sample, TYPES};
 use super::*;
@@ -759,4 +761,77 @@ fn a_request_searched_once_is_recorded_as_one_searched_twice() {
         }
     }
     assert!(found > 40, "{found} bodies had something to redact");
+}
+
+#[test]
+fn a_body_read_as_a_view_is_searched_and_stored_as_its_parsed_value() {
+    let mut defs = load_pack("pii-basic").unwrap();
+    defs.extend(load_pack("secrets").unwrap());
+    let packs = PolicySet::compile(&defs).unwrap();
+    let sets = [packs, all_detectors("redact"), all_detectors("block")];
+    let mut texts: Vec<String> = generate(0x71E3, 30)
+        .into_iter()
+        .map(|s| {
+            // Keys out of order, repeated, escaped: the view orders them as
+            // the parsed value does.
+            format!(
+                r#"{{"stream":true,"model":"m","messages":[{{"role":"user","content":{}}},{{"content":"x","role":"system","content":"ok \u00e9"}}],"user":"u"}}"#,
+                serde_json::to_string(&s.text).unwrap()
+            )
+        })
+        .collect();
+    texts.extend(
+        [
+            r#"{"messages":[{"role":"user","content":"call +1 415"},{"role":"user","content":"555 0100 now"}]}"#,
+            r#"{"user":"ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789","metadata":{"email":"jane.doe@example.com"},"messages":[{"role":"user","content":"hello"}]}"#,
+            r#"{"metadata":{"sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12Mn34Op56":"x","note":"mail a@example.com"}}"#,
+            r#"{"input":["mail a@exa\u006dple.com", "ssn 078-05-1120"],"data":"QUJD"}"#,
+            r#"{"content":[{"type":"text","text":"my card 4111 1111"},{"type":"text","text":"1111 1111 thanks"}]}"#,
+            r#""a bare string with a@example.com""#,
+            r#"[1, 2.50, -0, {"b":"jane.doe@example.com","a":"x"}]"#,
+        ]
+        .map(str::to_owned),
+    );
+    let mut redacted = 0;
+    for set in &sets {
+        for text in &texts {
+            let value: Value = serde_json::from_str(text).unwrap();
+            let view = JsonView::parse(text.as_bytes()).unwrap();
+            let strings = places::view_strings(&view);
+            let plain = places::strings(&value);
+            assert_eq!(as_strs(&strings.text), plain.text, "{text}");
+            assert_eq!(as_strs(&strings.other), plain.other, "{text}");
+            assert_eq!(
+                set.gate_request_view(&view),
+                set.gate_request(&value),
+                "{text}"
+            );
+
+            let mut cleaned = value.clone();
+            let expected = set.inspect(&mut cleaned, Direction::Request);
+            let (verdict, findings) = set.gate_request_view_for_record(&view);
+            let (by_value, by_value_findings) = set.gate_request_for_record(&value);
+            assert_eq!(verdict, by_value, "{text}");
+            assert_eq!(findings.counts, by_value_findings.counts, "{text}");
+            for given in [None, Some(findings)] {
+                match set.inspect_view(&view, Direction::Request, false, given) {
+                    Some(got) => {
+                        assert_eq!(got.scan, expected.scan, "{text}");
+                        assert_eq!(view.write(&got.replaced), cleaned.to_string(), "{text}");
+                        redacted += usize::from(!got.replaced.is_empty());
+                    }
+                    // Only a body with a key to rename is left to the value.
+                    None => assert!(text.contains("sk-proj-"), "{text}"),
+                }
+            }
+            let response = set.inspect_view(&view, Direction::Response, false, None);
+            let mut cleaned = value.clone();
+            let expected = set.inspect(&mut cleaned, Direction::Response);
+            if let Some(got) = response {
+                assert_eq!(got.scan, expected.scan, "{text}");
+                assert_eq!(view.write(&got.replaced), cleaned.to_string(), "{text}");
+            }
+        }
+    }
+    assert!(redacted > 60, "{redacted} bodies had something to redact");
 }

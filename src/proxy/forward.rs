@@ -29,6 +29,7 @@ const STRICT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::decode::decode;
+use crate::capture::json_view::JsonView;
 use crate::capture::operation::{classify, provider_for};
 use crate::capture::tee::{BodyEnd, Capture, Captured, OnDone, TeeBody, IDLE_TIMEOUT_MESSAGE};
 use crate::config::{FailMode, Upstream};
@@ -715,27 +716,35 @@ fn apply_request_policies(
     if blocks {
         let content_type = header(header::CONTENT_TYPE);
         let json = decoded.strip_prefix(UTF8_BOM).unwrap_or(&decoded);
-        let value = if body_is_parsed_as_json(json, content_type) {
-            match serde_json::from_slice::<serde_json::Value>(json) {
-                Ok(value) => value,
-                Err(_) => return (RequestVerdict::Refuse(ProxyError::RequestNotParsable), None),
+        // JSON is searched from a view of its text; the rare JSON the view
+        // leaves to serde_json (see `JsonView::parse`) is parsed.
+        let is_json = body_is_parsed_as_json(json, content_type);
+        let (gate, findings) = match (is_json, JsonView::parse(json)) {
+            // A recorded JSON body is searched here with every detector,
+            // once: its record takes what was found instead of searching it
+            // again.
+            (true, Some(view)) if for_record => {
+                let (gate, findings) = policies.gate_request_view_for_record(&view);
+                (gate, Some(findings))
             }
-        } else {
-            body_to_value(&decoded, content_type, false)
-        };
-        // A recorded JSON body is searched here with every detector, once:
-        // its record takes what was found instead of searching it again.
-        let (gate, findings) = if for_record && body_is_parsed_as_json(json, content_type) {
-            let (gate, findings) = policies.gate_request_for_record(&value);
-            (gate, Some(findings))
-        } else {
-            (policies.gate_request(&value), None)
+            (true, Some(view)) => (policies.gate_request_view(&view), None),
+            (true, None) => match serde_json::from_slice::<serde_json::Value>(json) {
+                Ok(value) if for_record => {
+                    let (gate, findings) = policies.gate_request_for_record(&value);
+                    (gate, Some(findings))
+                }
+                Ok(value) => (policies.gate_request(&value), None),
+                Err(_) => return (RequestVerdict::Refuse(ProxyError::RequestNotParsable), None),
+            },
+            (false, _) => (
+                policies.gate_request(&body_to_value(&decoded, content_type, false)),
+                None,
+            ),
         };
         if let Some(verdict) = gate.blocking {
             return (RequestVerdict::Block(verdict), None);
         }
         prescan = Some(RequestPrescan {
-            body: value,
             decoded_len: decoded.len(),
             text_clean: gate.text_clean,
             findings,

@@ -31,3 +31,4 @@ mod proxy_calls;
 mod record_golden;
 mod scenarios;
 mod sdk;
+mod stored_bodies;

@@ -133,3 +133,54 @@ fn request_model_from_multipart_fields() {
         (Some("whisper-1".into()), true)
     );
 }
+
+#[test]
+fn a_view_of_the_raw_body_summarises_as_its_parsed_value() {
+    use crate::capture::json_view::JsonView;
+
+    let texts = [
+        r#"{"model":"gpt-4o","choices":[{"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
+        r#"{"object":"response","status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"usage":{"input_tokens":2.0,"output_tokens":5}}"#,
+        r#"{"model":"","usage":{"total_tokens":9,"prompt_tokens":4},"choices":[]}"#,
+        r#"{"model":"a","model":"b\u0021","stream":true,"usage":{"foo":1}}"#,
+        r#"{"multipart":[{"name":"model","text":" whisper-1 "},{"name":"stream","text":"TRUE"}]}"#,
+        r#"{"multipart":[]}"#,
+        r#"{"usage":{"prompt_tokens":-1,"completion_tokens":1e3}}"#,
+        r#"["model"]"#,
+        r#""text""#,
+        "null",
+    ];
+    for text in texts {
+        let value: Value = serde_json::from_str(text).unwrap();
+        let view = JsonView::parse(text.as_bytes()).unwrap();
+        let cleaned = Cleaned {
+            at: view.root(),
+            replaced: &[],
+        };
+        for operation in ["chat.create", "responses.create", "embeddings.create"] {
+            assert_eq!(
+                summarize(operation, cleaned),
+                summarize(operation, &value),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            request_model_and_stream(cleaned),
+            request_model_and_stream(&value),
+            "{text}"
+        );
+    }
+    // A replaced string reads as its replacement.
+    let text = r#"{"model":"sk-secret","stream":true}"#;
+    let view = JsonView::parse(text.as_bytes()).unwrap();
+    let model = view.root().get("model").unwrap().id();
+    let replaced = [(model, "[REDACTED:X]".to_owned())];
+    let cleaned = Cleaned {
+        at: view.root(),
+        replaced: &replaced,
+    };
+    assert_eq!(
+        request_model_and_stream(cleaned),
+        (Some("[REDACTED:X]".into()), true)
+    );
+}

@@ -19,10 +19,7 @@ use crate::capture::sanitize::{
 use crate::event::Metadata;
 use crate::policy::{Direction, Scan};
 
-/// A body as the record stores it (`request_data`, `response_data`): the
-/// one place where the body reaches the metadata. Anything that
-/// serialises to the body's canonical JSON fits here.
-pub type StoredBody = serde_json::Value;
+pub use crate::capture::stored_body::StoredBody;
 
 /// REQUEST metadata.
 #[derive(Serialize)]

@@ -132,6 +132,18 @@ async fn every_event_is_shipped_once_in_seq_order() {
 async fn failures_are_retried_recorded_once_and_lose_nothing() {
     let h = harness(5).await;
     record(&h.events, 20).await;
+    // The SYSTEM event of the recovery is offered once the batch that
+    // succeeded is acknowledged, so the shipper may look caught up before
+    // it is stored: wait for it, then for it to be shipped too.
+    let is_resumed = |e: &AuditEvent| {
+        e.event_type == EventType::System && e.metadata.field("phase") == "shipping_resumed"
+    };
+    for _ in 0..500 {
+        if stored(&h.store).await.iter().any(is_resumed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     until_caught_up(&h).await;
     let events = stored(&h.store).await;
     let expected: Vec<i64> = events.iter().map(|e| e.seq).collect();
@@ -146,10 +158,7 @@ async fn failures_are_retried_recorded_once_and_lose_nothing() {
     assert_eq!(errors.len(), 1, "one ERROR per run of failures");
     assert_eq!(errors[0].metadata.field("error_type"), "shipping_failed");
     assert_eq!(errors[0].metadata.field("details")["target"], "mock");
-    assert!(events
-        .iter()
-        .any(|e| e.event_type == EventType::System
-            && e.metadata.field("phase") == "shipping_resumed"));
+    assert!(events.iter().any(is_resumed));
 }
 
 #[tokio::test]

@@ -1,0 +1,107 @@
+//! What recording one body costs: read, searched and cleaned by the
+//! policies, written as stored JSON; through a parsed `Value` (the old
+//! record path) and through a view of the raw text. Bodies are those of
+//! the overhead benchmark (`bench/run.sh`): its 1 KB chat request with a
+//! little PII and the mock's completion. Prints µs per body. Run with
+//! `cargo bench --bench body_record`.
+
+#![expect(
+    clippy::disallowed_methods,
+    reason = "a benchmark measures wall time with std's clock; no tokio runtime here"
+)]
+#![expect(clippy::print_stdout, reason = "the benchmark's report")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a failed setup should stop the benchmark"
+)]
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use llm_audit_proxy::capture::json_view::JsonView;
+use llm_audit_proxy::capture::stored_body::StoredBody;
+use llm_audit_proxy::capture::summary::{summarize, Cleaned};
+use llm_audit_proxy::policy::{load_pack, Direction, PolicySet};
+use serde_json::Value;
+
+const REQUEST: &str = r#"{"stream":false,"model":"gpt-4o-mini","temperature":0.2,"max_tokens":256,"messages":[{"role":"system","content":"You are a helpful support assistant for ACME. Answer briefly."},{"role":"user","content":"Hi, I am Jane Doe (jane.doe@example.com, +1 415 555 0100). My account was locked. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history"}]}"#;
+
+const RESPONSE: &str = r#"{"id":"chatcmpl-bench0000000000000000000001","object":"chat.completion","created":1764115200,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog. This is a fixed answer from the benchmark's mock upstream, long enough to look like a short reply.","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":42,"completion_tokens":31,"total_tokens":73},"system_fingerprint":"fp_bench0001"}"#;
+
+const ROUNDS: u32 = 20_000;
+
+/// µs per call of `f`: the best of five rounds, as other processes
+/// share the cores.
+fn measure(f: &dyn Fn() -> usize) -> f64 {
+    for _ in 0..ROUNDS / 10 {
+        black_box(f());
+    }
+    (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..ROUNDS {
+                black_box(f());
+            }
+            start.elapsed().as_secs_f64() * 1e6 / f64::from(ROUNDS)
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let mut defs = load_pack("pii-basic").unwrap();
+    defs.extend(load_pack("secrets").unwrap());
+    let policies = PolicySet::compile(&defs).unwrap();
+    println!("| body | path | µs / body |");
+    println!("|---|---|---:|");
+    for (name, body, direction) in [
+        ("1 KB chat request", REQUEST, Direction::Request),
+        ("completion", RESPONSE, Direction::Response),
+    ] {
+        let by_value = || {
+            let mut value: Value = serde_json::from_str(body).unwrap();
+            let summary = summarize("chat.create", &value);
+            let scan = policies.inspect(&mut value, direction).scan;
+            black_box((summary, scan));
+            serde_json::to_string(&value).unwrap().len()
+        };
+        let by_view = || {
+            let view = JsonView::parse(body.as_bytes()).unwrap();
+            let inspection = policies
+                .inspect_view(&view, direction, false, None)
+                .unwrap();
+            let summary = summarize(
+                "chat.create",
+                Cleaned {
+                    at: view.root(),
+                    replaced: &[],
+                },
+            );
+            black_box((summary, &inspection.scan));
+            let stored = StoredBody::json(view.write(&inspection.replaced));
+            serde_json::to_string(&stored).unwrap().len()
+        };
+        let parse_value = || serde_json::from_str::<Value>(body).unwrap().is_object() as usize;
+        let parse_view = || JsonView::parse(body.as_bytes()).unwrap().root().is_object() as usize;
+        let parsed = JsonView::parse(body.as_bytes()).unwrap();
+        let search_view = || {
+            policies
+                .inspect_view(&parsed, direction, false, None)
+                .unwrap()
+                .replaced
+                .len()
+        };
+        let write_view = || parsed.write(&[]).len();
+        assert_eq!(by_value(), by_view());
+        for (path, f) in [
+            ("Value tree", &by_value as &dyn Fn() -> usize),
+            ("view, stored as text", &by_view),
+            ("(parse into a Value only)", &parse_value),
+            ("(parse into a view only)", &parse_view),
+            ("(search a parsed view only)", &search_view),
+            ("(write a parsed view only)", &write_view),
+        ] {
+            let us = measure(f);
+            println!("| {name} | {path} | {us:.1} |");
+        }
+    }
+}
