@@ -158,9 +158,9 @@ setup_probes() {
     local libc
     libc=$(ldd "$PROXY" | awk '/libc\.so/ {print $3}')
     perf probe -q -d "$PROBE_GROUP:*" 2>/dev/null || true
-    if perf probe -q -x "$PROXY" -a "$PROBE_GROUP:mi_malloc=mi_malloc_aligned" \
+    if perf probe -q -f -x "$PROXY" -a "$PROBE_GROUP:mi_malloc=mi_malloc_aligned" \
         -a "$PROBE_GROUP:mi_zalloc=mi_zalloc_aligned" -a "$PROBE_GROUP:mi_realloc=mi_realloc_aligned" &&
-        perf probe -q -x "$libc" -a "$PROBE_GROUP:malloc=malloc" -a "$PROBE_GROUP:calloc=calloc" \
+        perf probe -q -f -x "$libc" -a "$PROBE_GROUP:malloc=malloc" -a "$PROBE_GROUP:calloc=calloc" \
             -a "$PROBE_GROUP:realloc=realloc"; then
         PROBES=1
     else
