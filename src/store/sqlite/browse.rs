@@ -181,11 +181,46 @@ fn minute_of(timestamp: &str) -> &str {
 /// `(exponent + 10) * 100 + mantissa digits` (`812.4` → `1281`, i.e.
 /// 8.1e2). The migration computes the same key with `printf('%.1e')`.
 pub fn latency_bucket(ms: f64) -> i64 {
-    let text = format!("{:.1e}", ms.max(0.0));
+    // Formatted on the stack: every RESPONSE appended computes one.
+    let mut buf = StackText::default();
+    let text = match std::fmt::Write::write_fmt(&mut buf, format_args!("{:.1e}", ms.max(0.0))) {
+        Ok(()) => buf.as_str(),
+        Err(_) => "",
+    };
     let (mantissa, exponent) = text.split_once('e').unwrap_or(("0.0", "0"));
-    let digits: i64 = mantissa.replace('.', "").parse().unwrap_or(0);
+    let mut digits: i64 = 0;
+    for b in mantissa.bytes().filter(|&b| b != b'.') {
+        if !b.is_ascii_digit() {
+            digits = 0;
+            break;
+        }
+        digits = digits * 10 + i64::from(b - b'0');
+    }
     let exponent: i64 = exponent.parse().unwrap_or(0);
     (exponent + 10) * 100 + digits
+}
+
+/// A short text written without allocating (a float in `{:.1e}` form).
+#[derive(Default)]
+struct StackText {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl StackText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// The latency a bucket key stands for.
@@ -482,6 +517,38 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn latency_buckets_round_as_printf_does() {
+        // The text-based rounding this replaced.
+        let by_text = |ms: f64| -> i64 {
+            let text = format!("{:.1e}", ms.max(0.0));
+            let (mantissa, exponent) = text.split_once('e').unwrap_or(("0.0", "0"));
+            let digits: i64 = mantissa.replace('.', "").parse().unwrap_or(0);
+            let exponent: i64 = exponent.parse().unwrap_or(0);
+            (exponent + 10) * 100 + digits
+        };
+        let mut samples = vec![
+            0.0,
+            -3.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            1e-300,
+            0.05,
+            0.95,
+            9.95,
+            99.5,
+            812.4,
+            1e6,
+        ];
+        samples.extend((0..2000).map(|i| f64::from(i) * 0.37));
+        for ms in samples {
+            assert_eq!(latency_bucket(ms), by_text(ms), "{ms}");
+        }
+        assert_eq!(latency_bucket(812.4), 1281);
     }
 
     fn text(words: &str) -> SearchQuery {
