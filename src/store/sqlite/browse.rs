@@ -16,7 +16,7 @@
 mod facets;
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params_from_iter, Connection};
+use rusqlite::{params_from_iter, CachedStatement, Connection};
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -41,13 +41,13 @@ pub fn index_batch(
     tx: &rusqlite::Transaction<'_>,
     events: &[AuditEvent],
 ) -> Result<(), StoreError> {
-    let mut facets = tx.prepare_cached(
-        "INSERT INTO event_facets (seq, timestamp, event_type, model, operation, outcome, \
-         status, latency_ms, total_tokens, policy, severity) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?;
-    let mut fts = tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?;
-    let mut text = String::new();
+    // Each statement is fetched from the cache only when the batch needs
+    // it: every fetch allocates its cache key again.
+    let mut facets: Option<CachedStatement<'_>> = None;
+    let mut fts: Option<CachedStatement<'_>> = None;
+    // The searchable text, in a buffer the store's thread keeps between
+    // batches (a batch of a busy proxy holds only a few events).
+    let mut text = SEARCH_TEXT.take();
     let mut rollups = Rollups::default();
     for e in events {
         let body = match e.event_type {
@@ -62,24 +62,54 @@ pub fn index_batch(
         let timestamp = timestamp_text(&e.timestamp);
         let timestamp = timestamp.as_str();
         rollups.add(timestamp, e.event_type.clone(), &m);
-        facets.execute(rusqlite::params![
-            e.seq,
-            timestamp,
-            e.event_type.as_str(),
-            m.model.as_str(),
-            m.operation.as_str(),
-            m.outcome.as_str(),
-            m.status.as_i64(),
-            m.latency_ms.as_f64(),
-            m.total_tokens.as_i64(),
-            m.policy_name.as_str(),
-            m.severity.as_str(),
-        ])?;
+        if facets.is_none() {
+            facets = Some(tx.prepare_cached(
+                "INSERT INTO event_facets (seq, timestamp, event_type, model, operation, \
+                 outcome, status, latency_ms, total_tokens, policy, severity) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?);
+        }
+        if let Some(insert) = facets.as_mut() {
+            insert.execute(rusqlite::params![
+                e.seq,
+                timestamp,
+                e.event_type.as_str(),
+                m.model.as_str(),
+                m.operation.as_str(),
+                m.outcome.as_str(),
+                m.status.as_i64(),
+                m.latency_ms.as_f64(),
+                m.total_tokens.as_i64(),
+                m.policy_name.as_str(),
+                m.severity.as_str(),
+            ])?;
+        }
         if body.is_some() {
-            fts.execute(rusqlite::params![e.seq, text])?;
+            if fts.is_none() {
+                fts = Some(
+                    tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?,
+                );
+            }
+            if let Some(insert) = fts.as_mut() {
+                insert.execute(rusqlite::params![e.seq, text])?;
+            }
         }
     }
-    rollups.write(tx)
+    drop((facets, fts));
+    rollups.write(tx)?;
+    // A buffer grown by a very large body is not kept.
+    if text.capacity() <= SEARCH_TEXT_KEPT {
+        SEARCH_TEXT.set(text);
+    }
+    Ok(())
+}
+
+/// Most bytes of searchable-text buffer kept between batches.
+const SEARCH_TEXT_KEPT: usize = 64 * 1024;
+
+thread_local! {
+    /// See [`index_batch`].
+    static SEARCH_TEXT: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
 }
 
 /// A batch's additions to the per-minute rollups, keyed by minute
@@ -144,28 +174,41 @@ impl<'a> Rollups<'a> {
     }
 
     fn write(self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
-        let mut calls = tx.prepare_cached(
-            "INSERT INTO call_minutes VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (minute, model) \
-             DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors, \
-             tokens = tokens + excluded.tokens",
-        )?;
-        let mut latency = tx.prepare_cached(
-            "INSERT INTO latency_minutes VALUES (?1, ?2, ?3) ON CONFLICT (minute, bucket) \
-             DO UPDATE SET calls = calls + excluded.calls",
-        )?;
-        let mut violations = tx.prepare_cached(
-            "INSERT INTO violation_minutes VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (minute, policy, severity) DO UPDATE SET count = count + excluded.count",
-        )?;
-        for (minute, rollup) in &self.minutes {
-            for (model, (n, errors, tokens)) in &rollup.calls {
-                calls.execute(rusqlite::params![minute, model, n, errors, tokens])?;
+        // Only the statements this batch needs (most batches have no
+        // violation): each one fetched from the cache allocates.
+        let rollups = self.minutes.values();
+        if rollups.clone().any(|r| !r.calls.is_empty()) {
+            let mut calls = tx.prepare_cached(
+                "INSERT INTO call_minutes VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (minute, model) \
+                 DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors, \
+                 tokens = tokens + excluded.tokens",
+            )?;
+            for (minute, rollup) in &self.minutes {
+                for (model, (n, errors, tokens)) in &rollup.calls {
+                    calls.execute(rusqlite::params![minute, model, n, errors, tokens])?;
+                }
             }
-            for (bucket, n) in &rollup.latency {
-                latency.execute(rusqlite::params![minute, bucket, n])?;
+        }
+        if rollups.clone().any(|r| !r.latency.is_empty()) {
+            let mut latency = tx.prepare_cached(
+                "INSERT INTO latency_minutes VALUES (?1, ?2, ?3) ON CONFLICT (minute, bucket) \
+                 DO UPDATE SET calls = calls + excluded.calls",
+            )?;
+            for (minute, rollup) in &self.minutes {
+                for (bucket, n) in &rollup.latency {
+                    latency.execute(rusqlite::params![minute, bucket, n])?;
+                }
             }
-            for ((policy, severity), n) in &rollup.violations {
-                violations.execute(rusqlite::params![minute, policy, severity, n])?;
+        }
+        if rollups.clone().any(|r| !r.violations.is_empty()) {
+            let mut violations = tx.prepare_cached(
+                "INSERT INTO violation_minutes VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (minute, policy, severity) DO UPDATE SET count = count + excluded.count",
+            )?;
+            for (minute, rollup) in &self.minutes {
+                for ((policy, severity), n) in &rollup.violations {
+                    violations.execute(rusqlite::params![minute, policy, severity, n])?;
+                }
             }
         }
         Ok(())
