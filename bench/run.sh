@@ -159,9 +159,9 @@ setup_probes() {
     local libc
     libc=$(ldd "$PROXY" | awk '/libc\.so/ {print $3}')
     perf probe -q -d "$PROBE_GROUP:*" 2>/dev/null || true
-    if perf probe -q -x "$PROXY" -a "$PROBE_GROUP:mi_malloc=mi_malloc_aligned" \
+    if perf probe -q -f -x "$PROXY" -a "$PROBE_GROUP:mi_malloc=mi_malloc_aligned" \
         -a "$PROBE_GROUP:mi_zalloc=mi_zalloc_aligned" -a "$PROBE_GROUP:mi_realloc=mi_realloc_aligned" &&
-        perf probe -q -x "$libc" -a "$PROBE_GROUP:malloc=malloc" -a "$PROBE_GROUP:calloc=calloc" \
+        perf probe -q -f -x "$libc" -a "$PROBE_GROUP:malloc=malloc" -a "$PROBE_GROUP:calloc=calloc" \
             -a "$PROBE_GROUP:realloc=realloc"; then
         PROBES=1
     else
@@ -208,6 +208,13 @@ print(json.dumps(r))' "$@"
 
 metric() { # ADMIN NAME
     curl -sf "http://$1/metrics" | awk -v n="llm_audit_proxy_$2" '$1 == n {print $2}'
+}
+
+stored_req_resp() { # ADMIN
+    curl -sf "http://$1/api/stats" | python3 -c '
+import json, sys
+by = json.load(sys.stdin).get("by_type", {})
+print(by.get("REQUEST", 0) + by.get("RESPONSE", 0))'
 }
 
 # Waits until every event offered to the writer's queue has been written,
@@ -324,7 +331,23 @@ stop_target() {
 # Runs every load against the started target, tagging each line NAME/phase.
 measure_target() {
     local name=$1 calls=0 out i s
-    local count_calls='import json,sys; print(sum(json.loads(l).get("sent",0) for l in sys.stdin if l.strip()))'
+    # Calls sent to this target by the 1 KB and streaming loads (every phase
+    # but `body`), read from the raw lines' labels (lines are written both
+    # compact and with spaces, so they are parsed, not matched as text).
+    local count_calls='
+import json, sys
+name = sys.argv[1]
+n = 0
+for line in open(sys.argv[2]):
+    if line.strip():
+        r = json.loads(line)
+        label = r.get("label") or ""
+        if label.startswith(name + "/") and "/body-" not in label:
+            n += r.get("sent", 0)
+print(n)'
+    # REQUEST and RESPONSE events the body phases stored, so that lost
+    # events are counted over the other loads only.
+    local body_stored=0 before_body
 
     # Memory first, on a fresh process: VmHWM then holds startup plus the
     # open streams, not the 1 MB bodies of later phases.
@@ -395,10 +418,14 @@ measure_target() {
             raw "$(with_counts "$out" "$WORK/alloc.counts")"
         fi
     fi
-    [[ " $PHASES " == *" body "* ]] && for s in $BODY_SIZES; do
-        [[ -n "$ADMIN" ]] && drain "$ADMIN"
-        raw "$(loadgen --mode closed --conns "$BODY_CONNS" --duration "$BODY_DURATION" --body "$s" --label "$name/body-$s")"
-    done
+    if [[ " $PHASES " == *" body "* ]]; then
+        [[ -n "$ADMIN" ]] && { drain "$ADMIN"; before_body=$(stored_req_resp "$ADMIN"); }
+        for s in $BODY_SIZES; do
+            [[ -n "$ADMIN" ]] && drain "$ADMIN"
+            raw "$(loadgen --mode closed --conns "$BODY_CONNS" --duration "$BODY_DURATION" --body "$s" --label "$name/body-$s")"
+        done
+        [[ -n "$ADMIN" ]] && { drain "$ADMIN"; body_stored=$(($(stored_req_resp "$ADMIN") - before_body)); }
+    fi
     [[ -n "$ADMIN" ]] && drain "$ADMIN"
     [[ " $PHASES " == *" stream "* ]] && for i in $(seq "$RUNS"); do
         [[ -n "$ADMIN" ]] && drain "$ADMIN"
@@ -408,20 +435,22 @@ measure_target() {
 
     if [[ -n "$ADMIN" ]]; then
         drain "$ADMIN"
-        calls=$(grep "\"label\":\"$name/" "$RAW" | python3 -c "$count_calls")
+        calls=$(python3 -c "$count_calls" "$name" "$RAW")
         local stats bytes
         stats=$(curl -sf "http://$ADMIN/api/stats")
         bytes=$(du -sb "$STORE_DIR" | cut -f1)
         raw "$(python3 -c '
 import json, sys
 name, calls, nbytes, stats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+body_stored, phases = int(sys.argv[5]), [p for p in sys.argv[6].split() if p != "body"]
 by = stats.get("by_type", {})
-stored = by.get("REQUEST", 0) + by.get("RESPONSE", 0)
+stored = by.get("REQUEST", 0) + by.get("RESPONSE", 0) - body_stored
 total = stats.get("total_events", 0)
 print(json.dumps({"label": name + "/store", "calls": calls, "stored_req_resp": stored,
-    "lost": calls * 2 - stored if total else None, "total_events": total, "store_bytes": nbytes,
+    "lost": calls * 2 - stored if total and calls else None, "phases": phases,
+    "total_events": total, "store_bytes": nbytes,
     "bytes_per_event": nbytes / total if total else None, "pipeline": stats.get("pipeline")}))
-' "$name" "$calls" "$bytes" "$stats")"
+' "$name" "$calls" "$bytes" "$stats" "$body_stored" "$PHASES")"
     fi
 }
 

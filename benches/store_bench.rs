@@ -17,9 +17,13 @@
 //! - `index-cost --dir DIR --events N`: the cost of each secondary index
 //!   on writes. For each set of indexes (today's, each one left out, the
 //!   ones kept), a fresh store in DIR gets N pre-sealed events of the
-//!   sizes above in batches of 40 (a busy writer's commit), and the
+//!   sizes above in batches of 40 (`--batch`; a busy writer's commit), and the
 //!   process's CPU time (utime + stime) over the appends is divided by N.
-//!   Prints one JSON line per set.
+//!   Prints one JSON line per set. `--set today` (or another set's name)
+//!   runs that set alone, e.g. under `perf stat` to count its allocations;
+//!   `--batch B` appends B events a transaction (at 5 ms commits a proxy
+//!   serving 500 calls/s writes about 5); `--sql S` runs S on each fresh
+//!   store first (to try a setting).
 
 #![expect(
     clippy::unwrap_used,
@@ -67,6 +71,9 @@ async fn main() {
     let mut base: Option<DateTime<Utc>> = None;
     // Keeps the whole run bounded even when a query kind is slow.
     let mut max_secs: f64 = 120.0;
+    let mut only_set: Option<String> = None;
+    let mut batch: usize = 40;
+    let mut sql = String::new();
     while let Some(arg) = args.next() {
         let val = args.next().unwrap_or_default();
         match arg.as_str() {
@@ -76,6 +83,9 @@ async fn main() {
             "--pid" => pid = val.parse().unwrap(),
             "--queries" => queries = val.parse().unwrap(),
             "--max-secs" => max_secs = val.parse().unwrap(),
+            "--set" => only_set = Some(val),
+            "--batch" => batch = val.parse().unwrap(),
+            "--sql" => sql = val,
             "--base" => base = Some(parse_timestamp(&val).expect("--base RFC 3339")),
             other => {
                 eprintln!("store_bench: unknown argument {other}");
@@ -86,7 +96,7 @@ async fn main() {
     match cmd.as_str() {
         "generate" => generate(dir, events).await,
         "measure" => measure(admin, events, base.expect("--base"), pid, queries, max_secs).await,
-        "index-cost" => index_cost(dir, events).await,
+        "index-cost" => index_cost(dir, events, batch, only_set, &sql).await,
         _ => {
             eprintln!("usage: store_bench generate|measure [options]");
             std::process::exit(64);
@@ -209,7 +219,7 @@ const INDEXES: &[&str] = &[
     "events_type_ts",
 ];
 
-async fn index_cost(dir: PathBuf, events: u64) {
+async fn index_cost(dir: PathBuf, events: u64, batch: usize, only_set: Option<String>, sql: &str) {
     let base = Utc::now().trunc_subsecs(0);
     let mut sealed = Vec::with_capacity(events as usize);
     let mut prev = GENESIS_HASH.to_owned();
@@ -222,18 +232,22 @@ async fn index_cost(dir: PathBuf, events: u64) {
     }
     sealed.truncate(events as usize);
     let batches: Vec<llm_audit_proxy::store::Batch> =
-        sealed.chunks(40).map(|c| c.to_vec().into()).collect();
+        sealed.chunks(batch).map(|c| c.to_vec().into()).collect();
     let mut sets: Vec<(String, Vec<&str>)> = vec![("today".into(), Vec::new())];
     for index in INDEXES {
         sets.push((format!("without {index}"), vec![*index]));
     }
     sets.push(("none".into(), INDEXES.to_vec()));
+    if let Some(only) = &only_set {
+        sets.retain(|(name, _)| name == only);
+    }
     for (name, dropped) in sets {
         let at = dir.join(name.replace(' ', "-"));
         let _ = std::fs::remove_dir_all(&at);
         let store = SqliteStore::open(&at).await.unwrap();
         {
             let conn = rusqlite::Connection::open(at.join("audit.db")).unwrap();
+            conn.execute_batch(sql).unwrap();
             for index in &dropped {
                 conn.execute_batch(&format!("DROP INDEX IF EXISTS {index}"))
                     .unwrap();

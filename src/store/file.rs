@@ -39,7 +39,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use self::segment::{file_name, io_error, is_store_file, read_range, Segment, View};
+#[cfg(test)]
+use self::segment::file_name;
+use self::segment::{io_error, is_store_file, read_range, Segment, View};
 use super::{
     chunk_stream, AuditStore, ChainHead, EventChunk, EventFilter, EventPage, EventQuery,
     EventStream, PurgeReport, Rotation, StoreError, StoreStats, MAX_QUERY_LIMIT,
@@ -82,6 +84,8 @@ struct State {
     head: Option<ChainHead>,
     /// The file the last append went to, kept open for the next.
     open: Option<(String, File)>,
+    /// Where an append writes the file name of each event.
+    name_buf: String,
 }
 
 /// One file's share of an append.
@@ -159,6 +163,7 @@ impl FileStore {
                 segments,
                 head,
                 open: None,
+                name_buf: String::new(),
             })),
             _lock: None,
         })
@@ -521,7 +526,8 @@ impl State {
     /// older than `newest` (the newest timestamp written or planned so far)
     /// stays in the current file.
     fn target(&mut self, event: &AuditEvent, newest: Option<DateTime<Utc>>) -> usize {
-        let name = file_name(self.rotation, &event.timestamp);
+        segment::write_file_name(self.rotation, &event.timestamp, &mut self.name_buf);
+        let name = self.name_buf.as_str();
         if let Some(current) = self.segments.last() {
             let stays = current.name == name
                 || newest.is_some_and(|t| event.timestamp < t)
@@ -530,7 +536,8 @@ impl State {
                 return self.segments.len() - 1;
             }
         }
-        self.segments.push(Segment::empty(&self.dir, name));
+        self.segments
+            .push(Segment::empty(&self.dir, self.name_buf.clone()));
         self.segments.len() - 1
     }
 

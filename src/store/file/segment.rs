@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 
 use crate::event::{AuditEvent, EventType};
 use crate::store::{EventFilter, Rotation, StoreError};
@@ -67,13 +67,54 @@ pub(super) struct View {
 
 /// The file an event belongs in by its timestamp. Names sort in time order
 /// within one rotation (ISO week-year and week for weekly).
+#[cfg(test)]
 pub(super) fn file_name(rotation: Rotation, ts: &DateTime<Utc>) -> String {
-    let period = match rotation {
-        Rotation::Hourly => ts.format("%Y-%m-%dT%H"),
-        Rotation::Daily => ts.format("%Y-%m-%d"),
-        Rotation::Weekly => ts.format("%G-W%V"),
+    let mut name = String::new();
+    write_file_name(rotation, ts, &mut name);
+    name
+}
+
+/// The name of the file an event belongs in by its timestamp, written
+/// into `out` (cleared first): an append names the file of every event,
+/// into one buffer it keeps. Names sort in time order within one rotation
+/// (ISO week-year and week for weekly).
+pub(super) fn write_file_name(rotation: Rotation, ts: &DateTime<Utc>, out: &mut String) {
+    use std::fmt::Write;
+    out.clear();
+    let week = ts.iso_week();
+    let year = match rotation {
+        Rotation::Weekly => week.year(),
+        Rotation::Hourly | Rotation::Daily => ts.year(),
     };
-    format!("{PREFIX}{period}{SUFFIX}")
+    // chrono's `%Y` and `%G` add a sign outside these years; its
+    // formatter is used for them (it builds a string of its own).
+    let written = if (0..=9999).contains(&year) {
+        match rotation {
+            Rotation::Hourly => write!(
+                out,
+                "{PREFIX}{year:04}-{:02}-{:02}T{:02}{SUFFIX}",
+                ts.month(),
+                ts.day(),
+                ts.hour()
+            ),
+            Rotation::Daily => write!(
+                out,
+                "{PREFIX}{year:04}-{:02}-{:02}{SUFFIX}",
+                ts.month(),
+                ts.day()
+            ),
+            Rotation::Weekly => write!(out, "{PREFIX}{year:04}-W{:02}{SUFFIX}", week.week()),
+        }
+    } else {
+        let period = match rotation {
+            Rotation::Hourly => ts.format("%Y-%m-%dT%H"),
+            Rotation::Daily => ts.format("%Y-%m-%d"),
+            Rotation::Weekly => ts.format("%G-W%V"),
+        };
+        write!(out, "{PREFIX}{period}{SUFFIX}")
+    };
+    // Writing to a String cannot fail.
+    debug_assert!(written.is_ok());
 }
 
 pub(super) fn is_store_file(name: &str) -> bool {

@@ -42,6 +42,30 @@ async fn conforms_with_hourly_and_daily_rotation() {
 }
 
 #[test]
+fn file_names_are_chrono_formats_of_the_period() {
+    let mut buf = String::from("left over");
+    let start = Utc.with_ymd_and_hms(2024, 12, 20, 22, 30, 0).unwrap();
+    let mut times: Vec<_> = (0..24 * 30)
+        .map(|h| start + chrono::Duration::hours(h))
+        .collect();
+    times.push(Utc.with_ymd_and_hms(9999, 12, 31, 23, 0, 0).unwrap());
+    times.push(Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap());
+    times.push(Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap());
+    for ts in times {
+        for (rotation, format) in [
+            (Rotation::Hourly, "%Y-%m-%dT%H"),
+            (Rotation::Daily, "%Y-%m-%d"),
+            (Rotation::Weekly, "%G-W%V"),
+        ] {
+            let expected = format!("audit-{}.jsonl", ts.format(format));
+            segment::write_file_name(rotation, &ts, &mut buf);
+            assert_eq!(buf, expected, "{ts} {rotation}");
+            assert_eq!(file_name(rotation, &ts), expected);
+        }
+    }
+}
+
+#[test]
 fn file_names_sort_in_time_order() {
     let ts = Utc.with_ymd_and_hms(2026, 11, 26, 14, 5, 0).unwrap();
     assert_eq!(

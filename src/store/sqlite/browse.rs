@@ -16,7 +16,7 @@
 mod facets;
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params_from_iter, Connection};
+use rusqlite::{params_from_iter, CachedStatement, Connection};
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -41,13 +41,13 @@ pub fn index_batch(
     tx: &rusqlite::Transaction<'_>,
     events: &[AuditEvent],
 ) -> Result<(), StoreError> {
-    let mut facets = tx.prepare_cached(
-        "INSERT INTO event_facets (seq, timestamp, event_type, model, operation, outcome, \
-         status, latency_ms, total_tokens, policy, severity) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?;
-    let mut fts = tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?;
-    let mut text = String::new();
+    // Each statement is fetched from the cache only when the batch needs
+    // it: every fetch allocates its cache key again.
+    let mut facets: Option<CachedStatement<'_>> = None;
+    let mut fts: Option<CachedStatement<'_>> = None;
+    // The searchable text, in a buffer the store's thread keeps between
+    // batches (a batch of a busy proxy holds only a few events).
+    let mut text = SEARCH_TEXT.take();
     let mut rollups = Rollups::default();
     for e in events {
         let body = match e.event_type {
@@ -62,24 +62,54 @@ pub fn index_batch(
         let timestamp = timestamp_text(&e.timestamp);
         let timestamp = timestamp.as_str();
         rollups.add(timestamp, e.event_type.clone(), &m);
-        facets.execute(rusqlite::params![
-            e.seq,
-            timestamp,
-            e.event_type.as_str(),
-            m.model.as_str(),
-            m.operation.as_str(),
-            m.outcome.as_str(),
-            m.status.as_i64(),
-            m.latency_ms.as_f64(),
-            m.total_tokens.as_i64(),
-            m.policy_name.as_str(),
-            m.severity.as_str(),
-        ])?;
+        if facets.is_none() {
+            facets = Some(tx.prepare_cached(
+                "INSERT INTO event_facets (seq, timestamp, event_type, model, operation, \
+                 outcome, status, latency_ms, total_tokens, policy, severity) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?);
+        }
+        if let Some(insert) = facets.as_mut() {
+            insert.execute(rusqlite::params![
+                e.seq,
+                timestamp,
+                e.event_type.as_str(),
+                m.model.as_str(),
+                m.operation.as_str(),
+                m.outcome.as_str(),
+                m.status.as_i64(),
+                m.latency_ms.as_f64(),
+                m.total_tokens.as_i64(),
+                m.policy_name.as_str(),
+                m.severity.as_str(),
+            ])?;
+        }
         if body.is_some() {
-            fts.execute(rusqlite::params![e.seq, text])?;
+            if fts.is_none() {
+                fts = Some(
+                    tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?,
+                );
+            }
+            if let Some(insert) = fts.as_mut() {
+                insert.execute(rusqlite::params![e.seq, text])?;
+            }
         }
     }
-    rollups.write(tx)
+    drop((facets, fts));
+    rollups.write(tx)?;
+    // A buffer grown by a very large body is not kept.
+    if text.capacity() <= SEARCH_TEXT_KEPT {
+        SEARCH_TEXT.set(text);
+    }
+    Ok(())
+}
+
+/// Most bytes of searchable-text buffer kept between batches.
+const SEARCH_TEXT_KEPT: usize = 64 * 1024;
+
+thread_local! {
+    /// See [`index_batch`].
+    static SEARCH_TEXT: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
 }
 
 /// A batch's additions to the per-minute rollups, keyed by minute
@@ -144,28 +174,41 @@ impl<'a> Rollups<'a> {
     }
 
     fn write(self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
-        let mut calls = tx.prepare_cached(
-            "INSERT INTO call_minutes VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (minute, model) \
-             DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors, \
-             tokens = tokens + excluded.tokens",
-        )?;
-        let mut latency = tx.prepare_cached(
-            "INSERT INTO latency_minutes VALUES (?1, ?2, ?3) ON CONFLICT (minute, bucket) \
-             DO UPDATE SET calls = calls + excluded.calls",
-        )?;
-        let mut violations = tx.prepare_cached(
-            "INSERT INTO violation_minutes VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (minute, policy, severity) DO UPDATE SET count = count + excluded.count",
-        )?;
-        for (minute, rollup) in &self.minutes {
-            for (model, (n, errors, tokens)) in &rollup.calls {
-                calls.execute(rusqlite::params![minute, model, n, errors, tokens])?;
+        // Only the statements this batch needs (most batches have no
+        // violation): each one fetched from the cache allocates.
+        let rollups = self.minutes.values();
+        if rollups.clone().any(|r| !r.calls.is_empty()) {
+            let mut calls = tx.prepare_cached(
+                "INSERT INTO call_minutes VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (minute, model) \
+                 DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors, \
+                 tokens = tokens + excluded.tokens",
+            )?;
+            for (minute, rollup) in &self.minutes {
+                for (model, (n, errors, tokens)) in &rollup.calls {
+                    calls.execute(rusqlite::params![minute, model, n, errors, tokens])?;
+                }
             }
-            for (bucket, n) in &rollup.latency {
-                latency.execute(rusqlite::params![minute, bucket, n])?;
+        }
+        if rollups.clone().any(|r| !r.latency.is_empty()) {
+            let mut latency = tx.prepare_cached(
+                "INSERT INTO latency_minutes VALUES (?1, ?2, ?3) ON CONFLICT (minute, bucket) \
+                 DO UPDATE SET calls = calls + excluded.calls",
+            )?;
+            for (minute, rollup) in &self.minutes {
+                for (bucket, n) in &rollup.latency {
+                    latency.execute(rusqlite::params![minute, bucket, n])?;
+                }
             }
-            for ((policy, severity), n) in &rollup.violations {
-                violations.execute(rusqlite::params![minute, policy, severity, n])?;
+        }
+        if rollups.clone().any(|r| !r.violations.is_empty()) {
+            let mut violations = tx.prepare_cached(
+                "INSERT INTO violation_minutes VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (minute, policy, severity) DO UPDATE SET count = count + excluded.count",
+            )?;
+            for (minute, rollup) in &self.minutes {
+                for ((policy, severity), n) in &rollup.violations {
+                    violations.execute(rusqlite::params![minute, policy, severity, n])?;
+                }
             }
         }
         Ok(())
@@ -181,11 +224,46 @@ fn minute_of(timestamp: &str) -> &str {
 /// `(exponent + 10) * 100 + mantissa digits` (`812.4` → `1281`, i.e.
 /// 8.1e2). The migration computes the same key with `printf('%.1e')`.
 pub fn latency_bucket(ms: f64) -> i64 {
-    let text = format!("{:.1e}", ms.max(0.0));
+    // Formatted on the stack: every RESPONSE appended computes one.
+    let mut buf = StackText::default();
+    let text = match std::fmt::Write::write_fmt(&mut buf, format_args!("{:.1e}", ms.max(0.0))) {
+        Ok(()) => buf.as_str(),
+        Err(_) => "",
+    };
     let (mantissa, exponent) = text.split_once('e').unwrap_or(("0.0", "0"));
-    let digits: i64 = mantissa.replace('.', "").parse().unwrap_or(0);
+    let mut digits: i64 = 0;
+    for b in mantissa.bytes().filter(|&b| b != b'.') {
+        if !b.is_ascii_digit() {
+            digits = 0;
+            break;
+        }
+        digits = digits * 10 + i64::from(b - b'0');
+    }
     let exponent: i64 = exponent.parse().unwrap_or(0);
     (exponent + 10) * 100 + digits
+}
+
+/// A short text written without allocating (a float in `{:.1e}` form).
+#[derive(Default)]
+struct StackText {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl StackText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// The latency a bucket key stands for.
@@ -482,6 +560,38 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn latency_buckets_round_as_printf_does() {
+        // The text-based rounding this replaced.
+        let by_text = |ms: f64| -> i64 {
+            let text = format!("{:.1e}", ms.max(0.0));
+            let (mantissa, exponent) = text.split_once('e').unwrap_or(("0.0", "0"));
+            let digits: i64 = mantissa.replace('.', "").parse().unwrap_or(0);
+            let exponent: i64 = exponent.parse().unwrap_or(0);
+            (exponent + 10) * 100 + digits
+        };
+        let mut samples = vec![
+            0.0,
+            -3.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            1e-300,
+            0.05,
+            0.95,
+            9.95,
+            99.5,
+            812.4,
+            1e6,
+        ];
+        samples.extend((0..2000).map(|i| f64::from(i) * 0.37));
+        for ms in samples {
+            assert_eq!(latency_bucket(ms), by_text(ms), "{ms}");
+        }
+        assert_eq!(latency_bucket(812.4), 1281);
     }
 
     fn text(words: &str) -> SearchQuery {

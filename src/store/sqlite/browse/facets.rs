@@ -257,8 +257,44 @@ impl<'de> Visitor<'de> for TotalTokens {
     }
 }
 
-/// Appends every string of a value to a text, depth first, separated by
-/// spaces (object keys are not part of it).
+/// Keys of a request or response body whose values are identifiers or
+/// protocol words, not text a reader searches for: left out of the text
+/// index, so each call adds fewer terms to it (every distinct term of a
+/// transaction costs the index an allocation). The model has its own
+/// filter.
+const NOT_SEARCHED: &[&str] = &[
+    "id",
+    "object",
+    "model",
+    "role",
+    "type",
+    "finish_reason",
+    "system_fingerprint",
+    "tool_call_id",
+    "service_tier",
+    "encoding_format",
+];
+
+/// Shortest unbroken run of base64 or hex characters taken for encoded
+/// data (an image, an embedding, a hash) rather than words.
+const ENCODED_MIN_LEN: usize = 64;
+
+/// Whether a string is encoded data no reader types into a search box: a
+/// `data:` URL with base64 content, or a long run of base64 characters
+/// with no space.
+fn is_encoded(s: &str) -> bool {
+    if s.starts_with("data:") && s.contains(";base64,") {
+        return true;
+    }
+    s.len() >= ENCODED_MIN_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'-'))
+}
+
+/// Appends the searchable strings of a value to a text, depth first,
+/// separated by spaces: every string except the values of
+/// [`NOT_SEARCHED`] keys and encoded data (object keys are not part of
+/// it).
 struct StringsInto<'t>(&'t mut String);
 
 impl<'de> DeserializeSeed<'de> for StringsInto<'_> {
@@ -276,6 +312,9 @@ impl<'de> Visitor<'de> for StringsInto<'_> {
         f.write_str("a JSON value")
     }
     fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        if is_encoded(s) {
+            return Ok(());
+        }
         if !self.0.is_empty() {
             self.0.push(' ');
         }
@@ -287,8 +326,12 @@ impl<'de> Visitor<'de> for StringsInto<'_> {
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key::<IgnoredAny>()?.is_some() {
-            map.next_value_seed(StringsInto(&mut *self.0))?;
+        while let Some(TextOf(key)) = map.next_key::<TextOf<'de>>()? {
+            if NOT_SEARCHED.contains(&&*key) {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                map.next_value_seed(StringsInto(&mut *self.0))?;
+            }
         }
         Ok(())
     }
@@ -315,17 +358,39 @@ mod tests {
 
     use super::*;
 
-    /// Every string of `value`, as the tree walk before this reader did.
+    #[test]
+    fn ids_protocol_words_and_encoded_data_are_not_searched() {
+        let metadata = json!({"response_data": {"id": "chatcmpl-9", "object": "chat.completion",
+            "model": "gpt-4o", "system_fingerprint": "fp_1",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+                "content": "The parcel is delayed.", "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "track", "arguments": "{\"parcel\": \"A1\"}"}}]}}],
+            "data": [{"embedding": "AAAAgD8AAABA".repeat(8)}],
+            "image": "data:image/png;base64,iVBORw0KGgo="}})
+        .to_string();
+        let mut text = String::new();
+        read(&metadata, Some("response_data"), &mut text);
+        assert_eq!(text, "The parcel is delayed. {\"parcel\": \"A1\"} track");
+        // Short words without spaces, and long text with spaces, are words.
+        assert!(!is_encoded("deadbeef"));
+        assert!(!is_encoded(&"a word ".repeat(20)));
+        assert!(is_encoded(&"0123456789abcdef".repeat(4)));
+    }
+
+    /// The searchable strings of `value`, read from its tree.
     fn strings_of(value: &Value, out: &mut String) {
         match value {
-            Value::String(s) => {
+            Value::String(s) if !is_encoded(s) => {
                 if !out.is_empty() {
                     out.push(' ');
                 }
                 out.push_str(s);
             }
             Value::Array(items) => items.iter().for_each(|v| strings_of(v, out)),
-            Value::Object(map) => map.values().for_each(|v| strings_of(v, out)),
+            Value::Object(map) => map
+                .iter()
+                .filter(|(k, _)| !NOT_SEARCHED.contains(&k.as_str()))
+                .for_each(|(_, v)| strings_of(v, out)),
             _ => {}
         }
     }
@@ -340,6 +405,14 @@ mod tests {
                    "policy_name": "pii", "severity": "high", "request_data": "one"}),
             json!({"status": 18446744073709551615u64, "model": 5, "usage": [1],
                    "request_data": [["deep", ["er"]], true]}),
+            json!({"response_data": {"id": "chatcmpl-1", "object": "chat.completion",
+                   "model": "m", "choices": [{"message": {"role": "assistant",
+                   "content": "kept words"}, "finish_reason": "stop"}],
+                   "data": [{"embedding": "QUJD".repeat(20)}]},
+                   "request_data": {"messages": [{"role": "user", "content": [
+                       {"type": "text", "text": "look"},
+                       {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]}],
+                   "user": "u-1"}}),
             json!([1, 2]),
             json!("text"),
         ];
