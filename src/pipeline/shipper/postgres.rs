@@ -63,20 +63,13 @@ const ANY_SHIPPED: &str = "SELECT EXISTS (SELECT 1 FROM audit_events
 /// The per-connection table a batch is copied into when some of it may be
 /// in the events table already. Only the event's own columns travel: the
 /// source's id, pod, namespace and node are the same for the whole batch,
-/// so the `INSERT` adds them once as parameters.
-const CREATE_INCOMING: &str = "CREATE TEMP TABLE IF NOT EXISTS audit_events_incoming (
-        seq         BIGINT      NOT NULL,
-        \"timestamp\" TIMESTAMPTZ NOT NULL,
-        id          TEXT        NOT NULL,
-        event_type  TEXT        NOT NULL,
-        level       TEXT        NOT NULL,
-        level_rank  SMALLINT    NOT NULL,
-        message     TEXT        NOT NULL,
-        request_id  TEXT,
-        metadata    TEXT        NOT NULL,
-        prev_hash   TEXT        NOT NULL,
-        hash        TEXT        NOT NULL
-    ) ON COMMIT DELETE ROWS";
+/// so the `INSERT` adds them once as parameters. Its columns are taken
+/// from the events table, so the two cannot drift apart.
+const CREATE_INCOMING: &str = "CREATE TEMP TABLE IF NOT EXISTS audit_events_incoming
+    ON COMMIT DELETE ROWS
+    AS SELECT seq, \"timestamp\", id, event_type, level, level_rank, message, request_id,
+        metadata, prev_hash, hash
+    FROM audit_events WITH NO DATA";
 
 /// The binary `COPY` of a batch, in [`INCOMING_TYPES`] order.
 const COPY_INCOMING: &str = "COPY audit_events_incoming

@@ -138,6 +138,28 @@ impl<'de> Visitor<'de> for ScalarVisitor {
     }
 }
 
+/// The `visit_*` methods of a visitor for numbers, booleans and `null`,
+/// each answering `$value`: the visitors below skip those values.
+macro_rules! numbers_and_literals_give {
+    ($value:expr) => {
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
 /// The top-level object.
 struct TopLevel<'f, 'a, 't> {
     facets: &'f mut Facets<'a>,
@@ -188,21 +210,7 @@ impl<'a> Visitor<'a> for TopLevel<'_, 'a, '_> {
     fn visit_str<E>(self, _: &str) -> Result<(), E> {
         Ok(())
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
+    numbers_and_literals_give!(());
 }
 
 /// `total_tokens` of a `usage` object.
@@ -240,21 +248,7 @@ impl<'de> Visitor<'de> for TotalTokens {
     fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
         Ok(Scalar::Other)
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Scalar::Other)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Scalar::Other)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Scalar::Other)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Scalar::Other)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Scalar::Other)
-    }
+    numbers_and_literals_give!(Scalar::Other);
 }
 
 /// Keys of a request or response body whose values are identifiers or
@@ -335,21 +329,7 @@ impl<'de> Visitor<'de> for StringsInto<'_> {
         }
         Ok(())
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
+    numbers_and_literals_give!(());
 }
 
 #[cfg(test)]
