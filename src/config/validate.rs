@@ -15,7 +15,7 @@ use crate::policy::{load_pack, PolicyDef, PolicySet};
 /// limit the shipped manifests set, beside the calls' own buffers.
 const DEFAULT_QUEUE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Shortest time between two writes of a busy writer. Each SQLite commit
-/// rewrites every index, text-index and rollup page it touches (about 50
+/// rewrites every index, text-index and rollup page it touches (40 to 60
 /// pages whatever its size), so at 1,000 calls/s a 5 ms interval wrote 5.7
 /// WAL pages per call and 20 ms 4.1; an idle writer still writes at once.
 const DEFAULT_COMMIT_INTERVAL_MS: u64 = 20;
