@@ -145,9 +145,22 @@ fn masked_json_hides_tokens() {
 }
 
 #[test]
-fn commit_interval_defaults_to_5_ms_and_refuses_what_is_out_of_range() {
+fn max_batch_defaults_to_512_events() {
     let c = load(None, &env(&[]), &FlagValues::new()).unwrap();
-    assert_eq!(c.queue.commit_interval, Duration::from_millis(5));
+    assert_eq!(c.queue.max_batch, 512);
+    let c = load(
+        None,
+        &env(&[("LLM_AUDIT_PROXY_QUEUE_MAX_BATCH", "2048")]),
+        &FlagValues::new(),
+    )
+    .unwrap();
+    assert_eq!(c.queue.max_batch, 2048);
+}
+
+#[test]
+fn commit_interval_defaults_to_20_ms_and_refuses_what_is_out_of_range() {
+    let c = load(None, &env(&[]), &FlagValues::new()).unwrap();
+    assert_eq!(c.queue.commit_interval, Duration::from_millis(20));
     let f = file("[queue]\ncommit_interval_ms = 0\n");
     let c = load(Some(f.path()), &env(&[]), &FlagValues::new()).unwrap();
     assert_eq!(c.queue.commit_interval, Duration::ZERO);

@@ -1,5 +1,5 @@
 //! The console's search and overview answered from the FTS5 index and the
-//! `event_facets` table (schema migration 6), so neither reads event
+//! `event_facets` table (schema migrations 6 and 7), so neither reads event
 //! metadata.
 //!
 //! Both are written by [`index_batch`] in the transaction that appends the
@@ -288,13 +288,9 @@ pub fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPage, Stor
                 .to_owned(),
             SqlValue::Text(q.clone()),
         ),
-        (None, Some((column, value))) => (
-            format!(
-                "SELECT seq FROM event_facets WHERE {column} = ?1 AND seq < ?2 \
-                 ORDER BY seq DESC LIMIT ?3"
-            ),
-            SqlValue::Text(value.clone()),
-        ),
+        (None, Some((column, value))) => {
+            (facet_candidates_sql(column), SqlValue::Text(value.clone()))
+        }
         (None, None) => {
             return Err(StoreError::Other(
                 "a search needs text or a facet; plain pages are queries".into(),
@@ -370,6 +366,23 @@ pub fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPage, Stor
     }
 }
 
+/// Candidate seqs of a search by one facet, newest first, from that
+/// facet's index (which holds only the rows that have the facet).
+fn facet_candidates_sql(column: &str) -> String {
+    format!(
+        "SELECT seq FROM event_facets WHERE {column} = ?1 AND seq < ?2 \
+         ORDER BY seq DESC LIMIT ?3"
+    )
+}
+
+/// The newest violations of a range, walked in `events_type_ts`, each
+/// with its policy and severity from its facets row.
+const RECENT_VIOLATIONS_SQL: &str =
+    "SELECT e.seq, e.timestamp, e.request_id, coalesce(f.policy, ''), coalesce(f.severity, '') \
+     FROM events e JOIN event_facets f ON f.seq = e.seq \
+     WHERE e.event_type = 'COMPLIANCE_VIOLATION' AND e.timestamp >= ?1 AND e.timestamp < ?2 \
+     ORDER BY e.timestamp DESC LIMIT ?3";
+
 /// The range's calls and violations, from the per-minute rollups (whole
 /// minutes: the console asks for ranges that start on one) and, for the
 /// latest violations, the facets.
@@ -440,12 +453,7 @@ pub fn overview(conn: &Connection, query: &OverviewQuery) -> Result<Overview, St
             }
         }
     }
-    let mut stmt = conn.prepare_cached(
-        "SELECT f.seq, f.timestamp, e.request_id, coalesce(f.policy, ''), coalesce(f.severity, '') \
-         FROM event_facets f JOIN events e ON e.seq = f.seq \
-         WHERE f.event_type = 'COMPLIANCE_VIOLATION' AND f.timestamp >= ?1 AND f.timestamp < ?2 \
-         ORDER BY f.timestamp DESC LIMIT ?3",
-    )?;
+    let mut stmt = conn.prepare_cached(RECENT_VIOLATIONS_SQL)?;
     let recent = stmt.query_map(
         rusqlite::params![start, end, RECENT_VIOLATIONS as i64],
         |r| {
@@ -802,6 +810,138 @@ mod tests {
             overview_by_scan(store.as_ref(), &range).await.unwrap()
         );
         assert_eq!(rolled.calls, 4);
+    }
+
+    /// The plans behind migration 7: a facet search reads its facet's
+    /// partial index, and the latest violations walk `events_type_ts`, so
+    /// no other index of `event_facets` is needed.
+    #[tokio::test]
+    async fn facet_searches_and_latest_violations_use_the_kept_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store.append_batch(calls(30).into()).await.unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let plan = |sql: &str, params: &[SqlValue]| {
+            crate::store::sqlite::tests::query_plan(&conn, sql, params)
+        };
+        for column in ["model", "operation", "outcome"] {
+            let params = [
+                SqlValue::Text("x".into()),
+                SqlValue::Integer(i64::MAX),
+                SqlValue::Integer(10),
+            ];
+            let plan = plan(&facet_candidates_sql(column), &params);
+            let index = format!("event_facets_{column} ({column}=? AND seq<?)");
+            assert!(plan.contains(&index), "{column}: {plan}");
+        }
+        let params = [
+            SqlValue::Text("2026-01-01T00:00:00Z".into()),
+            SqlValue::Text("2027-01-01T00:00:00Z".into()),
+            SqlValue::Integer(10),
+        ];
+        let plan = plan(RECENT_VIOLATIONS_SQL, &params);
+        assert!(plan.contains("events_type_ts (event_type=?"), "{plan}");
+        assert!(!plan.contains("SCAN"), "{plan}");
+        // Only rows with the facet are in its index.
+        let entries = |index: &str| -> i64 {
+            conn.query_row(
+                &format!(
+                    "SELECT COUNT(*) FROM event_facets INDEXED BY {index} WHERE {} IS NOT NULL",
+                    &index[13..]
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(entries("event_facets_outcome"), 30);
+        assert_eq!(entries("event_facets_model"), 60);
+        let names: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'event_facets' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "event_facets_model",
+                "event_facets_operation",
+                "event_facets_outcome"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn migration_7_rebuilds_the_facet_indexes_of_an_existing_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut events = calls(12);
+        let split = events
+            .iter()
+            .position(|e| e.request_id.as_deref() == Some("call-9"))
+            .unwrap();
+        let later = events.split_off(split);
+        {
+            let store = SqliteStore::open(dir.path()).await.unwrap();
+            store.append_batch(events.into()).await.unwrap();
+        }
+        // The file as schema version 6 left it.
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "DROP INDEX event_facets_model; DROP INDEX event_facets_operation; \
+             DROP INDEX event_facets_outcome; \
+             CREATE INDEX event_facets_type_ts ON event_facets (event_type, timestamp); \
+             CREATE INDEX event_facets_model ON event_facets (model, seq); \
+             CREATE INDEX event_facets_operation ON event_facets (operation, seq); \
+             CREATE INDEX event_facets_outcome ON event_facets (outcome, seq); \
+             PRAGMA user_version = 6;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        assert_eq!(schema::user_version(&conn).unwrap(), schema::SCHEMA_VERSION);
+        let partial: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' \
+                 AND tbl_name = 'event_facets' AND sql LIKE '%IS NOT NULL'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(partial, 3);
+        let gone: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'event_facets_type_ts'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(gone, 0);
+        // Searches and the overview answer as before, and new rows are
+        // indexed too.
+        store.append_batch(later.into()).await.unwrap();
+        let query = SearchQuery {
+            model: Some("gpt-b".into()),
+            limit: 50,
+            ..SearchQuery::default()
+        };
+        let indexed = store.search(&query).await.unwrap();
+        let scanned = search_by_scan(&store, &query).await.unwrap();
+        let seqs = |p: &SearchPage| p.records.iter().map(|r| r.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(&indexed), seqs(&scanned));
+        assert!(!indexed.records.is_empty());
+        let range = OverviewQuery {
+            start: (Utc::now() - Duration::hours(1))
+                .duration_trunc(Duration::minutes(1))
+                .unwrap(),
+            end: Utc::now() + Duration::minutes(1),
+        };
+        let rolled = store.overview(&range).await.unwrap();
+        assert_eq!(rolled, overview_by_scan(&store, &range).await.unwrap());
+        assert_eq!(rolled.calls, 12);
+        assert!(!rolled.recent_violations.is_empty());
     }
 
     #[test]

@@ -565,7 +565,7 @@ async fn full_synchronous_is_applied_to_the_writer() {
 }
 
 /// The steps of `EXPLAIN QUERY PLAN` for one statement.
-fn query_plan(conn: &rusqlite::Connection, sql: &str, params: &[SqlValue]) -> String {
+pub(super) fn query_plan(conn: &rusqlite::Connection, sql: &str, params: &[SqlValue]) -> String {
     let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
     let rows = stmt
         .query_map(params_from_iter(params.iter()), |r| r.get::<_, String>(3))
