@@ -326,7 +326,7 @@ impl Handle {
         }
         if let Some(counts) = self
             .drop_log
-            .count(refused.drop_reason(), std::time::Instant::now())
+            .count(refused.drop_reason(), tokio::time::Instant::now())
         {
             drop_log::log_drops(counts, dropped);
         }

@@ -10,7 +10,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// How often at most a line about dropped events is logged.
 pub(crate) const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
