@@ -18,6 +18,7 @@
 pub mod admission;
 pub mod builder;
 pub mod checkpoint;
+mod drop_log;
 pub mod health;
 pub mod losses;
 pub mod maintenance;
@@ -32,6 +33,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::event::{AuditEvent, Level, NewEvent};
+
+use drop_log::{DropLog, DropReason, DROP_LOG_INTERVAL};
 
 pub use admission::{Admission, Refusal, Reservation};
 pub use health::StoreHealth;
@@ -168,6 +171,8 @@ pub struct Handle {
     /// a close) and once every handle is gone: a writer gathering a batch
     /// does not read the queue, so plain events wake nobody.
     waited_for: Arc<WriterBell>,
+    /// Rate-limits the WARN line about dropped offers.
+    drop_log: Arc<DropLog>,
 }
 
 /// Rings the writer; shared by the clones of a [`Handle`], the last one
@@ -194,6 +199,16 @@ enum NotQueued {
     Closed,
 }
 
+impl NotQueued {
+    fn drop_reason(&self) -> DropReason {
+        match self {
+            NotQueued::OverBudget => DropReason::OverBudget,
+            NotQueued::Full => DropReason::QueueFull,
+            NotQueued::Closed => DropReason::Closed,
+        }
+    }
+}
+
 // === impl Handle ===
 
 impl Handle {
@@ -214,6 +229,7 @@ impl Handle {
             source: source.map(Arc::new),
             max_bytes,
             waited_for: Arc::new(WriterBell(waited_for)),
+            drop_log: Arc::new(DropLog::new(DROP_LOG_INTERVAL)),
         }
     }
 
@@ -295,26 +311,25 @@ impl Handle {
         };
         self.stats.queue_bytes.fetch_sub(bytes, Ordering::Relaxed);
         let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        let reason = match refused {
+        match refused {
             NotQueued::OverBudget => {
                 self.stats
                     .dropped_over_budget
                     .fetch_add(1, Ordering::Relaxed);
-                "queue_bytes"
             }
-            NotQueued::Full => "queue_full",
+            NotQueued::Full => {}
             NotQueued::Closed => {
                 self.stats
                     .dropped_after_close
                     .fetch_add(1, Ordering::Relaxed);
-                "closed"
             }
-        };
-        tracing::warn!(
-            dropped_total = dropped,
-            reason,
-            "Audit event dropped: the queue is full, over its byte budget or closed."
-        );
+        }
+        if let Some(counts) = self
+            .drop_log
+            .count(refused.drop_reason(), tokio::time::Instant::now())
+        {
+            drop_log::log_drops(counts, dropped);
+        }
         Err(refused)
     }
 
@@ -362,6 +377,11 @@ impl Handle {
             self.waited_for.ring();
             let _ = rx.await;
         }
+        // Drops since the last line would otherwise go unlogged.
+        drop_log::log_drops(
+            self.drop_log.take(),
+            self.stats.dropped.load(Ordering::Relaxed),
+        );
     }
 
     /// Whether an event at `level` would be stored at all.
@@ -383,5 +403,120 @@ pub(crate) fn queued_bytes(event: &NewEvent) -> u64 {
 pub(crate) fn stamp_source(event: &mut NewEvent, source: Option<&serde_json::Value>) {
     if let Some(source) = source {
         event.metadata = event.metadata.with_field_if_absent("source", source);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventType;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    /// Log output kept in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn handle(capacity: usize, max_bytes: u64) -> (Handle, mpsc::Receiver<WriterMsg>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let handle = Handle::new(
+            tx,
+            Level::Debug,
+            true,
+            Arc::new(PipelineStats::default()),
+            None,
+            max_bytes,
+            Arc::new(Notify::new()),
+        );
+        // An interval no test outlasts, so the lines do not depend on speed.
+        let handle = Handle {
+            drop_log: Arc::new(DropLog::new(std::time::Duration::from_secs(3_600))),
+            ..handle
+        };
+        (handle, rx)
+    }
+
+    /// Every line about dropped events in `log`, as JSON.
+    fn drop_lines(log: &Captured) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|line| line["fields"]["dropped"].is_u64())
+            .collect()
+    }
+
+    #[test]
+    fn many_drops_make_few_log_lines_and_every_drop_is_counted() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        let (handle, rx) = handle(1, u64::MAX);
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..1_000 {
+                let queued = handle.offer(NewEvent::new(EventType::Custom, format!("e{i}")));
+                assert_eq!(queued, i == 0, "only the first fits the queue");
+            }
+        });
+        let stats = handle.stats();
+        assert_eq!(stats.offered.load(Ordering::Relaxed), 1_000);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 999);
+        assert_eq!(stats.dropped_over_budget.load(Ordering::Relaxed), 0);
+        let lines = drop_lines(&log);
+        // The first drop at once; the other 998 wait for the next interval.
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["level"], "WARN");
+        assert_eq!(lines[0]["fields"]["dropped"], 1);
+        assert_eq!(lines[0]["fields"]["reason"], "queue_full");
+        assert_eq!(lines[0]["fields"]["dropped_total"], 1);
+        let pending = handle.drop_log.take();
+        let logged: u64 = lines
+            .iter()
+            .map(|line| line["fields"]["dropped"].as_u64().unwrap())
+            .sum();
+        assert_eq!(logged + pending.total(), 999);
+        assert_eq!(pending.queue_full, pending.total());
+        drop(rx);
+    }
+
+    #[test]
+    fn drops_over_the_byte_budget_are_counted_and_named() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        // Room for no event at all.
+        let (handle, _rx) = handle(16, 1);
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..50 {
+                assert!(!handle.offer(NewEvent::new(EventType::Custom, "x")));
+            }
+        });
+        let stats = handle.stats();
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 50);
+        assert_eq!(stats.dropped_over_budget.load(Ordering::Relaxed), 50);
+        let lines = drop_lines(&log);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["fields"]["reason"], "queue_bytes");
+        assert_eq!(lines[0]["fields"]["queue_bytes"], 1);
+        let logged: u64 = lines
+            .iter()
+            .map(|line| line["fields"]["dropped"].as_u64().unwrap())
+            .sum();
+        assert_eq!(logged + handle.drop_log.take().total(), 50);
     }
 }

@@ -94,8 +94,11 @@ impl RecordBuilder {
             .name("audit-record".into())
             .spawn(move || {
                 lower_priority();
-                while let Some(jobs) = taken.next_jobs() {
-                    for job in jobs {
+                // Swapped with the queue's each time, so neither side
+                // allocates a new one per batch.
+                let mut jobs = VecDeque::with_capacity(queued);
+                while taken.next_jobs(&mut jobs) {
+                    for job in jobs.drain(..) {
                         run_caught(job, &counted);
                     }
                 }
@@ -209,13 +212,13 @@ impl Queue {
         None
     }
 
-    /// The next jobs to run, taken together; `None` once the queue is
-    /// closed and empty.
-    fn next_jobs(&self) -> Option<VecDeque<Job>> {
+    /// Swaps the next jobs to run, taken together, into `batch` (empty);
+    /// false once the queue is closed and empty.
+    fn next_jobs(&self, batch: &mut VecDeque<Job>) -> bool {
         let mut state = self.lock();
         while state.jobs.is_empty() {
             if !state.open {
-                return None;
+                return false;
             }
             state.parked = true;
             state = self
@@ -234,7 +237,8 @@ impl Queue {
                 .0;
         }
         state.urgent = false;
-        Some(std::mem::take(&mut state.jobs))
+        std::mem::swap(&mut state.jobs, batch);
+        true
     }
 }
 

@@ -85,12 +85,14 @@ pub struct Recorder {
 /// What the proxy knows when a call arrives.
 #[derive(Debug)]
 pub struct CallInfo {
-    pub request_id: String,
+    /// Shared with the call's log line; copied into each event.
+    pub request_id: Arc<str>,
     pub method: Method,
     /// Path and query as the app sent them.
     pub path_and_query: String,
     pub operation: Operation,
-    pub provider: String,
+    /// Borrowed unless configured (`proxy.provider`).
+    pub provider: Cow<'static, str>,
     pub client_ip: IpAddr,
     pub headers: HeaderMap,
     pub started_at: Instant,
@@ -344,7 +346,6 @@ impl Recorder {
         }
         // Sent or dropped by the proxy before the request goes upstream.
         let prescan = prescan.await.ok();
-        let info = Arc::new(info);
         let strict = committed.is_some();
         // An answer of known length is complete when its first byte is
         // passed on, so most calls have ended by now: both records are then
@@ -374,6 +375,8 @@ impl Recorder {
             }
             other => other,
         };
+        // Shared by the REQUEST's job and the RESPONSE's.
+        let info = Arc::new(info);
         let built = {
             let (this, info) = (self.clone(), info.clone());
             let job = move || {
@@ -469,7 +472,7 @@ impl Recorder {
                         direction.as_str()
                     ),
                 )
-                .with_request_id(info.request_id.clone())
+                .with_request_id(&*info.request_id)
                 .with_metadata(crate::policy::passed_check_metadata(&passed, direction)),
             );
         }
@@ -544,7 +547,7 @@ impl Recorder {
                 operation
             ),
         )
-        .with_request_id(info.request_id.clone())
+        .with_request_id(&*info.request_id)
         .with_metadata(metadata);
         let facts = RequestFacts {
             model,
@@ -613,7 +616,7 @@ impl Recorder {
         });
         Some(
             NewEvent::new(EventType::Error, format!("{message} ({operation})"))
-                .with_request_id(info.request_id.clone())
+                .with_request_id(&*info.request_id)
                 .with_metadata(metadata),
         )
     }
@@ -700,12 +703,14 @@ impl Recorder {
                     BodyEnd::Dropped if self.was_cut() => "shutdown",
                     BodyEnd::Dropped => "client_aborted",
                 };
-                let model = summary
-                    .model
-                    .as_deref()
-                    .map(|m| self.stored_text(m, Direction::Response));
-                let upstream_request_id = header_str(&headers, "x-request-id")
-                    .map(|id| self.stored_text(id, Direction::Response));
+                let model = summary.model.as_deref().map(|m| {
+                    self.sanitizer
+                        .redact_stored_text(m, Some(Direction::Response))
+                });
+                let upstream_request_id = header_str(&headers, "x-request-id").map(|id| {
+                    self.sanitizer
+                        .redact_stored_text(id, Some(Direction::Response))
+                });
                 let metadata = metadata_of(&ResponseMetadata {
                     blocked_by: blocked_by.as_deref().map(|v| v.policy_name.as_str()),
                     body_bytes: body.total_bytes,
@@ -763,15 +768,13 @@ impl Recorder {
                 (None, outcome_label, metadata)
             }
         };
-        let status_text = status.map_or(Cow::Borrowed("no status"), |s| {
-            Cow::Owned(s.as_u16().to_string())
-        });
-        let event = NewEvent::new(
-            EventType::Response,
-            format!("{} {} ({})", operation, status_text, outcome_label),
-        )
-        .with_request_id(info.request_id.clone())
-        .with_metadata(metadata);
+        let message = match status {
+            Some(status) => format!("{} {} ({})", operation, status.as_u16(), outcome_label),
+            None => format!("{} no status ({})", operation, outcome_label),
+        };
+        let event = NewEvent::new(EventType::Response, message)
+            .with_request_id(&*info.request_id)
+            .with_metadata(metadata);
         (event, scan)
     }
 

@@ -1,6 +1,7 @@
 //! Forwarding one call: read the request's capped prefix, send the request
 //! upstream, and stream the response back through a capture tee.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use super::client::UpstreamClient;
 use super::encoded_stream::{streams_decodable, EncodedStreamGuard};
 use super::headers::{detached, forwardable};
 use super::path_guard;
-use super::policy_guard::StreamGuard;
+use super::policy_guard::{OnBlock, StreamGuard};
 use super::request_id::request_id_for;
 use super::respond::{self, ProxyError, REQUEST_ID_HEADER};
 
@@ -31,7 +32,7 @@ use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::decode::decode;
 use crate::capture::json_view::JsonView;
 use crate::capture::operation::{classify, provider_for};
-use crate::capture::tee::{BodyEnd, Capture, Captured, OnDone, TeeBody, IDLE_TIMEOUT_MESSAGE};
+use crate::capture::tee::{BodyEnd, Capture, Captured, TeeBody, IDLE_TIMEOUT_MESSAGE};
 use crate::config::{FailMode, Upstream};
 use crate::pipeline::record::{
     CallInfo, CallRecord, Failure, Recorder, RequestPrescan, ResponseOutcome,
@@ -78,7 +79,8 @@ pub async fn handle(
     client_ip: IpAddr,
 ) -> Response<ProxyBody> {
     let started_at = Instant::now();
-    let request_id = request_id_for(req.headers(), &state.policies);
+    // One copy shared by the call's log line, its record and its events.
+    let request_id: Arc<str> = request_id_for(req.headers(), &state.policies).into();
     // Refused before anything else: neither goes upstream or starts a
     // record (the metrics count them).
     let refused = if req.method() == http::Method::CONNECT {
@@ -93,12 +95,8 @@ pub async fn handle(
         return error.into_response(&request_id);
     }
     let (mut parts, body) = req.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    let uri = match state.upstream.uri_for(&path_and_query) {
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let uri = match state.upstream.uri_for(path_and_query) {
         Ok(uri) => uri,
         Err(_) => return ProxyError::BadRequest.into_response(&request_id),
     };
@@ -121,15 +119,15 @@ pub async fn handle(
         }
     };
     let mut record = state.recorder.as_ref().map(|recorder| {
-        let provider = state
-            .provider_override
-            .clone()
-            .unwrap_or_else(|| provider_for(state.upstream.host(), parts.uri.path()).to_owned());
+        let provider = match &state.provider_override {
+            Some(provider) => Cow::Owned(provider.clone()),
+            None => Cow::Borrowed(provider_for(state.upstream.host(), parts.uri.path())),
+        };
         recorder.start(CallInfo {
             request_id: request_id.clone(),
             method: parts.method.clone(),
-            path_and_query: path_and_query.clone(),
-            operation: operation.clone(),
+            path_and_query: path_and_query.to_owned(),
+            operation,
             provider,
             client_ip,
             headers: detached(&parts.headers),
@@ -146,12 +144,14 @@ pub async fn handle(
     let request_body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let request_capture = Capture::new(state.capture_cap, {
         let failed = request_body_failed.clone();
-        let send = on_done(record.as_mut().and_then(CallRecord::request_sender));
+        let sender = record.as_mut().and_then(CallRecord::request_sender);
         Box::new(move |captured: Captured| {
             if matches!(captured.end, BodyEnd::Error(_)) {
                 failed.store(true, std::sync::atomic::Ordering::Release);
             }
-            send(captured);
+            if let Some(tx) = sender {
+                let _ = tx.send(captured);
+            }
         })
     });
     let committed = record.as_mut().and_then(CallRecord::request_committed);
@@ -303,15 +303,21 @@ pub async fn handle(
     let answer_started = record.as_mut().and_then(CallRecord::answer_started);
     let status = parts.status;
     let upstream_headers = response_sender.as_ref().map(|_| detached(&parts.headers));
+    let guard_responses = state.policies.blocks(Direction::Response) && state.capture_cap > 0;
     // Set by a response policy that replaced or cut the answer, before the
-    // capture completes, so the record and the log both see it.
-    let blocked_by: Arc<OnceLock<Verdict>> = Arc::default();
+    // capture completes, so the record and the log both see it; only
+    // response `block` policies set it.
+    let blocked_by: Option<Arc<OnceLock<Verdict>>> = guard_responses.then(Arc::default);
     let mut response_capture = {
         let blocked_by = blocked_by.clone();
         Capture::new(
             state.capture_cap,
             Box::new(move |body| {
-                let blocked_by = blocked_by.get().cloned().map(Box::new);
+                let blocked_by = blocked_by
+                    .as_deref()
+                    .and_then(OnceLock::get)
+                    .cloned()
+                    .map(Box::new);
                 call_log.finished(status, &body, headers_at, blocked_by.is_some());
                 if let (Some(tx), Some(headers)) = (response_sender, upstream_headers) {
                     let _ = tx.send(ResponseOutcome::Upstream {
@@ -341,19 +347,19 @@ pub async fn handle(
         parts.headers.insert(REQUEST_ID_HEADER, v);
     }
     let mut incoming = Box::pin(IdleTimeoutBody::new(incoming, state.stream_idle_timeout));
-    let guard_responses = state.policies.blocks(Direction::Response) && state.capture_cap > 0;
     let encoded = is_encoded(encoding.as_deref());
-    let on_block = {
-        let blocked_by = blocked_by.clone();
+    let on_block = |blocked_by: Option<Arc<OnceLock<Verdict>>>| -> OnBlock {
         Box::new(move |verdict: Verdict| {
-            let _ = blocked_by.set(verdict);
+            if let Some(blocked_by) = blocked_by {
+                let _ = blocked_by.set(verdict);
+            }
         })
     };
     let body: ProxyBody = if !guard_responses {
         TeeBody::new(incoming, response_capture).boxed_unsync()
     } else if is_sse && !encoded {
         TeeBody::new(
-            StreamGuard::new(incoming, state.policies.clone(), on_block),
+            StreamGuard::new(incoming, state.policies.clone(), on_block(blocked_by)),
             response_capture,
         )
         .boxed_unsync()
@@ -364,7 +370,12 @@ pub async fn handle(
         // A compressed event stream: inspected through its decoded text,
         // forwarded as sent.
         TeeBody::new(
-            EncodedStreamGuard::new(incoming, coding, state.policies.clone(), on_block),
+            EncodedStreamGuard::new(
+                incoming,
+                coding,
+                state.policies.clone(),
+                on_block(blocked_by),
+            ),
             response_capture,
         )
         .boxed_unsync()
@@ -385,7 +396,7 @@ pub async fn handle(
                 StreamGuard::new(
                     PrefixedBody::new(prefix, (!ended).then_some(incoming)),
                     state.policies.clone(),
-                    on_block,
+                    on_block(blocked_by),
                 ),
                 response_capture,
             )
@@ -419,7 +430,9 @@ pub async fn handle(
                     full(body)
                 }
                 AnswerCheck::Blocked(verdict) => {
-                    let _ = blocked_by.set(verdict.clone());
+                    if let Some(blocked_by) = &blocked_by {
+                        let _ = blocked_by.set(verdict.clone());
+                    }
                     response_capture.finish(BodyEnd::Complete);
                     return respond::policy_violation(&request_id, &verdict);
                 }
@@ -451,8 +464,8 @@ pub async fn handle(
 struct CallLog {
     cut_at_shutdown: Arc<std::sync::atomic::AtomicBool>,
     metrics: Arc<Metrics>,
-    request_id: String,
-    operation: String,
+    request_id: Arc<str>,
+    operation: Arc<str>,
     started_at: Instant,
 }
 
@@ -520,8 +533,8 @@ impl CallLog {
             .calls
             .get_or_create(&CallLabels {
                 operation: self.operation.clone(),
-                status: status.to_string(),
-                outcome: outcome.to_owned(),
+                status,
+                outcome,
             })
             .inc();
         self.metrics
@@ -758,14 +771,6 @@ fn apply_request_policies(
 }
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
-
-fn on_done(sender: Option<tokio::sync::oneshot::Sender<crate::capture::tee::Captured>>) -> OnDone {
-    Box::new(move |captured| {
-        if let Some(tx) = sender {
-            let _ = tx.send(captured);
-        }
-    })
-}
 
 /// The error and its sources on one line (hyper's top-level messages alone
 /// say little, e.g. "client error (Connect)").

@@ -27,14 +27,16 @@ pub const MAX_MODEL_LABELS: usize = 64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
-    pub operation: String,
-    pub status: String,
-    pub outcome: String,
+    /// Shared with the call (see [`operation_label`]), so a lookup copies
+    /// no text.
+    pub operation: Arc<str>,
+    pub status: u16,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
-    pub operation: String,
+    pub operation: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -269,11 +271,11 @@ impl Metrics {
 }
 
 /// The operation as a label: the known names, else `other`.
-pub fn operation_label(operation: &str) -> String {
+pub fn operation_label(operation: &str) -> Arc<str> {
     if operation.contains('.') && !operation.contains(' ') {
-        operation.to_owned()
+        operation.into()
     } else {
-        "other".to_owned()
+        "other".into()
     }
 }
 
@@ -420,8 +422,8 @@ mod tests {
         m.calls
             .get_or_create(&CallLabels {
                 operation: "chat.create".into(),
-                status: "200".into(),
-                outcome: "completed".into(),
+                status: 200,
+                outcome: "completed",
             })
             .inc();
         m.added_latency.observe(0.0002);
@@ -467,7 +469,7 @@ mod tests {
         }
         assert_eq!(m.model_label("one-too-many"), "other");
         assert_eq!(m.model_label("m0"), "m0");
-        assert_eq!(operation_label("POST /v1/x"), "other");
-        assert_eq!(operation_label("chat.create"), "chat.create");
+        assert_eq!(&*operation_label("POST /v1/x"), "other");
+        assert_eq!(&*operation_label("chat.create"), "chat.create");
     }
 }
