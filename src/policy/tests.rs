@@ -309,12 +309,7 @@ fn the_request_gate_blocks_exactly_as_the_full_scan() {
         !gate.complete,
         "email, phone and ip stay off the request path"
     );
-    let kinds: Vec<&str> = gate
-        .matcher
-        .entries()
-        .iter()
-        .map(|e| e.kind.as_str())
-        .collect();
+    let kinds: Vec<&str> = gate.matcher.entries().iter().map(|e| e.kind).collect();
     assert!(
         kinds.contains(&"OPENAI_KEY") && kinds.contains(&"IBAN"),
         "{kinds:?}"
@@ -636,7 +631,7 @@ fn prose_kinds(set: &PolicySet, sample: &Sample) -> Vec<(String, bool)> {
     set.matcher.find(&sample.text, &mut hits);
     hits.iter()
         .map(|h| {
-            let kind = set.matcher.entries()[h.entry].kind.clone();
+            let kind = set.matcher.entries()[h.entry].kind.to_owned();
             (kind, h.start < sample.span.end && sample.span.start < h.end)
         })
         .collect()
@@ -649,7 +644,7 @@ fn json_kinds(set: &PolicySet, sample: &Sample) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     for (kind, n) in &set.scan_request(&body).verdicts[0].findings {
         for _ in 0..*n {
-            out.push((kind.clone(), true));
+            out.push(((*kind).to_owned(), true));
         }
     }
     out
@@ -684,7 +679,7 @@ fn stream_kinds(
     if let Some(v) = verdict {
         for (kind, n) in &v.findings {
             for _ in 0..*n {
-                out.push((kind.clone(), true));
+                out.push(((*kind).to_owned(), true));
             }
         }
     }
