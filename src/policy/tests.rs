@@ -153,11 +153,7 @@ fn scans_every_string_and_key_but_inline_data() {
     // the card used as a key; not the id glued to digits, nor base64.
     assert_eq!(
         v.findings,
-        BTreeMap::from([
-            ("CREDIT_CARD".into(), 2),
-            ("EMAIL".into(), 2),
-            ("IP_ADDRESS".into(), 1)
-        ])
+        BTreeMap::from([("CREDIT_CARD", 2), ("EMAIL", 2), ("IP_ADDRESS", 1)])
     );
     assert!(!v.passed);
     assert_eq!(v.direction, Direction::Request);
@@ -238,7 +234,7 @@ fn stored_copies_lose_secrets_and_policy_matches_everywhere() {
     );
     assert_eq!(
         inspection.scan.verdicts[0].findings,
-        BTreeMap::from([("CREDIT_CARD".into(), 1), ("EMAIL".into(), 2)])
+        BTreeMap::from([("CREDIT_CARD", 1), ("EMAIL", 2)])
     );
     // The same policy does not touch responses, secrets still go.
     let mut resp = json!({"choices": [{"message": {"content": "anna@example.com sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12"}}]});
@@ -416,11 +412,11 @@ fn patterns_and_keywords() {
     );
     assert_eq!(
         i.scan.verdicts[0].findings,
-        BTreeMap::from([("CUSTOM_PATTERN".into(), 1), ("KEYWORD".into(), 3)])
+        BTreeMap::from([("CUSTOM_PATTERN", 1), ("KEYWORD", 3)])
     );
     assert_eq!(
         i.scan.verdicts[1].findings,
-        BTreeMap::from([("KEYWORD".into(), 2)])
+        BTreeMap::from([("KEYWORD", 2)])
     );
 }
 
@@ -463,7 +459,7 @@ fn a_card_split_over_three_chunks_is_caught_when_complete() {
     assert!(s.feed("1111").is_none());
     let v = s.feed(". Anything else?").unwrap();
     assert_eq!(v.policy_name, "pci-card-block");
-    assert_eq!(v.findings, BTreeMap::from([("CREDIT_CARD".into(), 1)]));
+    assert_eq!(v.findings, BTreeMap::from([("CREDIT_CARD", 1)]));
     assert!(
         s.feed("more 4111 1111 1111 1111 ").is_none(),
         "reported once"
