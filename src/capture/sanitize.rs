@@ -142,29 +142,6 @@ impl Sanitizer {
         self.policies.redact_stored_text(s, direction)
     }
 
-    /// [`Self::redact_stored_text`] of each of `texts`, searched together
-    /// in one pass (see `PolicySet::redact_stored_each`): calls `stored(i,
-    /// text)` for every text `i` not stored as it is.
-    pub fn redact_stored_each<T: AsRef<str>>(
-        &self,
-        texts: &[T],
-        direction: Option<Direction>,
-        mut stored: impl FnMut(usize, Cow<'static, str>),
-    ) {
-        if self.withhold_all {
-            for (i, _) in texts
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| !t.as_ref().is_empty())
-            {
-                stored(i, Cow::Borrowed(WITHHELD));
-            }
-            return;
-        }
-        self.policies
-            .redact_stored_each(texts, direction, |i, text| stored(i, Cow::Owned(text)));
-    }
-
     /// Cleans a stored request body: secrets everywhere, plus matches of
     /// `redact` policies that watch requests, in the model's text.
     pub fn redact_request(&self, v: &mut Value) -> usize {
