@@ -38,6 +38,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
@@ -141,7 +142,7 @@ pub struct PolicyError {
 /// A checked policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    name: String,
+    name: PolicyName,
     action: Action,
     applies_to: AppliesTo,
     severity: Severity,
@@ -164,6 +165,8 @@ pub struct PolicySet {
     /// or a `log` policy that does not keep its matches.
     stored_request: Vec<bool>,
     stored_response: Vec<bool>,
+    /// Per scanner entry: replaced in stored copies of either direction.
+    stored_any: Vec<bool>,
     /// Per scanner entry: redacted in the body sent upstream.
     upstream: Vec<bool>,
     /// What the request path searches before forwarding; `None` when no
@@ -210,15 +213,20 @@ pub struct BodyFindings {
 /// One policy's outcome for one side of a call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
-    pub policy_name: String,
+    pub policy_name: PolicyName,
     pub action: Action,
     pub severity: Severity,
     pub direction: Direction,
     /// Entity type to number of matches. Never the matched values.
-    pub findings: BTreeMap<String, u64>,
+    pub findings: BTreeMap<&'static str, u64>,
     /// True when nothing was found.
     pub passed: bool,
 }
+
+/// A policy's name, held once by the compiled set and shared by every
+/// verdict: cloning it copies a pointer, not the text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyName(Arc<str>);
 
 /// The verdicts of every policy that applies to one side of a call, in
 /// policy order.
@@ -280,8 +288,8 @@ pub struct UpstreamBody {
     pub replaced: usize,
 }
 
-const CUSTOM_PATTERN: &str = "custom_pattern";
-const KEYWORD: &str = "keyword";
+const CUSTOM_PATTERN: &str = "CUSTOM_PATTERN";
+const KEYWORD: &str = "KEYWORD";
 
 /// Longest compiled form of one user pattern: enough for real patterns,
 /// small enough that a pathological one cannot eat the memory.
@@ -366,7 +374,7 @@ struct ComplianceMetadata<'a> {
 }
 
 /// [`Verdict::summary`] written straight into the message.
-struct FindingsSummary<'a>(&'a BTreeMap<String, u64>);
+struct FindingsSummary<'a>(&'a BTreeMap<&'static str, u64>);
 
 impl fmt::Display for FindingsSummary<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -379,7 +387,7 @@ impl fmt::Display for FindingsSummary<'_> {
 }
 
 /// `[{"count", "entity_type"}]`, sorted by entity type.
-struct FindingCounts<'a>(&'a BTreeMap<String, u64>);
+struct FindingCounts<'a>(&'a BTreeMap<&'static str, u64>);
 
 impl Serialize for FindingCounts<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -391,7 +399,7 @@ impl Serialize for FindingCounts<'_> {
         s.collect_seq(
             self.0
                 .iter()
-                .map(|(entity_type, &count)| Count { count, entity_type }),
+                .map(|(&entity_type, &count)| Count { count, entity_type }),
         )
     }
 }
@@ -742,7 +750,7 @@ impl PolicySet {
             }
             if let Some((name, action, applies_to, severity, redact_upstream)) = checked {
                 policies.push(Policy {
-                    name,
+                    name: PolicyName(name.into()),
                     action,
                     applies_to,
                     severity,
@@ -785,6 +793,7 @@ impl PolicySet {
             always: Vec::new(),
             stored_request: Vec::new(),
             stored_response: Vec::new(),
+            stored_any: Vec::new(),
             upstream: Vec::new(),
             request_gate: None,
         }
@@ -813,12 +822,18 @@ impl PolicySet {
             }
         }
         let request_gate = RequestGate::new(&policies, &entries)?;
+        let stored_any = stored_request
+            .iter()
+            .zip(&stored_response)
+            .map(|(a, b)| *a || *b)
+            .collect();
         Ok(Self {
             policies,
             matcher: Matcher::new(entries)?,
             always,
             stored_request,
             stored_response,
+            stored_any,
             upstream,
             request_gate,
         })
@@ -835,7 +850,7 @@ impl PolicySet {
             .entries()
             .iter()
             .filter(|e| e.secret)
-            .map(|e| e.kind.as_str())
+            .map(|e| e.kind)
             .collect()
     }
 
@@ -1198,6 +1213,29 @@ impl PolicySet {
             .0
     }
 
+    /// [`Self::redact_stored_text`] of each of `texts` (header values, a
+    /// path and its query parts), searched with one pass of the detector
+    /// set over all of them instead of one per text: calls `stored(i,
+    /// text)` for every text `i` that is not stored as it is, in order.
+    /// Each text's findings are those of a search of it alone: no match
+    /// or context check reaches into a neighbouring text.
+    pub fn redact_stored_each<T: AsRef<str>>(
+        &self,
+        texts: &[T],
+        direction: Option<Direction>,
+        mut stored: impl FnMut(usize, String),
+    ) {
+        let replaced = self.stored_for(direction);
+        self.matcher.find_each(texts, |i, hits| {
+            if let (Cow::Owned(text), _) = self
+                .matcher
+                .redact(texts[i].as_ref(), hits, |e| self.always[e] || replaced[e])
+            {
+                stored(i, text);
+            }
+        });
+    }
+
     /// Whether `text` holds a secret (the always-redacted kinds).
     pub fn has_secret(&self, text: &str) -> bool {
         let mut hits = Vec::new();
@@ -1247,10 +1285,10 @@ impl PolicySet {
                     .policies
                     .iter()
                     .filter(|p| p.applies_to.covers(direction) && p.entries.contains(&piece.entry))
-                    .map(|p| (p.name.clone(), p.action))
+                    .map(|p| (p.name.to_string(), p.action))
                     .collect();
                 out.push(Located {
-                    entity_type: entry.kind.clone(),
+                    entity_type: entry.kind.to_owned(),
                     pointer: if is_key {
                         format!("(key) {}", group[piece.string])
                     } else {
@@ -1348,17 +1386,11 @@ impl PolicySet {
 
     /// Per entry: whether stored copies of `direction` (either, for `None`)
     /// replace its matches.
-    fn stored_for(&self, direction: Option<Direction>) -> Cow<'_, [bool]> {
+    fn stored_for(&self, direction: Option<Direction>) -> &[bool] {
         match direction {
-            Some(Direction::Request) => Cow::Borrowed(&self.stored_request),
-            Some(Direction::Response) => Cow::Borrowed(&self.stored_response),
-            None => Cow::Owned(
-                self.stored_request
-                    .iter()
-                    .zip(&self.stored_response)
-                    .map(|(a, b)| *a || *b)
-                    .collect(),
-            ),
+            Some(Direction::Request) => &self.stored_request,
+            Some(Direction::Response) => &self.stored_response,
+            None => &self.stored_any,
         }
     }
 
@@ -1377,9 +1409,7 @@ impl PolicySet {
         let mut findings = BTreeMap::new();
         for &e in &p.entries {
             if counts[e] > 0 {
-                *findings
-                    .entry(self.matcher.entries()[e].kind.clone())
-                    .or_insert(0) += counts[e];
+                *findings.entry(self.matcher.entries()[e].kind).or_insert(0) += counts[e];
             }
         }
         Verdict {
@@ -1424,6 +1454,52 @@ impl RequestGate {
     }
 }
 
+// === impl PolicyName ===
+
+impl PolicyName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for PolicyName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for PolicyName {
+    fn from(name: &str) -> Self {
+        Self(name.into())
+    }
+}
+
+impl PartialEq<str> for PolicyName {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for PolicyName {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for PolicyName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 // === impl Verdict ===
 
 impl Verdict {
@@ -1439,12 +1515,7 @@ impl Verdict {
     /// The message of the error the app gets when this verdict blocks its
     /// call; names the policy and the entity types, never the values.
     pub fn block_message(&self) -> String {
-        let what = self
-            .findings
-            .keys()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
+        let what = self.findings.keys().copied().collect::<Vec<_>>().join(", ");
         match self.direction {
             Direction::Request => format!(
                 "Request blocked by compliance policy \"{}\": it contains {what}.",

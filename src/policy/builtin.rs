@@ -46,6 +46,8 @@ pub(crate) type Validate = fn(&str, Range<usize>) -> Option<Range<usize>>;
 pub(crate) struct Builtin {
     /// The configuration name, e.g. `credit_card`.
     pub name: &'static str,
+    /// The entity type it reports: the name in upper case.
+    pub kind: &'static str,
     /// Finds candidates.
     pub pattern: &'static str,
     /// Which capture group is the sensitive part (0: the whole match).
@@ -115,6 +117,14 @@ pub(crate) fn found_by<'a>(detector: &Builtin, text: &'a str) -> Vec<&'a str> {
         })
         .map(|r| &text[r])
         .collect()
+}
+
+#[cfg(test)]
+#[test]
+fn every_kind_is_its_name_in_upper_case() {
+    for b in ALL {
+        assert_eq!(b.kind, b.name.to_ascii_uppercase());
+    }
 }
 
 /// The built-in detector called `name`.

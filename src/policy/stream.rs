@@ -164,9 +164,7 @@ impl StreamScanner {
         let confirmed_after = if active {
             set.blocking_entries(direction)
                 .into_iter()
-                .filter(|&e| {
-                    CONFIRMED_BY_WORDS_AFTER.contains(&set.matcher.entries()[e].kind.as_str())
-                })
+                .filter(|&e| CONFIRMED_BY_WORDS_AFTER.contains(&set.matcher.entries()[e].kind))
                 .collect()
         } else {
             Vec::new()

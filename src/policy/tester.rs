@@ -42,8 +42,11 @@ pub fn test_input(set: &PolicySet, input: &[u8], direction: Direction) -> TestRe
     let scan = set.scan(&body, direction);
     let mut redacted = body;
     set.inspect(&mut redacted, direction);
-    let blocked_by = scan.blocking().map(|v| v.policy_name.clone());
-    let violated: Vec<String> = scan.violations().map(|v| v.policy_name.clone()).collect();
+    let blocked_by = scan.blocking().map(|v| v.policy_name.to_string());
+    let violated: Vec<String> = scan
+        .violations()
+        .map(|v| v.policy_name.to_string())
+        .collect();
     let verdict = if blocked_by.is_some() {
         "blocked"
     } else if scan.violations().any(|v| v.action == Action::Redact)

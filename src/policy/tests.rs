@@ -153,11 +153,7 @@ fn scans_every_string_and_key_but_inline_data() {
     // the card used as a key; not the id glued to digits, nor base64.
     assert_eq!(
         v.findings,
-        BTreeMap::from([
-            ("CREDIT_CARD".into(), 2),
-            ("EMAIL".into(), 2),
-            ("IP_ADDRESS".into(), 1)
-        ])
+        BTreeMap::from([("CREDIT_CARD", 2), ("EMAIL", 2), ("IP_ADDRESS", 1)])
     );
     assert!(!v.passed);
     assert_eq!(v.direction, Direction::Request);
@@ -238,7 +234,7 @@ fn stored_copies_lose_secrets_and_policy_matches_everywhere() {
     );
     assert_eq!(
         inspection.scan.verdicts[0].findings,
-        BTreeMap::from([("CREDIT_CARD".into(), 1), ("EMAIL".into(), 2)])
+        BTreeMap::from([("CREDIT_CARD", 1), ("EMAIL", 2)])
     );
     // The same policy does not touch responses, secrets still go.
     let mut resp = json!({"choices": [{"message": {"content": "anna@example.com sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12"}}]});
@@ -309,12 +305,7 @@ fn the_request_gate_blocks_exactly_as_the_full_scan() {
         !gate.complete,
         "email, phone and ip stay off the request path"
     );
-    let kinds: Vec<&str> = gate
-        .matcher
-        .entries()
-        .iter()
-        .map(|e| e.kind.as_str())
-        .collect();
+    let kinds: Vec<&str> = gate.matcher.entries().iter().map(|e| e.kind).collect();
     assert!(
         kinds.contains(&"OPENAI_KEY") && kinds.contains(&"IBAN"),
         "{kinds:?}"
@@ -421,11 +412,11 @@ fn patterns_and_keywords() {
     );
     assert_eq!(
         i.scan.verdicts[0].findings,
-        BTreeMap::from([("CUSTOM_PATTERN".into(), 1), ("KEYWORD".into(), 3)])
+        BTreeMap::from([("CUSTOM_PATTERN", 1), ("KEYWORD", 3)])
     );
     assert_eq!(
         i.scan.verdicts[1].findings,
-        BTreeMap::from([("KEYWORD".into(), 2)])
+        BTreeMap::from([("KEYWORD", 2)])
     );
 }
 
@@ -468,7 +459,7 @@ fn a_card_split_over_three_chunks_is_caught_when_complete() {
     assert!(s.feed("1111").is_none());
     let v = s.feed(". Anything else?").unwrap();
     assert_eq!(v.policy_name, "pci-card-block");
-    assert_eq!(v.findings, BTreeMap::from([("CREDIT_CARD".into(), 1)]));
+    assert_eq!(v.findings, BTreeMap::from([("CREDIT_CARD", 1)]));
     assert!(
         s.feed("more 4111 1111 1111 1111 ").is_none(),
         "reported once"
@@ -636,7 +627,7 @@ fn prose_kinds(set: &PolicySet, sample: &Sample) -> Vec<(String, bool)> {
     set.matcher.find(&sample.text, &mut hits);
     hits.iter()
         .map(|h| {
-            let kind = set.matcher.entries()[h.entry].kind.clone();
+            let kind = set.matcher.entries()[h.entry].kind.to_owned();
             (kind, h.start < sample.span.end && sample.span.start < h.end)
         })
         .collect()
@@ -649,7 +640,7 @@ fn json_kinds(set: &PolicySet, sample: &Sample) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     for (kind, n) in &set.scan_request(&body).verdicts[0].findings {
         for _ in 0..*n {
-            out.push((kind.clone(), true));
+            out.push(((*kind).to_owned(), true));
         }
     }
     out
@@ -684,7 +675,7 @@ fn stream_kinds(
     if let Some(v) = verdict {
         for (kind, n) in &v.findings {
             for _ in 0..*n {
-                out.push((kind.clone(), true));
+                out.push(((*kind).to_owned(), true));
             }
         }
     }

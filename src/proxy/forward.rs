@@ -217,7 +217,7 @@ pub async fn handle(
             RequestVerdict::Block(verdict) => {
                 let response = respond::policy_violation(&request_id, &verdict);
                 if let Some(r) = record.as_mut() {
-                    r.blocked(response.status(), verdict.policy_name.clone());
+                    r.blocked(response.status(), verdict.policy_name.to_string());
                 }
                 call_log.end(response.status().as_u16(), "blocked", Instant::now());
                 return response;

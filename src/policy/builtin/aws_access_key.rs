@@ -4,6 +4,7 @@ use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "aws_access_key",
+    kind: "AWS_ACCESS_KEY",
     pattern: r"(?-u:\b)(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
     group: 0,
     validate: Some(unless_placeholder),

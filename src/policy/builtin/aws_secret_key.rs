@@ -9,6 +9,7 @@ use super::{byte_at, byte_before, unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "aws_secret_key",
+    kind: "AWS_SECRET_KEY",
     pattern: r"[A-Za-z0-9/+]{40}",
     group: 0,
     validate: Some(validate),

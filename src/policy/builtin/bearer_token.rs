@@ -7,6 +7,7 @@ use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "bearer_token",
+    kind: "BEARER_TOKEN",
     pattern: r"(?i)(?-u:\b)bearer[ \t]+([A-Za-z0-9._~+/-]+=*)",
     group: 1,
     validate: Some(validate),

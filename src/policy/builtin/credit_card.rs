@@ -11,6 +11,7 @@ use super::{continues_number, glued, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "credit_card",
+    kind: "CREDIT_CARD",
     pattern: r"(?-u:\b)[0-9](?:[ .-]?[0-9]){12,18}(?-u:\b)",
     group: 0,
     validate: Some(validate),

@@ -7,6 +7,7 @@ use super::{byte_before, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "email",
+    kind: "EMAIL",
     pattern: r"(?-u:\b)[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?-u:\b)",
     group: 0,
     validate: Some(validate),

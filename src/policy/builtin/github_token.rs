@@ -5,6 +5,7 @@ use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "github_token",
+    kind: "GITHUB_TOKEN",
     pattern: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})(?-u:\b)",
     group: 0,
     validate: Some(unless_placeholder),

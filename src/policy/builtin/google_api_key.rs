@@ -6,6 +6,7 @@ use super::{byte_at, byte_before, is_word, unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "google_api_key",
+    kind: "GOOGLE_API_KEY",
     pattern: r"AIza[0-9A-Za-z_-]{35}",
     group: 0,
     validate: Some(validate),

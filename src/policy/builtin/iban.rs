@@ -7,6 +7,7 @@ use super::{glued, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "iban",
+    kind: "IBAN",
     pattern: r"(?-u:\b)[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?(?-u:\b)",
     group: 0,
     validate: Some(validate),

@@ -16,6 +16,7 @@ use super::{byte_at, byte_before, continues_number, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "ip_address",
+    kind: "IP_ADDRESS",
     pattern: r"(?-u:\b)(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?-u:\b)|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}",
     group: 0,
     validate: Some(validate),

@@ -6,6 +6,7 @@ use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "openai_key",
+    kind: "OPENAI_KEY",
     pattern: r"(?-u:\b)sk-[A-Za-z0-9_-]{20,}",
     group: 0,
     validate: Some(validate),

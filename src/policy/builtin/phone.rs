@@ -11,6 +11,7 @@ use super::{continues_number, glued, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "phone",
+    kind: "PHONE",
     pattern: concat!(
         // E.164, optionally with a trunk `(0)` and grouping.
         r"\+[1-9][0-9]{0,3}(?:[ .-]?(?:\(0?[0-9]{0,4}\)|[0-9]{1,8})){1,6}",

@@ -11,6 +11,7 @@ use super::Builtin;
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "private_key",
+    kind: "PRIVATE_KEY",
     pattern: r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|[A-Za-z0-9+/=\s:,\\-]*)",
     group: 0,
     validate: Some(validate),

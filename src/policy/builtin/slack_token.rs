@@ -5,6 +5,7 @@ use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "slack_token",
+    kind: "SLACK_TOKEN",
     pattern: r"(?-u:\b)xox[abprs]-[0-9A-Za-z]+-[0-9A-Za-z-]{8,}",
     group: 0,
     validate: Some(unless_placeholder),

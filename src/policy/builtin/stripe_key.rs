@@ -5,6 +5,7 @@ use super::{unless_placeholder, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "stripe_key",
+    kind: "STRIPE_KEY",
     pattern: r"(?-u:\b)[sr]k_(?:live|test)_[0-9A-Za-z]{16,}(?-u:\b)",
     group: 0,
     validate: Some(unless_placeholder),

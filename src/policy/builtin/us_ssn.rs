@@ -17,6 +17,7 @@ use super::{continues_number, glued, Builtin};
 
 pub(super) const DETECTOR: Builtin = Builtin {
     name: "us_ssn",
+    kind: "US_SSN",
     // Both separators or none: a single one makes a zip+4 (`88213-4471`)
     // or other codes, and searching for them would cost every text with one.
     pattern: r"(?-u:\b)[0-9]{3}(?:[ .-][0-9]{2}[ .-]|[0-9]{2})[0-9]{4}(?-u:\b)",

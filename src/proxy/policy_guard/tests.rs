@@ -214,7 +214,7 @@ fn assert_cut(out: &Outcome, original: &str) {
 #[test]
 fn blocked_response_json_names_the_policy_not_the_value() {
     let mut findings = BTreeMap::new();
-    findings.insert("CREDIT_CARD".to_owned(), 1);
+    findings.insert("CREDIT_CARD", 1);
     let verdict = Verdict {
         policy_name: "pci".into(),
         action: crate::policy::Action::Block,
