@@ -15,6 +15,11 @@ use serde_json::Value;
 
 pub use mock::MockUpstream;
 
+/// How long a test waits for events to be stored. Generous: a debug build
+/// on a loaded machine can take seconds to take in and record a 17 MiB
+/// body, and the wait ends as soon as the events are there.
+const EVENT_WAIT: Duration = Duration::from_secs(30);
+
 /// The proxy running in this process on ephemeral loopback ports, with its
 /// store in a temporary folder.
 pub struct TestProxy {
@@ -108,7 +113,7 @@ impl TestProxy {
     /// Events matching `query` (newest first), waiting until at least `n`
     /// are stored (bounded: 10 s).
     pub async fn wait_events(&self, query: &str, n: usize) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + EVENT_WAIT;
         loop {
             let (status, body) = self
                 .admin_get(&format!("/api/events?limit=10000&{query}"))
@@ -125,7 +130,7 @@ impl TestProxy {
     /// The REQUEST and RESPONSE (and other) events of one call, oldest
     /// first, once both REQUEST and RESPONSE are stored.
     pub async fn call_events(&self, request_id: &str) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + EVENT_WAIT;
         loop {
             let mut events = self
                 .wait_events(&format!("request_id={request_id}"), 2)
