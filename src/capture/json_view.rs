@@ -250,7 +250,7 @@ impl<'v, 'a> At<'v, 'a> {
     }
 
     /// An object's members in serde_json's order; `None` for other nodes.
-    pub fn members(&self) -> Option<impl Iterator<Item = (Cow<'a, str>, At<'v, 'a>)> + '_> {
+    pub fn members(self) -> Option<impl Iterator<Item = (Cow<'a, str>, At<'v, 'a>)> + 'v> {
         let node = self.node();
         (node.kind == Kind::Object).then(|| {
             let view = self.view;
@@ -264,9 +264,9 @@ impl<'v, 'a> At<'v, 'a> {
     }
 
     /// An array's items; `None` for other nodes.
-    pub fn items(&self) -> Option<impl Iterator<Item = At<'v, 'a>> + '_> {
+    pub fn items(self) -> Option<impl Iterator<Item = At<'v, 'a>> + 'v> {
         let node = self.node();
-        (node.kind == Kind::Array).then(|| self.view.run(node).iter().map(|&i| self.at(i)))
+        (node.kind == Kind::Array).then(|| self.view.run(node).iter().map(move |&i| self.at(i)))
     }
 
     pub fn as_str(&self) -> Option<Cow<'a, str>> {
@@ -292,6 +292,19 @@ impl<'v, 'a> At<'v, 'a> {
 
     pub fn is_object(&self) -> bool {
         self.node().kind == Kind::Object
+    }
+
+    pub fn is_array(&self) -> bool {
+        self.node().kind == Kind::Array
+    }
+
+    pub fn is_null(&self) -> bool {
+        self.node().kind == Kind::Null
+    }
+
+    /// Appends the text serde_json prints for this value.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        self.view.write_node(self.id, &[], out);
     }
 }
 

@@ -184,11 +184,14 @@ enum Searched {
     Found(BodyFindings),
 }
 
-/// A captured, decoded body: JSON to read from its text, or a value.
+/// A captured, decoded body: JSON to read from its text (an event stream's
+/// folded answer among them), or a value.
 enum Read {
     Json {
         bytes: bytes::Bytes,
         truncated: bool,
+        /// As [`Interpreted::stream_complete`].
+        stream_complete: bool,
     },
     Value(Interpreted),
 }
@@ -868,7 +871,9 @@ impl Recorder {
     ) -> CleanRequest {
         let content_type = header_str(headers, "content-type");
         let (bytes, truncated) = match self.read(headers, captured, false, "") {
-            Read::Json { bytes, truncated } => (bytes, truncated),
+            Read::Json {
+                bytes, truncated, ..
+            } => (bytes, truncated),
             Read::Value(interpreted) => {
                 return self.clean_request_value(
                     interpreted.value,
@@ -990,7 +995,12 @@ impl Recorder {
     ) -> CleanResponse {
         let policies = self.sanitizer.policies();
         let read = self.read(headers, captured, is_sse, operation);
-        if let Read::Json { bytes, truncated } = &read {
+        if let Read::Json {
+            bytes,
+            truncated,
+            stream_complete,
+        } = &read
+        {
             if let Some(view) = JsonView::parse(bytes) {
                 if let Some(inspection) =
                     policies.inspect_view(&view, Direction::Response, false, None)
@@ -1009,7 +1019,7 @@ impl Recorder {
                         summary,
                         scan: inspection.scan,
                         truncated: *truncated,
-                        stream_complete: false,
+                        stream_complete: *stream_complete,
                         cut,
                     };
                 }
@@ -1021,10 +1031,14 @@ impl Recorder {
             stream_complete,
         } = match read {
             Read::Value(interpreted) => interpreted,
-            Read::Json { bytes, truncated } => Interpreted {
+            Read::Json {
+                bytes,
+                truncated,
+                stream_complete,
+            } => Interpreted {
                 value: body_to_value(&bytes, header_str(headers, "content-type"), truncated),
                 truncated,
-                stream_complete: false,
+                stream_complete,
             },
         };
         let summary = summarize(operation, &data);
@@ -1058,6 +1072,7 @@ impl Recorder {
                     return Read::Json {
                         bytes: d.bytes,
                         truncated,
+                        stream_complete: false,
                     };
                 }
                 return Read::Value(Interpreted {
@@ -1067,17 +1082,18 @@ impl Recorder {
                 });
             }
         }
-        Read::Value(self.interpret(headers, captured, is_sse, operation))
+        self.interpret(headers, captured, is_sse, operation)
     }
 
-    /// Decodes and parses a captured body.
+    /// Decodes and parses a captured body; an event stream is folded into
+    /// its answer's JSON text.
     fn interpret(
         &self,
         headers: &HeaderMap,
         captured: &Captured,
         is_sse: bool,
         operation: &str,
-    ) -> Interpreted {
+    ) -> Read {
         let encoding = header_str(headers, "content-encoding");
         let content_type = header_str(headers, "content-type");
         let (bytes, mut truncated) = match decode(encoding, &captured.bytes, self.max_decoded_bytes)
@@ -1086,11 +1102,11 @@ impl Recorder {
             Err(_) => {
                 // Unknown encoding: describe the body rather than store
                 // bytes that cannot be read.
-                return Interpreted {
+                return Read::Value(Interpreted {
                     value: json!({"undecodable": true, "content_encoding": encoding, "bytes": captured.bytes.len()}),
                     truncated: captured.truncated,
                     stream_complete: false,
-                };
+                });
             }
         };
         truncated |= captured.truncated;
@@ -1107,24 +1123,32 @@ impl Recorder {
                 }
                 _ => operation,
             };
+            if let Some(folded) = sse::reassemble_text(operation, &events) {
+                return Read::Json {
+                    bytes: folded.json.into(),
+                    truncated,
+                    // A stream longer than the capture: the tee watched
+                    // the rest for its end.
+                    stream_complete: folded.complete || captured.terminal_past_cap,
+                };
+            }
+            // An event the view leaves to serde_json.
             let reassembled = sse::reassemble(operation, &events);
             let mut value = reassembled.response;
             if let (Some(error), Value::Object(obj)) = (reassembled.error, &mut value) {
                 obj.insert("stream_error".into(), error);
             }
-            return Interpreted {
+            return Read::Value(Interpreted {
                 value,
                 truncated,
-                // A stream longer than the capture: the tee watched the
-                // rest for its end.
                 stream_complete: reassembled.complete || captured.terminal_past_cap,
-            };
+            });
         }
-        Interpreted {
+        Read::Value(Interpreted {
             value: body_to_value(&bytes, content_type, truncated),
             truncated,
             stream_complete: false,
-        }
+        })
     }
 }
 
