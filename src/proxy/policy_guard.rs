@@ -54,7 +54,7 @@ use pin_project_lite::pin_project;
 use serde_json::{json, Value};
 
 use super::body::BoxError;
-use crate::capture::json_view::JsonView;
+use crate::capture::json_view::{JsonView, Scratch};
 use crate::capture::summary::{Cleaned, JsonRead};
 use crate::policy::{Direction, PolicySet, StreamScanner, Verdict};
 
@@ -168,6 +168,8 @@ struct ParserAt {
 struct Inspector {
     policies: Arc<PolicySet>,
     scanners: BTreeMap<FieldKey, StreamScanner>,
+    /// The JSON reader's buffers, kept from line to line.
+    scratch: Scratch,
 }
 
 /// One stream of model text: a choice's (or Responses API output item's)
@@ -235,6 +237,7 @@ impl<B> StreamGuard<B> {
                 inspector: Inspector {
                     policies,
                     scanners: BTreeMap::new(),
+                    scratch: Scratch::default(),
                 },
                 held: Held::default(),
                 app: ParserAt::default(),
@@ -693,7 +696,7 @@ impl Inspector {
         }
         // Read through a view of the line; JSON the view leaves to
         // serde_json (deep nesting) is still inspected, as a value.
-        match JsonView::parse(payload) {
+        match JsonView::parse_with(payload, &mut self.scratch) {
             Some(view) => self.event(
                 Cleaned {
                     at: view.root(),

@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 use serde_json::Value;
 
 use super::{SseEvent, MAX_RAW_EVENTS};
-use crate::capture::json_view::{At, JsonView};
+use crate::capture::json_view::{At, JsonView, Scratch};
 
 /// A stream folded into the text of one JSON object.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,9 +33,10 @@ pub struct FoldedText {
 /// value.
 pub fn reassemble_text(operation: &str, events: &[SseEvent<'_>]) -> Option<FoldedText> {
     let mut views = Vec::with_capacity(events.len());
+    let mut scratch = Scratch::default();
     for event in events {
         let trimmed = event.data.trim();
-        let view = JsonView::parse(trimmed.as_bytes());
+        let view = JsonView::parse_with(trimmed.as_bytes(), &mut scratch);
         if view.is_none() && trimmed.starts_with(['{', '[']) && is_json(trimmed) {
             return None;
         }
