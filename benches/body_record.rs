@@ -2,8 +2,10 @@
 //! policies, written as stored JSON; through a parsed `Value` (the old
 //! record path) and through a view of the raw text. Bodies are those of
 //! the overhead benchmark (`bench/run.sh`): its 1 KB chat request with a
-//! little PII and the mock's completion. Prints µs per body. Run with
-//! `cargo bench --bench body_record`.
+//! little PII, the mock's completion, and the mock's streamed answer (20
+//! content chunks, a usage chunk, `[DONE]`), folded into a value or into
+//! JSON text. Prints µs per body. Run with `cargo bench --bench
+//! body_record`.
 
 #![expect(
     clippy::disallowed_methods,
@@ -19,6 +21,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use llm_audit_proxy::capture::json_view::JsonView;
+use llm_audit_proxy::capture::sse;
 use llm_audit_proxy::capture::stored_body::StoredBody;
 use llm_audit_proxy::capture::summary::{summarize, Cleaned};
 use llm_audit_proxy::policy::{load_pack, Direction, PolicySet};
@@ -29,6 +32,19 @@ const REQUEST: &str = r#"{"stream":false,"model":"gpt-4o-mini","temperature":0.2
 const RESPONSE: &str = r#"{"id":"chatcmpl-bench0000000000000000000001","object":"chat.completion","created":1764115200,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog. This is a fixed answer from the benchmark's mock upstream, long enough to look like a short reply.","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":42,"completion_tokens":31,"total_tokens":73},"system_fingerprint":"fp_bench0001"}"#;
 
 const ROUNDS: u32 = 20_000;
+
+/// The mock upstream's streamed answer.
+fn stream_body() -> String {
+    let mut body = String::new();
+    for i in 0..20 {
+        let role = if i == 0 { r#""role":"assistant","# } else { "" };
+        body.push_str(&format!(
+            "data: {{\"id\":\"chatcmpl-bench1\",\"object\":\"chat.completion.chunk\",\"created\":1764115200,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{{\"index\":0,\"delta\":{{{role}\"content\":\"word{i} \"}},\"finish_reason\":null}}]}}\n\n"
+        ));
+    }
+    body.push_str("data: {\"id\":\"chatcmpl-bench1\",\"object\":\"chat.completion.chunk\",\"created\":1764115200,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":42,\"completion_tokens\":20,\"total_tokens\":62}}\n\ndata: [DONE]\n\n");
+    body
+}
 
 /// µs per call of `f`: the best of five rounds, as other processes
 /// share the cores.
@@ -103,5 +119,58 @@ fn main() {
             let us = measure(f);
             println!("| {name} | {path} | {us:.1} |");
         }
+    }
+
+    let name = "20-chunk stream";
+    let body = stream_body();
+    let by_value = || {
+        let events = sse::parse_events(body.as_bytes());
+        let mut value = sse::reassemble("chat.create", &events).response;
+        let summary = summarize("chat.create", &value);
+        let scan = policies.inspect(&mut value, Direction::Response).scan;
+        black_box((summary, scan));
+        serde_json::to_string(&value).unwrap().len()
+    };
+    let by_text = || {
+        let events = sse::parse_events(body.as_bytes());
+        let folded = sse::reassemble_text("chat.create", &events).unwrap();
+        let view = JsonView::parse(folded.json.as_bytes()).unwrap();
+        let inspection = policies
+            .inspect_view(&view, Direction::Response, false, None)
+            .unwrap();
+        let summary = summarize(
+            "chat.create",
+            Cleaned {
+                at: view.root(),
+                replaced: &[],
+            },
+        );
+        black_box((summary, &inspection.scan));
+        let stored = StoredBody::json(view.write(&inspection.replaced));
+        serde_json::to_string(&stored).unwrap().len()
+    };
+    let fold_value = || {
+        let events = sse::parse_events(body.as_bytes());
+        sse::reassemble("chat.create", &events).complete as usize
+    };
+    let fold_text = || {
+        let events = sse::parse_events(body.as_bytes());
+        sse::reassemble_text("chat.create", &events)
+            .unwrap()
+            .json
+            .len()
+    };
+    assert_eq!(by_value(), by_text());
+    for (path, f) in [
+        (
+            "folded into a `Value` (the build before)",
+            &by_value as &dyn Fn() -> usize,
+        ),
+        ("folded into JSON text, read through a view", &by_text),
+        ("(fold into a `Value` only)", &fold_value),
+        ("(fold into JSON text only)", &fold_text),
+    ] {
+        let us = measure(f);
+        println!("| {name} | {path} | {us:.1} |");
     }
 }

@@ -38,6 +38,13 @@ pub struct JsonView<'a> {
     root: u32,
 }
 
+/// Working buffers of the reader, kept between parses.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    pending: Vec<u32>,
+    pending_pairs: Vec<(u32, u32)>,
+}
+
 /// A node and its view, to read it.
 #[derive(Debug, Clone, Copy)]
 pub struct At<'v, 'a> {
@@ -89,10 +96,24 @@ impl<'a> JsonView<'a> {
     /// `None` for anything that is not JSON, and for the rare JSON this
     /// reader leaves to serde_json (see the module notes).
     pub fn parse(bytes: &'a [u8]) -> Option<Self> {
+        Self::parse_with(bytes, &mut Scratch::default())
+    }
+
+    /// As [`Self::parse`], with working buffers kept between the parses of
+    /// many small texts (the events of a stream).
+    pub fn parse_with(bytes: &'a [u8], scratch: &mut Scratch) -> Option<Self> {
         let text = std::str::from_utf8(bytes).ok()?;
         if text.len() >= u32::MAX as usize {
             return None;
         }
+        let mut pending = std::mem::take(&mut scratch.pending);
+        let mut pending_pairs = std::mem::take(&mut scratch.pending_pairs);
+        pending.clear();
+        pending_pairs.clear();
+        // Room for the members of a few open containers, so most bodies
+        // never grow these.
+        pending.reserve(32);
+        pending_pairs.reserve(32);
         let mut parser = Parser {
             text,
             bytes,
@@ -100,22 +121,17 @@ impl<'a> JsonView<'a> {
             // Bodies hold about one node per 24 bytes.
             nodes: Vec::with_capacity(bytes.len() / 24 + 4),
             items: Vec::with_capacity(bytes.len() / 24 + 4),
-            // Room for the members of a few open containers, so most
-            // bodies never grow these.
-            pending: Vec::with_capacity(32),
-            pending_pairs: Vec::with_capacity(32),
+            pending,
+            pending_pairs,
         };
-        parser.skip_ws();
-        let root = parser.value(0)?;
-        parser.skip_ws();
-        if parser.pos != bytes.len() {
-            return None;
-        }
+        let root = parser.read_root();
+        scratch.pending = std::mem::take(&mut parser.pending);
+        scratch.pending_pairs = std::mem::take(&mut parser.pending_pairs);
         Some(Self {
             text,
             nodes: parser.nodes,
             items: parser.items,
-            root,
+            root: root?,
         })
     }
 
@@ -250,7 +266,7 @@ impl<'v, 'a> At<'v, 'a> {
     }
 
     /// An object's members in serde_json's order; `None` for other nodes.
-    pub fn members(&self) -> Option<impl Iterator<Item = (Cow<'a, str>, At<'v, 'a>)> + '_> {
+    pub fn members(self) -> Option<impl Iterator<Item = (Cow<'a, str>, At<'v, 'a>)> + 'v> {
         let node = self.node();
         (node.kind == Kind::Object).then(|| {
             let view = self.view;
@@ -264,9 +280,9 @@ impl<'v, 'a> At<'v, 'a> {
     }
 
     /// An array's items; `None` for other nodes.
-    pub fn items(&self) -> Option<impl Iterator<Item = At<'v, 'a>> + '_> {
+    pub fn items(self) -> Option<impl Iterator<Item = At<'v, 'a>> + 'v> {
         let node = self.node();
-        (node.kind == Kind::Array).then(|| self.view.run(node).iter().map(|&i| self.at(i)))
+        (node.kind == Kind::Array).then(|| self.view.run(node).iter().map(move |&i| self.at(i)))
     }
 
     pub fn as_str(&self) -> Option<Cow<'a, str>> {
@@ -293,11 +309,32 @@ impl<'v, 'a> At<'v, 'a> {
     pub fn is_object(&self) -> bool {
         self.node().kind == Kind::Object
     }
+
+    pub fn is_array(&self) -> bool {
+        self.node().kind == Kind::Array
+    }
+
+    pub fn is_null(&self) -> bool {
+        self.node().kind == Kind::Null
+    }
+
+    /// Appends the text serde_json prints for this value.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        self.view.write_node(self.id, &[], out);
+    }
 }
 
 // === impl Parser ===
 
 impl<'a> Parser<'a> {
+    /// The whole text as one value, whitespace around it allowed.
+    fn read_root(&mut self) -> Option<u32> {
+        self.skip_ws();
+        let root = self.value(0)?;
+        self.skip_ws();
+        (self.pos == self.bytes.len()).then_some(root)
+    }
+
     fn skip_ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.pos) {
             self.pos += 1;

@@ -7,17 +7,19 @@
 //! every fold is best effort: it keeps what arrived and says whether the
 //! stream reached its end.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
-/// One dispatched event of a stream.
+/// One dispatched event of a stream, borrowing from the body where it
+/// can (a single `data:` line of valid UTF-8, as model streams send).
 #[derive(Debug, Clone, PartialEq)]
-pub struct SseEvent {
+pub struct SseEvent<'a> {
     /// The `event:` field; `None` when absent or empty (a plain `message`).
-    pub event: Option<String>,
+    pub event: Option<Cow<'a, str>>,
     /// The `data:` lines, joined with `\n`.
-    pub data: String,
+    pub data: Cow<'a, str>,
 }
 
 /// A stream folded back into one value.
@@ -33,6 +35,10 @@ pub struct Reassembled {
     /// The first error the stream reported, if any.
     pub error: Option<Value>,
 }
+
+mod fold;
+
+pub use fold::{reassemble_text, FoldedText};
 
 /// How many events an unrecognised stream keeps in its `events` list.
 pub const MAX_RAW_EVENTS: usize = 1000;
@@ -50,31 +56,33 @@ pub fn is_event_stream(content_type: Option<&str>) -> bool {
 /// dispatches. Unlike a live client, a last event with no blank line after
 /// it still counts, because a capture may end anywhere. Invalid UTF-8 is
 /// replaced, never fatal.
-pub fn parse_events(body: &[u8]) -> Vec<SseEvent> {
+pub fn parse_events<'a>(body: &'a [u8]) -> Vec<SseEvent<'a>> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let mut events = Vec::new();
-    let mut event: Option<String> = None;
-    let mut data = String::new();
-    let mut has_data = false;
+    let mut event: Option<&'a [u8]> = None;
+    let mut data = Data::None;
 
-    let mut dispatch = |event: &mut Option<String>, data: &mut String, has_data: &mut bool| {
-        if *has_data {
-            if data.ends_with('\n') {
-                data.pop();
-            }
+    let mut dispatch = |event: &mut Option<&'a [u8]>, data: &mut Data<'a>| {
+        let joined = match std::mem::replace(data, Data::None) {
+            Data::None => None,
+            Data::One(line) => Some(String::from_utf8_lossy(line)),
+            Data::Many(text) => Some(Cow::Owned(text)),
+        };
+        if let Some(data) = joined {
             events.push(SseEvent {
-                event: event.take().filter(|e| !e.is_empty()),
-                data: std::mem::take(data),
+                event: event
+                    .take()
+                    .filter(|e| !e.is_empty())
+                    .map(String::from_utf8_lossy),
+                data,
             });
         }
         *event = None;
-        data.clear();
-        *has_data = false;
     };
 
     for line in lines(body) {
         if line.is_empty() {
-            dispatch(&mut event, &mut data, &mut has_data);
+            dispatch(&mut event, &mut data);
             continue;
         }
         if line[0] == b':' {
@@ -88,24 +96,44 @@ pub fn parse_events(body: &[u8]) -> Vec<SseEvent> {
             None => (line, &b""[..]),
         };
         match field {
-            b"event" => event = Some(String::from_utf8_lossy(value).into_owned()),
+            b"event" => event = Some(value),
             b"data" => {
-                data.push_str(&String::from_utf8_lossy(value));
-                data.push('\n');
-                has_data = true;
+                data = match std::mem::replace(&mut data, Data::None) {
+                    Data::None => Data::One(value),
+                    Data::One(first) => {
+                        let mut text = String::from_utf8_lossy(first).into_owned();
+                        text.push('\n');
+                        text.push_str(&String::from_utf8_lossy(value));
+                        Data::Many(text)
+                    }
+                    Data::Many(mut text) => {
+                        text.push('\n');
+                        text.push_str(&String::from_utf8_lossy(value));
+                        Data::Many(text)
+                    }
+                }
             }
             // `id` and `retry` only matter to a reconnecting client.
             _ => {}
         }
     }
-    dispatch(&mut event, &mut data, &mut has_data);
+    dispatch(&mut event, &mut data);
     events
+}
+
+/// The `data:` lines of the event being read.
+enum Data<'a> {
+    None,
+    /// One line, borrowed until the event is dispatched.
+    One(&'a [u8]),
+    /// Several lines, joined with `\n`.
+    Many(String),
 }
 
 /// Folds a stream's events into one value, by operation (see
 /// [`Reassembled::response`]). Unrecognised operations or shapes keep the
 /// events themselves, each `data` parsed as JSON where it is JSON.
-pub fn reassemble(operation: &str, events: &[SseEvent]) -> Reassembled {
+pub fn reassemble(operation: &str, events: &[SseEvent<'_>]) -> Reassembled {
     let parsed: Vec<Parsed<'_>> = events.iter().map(Parsed::new).collect();
     let done = parsed.iter().any(|p| p.done);
     let error = parsed.iter().find_map(Parsed::error);
@@ -173,11 +201,11 @@ struct Header {
 // === impl Parsed ===
 
 impl<'a> Parsed<'a> {
-    fn new(event: &'a SseEvent) -> Self {
+    fn new(event: &'a SseEvent<'_>) -> Self {
         let trimmed = event.data.trim();
         let done = trimmed == "[DONE]";
-        let data =
-            serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(event.data.clone()));
+        let data = serde_json::from_str(trimmed)
+            .unwrap_or_else(|_| Value::String(event.data.clone().into_owned()));
         Parsed {
             name: event.event.as_deref(),
             data,

@@ -186,11 +186,14 @@ enum Searched {
     Found(BodyFindings),
 }
 
-/// A captured, decoded body: JSON to read from its text, or a value.
+/// A captured, decoded body: JSON to read from its text (an event stream's
+/// folded answer among them), or a value.
 enum Read {
     Json {
         bytes: bytes::Bytes,
         truncated: bool,
+        /// As [`Interpreted::stream_complete`].
+        stream_complete: bool,
     },
     Value(Interpreted),
 }
@@ -871,7 +874,9 @@ impl Recorder {
     ) -> CleanRequest {
         let content_type = header_str(headers, "content-type");
         let (bytes, truncated) = match self.read(headers, captured, false, "") {
-            Read::Json { bytes, truncated } => (bytes, truncated),
+            Read::Json {
+                bytes, truncated, ..
+            } => (bytes, truncated),
             Read::Value(interpreted) => {
                 return self.clean_request_value(
                     interpreted.value,
@@ -993,7 +998,12 @@ impl Recorder {
     ) -> CleanResponse {
         let policies = self.sanitizer.policies();
         let read = self.read(headers, captured, is_sse, operation);
-        if let Read::Json { bytes, truncated } = &read {
+        if let Read::Json {
+            bytes,
+            truncated,
+            stream_complete,
+        } = &read
+        {
             if let Some(view) = JsonView::parse(bytes) {
                 if let Some(inspection) =
                     policies.inspect_view(&view, Direction::Response, false, None)
@@ -1012,7 +1022,7 @@ impl Recorder {
                         summary,
                         scan: inspection.scan,
                         truncated: *truncated,
-                        stream_complete: false,
+                        stream_complete: *stream_complete,
                         cut,
                     };
                 }
@@ -1024,10 +1034,14 @@ impl Recorder {
             stream_complete,
         } = match read {
             Read::Value(interpreted) => interpreted,
-            Read::Json { bytes, truncated } => Interpreted {
+            Read::Json {
+                bytes,
+                truncated,
+                stream_complete,
+            } => Interpreted {
                 value: body_to_value(&bytes, header_str(headers, "content-type"), truncated),
                 truncated,
-                stream_complete: false,
+                stream_complete,
             },
         };
         let summary = summarize(operation, &data);
@@ -1061,6 +1075,7 @@ impl Recorder {
                     return Read::Json {
                         bytes: d.bytes,
                         truncated,
+                        stream_complete: false,
                     };
                 }
                 return Read::Value(Interpreted {
@@ -1070,17 +1085,18 @@ impl Recorder {
                 });
             }
         }
-        Read::Value(self.interpret(headers, captured, is_sse, operation))
+        self.interpret(headers, captured, is_sse, operation)
     }
 
-    /// Decodes and parses a captured body.
+    /// Decodes and parses a captured body; an event stream is folded into
+    /// its answer's JSON text.
     fn interpret(
         &self,
         headers: &HeaderMap,
         captured: &Captured,
         is_sse: bool,
         operation: &str,
-    ) -> Interpreted {
+    ) -> Read {
         let encoding = header_str(headers, "content-encoding");
         let content_type = header_str(headers, "content-type");
         let (bytes, mut truncated) = match decode(encoding, &captured.bytes, self.max_decoded_bytes)
@@ -1089,11 +1105,11 @@ impl Recorder {
             Err(_) => {
                 // Unknown encoding: describe the body rather than store
                 // bytes that cannot be read.
-                return Interpreted {
+                return Read::Value(Interpreted {
                     value: json!({"undecodable": true, "content_encoding": encoding, "bytes": captured.bytes.len()}),
                     truncated: captured.truncated,
                     stream_complete: false,
-                };
+                });
             }
         };
         truncated |= captured.truncated;
@@ -1110,24 +1126,32 @@ impl Recorder {
                 }
                 _ => operation,
             };
+            if let Some(folded) = sse::reassemble_text(operation, &events) {
+                return Read::Json {
+                    bytes: folded.json.into(),
+                    truncated,
+                    // A stream longer than the capture: the tee watched
+                    // the rest for its end.
+                    stream_complete: folded.complete || captured.terminal_past_cap,
+                };
+            }
+            // An event the view leaves to serde_json.
             let reassembled = sse::reassemble(operation, &events);
             let mut value = reassembled.response;
             if let (Some(error), Value::Object(obj)) = (reassembled.error, &mut value) {
                 obj.insert("stream_error".into(), error);
             }
-            return Interpreted {
+            return Read::Value(Interpreted {
                 value,
                 truncated,
-                // A stream longer than the capture: the tee watched the
-                // rest for its end.
                 stream_complete: reassembled.complete || captured.terminal_past_cap,
-            };
+            });
         }
-        Interpreted {
+        Read::Value(Interpreted {
             value: body_to_value(&bytes, content_type, truncated),
             truncated,
             stream_complete: false,
-        }
+        })
     }
 }
 

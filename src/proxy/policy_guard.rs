@@ -42,6 +42,7 @@
 //! `response.incomplete`, `response.failed`), or when upstream's body ends.
 //! It is held until then, and the error event replaces it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -53,6 +54,8 @@ use pin_project_lite::pin_project;
 use serde_json::{json, Value};
 
 use super::body::BoxError;
+use crate::capture::json_view::{JsonView, Scratch};
+use crate::capture::summary::{Cleaned, JsonRead};
 use crate::policy::{Direction, PolicySet, StreamScanner, Verdict};
 
 /// Longest SSE line held back for inspection. A longer line is passed on
@@ -165,6 +168,8 @@ struct ParserAt {
 struct Inspector {
     policies: Arc<PolicySet>,
     scanners: BTreeMap<FieldKey, StreamScanner>,
+    /// The JSON reader's buffers, kept from line to line.
+    scratch: Scratch,
 }
 
 /// One stream of model text: a choice's (or Responses API output item's)
@@ -232,6 +237,7 @@ impl<B> StreamGuard<B> {
                 inspector: Inspector {
                     policies,
                     scanners: BTreeMap::new(),
+                    scratch: Scratch::default(),
                 },
                 held: Held::default(),
                 app: ParserAt::default(),
@@ -688,14 +694,36 @@ impl Inspector {
         if !payload.starts_with(b"{") {
             return None;
         }
-        let value: Value = serde_json::from_slice(payload).ok()?;
+        // Read through a view of the line; JSON the view leaves to
+        // serde_json (deep nesting) is still inspected, as a value.
+        match JsonView::parse_with(payload, &mut self.scratch) {
+            Some(view) => self.event(
+                Cleaned {
+                    at: view.root(),
+                    replaced: &[],
+                },
+                marks,
+            ),
+            None => {
+                let value: Value = serde_json::from_slice(payload).ok()?;
+                self.event(&value, marks)
+            }
+        }
+    }
+
+    /// Feeds one event's model text; a terminal event ends every scanner.
+    fn event<'s>(
+        &mut self,
+        event: impl JsonRead<'s>,
+        marks: &mut Vec<(FieldKey, u64)>,
+    ) -> Option<Verdict> {
         let mut verdict = None;
-        model_text(&value, &mut |key, text| {
+        model_text(event, &mut |key, text| {
             if verdict.is_none() {
                 verdict = self.feed(key, text, marks);
             }
         });
-        if verdict.is_none() && is_terminal_event(&value) {
+        if verdict.is_none() && is_terminal_event(event) {
             verdict = self.finish();
         }
         verdict
@@ -746,73 +774,94 @@ impl Inspector {
 }
 
 /// Whether `value` is a Responses API event that ends the stream.
-fn is_terminal_event(value: &Value) -> bool {
+fn is_terminal_event<'s>(value: impl JsonRead<'s>) -> bool {
     matches!(
-        value.get("type").and_then(Value::as_str),
+        value.get("type").and_then(JsonRead::text).as_deref(),
         Some("response.completed" | "response.incomplete" | "response.failed")
     )
+}
+
+/// The items of an array, or nothing.
+fn items<'s, J: JsonRead<'s>>(array: Option<J>) -> impl Iterator<Item = J> {
+    let array = array.filter(|a| a.is_array());
+    (0..).map_while(move |i| array?.item(i))
 }
 
 /// Calls `f` with each piece of text the model writes in one stream event:
 /// chat chunks' `delta.content`, `delta.refusal`, tool call and legacy
 /// function call `arguments`, legacy completions' `text`, and the `delta`
 /// of Responses API text, refusal and function-argument events.
-fn model_text(value: &Value, f: &mut impl FnMut(FieldKey, &str)) {
-    let index = |v: &Value, position: usize| {
+fn model_text<'s>(value: impl JsonRead<'s>, f: &mut impl FnMut(FieldKey, &str)) {
+    fn index<'s>(v: impl JsonRead<'s>, position: usize) -> u64 {
         v.get("index")
-            .and_then(Value::as_u64)
+            .and_then(JsonRead::as_u64)
             .unwrap_or(position as u64)
-    };
-    if let Some(choices) = value.get("choices").and_then(Value::as_array) {
-        for (position, choice) in choices.iter().enumerate() {
+    }
+    if let Some(choices) = value.get("choices").filter(|c| c.is_array()) {
+        for (position, choice) in items(Some(choices)).enumerate() {
             let choice_index = index(choice, position);
-            let mut emit = |field, item, text: Option<&Value>| {
-                if let Some(text) = text.and_then(Value::as_str) {
+            let mut emit = |field, item, text: Option<Cow<'_, str>>| {
+                if let Some(text) = text {
                     let key = FieldKey {
                         choice: choice_index,
                         field,
                         item,
                     };
-                    f(key, text);
+                    f(key, &text);
                 }
             };
-            emit(Field::LegacyText, 0, choice.get("text"));
+            emit(
+                Field::LegacyText,
+                0,
+                choice.get("text").and_then(JsonRead::text),
+            );
             let Some(delta) = choice.get("delta") else {
                 continue;
             };
-            emit(Field::Content, 0, delta.get("content"));
-            emit(Field::Refusal, 0, delta.get("refusal"));
+            emit(
+                Field::Content,
+                0,
+                delta.get("content").and_then(JsonRead::text),
+            );
+            emit(
+                Field::Refusal,
+                0,
+                delta.get("refusal").and_then(JsonRead::text),
+            );
             emit(
                 Field::FunctionCallArguments,
                 0,
-                delta.pointer("/function_call/arguments"),
+                delta
+                    .get("function_call")
+                    .and_then(|c| c.get("arguments"))
+                    .and_then(JsonRead::text),
             );
-            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
-                for (position, call) in calls.iter().enumerate() {
-                    emit(
-                        Field::ToolArguments,
-                        index(call, position),
-                        call.pointer("/function/arguments"),
-                    );
-                }
+            for (position, call) in items(delta.get("tool_calls")).enumerate() {
+                emit(
+                    Field::ToolArguments,
+                    index(call, position),
+                    call.get("function")
+                        .and_then(|c| c.get("arguments"))
+                        .and_then(JsonRead::text),
+                );
             }
         }
         return;
     }
-    let field = match value.get("type").and_then(Value::as_str) {
+    let field = match value.get("type").and_then(JsonRead::text).as_deref() {
         Some("response.output_text.delta") => Field::OutputText,
         Some("response.refusal.delta") => Field::OutputRefusal,
         Some("response.function_call_arguments.delta") => Field::OutputFunctionArguments,
         _ => return,
     };
-    if let Some(text) = value.get("delta").and_then(Value::as_str) {
-        let number = |name| value.get(name).and_then(Value::as_u64).unwrap_or(0);
+    if let Some(text) = value.get("delta").and_then(JsonRead::text) {
+        let number = |name| value.get(name).and_then(JsonRead::as_u64).unwrap_or(0);
         let key = FieldKey {
             choice: number("output_index"),
             field,
             item: number("content_index"),
         };
-        f(key, text);
+        f(key, &text);
     }
 }
 

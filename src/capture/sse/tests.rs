@@ -8,15 +8,39 @@ const CHAT_ERROR: &str = include_str!("fixtures/chat_error.sse");
 const COMPLETIONS: &str = include_str!("fixtures/completions.sse");
 const RESPONSES: &str = include_str!("fixtures/responses_function_call.sse");
 
-fn ev(event: Option<&str>, data: &str) -> SseEvent {
+fn ev(event: Option<&str>, data: &str) -> SseEvent<'static> {
     SseEvent {
-        event: event.map(str::to_owned),
-        data: data.to_owned(),
+        event: event.map(|e| Cow::Owned(e.to_owned())),
+        data: Cow::Owned(data.to_owned()),
     }
 }
 
 fn fold(operation: &str, body: &str) -> Reassembled {
-    reassemble(operation, &parse_events(body.as_bytes()))
+    checked(operation, &parse_events(body.as_bytes()))
+}
+
+/// Folds into a value, checking that the text fold writes what
+/// serialising that value (with its `stream_error`) prints.
+fn checked(operation: &str, events: &[SseEvent<'_>]) -> Reassembled {
+    let folded = reassemble(operation, events);
+    let expected = value_fold_text(operation, events);
+    let text = reassemble_text(operation, events).expect("every event is read by the view");
+    assert_eq!(text, expected, "{operation}: {events:?}");
+    folded
+}
+
+/// The value fold's answer as the record stored it: serialised, with the
+/// first error as `stream_error`.
+fn value_fold_text(operation: &str, events: &[SseEvent<'_>]) -> FoldedText {
+    let folded = reassemble(operation, events);
+    let mut value = folded.response;
+    if let (Some(error), Value::Object(object)) = (folded.error, &mut value) {
+        object.insert("stream_error".into(), error);
+    }
+    FoldedText {
+        json: serde_json::to_string(&value).expect("a value serialises"),
+        complete: folded.complete,
+    }
 }
 
 /// The body cut just before the first line containing `marker`.
@@ -190,7 +214,7 @@ fn interleaved_tool_call_fragments_keep_their_order_per_index() {
             r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":",2]"}}]}}]}"#,
         ),
     ];
-    let r = reassemble("chat.create", &events);
+    let r = checked("chat.create", &events);
     let calls = &r.response["choices"][0]["message"]["tool_calls"];
     assert_eq!(calls[0]["function"]["arguments"], "[1,2]");
     assert_eq!(calls[1]["function"]["arguments"], "[3,4]");
@@ -213,7 +237,7 @@ fn tool_calls_without_index_are_told_apart_by_id() {
             r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"id":"b","function":{"name":"g","arguments":"[]"}}]}}]}"#,
         ),
     ];
-    let r = reassemble("chat.create", &events);
+    let r = checked("chat.create", &events);
     let calls = &r.response["choices"][0]["message"]["tool_calls"];
     assert_eq!(calls[0]["id"], "a");
     assert_eq!(calls[0]["function"]["arguments"], "{}");
@@ -241,7 +265,7 @@ fn legacy_function_call_deltas() {
             r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-3.5-turbo-0613","choices":[{"index":0,"delta":{},"finish_reason":"function_call"}]}"#,
         ),
     ];
-    let r = reassemble("chat.create", &events);
+    let r = checked("chat.create", &events);
     assert!(r.complete, "every choice finished");
     let message = &r.response["choices"][0]["message"];
     assert_eq!(
@@ -272,7 +296,7 @@ fn several_choices_fold_separately() {
             r#"{"id":"x","choices":[{"index":1,"delta":{"content":"b"}}]}"#,
         ),
     ];
-    let r = reassemble("chat.create", &events);
+    let r = checked("chat.create", &events);
     assert!(!r.complete, "choice 1 never finished");
     assert_eq!(r.response["choices"][0]["index"], 0);
     assert_eq!(r.response["choices"][0]["message"]["content"], "Aa");
@@ -296,7 +320,7 @@ fn refusals_and_logprobs() {
             r#"{"choices":[{"index":0,"delta":{"refusal":"I can't help."},"logprobs":null,"finish_reason":"stop"}]}"#,
         ),
     ];
-    let r = reassemble("chat.create", &events);
+    let r = checked("chat.create", &events);
     let message = &r.response["choices"][0]["message"];
     assert_eq!(message["refusal"], "I'm sorry, I can't help.");
     assert_eq!(message["content"], Value::Null);
@@ -311,7 +335,7 @@ fn refusals_and_logprobs() {
             r#"{"choices":[{"index":0,"delta":{"content":"!"},"logprobs":{"content":[{"token":"!","logprob":-0.2,"bytes":[33],"top_logprobs":[]}]}}]}"#,
         ),
     ];
-    let r = reassemble("chat.create", &events);
+    let r = checked("chat.create", &events);
     let lp = r.response["choices"][0]["logprobs"]["content"]
         .as_array()
         .unwrap();
@@ -331,7 +355,7 @@ fn empty_content_without_tool_calls_stays_an_empty_string() {
             r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#,
         ),
     ];
-    let r = reassemble("chat.create", &events);
+    let r = checked("chat.create", &events);
     assert_eq!(r.response["choices"][0]["message"]["content"], "");
 }
 
@@ -375,7 +399,7 @@ fn done_without_finish_reason_is_complete() {
         ev(None, r#"{"choices":[{"index":0,"delta":{"content":"x"}}]}"#),
         ev(None, "[DONE]"),
     ];
-    assert!(reassemble("chat.create", &events).complete);
+    assert!(checked("chat.create", &events).complete);
 }
 
 #[test]
@@ -399,7 +423,7 @@ fn azure_prompt_filter_chunk_does_not_blank_the_header() {
         ),
         ev(None, "[DONE]"),
     ];
-    let r = reassemble("chat.create", &events);
+    let r = checked("chat.create", &events);
     assert_eq!(r.response["id"], "chatcmpl-az1");
     assert_eq!(r.response["model"], "gpt-4o-2024-11-20");
     assert_eq!(r.response["created"], 1741570100);
@@ -428,7 +452,7 @@ fn an_error_only_stream_keeps_its_events() {
         Some("error"),
         r#"{"message":"Rate limit reached","type":"rate_limit_error"}"#,
     )];
-    let r = reassemble("chat.create", &events);
+    let r = checked("chat.create", &events);
     assert_eq!(r.error.unwrap()["type"], "rate_limit_error");
     assert_eq!(r.response["object"], "sse_events");
     assert_eq!(r.response["events"][0]["message"], "Rate limit reached");
@@ -524,7 +548,7 @@ fn responses_events_without_event_lines_are_recognised_by_type() {
             r#"{"type":"response.output_text.delta","output_index":0,"content_index":0,"delta":" there"}"#,
         ),
     ];
-    let r = reassemble("responses.create", &events);
+    let r = checked("responses.create", &events);
     assert!(!r.complete);
     assert_eq!(r.response["object"], "response");
     assert_eq!(r.response["output"][0]["role"], "assistant");
@@ -543,7 +567,7 @@ fn failed_and_incomplete_responses_are_terminal() {
             r#"{"type":"response.failed","response":{"id":"resp_1","object":"response","status":"failed","error":{"code":"server_error","message":"The model failed to generate a response."},"output":[]}}"#,
         ),
     ];
-    let r = reassemble("responses.create", &failed);
+    let r = checked("responses.create", &failed);
     assert!(r.complete);
     assert_eq!(r.response["status"], "failed");
     assert_eq!(r.error.unwrap()["code"], "server_error");
@@ -552,7 +576,7 @@ fn failed_and_incomplete_responses_are_terminal() {
         Some("response.incomplete"),
         r#"{"type":"response.incomplete","response":{"id":"resp_2","object":"response","status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"output":[]}}"#,
     )];
-    let r = reassemble("responses.create", &incomplete);
+    let r = checked("responses.create", &incomplete);
     assert!(r.complete);
     assert_eq!(
         r.response["incomplete_details"]["reason"],
@@ -573,7 +597,7 @@ fn a_responses_error_event_is_reported() {
             r#"{"type":"error","code":"ERR_SOMETHING","message":"Something went wrong","param":null,"sequence_number":1}"#,
         ),
     ];
-    let r = reassemble("responses.create", &events);
+    let r = checked("responses.create", &events);
     assert!(!r.complete);
     assert_eq!(r.error.unwrap()["code"], "ERR_SOMETHING");
     assert_eq!(r.response["id"], "resp_3");
@@ -589,7 +613,7 @@ fn other_operations_keep_the_events() {
         ev(None, "plain text"),
         ev(None, "[DONE]"),
     ];
-    let r = reassemble("POST /v1/custom", &events);
+    let r = checked("POST /v1/custom", &events);
     assert!(r.complete);
     assert_eq!(
         r.response,
@@ -600,7 +624,7 @@ fn other_operations_keep_the_events() {
 #[test]
 fn a_chat_stream_of_unknown_shape_keeps_the_events() {
     let events = vec![ev(None, r#"{"token":"a"}"#), ev(None, r#"{"token":"b"}"#)];
-    let r = reassemble("chat.create", &events);
+    let r = checked("chat.create", &events);
     assert_eq!(r.response["object"], "sse_events");
     assert!(!r.complete);
 }
@@ -610,10 +634,12 @@ fn raw_events_are_capped() {
     let events: Vec<SseEvent> = (0..MAX_RAW_EVENTS + 5)
         .map(|i| ev(None, &i.to_string()))
         .collect();
-    let r = reassemble("audio.transcribe", &events);
+    let r = checked("audio.transcribe", &events);
     assert_eq!(
         r.response["events"].as_array().unwrap().len(),
         MAX_RAW_EVENTS
     );
     assert_eq!(r.response["omitted_events"], 5);
 }
+
+mod text_fold;

@@ -459,3 +459,41 @@ async fn without_block_policies_the_guard_passes_through() {
 }
 
 mod properties;
+
+#[tokio::test]
+async fn escaped_and_repeated_fields_are_read_as_serde_json_reads_them() {
+    // The card's digits sent as `\u` escapes, and a decoy `content` that
+    // the later one overrides, as in serde_json's map.
+    let lines = [
+        r#"data: {"choices":[{"index":0,"delta":{"content":"card \u0034111 1111"}}]}"#,
+        r#"data: {"choices":[{"index":0,"delta":{"content":"x","content":" 1111 1111 ok"}}]}"#,
+        "data: [DONE]",
+    ];
+    let stream = lines.map(|l| format!("{l}\n\n")).concat();
+    let out = run_frames(frames(&stream, 40)).await;
+    assert_cut(&out, &stream);
+    assert!(!out.text().contains("1111 ok"));
+}
+
+#[tokio::test]
+async fn deeply_nested_events_are_still_inspected() {
+    // Nesting the view leaves to serde_json: read as a value instead.
+    let deep = format!(
+        "{}{}",
+        "[".repeat(crate::capture::json_view::MAX_DEPTH + 5),
+        "]".repeat(crate::capture::json_view::MAX_DEPTH + 5)
+    );
+    let line = |text: &str| {
+        format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}}}}],\"pad\":{deep}}}\n\n"
+        )
+    };
+    let stream = format!(
+        "{}{}data: [DONE]\n\n",
+        line("card 4111 1111"),
+        line(" 1111 1111 ok")
+    );
+    let out = run_frames(frames(&stream, 64)).await;
+    assert_cut(&out, &stream);
+    assert!(!out.text().contains("1111 ok"));
+}
