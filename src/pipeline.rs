@@ -447,6 +447,17 @@ mod tests {
     }
 
     /// Every line about dropped events in `log`, as JSON.
+    /// A JSON log subscriber whose lines land in the returned buffer.
+    fn json_log() -> (Captured, impl tracing::Subscriber + Send + Sync) {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        (log, subscriber)
+    }
+
     fn drop_lines(log: &Captured) -> Vec<serde_json::Value> {
         let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
         text.lines()
@@ -457,12 +468,7 @@ mod tests {
 
     #[test]
     fn many_drops_make_few_log_lines_and_every_drop_is_counted() {
-        let log = Captured::default();
-        let writer = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(move || writer.clone())
-            .finish();
+        let (log, subscriber) = json_log();
         let (handle, rx) = handle(1, u64::MAX);
         tracing::subscriber::with_default(subscriber, || {
             for i in 0..1_000 {
@@ -493,12 +499,7 @@ mod tests {
 
     #[test]
     fn drops_over_the_byte_budget_are_counted_and_named() {
-        let log = Captured::default();
-        let writer = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(move || writer.clone())
-            .finish();
+        let (log, subscriber) = json_log();
         // Room for no event at all.
         let (handle, _rx) = handle(16, 1);
         tracing::subscriber::with_default(subscriber, || {
