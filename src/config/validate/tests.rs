@@ -158,9 +158,9 @@ fn max_batch_defaults_to_512_events() {
 }
 
 #[test]
-fn commit_interval_defaults_to_20_ms_and_refuses_what_is_out_of_range() {
+fn commit_interval_defaults_to_5_ms_and_refuses_what_is_out_of_range() {
     let c = load(None, &env(&[]), &FlagValues::new()).unwrap();
-    assert_eq!(c.queue.commit_interval, Duration::from_millis(20));
+    assert_eq!(c.queue.commit_interval, Duration::from_millis(5));
     let f = file("[queue]\ncommit_interval_ms = 0\n");
     let c = load(Some(f.path()), &env(&[]), &FlagValues::new()).unwrap();
     assert_eq!(c.queue.commit_interval, Duration::ZERO);
