@@ -27,9 +27,9 @@ use llm_audit_proxy::capture::summary::{summarize, Cleaned};
 use llm_audit_proxy::policy::{load_pack, Direction, PolicySet};
 use serde_json::Value;
 
-const REQUEST: &str = r#"{"stream":false,"model":"gpt-4o-mini","temperature":0.2,"max_tokens":256,"messages":[{"role":"system","content":"You are a helpful support assistant for ACME. Answer briefly."},{"role":"user","content":"Hi, I am Jane Doe (jane.doe@example.com, +1 415 555 0100). My account was locked. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history and suggest the next step for the customer. Please summarise the attached ticket history"}]}"#;
-
-const RESPONSE: &str = r#"{"id":"chatcmpl-bench0000000000000000000001","object":"chat.completion","created":1764115200,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog. This is a fixed answer from the benchmark's mock upstream, long enough to look like a short reply.","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":42,"completion_tokens":31,"total_tokens":73},"system_fingerprint":"fp_bench0001"}"#;
+#[path = "support/bodies.rs"]
+mod bodies;
+use bodies::{REQUEST, RESPONSE};
 
 const ROUNDS: u32 = 20_000;
 

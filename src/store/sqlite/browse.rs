@@ -602,6 +602,16 @@ mod tests {
         assert_eq!(latency_bucket(812.4), 1281);
     }
 
+    /// The hour before now, from a whole minute, to a minute from now.
+    fn last_hour() -> OverviewQuery {
+        OverviewQuery {
+            start: (Utc::now() - Duration::hours(1))
+                .duration_trunc(Duration::minutes(1))
+                .unwrap(),
+            end: Utc::now() + Duration::minutes(1),
+        }
+    }
+
     fn text(words: &str) -> SearchQuery {
         SearchQuery {
             text: Some(words.to_owned()),
@@ -725,13 +735,7 @@ mod tests {
             assert_eq!(indexed, scanned, "{query:?}");
         }
 
-        let start = (Utc::now() - Duration::hours(1))
-            .duration_trunc(Duration::minutes(1))
-            .unwrap();
-        let range = OverviewQuery {
-            start,
-            end: Utc::now() + Duration::minutes(1),
-        };
+        let range = last_hour();
         let rolled = store.overview(&range).await.unwrap();
         let scanned = overview_by_scan(&store, &range).await.unwrap();
         assert_eq!(rolled, scanned);
@@ -798,12 +802,7 @@ mod tests {
             .unwrap();
         assert_eq!(page.records.len(), 4);
         // The rollups are back-filled with the same buckets the append uses.
-        let range = OverviewQuery {
-            start: (Utc::now() - Duration::hours(1))
-                .duration_trunc(Duration::minutes(1))
-                .unwrap(),
-            end: Utc::now() + Duration::minutes(1),
-        };
+        let range = last_hour();
         let rolled = store.overview(&range).await.unwrap();
         assert_eq!(
             rolled,
@@ -932,12 +931,7 @@ mod tests {
         let seqs = |p: &SearchPage| p.records.iter().map(|r| r.seq).collect::<Vec<_>>();
         assert_eq!(seqs(&indexed), seqs(&scanned));
         assert!(!indexed.records.is_empty());
-        let range = OverviewQuery {
-            start: (Utc::now() - Duration::hours(1))
-                .duration_trunc(Duration::minutes(1))
-                .unwrap(),
-            end: Utc::now() + Duration::minutes(1),
-        };
+        let range = last_hour();
         let rolled = store.overview(&range).await.unwrap();
         assert_eq!(rolled, overview_by_scan(&store, &range).await.unwrap());
         assert_eq!(rolled.calls, 12);
