@@ -1213,29 +1213,6 @@ impl PolicySet {
             .0
     }
 
-    /// [`Self::redact_stored_text`] of each of `texts` (header values, a
-    /// path and its query parts), searched with one pass of the detector
-    /// set over all of them instead of one per text: calls `stored(i,
-    /// text)` for every text `i` that is not stored as it is, in order.
-    /// Each text's findings are those of a search of it alone: no match
-    /// or context check reaches into a neighbouring text.
-    pub fn redact_stored_each<T: AsRef<str>>(
-        &self,
-        texts: &[T],
-        direction: Option<Direction>,
-        mut stored: impl FnMut(usize, String),
-    ) {
-        let replaced = self.stored_for(direction);
-        self.matcher.find_each(texts, |i, hits| {
-            if let (Cow::Owned(text), _) = self
-                .matcher
-                .redact(texts[i].as_ref(), hits, |e| self.always[e] || replaced[e])
-            {
-                stored(i, text);
-            }
-        });
-    }
-
     /// Whether `text` holds a secret (the always-redacted kinds).
     pub fn has_secret(&self, text: &str) -> bool {
         let mut hits = Vec::new();

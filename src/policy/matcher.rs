@@ -5,7 +5,6 @@
 //! alone. Most texts hold nothing, and then the set's scan is all it costs.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 
 use regex::{Regex, RegexSet, RegexSetBuilder};
 
@@ -45,40 +44,11 @@ pub(crate) struct Matcher {
     /// No detector matches fewer bytes: shorter ASCII texts (roles, most
     /// keys, short ids) need no scan at all.
     min_len: usize,
-    /// Some detector uses a text or line anchor (`^`, `$`, `\A`): it may
-    /// match a text alone and not the same text inside a longer one, so
-    /// [`Self::find_each`] cannot search texts together.
-    anchored: bool,
 }
-
-/// The joined text of [`Matcher::find_each`] and where each text starts
-/// in it, kept per thread so a call allocates nothing.
-#[derive(Default)]
-struct Each {
-    joined: String,
-    starts: Vec<usize>,
-}
-
-thread_local! {
-    static EACH: RefCell<Each> = RefCell::new(Each::default());
-}
-
-/// Joins the texts [`Matcher::find_each`] searches together. Any byte
-/// would do, as matches are mapped back by offset; a control character
-/// keeps most detectors from reaching across.
-const EACH_JOIN: char = '\0';
 
 /// Room for the set's lazy DFA: the set holds many patterns, and a cache
 /// that is too small is cleared over and over, which is slow.
 const DFA_BYTES: usize = 16 << 20;
-
-/// Whether `pattern` holds a text or line anchor (true when unknown).
-fn has_anchor(pattern: &str) -> bool {
-    regex_syntax::parse(pattern).map_or(true, |hir| {
-        let looks = hir.properties().look_set();
-        looks.contains_anchor_haystack() || looks.contains_anchor_line()
-    })
-}
 
 /// The fewest bytes `pattern` can match (0 when unknown).
 fn shortest_match(pattern: &str) -> usize {
@@ -182,12 +152,10 @@ impl Matcher {
             .map(|e| shortest_match(e.regex.as_str()))
             .min()
             .unwrap_or(0);
-        let anchored = entries.iter().any(|e| has_anchor(e.regex.as_str()));
         Ok(Self {
             entries,
             set,
             min_len,
-            anchored,
         })
     }
 
@@ -197,7 +165,6 @@ impl Matcher {
             entries: Vec::new(),
             set: RegexSet::empty(),
             min_len: usize::MAX,
-            anchored: false,
         }
     }
 
@@ -221,78 +188,6 @@ impl Matcher {
         if !folded.is_unchanged() {
             for hit in out.iter_mut() {
                 (hit.start, hit.end) = folded.original_span(hit.start, hit.end);
-            }
-        }
-    }
-
-    /// [`Self::find`] over each of `texts`, calling `found(i, hits)` for
-    /// every text `i` that holds a match, in order. The texts are searched
-    /// as one by the detector set (one pass instead of one per text), and
-    /// only those a detector's pattern touches in that pass are searched
-    /// on their own, exactly as [`Self::find`] does: validators and
-    /// context checks never see a neighbouring text, so the hits are the
-    /// same as searching each text alone.
-    ///
-    /// A pattern with no text or line anchor that matches a text alone
-    /// also matches the joined texts, with a match that touches that text
-    /// (the joining byte is no word character, as a text's edge is none),
-    /// so no text with a match is passed over. With an anchored detector
-    /// each text is searched alone.
-    pub fn find_each<T: AsRef<str>>(&self, texts: &[T], mut found: impl FnMut(usize, &[Hit])) {
-        let mut hits = Vec::new();
-        let searched = |t: &str| !t.is_empty() && (t.len() >= self.min_len || !t.is_ascii());
-        if self.anchored || texts.iter().filter(|t| searched(t.as_ref())).count() < 2 {
-            for (i, t) in texts.iter().enumerate() {
-                self.find(t.as_ref(), &mut hits);
-                if !hits.is_empty() {
-                    found(i, &hits);
-                }
-            }
-            return;
-        }
-        // The texts a pattern's match touches; filled only when the set
-        // matched, which most calls' header values never do.
-        let touched: Vec<usize> = EACH.with(|each| {
-            let mut each = each.borrow_mut();
-            let Each { joined, starts } = &mut *each;
-            joined.clear();
-            starts.clear();
-            for (i, t) in texts.iter().enumerate() {
-                if i > 0 {
-                    joined.push(EACH_JOIN);
-                }
-                starts.push(joined.len());
-                joined.push_str(t.as_ref());
-            }
-            let folded = Folded::new(joined);
-            if !self.set.is_match(folded.text()) {
-                return Vec::new();
-            }
-            let mut touched = Vec::new();
-            for e in self.set.matches(folded.text()).iter() {
-                for m in self.entries[e].regex.find_iter(folded.text()) {
-                    let (start, end) = folded.original_span(m.start(), m.end());
-                    // Closed ranges: a text next to a match's edge is
-                    // searched too, which costs a search and changes nothing.
-                    let first = starts.partition_point(|&s| s <= start).saturating_sub(2);
-                    for (k, &from) in starts.iter().enumerate().skip(first) {
-                        if from > end {
-                            break;
-                        }
-                        if start <= from + texts[k].as_ref().len() {
-                            touched.push(k);
-                        }
-                    }
-                }
-            }
-            touched.sort_unstable();
-            touched.dedup();
-            touched
-        });
-        for i in touched {
-            self.find(texts[i].as_ref(), &mut hits);
-            if !hits.is_empty() {
-                found(i, &hits);
             }
         }
     }
@@ -371,176 +266,5 @@ impl Entry {
     /// (the stream guard's prefix test).
     pub(crate) fn pattern(&self) -> &str {
         self.regex.as_str()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::builtin;
-
-    fn every_builtin_and(custom: &[&str]) -> Matcher {
-        let mut entries: Vec<Entry> = builtin::ALL
-            .iter()
-            .map(|b| Entry::builtin(b).unwrap())
-            .collect();
-        for pattern in custom {
-            entries.push(Entry::custom(
-                "CUSTOM_PATTERN",
-                Regex::new(pattern).unwrap(),
-            ));
-        }
-        Matcher::new(entries).unwrap()
-    }
-
-    /// Each text searched alone, as the texts were before `find_each`.
-    fn alone(matcher: &Matcher, texts: &[&str]) -> Vec<(usize, Vec<Hit>)> {
-        let mut out = Vec::new();
-        let mut hits = Vec::new();
-        for (i, t) in texts.iter().enumerate() {
-            matcher.find(t, &mut hits);
-            if !hits.is_empty() {
-                out.push((i, hits.clone()));
-            }
-        }
-        out
-    }
-
-    fn together(matcher: &Matcher, texts: &[&str]) -> Vec<(usize, Vec<Hit>)> {
-        let mut out = Vec::new();
-        matcher.find_each(texts, |i, hits| out.push((i, hits.to_vec())));
-        out
-    }
-
-    fn spans<'a>(texts: &[&'a str], found: &[(usize, Vec<Hit>)]) -> Vec<(usize, &'a str)> {
-        found
-            .iter()
-            .flat_map(|(i, hits)| hits.iter().map(move |h| (*i, &texts[*i][h.start..h.end])))
-            .collect()
-    }
-
-    #[test]
-    fn values_at_the_edges_of_their_texts_keep_their_own_offsets() {
-        let m = every_builtin_and(&[]);
-        let texts = [
-            "jane.doe@example.com",
-            "+1 415 555 2671",
-            "",
-            "text/plain",
-            "x 4111 1111 1111 1111",
-        ];
-        let found = together(&m, &texts);
-        assert_eq!(found, alone(&m, &texts));
-        assert_eq!(
-            spans(&texts, &found),
-            [
-                (0, "jane.doe@example.com"),
-                (1, "+1 415 555 2671"),
-                (4, "4111 1111 1111 1111")
-            ]
-        );
-    }
-
-    #[test]
-    fn a_context_check_never_reads_a_neighbouring_text() {
-        let m = every_builtin_and(&[]);
-        // Alone, a bare nine-digit number is no SSN; after `ssn` it is.
-        let texts = ["applicant ssn", "219099999", "ssn 219099999"];
-        let found = together(&m, &texts);
-        assert_eq!(found, alone(&m, &texts));
-        assert_eq!(spans(&texts, &found), [(2, "219099999")]);
-        // Nor is a value split over two texts one value.
-        let texts = ["4111 1111", "1111 1111"];
-        assert!(together(&m, &texts).is_empty());
-    }
-
-    #[test]
-    fn patterns_that_cross_the_join_or_are_anchored_find_what_they_find_alone() {
-        // `.` crosses the joining byte; the texts it touches are searched
-        // alone, where it finds nothing.
-        let m = every_builtin_and(&["ab.cd", "^token$"]);
-        for texts in [
-            &["xab", "cdx", "token"][..],
-            &["abxcd", "a", "token", "tokens"][..],
-            &["ab", "cd"][..],
-        ] {
-            assert_eq!(together(&m, texts), alone(&m, texts), "{texts:?}");
-        }
-        let texts = ["abxcd", "a", "token", "tokens"];
-        assert_eq!(
-            spans(&texts, &together(&m, &texts)),
-            [(0, "abxcd"), (2, "token")]
-        );
-    }
-
-    #[test]
-    fn folded_texts_map_back_to_their_own_characters() {
-        let m = every_builtin_and(&[]);
-        let texts = [
-            "café",
-            "４１１１ １１１１ １１１１ １１１１",
-            "a\u{200B}b",
-            "jane.doe@example.com",
-        ];
-        let found = together(&m, &texts);
-        assert_eq!(found, alone(&m, &texts));
-        assert_eq!(found.len(), 2);
-    }
-
-    #[test]
-    fn texts_searched_together_find_what_each_finds_alone() {
-        let pieces = [
-            "",
-            " ",
-            "application/json",
-            "jane.doe@example.com",
-            "+1 415 555 2671",
-            "(415) 555-2671",
-            "4111 1111 1111 1111",
-            "219-09-9999",
-            "ssn",
-            "219099999",
-            "order",
-            "10.0.3.17",
-            "v2.14.3",
-            "DE89 3704 0044 0532 0130 00",
-            "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789",
-            "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
-            "AKIAIOSFODNN7EXAMPLE",
-            "Bearer abcdefghijklmnopqrstuvwxyz012345",
-            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
-            "café ４１１１",
-            "\u{200B}",
-            "1024",
-            "Thu, 03 Dec 2026 15:50:01 GMT",
-            "ab",
-            "cd",
-            "token",
-        ];
-        let m = every_builtin_and(&["ab.cd", "ken$"]);
-        let plain = every_builtin_and(&["ab.cd"]);
-        let mut rng = crate::policy::corpus::Rng::new(18);
-        for round in 0..2000 {
-            let n = 1 + rng.below(6);
-            let mut owned = Vec::new();
-            for _ in 0..n {
-                let mut text = String::new();
-                for _ in 0..rng.below(4) {
-                    if !text.is_empty() && rng.below(2) == 0 {
-                        text.push(' ');
-                    }
-                    text.push_str(pieces[rng.below(pieces.len())]);
-                }
-                owned.push(text);
-            }
-            let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
-            for matcher in [&m, &plain] {
-                assert_eq!(
-                    together(matcher, &texts),
-                    alone(matcher, &texts),
-                    "round {round}: {texts:?}"
-                );
-            }
-        }
     }
 }
