@@ -69,6 +69,28 @@ pub fn decode(
     max_out: usize,
 ) -> Result<Decoded, DecodeError> {
     let codings = parse_codings(content_encoding.unwrap_or_default())?;
+    decode_with(&codings, body, max_out)
+}
+
+/// As [`decode`], for a body already held in shared bytes: without a
+/// coding to undo (most calls), the decoded body is those bytes, not a
+/// copy of them.
+pub fn decode_shared(
+    content_encoding: Option<&str>,
+    body: &Bytes,
+    max_out: usize,
+) -> Result<Decoded, DecodeError> {
+    let codings = parse_codings(content_encoding.unwrap_or_default())?;
+    if codings.is_empty() {
+        return Ok(Decoded {
+            bytes: body.slice(..body.len().min(max_out)),
+            truncated: body.len() > max_out,
+        });
+    }
+    decode_with(&codings, body, max_out)
+}
+
+fn decode_with(codings: &[Coding], body: &[u8], max_out: usize) -> Result<Decoded, DecodeError> {
     let mut data: Cow<'_, [u8]> = Cow::Borrowed(body);
     let mut truncated = false;
     for coding in codings.iter().rev() {

@@ -15,6 +15,7 @@
 //! back to serde_json, which accepts or refuses the text as before.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::cmp::Ordering;
 
 use serde_json::Number;
@@ -96,7 +97,19 @@ impl<'a> JsonView<'a> {
     /// `None` for anything that is not JSON, and for the rare JSON this
     /// reader leaves to serde_json (see the module notes).
     pub fn parse(bytes: &'a [u8]) -> Option<Self> {
-        Self::parse_with(bytes, &mut Scratch::default())
+        // Every body of every call is parsed here: the working buffers are
+        // kept per thread rather than allocated per parse.
+        thread_local! {
+            static SCRATCH: RefCell<Scratch> = RefCell::default();
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let view = Self::parse_with(bytes, &mut scratch);
+                scratch.release_if_large();
+                view
+            }
+            Err(_) => Self::parse_with(bytes, &mut Scratch::default()),
+        })
     }
 
     /// As [`Self::parse`], with working buffers kept between the parses of
@@ -118,9 +131,11 @@ impl<'a> JsonView<'a> {
             text,
             bytes,
             pos: 0,
-            // Bodies hold about one node per 24 bytes.
-            nodes: Vec::with_capacity(bytes.len() / 24 + 4),
-            items: Vec::with_capacity(bytes.len() / 24 + 4),
+            // Chat requests hold about one node per 24 bytes, answers with
+            // their ids, numbers and usage one per 12: sized for the
+            // denser, so neither list grows while most bodies are read.
+            nodes: Vec::with_capacity(bytes.len() / 10 + 8),
+            items: Vec::with_capacity(bytes.len() / 10 + 8),
             pending,
             pending_pairs,
         };
@@ -231,6 +246,23 @@ impl<'a> JsonView<'a> {
         match node.kind {
             Kind::Plain => Cow::Borrowed(self.span(node)),
             _ => Cow::Owned(unescape(self.span(node))),
+        }
+    }
+}
+
+// === impl Scratch ===
+
+impl Scratch {
+    /// Entries a kept buffer may hold; a rare huge body's are let go
+    /// rather than held for the life of the thread.
+    const KEPT_ENTRIES: usize = 4096;
+
+    fn release_if_large(&mut self) {
+        if self.pending.capacity() > Self::KEPT_ENTRIES {
+            self.pending = Vec::new();
+        }
+        if self.pending_pairs.capacity() > Self::KEPT_ENTRIES {
+            self.pending_pairs = Vec::new();
         }
     }
 }

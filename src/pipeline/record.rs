@@ -28,7 +28,7 @@ use super::builder::RecordBuilder;
 use super::{Handle, SubmitError};
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::bounded::{bound_serialised, bound_text};
-use crate::capture::decode::decode;
+use crate::capture::decode::decode_shared;
 use crate::capture::json_view::JsonView;
 use crate::capture::operation::Operation;
 use crate::capture::sanitize::Sanitizer;
@@ -1069,7 +1069,7 @@ impl Recorder {
         let content_type = header_str(headers, "content-type");
         if !is_sse {
             let encoding = header_str(headers, "content-encoding");
-            if let Ok(d) = decode(encoding, &captured.bytes, self.max_decoded_bytes) {
+            if let Ok(d) = decode_shared(encoding, &captured.bytes, self.max_decoded_bytes) {
                 let truncated = d.truncated || captured.truncated;
                 if body_is_parsed_as_json(&d.bytes, content_type) {
                     return Read::Json {
@@ -1099,8 +1099,11 @@ impl Recorder {
     ) -> Read {
         let encoding = header_str(headers, "content-encoding");
         let content_type = header_str(headers, "content-type");
-        let (bytes, mut truncated) = match decode(encoding, &captured.bytes, self.max_decoded_bytes)
-        {
+        let (bytes, mut truncated) = match decode_shared(
+            encoding,
+            &captured.bytes,
+            self.max_decoded_bytes,
+        ) {
             Ok(d) => (d.bytes, d.truncated),
             Err(_) => {
                 // Unknown encoding: describe the body rather than store

@@ -29,7 +29,7 @@ use super::respond::{self, ProxyError, REQUEST_ID_HEADER};
 const STRICT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
-use crate::capture::decode::decode;
+use crate::capture::decode::decode_shared;
 use crate::capture::json_view::JsonView;
 use crate::capture::operation::{classify, provider_for};
 use crate::capture::tee::{BodyEnd, Capture, Captured, TeeBody, IDLE_TIMEOUT_MESSAGE};
@@ -708,7 +708,7 @@ fn apply_request_policies(
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
-    let decoded = match decode(header(header::CONTENT_ENCODING), body, max_inspected_bytes) {
+    let decoded = match decode_shared(header(header::CONTENT_ENCODING), body, max_inspected_bytes) {
         Ok(d) if !d.truncated => d.bytes,
         Ok(_) if blocks => {
             return (
