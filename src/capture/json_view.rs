@@ -39,6 +39,16 @@ pub struct JsonView<'a> {
     root: u32,
 }
 
+/// A view's nodes apart from its text, to hand a parsed body on (with the
+/// bytes it was read from) to a reader that would otherwise parse it again.
+#[derive(Debug)]
+pub struct ViewNodes {
+    nodes: Vec<Node>,
+    items: Vec<u32>,
+    root: u32,
+    text_len: usize,
+}
+
 /// Working buffers of the reader, kept between parses.
 #[derive(Debug, Default)]
 pub struct Scratch {
@@ -147,6 +157,30 @@ impl<'a> JsonView<'a> {
             nodes: parser.nodes,
             items: parser.items,
             root: root?,
+        })
+    }
+
+    /// The nodes, to be joined again with the same text by
+    /// [`Self::with_nodes`].
+    pub fn into_nodes(self) -> ViewNodes {
+        ViewNodes {
+            nodes: self.nodes,
+            items: self.items,
+            root: self.root,
+            text_len: self.text.len(),
+        }
+    }
+
+    /// The view of `bytes` that `nodes` were read from, without reading
+    /// them again. `bytes` must be the text they were read from; `None`
+    /// when it plainly is not (another length, or not UTF-8).
+    pub fn with_nodes(bytes: &'a [u8], nodes: ViewNodes) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        (text.len() == nodes.text_len).then_some(Self {
+            text,
+            nodes: nodes.nodes,
+            items: nodes.items,
+            root: nodes.root,
         })
     }
 

@@ -29,7 +29,7 @@ use super::{Handle, SubmitError};
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::bounded::{bound_serialised, bound_text};
 use crate::capture::decode::decode_shared;
-use crate::capture::json_view::JsonView;
+use crate::capture::json_view::{JsonView, ViewNodes};
 use crate::capture::operation::Operation;
 use crate::capture::sanitize::Sanitizer;
 use crate::capture::sse;
@@ -171,6 +171,17 @@ pub struct RequestPrescan {
     /// searched with all of them: the record redacts from it instead of
     /// searching again.
     pub findings: Option<BodyFindings>,
+    /// The JSON view the search read, when it read one: the record reads
+    /// the body from it instead of parsing the same text again.
+    pub parsed: Option<ParsedBody>,
+}
+
+/// A request body's JSON text (decoded, without a BOM) and the nodes of
+/// its view.
+#[derive(Debug)]
+pub struct ParsedBody {
+    pub text: bytes::Bytes,
+    pub nodes: ViewNodes,
 }
 
 /// What the request path learnt about a request body that its record
@@ -895,16 +906,23 @@ impl Recorder {
             Some(_) => bytes.strip_prefix(UTF8_BOM).unwrap_or(&bytes),
             None => &bytes[..],
         };
-        let (text_clean, findings) = match prescan {
-            Some(p) => (p.text_clean && p.findings.is_none(), p.findings),
-            None => (false, None),
+        let (text_clean, findings, parsed) = match prescan {
+            Some(p) => (p.text_clean && p.findings.is_none(), p.findings, p.parsed),
+            None => (false, None, None),
         };
         let searched = |findings: Option<BodyFindings>| match findings {
             Some(findings) => Searched::Found(findings),
             None if text_clean => Searched::TextClean,
             None => Searched::No,
         };
-        let Some(view) = JsonView::parse(json) else {
+        // The view the request path read these very bytes into, else a
+        // new one.
+        let parsed_text = parsed.as_ref().map(|p| p.text.clone());
+        let view = match (&parsed_text, parsed) {
+            (Some(text), Some(parsed)) => JsonView::with_nodes(text, parsed.nodes),
+            _ => None,
+        };
+        let Some(view) = view.or_else(|| JsonView::parse(json)) else {
             // JSON the view leaves to serde_json.
             let value = match serde_json::from_slice(json) {
                 Ok(value) => value,

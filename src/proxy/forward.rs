@@ -35,7 +35,7 @@ use crate::capture::operation::{classify, provider_for};
 use crate::capture::tee::{BodyEnd, Capture, Captured, TeeBody, IDLE_TIMEOUT_MESSAGE};
 use crate::config::{FailMode, Upstream};
 use crate::pipeline::record::{
-    CallInfo, CallRecord, Failure, Recorder, RequestPrescan, ResponseOutcome,
+    CallInfo, CallRecord, Failure, ParsedBody, Recorder, RequestPrescan, ResponseOutcome,
 };
 use crate::pipeline::{Admission, StoreHealth};
 use crate::policy::{Direction, PolicySet, Verdict};
@@ -728,20 +728,29 @@ fn apply_request_policies(
     let mut prescan = None;
     if blocks {
         let content_type = header(header::CONTENT_TYPE);
-        let json = decoded.strip_prefix(UTF8_BOM).unwrap_or(&decoded);
+        let json = if decoded.starts_with(UTF8_BOM) {
+            decoded.slice(UTF8_BOM.len()..)
+        } else {
+            decoded.clone()
+        };
         // JSON is searched from a view of its text; the rare JSON the view
         // leaves to serde_json (see `JsonView::parse`) is parsed.
-        let is_json = body_is_parsed_as_json(json, content_type);
-        let (gate, findings) = match (is_json, JsonView::parse(json)) {
+        let is_json = body_is_parsed_as_json(&json, content_type);
+        let mut parsed = None;
+        let (gate, findings) = match (is_json, JsonView::parse(&json)) {
             // A recorded JSON body is searched here with every detector,
-            // once: its record takes what was found instead of searching it
-            // again.
+            // once: its record takes the view and what was found instead of
+            // reading and searching it again.
             (true, Some(view)) if for_record => {
                 let (gate, findings) = policies.gate_request_view_for_record(&view);
+                parsed = Some(ParsedBody {
+                    nodes: view.into_nodes(),
+                    text: json.clone(),
+                });
                 (gate, Some(findings))
             }
             (true, Some(view)) => (policies.gate_request_view(&view), None),
-            (true, None) => match serde_json::from_slice::<serde_json::Value>(json) {
+            (true, None) => match serde_json::from_slice::<serde_json::Value>(&json) {
                 Ok(value) if for_record => {
                     let (gate, findings) = policies.gate_request_for_record(&value);
                     (gate, Some(findings))
@@ -761,6 +770,7 @@ fn apply_request_policies(
             decoded_len: decoded.len(),
             text_clean: gate.text_clean,
             findings,
+            parsed,
         });
     }
     let verdict = match policies.redact_upstream(&decoded) {
