@@ -18,7 +18,7 @@ use std::time::Duration;
 mod counters;
 mod metadata;
 
-use http::{HeaderMap, Method, StatusCode};
+use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -31,6 +31,7 @@ use crate::capture::bounded::{bound_serialised, bound_text};
 use crate::capture::decode::decode_shared;
 use crate::capture::json_view::{JsonView, ViewNodes};
 use crate::capture::operation::Operation;
+use crate::capture::recorded_headers::RecordedHeaders;
 use crate::capture::sanitize::Sanitizer;
 use crate::capture::sse;
 use crate::capture::stored_body::StoredBody;
@@ -94,7 +95,8 @@ pub struct CallInfo {
     /// Borrowed unless configured (`proxy.provider`).
     pub provider: Cow<'static, str>,
     pub client_ip: IpAddr,
-    pub headers: HeaderMap,
+    /// Copied for the record (see [`RecordedHeaders`]).
+    pub headers: RecordedHeaders,
     pub started_at: Instant,
     /// Queue room held for this call's events under `fail_closed`,
     /// released once the record has offered them.
@@ -117,7 +119,7 @@ pub enum ResponseOutcome {
     /// Upstream answered; `body` is what passed to the app.
     Upstream {
         status: StatusCode,
-        headers: HeaderMap,
+        headers: RecordedHeaders,
         headers_at: Instant,
         body: Captured,
         /// The policy verdict that replaced or cut the response, if any.
@@ -824,7 +826,7 @@ impl Recorder {
         &self,
         value: Value,
         captured: Option<&Captured>,
-        headers: &HeaderMap,
+        headers: &RecordedHeaders,
     ) -> (Value, bool) {
         if !self.measures(captured, headers) {
             return (value, false);
@@ -837,7 +839,7 @@ impl Recorder {
         &self,
         text: String,
         captured: Option<&Captured>,
-        headers: &HeaderMap,
+        headers: &RecordedHeaders,
     ) -> (String, bool) {
         if !self.measures(captured, headers) {
             return (text, false);
@@ -850,7 +852,7 @@ impl Recorder {
     /// eighth of the limit cannot reach it (escaping writes at most six
     /// bytes per byte, and redaction markers and reformatted numbers grow
     /// less), so it is kept without measuring.
-    fn measures(&self, captured: Option<&Captured>, headers: &HeaderMap) -> bool {
+    fn measures(&self, captured: Option<&Captured>, headers: &RecordedHeaders) -> bool {
         let encoded = header_str(headers, "content-encoding")
             .is_some_and(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"));
         let decoded_at_most = match captured {
@@ -879,7 +881,7 @@ impl Recorder {
     /// search of it learnt when it searched these very bytes.
     fn clean_request(
         &self,
-        headers: &HeaderMap,
+        headers: &RecordedHeaders,
         captured: &Captured,
         prescan: Option<RequestPrescan>,
     ) -> CleanRequest {
@@ -984,7 +986,7 @@ impl Recorder {
         truncated: bool,
         searched: Searched,
         captured: Option<&Captured>,
-        headers: &HeaderMap,
+        headers: &RecordedHeaders,
     ) -> CleanRequest {
         let policies = self.sanitizer.policies();
         let scan = match searched {
@@ -1009,7 +1011,7 @@ impl Recorder {
     /// Reads, summarises, cleans and bounds a response body.
     fn clean_response(
         &self,
-        headers: &HeaderMap,
+        headers: &RecordedHeaders,
         captured: &Captured,
         is_sse: bool,
         operation: &str,
@@ -1079,7 +1081,7 @@ impl Recorder {
     /// read, anything else is interpreted as [`Self::interpret`] does.
     fn read(
         &self,
-        headers: &HeaderMap,
+        headers: &RecordedHeaders,
         captured: &Captured,
         is_sse: bool,
         operation: &str,
@@ -1110,7 +1112,7 @@ impl Recorder {
     /// its answer's JSON text.
     fn interpret(
         &self,
-        headers: &HeaderMap,
+        headers: &RecordedHeaders,
         captured: &Captured,
         is_sse: bool,
         operation: &str,
@@ -1290,8 +1292,8 @@ pub fn stored_body_limit(capture_cap: usize) -> usize {
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
+fn header_str<'a>(headers: &'a RecordedHeaders, name: &str) -> Option<&'a str> {
+    headers.get_str(name)
 }
 
 fn is_idle_timeout(message: &str) -> bool {

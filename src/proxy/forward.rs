@@ -18,7 +18,7 @@ use super::answer_check::{check_answer, is_encoded, looks_like_sse, AnswerCheck,
 use super::body::{full, IdleTimeoutBody, PrefixedBody, ProxyBody};
 use super::client::UpstreamClient;
 use super::encoded_stream::{streams_decodable, EncodedStreamGuard};
-use super::headers::{detached, forwardable};
+use super::headers::forwardable;
 use super::path_guard;
 use super::policy_guard::{OnBlock, StreamGuard};
 use super::request_id::request_id_for;
@@ -32,6 +32,7 @@ use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::decode::decode_shared;
 use crate::capture::json_view::JsonView;
 use crate::capture::operation::{classify, provider_for};
+use crate::capture::recorded_headers::RecordedHeaders;
 use crate::capture::tee::{BodyEnd, Capture, Captured, TeeBody, IDLE_TIMEOUT_MESSAGE};
 use crate::config::{FailMode, Upstream};
 use crate::pipeline::record::{
@@ -130,12 +131,13 @@ pub async fn handle(
             operation,
             provider,
             client_ip,
-            headers: detached(&parts.headers),
+            headers: RecordedHeaders::of(&parts.headers),
             started_at,
             reservation,
         })
     });
-    // The path is a slice of hyper's read buffer too (see `detached`);
+    // The path is a slice of hyper's read buffer too (see
+    // `RecordedHeaders`);
     // everything needed from it has been copied above.
     parts.uri = http::Uri::default();
 
@@ -302,7 +304,9 @@ pub async fn handle(
     let response_sender = record.as_mut().and_then(CallRecord::response_sender);
     let answer_started = record.as_mut().and_then(CallRecord::answer_started);
     let status = parts.status;
-    let upstream_headers = response_sender.as_ref().map(|_| detached(&parts.headers));
+    let upstream_headers = response_sender
+        .as_ref()
+        .map(|_| RecordedHeaders::of(&parts.headers));
     let guard_responses = state.policies.blocks(Direction::Response) && state.capture_cap > 0;
     // Set by a response policy that replaced or cut the answer, before the
     // capture completes, so the record and the log both see it; only
