@@ -199,7 +199,14 @@ pub fn now() -> DateTime<Utc> {
 
 /// A fresh time-ordered id (UUID v7), as text.
 pub fn new_id() -> String {
-    Uuid::now_v7().to_string()
+    with_new_id(str::to_owned)
+}
+
+/// A fresh id as [`new_id`] writes it, handed to `keep` from the stack
+/// (written without the formatting machinery, and copied once).
+pub fn with_new_id<T>(keep: impl FnOnce(&str) -> T) -> T {
+    let mut buf = Uuid::encode_buffer();
+    keep(Uuid::now_v7().hyphenated().encode_lower(&mut buf))
 }
 
 // === impl NewEvent ===

@@ -58,12 +58,17 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Operation {
 /// The provider label stored in events, from the upstream host (with or
 /// without a port) and the request path.
 pub fn provider_for(upstream_host: &str, path: &str) -> &'static str {
-    let host = upstream_host.trim().to_ascii_lowercase();
-    let host = strip_port(&host).trim_end_matches('.');
-    if host == "api.openai.com" {
+    // Compared in any case rather than lower-cased into a copy: every call
+    // asks.
+    let host = strip_port(upstream_host.trim()).trim_end_matches('.');
+    let ends_with = |suffix: &str| {
+        host.len() >= suffix.len()
+            && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    if host.eq_ignore_ascii_case("api.openai.com") {
         "openai"
-    } else if host.ends_with(".openai.azure.com")
-        || host.ends_with(".cognitiveservices.azure.com")
+    } else if ends_with(".openai.azure.com")
+        || ends_with(".cognitiveservices.azure.com")
         || path.starts_with("/openai/deployments/")
     {
         "azure_openai"

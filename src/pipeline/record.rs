@@ -556,12 +556,14 @@ impl Recorder {
         });
         let event = NewEvent::new(
             EventType::Request,
-            format!(
-                "{} {} ({})",
-                info.method,
+            message_of(&[
+                info.method.as_str(),
+                " ",
                 path.split('?').next().unwrap_or_default(),
-                operation
-            ),
+                " (",
+                &operation,
+                ")",
+            ]),
         )
         .with_request_id(&*info.request_id)
         .with_metadata(metadata);
@@ -784,9 +786,17 @@ impl Recorder {
                 (None, outcome_label, metadata)
             }
         };
+        let mut code = itoa::Buffer::new();
         let message = match status {
-            Some(status) => format!("{} {} ({})", operation, status.as_u16(), outcome_label),
-            None => format!("{} no status ({})", operation, outcome_label),
+            Some(status) => message_of(&[
+                &operation,
+                " ",
+                code.format(status.as_u16()),
+                " (",
+                outcome_label,
+                ")",
+            ]),
+            None => message_of(&[&operation, " no status (", outcome_label, ")"]),
         };
         let event = NewEvent::new(EventType::Response, message)
             .with_request_id(&*info.request_id)
@@ -1291,6 +1301,16 @@ pub fn stored_body_limit(capture_cap: usize) -> usize {
 }
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// An event's message from its pieces, in one allocation of its exact
+/// length (`format!` grows its string as it writes).
+fn message_of(pieces: &[&str]) -> String {
+    let mut message = String::with_capacity(pieces.iter().map(|p| p.len()).sum());
+    for piece in pieces {
+        message.push_str(piece);
+    }
+    message
+}
 
 fn header_str<'a>(headers: &'a RecordedHeaders, name: &str) -> Option<&'a str> {
     headers.get_str(name)

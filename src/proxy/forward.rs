@@ -81,7 +81,7 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started_at = Instant::now();
     // One copy shared by the call's log line, its record and its events.
-    let request_id: Arc<str> = request_id_for(req.headers(), &state.policies).into();
+    let request_id = request_id_for(req.headers(), &state.policies);
     // Refused before anything else: neither goes upstream or starts a
     // record (the metrics count them).
     let refused = if req.method() == http::Method::CONNECT {
