@@ -28,14 +28,14 @@ use super::builder::RecordBuilder;
 use super::{Handle, SubmitError};
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::bounded::{bound_serialised, bound_text};
-use crate::capture::decode::decode_shared;
+use crate::capture::decode::decode_borrowed;
 use crate::capture::json_view::{JsonView, ViewNodes};
 use crate::capture::operation::Operation;
 use crate::capture::recorded_headers::RecordedHeaders;
 use crate::capture::sanitize::Sanitizer;
 use crate::capture::sse;
 use crate::capture::stored_body::StoredBody;
-use crate::capture::summary::{request_model_and_stream, summarize, Cleaned, Summary};
+use crate::capture::summary::{request_model_and_stream, summarize_usage, Cleaned, Summary, Usage};
 use crate::capture::tee::{BodyEnd, Captured};
 use crate::event::{EventType, NewEvent};
 use crate::policy::{compliance_event, BodyFindings, Direction, Scan, Verdict};
@@ -201,9 +201,9 @@ enum Searched {
 
 /// A captured, decoded body: JSON to read from its text (an event stream's
 /// folded answer among them), or a value.
-enum Read {
+enum Read<'c> {
     Json {
-        bytes: bytes::Bytes,
+        bytes: Cow<'c, [u8]>,
         truncated: bool,
         /// As [`Interpreted::stream_complete`].
         stream_complete: bool,
@@ -225,7 +225,7 @@ struct CleanRequest {
 /// A response body as its RESPONSE stores it, with what was read from it.
 struct CleanResponse {
     body: StoredBody,
-    summary: Summary,
+    summary: Summary<Usage>,
     scan: Scan,
     truncated: bool,
     stream_complete: bool,
@@ -877,13 +877,12 @@ impl Recorder {
         self.cut_at_shutdown.load(Ordering::Acquire)
     }
 
-    fn count_tokens(&self, model: Option<&str>, usage: Option<&Value>) {
+    fn count_tokens(&self, model: Option<&str>, usage: Option<&Usage>) {
         let Some(usage) = usage else { return };
-        let count = |key: &str| usage[key].as_u64().unwrap_or(0);
         self.counters.add_tokens(
             &self.metrics,
             model.unwrap_or("unknown"),
-            [count("prompt_tokens"), count("completion_tokens")],
+            [usage.prompt_tokens, usage.completion_tokens],
         );
     }
 
@@ -1038,7 +1037,7 @@ impl Recorder {
                 if let Some(inspection) =
                     policies.inspect_view(&view, Direction::Response, false, None)
                 {
-                    let summary = summarize(
+                    let summary = summarize_usage(
                         operation,
                         Cleaned {
                             at: view.root(),
@@ -1074,7 +1073,7 @@ impl Recorder {
                 stream_complete,
             },
         };
-        let summary = summarize(operation, &data);
+        let summary = summarize_usage(operation, &data);
         let scan = policies.inspect(&mut data, Direction::Response).scan;
         let (data, cut) = self.bound_body(data, Some(captured), headers);
         CleanResponse {
@@ -1089,17 +1088,17 @@ impl Recorder {
 
     /// Decodes a captured body: JSON (by type or shape) is left as text to
     /// read, anything else is interpreted as [`Self::interpret`] does.
-    fn read(
+    fn read<'c>(
         &self,
         headers: &RecordedHeaders,
-        captured: &Captured,
+        captured: &'c Captured,
         is_sse: bool,
         operation: &str,
-    ) -> Read {
+    ) -> Read<'c> {
         let content_type = header_str(headers, "content-type");
         if !is_sse {
             let encoding = header_str(headers, "content-encoding");
-            if let Ok(d) = decode_shared(encoding, &captured.bytes, self.max_decoded_bytes) {
+            if let Ok(d) = decode_borrowed(encoding, &captured.bytes, self.max_decoded_bytes) {
                 let truncated = d.truncated || captured.truncated;
                 if body_is_parsed_as_json(&d.bytes, content_type) {
                     return Read::Json {
@@ -1120,16 +1119,16 @@ impl Recorder {
 
     /// Decodes and parses a captured body; an event stream is folded into
     /// its answer's JSON text.
-    fn interpret(
+    fn interpret<'c>(
         &self,
         headers: &RecordedHeaders,
-        captured: &Captured,
+        captured: &'c Captured,
         is_sse: bool,
         operation: &str,
-    ) -> Read {
+    ) -> Read<'c> {
         let encoding = header_str(headers, "content-encoding");
         let content_type = header_str(headers, "content-type");
-        let (bytes, mut truncated) = match decode_shared(
+        let (bytes, mut truncated) = match decode_borrowed(
             encoding,
             &captured.bytes,
             self.max_decoded_bytes,
@@ -1161,7 +1160,7 @@ impl Recorder {
             };
             if let Some(folded) = sse::reassemble_text(operation, &events) {
                 return Read::Json {
-                    bytes: folded.json.into(),
+                    bytes: Cow::Owned(folded.json.into_bytes()),
                     truncated,
                     // A stream longer than the capture: the tee watched
                     // the rest for its end.

@@ -118,6 +118,35 @@ fn shared_bytes_without_a_coding_are_the_decoded_body_itself() {
 }
 
 #[test]
+fn borrowed_bodies_without_a_coding_are_the_decoded_body_itself() {
+    let body = b"{\"a\":1}";
+    for enc in [None, Some(""), Some(" identity ")] {
+        let d = decode_borrowed(enc, body, MAX).unwrap();
+        assert!(matches!(d.bytes, Cow::Borrowed(b) if b.as_ptr() == body.as_ptr()));
+        let whole = decode(enc, body, MAX).unwrap();
+        assert_eq!(
+            (&d.bytes[..], d.truncated),
+            (&whole.bytes[..], whole.truncated)
+        );
+    }
+    let d = decode_borrowed(None, b"0123456789", 4).unwrap();
+    assert_eq!((&d.bytes[..], d.truncated), (&b"0123"[..], true));
+    let gz = gzip(&text(5000));
+    for max in [MAX, 100] {
+        let d = decode_borrowed(Some("gzip"), &gz, max).unwrap();
+        let whole = decode(Some("gzip"), &gz, max).unwrap();
+        assert_eq!(
+            (&d.bytes[..], d.truncated),
+            (&whole.bytes[..], whole.truncated)
+        );
+    }
+    assert_eq!(
+        decode_borrowed(Some("snappy"), &gz, MAX),
+        decode(Some("snappy"), &gz, MAX).map(|_| unreachable!())
+    );
+}
+
+#[test]
 fn identity_is_capped_too() {
     let d = decode(None, b"0123456789", 4).unwrap();
     assert_eq!(&d.bytes[..], b"0123");

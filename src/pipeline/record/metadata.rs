@@ -71,7 +71,7 @@ pub struct ResponseMetadata<'a> {
     pub truncated: bool,
     pub ttfb_ms: Option<f64>,
     pub upstream_request_id: Option<&'a str>,
-    pub usage: Option<&'a serde_json::Value>,
+    pub usage: Option<&'a crate::capture::summary::Usage>,
 }
 
 /// ERROR metadata.
