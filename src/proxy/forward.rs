@@ -48,6 +48,8 @@ use crate::telemetry::metrics::{
 pub struct ProxyState {
     pub client: UpstreamClient,
     pub upstream: Upstream,
+    /// The `Host` header sent upstream (see [`super::client::host_header`]).
+    pub upstream_host: Option<HeaderValue>,
     /// Set by configuration; otherwise derived from the upstream host.
     pub provider_override: Option<String>,
     /// Bytes captured per body (0 when auditing is off).
@@ -251,7 +253,13 @@ pub async fn handle(
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = uri;
     *upstream_req.headers_mut() = headers;
-    upstream_req.headers_mut().remove(header::HOST);
+    match &state.upstream_host {
+        // Shared bytes: cloning it copies nothing.
+        Some(host) => upstream_req
+            .headers_mut()
+            .insert(header::HOST, host.clone()),
+        None => upstream_req.headers_mut().remove(header::HOST),
+    };
 
     let prepared_in = started_at.elapsed();
     let sent =
