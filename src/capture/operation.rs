@@ -36,21 +36,48 @@ const KNOWN: &[(&str, &[&str], &str)] = &[
     ("POST", &["moderations"], "moderations.create"),
 ];
 
+/// Most path segments read without a vector.
+const SEGMENTS_ON_STACK: usize = 16;
+
+/// The names [`classify`] gives known operations.
+pub fn known_names() -> impl Iterator<Item = &'static str> {
+    KNOWN.iter().map(|(_, _, name)| *name)
+}
+
 /// Classifies a request. `path` should not carry the query; if it does, the
 /// query is ignored for matching and left out of a fallback name.
 pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Operation {
     let path = path.split(['?', '#']).next().unwrap_or_default();
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // Most paths have a handful of segments: they are kept on the stack.
+    let mut on_stack = [""; SEGMENTS_ON_STACK];
+    let mut spilled = Vec::new();
+    let mut count = 0;
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        if count < SEGMENTS_ON_STACK {
+            on_stack[count] = segment;
+        } else {
+            if spilled.is_empty() {
+                spilled.extend_from_slice(&on_stack);
+            }
+            spilled.push(segment);
+        }
+        count += 1;
+    }
+    let segments: &[&str] = if spilled.is_empty() {
+        &on_stack[..count]
+    } else {
+        &spilled
+    };
 
     let name = KNOWN
         .iter()
-        .find(|(m, suffix, _)| method.as_str() == *m && ends_with(&segments, suffix))
+        .find(|(m, suffix, _)| method.as_str() == *m && ends_with(segments, suffix))
         .map(|(_, _, name)| (*name).to_owned())
         .unwrap_or_else(|| format!("{} {}", method.as_str(), path));
 
     Operation {
         name,
-        azure_deployment: azure_deployment(&segments),
+        azure_deployment: azure_deployment(segments),
         api_version: query.and_then(|q| query_param(q, "api-version")),
     }
 }
