@@ -206,11 +206,29 @@ impl<'a> JsonView<'a> {
     /// `Value`), with the strings `replaced` names (sorted by node) written
     /// as the given text instead.
     pub fn write(&self, replaced: &[(NodeId, String)]) -> String {
-        let mut out = Vec::with_capacity(self.text.len() + 16 * replaced.len());
-        self.write_node(self.root, replaced, &mut out);
-        // Every piece written is UTF-8: spans of a `str` on character
-        // boundaries, ASCII punctuation, and serde_json's own output.
-        String::from_utf8(out).unwrap_or_default()
+        // Written into a buffer kept per thread, then copied once into a
+        // string of its exact length: a stored body is kept as a boxed
+        // `str`, which a string with room to spare would be reallocated
+        // into.
+        thread_local! {
+            static OUT: RefCell<Vec<u8>> = RefCell::default();
+        }
+        OUT.with(|out| match out.try_borrow_mut() {
+            Ok(mut out) => {
+                out.clear();
+                self.write_node(self.root, replaced, &mut out);
+                let text = utf8_text(&out);
+                if out.capacity() > KEPT_OUTPUT_BYTES {
+                    *out = Vec::new();
+                }
+                text
+            }
+            Err(_) => {
+                let mut out = Vec::with_capacity(self.text.len() + 16 * replaced.len());
+                self.write_node(self.root, replaced, &mut out);
+                utf8_text(&out)
+            }
+        })
     }
 
     fn write_node(&self, id: u32, replaced: &[(NodeId, String)], out: &mut Vec<u8>) {
@@ -299,6 +317,15 @@ impl Scratch {
             self.pending_pairs = Vec::new();
         }
     }
+}
+
+/// Most bytes of written output kept per thread between writes.
+const KEPT_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// Written output as text. Every piece written is UTF-8: spans of a `str`
+/// on character boundaries, ASCII punctuation, and serde_json's own output.
+fn utf8_text(out: &[u8]) -> String {
+    std::str::from_utf8(out).unwrap_or_default().to_owned()
 }
 
 /// Writes `s` as serde_json writes a string.
