@@ -72,10 +72,7 @@ impl RecordedHeaders {
     /// The first value of `name` (any case), as text; `None` when absent
     /// or not UTF-8.
     pub fn get_str(&self, name: &str) -> Option<&str> {
-        let entry = self
-            .entries
-            .iter()
-            .find(|e| self.name(e).eq_ignore_ascii_case(name))?;
+        let entry = self.entries.iter().find(|e| self.is_named(e, name))?;
         std::str::from_utf8(self.value(entry)).ok()
     }
 
@@ -83,7 +80,7 @@ impl RecordedHeaders {
     pub fn get_all<'h>(&'h self, name: &'h str) -> impl Iterator<Item = &'h [u8]> + 'h {
         self.entries
             .iter()
-            .filter(move |e| self.name(e).eq_ignore_ascii_case(name))
+            .filter(move |e| self.is_named(e, name))
             .map(|e| self.value(e))
     }
 
@@ -100,6 +97,12 @@ impl RecordedHeaders {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Compared as bytes: lookups need not check the name is UTF-8.
+    fn is_named(&self, entry: &Entry, name: &str) -> bool {
+        self.text[entry.name_start as usize..entry.value_start as usize]
+            .eq_ignore_ascii_case(name.as_bytes())
     }
 
     fn name(&self, entry: &Entry) -> &str {
