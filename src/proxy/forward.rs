@@ -206,7 +206,7 @@ pub async fn handle(
             &headers,
             &prefix,
             state.max_inspected_bytes,
-            prescan_sender.is_some(),
+            prescan_sender.is_some().then_some(state.capture_cap),
         );
         if let (Some(tx), Some(prescan)) = (prescan_sender.take(), prescan) {
             let _ = tx.send(prescan);
@@ -709,8 +709,10 @@ fn apply_request_policies(
     headers: &HeaderMap,
     body: &Bytes,
     max_inspected_bytes: usize,
-    for_record: bool,
+    record_cap: Option<usize>,
 ) -> (RequestVerdict, Option<RequestPrescan>) {
+    // `Some(capture cap)` when the call is recorded.
+    let for_record = record_cap.is_some();
     let blocks = policies.blocks(Direction::Request);
     if !(blocks || policies.redacts_upstream()) || body.is_empty() {
         return (RequestVerdict::Forward, None);
@@ -755,10 +757,17 @@ fn apply_request_policies(
             // reading and searching it again.
             (true, Some(view)) if for_record => {
                 let (gate, findings) = policies.gate_request_view_for_record(&view);
-                parsed = Some(ParsedBody {
-                    nodes: view.into_nodes(),
-                    text: json.clone(),
-                });
+                // The record can take the view only when its capture holds
+                // this whole body; a longer one would only be kept waiting
+                // for the record, with its nodes.
+                let captured_whole =
+                    record_cap.is_some_and(|cap| body.len() <= cap && decoded.len() <= cap);
+                if captured_whole {
+                    parsed = Some(ParsedBody {
+                        nodes: view.into_nodes(),
+                        text: json.clone(),
+                    });
+                }
                 (gate, Some(findings))
             }
             (true, Some(view)) => (policies.gate_request_view(&view), None),
