@@ -23,7 +23,7 @@ use std::time::Instant;
 use llm_audit_proxy::capture::json_view::JsonView;
 use llm_audit_proxy::capture::sse;
 use llm_audit_proxy::capture::stored_body::StoredBody;
-use llm_audit_proxy::capture::summary::{summarize, Cleaned};
+use llm_audit_proxy::capture::summary::{summarize_usage, Cleaned};
 use llm_audit_proxy::policy::{load_pack, Direction, PolicySet};
 use serde_json::Value;
 
@@ -75,7 +75,7 @@ fn main() {
     ] {
         let by_value = || {
             let mut value: Value = serde_json::from_str(body).unwrap();
-            let summary = summarize("chat.create", &value);
+            let summary = summarize_usage("chat.create", &value);
             let scan = policies.inspect(&mut value, direction).scan;
             black_box((summary, scan));
             serde_json::to_string(&value).unwrap().len()
@@ -85,7 +85,7 @@ fn main() {
             let inspection = policies
                 .inspect_view(&view, direction, false, None)
                 .unwrap();
-            let summary = summarize(
+            let summary = summarize_usage(
                 "chat.create",
                 Cleaned {
                     at: view.root(),
@@ -126,7 +126,7 @@ fn main() {
     let by_value = || {
         let events = sse::parse_events(body.as_bytes());
         let mut value = sse::reassemble("chat.create", &events).response;
-        let summary = summarize("chat.create", &value);
+        let summary = summarize_usage("chat.create", &value);
         let scan = policies.inspect(&mut value, Direction::Response).scan;
         black_box((summary, scan));
         serde_json::to_string(&value).unwrap().len()
@@ -138,7 +138,7 @@ fn main() {
         let inspection = policies
             .inspect_view(&view, Direction::Response, false, None)
             .unwrap();
-        let summary = summarize(
+        let summary = summarize_usage(
             "chat.create",
             Cleaned {
                 at: view.root(),

@@ -235,6 +235,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
     let state = Arc::new(ProxyState {
         client,
         upstream: config.proxy.upstream.clone(),
+        upstream_host: crate::proxy::client::host_header(&config.proxy.upstream),
         provider_override: config.proxy.provider.clone(),
         capture_cap: if config.audit.enabled {
             config.capture.max_body_bytes

@@ -11,6 +11,7 @@ pub mod bounded;
 pub mod decode;
 pub mod json_view;
 pub mod operation;
+pub mod recorded_headers;
 pub mod sanitize;
 pub mod sse;
 pub mod stored_body;

@@ -444,7 +444,13 @@ impl Upstream {
         http::Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(format!("{}{}", self.path_prefix, pq))
+            .path_and_query({
+                // One allocation of the exact size, once per call.
+                let mut joined = String::with_capacity(self.path_prefix.len() + pq.len());
+                joined.push_str(&self.path_prefix);
+                joined.push_str(pq);
+                joined
+            })
             .build()
     }
 

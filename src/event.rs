@@ -11,6 +11,7 @@ pub mod evidence;
 mod metadata;
 mod record;
 
+use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 
@@ -119,12 +120,41 @@ pub fn timestamp_text(ts: &DateTime<Utc>) -> TimestampText {
     // Every event is formatted several times (hash, row, export), and
     // chrono's format strings are interpreted on each call; four-digit
     // years, the only ones an event carries in practice, take a direct path.
-    let (year, micros) = (ts.year(), ts.nanosecond() / 1_000);
-    if !(0..=9999).contains(&year) || micros >= 1_000_000 {
-        return TimestampText::Other(ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+    // Events of one second share their date and time of day: those are
+    // worked out once per second per thread, and only the microseconds per
+    // call.
+    thread_local! {
+        static SECOND: Cell<Option<(i64, [u8; 20])>> = const { Cell::new(None) };
     }
+    let micros = ts.nanosecond() / 1_000;
+    if micros >= 1_000_000 {
+        return chrono_text(ts);
+    }
+    let second = ts.timestamp();
+    let head = match SECOND.get() {
+        Some((cached, head)) if cached == second => head,
+        _ => {
+            let Some(head) = second_text(ts) else {
+                return chrono_text(ts);
+            };
+            SECOND.set(Some((second, head)));
+            head
+        }
+    };
     let mut out = [0u8; 27];
-    let mut at = 0;
+    out[..20].copy_from_slice(&head);
+    write_digits(micros, &mut out[20..26]);
+    out[26] = b'Z';
+    TimestampText::Fixed(out)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of a four-digit year; `None` for other years.
+fn second_text(ts: &DateTime<Utc>) -> Option<[u8; 20]> {
+    let year = ts.year();
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let mut out = [0u8; 20];
     let fields = [
         (year as u32, 4, b'-'),
         (ts.month(), 2, b'-'),
@@ -132,18 +162,26 @@ pub fn timestamp_text(ts: &DateTime<Utc>) -> TimestampText {
         (ts.hour(), 2, b':'),
         (ts.minute(), 2, b':'),
         (ts.second(), 2, b'.'),
-        (micros, 6, b'Z'),
     ];
+    let mut at = 0;
     for (value, width, separator) in fields {
-        for place in (0..width).rev() {
-            let digit = (value / 10u32.pow(place)) % 10;
-            out[at] = b'0' + digit as u8;
-            at += 1;
-        }
-        out[at] = separator;
-        at += 1;
+        write_digits(value, &mut out[at..at + width]);
+        out[at + width] = separator;
+        at += width + 1;
     }
-    TimestampText::Fixed(out)
+    Some(out)
+}
+
+/// `value` in decimal, zero-padded to fill `out`.
+fn write_digits(mut value: u32, out: &mut [u8]) {
+    for place in out.iter_mut().rev() {
+        *place = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+fn chrono_text(ts: &DateTime<Utc>) -> TimestampText {
+    TimestampText::Other(ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
 }
 
 /// Parses an RFC 3339 timestamp with any offset into UTC.
@@ -161,7 +199,14 @@ pub fn now() -> DateTime<Utc> {
 
 /// A fresh time-ordered id (UUID v7), as text.
 pub fn new_id() -> String {
-    Uuid::now_v7().to_string()
+    with_new_id(str::to_owned)
+}
+
+/// A fresh id as [`new_id`] writes it, handed to `keep` from the stack
+/// (written without the formatting machinery, and copied once).
+pub fn with_new_id<T>(keep: impl FnOnce(&str) -> T) -> T {
+    let mut buf = Uuid::encode_buffer();
+    keep(Uuid::now_v7().hyphenated().encode_lower(&mut buf))
 }
 
 // === impl NewEvent ===
@@ -429,6 +474,33 @@ mod tests {
             format_timestamp(&DateTime::from_timestamp(1_700_000_000, 42_000).unwrap_or_default()),
             "2023-11-14T22:13:20.000042Z"
         );
+    }
+
+    #[test]
+    fn timestamps_of_one_second_and_the_next_format_as_chrono_does() {
+        // The date and time of day are kept per second: events within one
+        // second, across a second, a day and a year's end, and back in time.
+        let chrono_format = |ts: &DateTime<Utc>| ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        for secs in [
+            1_700_000_000_i64,
+            1_704_067_199,
+            1_704_067_200,
+            1_700_000_000,
+        ] {
+            for nanos in [0, 1_000, 999_999_000, 500_000_000, 1_999_000, 0] {
+                let ts = DateTime::from_timestamp(secs, nanos).unwrap_or_default();
+                assert_eq!(format_timestamp(&ts), chrono_format(&ts), "{secs} {nanos}");
+                // A leap second, then a far year, then the same second again.
+                for other in [
+                    DateTime::from_timestamp(secs, 1_000_000_000 + nanos),
+                    DateTime::from_timestamp(secs + 300_000_000_000, nanos),
+                    Some(ts),
+                ] {
+                    let other = other.unwrap_or_default();
+                    assert_eq!(format_timestamp(&other), chrono_format(&other));
+                }
+            }
+        }
     }
 
     #[test]

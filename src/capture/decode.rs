@@ -69,6 +69,58 @@ pub fn decode(
     max_out: usize,
 ) -> Result<Decoded, DecodeError> {
     let codings = parse_codings(content_encoding.unwrap_or_default())?;
+    decode_with(&codings, body, max_out)
+}
+
+/// As [`decode`], for a body already held in shared bytes: without a
+/// coding to undo (most calls), the decoded body is those bytes, not a
+/// copy of them.
+pub fn decode_shared(
+    content_encoding: Option<&str>,
+    body: &Bytes,
+    max_out: usize,
+) -> Result<Decoded, DecodeError> {
+    let codings = parse_codings(content_encoding.unwrap_or_default())?;
+    if codings.is_empty() {
+        return Ok(Decoded {
+            bytes: body.slice(..body.len().min(max_out)),
+            truncated: body.len() > max_out,
+        });
+    }
+    decode_with(&codings, body, max_out)
+}
+
+/// A decoded body that borrows the encoded one when nothing was undone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedRef<'b> {
+    pub bytes: Cow<'b, [u8]>,
+    /// As [`Decoded::truncated`].
+    pub truncated: bool,
+}
+
+/// As [`decode`], borrowing `body` when there is no coding to undo (most
+/// calls): the decoded body is then `body` itself, or its first
+/// `max_out` bytes, neither copied nor shared.
+pub fn decode_borrowed<'b>(
+    content_encoding: Option<&str>,
+    body: &'b [u8],
+    max_out: usize,
+) -> Result<DecodedRef<'b>, DecodeError> {
+    let codings = parse_codings(content_encoding.unwrap_or_default())?;
+    if codings.is_empty() {
+        return Ok(DecodedRef {
+            bytes: Cow::Borrowed(&body[..body.len().min(max_out)]),
+            truncated: body.len() > max_out,
+        });
+    }
+    let decoded = decode_with(&codings, body, max_out)?;
+    Ok(DecodedRef {
+        bytes: Cow::Owned(decoded.bytes.into()),
+        truncated: decoded.truncated,
+    })
+}
+
+fn decode_with(codings: &[Coding], body: &[u8], max_out: usize) -> Result<Decoded, DecodeError> {
     let mut data: Cow<'_, [u8]> = Cow::Borrowed(body);
     let mut truncated = false;
     for coding in codings.iter().rev() {

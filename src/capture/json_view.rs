@@ -15,6 +15,7 @@
 //! back to serde_json, which accepts or refuses the text as before.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::cmp::Ordering;
 
 use serde_json::Number;
@@ -36,6 +37,16 @@ pub struct JsonView<'a> {
     /// then value id), each container's a contiguous run.
     items: Vec<u32>,
     root: u32,
+}
+
+/// A view's nodes apart from its text, to hand a parsed body on (with the
+/// bytes it was read from) to a reader that would otherwise parse it again.
+#[derive(Debug)]
+pub struct ViewNodes {
+    nodes: Vec<Node>,
+    items: Vec<u32>,
+    root: u32,
+    text_len: usize,
 }
 
 /// Working buffers of the reader, kept between parses.
@@ -96,7 +107,19 @@ impl<'a> JsonView<'a> {
     /// `None` for anything that is not JSON, and for the rare JSON this
     /// reader leaves to serde_json (see the module notes).
     pub fn parse(bytes: &'a [u8]) -> Option<Self> {
-        Self::parse_with(bytes, &mut Scratch::default())
+        // Every body of every call is parsed here: the working buffers are
+        // kept per thread rather than allocated per parse.
+        thread_local! {
+            static SCRATCH: RefCell<Scratch> = RefCell::default();
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let view = Self::parse_with(bytes, &mut scratch);
+                scratch.release_if_large();
+                view
+            }
+            Err(_) => Self::parse_with(bytes, &mut Scratch::default()),
+        })
     }
 
     /// As [`Self::parse`], with working buffers kept between the parses of
@@ -118,9 +141,11 @@ impl<'a> JsonView<'a> {
             text,
             bytes,
             pos: 0,
-            // Bodies hold about one node per 24 bytes.
-            nodes: Vec::with_capacity(bytes.len() / 24 + 4),
-            items: Vec::with_capacity(bytes.len() / 24 + 4),
+            // Chat requests hold about one node per 24 bytes, answers with
+            // their ids, numbers and usage one per 12: sized for the
+            // denser, so neither list grows while most bodies are read.
+            nodes: Vec::with_capacity(bytes.len() / 10 + 8),
+            items: Vec::with_capacity(bytes.len() / 10 + 8),
             pending,
             pending_pairs,
         };
@@ -132,6 +157,30 @@ impl<'a> JsonView<'a> {
             nodes: parser.nodes,
             items: parser.items,
             root: root?,
+        })
+    }
+
+    /// The nodes, to be joined again with the same text by
+    /// [`Self::with_nodes`].
+    pub fn into_nodes(self) -> ViewNodes {
+        ViewNodes {
+            nodes: self.nodes,
+            items: self.items,
+            root: self.root,
+            text_len: self.text.len(),
+        }
+    }
+
+    /// The view of `bytes` that `nodes` were read from, without reading
+    /// them again. `bytes` must be the text they were read from; `None`
+    /// when it plainly is not (another length, or not UTF-8).
+    pub fn with_nodes(bytes: &'a [u8], nodes: ViewNodes) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        (text.len() == nodes.text_len).then_some(Self {
+            text,
+            nodes: nodes.nodes,
+            items: nodes.items,
+            root: nodes.root,
         })
     }
 
@@ -157,11 +206,29 @@ impl<'a> JsonView<'a> {
     /// `Value`), with the strings `replaced` names (sorted by node) written
     /// as the given text instead.
     pub fn write(&self, replaced: &[(NodeId, String)]) -> String {
-        let mut out = Vec::with_capacity(self.text.len() + 16 * replaced.len());
-        self.write_node(self.root, replaced, &mut out);
-        // Every piece written is UTF-8: spans of a `str` on character
-        // boundaries, ASCII punctuation, and serde_json's own output.
-        String::from_utf8(out).unwrap_or_default()
+        // Written into a buffer kept per thread, then copied once into a
+        // string of its exact length: a stored body is kept as a boxed
+        // `str`, which a string with room to spare would be reallocated
+        // into.
+        thread_local! {
+            static OUT: RefCell<Vec<u8>> = RefCell::default();
+        }
+        OUT.with(|out| match out.try_borrow_mut() {
+            Ok(mut out) => {
+                out.clear();
+                self.write_node(self.root, replaced, &mut out);
+                let text = utf8_text(&out);
+                if out.capacity() > KEPT_OUTPUT_BYTES {
+                    *out = Vec::new();
+                }
+                text
+            }
+            Err(_) => {
+                let mut out = Vec::with_capacity(self.text.len() + 16 * replaced.len());
+                self.write_node(self.root, replaced, &mut out);
+                utf8_text(&out)
+            }
+        })
     }
 
     fn write_node(&self, id: u32, replaced: &[(NodeId, String)], out: &mut Vec<u8>) {
@@ -233,6 +300,32 @@ impl<'a> JsonView<'a> {
             _ => Cow::Owned(unescape(self.span(node))),
         }
     }
+}
+
+// === impl Scratch ===
+
+impl Scratch {
+    /// Entries a kept buffer may hold; a rare huge body's are let go
+    /// rather than held for the life of the thread.
+    const KEPT_ENTRIES: usize = 4096;
+
+    fn release_if_large(&mut self) {
+        if self.pending.capacity() > Self::KEPT_ENTRIES {
+            self.pending = Vec::new();
+        }
+        if self.pending_pairs.capacity() > Self::KEPT_ENTRIES {
+            self.pending_pairs = Vec::new();
+        }
+    }
+}
+
+/// Most bytes of written output kept per thread between writes.
+const KEPT_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// Written output as text. Every piece written is UTF-8: spans of a `str`
+/// on character boundaries, ASCII punctuation, and serde_json's own output.
+fn utf8_text(out: &[u8]) -> String {
+    std::str::from_utf8(out).unwrap_or_default().to_owned()
 }
 
 /// Writes `s` as serde_json writes a string.

@@ -36,21 +36,48 @@ const KNOWN: &[(&str, &[&str], &str)] = &[
     ("POST", &["moderations"], "moderations.create"),
 ];
 
+/// Most path segments read without a vector.
+const SEGMENTS_ON_STACK: usize = 16;
+
+/// The names [`classify`] gives known operations.
+pub fn known_names() -> impl Iterator<Item = &'static str> {
+    KNOWN.iter().map(|(_, _, name)| *name)
+}
+
 /// Classifies a request. `path` should not carry the query; if it does, the
 /// query is ignored for matching and left out of a fallback name.
 pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Operation {
     let path = path.split(['?', '#']).next().unwrap_or_default();
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // Most paths have a handful of segments: they are kept on the stack.
+    let mut on_stack = [""; SEGMENTS_ON_STACK];
+    let mut spilled = Vec::new();
+    let mut count = 0;
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        if count < SEGMENTS_ON_STACK {
+            on_stack[count] = segment;
+        } else {
+            if spilled.is_empty() {
+                spilled.extend_from_slice(&on_stack);
+            }
+            spilled.push(segment);
+        }
+        count += 1;
+    }
+    let segments: &[&str] = if spilled.is_empty() {
+        &on_stack[..count]
+    } else {
+        &spilled
+    };
 
     let name = KNOWN
         .iter()
-        .find(|(m, suffix, _)| method.as_str() == *m && ends_with(&segments, suffix))
+        .find(|(m, suffix, _)| method.as_str() == *m && ends_with(segments, suffix))
         .map(|(_, _, name)| (*name).to_owned())
         .unwrap_or_else(|| format!("{} {}", method.as_str(), path));
 
     Operation {
         name,
-        azure_deployment: azure_deployment(&segments),
+        azure_deployment: azure_deployment(segments),
         api_version: query.and_then(|q| query_param(q, "api-version")),
     }
 }
@@ -58,12 +85,17 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Operation {
 /// The provider label stored in events, from the upstream host (with or
 /// without a port) and the request path.
 pub fn provider_for(upstream_host: &str, path: &str) -> &'static str {
-    let host = upstream_host.trim().to_ascii_lowercase();
-    let host = strip_port(&host).trim_end_matches('.');
-    if host == "api.openai.com" {
+    // Compared in any case rather than lower-cased into a copy: every call
+    // asks.
+    let host = strip_port(upstream_host.trim()).trim_end_matches('.');
+    let ends_with = |suffix: &str| {
+        host.len() >= suffix.len()
+            && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    if host.eq_ignore_ascii_case("api.openai.com") {
         "openai"
-    } else if host.ends_with(".openai.azure.com")
-        || host.ends_with(".cognitiveservices.azure.com")
+    } else if ends_with(".openai.azure.com")
+        || ends_with(".cognitiveservices.azure.com")
         || path.starts_with("/openai/deployments/")
     {
         "azure_openai"

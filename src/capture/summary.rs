@@ -6,19 +6,23 @@
 
 use std::borrow::Cow;
 
-use serde_json::{json, Value};
+use serde::Serialize;
+#[cfg(test)]
+use serde_json::json;
+use serde_json::Value;
 
 use super::json_view::{At, NodeId};
 
-/// Model, usage and finish reason of one response.
+/// Model, usage and finish reason of one response; usage as [`Usage`]
+/// (what a record stores), or as the value it serialises to.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Summary {
+pub struct Summary<U = Value> {
     /// The model upstream reports (the caller falls back to the requested
     /// one).
     pub model: Option<String>,
     /// `{"prompt_tokens", "completion_tokens", "total_tokens"}`, all
     /// integers, whatever shape upstream used.
-    pub usage: Option<Value>,
+    pub usage: Option<U>,
     /// The first choice's `finish_reason`; for the Responses API the
     /// `status`, or the `incomplete_details.reason` of an incomplete one.
     pub finish_reason: Option<String>,
@@ -46,8 +50,31 @@ pub struct Cleaned<'v, 'a> {
     pub replaced: &'v [(NodeId, String)],
 }
 
-/// Summarises a (possibly reassembled) response body of `operation`.
+/// Token usage in its normalised shape. Serialises as the object
+/// `{"completion_tokens", "prompt_tokens", "total_tokens"}`, keys in
+/// canonical (sorted) order, with no map built for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub completion_tokens: u64,
+    pub prompt_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// [`summarize_usage`] with the usage as a value.
+#[cfg(test)]
 pub fn summarize<'s>(operation: &str, response: impl JsonRead<'s>) -> Summary {
+    let summary = summarize_usage(operation, response);
+    Summary {
+        model: summary.model,
+        usage: summary
+            .usage
+            .map(|u| serde_json::to_value(u).unwrap_or_default()),
+        finish_reason: summary.finish_reason,
+    }
+}
+
+/// Summarises a (possibly reassembled) response body of `operation`.
+pub fn summarize_usage<'s>(operation: &str, response: impl JsonRead<'s>) -> Summary<Usage> {
     Summary {
         model: response
             .get("model")
@@ -94,7 +121,7 @@ pub fn request_model_and_stream<'s>(body: impl JsonRead<'s>) -> (Option<String>,
 /// Maps every known usage shape onto prompt/completion/total. The shape is
 /// recognised by its keys rather than trusted from the operation, because
 /// compatible servers and newer endpoints (audio, images) mix them.
-fn normalize_usage<'s>(operation: &str, usage: impl JsonRead<'s>) -> Option<Value> {
+fn normalize_usage<'s>(operation: &str, usage: impl JsonRead<'s>) -> Option<Usage> {
     let int = |k: &str| usage.get(k).and_then(as_count);
     let prompt = int("prompt_tokens").or_else(|| int("input_tokens"));
     let completion = int("completion_tokens").or_else(|| int("output_tokens"));
@@ -110,11 +137,11 @@ fn normalize_usage<'s>(operation: &str, usage: impl JsonRead<'s>) -> Option<Valu
     };
     let prompt = prompt.unwrap_or_else(|| total.map_or(0, |t| t.saturating_sub(completion)));
     let total = total.unwrap_or(prompt.saturating_add(completion));
-    Some(json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": total,
-    }))
+    Some(Usage {
+        completion_tokens: completion,
+        prompt_tokens: prompt,
+        total_tokens: total,
+    })
 }
 
 /// Token counts are integers, but some servers send them as `12.0`.

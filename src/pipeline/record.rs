@@ -18,7 +18,7 @@ use std::time::Duration;
 mod counters;
 mod metadata;
 
-use http::{HeaderMap, Method, StatusCode};
+use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -28,13 +28,14 @@ use super::builder::RecordBuilder;
 use super::{Handle, SubmitError};
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::bounded::{bound_serialised, bound_text};
-use crate::capture::decode::decode;
-use crate::capture::json_view::JsonView;
+use crate::capture::decode::decode_borrowed;
+use crate::capture::json_view::{JsonView, ViewNodes};
 use crate::capture::operation::Operation;
+use crate::capture::recorded_headers::RecordedHeaders;
 use crate::capture::sanitize::Sanitizer;
 use crate::capture::sse;
 use crate::capture::stored_body::StoredBody;
-use crate::capture::summary::{request_model_and_stream, summarize, Cleaned, Summary};
+use crate::capture::summary::{request_model_and_stream, summarize_usage, Cleaned, Summary, Usage};
 use crate::capture::tee::{BodyEnd, Captured};
 use crate::event::{EventType, NewEvent};
 use crate::policy::{compliance_event, BodyFindings, Direction, Scan, Verdict};
@@ -94,7 +95,8 @@ pub struct CallInfo {
     /// Borrowed unless configured (`proxy.provider`).
     pub provider: Cow<'static, str>,
     pub client_ip: IpAddr,
-    pub headers: HeaderMap,
+    /// Copied for the record (see [`RecordedHeaders`]).
+    pub headers: RecordedHeaders,
     pub started_at: Instant,
     /// Queue room held for this call's events under `fail_closed`,
     /// released once the record has offered them.
@@ -117,7 +119,7 @@ pub enum ResponseOutcome {
     /// Upstream answered; `body` is what passed to the app.
     Upstream {
         status: StatusCode,
-        headers: HeaderMap,
+        headers: RecordedHeaders,
         headers_at: Instant,
         body: Captured,
         /// The policy verdict that replaced or cut the response, if any.
@@ -171,6 +173,17 @@ pub struct RequestPrescan {
     /// searched with all of them: the record redacts from it instead of
     /// searching again.
     pub findings: Option<BodyFindings>,
+    /// The JSON view the search read, when it read one: the record reads
+    /// the body from it instead of parsing the same text again.
+    pub parsed: Option<ParsedBody>,
+}
+
+/// A request body's JSON text (decoded, without a BOM) and the nodes of
+/// its view.
+#[derive(Debug)]
+pub struct ParsedBody {
+    pub text: bytes::Bytes,
+    pub nodes: ViewNodes,
 }
 
 /// What the request path learnt about a request body that its record
@@ -188,9 +201,9 @@ enum Searched {
 
 /// A captured, decoded body: JSON to read from its text (an event stream's
 /// folded answer among them), or a value.
-enum Read {
+enum Read<'c> {
     Json {
-        bytes: bytes::Bytes,
+        bytes: Cow<'c, [u8]>,
         truncated: bool,
         /// As [`Interpreted::stream_complete`].
         stream_complete: bool,
@@ -212,7 +225,7 @@ struct CleanRequest {
 /// A response body as its RESPONSE stores it, with what was read from it.
 struct CleanResponse {
     body: StoredBody,
-    summary: Summary,
+    summary: Summary<Usage>,
     scan: Scan,
     truncated: bool,
     stream_complete: bool,
@@ -543,12 +556,14 @@ impl Recorder {
         });
         let event = NewEvent::new(
             EventType::Request,
-            format!(
-                "{} {} ({})",
-                info.method,
+            message_of(&[
+                info.method.as_str(),
+                " ",
                 path.split('?').next().unwrap_or_default(),
-                operation
-            ),
+                " (",
+                &operation,
+                ")",
+            ]),
         )
         .with_request_id(&*info.request_id)
         .with_metadata(metadata);
@@ -771,9 +786,17 @@ impl Recorder {
                 (None, outcome_label, metadata)
             }
         };
+        let mut code = itoa::Buffer::new();
         let message = match status {
-            Some(status) => format!("{} {} ({})", operation, status.as_u16(), outcome_label),
-            None => format!("{} no status ({})", operation, outcome_label),
+            Some(status) => message_of(&[
+                &operation,
+                " ",
+                code.format(status.as_u16()),
+                " (",
+                outcome_label,
+                ")",
+            ]),
+            None => message_of(&[&operation, " no status (", outcome_label, ")"]),
         };
         let event = NewEvent::new(EventType::Response, message)
             .with_request_id(&*info.request_id)
@@ -813,7 +836,7 @@ impl Recorder {
         &self,
         value: Value,
         captured: Option<&Captured>,
-        headers: &HeaderMap,
+        headers: &RecordedHeaders,
     ) -> (Value, bool) {
         if !self.measures(captured, headers) {
             return (value, false);
@@ -826,7 +849,7 @@ impl Recorder {
         &self,
         text: String,
         captured: Option<&Captured>,
-        headers: &HeaderMap,
+        headers: &RecordedHeaders,
     ) -> (String, bool) {
         if !self.measures(captured, headers) {
             return (text, false);
@@ -839,7 +862,7 @@ impl Recorder {
     /// eighth of the limit cannot reach it (escaping writes at most six
     /// bytes per byte, and redaction markers and reformatted numbers grow
     /// less), so it is kept without measuring.
-    fn measures(&self, captured: Option<&Captured>, headers: &HeaderMap) -> bool {
+    fn measures(&self, captured: Option<&Captured>, headers: &RecordedHeaders) -> bool {
         let encoded = header_str(headers, "content-encoding")
             .is_some_and(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"));
         let decoded_at_most = match captured {
@@ -854,13 +877,12 @@ impl Recorder {
         self.cut_at_shutdown.load(Ordering::Acquire)
     }
 
-    fn count_tokens(&self, model: Option<&str>, usage: Option<&Value>) {
+    fn count_tokens(&self, model: Option<&str>, usage: Option<&Usage>) {
         let Some(usage) = usage else { return };
-        let count = |key: &str| usage[key].as_u64().unwrap_or(0);
         self.counters.add_tokens(
             &self.metrics,
             model.unwrap_or("unknown"),
-            [count("prompt_tokens"), count("completion_tokens")],
+            [usage.prompt_tokens, usage.completion_tokens],
         );
     }
 
@@ -868,7 +890,7 @@ impl Recorder {
     /// search of it learnt when it searched these very bytes.
     fn clean_request(
         &self,
-        headers: &HeaderMap,
+        headers: &RecordedHeaders,
         captured: &Captured,
         prescan: Option<RequestPrescan>,
     ) -> CleanRequest {
@@ -895,16 +917,23 @@ impl Recorder {
             Some(_) => bytes.strip_prefix(UTF8_BOM).unwrap_or(&bytes),
             None => &bytes[..],
         };
-        let (text_clean, findings) = match prescan {
-            Some(p) => (p.text_clean && p.findings.is_none(), p.findings),
-            None => (false, None),
+        let (text_clean, findings, parsed) = match prescan {
+            Some(p) => (p.text_clean && p.findings.is_none(), p.findings, p.parsed),
+            None => (false, None, None),
         };
         let searched = |findings: Option<BodyFindings>| match findings {
             Some(findings) => Searched::Found(findings),
             None if text_clean => Searched::TextClean,
             None => Searched::No,
         };
-        let Some(view) = JsonView::parse(json) else {
+        // The view the request path read these very bytes into, else a
+        // new one.
+        let parsed_text = parsed.as_ref().map(|p| p.text.clone());
+        let view = match (&parsed_text, parsed) {
+            (Some(text), Some(parsed)) => JsonView::with_nodes(text, parsed.nodes),
+            _ => None,
+        };
+        let Some(view) = view.or_else(|| JsonView::parse(json)) else {
             // JSON the view leaves to serde_json.
             let value = match serde_json::from_slice(json) {
                 Ok(value) => value,
@@ -966,7 +995,7 @@ impl Recorder {
         truncated: bool,
         searched: Searched,
         captured: Option<&Captured>,
-        headers: &HeaderMap,
+        headers: &RecordedHeaders,
     ) -> CleanRequest {
         let policies = self.sanitizer.policies();
         let scan = match searched {
@@ -991,7 +1020,7 @@ impl Recorder {
     /// Reads, summarises, cleans and bounds a response body.
     fn clean_response(
         &self,
-        headers: &HeaderMap,
+        headers: &RecordedHeaders,
         captured: &Captured,
         is_sse: bool,
         operation: &str,
@@ -1008,7 +1037,7 @@ impl Recorder {
                 if let Some(inspection) =
                     policies.inspect_view(&view, Direction::Response, false, None)
                 {
-                    let summary = summarize(
+                    let summary = summarize_usage(
                         operation,
                         Cleaned {
                             at: view.root(),
@@ -1044,7 +1073,7 @@ impl Recorder {
                 stream_complete,
             },
         };
-        let summary = summarize(operation, &data);
+        let summary = summarize_usage(operation, &data);
         let scan = policies.inspect(&mut data, Direction::Response).scan;
         let (data, cut) = self.bound_body(data, Some(captured), headers);
         CleanResponse {
@@ -1059,17 +1088,17 @@ impl Recorder {
 
     /// Decodes a captured body: JSON (by type or shape) is left as text to
     /// read, anything else is interpreted as [`Self::interpret`] does.
-    fn read(
+    fn read<'c>(
         &self,
-        headers: &HeaderMap,
-        captured: &Captured,
+        headers: &RecordedHeaders,
+        captured: &'c Captured,
         is_sse: bool,
         operation: &str,
-    ) -> Read {
+    ) -> Read<'c> {
         let content_type = header_str(headers, "content-type");
         if !is_sse {
             let encoding = header_str(headers, "content-encoding");
-            if let Ok(d) = decode(encoding, &captured.bytes, self.max_decoded_bytes) {
+            if let Ok(d) = decode_borrowed(encoding, &captured.bytes, self.max_decoded_bytes) {
                 let truncated = d.truncated || captured.truncated;
                 if body_is_parsed_as_json(&d.bytes, content_type) {
                     return Read::Json {
@@ -1090,17 +1119,20 @@ impl Recorder {
 
     /// Decodes and parses a captured body; an event stream is folded into
     /// its answer's JSON text.
-    fn interpret(
+    fn interpret<'c>(
         &self,
-        headers: &HeaderMap,
-        captured: &Captured,
+        headers: &RecordedHeaders,
+        captured: &'c Captured,
         is_sse: bool,
         operation: &str,
-    ) -> Read {
+    ) -> Read<'c> {
         let encoding = header_str(headers, "content-encoding");
         let content_type = header_str(headers, "content-type");
-        let (bytes, mut truncated) = match decode(encoding, &captured.bytes, self.max_decoded_bytes)
-        {
+        let (bytes, mut truncated) = match decode_borrowed(
+            encoding,
+            &captured.bytes,
+            self.max_decoded_bytes,
+        ) {
             Ok(d) => (d.bytes, d.truncated),
             Err(_) => {
                 // Unknown encoding: describe the body rather than store
@@ -1128,7 +1160,7 @@ impl Recorder {
             };
             if let Some(folded) = sse::reassemble_text(operation, &events) {
                 return Read::Json {
-                    bytes: folded.json.into(),
+                    bytes: Cow::Owned(folded.json.into_bytes()),
                     truncated,
                     // A stream longer than the capture: the tee watched
                     // the rest for its end.
@@ -1269,8 +1301,18 @@ pub fn stored_body_limit(capture_cap: usize) -> usize {
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
+/// An event's message from its pieces, in one allocation of its exact
+/// length (`format!` grows its string as it writes).
+fn message_of(pieces: &[&str]) -> String {
+    let mut message = String::with_capacity(pieces.iter().map(|p| p.len()).sum());
+    for piece in pieces {
+        message.push_str(piece);
+    }
+    message
+}
+
+fn header_str<'a>(headers: &'a RecordedHeaders, name: &str) -> Option<&'a str> {
+    headers.get_str(name)
 }
 
 fn is_idle_timeout(message: &str) -> bool {

@@ -12,7 +12,10 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
+use http::HeaderValue;
+
 use super::body::UpstreamBody;
+use crate::config::Upstream;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
@@ -73,4 +76,55 @@ pub fn build(ca_bundle: Option<&Path>) -> Result<UpstreamClient, ClientError> {
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .build(connector))
+}
+
+/// The `Host` header of every request to a plain-HTTP `upstream`, as the
+/// client would write it from the request's URI when none is set (the
+/// host, and the port unless it is the scheme's default). Worked out once,
+/// so no call formats it. `None` for HTTPS: a connection there may speak
+/// HTTP/2, where the client sends no `Host` header, only `:authority`, so
+/// the client is left to decide per connection.
+pub fn host_header(upstream: &Upstream) -> Option<HeaderValue> {
+    if upstream.scheme != http::uri::Scheme::HTTP {
+        return None;
+    }
+    let uri = upstream.uri_for("/").ok()?;
+    let host = uri.host()?;
+    let text = match uri.port_u16() {
+        Some(80) | None => host.to_owned(),
+        Some(port) => format!("{host}:{port}"),
+    };
+    HeaderValue::from_str(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> Upstream {
+        let uri: http::Uri = url.parse().unwrap();
+        let parts = uri.into_parts();
+        Upstream {
+            scheme: parts.scheme.unwrap(),
+            authority: parts.authority.unwrap(),
+            path_prefix: String::new(),
+        }
+    }
+
+    #[test]
+    fn host_headers_leave_out_default_ports_only() {
+        for (url, host) in [
+            ("http://127.0.0.1:8080", "127.0.0.1:8080"),
+            ("http://example.com:80", "example.com"),
+            ("http://example.com", "example.com"),
+            ("http://example.com:443", "example.com:443"),
+            ("http://[::1]:11434", "[::1]:11434"),
+        ] {
+            assert_eq!(host_header(&upstream(url)).unwrap(), host, "{url}");
+        }
+        // HTTPS is left to the client, which knows the connection's version.
+        for url in ["https://example.com", "https://api.openai.com:8443"] {
+            assert_eq!(host_header(&upstream(url)), None, "{url}");
+        }
+    }
 }

@@ -18,7 +18,7 @@ use super::answer_check::{check_answer, is_encoded, looks_like_sse, AnswerCheck,
 use super::body::{full, IdleTimeoutBody, PrefixedBody, ProxyBody};
 use super::client::UpstreamClient;
 use super::encoded_stream::{streams_decodable, EncodedStreamGuard};
-use super::headers::{detached, forwardable};
+use super::headers::forwardable;
 use super::path_guard;
 use super::policy_guard::{OnBlock, StreamGuard};
 use super::request_id::request_id_for;
@@ -29,13 +29,14 @@ use super::respond::{self, ProxyError, REQUEST_ID_HEADER};
 const STRICT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
-use crate::capture::decode::decode;
+use crate::capture::decode::decode_shared;
 use crate::capture::json_view::JsonView;
 use crate::capture::operation::{classify, provider_for};
+use crate::capture::recorded_headers::RecordedHeaders;
 use crate::capture::tee::{BodyEnd, Capture, Captured, TeeBody, IDLE_TIMEOUT_MESSAGE};
 use crate::config::{FailMode, Upstream};
 use crate::pipeline::record::{
-    CallInfo, CallRecord, Failure, Recorder, RequestPrescan, ResponseOutcome,
+    CallInfo, CallRecord, Failure, ParsedBody, Recorder, RequestPrescan, ResponseOutcome,
 };
 use crate::pipeline::{Admission, StoreHealth};
 use crate::policy::{Direction, PolicySet, Verdict};
@@ -47,6 +48,8 @@ use crate::telemetry::metrics::{
 pub struct ProxyState {
     pub client: UpstreamClient,
     pub upstream: Upstream,
+    /// The `Host` header sent upstream (see [`super::client::host_header`]).
+    pub upstream_host: Option<HeaderValue>,
     /// Set by configuration; otherwise derived from the upstream host.
     pub provider_override: Option<String>,
     /// Bytes captured per body (0 when auditing is off).
@@ -80,7 +83,7 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started_at = Instant::now();
     // One copy shared by the call's log line, its record and its events.
-    let request_id: Arc<str> = request_id_for(req.headers(), &state.policies).into();
+    let request_id = request_id_for(req.headers(), &state.policies);
     // Refused before anything else: neither goes upstream or starts a
     // record (the metrics count them).
     let refused = if req.method() == http::Method::CONNECT {
@@ -130,12 +133,13 @@ pub async fn handle(
             operation,
             provider,
             client_ip,
-            headers: detached(&parts.headers),
+            headers: RecordedHeaders::of(&parts.headers),
             started_at,
             reservation,
         })
     });
-    // The path is a slice of hyper's read buffer too (see `detached`);
+    // The path is a slice of hyper's read buffer too (see
+    // `RecordedHeaders`);
     // everything needed from it has been copied above.
     parts.uri = http::Uri::default();
 
@@ -202,7 +206,7 @@ pub async fn handle(
             &headers,
             &prefix,
             state.max_inspected_bytes,
-            prescan_sender.is_some(),
+            prescan_sender.is_some().then_some(state.capture_cap),
         );
         if let (Some(tx), Some(prescan)) = (prescan_sender.take(), prescan) {
             let _ = tx.send(prescan);
@@ -249,7 +253,13 @@ pub async fn handle(
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = uri;
     *upstream_req.headers_mut() = headers;
-    upstream_req.headers_mut().remove(header::HOST);
+    match &state.upstream_host {
+        // Shared bytes: cloning it copies nothing.
+        Some(host) => upstream_req
+            .headers_mut()
+            .insert(header::HOST, host.clone()),
+        None => upstream_req.headers_mut().remove(header::HOST),
+    };
 
     let prepared_in = started_at.elapsed();
     let sent =
@@ -302,7 +312,9 @@ pub async fn handle(
     let response_sender = record.as_mut().and_then(CallRecord::response_sender);
     let answer_started = record.as_mut().and_then(CallRecord::answer_started);
     let status = parts.status;
-    let upstream_headers = response_sender.as_ref().map(|_| detached(&parts.headers));
+    let upstream_headers = response_sender
+        .as_ref()
+        .map(|_| RecordedHeaders::of(&parts.headers));
     let guard_responses = state.policies.blocks(Direction::Response) && state.capture_cap > 0;
     // Set by a response policy that replaced or cut the answer, before the
     // capture completes, so the record and the log both see it; only
@@ -697,8 +709,10 @@ fn apply_request_policies(
     headers: &HeaderMap,
     body: &Bytes,
     max_inspected_bytes: usize,
-    for_record: bool,
+    record_cap: Option<usize>,
 ) -> (RequestVerdict, Option<RequestPrescan>) {
+    // `Some(capture cap)` when the call is recorded.
+    let for_record = record_cap.is_some();
     let blocks = policies.blocks(Direction::Request);
     if !(blocks || policies.redacts_upstream()) || body.is_empty() {
         return (RequestVerdict::Forward, None);
@@ -708,7 +722,7 @@ fn apply_request_policies(
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
-    let decoded = match decode(header(header::CONTENT_ENCODING), body, max_inspected_bytes) {
+    let decoded = match decode_shared(header(header::CONTENT_ENCODING), body, max_inspected_bytes) {
         Ok(d) if !d.truncated => d.bytes,
         Ok(_) if blocks => {
             return (
@@ -728,20 +742,36 @@ fn apply_request_policies(
     let mut prescan = None;
     if blocks {
         let content_type = header(header::CONTENT_TYPE);
-        let json = decoded.strip_prefix(UTF8_BOM).unwrap_or(&decoded);
+        let json = if decoded.starts_with(UTF8_BOM) {
+            decoded.slice(UTF8_BOM.len()..)
+        } else {
+            decoded.clone()
+        };
         // JSON is searched from a view of its text; the rare JSON the view
         // leaves to serde_json (see `JsonView::parse`) is parsed.
-        let is_json = body_is_parsed_as_json(json, content_type);
-        let (gate, findings) = match (is_json, JsonView::parse(json)) {
+        let is_json = body_is_parsed_as_json(&json, content_type);
+        let mut parsed = None;
+        let (gate, findings) = match (is_json, JsonView::parse(&json)) {
             // A recorded JSON body is searched here with every detector,
-            // once: its record takes what was found instead of searching it
-            // again.
+            // once: its record takes the view and what was found instead of
+            // reading and searching it again.
             (true, Some(view)) if for_record => {
                 let (gate, findings) = policies.gate_request_view_for_record(&view);
+                // The record can take the view only when its capture holds
+                // this whole body; a longer one would only be kept waiting
+                // for the record, with its nodes.
+                let captured_whole =
+                    record_cap.is_some_and(|cap| body.len() <= cap && decoded.len() <= cap);
+                if captured_whole {
+                    parsed = Some(ParsedBody {
+                        nodes: view.into_nodes(),
+                        text: json.clone(),
+                    });
+                }
                 (gate, Some(findings))
             }
             (true, Some(view)) => (policies.gate_request_view(&view), None),
-            (true, None) => match serde_json::from_slice::<serde_json::Value>(json) {
+            (true, None) => match serde_json::from_slice::<serde_json::Value>(&json) {
                 Ok(value) if for_record => {
                     let (gate, findings) = policies.gate_request_for_record(&value);
                     (gate, Some(findings))
@@ -761,6 +791,7 @@ fn apply_request_policies(
             decoded_len: decoded.len(),
             text_clean: gate.text_clean,
             findings,
+            parsed,
         });
     }
     let verdict = match policies.redact_upstream(&decoded) {

@@ -1,6 +1,7 @@
 //! The id that ties one call's events together.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use http::HeaderMap;
 
@@ -11,8 +12,8 @@ use crate::policy::{Direction, PolicySet};
 /// a value a policy does not keep); otherwise a new UUID v7. The id is
 /// stored with every event of the call and sent back to the app, so a
 /// redacted copy would be no id at all.
-pub fn request_id_for(headers: &HeaderMap, policies: &PolicySet) -> String {
-    headers
+pub fn request_id_for(headers: &HeaderMap, policies: &PolicySet) -> Arc<str> {
+    let kept = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_valid(v))
@@ -21,8 +22,11 @@ pub fn request_id_for(headers: &HeaderMap, policies: &PolicySet) -> String {
                 policies.redact_stored_text(v, Some(Direction::Request)),
                 Cow::Borrowed(_)
             )
-        })
-        .map_or_else(crate::event::new_id, str::to_owned)
+        });
+    match kept {
+        Some(id) => Arc::from(id),
+        None => crate::event::with_new_id(|id| Arc::from(id)),
+    }
 }
 
 fn is_valid(id: &str) -> bool {
@@ -37,7 +41,7 @@ mod tests {
     use super::*;
 
     fn id_for(headers: &HeaderMap) -> String {
-        request_id_for(headers, &PolicySet::baseline().unwrap())
+        request_id_for(headers, &PolicySet::baseline().unwrap()).to_string()
     }
 
     fn with(id: &str) -> HeaderMap {
@@ -80,9 +84,9 @@ mod tests {
             "4111111111111111",
         ] {
             let id = request_id_for(&with(secret), &set);
-            assert_ne!(id, secret);
+            assert_ne!(&*id, secret);
             assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
         }
-        assert_eq!(request_id_for(&with("req-123"), &set), "req-123");
+        assert_eq!(&*request_id_for(&with("req-123"), &set), "req-123");
     }
 }

@@ -272,11 +272,24 @@ impl Metrics {
 
 /// The operation as a label: the known names, else `other`.
 pub fn operation_label(operation: &str) -> Arc<str> {
-    if operation.contains('.') && !operation.contains(' ') {
-        operation.into()
+    // Every call takes a label: the usual ones are shared, not allocated.
+    static SHARED: std::sync::OnceLock<Vec<Arc<str>>> = std::sync::OnceLock::new();
+    let label = if operation.contains('.') && !operation.contains(' ') {
+        operation
     } else {
-        "other".into()
-    }
+        "other"
+    };
+    let shared = SHARED.get_or_init(|| {
+        crate::capture::operation::known_names()
+            .chain(["other"])
+            .map(Arc::from)
+            .collect()
+    });
+    shared
+        .iter()
+        .find(|s| ***s == *label)
+        .cloned()
+        .unwrap_or_else(|| label.into())
 }
 
 // === impl PipelineCollector ===
@@ -413,6 +426,24 @@ impl Collector for ShippingCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operation_labels_are_known_names_or_other_and_shared() {
+        assert_eq!(&*operation_label("chat.create"), "chat.create");
+        assert!(Arc::ptr_eq(
+            &operation_label("chat.create"),
+            &operation_label("chat.create")
+        ));
+        for other in ["POST /v1/x", "GET /a.b c", ""] {
+            assert_eq!(&*operation_label(other), "other", "{other:?}");
+        }
+        assert!(Arc::ptr_eq(
+            &operation_label("POST /x"),
+            &operation_label("")
+        ));
+        // A dotted name classify never gives is still its own label.
+        assert_eq!(&*operation_label("x.y"), "x.y");
+    }
 
     #[test]
     fn encodes_every_series_in_prometheus_text() {

@@ -95,6 +95,58 @@ fn identity_and_absent_encoding_pass_through() {
 }
 
 #[test]
+fn shared_bytes_without_a_coding_are_the_decoded_body_itself() {
+    let body = Bytes::from_static(b"{\"a\":1}");
+    for enc in [None, Some(""), Some(" identity ")] {
+        let d = decode_shared(enc, &body, MAX).unwrap();
+        assert_eq!(d.bytes.as_ptr(), body.as_ptr(), "{enc:?}: not copied");
+        assert_eq!(d, decode(enc, &body, MAX).unwrap());
+    }
+    let d = decode_shared(None, &Bytes::from_static(b"0123456789"), 4).unwrap();
+    assert_eq!((&d.bytes[..], d.truncated), (&b"0123"[..], true));
+    assert_eq!(d, decode(None, b"0123456789", 4).unwrap());
+    // With a coding, or an unknown one, it is `decode` exactly.
+    let gz = Bytes::from(gzip(b"{\"a\":1}"));
+    assert_eq!(
+        decode_shared(Some("gzip"), &gz, MAX).unwrap(),
+        decode(Some("gzip"), &gz, MAX).unwrap()
+    );
+    assert_eq!(
+        decode_shared(Some("snappy"), &gz, MAX),
+        decode(Some("snappy"), &gz, MAX)
+    );
+}
+
+#[test]
+fn borrowed_bodies_without_a_coding_are_the_decoded_body_itself() {
+    let body = b"{\"a\":1}";
+    for enc in [None, Some(""), Some(" identity ")] {
+        let d = decode_borrowed(enc, body, MAX).unwrap();
+        assert!(matches!(d.bytes, Cow::Borrowed(b) if b.as_ptr() == body.as_ptr()));
+        let whole = decode(enc, body, MAX).unwrap();
+        assert_eq!(
+            (&d.bytes[..], d.truncated),
+            (&whole.bytes[..], whole.truncated)
+        );
+    }
+    let d = decode_borrowed(None, b"0123456789", 4).unwrap();
+    assert_eq!((&d.bytes[..], d.truncated), (&b"0123"[..], true));
+    let gz = gzip(&text(5000));
+    for max in [MAX, 100] {
+        let d = decode_borrowed(Some("gzip"), &gz, max).unwrap();
+        let whole = decode(Some("gzip"), &gz, max).unwrap();
+        assert_eq!(
+            (&d.bytes[..], d.truncated),
+            (&whole.bytes[..], whole.truncated)
+        );
+    }
+    assert_eq!(
+        decode_borrowed(Some("snappy"), &gz, MAX),
+        decode(Some("snappy"), &gz, MAX).map(|_| unreachable!())
+    );
+}
+
+#[test]
 fn identity_is_capped_too() {
     let d = decode(None, b"0123456789", 4).unwrap();
     assert_eq!(&d.bytes[..], b"0123");

@@ -259,3 +259,18 @@ fn generated_texts_print_as_serde_json_prints_them() {
     // Nearly all are read by the view itself, not left to serde_json.
     assert!(read > 2900, "{read}");
 }
+
+#[test]
+fn nodes_handed_on_read_as_the_view_they_came_from() {
+    let text = br#"{"b":[1,2.50,"x\u0041"],"a":{"k":null},"b":true}"#;
+    let view = JsonView::parse(text).unwrap();
+    let printed = view.write(&[]);
+    let view = JsonView::with_nodes(text, view.into_nodes()).unwrap();
+    assert_eq!(view.write(&[]), printed);
+    assert_eq!(view.root().get("b").and_then(|b| b.as_bool()), Some(true));
+    // Another text is refused rather than read through spans of the first.
+    let nodes = JsonView::parse(text).unwrap().into_nodes();
+    assert!(JsonView::with_nodes(br#"{"a":1}"#, nodes).is_none());
+    let nodes = JsonView::parse(b"\"ab\"").unwrap().into_nodes();
+    assert!(JsonView::with_nodes(b"\"\xff\xfe\"", nodes).is_none());
+}

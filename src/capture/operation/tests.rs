@@ -135,3 +135,26 @@ fn providers() {
         "openai_compatible"
     );
 }
+
+#[test]
+fn paths_longer_than_the_stack_room_are_classified_alike() {
+    // 16 segments fit on the stack; these take 15 to 40 (the prefix's).
+    for depth in [13, 14, 15, 20, 38] {
+        let prefix = "/x".repeat(depth);
+        assert_eq!(
+            name(Method::POST, &format!("{prefix}/chat/completions")),
+            "chat.create",
+            "{depth}"
+        );
+        let azure = classify(
+            &Method::POST,
+            &format!("{prefix}/openai/deployments/gpt4o/chat/completions"),
+            None,
+        );
+        assert_eq!(azure.azure_deployment.as_deref(), Some("gpt4o"), "{depth}");
+        assert_eq!(
+            name(Method::POST, &format!("{prefix}/other")),
+            format!("POST {prefix}/other")
+        );
+    }
+}

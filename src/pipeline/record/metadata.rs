@@ -9,10 +9,10 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use http::HeaderMap;
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 
+use crate::capture::recorded_headers::RecordedHeaders;
 use crate::capture::sanitize::{
     is_credential_header, redact_query, stored_path, Sanitizer, NON_UTF8,
 };
@@ -71,7 +71,7 @@ pub struct ResponseMetadata<'a> {
     pub truncated: bool,
     pub ttfb_ms: Option<f64>,
     pub upstream_request_id: Option<&'a str>,
-    pub usage: Option<&'a serde_json::Value>,
+    pub usage: Option<&'a crate::capture::summary::Usage>,
 }
 
 /// ERROR metadata.
@@ -97,7 +97,7 @@ pub struct ComplianceSummary<'a>(&'a Scan);
 /// stored text of `direction` (secrets, policy matches, credential
 /// parameters in URLs), non-UTF-8 values as [`NON_UTF8`].
 pub struct StoredHeaders<'a> {
-    pub headers: &'a HeaderMap,
+    pub headers: &'a RecordedHeaders,
     pub sanitizer: &'a Sanitizer,
     pub direction: Direction,
 }
@@ -156,8 +156,7 @@ impl Serialize for StoredHeaders<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let kept = self
             .headers
-            .keys()
-            .map(|name| name.as_str())
+            .names()
             .filter(|name| !is_credential_header(name));
         let mut on_stack = [""; NAMES_ON_STACK];
         let mut spilled = Vec::new();
@@ -190,9 +189,9 @@ impl Serialize for StoredHeaders<'_> {
 impl<'a> StoredHeaders<'a> {
     /// Every value of `name`, cleaned and joined; borrowed from the
     /// request when one value needed no cleaning.
-    fn stored_value(&self, name: &str) -> Cow<'a, str> {
+    fn stored_value(&self, name: &'a str) -> Cow<'a, str> {
         let stored = |value| stored_header_value(self.sanitizer, self.direction, value);
-        let mut values = self.headers.get_all(name).iter();
+        let mut values = self.headers.get_all(name);
         let Some(first) = values.next() else {
             return Cow::Borrowed("");
         };
@@ -221,9 +220,9 @@ pub fn stored_path_of<'a>(sanitizer: &Sanitizer, text: &'a str) -> Cow<'a, str> 
 fn stored_header_value<'h>(
     sanitizer: &Sanitizer,
     direction: Direction,
-    value: &'h http::HeaderValue,
+    value: &'h [u8],
 ) -> Cow<'h, str> {
-    match std::str::from_utf8(value.as_bytes()) {
+    match std::str::from_utf8(value) {
         Ok(text) if text.contains(['?', ';']) => Cow::Owned(
             sanitizer
                 .redact_stored_text(&redact_query(text), Some(direction))
@@ -236,7 +235,7 @@ fn stored_header_value<'h>(
 
 #[cfg(test)]
 mod tests {
-    use http::HeaderValue;
+    use http::{HeaderMap, HeaderValue};
 
     use super::*;
     use crate::capture::sanitize::headers_to_value;
@@ -284,9 +283,10 @@ mod tests {
                 HeaderValue::from_static("v"),
             );
         }
+        let recorded = RecordedHeaders::of(&headers);
         for direction in [Direction::Request, Direction::Response] {
             let typed = StoredHeaders {
-                headers: &headers,
+                headers: &recorded,
                 sanitizer: &sanitizer,
                 direction,
             };
