@@ -388,28 +388,52 @@ impl Matcher {
         hits: &[Hit],
         redact: impl Fn(usize) -> bool,
     ) -> (Cow<'a, str>, usize) {
-        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
-        for hit in hits.iter().filter(|h| redact(h.entry)) {
-            match spans.last_mut() {
-                Some(last) if hit.start < last.1 => {
-                    last.1 = last.1.max(hit.end);
-                    last.2 = last.2.min(hit.entry);
+        self.redact_hits(text, hits.iter().copied().filter(|h| redact(h.entry)))
+    }
+
+    /// As [`Self::redact`], replacing every hit of `hits` (ordered by
+    /// start), without gathering them first.
+    pub fn redact_hits<'a>(
+        &self,
+        text: &'a str,
+        hits: impl IntoIterator<Item = Hit>,
+    ) -> (Cow<'a, str>, usize) {
+        let mut out: Option<String> = None;
+        // Up to where `text` is copied into `out`.
+        let mut copied = 0;
+        let mut markers = 0;
+        // The marker being grown: start, end and entry of its hits so far.
+        let mut open: Option<(usize, usize, usize)> = None;
+        let mut write = |(start, end, entry): (usize, usize, usize)| {
+            let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            out.push_str(&text[copied..start]);
+            out.push_str(&self.entries[entry].marker);
+            copied = end;
+            markers += 1;
+        };
+        for hit in hits {
+            match &mut open {
+                Some(span) if hit.start < span.1 => {
+                    span.1 = span.1.max(hit.end);
+                    span.2 = span.2.min(hit.entry);
                 }
-                _ => spans.push((hit.start, hit.end, hit.entry)),
+                _ => {
+                    if let Some(span) = open.replace((hit.start, hit.end, hit.entry)) {
+                        write(span);
+                    }
+                }
             }
         }
-        if spans.is_empty() {
-            return (Cow::Borrowed(text), 0);
+        if let Some(span) = open {
+            write(span);
         }
-        let mut out = String::with_capacity(text.len());
-        let mut last = 0;
-        for &(start, end, entry) in &spans {
-            out.push_str(&text[last..start]);
-            out.push_str(&self.entries[entry].marker);
-            last = end;
+        match out {
+            None => (Cow::Borrowed(text), 0),
+            Some(mut out) => {
+                out.push_str(&text[copied..]);
+                (Cow::Owned(out), markers)
+            }
         }
-        out.push_str(&text[last..]);
-        (Cow::Owned(out), spans.len())
     }
 }
 
