@@ -22,6 +22,7 @@ use regex::{Regex, RegexSet, RegexSetBuilder};
 use regex_automata::hybrid::dfa::{Cache, OverlappingState, DFA};
 use regex_automata::util::pool::Pool;
 use regex_automata::{Input, MatchKind};
+use regex_syntax::hir::{Class, Hir, HirKind};
 
 use super::builtin::{Builtin, Validate};
 use super::normalize::Folded;
@@ -45,7 +46,14 @@ pub(crate) struct Entry {
     min_len: usize,
     /// The most bytes a match holds; `None` when unbounded or unknown.
     max_len: Option<usize>,
+    /// What a match of each branch of the pattern (the pattern itself
+    /// when it is not an alternation) needs: that many bytes at least, and
+    /// one of a set of bytes (`None`: no byte in particular).
+    shapes: Vec<(usize, Option<ByteSet>)>,
 }
+
+/// A set of bytes, one bit each.
+type ByteSet = [u64; 4];
 
 /// One accepted match; never holds the matched text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,16 +101,96 @@ thread_local! {
     static SPANS: RefCell<Vec<Span>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Short ASCII texts (header values, keys, roles, ids) are first checked
+/// against each detector's length and needed bytes, which tells most of
+/// them clean without a search.
+const QUICK_LEN: usize = 64;
+
 /// The fewest and the most bytes `pattern` can match (0 and `None` when
-/// unknown).
-fn match_lengths(pattern: &str) -> (usize, Option<usize>) {
-    match regex_syntax::parse(pattern) {
-        Ok(hir) => (
-            hir.properties().minimum_len().unwrap_or(0),
-            hir.properties().maximum_len(),
+/// unknown), and the length and bytes a match of each branch needs.
+fn match_shape(pattern: &str) -> (usize, Option<usize>, Vec<(usize, Option<ByteSet>)>) {
+    let Ok(hir) = regex_syntax::parse(pattern) else {
+        return (0, None, vec![(0, None)]);
+    };
+    let shape = |h: &Hir| (h.properties().minimum_len().unwrap_or(0), needed_bytes(h));
+    let shapes = match hir.kind() {
+        HirKind::Alternation(branches) => branches.iter().map(shape).collect(),
+        _ => vec![shape(&hir)],
+    };
+    (
+        hir.properties().minimum_len().unwrap_or(0),
+        hir.properties().maximum_len(),
+        shapes,
+    )
+}
+
+/// Bytes of which every match of `hir` holds at least one, chosen to be
+/// rare in ordinary text (a concatenation needs what any of its parts
+/// needs, so the rarest part's bytes are taken); `None` when a match may
+/// hold any bytes at all.
+fn needed_bytes(hir: &Hir) -> Option<ByteSet> {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => None,
+        HirKind::Literal(literal) => literal
+            .0
+            .iter()
+            .map(|&b| with_byte(b..=b))
+            .min_by_key(commonness),
+        HirKind::Class(Class::Bytes(class)) => Some(
+            class
+                .ranges()
+                .iter()
+                .fold([0; 4], |set, r| union(set, with_byte(r.start()..=r.end()))),
         ),
-        Err(_) => (0, None),
+        HirKind::Class(Class::Unicode(class)) => {
+            // A character's first byte is in the text with it, and first
+            // bytes grow with the character.
+            let mut set = [0; 4];
+            for r in class.ranges() {
+                let first = |c: char| {
+                    let mut buf = [0; 4];
+                    c.encode_utf8(&mut buf).as_bytes()[0]
+                };
+                set = union(set, with_byte(first(r.start())..=first(r.end())));
+            }
+            Some(set)
+        }
+        HirKind::Repetition(rep) if rep.min == 0 => None,
+        HirKind::Repetition(rep) => needed_bytes(&rep.sub),
+        HirKind::Capture(capture) => needed_bytes(&capture.sub),
+        HirKind::Concat(parts) => parts.iter().filter_map(needed_bytes).min_by_key(commonness),
+        HirKind::Alternation(branches) => branches
+            .iter()
+            .try_fold([0; 4], |set, b| Some(union(set, needed_bytes(b)?))),
     }
+}
+
+fn with_byte(bytes: std::ops::RangeInclusive<u8>) -> ByteSet {
+    let mut set = [0; 4];
+    for b in bytes {
+        set[usize::from(b >> 6)] |= 1 << (b & 63);
+    }
+    set
+}
+
+fn union(a: ByteSet, b: ByteSet) -> ByteSet {
+    [a[0] | b[0], a[1] | b[1], a[2] | b[2], a[3] | b[3]]
+}
+
+/// How often text holds some byte of `set`, roughly: spaces and small
+/// letters most, then punctuation that ends words, capitals and digits.
+fn commonness(set: &ByteSet) -> u32 {
+    (0..=255u8)
+        .filter(|&b| set[usize::from(b >> 6)] & (1 << (b & 63)) != 0)
+        .map(|b| match b {
+            b' ' => 20,
+            b'a'..=b'z' => 10,
+            b'.' | b',' => 5,
+            b'A'..=b'Z' => 4,
+            b'0'..=b'9' => 3,
+            _ => 1,
+        })
+        .sum()
 }
 
 // === impl Entry ===
@@ -131,7 +219,7 @@ impl Entry {
         builtin: bool,
         secret: bool,
     ) -> Self {
-        let (min_len, max_len) = match_lengths(regex.as_str());
+        let (min_len, max_len, shapes) = match_shape(regex.as_str());
         Self {
             marker: format!("[REDACTED:{kind}]"),
             kind,
@@ -142,6 +230,7 @@ impl Entry {
             secret,
             min_len,
             max_len,
+            shapes,
         }
     }
 
@@ -342,6 +431,9 @@ impl Matcher {
         if text.is_empty() || (text.len() < self.min_len && text.is_ascii()) {
             return;
         }
+        if text.len() <= QUICK_LEN && text.is_ascii() && !self.may_match(text) {
+            return;
+        }
         let folded = Folded::new(text);
         self.find_folded(folded.text(), out);
         if !folded.is_unchanged() {
@@ -349,6 +441,22 @@ impl Matcher {
                 (hit.start, hit.end) = folded.original_span(hit.start, hit.end);
             }
         }
+    }
+
+    /// Whether some detector is short enough for `text` (an ASCII text,
+    /// its own folded form) and finds a byte it needs there.
+    fn may_match(&self, text: &str) -> bool {
+        let mut present = [0u64; 4];
+        for b in text.bytes() {
+            present[usize::from(b >> 6)] |= 1 << (b & 63);
+        }
+        self.entries
+            .iter()
+            .flat_map(|e| &e.shapes)
+            .any(|(min_len, needs)| {
+                text.len() >= *min_len
+                    && needs.is_none_or(|needs| needs.iter().zip(&present).any(|(n, p)| n & p != 0))
+            })
     }
 
     fn find_folded(&self, text: &str, out: &mut Vec<Hit>) {
@@ -653,6 +761,10 @@ mod tests {
             matcher.find(&text, &mut out);
             let expected = reference(&matcher, &text);
             assert_eq!(out, expected, "{text:?}");
+            // The quick test never calls a text with a match clean.
+            if text.is_ascii() && !expected.is_empty() {
+                assert!(matcher.may_match(&text), "{text:?}");
+            }
             texts += 1;
             with_hits += usize::from(!out.is_empty());
         }
@@ -668,6 +780,37 @@ mod tests {
         for piece in PIECES {
             matcher.find(piece, &mut out);
             assert_eq!(out, reference(&matcher, piece), "{piece:?}");
+        }
+    }
+
+    #[test]
+    fn short_clean_values_are_told_clean_without_a_search() {
+        let builtin = Matcher::new(
+            builtin::ALL
+                .iter()
+                .map(|b| Entry::builtin(b).unwrap())
+                .collect(),
+        )
+        .unwrap();
+        for value in [
+            "1024",
+            "412",
+            "application/json",
+            "user",
+            "assistant",
+            "stop",
+        ] {
+            assert!(!builtin.may_match(value), "{value}");
+        }
+        // A user pattern short enough for a value lets it through.
+        let mut entries = builtin.entries.clone();
+        entries.push(Entry::custom(
+            "CUSTOM_PATTERN",
+            compile_pattern("[0-9]{3}").unwrap(),
+        ));
+        assert!(Matcher::new(entries).unwrap().may_match("412"));
+        for value in ["127.0.0.1:40123", "a@b.io", "+1 415 555 2671", "Bearer x"] {
+            assert!(builtin.may_match(value), "{value}");
         }
     }
 
