@@ -49,8 +49,12 @@ pub(crate) struct Entry {
     /// What a match of each branch of the pattern (the pattern itself
     /// when it is not an alternation) needs: that many bytes at least, and
     /// one of a set of bytes (`None`: no byte in particular).
-    shapes: Vec<(usize, Option<ByteSet>)>,
+    shapes: Vec<Shape>,
 }
+
+/// What a match of one branch of a pattern needs: that many bytes at
+/// least, and one of a set of bytes (`None`: no byte in particular).
+type Shape = (usize, Option<ByteSet>);
 
 /// A set of bytes, one bit each.
 type ByteSet = [u64; 4];
@@ -112,7 +116,7 @@ const QUICK_LEN: usize = 64;
 
 /// The fewest and the most bytes `pattern` can match (0 and `None` when
 /// unknown), and the length and bytes a match of each branch needs.
-fn match_shape(pattern: &str) -> (usize, Option<usize>, Vec<(usize, Option<ByteSet>)>) {
+fn match_shape(pattern: &str) -> (usize, Option<usize>, Vec<Shape>) {
     let Ok(hir) = regex_syntax::parse(pattern) else {
         return (0, None, vec![(0, None)]);
     };
