@@ -107,7 +107,12 @@ thread_local! {
     /// Per detector, where its matches end in the text being searched;
     /// one per thread, kept between searches (as long as the detectors).
     static SPANS: RefCell<Vec<Span>> = const { RefCell::new(Vec::new()) };
+    /// The matches of one text, for [`Matcher::find_with`].
+    static HITS: RefCell<Vec<Hit>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Most matches whose buffer a thread keeps for its next text.
+const KEPT_HITS: usize = 1024;
 
 /// Short ASCII texts (header values, keys, roles, ids) are first checked
 /// against each detector's length and needed bytes, which tells most of
@@ -462,6 +467,27 @@ impl Matcher {
                 (hit.start, hit.end) = folded.original_span(hit.start, hit.end);
             }
         }
+    }
+
+    /// `f` of the matches in `text` (see [`Self::find`]), found into a
+    /// buffer this thread keeps, so a value with a match costs no new
+    /// list.
+    pub fn find_with<R>(&self, text: &str, f: impl FnOnce(&[Hit]) -> R) -> R {
+        HITS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut hits) => {
+                self.find(text, &mut hits);
+                let out = f(&hits);
+                if hits.capacity() > KEPT_HITS {
+                    *hits = Vec::new();
+                }
+                out
+            }
+            Err(_) => {
+                let mut hits = Vec::new();
+                self.find(text, &mut hits);
+                f(&hits)
+            }
+        })
     }
 
     /// Whether some detector branch is short enough for `text` (an ASCII
