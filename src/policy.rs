@@ -46,7 +46,7 @@ use serde_json::Value;
 
 use crate::capture::json_view::{JsonView, NodeId};
 use crate::event::{EventType, Level, Metadata, NewEvent};
-use joined::{with_search, AsText, Piece, FIELD_JOIN, TEXT_JOIN};
+use joined::{with_search, AsText, Memo, Piece, Search, FIELD_JOIN, TEXT_JOIN};
 use matcher::{Entry, Hit, Matcher};
 
 pub use pack::{load_pack, PACK_NAMES};
@@ -208,6 +208,49 @@ pub struct BodyFindings {
     text: Vec<Piece>,
     other: Vec<Piece>,
     keys: Vec<Piece>,
+}
+
+/// Per-entry match counts of one search, on the stack for up to
+/// [`Counts::STACK`] detectors.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the counts live on the stack of one search, so it needs no allocation"
+)]
+enum Counts {
+    Stack([u64; Counts::STACK], usize),
+    Heap(Vec<u64>),
+}
+
+impl Counts {
+    const STACK: usize = 64;
+
+    fn zeroed(n: usize) -> Self {
+        if n <= Self::STACK {
+            Self::Stack([0; Self::STACK], n)
+        } else {
+            Self::Heap(vec![0; n])
+        }
+    }
+}
+
+impl std::ops::Deref for Counts {
+    type Target = [u64];
+
+    fn deref(&self) -> &[u64] {
+        match self {
+            Self::Stack(counts, n) => &counts[..*n],
+            Self::Heap(counts) => counts,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Counts {
+    fn deref_mut(&mut self) -> &mut [u64] {
+        match self {
+            Self::Stack(counts, n) => &mut counts[..*n],
+            Self::Heap(counts) => counts,
+        }
+    }
 }
 
 /// One policy's outcome for one side of a call.
@@ -953,7 +996,9 @@ impl PolicySet {
     pub fn gate_request_for_record(&self, body: &Value) -> (GateVerdict, BodyFindings) {
         let strings = places::strings(body);
         let keys = places::keys(body);
-        self.gate_places_for_record(&strings.text, &strings.other, &keys)
+        self.gate_places_for_record(&strings.text, &strings.other, |search, counts, pieces| {
+            search.run(&self.matcher, &keys, FIELD_JOIN, counts, pieces);
+        })
     }
 
     /// As [`Self::gate_request_for_record`], over a body read as a
@@ -962,15 +1007,18 @@ impl PolicySet {
     /// [`Self::inspect_found`]).
     pub fn gate_request_view_for_record(&self, view: &JsonView<'_>) -> (GateVerdict, BodyFindings) {
         let strings = places::view_strings(view);
-        let keys = places::view_keys(view);
-        self.gate_places_for_record(&strings.text, &strings.other, &keys)
+        self.gate_places_for_record(&strings.text, &strings.other, |search, counts, pieces| {
+            search_view_keys(&self.matcher, search, view, counts, pieces);
+        })
     }
 
-    fn gate_places_for_record<T: AsText, K: AsText>(
+    /// The gate over a body's text and other strings, and its keys, which
+    /// `search_keys` searches.
+    fn gate_places_for_record<T: AsText>(
         &self,
         text: &[T],
         other: &[T],
-        keys: &[K],
+        search_keys: impl FnOnce(&mut Search, &mut [u64], &mut Vec<Piece>),
     ) -> (GateVerdict, BodyFindings) {
         let mut findings = BodyFindings {
             counts: vec![0u64; self.matcher.entries().len()],
@@ -988,7 +1036,7 @@ impl PolicySet {
                 counts,
                 &mut findings.other,
             );
-            search.run(&self.matcher, keys, FIELD_JOIN, counts, &mut findings.keys);
+            search_keys(search, counts, &mut findings.keys);
         });
         let blocking = self
             .request_gate
@@ -1025,22 +1073,13 @@ impl PolicySet {
                 if found.keys.iter().any(|p| select(p.entry)) {
                     return None;
                 }
-                (found.counts, found.text, found.other)
+                (Counts::Heap(found.counts), found.text, found.other)
             }
             None => {
-                let mut counts = vec![0u64; self.matcher.entries().len()];
+                let mut counts = Counts::zeroed(self.matcher.entries().len());
                 let searched = with_search(|search| {
                     let mut key_pieces = Vec::new();
-                    {
-                        let keys = places::view_keys(view);
-                        search.run(
-                            &self.matcher,
-                            &keys,
-                            FIELD_JOIN,
-                            &mut counts,
-                            &mut key_pieces,
-                        );
-                    }
+                    search_view_keys(&self.matcher, search, view, &mut counts, &mut key_pieces);
                     if key_pieces.iter().any(|p| select(p.entry)) {
                         return None;
                     }
@@ -1173,9 +1212,9 @@ impl PolicySet {
     /// `text` with secrets replaced, borrowed when there were none (the
     /// common case, which costs one scan); also the number replaced.
     pub fn redact_secrets_text<'a>(&self, text: &'a str) -> (Cow<'a, str>, usize) {
-        let mut hits = Vec::new();
-        self.matcher.find(text, &mut hits);
-        self.matcher.redact(text, &hits, |e| self.always[e])
+        self.matcher.find_with(text, |hits| {
+            self.matcher.redact(text, hits, |e| self.always[e])
+        })
     }
 
     /// `text` (a path, a header value, a model name) as stored: secrets
@@ -1188,18 +1227,17 @@ impl PolicySet {
         direction: Option<Direction>,
     ) -> Cow<'a, str> {
         let stored = self.stored_for(direction);
-        let mut hits = Vec::new();
-        self.matcher.find(text, &mut hits);
-        self.matcher
-            .redact(text, &hits, |e| self.always[e] || stored[e])
-            .0
+        self.matcher.find_with(text, |hits| {
+            self.matcher
+                .redact(text, hits, |e| self.always[e] || stored[e])
+                .0
+        })
     }
 
     /// Whether `text` holds a secret (the always-redacted kinds).
     pub fn has_secret(&self, text: &str) -> bool {
-        let mut hits = Vec::new();
-        self.matcher.find(text, &mut hits);
-        hits.iter().any(|h| self.always[h.entry])
+        self.matcher
+            .find_with(text, |hits| hits.iter().any(|h| self.always[h.entry]))
     }
 
     /// The request body to send upstream when `redact_upstream` policies
@@ -1228,7 +1266,7 @@ impl PolicySet {
         let keys = places::keys(body);
         let mut counts = vec![0u64; self.matcher.entries().len()];
         let mut out = Vec::new();
-        let mut search = joined::Search::default();
+        let mut search = Search::default();
         let mut pieces = Vec::new();
         let groups: [(&[&str], &[String], char, bool); 3] = [
             (&strings.text, &pointers.text, TEXT_JOIN, false),
@@ -1559,16 +1597,24 @@ impl Scan {
 fn count_body(matcher: &Matcher, body: &Value) -> (Vec<u64>, bool) {
     let strings = places::strings(body);
     let keys = places::keys(body);
-    count_places(matcher, &strings.text, &strings.other, &keys)
+    count_places(
+        matcher,
+        &strings.text,
+        &strings.other,
+        |search, counts, pieces| {
+            search.run(matcher, &keys, FIELD_JOIN, counts, pieces);
+        },
+    )
 }
 
 /// Per-entry match counts over a body's text (searched as one), its other
-/// strings and its keys, and whether the text was clean.
-fn count_places<T: AsText, K: AsText>(
+/// strings and its keys (which `search_keys` searches), and whether the
+/// text was clean.
+fn count_places<T: AsText>(
     matcher: &Matcher,
     text: &[T],
     other: &[T],
-    keys: &[K],
+    search_keys: impl FnOnce(&mut Search, &mut [u64], &mut Vec<Piece>),
 ) -> (Vec<u64>, bool) {
     let mut counts = vec![0u64; matcher.entries().len()];
     let mut pieces = Vec::new();
@@ -1576,7 +1622,7 @@ fn count_places<T: AsText, K: AsText>(
         search.run(matcher, text, TEXT_JOIN, &mut counts, &mut pieces);
         let text_clean = pieces.is_empty();
         search.run(matcher, other, FIELD_JOIN, &mut counts, &mut pieces);
-        search.run(matcher, keys, FIELD_JOIN, &mut counts, &mut pieces);
+        search_keys(search, &mut counts, &mut pieces);
         text_clean
     });
     (counts, text_clean)
@@ -1585,8 +1631,36 @@ fn count_places<T: AsText, K: AsText>(
 /// As [`count_body`], over a body read as a [`JsonView`].
 fn count_view(matcher: &Matcher, view: &JsonView<'_>) -> (Vec<u64>, bool) {
     let strings = places::view_strings(view);
-    let keys = places::view_keys(view);
-    count_places(matcher, &strings.text, &strings.other, &keys)
+    count_places(
+        matcher,
+        &strings.text,
+        &strings.other,
+        |search, counts, pieces| {
+            search_view_keys(matcher, search, view, counts, pieces);
+        },
+    )
+}
+
+/// Searches every object key of a view on its own, in document order, as
+/// [`Search::run`] searches a list of fields, without gathering the keys
+/// first.
+fn search_view_keys(
+    matcher: &Matcher,
+    search: &mut Search,
+    view: &JsonView<'_>,
+    counts: &mut [u64],
+    pieces: &mut Vec<Piece>,
+) {
+    let mut memo = Memo::default();
+    let mut i = 0;
+    places::for_each_view_key(view, &mut |key| {
+        let remember = match key {
+            Cow::Borrowed(k) => Some(k),
+            Cow::Owned(_) => None,
+        };
+        search.field(matcher, i, &key, remember, &mut memo, counts, pieces);
+        i += 1;
+    });
 }
 
 /// The texts of a view's strings, for the tests that compare them.

@@ -103,6 +103,16 @@ pub(crate) struct Piece {
     pub end: usize,
 }
 
+/// Fields (repeated keys, roles) found clean in one body, the most recent
+/// [`MEMO_SLOTS`] of them: fields repeat (every message has a `role` and a
+/// `content` key, most roles are `user` or `assistant`), and a short one
+/// found clean once is not searched again in the body.
+#[derive(Debug, Default)]
+pub(crate) struct Memo<'s> {
+    clean: [&'s str; MEMO_SLOTS],
+    remembered: usize,
+}
+
 /// Reusable buffers of a joined search.
 #[derive(Debug, Default)]
 pub(crate) struct Search {
@@ -128,33 +138,10 @@ impl Search {
         pieces: &mut Vec<Piece>,
     ) {
         if join != TEXT_JOIN || strings.len() < 2 {
-            // Fields repeat (every message has a `role` and a `content`
-            // key, most roles are `user` or `assistant`): a short string
-            // found clean once is not searched again in this body.
-            let mut clean: [&str; MEMO_SLOTS] = [""; MEMO_SLOTS];
-            let mut remembered = 0;
+            let mut memo = Memo::default();
             for (i, s) in strings.iter().enumerate() {
                 let s = s.as_text();
-                // The empty string is clean and never searched, so the
-                // unused slots holding it change nothing.
-                let short = s.len() <= MEMO_LEN;
-                if short && clean.contains(&s) {
-                    continue;
-                }
-                matcher.find(s, &mut self.hits);
-                if short && self.hits.is_empty() {
-                    clean[remembered % MEMO_SLOTS] = s;
-                    remembered += 1;
-                }
-                for h in &self.hits {
-                    counts[h.entry] += 1;
-                    pieces.push(Piece {
-                        string: i,
-                        entry: h.entry,
-                        start: h.start,
-                        end: h.end,
-                    });
-                }
+                self.field(matcher, i, s, Some(s), &mut memo, counts, pieces);
             }
             return;
         }
@@ -207,6 +194,45 @@ impl Search {
         for h in &self.found {
             counts[h.entry] += 1;
             self.cut(strings, h, pieces);
+        }
+    }
+
+    /// Searches field `i` of a body, `s`, on its own, unless `memo` knows
+    /// it is clean; a clean short field `remember`ed (a borrow that lives
+    /// as long as the memo) is not searched again.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one field of a search: its place, text and memo, and where results go"
+    )]
+    pub fn field<'s>(
+        &mut self,
+        matcher: &Matcher,
+        i: usize,
+        s: &str,
+        remember: Option<&'s str>,
+        memo: &mut Memo<'s>,
+        counts: &mut [u64],
+        pieces: &mut Vec<Piece>,
+    ) {
+        // The empty string is clean and never searched, so the unused
+        // slots holding it change nothing.
+        let short = s.len() <= MEMO_LEN;
+        if short && memo.clean.contains(&s) {
+            return;
+        }
+        matcher.find(s, &mut self.hits);
+        if let Some(known) = remember.filter(|_| short && self.hits.is_empty()) {
+            memo.clean[memo.remembered % MEMO_SLOTS] = known;
+            memo.remembered += 1;
+        }
+        for h in &self.hits {
+            counts[h.entry] += 1;
+            pieces.push(Piece {
+                string: i,
+                entry: h.entry,
+                start: h.start,
+                end: h.end,
+            });
         }
     }
 
