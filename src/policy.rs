@@ -46,7 +46,7 @@ use serde_json::Value;
 
 use crate::capture::json_view::{JsonView, NodeId};
 use crate::event::{EventType, Level, Metadata, NewEvent};
-use joined::{Piece, Search, FIELD_JOIN, TEXT_JOIN};
+use joined::{with_search, AsText, Memo, Piece, Search, FIELD_JOIN, TEXT_JOIN};
 use matcher::{Entry, Hit, Matcher};
 
 pub use pack::{load_pack, PACK_NAMES};
@@ -208,6 +208,49 @@ pub struct BodyFindings {
     text: Vec<Piece>,
     other: Vec<Piece>,
     keys: Vec<Piece>,
+}
+
+/// Per-entry match counts of one search, on the stack for up to
+/// [`Counts::STACK`] detectors.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the counts live on the stack of one search, so it needs no allocation"
+)]
+enum Counts {
+    Stack([u64; Counts::STACK], usize),
+    Heap(Vec<u64>),
+}
+
+impl Counts {
+    const STACK: usize = 64;
+
+    fn zeroed(n: usize) -> Self {
+        if n <= Self::STACK {
+            Self::Stack([0; Self::STACK], n)
+        } else {
+            Self::Heap(vec![0; n])
+        }
+    }
+}
+
+impl std::ops::Deref for Counts {
+    type Target = [u64];
+
+    fn deref(&self) -> &[u64] {
+        match self {
+            Self::Stack(counts, n) => &counts[..*n],
+            Self::Heap(counts) => counts,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Counts {
+    fn deref_mut(&mut self) -> &mut [u64] {
+        match self {
+            Self::Stack(counts, n) => &mut counts[..*n],
+            Self::Heap(counts) => counts,
+        }
+    }
 }
 
 /// One policy's outcome for one side of a call.
@@ -936,16 +979,9 @@ impl PolicySet {
         for (i, n) in gate_counts.iter().enumerate() {
             counts[gate.full_index[i]] += n;
         }
-        let found = gate_counts.iter().any(|n| *n > 0);
         // Counts of entries outside the gate stay zero, so only the verdicts
         // of `block` policies, whose entries are all in the gate, are whole.
-        let blocking = found
-            .then(|| {
-                self.verdicts(&counts, Direction::Request)
-                    .blocking()
-                    .cloned()
-            })
-            .flatten();
+        let blocking = self.blocking_verdict(&counts);
         GateVerdict {
             blocking,
             text_clean: gate.complete && gate_text_clean,
@@ -960,7 +996,9 @@ impl PolicySet {
     pub fn gate_request_for_record(&self, body: &Value) -> (GateVerdict, BodyFindings) {
         let strings = places::strings(body);
         let keys = places::keys(body);
-        self.gate_places_for_record(&strings.text, &strings.other, &keys)
+        self.gate_places_for_record(&strings.text, &strings.other, |search, counts, pieces| {
+            search.run(&self.matcher, &keys, FIELD_JOIN, counts, pieces);
+        })
     }
 
     /// As [`Self::gate_request_for_record`], over a body read as a
@@ -969,19 +1007,18 @@ impl PolicySet {
     /// [`Self::inspect_found`]).
     pub fn gate_request_view_for_record(&self, view: &JsonView<'_>) -> (GateVerdict, BodyFindings) {
         let strings = places::view_strings(view);
-        let keys = places::view_keys(view);
-        self.gate_places_for_record(
-            &as_strs(&strings.text),
-            &as_strs(&strings.other),
-            &keys.iter().map(|k| k.as_ref()).collect::<Vec<_>>(),
-        )
+        self.gate_places_for_record(&strings.text, &strings.other, |search, counts, pieces| {
+            search_view_keys(&self.matcher, search, view, counts, pieces);
+        })
     }
 
-    fn gate_places_for_record(
+    /// The gate over a body's text and other strings, and its keys, which
+    /// `search_keys` searches.
+    fn gate_places_for_record<T: AsText>(
         &self,
-        text: &[&str],
-        other: &[&str],
-        keys: &[&str],
+        text: &[T],
+        other: &[T],
+        search_keys: impl FnOnce(&mut Search, &mut [u64], &mut Vec<Piece>),
     ) -> (GateVerdict, BodyFindings) {
         let mut findings = BodyFindings {
             counts: vec![0u64; self.matcher.entries().len()],
@@ -989,24 +1026,22 @@ impl PolicySet {
             other: Vec::new(),
             keys: Vec::new(),
         };
-        let mut search = Search::default();
-        let counts = &mut findings.counts;
-        search.run(&self.matcher, text, TEXT_JOIN, counts, &mut findings.text);
-        search.run(
-            &self.matcher,
-            other,
-            FIELD_JOIN,
-            counts,
-            &mut findings.other,
-        );
-        search.run(&self.matcher, keys, FIELD_JOIN, counts, &mut findings.keys);
-        let found = findings.counts.iter().any(|n| *n > 0);
-        let blocking = (found && self.request_gate.is_some())
-            .then(|| {
-                self.verdicts(&findings.counts, Direction::Request)
-                    .blocking()
-                    .cloned()
-            })
+        with_search(|search| {
+            let counts = &mut findings.counts;
+            search.run(&self.matcher, text, TEXT_JOIN, counts, &mut findings.text);
+            search.run(
+                &self.matcher,
+                other,
+                FIELD_JOIN,
+                counts,
+                &mut findings.other,
+            );
+            search_keys(search, counts, &mut findings.keys);
+        });
+        let blocking = self
+            .request_gate
+            .is_some()
+            .then(|| self.blocking_verdict(&findings.counts))
             .flatten();
         let verdict = GateVerdict {
             blocking,
@@ -1032,65 +1067,51 @@ impl PolicySet {
         let stored = self.stored_for(Some(direction));
         let select = |e: usize| self.always[e] || stored[e];
         let strings = places::view_strings(view);
-        let text = as_strs(&strings.text);
-        let other = as_strs(&strings.other);
+        let (text, other) = (&strings.text, &strings.other);
         let (counts, text_pieces, other_pieces) = match findings {
             Some(found) => {
                 if found.keys.iter().any(|p| select(p.entry)) {
                     return None;
                 }
-                (found.counts, found.text, found.other)
+                (Counts::Heap(found.counts), found.text, found.other)
             }
             None => {
-                let mut counts = vec![0u64; self.matcher.entries().len()];
-                let mut search = Search::default();
-                let mut key_pieces = Vec::new();
-                {
-                    let keys = places::view_keys(view);
-                    let keys: Vec<&str> = keys.iter().map(|k| k.as_ref()).collect();
+                let mut counts = Counts::zeroed(self.matcher.entries().len());
+                let searched = with_search(|search| {
+                    let mut key_pieces = Vec::new();
+                    search_view_keys(&self.matcher, search, view, &mut counts, &mut key_pieces);
+                    if key_pieces.iter().any(|p| select(p.entry)) {
+                        return None;
+                    }
+                    let mut text_pieces = Vec::new();
+                    if !text_clean {
+                        search.run(
+                            &self.matcher,
+                            text,
+                            TEXT_JOIN,
+                            &mut counts,
+                            &mut text_pieces,
+                        );
+                    }
+                    let mut other_pieces = Vec::new();
                     search.run(
                         &self.matcher,
-                        &keys,
+                        other,
                         FIELD_JOIN,
                         &mut counts,
-                        &mut key_pieces,
+                        &mut other_pieces,
                     );
-                }
-                if key_pieces.iter().any(|p| select(p.entry)) {
-                    return None;
-                }
-                let mut text_pieces = Vec::new();
-                if !text_clean {
-                    search.run(
-                        &self.matcher,
-                        &text,
-                        TEXT_JOIN,
-                        &mut counts,
-                        &mut text_pieces,
-                    );
-                }
-                let mut other_pieces = Vec::new();
-                search.run(
-                    &self.matcher,
-                    &other,
-                    FIELD_JOIN,
-                    &mut counts,
-                    &mut other_pieces,
-                );
+                    Some((text_pieces, other_pieces))
+                });
+                let (text_pieces, other_pieces) = searched?;
                 (counts, text_pieces, other_pieces)
             }
         };
         let mut replaced = Vec::new();
-        for (group, nodes, pieces) in [
-            (&text, &strings.text, &text_pieces),
-            (&other, &strings.other, &other_pieces),
-        ] {
-            if pieces.is_empty() {
-                continue;
-            }
-            for (i, new) in self.replace_pieces(group, pieces, &select) {
-                replaced.push((nodes[i].0, new));
-            }
+        for (group, pieces) in [(text, &text_pieces), (other, &other_pieces)] {
+            self.replace_each(group, pieces, &select, |i, new| {
+                replaced.push((group[i].0, new));
+            });
         }
         replaced.sort_unstable_by_key(|(node, _)| *node);
         Some(ViewInspection {
@@ -1191,9 +1212,9 @@ impl PolicySet {
     /// `text` with secrets replaced, borrowed when there were none (the
     /// common case, which costs one scan); also the number replaced.
     pub fn redact_secrets_text<'a>(&self, text: &'a str) -> (Cow<'a, str>, usize) {
-        let mut hits = Vec::new();
-        self.matcher.find(text, &mut hits);
-        self.matcher.redact(text, &hits, |e| self.always[e])
+        self.matcher.find_with(text, |hits| {
+            self.matcher.redact(text, hits, |e| self.always[e])
+        })
     }
 
     /// `text` (a path, a header value, a model name) as stored: secrets
@@ -1206,18 +1227,17 @@ impl PolicySet {
         direction: Option<Direction>,
     ) -> Cow<'a, str> {
         let stored = self.stored_for(direction);
-        let mut hits = Vec::new();
-        self.matcher.find(text, &mut hits);
-        self.matcher
-            .redact(text, &hits, |e| self.always[e] || stored[e])
-            .0
+        self.matcher.find_with(text, |hits| {
+            self.matcher
+                .redact(text, hits, |e| self.always[e] || stored[e])
+                .0
+        })
     }
 
     /// Whether `text` holds a secret (the always-redacted kinds).
     pub fn has_secret(&self, text: &str) -> bool {
-        let mut hits = Vec::new();
-        self.matcher.find(text, &mut hits);
-        hits.iter().any(|h| self.always[h.entry])
+        self.matcher
+            .find_with(text, |hits| hits.iter().any(|h| self.always[h.entry]))
     }
 
     /// The request body to send upstream when `redact_upstream` policies
@@ -1293,72 +1313,94 @@ impl PolicySet {
         select: &dyn Fn(usize) -> bool,
     ) -> (Vec<u64>, usize) {
         let mut counts = vec![0u64; self.matcher.entries().len()];
-        let mut redacted = 0;
-        let mut search = Search::default();
-        let mut pieces = Vec::new();
-        if what == Clean::Stored {
-            let renames = {
-                let keys = places::keys(body);
-                search.run(&self.matcher, &keys, FIELD_JOIN, &mut counts, &mut pieces);
-                self.replace_pieces(&keys, &pieces, select)
-            };
-            if !renames.is_empty() {
-                redacted += renames.len();
-                let mut renames = renames.into_iter().peekable();
-                places::rename_keys(body, &mut |i, _| {
-                    renames.next_if(|(at, _)| *at == i).map(|(_, name)| name)
-                });
+        let redacted = with_search(|search| {
+            let mut redacted = 0;
+            let mut pieces = Vec::new();
+            if what == Clean::Stored {
+                let renames = {
+                    let keys = places::keys(body);
+                    search.run(&self.matcher, &keys, FIELD_JOIN, &mut counts, &mut pieces);
+                    self.replace_pieces(&keys, &pieces, select)
+                };
+                if !renames.is_empty() {
+                    redacted += renames.len();
+                    let mut renames = renames.into_iter().peekable();
+                    places::rename_keys(body, &mut |i, _| {
+                        renames.next_if(|(at, _)| *at == i).map(|(_, name)| name)
+                    });
+                }
             }
-        }
-        let mut strings = places::strings_mut(body);
-        for (group, join, searched) in [
-            (&mut strings.text, TEXT_JOIN, search_text),
-            (&mut strings.other, FIELD_JOIN, true),
-        ] {
-            if !searched {
-                continue;
+            let mut strings = places::strings_mut(body);
+            for (group, join, searched) in [
+                (&mut strings.text, TEXT_JOIN, search_text),
+                (&mut strings.other, FIELD_JOIN, true),
+            ] {
+                if !searched {
+                    continue;
+                }
+                pieces.clear();
+                let replaced = {
+                    let views: Vec<&str> = group.iter().map(|s| s.as_str()).collect();
+                    search.run(&self.matcher, &views, join, &mut counts, &mut pieces);
+                    self.replace_pieces(&views, &pieces, select)
+                };
+                redacted += replaced.len();
+                for (i, text) in replaced {
+                    *group[i] = text;
+                }
             }
-            pieces.clear();
-            let replaced = {
-                let views: Vec<&str> = group.iter().map(|s| s.as_str()).collect();
-                search.run(&self.matcher, &views, join, &mut counts, &mut pieces);
-                self.replace_pieces(&views, &pieces, select)
-            };
-            redacted += replaced.len();
-            for (i, text) in replaced {
-                *group[i] = text;
-            }
-        }
+            redacted
+        });
         (counts, redacted)
     }
 
     /// The new text of each string that has a selected piece, by index.
-    fn replace_pieces(
+    fn replace_pieces<T: AsText>(
         &self,
-        strings: &[&str],
+        strings: &[T],
         pieces: &[Piece],
         select: &dyn Fn(usize) -> bool,
     ) -> Vec<(usize, String)> {
-        let mut chosen: Vec<&Piece> = pieces.iter().filter(|p| select(p.entry)).collect();
-        if chosen.is_empty() {
-            return Vec::new();
-        }
-        chosen.sort_by_key(|p| (p.string, p.start, p.entry));
         let mut out = Vec::new();
-        let mut hits = Vec::new();
-        for group in chosen.chunk_by(|a, b| a.string == b.string) {
-            hits.clear();
-            hits.extend(group.iter().map(|p| Hit {
+        self.replace_each(strings, pieces, select, |i, new| out.push((i, new)));
+        out
+    }
+
+    /// As [`Self::replace_pieces`], handing each new text to `put` as it
+    /// is made. Pieces come from a search ordered by string and start
+    /// nearly always; only otherwise are they copied and sorted.
+    fn replace_each<T: AsText>(
+        &self,
+        strings: &[T],
+        pieces: &[Piece],
+        select: &dyn Fn(usize) -> bool,
+        mut put: impl FnMut(usize, String),
+    ) {
+        if !pieces.iter().any(|p| select(p.entry)) {
+            return;
+        }
+        let key = |p: &Piece| (p.string, p.start, p.entry);
+        let sorted;
+        let pieces = if pieces.is_sorted_by_key(key) {
+            pieces
+        } else {
+            let mut copy = pieces.to_vec();
+            copy.sort_by_key(key);
+            sorted = copy;
+            &sorted[..]
+        };
+        for group in pieces.chunk_by(|a, b| a.string == b.string) {
+            let hits = group.iter().filter(|p| select(p.entry)).map(|p| Hit {
                 entry: p.entry,
                 start: p.start,
                 end: p.end,
-            }));
-            let text = strings[group[0].string];
-            if let (Cow::Owned(new), _) = self.matcher.redact(text, &hits, |_| true) {
-                out.push((group[0].string, new));
+            });
+            let string = group[0].string;
+            if let (Cow::Owned(new), _) = self.matcher.redact_hits(strings[string].as_text(), hits)
+            {
+                put(string, new);
             }
         }
-        out
     }
 
     /// Per entry: whether stored copies of `direction` (either, for `None`)
@@ -1369,6 +1411,24 @@ impl PolicySet {
             Some(Direction::Response) => &self.stored_response,
             None => &self.stored_any,
         }
+    }
+
+    /// The verdict of the `block` policy watching requests that refuses
+    /// the call, as [`Scan::blocking`] over the request's verdicts would
+    /// name it, without building the other verdicts.
+    fn blocking_verdict(&self, counts: &[u64]) -> Option<Verdict> {
+        let mut best: Option<&Policy> = None;
+        for p in self.policies.iter().filter(|p| {
+            p.action == Action::Block
+                && p.applies_to.covers(Direction::Request)
+                && p.entries.iter().any(|&e| counts[e] > 0)
+        }) {
+            match best {
+                Some(b) if b.severity >= p.severity => {}
+                _ => best = Some(p),
+            }
+        }
+        best.map(|p| self.verdict(p, counts, Direction::Request))
     }
 
     /// One verdict per policy watching `direction`, from per-entry counts.
@@ -1537,56 +1597,80 @@ impl Scan {
 fn count_body(matcher: &Matcher, body: &Value) -> (Vec<u64>, bool) {
     let strings = places::strings(body);
     let keys = places::keys(body);
+    count_places(
+        matcher,
+        &strings.text,
+        &strings.other,
+        |search, counts, pieces| {
+            search.run(matcher, &keys, FIELD_JOIN, counts, pieces);
+        },
+    )
+}
+
+/// Per-entry match counts over a body's text (searched as one), its other
+/// strings and its keys (which `search_keys` searches), and whether the
+/// text was clean.
+fn count_places<T: AsText>(
+    matcher: &Matcher,
+    text: &[T],
+    other: &[T],
+    search_keys: impl FnOnce(&mut Search, &mut [u64], &mut Vec<Piece>),
+) -> (Vec<u64>, bool) {
     let mut counts = vec![0u64; matcher.entries().len()];
     let mut pieces = Vec::new();
-    let mut search = Search::default();
-    search.run(matcher, &strings.text, TEXT_JOIN, &mut counts, &mut pieces);
-    let text_clean = pieces.is_empty();
-    search.run(
-        matcher,
-        &strings.other,
-        FIELD_JOIN,
-        &mut counts,
-        &mut pieces,
-    );
-    search.run(matcher, &keys, FIELD_JOIN, &mut counts, &mut pieces);
+    let text_clean = with_search(|search| {
+        search.run(matcher, text, TEXT_JOIN, &mut counts, &mut pieces);
+        let text_clean = pieces.is_empty();
+        search.run(matcher, other, FIELD_JOIN, &mut counts, &mut pieces);
+        search_keys(search, &mut counts, &mut pieces);
+        text_clean
+    });
     (counts, text_clean)
 }
 
 /// As [`count_body`], over a body read as a [`JsonView`].
 fn count_view(matcher: &Matcher, view: &JsonView<'_>) -> (Vec<u64>, bool) {
     let strings = places::view_strings(view);
-    let keys = places::view_keys(view);
-    let keys: Vec<&str> = keys.iter().map(|k| k.as_ref()).collect();
-    let mut counts = vec![0u64; matcher.entries().len()];
-    let mut pieces = Vec::new();
-    let mut search = Search::default();
-    search.run(
+    count_places(
         matcher,
-        &as_strs(&strings.text),
-        TEXT_JOIN,
-        &mut counts,
-        &mut pieces,
-    );
-    let text_clean = pieces.is_empty();
-    search.run(
-        matcher,
-        &as_strs(&strings.other),
-        FIELD_JOIN,
-        &mut counts,
-        &mut pieces,
-    );
-    search.run(matcher, &keys, FIELD_JOIN, &mut counts, &mut pieces);
-    (counts, text_clean)
+        &strings.text,
+        &strings.other,
+        |search, counts, pieces| {
+            search_view_keys(matcher, search, view, counts, pieces);
+        },
+    )
 }
 
-/// The texts of a view's strings, for a search.
+/// Searches every object key of a view on its own, in document order, as
+/// [`Search::run`] searches a list of fields, without gathering the keys
+/// first.
+fn search_view_keys(
+    matcher: &Matcher,
+    search: &mut Search,
+    view: &JsonView<'_>,
+    counts: &mut [u64],
+    pieces: &mut Vec<Piece>,
+) {
+    let mut memo = Memo::default();
+    let mut i = 0;
+    places::for_each_view_key(view, &mut |key| {
+        let remember = match key {
+            Cow::Borrowed(k) => Some(k),
+            Cow::Owned(_) => None,
+        };
+        search.field(matcher, i, &key, remember, &mut memo, counts, pieces);
+        i += 1;
+    });
+}
+
+/// The texts of a view's strings, for the tests that compare them.
+#[cfg(test)]
 fn as_strs<'s>(strings: &'s [(NodeId, Cow<'_, str>)]) -> Vec<&'s str> {
     strings.iter().map(|(_, s)| s.as_ref()).collect()
 }
 
 /// A user regex, refused when it is invalid or would match everywhere.
-fn compile_pattern(pattern: &str) -> Result<Regex, String> {
+pub(crate) fn compile_pattern(pattern: &str) -> Result<Regex, String> {
     let regex = RegexBuilder::new(pattern)
         .size_limit(PATTERN_SIZE_LIMIT)
         .build()
@@ -1602,7 +1686,7 @@ fn compile_pattern(pattern: &str) -> Result<Regex, String> {
 /// One case-insensitive alternation of the keywords. Whole-word edges are
 /// only required where the keyword itself starts or ends with a word
 /// character, so `c++` still works.
-fn compile_keywords(
+pub(crate) fn compile_keywords(
     key: &str,
     keywords: &[String],
     whole_word: bool,

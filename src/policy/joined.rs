@@ -14,9 +14,11 @@
 //! Overlaps between a seam match and a match inside one string are settled
 //! by detector priority, as within one text.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::cell::RefCell;
 
 use super::matcher::{Hit, Matcher};
+use crate::capture::json_view::NodeId;
 
 /// Joins the model's text: a space, which patterns that allow spaced groups
 /// (cards, phone numbers, SSNs) cross, so a value split between two
@@ -36,6 +38,57 @@ pub(crate) const REACH: usize = 64;
 /// Longest field remembered as clean within one body.
 const MEMO_LEN: usize = 64;
 
+/// How many clean fields are remembered at once (the most recent ones).
+const MEMO_SLOTS: usize = 16;
+
+/// Largest joined text whose buffer a thread keeps for its next search: a
+/// huge body's buffers are not held on to.
+const KEPT_BYTES: usize = 64 << 10;
+
+/// Something searched as one string: a borrowed text, a view's string, a
+/// view's string with its node.
+pub(crate) trait AsText {
+    fn as_text(&self) -> &str;
+}
+
+impl AsText for &str {
+    fn as_text(&self) -> &str {
+        self
+    }
+}
+
+impl AsText for Cow<'_, str> {
+    fn as_text(&self) -> &str {
+        self
+    }
+}
+
+impl AsText for (NodeId, Cow<'_, str>) {
+    fn as_text(&self) -> &str {
+        &self.1
+    }
+}
+
+thread_local! {
+    /// Each thread's search buffers, kept between bodies.
+    static SEARCH: RefCell<Search> = RefCell::new(Search::default());
+}
+
+/// Runs `f` with this thread's search buffers (fresh ones if they are in
+/// use), then drops buffers a huge body grew.
+pub(crate) fn with_search<R>(f: impl FnOnce(&mut Search) -> R) -> R {
+    SEARCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut search) => {
+            let out = f(&mut search);
+            if search.joined.capacity() > KEPT_BYTES || search.found.capacity() > KEPT_BYTES {
+                *search = Search::default();
+            }
+            out
+        }
+        Err(_) => f(&mut Search::default()),
+    })
+}
+
 /// Longest run of non-space characters next to a seam that is searched.
 pub(crate) const MAX_RUN: usize = 4096;
 
@@ -48,6 +101,16 @@ pub(crate) struct Piece {
     pub entry: usize,
     pub start: usize,
     pub end: usize,
+}
+
+/// Fields (repeated keys, roles) found clean in one body, the most recent
+/// [`MEMO_SLOTS`] of them: fields repeat (every message has a `role` and a
+/// `content` key, most roles are `user` or `assistant`), and a short one
+/// found clean once is not searched again in the body.
+#[derive(Debug, Default)]
+pub(crate) struct Memo<'s> {
+    clean: [&'s str; MEMO_SLOTS],
+    remembered: usize,
 }
 
 /// Reusable buffers of a joined search.
@@ -66,37 +129,19 @@ impl Search {
     /// Searches `strings`, across their seams when `join` is
     /// [`TEXT_JOIN`]. Adds one to `counts[entry]` per match and appends its
     /// pieces to `pieces`.
-    pub fn run(
+    pub fn run<T: AsText>(
         &mut self,
         matcher: &Matcher,
-        strings: &[&str],
+        strings: &[T],
         join: char,
         counts: &mut [u64],
         pieces: &mut Vec<Piece>,
     ) {
         if join != TEXT_JOIN || strings.len() < 2 {
-            // Fields repeat (every message has a `role` and a `content`
-            // key, most roles are `user` or `assistant`): a short string
-            // found clean once is not searched again in this body.
-            let mut clean: HashSet<&str> = HashSet::with_capacity(strings.len());
+            let mut memo = Memo::default();
             for (i, s) in strings.iter().enumerate() {
-                let short = s.len() <= MEMO_LEN;
-                if short && clean.contains(s) {
-                    continue;
-                }
-                matcher.find(s, &mut self.hits);
-                if short && self.hits.is_empty() {
-                    clean.insert(s);
-                }
-                for h in &self.hits {
-                    counts[h.entry] += 1;
-                    pieces.push(Piece {
-                        string: i,
-                        entry: h.entry,
-                        start: h.start,
-                        end: h.end,
-                    });
-                }
+                let s = s.as_text();
+                self.field(matcher, i, s, Some(s), &mut memo, counts, pieces);
             }
             return;
         }
@@ -104,6 +149,7 @@ impl Search {
         self.starts.clear();
         self.found.clear();
         for (i, s) in strings.iter().enumerate() {
+            let s = s.as_text();
             if i > 0 {
                 self.joined.push(join);
             }
@@ -151,15 +197,54 @@ impl Search {
         }
     }
 
+    /// Searches field `i` of a body, `s`, on its own, unless `memo` knows
+    /// it is clean; a clean short field `remember`ed (a borrow that lives
+    /// as long as the memo) is not searched again.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one field of a search: its place, text and memo, and where results go"
+    )]
+    pub fn field<'s>(
+        &mut self,
+        matcher: &Matcher,
+        i: usize,
+        s: &str,
+        remember: Option<&'s str>,
+        memo: &mut Memo<'s>,
+        counts: &mut [u64],
+        pieces: &mut Vec<Piece>,
+    ) {
+        // The empty string is clean and never searched, so the unused
+        // slots holding it change nothing.
+        let short = s.len() <= MEMO_LEN;
+        if short && memo.clean.contains(&s) {
+            return;
+        }
+        matcher.find(s, &mut self.hits);
+        if let Some(known) = remember.filter(|_| short && self.hits.is_empty()) {
+            memo.clean[memo.remembered % MEMO_SLOTS] = known;
+            memo.remembered += 1;
+        }
+        for h in &self.hits {
+            counts[h.entry] += 1;
+            pieces.push(Piece {
+                string: i,
+                entry: h.entry,
+                start: h.start,
+                end: h.end,
+            });
+        }
+    }
+
     /// The pieces of joined-text hit `h`, one per string it overlaps.
-    fn cut(&self, strings: &[&str], h: &Hit, pieces: &mut Vec<Piece>) {
+    fn cut<T: AsText>(&self, strings: &[T], h: &Hit, pieces: &mut Vec<Piece>) {
         // The last string starting at or before the hit.
         let first = self.starts.partition_point(|&s| s <= h.start).max(1) - 1;
         for (i, &start) in self.starts.iter().enumerate().skip(first) {
             if start >= h.end {
                 break;
             }
-            let end = start + strings[i].len();
+            let end = start + strings[i].as_text().len();
             let (from, to) = (h.start.max(start), h.end.min(end));
             if from < to {
                 pieces.push(Piece {

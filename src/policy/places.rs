@@ -277,24 +277,23 @@ fn walk_view<'a>(at: At<'_, 'a>, kind: Kind, out: &mut Strings<(NodeId, Cow<'a, 
     }
 }
 
-/// Every object key of a view. Unlike [`keys`], in document order: keys
-/// are each searched on their own, so their order changes no finding.
-pub(crate) fn view_keys<'a>(view: &JsonView<'a>) -> Vec<Cow<'a, str>> {
-    fn walk<'a>(at: At<'_, 'a>, out: &mut Vec<Cow<'a, str>>) {
+/// Calls `f` with every object key of a view. Unlike [`keys`], in
+/// document order: keys are each searched on their own, so their order
+/// changes no finding.
+pub(crate) fn for_each_view_key<'a>(view: &JsonView<'a>, f: &mut impl FnMut(Cow<'a, str>)) {
+    fn walk<'a>(at: At<'_, 'a>, f: &mut impl FnMut(Cow<'a, str>)) {
         if let Some(items) = at.items() {
             for item in items {
-                walk(item, out);
+                walk(item, f);
             }
         } else if let Some(members) = at.members() {
             for (key, value) in members {
-                out.push(key);
-                walk(value, out);
+                f(key);
+                walk(value, f);
             }
         }
     }
-    let mut out = Vec::with_capacity(view.len() / 2 + 1);
-    walk(view.root(), &mut out);
-    out
+    walk(view.root(), f);
 }
 
 #[cfg(test)]

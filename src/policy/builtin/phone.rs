@@ -36,33 +36,42 @@ fn validate(text: &str, span: Range<usize>) -> Option<Range<usize>> {
     if continues_number(text, &span, b" .-/:") || glued(text, &span) {
         return None;
     }
-    let digits = super::digits(candidate);
-    let n = digits.len();
+    let n = candidate.bytes().filter(u8::is_ascii_digit).count();
     if let Some(rest) = candidate.strip_prefix('+') {
         // Not preceded by a word or digit: `a+12345678` is arithmetic.
         let trunk = rest.contains("(0)");
         return ((8..=15).contains(&(n - usize::from(trunk))) && !looks_like_date(candidate))
             .then_some(span);
     }
-    let groups: Vec<&str> = candidate
+    // The lengths of the digit groups; no grouping below has more than
+    // five, so a candidate with more than `MAX_GROUPS` is none of them.
+    const MAX_GROUPS: usize = 8;
+    let mut lens = [0usize; MAX_GROUPS];
+    let mut count = 0;
+    for group in candidate
         .split(|c: char| !c.is_ascii_digit())
         .filter(|g| !g.is_empty())
-        .collect();
+    {
+        if count == MAX_GROUPS {
+            return None;
+        }
+        lens[count] = group.len();
+        count += 1;
+    }
+    let lens = &lens[..count];
     let first = candidate.trim_start_matches('(');
     if first.starts_with('0') {
-        return trunk_zero(&groups, n).then_some(span);
+        return trunk_zero(lens, n).then_some(span);
     }
-    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-    let nanp = matches!(lens.as_slice(), [3, 3, 4] | [1, 3, 3, 4]);
-    let india = lens.as_slice() == [5, 5];
+    let nanp = matches!(lens, [3, 3, 4] | [1, 3, 3, 4]);
+    let india = lens == [5, 5];
     (nanp || india).then_some(span)
 }
 
 /// National numbers after a trunk `0`: 10 to 12 digits in all, with the
-/// groupings these countries use.
-fn trunk_zero(groups: &[&str], n: usize) -> bool {
-    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-    match lens.as_slice() {
+/// groupings these countries use (`lens`: the digit groups' lengths).
+fn trunk_zero(lens: &[usize], n: usize) -> bool {
+    match lens {
         // France: 0X XX XX XX XX.
         [2, 2, 2, 2, 2] => true,
         // UK 020 7946 0958, 0161 496 0000; IN 011 2345 6789.
@@ -75,6 +84,5 @@ fn trunk_zero(groups: &[&str], n: usize) -> bool {
 
 /// `+2024-01-15` style strings are dates, not numbers.
 fn looks_like_date(candidate: &str) -> bool {
-    let groups: Vec<usize> = candidate[1..].split('-').map(str::len).collect();
-    groups.as_slice() == [4, 2, 2]
+    candidate[1..].split('-').map(str::len).eq([4, 2, 2])
 }
