@@ -63,6 +63,26 @@ fn measure(f: &dyn Fn() -> usize) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// What the record does with a body's JSON text: read through a view,
+/// searched and cleaned, its usage summarised, stored as text. Returns the
+/// stored JSON's length.
+fn record_view(policies: &PolicySet, json: &[u8], direction: Direction) -> usize {
+    let view = JsonView::parse(json).unwrap();
+    let inspection = policies
+        .inspect_view(&view, direction, false, None)
+        .unwrap();
+    let summary = summarize_usage(
+        "chat.create",
+        Cleaned {
+            at: view.root(),
+            replaced: &[],
+        },
+    );
+    black_box((summary, &inspection.scan));
+    let stored = StoredBody::json(view.write(&inspection.replaced));
+    serde_json::to_string(&stored).unwrap().len()
+}
+
 fn main() {
     let mut defs = load_pack("pii-basic").unwrap();
     defs.extend(load_pack("secrets").unwrap());
@@ -80,22 +100,7 @@ fn main() {
             black_box((summary, scan));
             serde_json::to_string(&value).unwrap().len()
         };
-        let by_view = || {
-            let view = JsonView::parse(body.as_bytes()).unwrap();
-            let inspection = policies
-                .inspect_view(&view, direction, false, None)
-                .unwrap();
-            let summary = summarize_usage(
-                "chat.create",
-                Cleaned {
-                    at: view.root(),
-                    replaced: &[],
-                },
-            );
-            black_box((summary, &inspection.scan));
-            let stored = StoredBody::json(view.write(&inspection.replaced));
-            serde_json::to_string(&stored).unwrap().len()
-        };
+        let by_view = || record_view(&policies, body.as_bytes(), direction);
         let parse_value = || serde_json::from_str::<Value>(body).unwrap().is_object() as usize;
         let parse_view = || JsonView::parse(body.as_bytes()).unwrap().root().is_object() as usize;
         let parsed = JsonView::parse(body.as_bytes()).unwrap();
@@ -134,20 +139,7 @@ fn main() {
     let by_text = || {
         let events = sse::parse_events(body.as_bytes());
         let folded = sse::reassemble_text("chat.create", &events).unwrap();
-        let view = JsonView::parse(folded.json.as_bytes()).unwrap();
-        let inspection = policies
-            .inspect_view(&view, Direction::Response, false, None)
-            .unwrap();
-        let summary = summarize_usage(
-            "chat.create",
-            Cleaned {
-                at: view.root(),
-                replaced: &[],
-            },
-        );
-        black_box((summary, &inspection.scan));
-        let stored = StoredBody::json(view.write(&inspection.replaced));
-        serde_json::to_string(&stored).unwrap().len()
+        record_view(&policies, folded.json.as_bytes(), Direction::Response)
     };
     let fold_value = || {
         let events = sse::parse_events(body.as_bytes());
