@@ -154,6 +154,9 @@ const NAMES_ON_STACK: usize = 32;
 
 impl Serialize for StoredHeaders<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // `RecordedHeaders` already leaves credentials out; they are
+        // checked again where the record is written, as a credential that
+        // reached the store could not be taken back.
         let kept = self
             .headers
             .names()
