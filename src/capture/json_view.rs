@@ -17,6 +17,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::cmp::Ordering;
+use std::sync::Mutex;
 
 use serde_json::Number;
 
@@ -137,35 +138,42 @@ impl<'a> JsonView<'a> {
         // never grow these.
         pending.reserve(32);
         pending_pairs.reserve(32);
+        // Chat requests hold about one node per 24 bytes, answers with
+        // their ids, numbers and usage one per 12: sized for the denser, so
+        // neither list grows while most bodies are read.
+        let (mut nodes, mut items) = NodeLists::take();
+        nodes.reserve(bytes.len() / 10 + 8);
+        items.reserve(bytes.len() / 10 + 8);
         let mut parser = Parser {
             text,
             bytes,
             pos: 0,
-            // Chat requests hold about one node per 24 bytes, answers with
-            // their ids, numbers and usage one per 12: sized for the
-            // denser, so neither list grows while most bodies are read.
-            nodes: Vec::with_capacity(bytes.len() / 10 + 8),
-            items: Vec::with_capacity(bytes.len() / 10 + 8),
+            nodes,
+            items,
             pending,
             pending_pairs,
         };
         let root = parser.read_root();
         scratch.pending = std::mem::take(&mut parser.pending);
         scratch.pending_pairs = std::mem::take(&mut parser.pending_pairs);
+        let Some(root) = root else {
+            NodeLists::give_back(parser.nodes, parser.items);
+            return None;
+        };
         Some(Self {
             text,
             nodes: parser.nodes,
             items: parser.items,
-            root: root?,
+            root,
         })
     }
 
     /// The nodes, to be joined again with the same text by
     /// [`Self::with_nodes`].
-    pub fn into_nodes(self) -> ViewNodes {
+    pub fn into_nodes(mut self) -> ViewNodes {
         ViewNodes {
-            nodes: self.nodes,
-            items: self.items,
+            nodes: std::mem::take(&mut self.nodes),
+            items: std::mem::take(&mut self.items),
             root: self.root,
             text_len: self.text.len(),
         }
@@ -174,12 +182,12 @@ impl<'a> JsonView<'a> {
     /// The view of `bytes` that `nodes` were read from, without reading
     /// them again. `bytes` must be the text they were read from; `None`
     /// when it plainly is not (another length, or not UTF-8).
-    pub fn with_nodes(bytes: &'a [u8], nodes: ViewNodes) -> Option<Self> {
+    pub fn with_nodes(bytes: &'a [u8], mut nodes: ViewNodes) -> Option<Self> {
         let text = std::str::from_utf8(bytes).ok()?;
-        (text.len() == nodes.text_len).then_some(Self {
+        (text.len() == nodes.text_len).then(|| Self {
             text,
-            nodes: nodes.nodes,
-            items: nodes.items,
+            nodes: std::mem::take(&mut nodes.nodes),
+            items: std::mem::take(&mut nodes.items),
             root: nodes.root,
         })
     }
@@ -298,6 +306,70 @@ impl<'a> JsonView<'a> {
         match node.kind {
             Kind::Plain => Cow::Borrowed(self.span(node)),
             _ => Cow::Owned(unescape(self.span(node))),
+        }
+    }
+}
+
+impl Drop for JsonView<'_> {
+    fn drop(&mut self) {
+        NodeLists::give_back(
+            std::mem::take(&mut self.nodes),
+            std::mem::take(&mut self.items),
+        );
+    }
+}
+
+impl Drop for ViewNodes {
+    fn drop(&mut self) {
+        NodeLists::give_back(
+            std::mem::take(&mut self.nodes),
+            std::mem::take(&mut self.items),
+        );
+    }
+}
+
+/// Node lists of views that were dropped, for the next parse. Shared by
+/// every thread rather than kept per thread: a request body is read on
+/// the request path and its view dropped where the record is built, so
+/// lists kept per thread would pile up on one side and be missing on the
+/// other.
+struct NodeLists;
+
+/// Lists of a parse and its items, kept for the next.
+type Lists = (Vec<Node>, Vec<u32>);
+
+static KEPT_LISTS: Mutex<Vec<Lists>> = Mutex::new(Vec::new());
+
+impl NodeLists {
+    /// Lists kept at most: a few per core covers the views alive at once.
+    const KEPT: usize = 16;
+    /// Entries a kept list may hold (a body of about 40 KB); a rare large
+    /// body's lists are let go rather than held.
+    const KEPT_ENTRIES: usize = 4096;
+
+    /// Empty lists, with room from an earlier parse when there are some.
+    fn take() -> Lists {
+        KEPT_LISTS
+            .lock()
+            .ok()
+            .and_then(|mut kept| kept.pop())
+            .unwrap_or_default()
+    }
+
+    fn give_back(mut nodes: Vec<Node>, mut items: Vec<u32>) {
+        let keep = |capacity: usize| (1..=Self::KEPT_ENTRIES).contains(&capacity);
+        if !keep(nodes.capacity()) || !keep(items.capacity()) {
+            return;
+        }
+        nodes.clear();
+        items.clear();
+        if let Ok(mut kept) = KEPT_LISTS.lock() {
+            if kept.len() < Self::KEPT {
+                // Room for every list is made once, not on each return.
+                let room = Self::KEPT - kept.len();
+                kept.reserve_exact(room);
+                kept.push((nodes, items));
+            }
         }
     }
 }

@@ -7,7 +7,8 @@
 //! clone of the map kept while a long stream runs would hold two buffers
 //! per connection instead of one. A clone costs several allocations too
 //! (the map's tables, and each custom name's shared bytes); this copy is
-//! two, whatever the headers.
+//! one, whatever the headers: the table of where each header is and the
+//! text share one buffer.
 
 use http::HeaderMap;
 
@@ -17,18 +18,23 @@ use super::sanitize::is_credential_header;
 /// together, in the order they came).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecordedHeaders {
-    /// Every name and value, one after the other.
-    text: Vec<u8>,
-    entries: Vec<Entry>,
+    /// `count` table entries of [`ENTRY_LEN`] bytes, then every name and
+    /// value, one after the other.
+    buf: Vec<u8>,
+    count: usize,
 }
 
-/// One header: where its name and value are in the text.
+/// One header: where its name and value are in the text (offsets from the
+/// end of the table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
     name_start: u32,
     value_start: u32,
     value_end: u32,
 }
+
+/// Bytes of one entry in the table: three `u32`s.
+const ENTRY_LEN: usize = 12;
 
 // === impl RecordedHeaders ===
 
@@ -51,37 +57,36 @@ impl RecordedHeaders {
         if u32::try_from(bytes).is_err() {
             return Self::default();
         }
-        let mut out = Self {
-            text: Vec::with_capacity(bytes),
-            entries: Vec::with_capacity(count),
-        };
+        let table_len = count * ENTRY_LEN;
+        let mut buf = Vec::with_capacity(table_len + bytes);
+        buf.resize(table_len, 0);
+        let mut at = 0;
         for (name, value) in kept() {
-            let name_start = out.text.len() as u32;
-            out.text.extend_from_slice(name.as_str().as_bytes());
-            let value_start = out.text.len() as u32;
-            out.text.extend_from_slice(value.as_bytes());
-            out.entries.push(Entry {
-                name_start,
-                value_start,
-                value_end: out.text.len() as u32,
-            });
+            let name_start = (buf.len() - table_len) as u32;
+            buf.extend_from_slice(name.as_str().as_bytes());
+            let value_start = (buf.len() - table_len) as u32;
+            buf.extend_from_slice(value.as_bytes());
+            let value_end = (buf.len() - table_len) as u32;
+            for word in [name_start, value_start, value_end] {
+                buf[at..at + 4].copy_from_slice(&word.to_ne_bytes());
+                at += 4;
+            }
         }
-        out
+        Self { buf, count }
     }
 
     /// The first value of `name` (any case), as text; `None` when absent
     /// or not UTF-8.
     pub fn get_str(&self, name: &str) -> Option<&str> {
-        let entry = self.entries.iter().find(|e| self.is_named(e, name))?;
-        std::str::from_utf8(self.value(entry)).ok()
+        let entry = self.entries().find(|e| self.is_named(e, name))?;
+        std::str::from_utf8(self.value(&entry)).ok()
     }
 
     /// Every value of `name` (any case), in the order they came.
     pub fn get_all<'h>(&'h self, name: &'h str) -> impl Iterator<Item = &'h [u8]> + 'h {
-        self.entries
-            .iter()
+        self.entries()
             .filter(move |e| self.is_named(e, name))
-            .map(|e| self.value(e))
+            .map(|e| self.value(&e))
     }
 
     /// Each name once (lower case, as `http` keeps them), in the order
@@ -89,30 +94,52 @@ impl RecordedHeaders {
     pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
         // A map's values of one name are adjacent, so a name is new when
         // it differs from the one before.
-        self.entries.iter().enumerate().filter_map(|(i, e)| {
-            let name = self.name(e);
-            (i == 0 || self.name(&self.entries[i - 1]) != name).then_some(name)
+        let mut previous = None;
+        self.entries().filter_map(move |e| {
+            let name = self.name(&e);
+            (previous.replace(name) != Some(name)).then_some(name)
         })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.count == 0
+    }
+
+    fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.buf[..self.count * ENTRY_LEN]
+            .chunks_exact(ENTRY_LEN)
+            .map(|entry| {
+                let word = |i: usize| {
+                    let mut bytes = [0; 4];
+                    bytes.copy_from_slice(&entry[i * 4..i * 4 + 4]);
+                    u32::from_ne_bytes(bytes)
+                };
+                Entry {
+                    name_start: word(0),
+                    value_start: word(1),
+                    value_end: word(2),
+                }
+            })
+    }
+
+    fn text(&self) -> &[u8] {
+        &self.buf[self.count * ENTRY_LEN..]
     }
 
     /// Compared as bytes: lookups need not check the name is UTF-8.
     fn is_named(&self, entry: &Entry, name: &str) -> bool {
-        self.text[entry.name_start as usize..entry.value_start as usize]
+        self.text()[entry.name_start as usize..entry.value_start as usize]
             .eq_ignore_ascii_case(name.as_bytes())
     }
 
     fn name(&self, entry: &Entry) -> &str {
         // Names were copied from `HeaderName::as_str`: ASCII.
-        std::str::from_utf8(&self.text[entry.name_start as usize..entry.value_start as usize])
+        std::str::from_utf8(&self.text()[entry.name_start as usize..entry.value_start as usize])
             .unwrap_or_default()
     }
 
     fn value(&self, entry: &Entry) -> &[u8] {
-        &self.text[entry.value_start as usize..entry.value_end as usize]
+        &self.text()[entry.value_start as usize..entry.value_end as usize]
     }
 }
 

@@ -67,6 +67,9 @@ pub type OnDone = Box<dyn FnOnce(Captured) + Send + 'static>;
 /// The copy being built.
 pub struct Capture {
     buf: BytesMut,
+    /// Bytes shared rather than copied (see [`Capture::observe_shared`]),
+    /// while they are all the capture holds; `buf` is then empty.
+    shared: Option<Bytes>,
     cap: usize,
     total: u64,
     first_byte_at: Option<Instant>,
@@ -111,6 +114,7 @@ impl Capture {
     pub fn new(cap: usize, on_done: OnDone) -> Self {
         Self {
             buf: BytesMut::new(),
+            shared: None,
             cap,
             total: 0,
             first_byte_at: None,
@@ -136,6 +140,9 @@ impl Capture {
             self.on_first_byte = None;
         }
         self.total += data.len() as u64;
+        if let Some(shared) = self.shared.take() {
+            self.buf.extend_from_slice(&shared);
+        }
         let room = self.cap.saturating_sub(self.buf.len());
         if room > 0 {
             self.buf.extend_from_slice(&data[..data.len().min(room)]);
@@ -148,6 +155,23 @@ impl Capture {
         if data.len() > room {
             self.watch_past_cap(&data[room..]);
         }
+    }
+
+    /// As [`Self::observe`], for bytes the caller already holds in one
+    /// piece (a request body read before it goes on): when they are the
+    /// first and fit under the cap, the capture shares them instead of
+    /// copying them.
+    pub fn observe_shared(&mut self, data: &Bytes) {
+        if data.is_empty() || self.total > 0 || data.len() > self.cap {
+            self.observe(data);
+            return;
+        }
+        if self.first_byte_at.is_none() {
+            self.first_byte_at = Some(Instant::now());
+            self.on_first_byte = None;
+        }
+        self.total = data.len() as u64;
+        self.shared = Some(data.clone());
     }
 
     /// Looks for a terminal event in bytes the capture does not keep, so a
@@ -181,27 +205,41 @@ impl Capture {
 
     /// True once the capture holds all it may.
     pub fn is_full(&self) -> bool {
-        self.buf.len() >= self.cap
+        self.held() >= self.cap
+    }
+
+    /// How many bytes the capture holds.
+    fn held(&self) -> usize {
+        self.shared.as_ref().map_or(self.buf.len(), Bytes::len)
+    }
+
+    /// What was captured, as handed over at the end.
+    fn captured(&mut self, end: BodyEnd) -> Captured {
+        let bytes = match self.shared.take() {
+            Some(shared) => shared,
+            None => std::mem::take(&mut self.buf).freeze(),
+        };
+        Captured {
+            truncated: self.total > bytes.len() as u64,
+            bytes,
+            total_bytes: self.total,
+            end,
+            first_byte_at: self.first_byte_at,
+            ended_at: Instant::now(),
+            terminal_past_cap: self.terminal_past_cap,
+        }
     }
 
     /// Ends the capture and hands it over.
     pub fn finish(mut self, end: BodyEnd) {
         if let Some(on_done) = self.on_done.take() {
-            on_done(Captured {
-                truncated: self.total > self.buf.len() as u64,
-                bytes: std::mem::take(&mut self.buf).freeze(),
-                total_bytes: self.total,
-                end,
-                first_byte_at: self.first_byte_at,
-                ended_at: Instant::now(),
-                terminal_past_cap: self.terminal_past_cap,
-            });
+            on_done(self.captured(end));
         }
     }
 
     /// The bytes captured so far.
     pub fn bytes(&self) -> &[u8] {
-        &self.buf
+        self.shared.as_deref().unwrap_or(&self.buf)
     }
 }
 
@@ -211,15 +249,7 @@ impl Drop for Capture {
     /// record is completed.
     fn drop(&mut self) {
         if let Some(on_done) = self.on_done.take() {
-            on_done(Captured {
-                truncated: self.total > self.buf.len() as u64,
-                bytes: std::mem::take(&mut self.buf).freeze(),
-                total_bytes: self.total,
-                end: BodyEnd::Dropped,
-                first_byte_at: self.first_byte_at,
-                ended_at: Instant::now(),
-                terminal_past_cap: self.terminal_past_cap,
-            });
+            on_done(self.captured(BodyEnd::Dropped));
         }
     }
 }
@@ -242,7 +272,7 @@ impl Captured {
 impl fmt::Debug for Capture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Capture")
-            .field("captured", &self.buf.len())
+            .field("captured", &self.held())
             .field("cap", &self.cap)
             .field("total", &self.total)
             .finish()
@@ -357,6 +387,43 @@ mod tests {
         assert!(c.truncated);
         assert_eq!(c.end, BodyEnd::Complete);
         assert!(c.first_byte_at.is_some());
+    }
+
+    #[test]
+    fn shared_bytes_are_kept_as_they_are_and_copied_once_more_follows() {
+        let done = |cap: usize, first: &'static [u8], more: &[u8]| {
+            let slot: Slot = Arc::default();
+            let s = slot.clone();
+            let mut capture = Capture::new(cap, Box::new(move |c| *s.lock().unwrap() = Some(c)));
+            let first = Bytes::from_static(first);
+            capture.observe_shared(&first);
+            assert_eq!(capture.bytes(), &first[..first.len().min(cap)]);
+            capture.observe(more);
+            capture.finish(BodyEnd::Complete);
+            let captured = slot.lock().unwrap().take().unwrap();
+            (first, captured)
+        };
+        // The whole body, under the cap: the same bytes, not a copy.
+        let (first, c) = done(16, b"hello", b"");
+        assert_eq!(c.bytes.as_ptr(), first.as_ptr());
+        assert_eq!(
+            (&c.bytes[..], c.total_bytes, c.truncated),
+            (&b"hello"[..], 5, false)
+        );
+        assert!(c.first_byte_at.is_some());
+        // More after them: copied together, up to the cap.
+        let (_, c) = done(8, b"hello", b" world");
+        assert_eq!(
+            (&c.bytes[..], c.total_bytes, c.truncated),
+            (&b"hello wo"[..], 11, true)
+        );
+        // Longer than the cap: copied up to it.
+        let (first, c) = done(4, b"hello", b"");
+        assert_ne!(c.bytes.as_ptr(), first.as_ptr());
+        assert_eq!(
+            (&c.bytes[..], c.total_bytes, c.truncated),
+            (&b"hell"[..], 5, true)
+        );
     }
 
     #[tokio::test]

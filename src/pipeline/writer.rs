@@ -95,7 +95,28 @@ struct InFlight {
     flushes: Vec<oneshot::Sender<()>>,
     /// Losses the batch records, if any; noted once it is stored.
     report: Option<Report>,
-    append: Pin<Box<dyn Future<Output = Appended> + Send>>,
+    append: Appending,
+}
+
+/// The store's write task, awaited as its outcome (the task's own failure
+/// read as the store's). Polls the task's handle in place rather than a
+/// boxed future per batch.
+struct Appending(tokio::task::JoinHandle<Appended>);
+
+impl Future for Appending {
+    type Output = Appended;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Appended> {
+        Pin::new(&mut self.0).poll(cx).map(|joined| {
+            joined.unwrap_or_else(|e| {
+                let error = StoreError::Unavailable(format!("store write task ended: {e}"));
+                (Err(error), Duration::ZERO)
+            })
+        })
+    }
 }
 
 /// What woke the writer.
@@ -395,12 +416,7 @@ impl Writer {
             acks,
             flushes,
             report,
-            append: Box::pin(async move {
-                task.await.unwrap_or_else(|e| {
-                    let error = StoreError::Unavailable(format!("store write task ended: {e}"));
-                    (Err(error), Duration::ZERO)
-                })
-            }),
+            append: Appending(task),
         }
     }
 

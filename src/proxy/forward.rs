@@ -572,8 +572,8 @@ impl CallLog {
 }
 
 /// Reads `body` into one buffer until it ends or holds `cap` bytes
-/// (at most one frame more), copying into `capture` as it goes. Returns the
-/// bytes and whether the body ended. The capture is left open: the caller
+/// (at most one frame more), then hands what was read to `capture`. Returns
+/// the bytes and whether the body ended. The capture is left open: the caller
 /// finishes it, or hands it on with the rest of the body.
 async fn read_up_to<B>(
     body: &mut B,
@@ -585,19 +585,28 @@ where
     B::Error: std::fmt::Display,
 {
     let mut prefix = BytesMut::new();
+    // The capture shares the prefix once it is read rather than copying
+    // each frame as it comes.
+    let done = |prefix: BytesMut, capture: &mut Capture| {
+        let prefix = prefix.freeze();
+        capture.observe_shared(&prefix);
+        prefix
+    };
     while prefix.len() < cap {
         match body.frame().await {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    capture.observe(data);
                     prefix.extend_from_slice(data);
                 }
             }
-            Some(Err(error)) => return Err(error.to_string()),
-            None => return Ok((prefix.freeze(), true)),
+            Some(Err(error)) => {
+                done(prefix, capture);
+                return Err(error.to_string());
+            }
+            None => return Ok((done(prefix, capture), true)),
         }
     }
-    Ok((prefix.freeze(), body.is_end_stream()))
+    Ok((done(prefix, capture), body.is_end_stream()))
 }
 
 /// Reads `body` until it ends or holds at least `want` bytes (at least one

@@ -274,3 +274,21 @@ fn nodes_handed_on_read_as_the_view_they_came_from() {
     let nodes = JsonView::parse(b"\"ab\"").unwrap().into_nodes();
     assert!(JsonView::with_nodes(b"\"\xff\xfe\"", nodes).is_none());
 }
+
+#[test]
+fn lists_kept_from_dropped_views_read_the_next_text_afresh() {
+    // Views dropped whole, after handing their nodes on, and refused as
+    // not JSON all give their lists back for the next parse; what a list
+    // held before never shows through.
+    let long = r#"{"messages":[{"role":"user","content":"one two three"},{"role":"assistant","content":"four"}],"n":[1,2,3,4,5,6,7,8]}"#;
+    for _ in 0..3 {
+        drop(JsonView::parse(long.as_bytes()).unwrap());
+        drop(JsonView::parse(long.as_bytes()).unwrap().into_nodes());
+        assert!(JsonView::parse(b"{\"a\":").is_none());
+        for text in [r#"{"b":[true]}"#, r#"[]"#, r#""x""#, long] {
+            check(text);
+            let view = JsonView::parse(text.as_bytes()).unwrap();
+            assert_eq!(view.len(), JsonView::parse(text.as_bytes()).unwrap().len());
+        }
+    }
+}
