@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -64,6 +65,34 @@ pub const IDLE_TIMEOUT_MESSAGE: &str = "upstream stream idle timeout";
 /// Called once with the capture.
 pub type OnDone = Box<dyn FnOnce(Captured) + Send + 'static>;
 
+/// Tells whoever waits for a body to begin that it has, by being dropped
+/// once its first byte has passed (or with the capture, when none did).
+pub enum FirstByteSignal {
+    /// The waiter holds the receiver.
+    Channel(tokio::sync::oneshot::Sender<()>),
+    /// The waiter shares state that it already allocated.
+    Shared(Arc<dyn FirstByteWatch>),
+}
+
+/// Told by a [`FirstByteSignal::Shared`] when the signal is dropped.
+pub trait FirstByteWatch: Send + Sync {
+    fn first_byte_passed(&self);
+}
+
+impl Drop for FirstByteSignal {
+    fn drop(&mut self) {
+        if let FirstByteSignal::Shared(watch) = self {
+            watch.first_byte_passed();
+        }
+    }
+}
+
+impl From<tokio::sync::oneshot::Sender<()>> for FirstByteSignal {
+    fn from(sender: tokio::sync::oneshot::Sender<()>) -> Self {
+        FirstByteSignal::Channel(sender)
+    }
+}
+
 /// The copy being built.
 pub struct Capture {
     buf: BytesMut,
@@ -76,7 +105,7 @@ pub struct Capture {
     on_done: Option<OnDone>,
     /// Dropped when the first byte passes (or with the capture), which
     /// wakes whoever waits for the body to begin.
-    on_first_byte: Option<tokio::sync::oneshot::Sender<()>>,
+    on_first_byte: Option<FirstByteSignal>,
     /// The last bytes seen past the cap (at most [`MARKER_CARRY`]).
     carry: Vec<u8>,
     terminal_past_cap: bool,
@@ -126,8 +155,8 @@ impl Capture {
     }
 
     /// Drops `signal` once the first byte has passed.
-    pub fn signal_first_byte(&mut self, signal: Option<tokio::sync::oneshot::Sender<()>>) {
-        self.on_first_byte = signal;
+    pub fn signal_first_byte(&mut self, signal: Option<impl Into<FirstByteSignal>>) {
+        self.on_first_byte = signal.map(Into::into);
     }
 
     /// Records `data` as having passed.

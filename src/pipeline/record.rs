@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod counters;
+mod handoff;
 mod metadata;
 
 use http::{Method, StatusCode};
@@ -36,11 +37,12 @@ use crate::capture::sanitize::Sanitizer;
 use crate::capture::sse;
 use crate::capture::stored_body::StoredBody;
 use crate::capture::summary::{request_model_and_stream, summarize_usage, Cleaned, Summary, Usage};
-use crate::capture::tee::{BodyEnd, Captured};
+use crate::capture::tee::{BodyEnd, Captured, FirstByteSignal};
 use crate::event::{EventType, NewEvent};
 use crate::policy::{compliance_event, BodyFindings, Direction, Scan, Verdict};
 use crate::telemetry::metrics::Metrics;
 use counters::RecordCounters;
+pub use handoff::Sender;
 use metadata::{
     metadata_of, ComplianceSummary, ErrorDetails, ErrorMetadata, RequestMetadata, ResponseMetadata,
     StoredHeaders,
@@ -147,13 +149,13 @@ pub enum ResponseOutcome {
 
 /// The proxy's ends of one record.
 pub struct CallRecord {
-    request: Option<oneshot::Sender<Captured>>,
-    response: Option<oneshot::Sender<ResponseOutcome>>,
+    request: Option<Sender<Captured>>,
+    response: Option<Sender<ResponseOutcome>>,
     /// Never sent: dropped when the answer's first byte has gone to the
     /// app (see [`CallRecord::answer_started`]), or with the record when
     /// there is no answer to wait for; that is when the REQUEST is built.
-    answer_started: Option<oneshot::Sender<()>>,
-    prescan: Option<oneshot::Sender<RequestPrescan>>,
+    answer_started: Option<Sender<()>>,
+    prescan: Option<Sender<RequestPrescan>>,
     /// Answered once the REQUEST is committed (strict durability only).
     committed: Option<oneshot::Receiver<Result<(), SubmitError>>>,
 }
@@ -242,12 +244,9 @@ struct Interpreted {
     stream_complete: bool,
 }
 
-/// The record task's ends of the channels the proxy fills in.
+/// The record task's ends of what the proxy fills in.
 struct Captures {
-    request: oneshot::Receiver<Captured>,
-    answer_started: oneshot::Receiver<()>,
-    prescan: oneshot::Receiver<RequestPrescan>,
-    response: oneshot::Receiver<ResponseOutcome>,
+    handoff: handoff::Receiver,
     /// Strict durability: told once the REQUEST is committed.
     committed: Option<oneshot::Sender<Result<(), SubmitError>>>,
 }
@@ -298,10 +297,7 @@ impl Recorder {
 
     /// Starts the record of one call; its task waits for the captures.
     pub fn start(&self, info: CallInfo) -> CallRecord {
-        let (req_tx, req_rx) = oneshot::channel();
-        let (resp_tx, resp_rx) = oneshot::channel();
-        let (started_tx, started_rx) = oneshot::channel();
-        let (prescan_tx, prescan_rx) = oneshot::channel();
+        let ends = handoff::ends();
         let (committed_tx, committed_rx) = if self.commit_requests {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -313,20 +309,17 @@ impl Recorder {
             this.record(
                 info,
                 Captures {
-                    request: req_rx,
-                    answer_started: started_rx,
-                    prescan: prescan_rx,
-                    response: resp_rx,
+                    handoff: ends.receiver,
                     committed: committed_tx,
                 },
             )
             .await
         });
         CallRecord {
-            request: Some(req_tx),
-            response: Some(resp_tx),
-            answer_started: Some(started_tx),
-            prescan: Some(prescan_tx),
+            request: Some(ends.request),
+            response: Some(ends.response),
+            answer_started: Some(ends.answer_started),
+            prescan: Some(ends.prescan),
             committed: committed_rx,
         }
     }
@@ -336,14 +329,8 @@ impl Recorder {
     }
 
     async fn record(self, info: CallInfo, captures: Captures) {
-        let Captures {
-            request: req_rx,
-            answer_started,
-            prescan,
-            response: resp_rx,
-            committed,
-        } = captures;
-        let request = req_rx.await.ok();
+        let Captures { handoff, committed } = captures;
+        let request = handoff.request().await;
         // Why the request body broke off, if it did: then a failed
         // upstream call is the client's doing, not upstream's.
         let request_broke = request.as_ref().and_then(|c| match &c.end {
@@ -358,21 +345,16 @@ impl Recorder {
         // REQUEST is still on record while it runs.
         // (Under strict durability the call itself waits for the REQUEST.)
         if committed.is_none() {
-            let _ = tokio::time::timeout(REQUEST_RECORD_DELAY, answer_started).await;
+            let _ = tokio::time::timeout(REQUEST_RECORD_DELAY, handoff.answer_started()).await;
         }
         // Sent or dropped by the proxy before the request goes upstream.
-        let prescan = prescan.await.ok();
+        let prescan = handoff.prescan().await;
         let strict = committed.is_some();
         // An answer of known length is complete when its first byte is
         // passed on, so most calls have ended by now: both records are then
         // built in one job, one hand-off to the builder thread and back
         // instead of two.
-        let mut resp_rx = resp_rx;
-        let ended = if strict {
-            None
-        } else {
-            resp_rx.try_recv().ok()
-        };
+        let ended = if strict { None } else { handoff.try_response() };
         let ended = match ended {
             Some(outcome) if !outcome.was_streamed() => {
                 let outcome = outcome.blaming_client_body(request_broke);
@@ -423,7 +405,8 @@ impl Recorder {
         }
         let outcome = match ended {
             Some(outcome) => outcome,
-            None => resp_rx
+            None => handoff
+                .response()
                 .await
                 .unwrap_or(ResponseOutcome::ClientAborted { at: Instant::now() }),
         }
@@ -1228,15 +1211,17 @@ impl ResponseOutcome {
 
 impl CallRecord {
     /// Hands over the request body's capture.
-    pub fn request_sender(&mut self) -> Option<oneshot::Sender<Captured>> {
+    pub fn request_sender(&mut self) -> Option<Sender<Captured>> {
         self.request.take()
     }
 
     /// The signal that the answer has begun, for the response capture to
     /// drop once the first byte has passed; used once. Until it is taken,
     /// the record itself holds it.
-    pub fn answer_started(&mut self) -> Option<oneshot::Sender<()>> {
-        self.answer_started.take()
+    pub fn answer_started(&mut self) -> Option<FirstByteSignal> {
+        self.answer_started
+            .take()
+            .map(Sender::into_first_byte_signal)
     }
 
     /// Strict durability: resolves once the REQUEST is committed (or could
@@ -1248,19 +1233,19 @@ impl CallRecord {
 
     /// Hands over the request body as request policies saw it; used once.
     /// Dropping it unsent tells the record to read the capture itself.
-    pub fn prescan_sender(&mut self) -> Option<oneshot::Sender<RequestPrescan>> {
+    pub fn prescan_sender(&mut self) -> Option<Sender<RequestPrescan>> {
         self.prescan.take()
     }
 
     /// Hands over the response side's end; used once.
-    pub fn response_sender(&mut self) -> Option<oneshot::Sender<ResponseOutcome>> {
+    pub fn response_sender(&mut self) -> Option<Sender<ResponseOutcome>> {
         self.response.take()
     }
 
     /// Records that a request policy stopped the call.
     pub fn blocked(&mut self, status: StatusCode, policy: String) {
         if let Some(tx) = self.response.take() {
-            let _ = tx.send(ResponseOutcome::Blocked {
+            tx.send(ResponseOutcome::Blocked {
                 status,
                 policy,
                 at: Instant::now(),
@@ -1271,7 +1256,7 @@ impl CallRecord {
     /// Records that the proxy refused the call before forwarding it.
     pub fn refused(&mut self, status: StatusCode) {
         if let Some(tx) = self.response.take() {
-            let _ = tx.send(ResponseOutcome::Refused {
+            tx.send(ResponseOutcome::Refused {
                 status,
                 at: Instant::now(),
             });
@@ -1281,7 +1266,7 @@ impl CallRecord {
     /// Records that upstream did not answer.
     pub fn fail(&mut self, failure: Failure, status: StatusCode, detail: String) {
         if let Some(tx) = self.response.take() {
-            let _ = tx.send(ResponseOutcome::Failed {
+            tx.send(ResponseOutcome::Failed {
                 failure,
                 status,
                 detail,

@@ -154,7 +154,7 @@ pub async fn handle(
                 failed.store(true, std::sync::atomic::Ordering::Release);
             }
             if let Some(tx) = sender {
-                let _ = tx.send(captured);
+                tx.send(captured);
             }
         })
     });
@@ -209,7 +209,7 @@ pub async fn handle(
             prescan_sender.is_some().then_some(state.capture_cap),
         );
         if let (Some(tx), Some(prescan)) = (prescan_sender.take(), prescan) {
-            let _ = tx.send(prescan);
+            tx.send(prescan);
         }
         match verdict {
             RequestVerdict::Forward => {}
@@ -332,7 +332,7 @@ pub async fn handle(
                     .map(Box::new);
                 call_log.finished(status, &body, headers_at, blocked_by.is_some());
                 if let (Some(tx), Some(headers)) = (response_sender, upstream_headers) {
-                    let _ = tx.send(ResponseOutcome::Upstream {
+                    tx.send(ResponseOutcome::Upstream {
                         status,
                         headers,
                         headers_at,
