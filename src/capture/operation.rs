@@ -5,6 +5,8 @@
 //! `/openai/deployments/{name}`), so operations are recognised by how the
 //! path *ends*, never by a fixed prefix.
 
+use std::borrow::Cow;
+
 use http::Method;
 
 /// The operation a request performs, as stored in REQUEST and RESPONSE
@@ -14,8 +16,8 @@ pub struct Operation {
     /// `chat.create`, `completions.create`, `embeddings.create`,
     /// `responses.create`, `models.list`, `images.generate`,
     /// `audio.transcribe`, `moderations.create`, or `"{METHOD} {path}"` for
-    /// anything else (path without its query).
-    pub name: String,
+    /// anything else (path without its query). A known name is not copied.
+    pub name: Cow<'static, str>,
     /// The Azure OpenAI deployment named in the path, if any.
     pub azure_deployment: Option<String>,
     /// The `api-version` query parameter, if present.
@@ -72,8 +74,8 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Operation {
     let name = KNOWN
         .iter()
         .find(|(m, suffix, _)| method.as_str() == *m && ends_with(segments, suffix))
-        .map(|(_, _, name)| (*name).to_owned())
-        .unwrap_or_else(|| format!("{} {}", method.as_str(), path));
+        .map(|(_, _, name)| Cow::Borrowed(*name))
+        .unwrap_or_else(|| Cow::Owned(format!("{} {}", method.as_str(), path)));
 
     Operation {
         name,

@@ -65,6 +65,18 @@ pub const IDLE_TIMEOUT_MESSAGE: &str = "upstream stream idle timeout";
 /// Called once with the capture.
 pub type OnDone = Box<dyn FnOnce(Captured) + Send + 'static>;
 
+/// Takes the capture once it ends: a sink its owner already shares, so
+/// the capture needs no callback of its own (see [`Capture::into_sink`]).
+pub trait CaptureSink: Send + Sync {
+    fn captured(&self, captured: Captured);
+}
+
+/// Where the capture goes when the body ends.
+enum Done {
+    Call(OnDone),
+    Sink(Arc<dyn CaptureSink>),
+}
+
 /// Tells whoever waits for a body to begin that it has, by being dropped
 /// once its first byte has passed (or with the capture, when none did).
 pub enum FirstByteSignal {
@@ -102,7 +114,7 @@ pub struct Capture {
     cap: usize,
     total: u64,
     first_byte_at: Option<Instant>,
-    on_done: Option<OnDone>,
+    on_done: Option<Done>,
     /// Dropped when the first byte passes (or with the capture), which
     /// wakes whoever waits for the body to begin.
     on_first_byte: Option<FirstByteSignal>,
@@ -141,6 +153,16 @@ pin_project! {
 impl Capture {
     /// A capture that keeps at most `cap` bytes and calls `on_done` once.
     pub fn new(cap: usize, on_done: OnDone) -> Self {
+        Self::ending(cap, Done::Call(on_done))
+    }
+
+    /// A capture that keeps at most `cap` bytes and hands them to `sink`
+    /// once.
+    pub fn into_sink(cap: usize, sink: Arc<dyn CaptureSink>) -> Self {
+        Self::ending(cap, Done::Sink(sink))
+    }
+
+    fn ending(cap: usize, on_done: Done) -> Self {
         Self {
             buf: BytesMut::new(),
             shared: None,
@@ -242,6 +264,15 @@ impl Capture {
         self.shared.as_ref().map_or(self.buf.len(), Bytes::len)
     }
 
+    /// Hands the capture over, the first time only.
+    fn hand_over(&mut self, end: BodyEnd) {
+        match self.on_done.take() {
+            Some(Done::Call(on_done)) => on_done(self.captured(end)),
+            Some(Done::Sink(sink)) => sink.captured(self.captured(end)),
+            None => {}
+        }
+    }
+
     /// What was captured, as handed over at the end.
     fn captured(&mut self, end: BodyEnd) -> Captured {
         let bytes = match self.shared.take() {
@@ -261,9 +292,7 @@ impl Capture {
 
     /// Ends the capture and hands it over.
     pub fn finish(mut self, end: BodyEnd) {
-        if let Some(on_done) = self.on_done.take() {
-            on_done(self.captured(end));
-        }
+        self.hand_over(end);
     }
 
     /// The bytes captured so far.
@@ -277,9 +306,7 @@ impl Drop for Capture {
     /// proxy was still reading) is reported as dropped, so every call's
     /// record is completed.
     fn drop(&mut self) {
-        if let Some(on_done) = self.on_done.take() {
-            on_done(self.captured(BodyEnd::Dropped));
-        }
+        self.hand_over(BodyEnd::Dropped);
     }
 }
 

@@ -37,7 +37,7 @@ use crate::capture::sanitize::Sanitizer;
 use crate::capture::sse;
 use crate::capture::stored_body::StoredBody;
 use crate::capture::summary::{request_model_and_stream, summarize_usage, Cleaned, Summary, Usage};
-use crate::capture::tee::{BodyEnd, Captured, FirstByteSignal};
+use crate::capture::tee::{BodyEnd, CaptureSink, Captured, FirstByteSignal};
 use crate::event::{EventType, NewEvent};
 use crate::policy::{compliance_event, BodyFindings, Direction, Scan, Verdict};
 use crate::telemetry::metrics::Metrics;
@@ -156,6 +156,7 @@ pub struct CallRecord {
     /// there is no answer to wait for; that is when the REQUEST is built.
     answer_started: Option<Sender<()>>,
     prescan: Option<Sender<RequestPrescan>>,
+    flags: handoff::CallFlags,
     /// Answered once the REQUEST is committed (strict durability only).
     committed: Option<oneshot::Receiver<Result<(), SubmitError>>>,
 }
@@ -320,6 +321,7 @@ impl Recorder {
             response: Some(ends.response),
             answer_started: Some(ends.answer_started),
             prescan: Some(ends.prescan),
+            flags: ends.flags,
             committed: committed_rx,
         }
     }
@@ -1210,9 +1212,16 @@ impl ResponseOutcome {
 // === impl CallRecord ===
 
 impl CallRecord {
-    /// Hands over the request body's capture.
-    pub fn request_sender(&mut self) -> Option<Sender<Captured>> {
-        self.request.take()
+    /// Hands over the request body's capture, used once: the capture goes
+    /// to the record through this sink, without a callback of its own.
+    pub fn request_sink(&mut self) -> Option<Arc<dyn CaptureSink>> {
+        self.request.take().map(Sender::into_capture_sink)
+    }
+
+    /// Whether the request body broke off, as its capture (taken through
+    /// [`Self::request_sink`]) ended.
+    pub fn request_body_failed(&self) -> bool {
+        self.flags.request_body_failed()
     }
 
     /// The signal that the answer has begun, for the response capture to

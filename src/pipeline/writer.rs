@@ -83,6 +83,32 @@ struct Writer {
     /// Runs the store's writes, so one proceeds while the next is sealed.
     tracker: TaskTracker,
     checkpoints: Option<Checkpointer>,
+    /// Where each batch is sealed, kept empty between batches so its room
+    /// is reused (at most `max_batch` events, plus the batch's reports).
+    sealing: Vec<AuditEvent>,
+}
+
+/// The chain's tip as it was before a write, to tell whether the write
+/// moved it: on the stack for a hash's 64 hex digits.
+enum Tip {
+    Hash([u8; 64]),
+    Other(String),
+}
+
+impl Tip {
+    fn of(hash: &str) -> Self {
+        match <[u8; 64]>::try_from(hash.as_bytes()) {
+            Ok(bytes) => Tip::Hash(bytes),
+            Err(_) => Tip::Other(hash.to_owned()),
+        }
+    }
+
+    fn is(&self, hash: &str) -> bool {
+        match self {
+            Tip::Hash(bytes) => bytes.as_slice() == hash.as_bytes(),
+            Tip::Other(text) => text == hash,
+        }
+    }
 }
 
 /// A write's first outcome and how long it took.
@@ -180,6 +206,7 @@ pub async fn spawn_writer(
         tracker: tracker.clone(),
         checkpoints,
         cfg,
+        sealing: Vec::new(),
     };
     tracker.spawn(writer.run());
     Ok((handle, health))
@@ -325,7 +352,8 @@ impl Writer {
                 Err(_) => break,
             }
         }
-        let mut batch: Vec<AuditEvent> = Vec::with_capacity(msgs.len());
+        let mut batch = std::mem::take(&mut self.sealing);
+        batch.reserve(msgs.len());
         let mut acks: Vec<(usize, Ack)> = Vec::new();
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         let mut bytes = 0u64;
@@ -390,20 +418,24 @@ impl Writer {
                 let _ = done.send(());
             }
         } else {
-            *in_flight = Some(self.begin(batch, acks, flushes, report));
+            *in_flight = Some(self.begin(&mut batch, acks, flushes, report));
         }
+        batch.clear();
+        self.sealing = batch;
     }
 
     /// Hands `batch` to the store on its own task, so the store writes it
     /// while the next batch is sealed here.
     fn begin(
         &self,
-        batch: Vec<AuditEvent>,
+        batch: &mut Vec<AuditEvent>,
         acks: Vec<(usize, Ack)>,
         flushes: Vec<oneshot::Sender<()>>,
         report: Option<Report>,
     ) -> InFlight {
-        let batch: Batch = batch.into();
+        // Moved out in one allocation of the exact size; `batch` keeps its
+        // room for the next.
+        let batch: Batch = batch.drain(..).collect();
         let store = self.store.clone();
         let events = batch.clone();
         let task = self.tracker.spawn(async move {
@@ -436,12 +468,12 @@ impl Writer {
         self.stats.write_seconds.observe(elapsed.as_secs_f64());
         // `next` ends the chain as sealed so far; if the write moved the
         // chain's tip, `next` no longer follows it.
-        let tip = self.prev_hash.clone();
+        let tip = Tip::of(&self.prev_hash);
         let result = self.write(&mut batch, appended).await;
         if let Some(report) = report {
             self.settle_report(report, result.is_ok());
         }
-        if self.prev_hash != tip {
+        if !tip.is(&self.prev_hash) {
             self.reseal(next);
         }
         for (i, ack) in acks {

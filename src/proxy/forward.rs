@@ -144,20 +144,28 @@ pub async fn handle(
     parts.uri = http::Uri::default();
 
     // Set when the app's body breaks off, so an upstream call that fails
-    // because of it is not blamed on upstream.
-    let request_body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let request_capture = Capture::new(state.capture_cap, {
-        let failed = request_body_failed.clone();
-        let sender = record.as_mut().and_then(CallRecord::request_sender);
-        Box::new(move |captured: Captured| {
-            if matches!(captured.end, BodyEnd::Error(_)) {
-                failed.store(true, std::sync::atomic::Ordering::Release);
-            }
-            if let Some(tx) = sender {
-                tx.send(captured);
-            }
-        })
-    });
+    // because of it is not blamed on upstream. A recorded call's capture
+    // goes to its record, which keeps the flag; others keep one here.
+    let own_failed_flag = record
+        .is_none()
+        .then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    let request_capture = match record.as_mut().and_then(CallRecord::request_sink) {
+        Some(sink) => Capture::into_sink(state.capture_cap, sink),
+        None => Capture::new(state.capture_cap, {
+            let failed = own_failed_flag.clone();
+            Box::new(move |captured: Captured| {
+                if let (Some(failed), BodyEnd::Error(_)) = (failed, &captured.end) {
+                    failed.store(true, std::sync::atomic::Ordering::Release);
+                }
+            })
+        }),
+    };
+    let request_body_failed = |record: Option<&CallRecord>| {
+        record.is_some_and(CallRecord::request_body_failed)
+            || own_failed_flag
+                .as_deref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
+    };
     let committed = record.as_mut().and_then(CallRecord::request_committed);
     // While a `block` policy watches requests, the whole body is read up
     // to the inspection limit before anything goes upstream; otherwise
@@ -266,7 +274,7 @@ pub async fn handle(
         tokio::time::timeout(state.upstream_timeout, state.client.request(upstream_req)).await;
     let response = match sent {
         Ok(Ok(response)) => response,
-        Ok(Err(_)) if request_body_failed.load(std::sync::atomic::Ordering::Acquire) => {
+        Ok(Err(_)) if request_body_failed(record.as_ref()) => {
             // The app's body broke off while streaming on; the record reads
             // the same from the request capture.
             let e = ProxyError::BadRequest;

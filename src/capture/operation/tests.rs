@@ -1,7 +1,7 @@
 use super::*;
 
 fn name(method: Method, path: &str) -> String {
-    classify(&method, path, None).name
+    classify(&method, path, None).name.into_owned()
 }
 
 #[test]

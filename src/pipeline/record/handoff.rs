@@ -6,13 +6,14 @@
 //! by the one record task. Four channels cost four allocations per call;
 //! these slots share one, and the task's one waker.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
 use super::{RequestPrescan, ResponseOutcome};
-use crate::capture::tee::{Captured, FirstByteSignal, FirstByteWatch};
+use crate::capture::tee::{BodyEnd, CaptureSink, Captured, FirstByteSignal, FirstByteWatch};
 
 /// The slots of one call.
 pub(super) struct Shared {
@@ -20,6 +21,9 @@ pub(super) struct Shared {
     prescan: Slot<RequestPrescan>,
     response: Slot<ResponseOutcome>,
     answer_started: Slot<()>,
+    /// Set when the app's request body broke off (see
+    /// [`CallFlags::request_body_failed`]).
+    request_failed: AtomicBool,
     /// The record task's, registered before it looks at a slot.
     waker: AtomicWaker,
 }
@@ -45,6 +49,11 @@ pub struct Sender<T: Send + 'static> {
     sent: bool,
 }
 
+/// What the request path reads back from the hand-off.
+pub(super) struct CallFlags {
+    shared: Arc<Shared>,
+}
+
 /// The record task's end.
 pub(super) struct Receiver {
     shared: Arc<Shared>,
@@ -57,6 +66,7 @@ pub(super) struct Ends {
     pub response: Sender<ResponseOutcome>,
     /// Never sent: dropped once the answer's first byte has passed.
     pub answer_started: Sender<()>,
+    pub flags: CallFlags,
     pub receiver: Receiver,
 }
 
@@ -67,6 +77,7 @@ pub(super) fn ends() -> Ends {
         prescan: Slot::new(),
         response: Slot::new(),
         answer_started: Slot::new(),
+        request_failed: AtomicBool::new(false),
         waker: AtomicWaker::new(),
     });
     fn sender<T: Send + 'static>(shared: &Arc<Shared>, pick: Pick<T>) -> Sender<T> {
@@ -81,6 +92,9 @@ pub(super) fn ends() -> Ends {
         prescan: sender(&shared, |s| &s.prescan),
         response: sender(&shared, |s| &s.response),
         answer_started: sender(&shared, |s| &s.answer_started),
+        flags: CallFlags {
+            shared: shared.clone(),
+        },
         receiver: Receiver { shared },
     }
 }
@@ -155,11 +169,41 @@ impl Sender<()> {
     }
 }
 
+impl Sender<Captured> {
+    /// The request sender as the request capture holds it: the capture
+    /// hands itself over through the shared slots, with no callback.
+    pub fn into_capture_sink(mut self) -> Arc<dyn CaptureSink> {
+        self.sent = true;
+        self.shared.clone()
+    }
+}
+
+impl CaptureSink for Shared {
+    fn captured(&self, captured: Captured) {
+        if matches!(captured.end, BodyEnd::Error(_)) {
+            self.request_failed.store(true, Ordering::Release);
+        }
+        if self.request.fill(State::Sent(captured)) {
+            self.waker.wake();
+        }
+    }
+}
+
 impl FirstByteWatch for Shared {
     fn first_byte_passed(&self) {
         if self.answer_started.fill(State::Closed) {
             self.waker.wake();
         }
+    }
+}
+
+// === impl CallFlags ===
+
+impl CallFlags {
+    /// Whether the app's request body broke off while it was read or
+    /// streamed on: an upstream call that then fails is the client's doing.
+    pub fn request_body_failed(&self) -> bool {
+        self.shared.request_failed.load(Ordering::Acquire)
     }
 }
 
@@ -244,6 +288,20 @@ mod tests {
         assert!(!waiting.is_finished());
         drop(signal);
         waiting.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_request_capture_arrives_through_its_sink_with_its_failure() {
+        let ends = ends();
+        let sink = ends.request.into_capture_sink();
+        assert!(!ends.flags.request_body_failed());
+        let mut capture = crate::capture::tee::Capture::into_sink(16, sink);
+        capture.observe(b"part");
+        capture.finish(BodyEnd::Error("reset".into()));
+        assert!(ends.flags.request_body_failed());
+        let captured = ends.receiver.request().await.unwrap();
+        assert_eq!(&captured.bytes[..], b"part");
+        assert_eq!(captured.end, BodyEnd::Error("reset".into()));
     }
 
     #[tokio::test]

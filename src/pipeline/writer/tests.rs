@@ -544,3 +544,16 @@ async fn losses_left_by_an_earlier_run_are_recorded_and_the_side_file_removed() 
     assert_eq!(events[1].metadata.field("details")["events"], 7);
     assert_eq!(ledger.read(), None, "the side file is gone once recorded");
 }
+
+#[test]
+fn a_tip_tells_whether_the_chain_moved() {
+    let hash = "ab".repeat(32);
+    let tip = Tip::of(&hash);
+    assert!(matches!(tip, Tip::Hash(_)));
+    assert!(tip.is(&hash));
+    assert!(!tip.is(&"cd".repeat(32)));
+    assert!(!tip.is("ab"));
+    let short = Tip::of("genesis");
+    assert!(short.is("genesis"));
+    assert!(!short.is(&hash));
+}
