@@ -13,6 +13,7 @@ pub mod json_view;
 pub mod operation;
 pub mod recorded_headers;
 pub mod sanitize;
+pub mod short_text;
 pub mod sse;
 pub mod stored_body;
 pub mod summary;

@@ -12,6 +12,7 @@ use serde_json::json;
 use serde_json::Value;
 
 use super::json_view::{At, NodeId};
+use super::short_text::ShortText;
 
 /// Model, usage and finish reason of one response; usage as [`Usage`]
 /// (what a record stores), or as the value it serialises to.
@@ -19,13 +20,13 @@ use super::json_view::{At, NodeId};
 pub struct Summary<U = Value> {
     /// The model upstream reports (the caller falls back to the requested
     /// one).
-    pub model: Option<String>,
+    pub model: Option<ShortText>,
     /// `{"prompt_tokens", "completion_tokens", "total_tokens"}`, all
     /// integers, whatever shape upstream used.
     pub usage: Option<U>,
     /// The first choice's `finish_reason`; for the Responses API the
     /// `status`, or the `incomplete_details.reason` of an incomplete one.
-    pub finish_reason: Option<String>,
+    pub finish_reason: Option<ShortText>,
 }
 
 /// Read access to a JSON value, as `serde_json::Value` gives it.
@@ -80,7 +81,7 @@ pub fn summarize_usage<'s>(operation: &str, response: impl JsonRead<'s>) -> Summ
             .get("model")
             .and_then(JsonRead::text)
             .filter(|m| !m.is_empty())
-            .map(Cow::into_owned),
+            .map(|m| ShortText::new(&m)),
         usage: response
             .get("usage")
             .and_then(|u| normalize_usage(operation, u)),
@@ -91,7 +92,7 @@ pub fn summarize_usage<'s>(operation: &str, response: impl JsonRead<'s>) -> Summ
 /// The `model` and `stream` flag of a request body. Also understands the
 /// `{"multipart": [...]}` shape of [`super::body::body_to_value`], where
 /// they are form fields (audio transcription).
-pub fn request_model_and_stream<'s>(body: impl JsonRead<'s>) -> (Option<String>, bool) {
+pub fn request_model_and_stream<'s>(body: impl JsonRead<'s>) -> (Option<ShortText>, bool) {
     if let Some(parts) = body.get("multipart").filter(|p| p.is_array()) {
         let field = |name: &str| {
             (0..)
@@ -101,7 +102,7 @@ pub fn request_model_and_stream<'s>(body: impl JsonRead<'s>) -> (Option<String>,
                 .and_then(JsonRead::text)
         };
         let model = field("model")
-            .map(|m| m.trim().to_owned())
+            .map(|m| ShortText::new(m.trim()))
             .filter(|m| !m.is_empty());
         let stream = field("stream").is_some_and(|s| s.trim().eq_ignore_ascii_case("true"));
         return (model, stream);
@@ -110,7 +111,7 @@ pub fn request_model_and_stream<'s>(body: impl JsonRead<'s>) -> (Option<String>,
         .get("model")
         .and_then(JsonRead::text)
         .filter(|m| !m.is_empty())
-        .map(Cow::into_owned);
+        .map(|m| ShortText::new(&m));
     let stream = body
         .get("stream")
         .and_then(JsonRead::as_bool)
@@ -153,14 +154,14 @@ fn as_count<'s>(v: impl JsonRead<'s>) -> Option<u64> {
     })
 }
 
-fn finish_reason<'s>(operation: &str, response: impl JsonRead<'s>) -> Option<String> {
+fn finish_reason<'s>(operation: &str, response: impl JsonRead<'s>) -> Option<ShortText> {
     let from_choices = || {
         response
             .get("choices")?
             .item(0)?
             .get("finish_reason")?
             .text()
-            .map(Cow::into_owned)
+            .map(|reason| ShortText::new(&reason))
     };
     let from_status = || {
         let status = response.get("status")?.text()?;
@@ -169,7 +170,7 @@ fn finish_reason<'s>(operation: &str, response: impl JsonRead<'s>) -> Option<Str
             .and_then(|d| d.get("reason"))
             .and_then(JsonRead::text)
             .filter(|_| status == "incomplete");
-        Some(reason.unwrap_or(status).into_owned())
+        Some(ShortText::new(&reason.unwrap_or(status)))
     };
     let is_response = response
         .get("object")

@@ -34,6 +34,7 @@ use crate::capture::json_view::{JsonView, ViewNodes};
 use crate::capture::operation::Operation;
 use crate::capture::recorded_headers::RecordedHeaders;
 use crate::capture::sanitize::Sanitizer;
+use crate::capture::short_text::ShortText;
 use crate::capture::sse;
 use crate::capture::stored_body::StoredBody;
 use crate::capture::summary::{request_model_and_stream, summarize_usage, Cleaned, Summary, Usage};
@@ -221,7 +222,7 @@ struct CleanRequest {
     /// Cut to the stored-body limit.
     cut: bool,
     scan: Scan,
-    model: Option<String>,
+    model: Option<ShortText>,
     stream: bool,
 }
 
@@ -255,7 +256,7 @@ struct Captures {
 /// What was learnt from the request that the RESPONSE needs too.
 #[derive(Default)]
 struct RequestFacts {
-    model: Option<String>,
+    model: Option<ShortText>,
     stream: bool,
     /// The operation as stored, once the REQUEST has cleaned it.
     operation: Option<String>,
@@ -501,7 +502,7 @@ impl Recorder {
             info.operation
                 .azure_deployment
                 .as_deref()
-                .map(|d| self.stored_text(d, Direction::Request))
+                .map(|d| self.stored_text(d, Direction::Request).into())
         });
         let path = self.stored_path(&info.path_and_query);
         let operation = self.stored_operation(info);

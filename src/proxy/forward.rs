@@ -366,7 +366,7 @@ pub async fn handle(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         parts.headers.insert(REQUEST_ID_HEADER, v);
     }
-    let mut incoming = Box::pin(IdleTimeoutBody::new(incoming, state.stream_idle_timeout));
+    let incoming = IdleTimeoutBody::new(incoming, state.stream_idle_timeout);
     let encoded = is_encoded(encoding.as_deref());
     let on_block = |blocked_by: Option<Arc<OnceLock<Verdict>>>| -> OnBlock {
         Box::new(move |verdict: Verdict| {
@@ -376,45 +376,26 @@ pub async fn handle(
         })
     };
     let body: ProxyBody = if !guard_responses {
+        // Boxed once, with its capture.
         TeeBody::new(incoming, response_capture).boxed_unsync()
-    } else if is_sse && !encoded {
-        TeeBody::new(
-            StreamGuard::new(incoming, state.policies.clone(), on_block(blocked_by)),
-            response_capture,
-        )
-        .boxed_unsync()
-    } else if let Some(coding) = encoding
-        .as_deref()
-        .filter(|e| is_sse && streams_decodable(e))
-    {
-        // A compressed event stream: inspected through its decoded text,
-        // forwarded as sent.
-        TeeBody::new(
-            EncodedStreamGuard::new(
-                incoming,
-                coding,
-                state.policies.clone(),
-                on_block(blocked_by),
-            ),
-            response_capture,
-        )
-        .boxed_unsync()
     } else {
-        // Not a plain event stream: sniff the first bytes, for a stream
-        // sent without its content type.
-        let limit = state.max_inspected_bytes;
-        let sniff = if encoded || is_sse { 0 } else { SNIFF_BYTES };
-        let (prefix, ended) = match read_raw(&mut incoming, sniff).await {
-            Ok(read) => read,
-            Err(error) => {
-                response_capture.finish(BodyEnd::Error(error));
-                return ProxyError::UpstreamUnreachable.into_response(&request_id);
-            }
-        };
-        if sniff > 0 && looks_like_sse(&prefix) {
+        let mut incoming = Box::pin(incoming);
+        if is_sse && !encoded {
             TeeBody::new(
-                StreamGuard::new(
-                    PrefixedBody::new(prefix, (!ended).then_some(incoming)),
+                StreamGuard::new(incoming, state.policies.clone(), on_block(blocked_by)),
+                response_capture,
+            )
+            .boxed_unsync()
+        } else if let Some(coding) = encoding
+            .as_deref()
+            .filter(|e| is_sse && streams_decodable(e))
+        {
+            // A compressed event stream: inspected through its decoded text,
+            // forwarded as sent.
+            TeeBody::new(
+                EncodedStreamGuard::new(
+                    incoming,
+                    coding,
                     state.policies.clone(),
                     on_block(blocked_by),
                 ),
@@ -422,52 +403,75 @@ pub async fn handle(
             )
             .boxed_unsync()
         } else {
-            // A whole answer can be replaced only if it is held until
-            // checked: read it up to the inspection limit.
-            let (body, complete) = if ended {
-                (prefix, true)
-            } else {
-                match read_more(&mut incoming, prefix, limit).await {
-                    Ok(read) => read,
-                    Err(error) => {
-                        response_capture.finish(BodyEnd::Error(error));
-                        return ProxyError::UpstreamUnreachable.into_response(&request_id);
-                    }
+            // Not a plain event stream: sniff the first bytes, for a stream
+            // sent without its content type.
+            let limit = state.max_inspected_bytes;
+            let sniff = if encoded || is_sse { 0 } else { SNIFF_BYTES };
+            let (prefix, ended) = match read_raw(&mut incoming, sniff).await {
+                Ok(read) => read,
+                Err(error) => {
+                    response_capture.finish(BodyEnd::Error(error));
+                    return ProxyError::UpstreamUnreachable.into_response(&request_id);
                 }
             };
-            response_capture.observe(&body);
-            let check = check_answer(
-                &state.policies,
-                encoding.as_deref(),
-                &body,
-                complete,
-                is_sse,
-                limit,
-            );
-            match check {
-                AnswerCheck::Forward => {
-                    response_capture.finish(BodyEnd::Complete);
-                    full(body)
-                }
-                AnswerCheck::Blocked(verdict) => {
-                    if let Some(blocked_by) = &blocked_by {
-                        let _ = blocked_by.set(verdict.clone());
+            if sniff > 0 && looks_like_sse(&prefix) {
+                TeeBody::new(
+                    StreamGuard::new(
+                        PrefixedBody::new(prefix, (!ended).then_some(incoming)),
+                        state.policies.clone(),
+                        on_block(blocked_by),
+                    ),
+                    response_capture,
+                )
+                .boxed_unsync()
+            } else {
+                // A whole answer can be replaced only if it is held until
+                // checked: read it up to the inspection limit.
+                let (body, complete) = if ended {
+                    (prefix, true)
+                } else {
+                    match read_more(&mut incoming, prefix, limit).await {
+                        Ok(read) => read,
+                        Err(error) => {
+                            response_capture.finish(BodyEnd::Error(error));
+                            return ProxyError::UpstreamUnreachable.into_response(&request_id);
+                        }
                     }
-                    response_capture.finish(BodyEnd::Complete);
-                    return respond::policy_violation(&request_id, &verdict);
-                }
-                AnswerCheck::Refused(error) => {
-                    let why = match error {
-                        ProxyError::AnswerTooLarge => format!(
-                            "answer refused uninspected: longer than \
-                             policy.max_inspected_bytes ({limit})"
-                        ),
-                        _ => "answer refused uninspected: its Content-Encoding could not be \
-                              decoded"
-                            .to_owned(),
-                    };
-                    response_capture.finish(BodyEnd::Error(why));
-                    return error.into_response(&request_id);
+                };
+                response_capture.observe(&body);
+                let check = check_answer(
+                    &state.policies,
+                    encoding.as_deref(),
+                    &body,
+                    complete,
+                    is_sse,
+                    limit,
+                );
+                match check {
+                    AnswerCheck::Forward => {
+                        response_capture.finish(BodyEnd::Complete);
+                        full(body)
+                    }
+                    AnswerCheck::Blocked(verdict) => {
+                        if let Some(blocked_by) = &blocked_by {
+                            let _ = blocked_by.set(verdict.clone());
+                        }
+                        response_capture.finish(BodyEnd::Complete);
+                        return respond::policy_violation(&request_id, &verdict);
+                    }
+                    AnswerCheck::Refused(error) => {
+                        let why = match error {
+                            ProxyError::AnswerTooLarge => format!(
+                                "answer refused uninspected: longer than \
+                                 policy.max_inspected_bytes ({limit})"
+                            ),
+                            _ => "answer refused uninspected: its Content-Encoding could not be \
+                                  decoded"
+                                .to_owned(),
+                        };
+                        response_capture.finish(BodyEnd::Error(why));
+                        return error.into_response(&request_id);
+                    }
                 }
             }
         }
