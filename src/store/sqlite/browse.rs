@@ -938,6 +938,139 @@ mod tests {
         assert!(!rolled.recent_violations.is_empty());
     }
 
+    /// The text index's merge settings (migration 8), as FTS5 keeps them.
+    fn fts_merge_settings(conn: &rusqlite::Connection) -> Vec<(String, i64)> {
+        conn.prepare(
+            "SELECT k, v FROM events_fts_config WHERE k IN ('automerge', 'crisismerge') ORDER BY k",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    /// Every seq a search returns, page after page.
+    async fn all_seqs(store: &SqliteStore, mut query: SearchQuery, indexed: bool) -> Vec<i64> {
+        let mut seqs = Vec::new();
+        loop {
+            let page = if indexed {
+                store.search(&query).await.unwrap()
+            } else {
+                search_by_scan(store, &query).await.unwrap()
+            };
+            seqs.extend(page.records.iter().map(|r| r.seq));
+            match page.next_before_seq {
+                Some(next) => query.before_seq = Some(next),
+                None => return seqs,
+            }
+        }
+    }
+
+    /// One commit per call, as a proxy at low load writes: each commit is
+    /// a segment of the text index, and the segments are merged many
+    /// times over. Every search still finds what the scan finds, and an
+    /// event is found as soon as its commit returns.
+    #[tokio::test]
+    async fn text_search_agrees_with_the_scan_across_many_small_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let events = calls(120);
+        let mut start = 0;
+        while start < events.len() {
+            let end = (start + 1 + start % 4).min(events.len());
+            store
+                .append_batch(events[start..end].to_vec().into())
+                .await
+                .unwrap();
+            let newest = &events[end - 1];
+            if newest.event_type == EventType::Request {
+                let call = newest.request_id.as_deref().unwrap_or_default();
+                let word = format!("animal{},", call.trim_start_matches("call-"));
+                let page = store.search(&text(&word)).await.unwrap();
+                assert_eq!(
+                    page.records.first().map(|r| r.seq),
+                    Some(newest.seq),
+                    "{word}"
+                );
+            }
+            start = end;
+        }
+        for words in [
+            "thanks",
+            "animal7,",
+            "animal119,",
+            "answer42 follows",
+            "please thanks",
+            "tell",
+        ] {
+            let query = SearchQuery {
+                limit: 25,
+                ..text(words)
+            };
+            let indexed = all_seqs(&store, query.clone(), true).await;
+            let scanned = all_seqs(&store, query, false).await;
+            assert!(!indexed.is_empty(), "{words}");
+            assert_eq!(indexed, scanned, "{words}");
+        }
+        assert_eq!(all_seqs(&store, text("thanks"), true).await.len(), 120);
+    }
+
+    #[tokio::test]
+    async fn new_stores_merge_the_text_index_sixteen_segments_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = SqliteStore::open(dir.path()).await.unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        assert_eq!(
+            fts_merge_settings(&conn),
+            [("automerge".to_owned(), 16), ("crisismerge".to_owned(), 64)]
+        );
+    }
+
+    #[tokio::test]
+    async fn migration_8_sets_the_merge_settings_of_an_existing_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut events = calls(40);
+        let later = events.split_off(60);
+        {
+            let store = SqliteStore::open(dir.path()).await.unwrap();
+            for chunk in events.chunks(7) {
+                store.append_batch(chunk.to_vec().into()).await.unwrap();
+            }
+        }
+        // The file as schema version 7 left it: FTS5's defaults.
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "DELETE FROM events_fts_config WHERE k IN ('automerge', 'crisismerge'); \
+             PRAGMA user_version = 7;",
+        )
+        .unwrap();
+        assert!(fts_merge_settings(&conn).is_empty());
+        drop(conn);
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        assert_eq!(schema::user_version(&conn).unwrap(), schema::SCHEMA_VERSION);
+        assert_eq!(
+            fts_merge_settings(&conn),
+            [("automerge".to_owned(), 16), ("crisismerge".to_owned(), 64)]
+        );
+        // What was indexed before is found, and so is what comes after.
+        for chunk in later.chunks(5) {
+            store.append_batch(chunk.to_vec().into()).await.unwrap();
+        }
+        for words in ["animal3,", "animal35,", "thanks", "answer20 follows"] {
+            let indexed = all_seqs(&store, text(words), true).await;
+            let scanned = all_seqs(&store, text(words), false).await;
+            assert!(!indexed.is_empty(), "{words}");
+            assert_eq!(indexed, scanned, "{words}");
+        }
+        // Retention still takes purged events out of the index.
+        let cut = later[0].timestamp;
+        store.purge_before(cut).await.unwrap();
+        assert!(all_seqs(&store, text("animal3,"), true).await.is_empty());
+        assert_eq!(all_seqs(&store, text("animal35,"), true).await.len(), 1);
+    }
+
     #[test]
     fn latency_buckets_keep_two_digits_and_their_order() {
         for (ms, key, back) in [
