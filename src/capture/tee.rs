@@ -186,10 +186,7 @@ impl Capture {
         if data.is_empty() {
             return;
         }
-        if self.first_byte_at.is_none() {
-            self.first_byte_at = Some(Instant::now());
-            self.on_first_byte = None;
-        }
+        self.mark_first_byte();
         self.total += data.len() as u64;
         if let Some(shared) = self.shared.take() {
             self.buf.extend_from_slice(&shared);
@@ -217,12 +214,17 @@ impl Capture {
             self.observe(data);
             return;
         }
+        self.mark_first_byte();
+        self.total = data.len() as u64;
+        self.shared = Some(data.clone());
+    }
+
+    /// Notes when the first byte passed, and lets whoever waits for it go.
+    fn mark_first_byte(&mut self) {
         if self.first_byte_at.is_none() {
             self.first_byte_at = Some(Instant::now());
             self.on_first_byte = None;
         }
-        self.total = data.len() as u64;
-        self.shared = Some(data.clone());
     }
 
     /// Looks for a terminal event in bytes the capture does not keep, so a
