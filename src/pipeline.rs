@@ -36,7 +36,7 @@ use crate::event::{AuditEvent, Level, NewEvent};
 
 use drop_log::{DropLog, DropReason, DROP_LOG_INTERVAL};
 
-pub use admission::{Admission, Refusal, Reservation};
+pub use admission::{Admission, Attempt, Refusal, Reservation};
 pub use health::StoreHealth;
 pub use writer::{spawn_writer, WriterConfig};
 
@@ -92,6 +92,20 @@ pub struct PipelineStats {
     /// Events and bytes held back for calls admitted under `fail_closed`.
     pub reserved_events: AtomicU64,
     pub reserved_bytes: AtomicU64,
+    /// Calls held at admission while the queue was full (see
+    /// [`admission`]), the microseconds they were held in all, and how
+    /// many of them reached `queue.full_wait_ms`.
+    pub queue_waits: AtomicU64,
+    pub queue_wait_micros: AtomicU64,
+    pub queue_wait_timeouts: AtomicU64,
+    /// Record-building jobs handed to the builder and not yet run: each
+    /// will offer a call's events.
+    pub(crate) records_building: AtomicU64,
+    /// Calls held at admission now.
+    pub(crate) room_waiters: AtomicU64,
+    /// Rung when the queue may have room again: by the writer after each
+    /// batch it takes, and as `fail_closed` reservations are released.
+    pub(crate) room: Notify,
     /// Seconds per batch append.
     pub write_seconds: prometheus_client::metrics::histogram::Histogram,
 }
@@ -113,6 +127,12 @@ impl Default for PipelineStats {
             queue_bytes: AtomicU64::default(),
             reserved_events: AtomicU64::default(),
             reserved_bytes: AtomicU64::default(),
+            queue_waits: AtomicU64::default(),
+            queue_wait_micros: AtomicU64::default(),
+            queue_wait_timeouts: AtomicU64::default(),
+            records_building: AtomicU64::default(),
+            room_waiters: AtomicU64::default(),
+            room: Notify::new(),
             // 100 µs to ~3 s.
             write_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),

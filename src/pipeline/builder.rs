@@ -175,6 +175,10 @@ impl RecordBuilder {
     /// Queues `job` for the thread, or runs it here when the queue is
     /// full or there is no thread.
     fn hand_in(&self, job: Job, urgency: Urgency) {
+        // Counted until the job has run: its events are on their way to
+        // the queue, and admission counts them as coming (see
+        // `admission`'s module doc).
+        self.stats.records_building.fetch_add(1, Ordering::Relaxed);
         let here = match &self.jobs {
             Some(sender) => sender.queue.push(job, urgency),
             None => Some(job),
@@ -259,6 +263,7 @@ fn run_caught(job: Job, stats: &PipelineStats) {
     if catch_unwind(AssertUnwindSafe(job)).is_err() {
         count_failure(stats);
     }
+    stats.records_building.fetch_sub(1, Ordering::Relaxed);
 }
 
 fn count_failure(stats: &PipelineStats) {
