@@ -357,6 +357,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_job_counts_as_building_until_it_has_run() {
+        fn building(stats: &PipelineStats) -> u64 {
+            stats.records_building.load(Ordering::Relaxed)
+        }
+        // In place: counted while it runs, uncounted when it returns,
+        // panicking or not.
+        let stats = Arc::new(PipelineStats::default());
+        let inline = RecordBuilder::inline(stats.clone());
+        let seen = {
+            let stats = stats.clone();
+            inline.run(move || building(&stats)).await
+        };
+        assert_eq!(seen, Some(1));
+        assert_eq!(building(&stats), 0);
+        let failed: Option<()> = inline.run(|| panic!("a bug in one record")).await;
+        assert_eq!(failed, None);
+        assert_eq!(building(&stats), 0);
+        // On the thread: uncounted just after its reply is sent.
+        let stats = Arc::new(PipelineStats::default());
+        let on_thread = RecordBuilder::start(4, stats.clone());
+        let seen = {
+            let stats = stats.clone();
+            on_thread.run(move || building(&stats)).await
+        };
+        assert_eq!(seen, Some(1));
+        for _ in 0..10_000 {
+            if building(&stats) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(building(&stats), 0);
+    }
+
+    #[tokio::test]
     async fn a_panicking_job_is_counted_and_the_thread_goes_on() {
         let stats = Arc::new(PipelineStats::default());
         let builder = RecordBuilder::start(4, stats.clone());
