@@ -19,8 +19,9 @@
 //! makes no call wait: waiting would not bring it back.
 //!
 //! **What "full" means under `fail_open`.** The queue's actual contents:
-//! its events (with those of records already handed to the record builder,
-//! which are on their way) or their bytes at or above a high-water mark,
+//! its events or their bytes (with those of records already handed to the
+//! record builder, which are on their way, at the queued events' average
+//! size) at or above a high-water mark,
 //! three quarters of `queue.capacity` and of `queue.max_bytes`. Calls
 //! admitted earlier have not offered their events yet; the quarter above
 //! the mark is theirs, so the calls in flight when waiting starts still
@@ -37,7 +38,7 @@
 //! waits for a reservation as above.
 //!
 //! The common case, room and nobody waiting, reads four counters and
-//! neither allocates nor awaits.
+//! neither allocates, locks nor awaits.
 
 use std::pin::pin;
 use std::sync::atomic::Ordering;
@@ -296,9 +297,17 @@ impl Gate {
                 high_events,
                 high_bytes,
             } => {
+                let depth = stats.queue_depth.load(Ordering::Relaxed);
+                let bytes = stats.queue_bytes.load(Ordering::Relaxed);
                 let coming = EVENTS_PER_RECORD * stats.records_building.load(Ordering::Relaxed);
-                stats.queue_depth.load(Ordering::Relaxed) + coming < high_events
-                    && stats.queue_bytes.load(Ordering::Relaxed) < high_bytes
+                // The coming events' bytes are not known before they are
+                // built: taken at the queued events' average size.
+                let coming_bytes = if coming == 0 || depth == 0 {
+                    0
+                } else {
+                    coming.saturating_mul(bytes / depth)
+                };
+                depth + coming < high_events && bytes.saturating_add(coming_bytes) < high_bytes
             }
             Room::Reserved {
                 capacity,
@@ -592,6 +601,18 @@ mod tests {
         stats.records_building.store(12, Ordering::Relaxed);
         assert!(done(admission.try_admit()).unwrap().is_none());
         stats.records_building.store(13, Ordering::Relaxed);
+        assert!(matches!(admission.try_admit(), Attempt::Wait));
+    }
+
+    #[test]
+    fn records_being_built_count_at_the_average_queued_size_against_the_byte_mark() {
+        // A mark of 3,000,000 bytes; 10 queued events of 100,000 bytes.
+        let (admission, stats, _setter) = queued(1_000, 4_000_000, LONG);
+        stats.queue_depth.store(10, Ordering::Relaxed);
+        stats.queue_bytes.store(1_000_000, Ordering::Relaxed);
+        stats.records_building.store(9, Ordering::Relaxed);
+        assert!(done(admission.try_admit()).unwrap().is_none());
+        stats.records_building.store(10, Ordering::Relaxed);
         assert!(matches!(admission.try_admit(), Attempt::Wait));
     }
 
