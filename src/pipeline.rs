@@ -1,11 +1,14 @@
 //! From captured calls to stored events, off the request path.
 //!
 //! Producers hold a [`Handle`] and *offer* events: a full queue drops the
-//! event and counts it, so a slow or broken store never slows the app's
-//! calls (what happens to the calls then is `audit.on_store_failure`'s
-//! choice, enforced by the proxy through [`health::StoreHealth`]). One
-//! writer task ([`writer`]) is the only place `seq` and the hash chain are
-//! stamped, so the chain is a true record of write order.
+//! event and counts it, so an offer never waits. New calls are held back
+//! for a bounded time while the queue is nearly full ([`admission`]), so a
+//! store slower than the traffic slows the calls down instead of losing
+//! their events; what happens to calls while the store is broken is
+//! `audit.on_store_failure`'s choice, enforced by the proxy through
+//! [`health::StoreHealth`] and [`admission`]. One writer task
+//! ([`writer`]) is the only place `seq` and the hash chain are stamped, so
+//! the chain is a true record of write order.
 //!
 //! The queue is bounded twice: by events (`queue.capacity`) and by the
 //! bytes those events hold (`queue.max_bytes`), so a stalled store with

@@ -19,16 +19,18 @@
 //! makes no call wait: waiting would not bring it back.
 //!
 //! **What "full" means under `fail_open`.** The queue's actual contents:
-//! its events or their bytes (with those of records already handed to the
-//! record builder, which are on their way, at the queued events' average
-//! size) at or above a high-water mark,
-//! three quarters of `queue.capacity` and of `queue.max_bytes`. Calls
-//! admitted earlier have not offered their events yet; the quarter above
-//! the mark is theirs, so the calls in flight when waiting starts still
-//! find room (a quarter of the default 10,000 events holds the records of
-//! over 600 calls). Room promised to calls in flight is deliberately not
-//! counted: a thousand open streams hold no queued events, and must
-//! neither make new calls wait nor cost memory.
+//! its events or their bytes at or above a high-water mark, three quarters
+//! of `queue.capacity` and of `queue.max_bytes`. Records already handed to
+//! the record builder count too (their events are on their way; their
+//! bytes are taken at the queued events' average size). Calls admitted
+//! earlier have not offered their events yet; the quarter above the mark
+//! is theirs, so the calls in flight when waiting starts still find room
+//! (a quarter of the default 10,000 events holds the records of over 600
+//! calls). Room promised to calls in flight is deliberately not counted: a
+//! thousand open streams hold no queued events, and must neither make new
+//! calls wait nor cost memory. Calls in flight with bodies near the
+//! capture cap can still overshoot the byte headroom; their extra events
+//! are dropped and counted as before.
 //!
 //! **Under `fail_closed`** (and strict durability) each admitted call
 //! reserves a share of the queue, in events and in bytes, until its record
