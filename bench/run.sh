@@ -218,18 +218,24 @@ print(by.get("REQUEST", 0) + by.get("RESPONSE", 0))'
 }
 
 # Waits until every event offered to the writer's queue has been written,
-# dropped or given up on (pipeline counters of /api/stats), so the stored
-# count can be compared with the calls made. The queue_depth gauge is not
-# used: it can stay above zero after a race between offer and writer.
+# dropped or given up on (pipeline counters of /api/stats), and nothing more
+# was offered since the look before, so the stored count can be compared
+# with the calls made: the records of the last calls of a load (large
+# bodies above all) may still be being built, and offered, after the queue
+# was first seen empty. The queue_depth gauge is not used: it can stay
+# above zero after a race between offer and writer.
 drain() {
-    local admin=$1 i
+    local admin=$1 i now last=none
     for i in $(seq 300); do
-        if curl -sf "http://$admin/api/stats" | python3 -c '
+        now=$(curl -sf "http://$admin/api/stats" | python3 -c '
 import json, sys
 p = json.load(sys.stdin).get("pipeline") or {}
-sys.exit(0 if p.get("offered", 0) <= p.get("written", 0) + p.get("dropped", 0) + p.get("lost", 0) else 1)'; then
+done = p.get("offered", 0) <= p.get("written", 0) + p.get("dropped", 0) + p.get("lost", 0)
+print(p.get("offered", 0) if done else "busy")') || now=busy
+        if [[ "$now" != busy && "$now" == "$last" ]]; then
             return 0
         fi
+        last=$now
         sleep 0.2
     done
     log "Queue did not drain within 60 s."

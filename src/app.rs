@@ -221,16 +221,25 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
     // REQUEST cannot be committed must not be let in to wait for it.
     let closed = config.audit.on_store_failure == FailMode::FailClosed
         || config.audit.durability == Durability::Strict;
-    let admission = if config.audit.enabled && closed {
+    let admission = if !config.audit.enabled {
+        Admission::open()
+    } else if closed {
         Admission::closed(
             &events,
             store_health.clone(),
             config.queue.capacity,
             config.queue.max_bytes,
             config.capture.max_body_bytes,
+            config.queue.full_wait,
         )
     } else {
-        Admission::open()
+        Admission::paced(
+            &events,
+            store_health.clone(),
+            config.queue.capacity,
+            config.queue.max_bytes,
+            config.queue.full_wait,
+        )
     };
     let state = Arc::new(ProxyState {
         client,

@@ -176,6 +176,10 @@ pub struct QueueConfig {
     /// Bytes of queued events (their metadata and message) before offers
     /// are dropped, so a stalled store cannot grow memory past a limit.
     pub max_bytes: u64,
+    /// Longest a new call waits for room while the queue is full, before
+    /// `fail_open` serves it anyway or `fail_closed` refuses it; zero
+    /// never waits.
+    pub full_wait: Duration,
 }
 
 /// Central targets the local store's events are shipped to, at least once,
@@ -370,6 +374,7 @@ impl Config {
                 "max_batch": self.queue.max_batch,
                 "commit_interval_ms": self.queue.commit_interval.as_millis() as u64,
                 "max_bytes": self.queue.max_bytes,
+                "full_wait_ms": self.queue.full_wait.as_millis() as u64,
             },
             "instance": {
                 "pod_name": self.instance.pod_name,

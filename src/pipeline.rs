@@ -1,11 +1,14 @@
 //! From captured calls to stored events, off the request path.
 //!
 //! Producers hold a [`Handle`] and *offer* events: a full queue drops the
-//! event and counts it, so a slow or broken store never slows the app's
-//! calls (what happens to the calls then is `audit.on_store_failure`'s
-//! choice, enforced by the proxy through [`health::StoreHealth`]). One
-//! writer task ([`writer`]) is the only place `seq` and the hash chain are
-//! stamped, so the chain is a true record of write order.
+//! event and counts it, so an offer never waits. New calls are held back
+//! for a bounded time while the queue is nearly full ([`admission`]), so a
+//! store slower than the traffic slows the calls down instead of losing
+//! their events; what happens to calls while the store is broken is
+//! `audit.on_store_failure`'s choice, enforced by the proxy through
+//! [`health::StoreHealth`] and [`admission`]. One writer task
+//! ([`writer`]) is the only place `seq` and the hash chain are stamped, so
+//! the chain is a true record of write order.
 //!
 //! The queue is bounded twice: by events (`queue.capacity`) and by the
 //! bytes those events hold (`queue.max_bytes`), so a stalled store with
@@ -36,7 +39,7 @@ use crate::event::{AuditEvent, Level, NewEvent};
 
 use drop_log::{DropLog, DropReason, DROP_LOG_INTERVAL};
 
-pub use admission::{Admission, Refusal, Reservation};
+pub use admission::{Admission, Attempt, Refusal, Reservation};
 pub use health::StoreHealth;
 pub use writer::{spawn_writer, WriterConfig};
 
@@ -92,6 +95,20 @@ pub struct PipelineStats {
     /// Events and bytes held back for calls admitted under `fail_closed`.
     pub reserved_events: AtomicU64,
     pub reserved_bytes: AtomicU64,
+    /// Calls held at admission while the queue was full (see
+    /// [`admission`]), the microseconds they were held in all, and how
+    /// many of them reached `queue.full_wait_ms`.
+    pub queue_waits: AtomicU64,
+    pub queue_wait_micros: AtomicU64,
+    pub queue_wait_timeouts: AtomicU64,
+    /// Record-building jobs handed to the builder and not yet run: each
+    /// will offer a call's events.
+    pub(crate) records_building: AtomicU64,
+    /// Calls held at admission now.
+    pub(crate) room_waiters: AtomicU64,
+    /// Rung when the queue may have room again: by the writer after each
+    /// batch it takes, and as `fail_closed` reservations are released.
+    pub(crate) room: Notify,
     /// Seconds per batch append.
     pub write_seconds: prometheus_client::metrics::histogram::Histogram,
 }
@@ -113,6 +130,12 @@ impl Default for PipelineStats {
             queue_bytes: AtomicU64::default(),
             reserved_events: AtomicU64::default(),
             reserved_bytes: AtomicU64::default(),
+            queue_waits: AtomicU64::default(),
+            queue_wait_micros: AtomicU64::default(),
+            queue_wait_timeouts: AtomicU64::default(),
+            records_building: AtomicU64::default(),
+            room_waiters: AtomicU64::default(),
+            room: Notify::new(),
             // 100 µs to ~3 s.
             write_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),

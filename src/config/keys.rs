@@ -165,6 +165,11 @@ pub const QUEUE_COMMIT_INTERVAL_MS: Key = key(
     None,
 );
 pub const QUEUE_MAX_BYTES: Key = key("queue.max_bytes", "LLM_AUDIT_PROXY_QUEUE_MAX_BYTES", None);
+pub const QUEUE_FULL_WAIT_MS: Key = key(
+    "queue.full_wait_ms",
+    "LLM_AUDIT_PROXY_QUEUE_FULL_WAIT_MS",
+    None,
+);
 pub const INSTANCE_POD_NAME: Key = key("instance.pod_name", "LLM_AUDIT_PROXY_POD_NAME", None);
 pub const INSTANCE_POD_NAMESPACE: Key = key(
     "instance.pod_namespace",
@@ -276,6 +281,7 @@ pub const ALL: &[Key] = &[
     QUEUE_MAX_BATCH,
     QUEUE_COMMIT_INTERVAL_MS,
     QUEUE_MAX_BYTES,
+    QUEUE_FULL_WAIT_MS,
     INSTANCE_POD_NAME,
     INSTANCE_POD_NAMESPACE,
     INSTANCE_NODE_NAME,

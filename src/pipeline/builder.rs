@@ -175,6 +175,10 @@ impl RecordBuilder {
     /// Queues `job` for the thread, or runs it here when the queue is
     /// full or there is no thread.
     fn hand_in(&self, job: Job, urgency: Urgency) {
+        // Counted until the job has run: its events are on their way to
+        // the queue, and admission counts them as coming (see
+        // `admission`'s module doc).
+        self.stats.records_building.fetch_add(1, Ordering::Relaxed);
         let here = match &self.jobs {
             Some(sender) => sender.queue.push(job, urgency),
             None => Some(job),
@@ -259,6 +263,7 @@ fn run_caught(job: Job, stats: &PipelineStats) {
     if catch_unwind(AssertUnwindSafe(job)).is_err() {
         count_failure(stats);
     }
+    stats.records_building.fetch_sub(1, Ordering::Relaxed);
 }
 
 fn count_failure(stats: &PipelineStats) {
@@ -349,6 +354,41 @@ mod tests {
         busy.await.unwrap().unwrap();
         let queued_on = queued.await.unwrap().unwrap();
         assert_eq!(queued_on.as_deref(), Some("audit-record"));
+    }
+
+    #[tokio::test]
+    async fn a_job_counts_as_building_until_it_has_run() {
+        fn building(stats: &PipelineStats) -> u64 {
+            stats.records_building.load(Ordering::Relaxed)
+        }
+        // In place: counted while it runs, uncounted when it returns,
+        // panicking or not.
+        let stats = Arc::new(PipelineStats::default());
+        let inline = RecordBuilder::inline(stats.clone());
+        let seen = {
+            let stats = stats.clone();
+            inline.run(move || building(&stats)).await
+        };
+        assert_eq!(seen, Some(1));
+        assert_eq!(building(&stats), 0);
+        let failed: Option<()> = inline.run(|| panic!("a bug in one record")).await;
+        assert_eq!(failed, None);
+        assert_eq!(building(&stats), 0);
+        // On the thread: uncounted just after its reply is sent.
+        let stats = Arc::new(PipelineStats::default());
+        let on_thread = RecordBuilder::start(4, stats.clone());
+        let seen = {
+            let stats = stats.clone();
+            on_thread.run(move || building(&stats)).await
+        };
+        assert_eq!(seen, Some(1));
+        for _ in 0..10_000 {
+            if building(&stats) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(building(&stats), 0);
     }
 
     #[tokio::test]

@@ -27,6 +27,14 @@ impl StoreHealth {
         *self.rx.borrow()
     }
 
+    /// Returns once the store is not writable (at once if it is not now);
+    /// never while the writer is gone with the store writable.
+    pub async fn unwritable(&mut self) {
+        if self.rx.wait_for(|writable| !*writable).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// A health view fixed at `writable`, for tests and for the proxy-only
     /// mode where auditing is disabled.
     pub fn fixed(writable: bool) -> Self {

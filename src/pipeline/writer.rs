@@ -395,6 +395,13 @@ impl Writer {
                 Some(d.saturating_sub(n))
             });
         }
+        if taken > 0 {
+            // Calls held at admission for a full queue may go on (one is
+            // woken, and passes the turn on while room remains). Rung
+            // whether or not anyone waits, so a call that is just starting
+            // to wait cannot miss it.
+            self.stats.room.notify_one();
+        }
         // One batch in the store at a time, so batches land in chain
         // order; this one was sealed while the previous was written.
         if let Some(mut write) = in_flight.take() {

@@ -38,7 +38,7 @@ use crate::config::{FailMode, Upstream};
 use crate::pipeline::record::{
     CallInfo, CallRecord, Failure, ParsedBody, Recorder, RequestPrescan, ResponseOutcome,
 };
-use crate::pipeline::{Admission, StoreHealth};
+use crate::pipeline::{Admission, Attempt, StoreHealth};
 use crate::policy::{Direction, PolicySet, Verdict};
 use crate::telemetry::metrics::{
     operation_label, CallLabels, KindLabels, Metrics, OperationLabels,
@@ -60,7 +60,8 @@ pub struct ProxyState {
     pub recorder: Option<Recorder>,
     pub fail_mode: FailMode,
     pub store_health: StoreHealth,
-    /// Under `fail_closed`, lets a call in only while its events have room.
+    /// Holds calls while the queue is full; under `fail_closed`, lets a
+    /// call in only while its events have room.
     pub admission: Admission,
     pub metrics: Arc<Metrics>,
     /// The compliance policies; `block` and `redact_upstream` ones act here.
@@ -112,8 +113,14 @@ pub async fn handle(
         operation: operation_label(&operation.name),
         started_at,
     };
-    // fail_closed: nothing reaches upstream unless its events have room.
-    let reservation = match state.admission.admit() {
+    // While the queue is full, a call waits here for room (bounded by
+    // `queue.full_wait_ms`); under fail_closed nothing reaches upstream
+    // unless its events have room.
+    let admitted = match state.admission.try_admit() {
+        Attempt::Done(admitted) => admitted,
+        Attempt::Wait => state.admission.wait_for_room().await,
+    };
+    let reservation = match admitted {
         Ok(reservation) => reservation,
         Err(refusal) => {
             tracing::debug!(request_id = %request_id, reason = refusal.as_str(), "Call refused: the audit store cannot take its events.");

@@ -335,12 +335,30 @@ impl Collector for PipelineCollector {
                 "Events in batches the store never took",
                 &s.lost,
             ),
+            (
+                "queue_waits",
+                "Calls held at admission until the queue had room",
+                &s.queue_waits,
+            ),
+            (
+                "queue_wait_timeouts",
+                "Of queue_waits: calls held for all of queue.full_wait_ms",
+                &s.queue_wait_timeouts,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value.load(Ordering::Relaxed));
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
+        let waited = ConstCounter::new(s.queue_wait_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let metric = encoder.encode_descriptor(
+            "queue_wait_seconds",
+            "Time calls were held at admission while the queue was full",
+            None,
+            waited.metric_type(),
+        )?;
+        waited.encode(metric)?;
         let depth = ConstGauge::new(s.queue_depth.load(Ordering::Relaxed) as i64);
         let metric = encoder.encode_descriptor(
             "queue_depth",
@@ -466,6 +484,9 @@ mod tests {
             "llm_audit_proxy_queue_bytes 0",
             "llm_audit_proxy_events_dropped_over_budget_total 0",
             "llm_audit_proxy_record_build_failures_total 0",
+            "llm_audit_proxy_queue_waits_total 0",
+            "llm_audit_proxy_queue_wait_timeouts_total 0",
+            "llm_audit_proxy_queue_wait_seconds_total 0.0",
             "# TYPE llm_audit_proxy_added_latency_seconds histogram",
             "# TYPE llm_audit_proxy_store_write_seconds histogram",
         ] {

@@ -12,6 +12,7 @@
 mod support;
 
 mod admin_api;
+mod backpressure;
 mod binary;
 mod central;
 mod central_fleet;

@@ -3,6 +3,7 @@
 pub mod console;
 pub mod mock;
 pub mod postgres;
+pub mod slow_store;
 pub mod webdriver;
 
 use std::collections::HashMap;
@@ -59,19 +60,56 @@ impl TestProxy {
         }
         let config = config::load(None, &env, &FlagValues::new()).unwrap();
         let running = app::start(config).await.unwrap();
+        Self::around(running, None)
+    }
+
+    /// Starts on `store` instead of one the configuration opens (the
+    /// storage kind is set to memory so nothing is opened on disk).
+    pub async fn start_on_store(
+        upstream: &str,
+        store: llm_audit_proxy::store::SharedStore,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut env: HashMap<String, String> = HashMap::new();
+        env.insert("LLM_AUDIT_PROXY_LISTEN".into(), "127.0.0.1:0".into());
+        env.insert("LLM_AUDIT_PROXY_ADMIN_LISTEN".into(), "127.0.0.1:0".into());
+        env.insert("LLM_AUDIT_PROXY_UPSTREAM".into(), upstream.into());
+        env.insert("LLM_AUDIT_PROXY_STORAGE".into(), "memory".into());
+        env.insert("LLM_AUDIT_PROXY_LOG_FORMAT".into(), "text".into());
+        for (k, v) in extra {
+            env.insert((*k).into(), (*v).into());
+        }
+        let config = config::load(None, &env, &FlagValues::new()).unwrap();
+        let running = app::start_with_store(config, store).await.unwrap();
+        Self::around(running, None)
+    }
+
+    fn around(running: Running, tmp: Option<tempfile::TempDir>) -> Self {
         let proxy_url = format!("http://{}", running.proxy_addr);
         let admin_url = format!("http://{}", running.admin_addr);
         Self {
             running: Some(running),
             proxy_url,
             admin_url,
-            _tmp: None,
+            _tmp: tmp,
             http: reqwest::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
         }
+    }
+
+    /// One counter of `/metrics` (its value; 0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.admin_text("/metrics").await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .map(|v| v.trim().parse::<f64>().unwrap())
+            })
+            .unwrap_or(0.0)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -264,6 +264,36 @@ fn listener_limits_have_defaults_and_bounds() {
 }
 
 #[test]
+fn full_wait_defaults_to_250_ms_allows_0_and_refuses_what_is_out_of_range() {
+    let c = load(None, &env(&[]), &FlagValues::new()).unwrap();
+    assert_eq!(c.queue.full_wait, Duration::from_millis(250));
+    let f = file("[queue]\nfull_wait_ms = 0\n");
+    let c = load(Some(f.path()), &env(&[]), &FlagValues::new()).unwrap();
+    assert_eq!(c.queue.full_wait, Duration::ZERO);
+    let c = load(
+        None,
+        &env(&[("LLM_AUDIT_PROXY_QUEUE_FULL_WAIT_MS", "1000")]),
+        &FlagValues::new(),
+    )
+    .unwrap();
+    assert_eq!(c.queue.full_wait, Duration::from_secs(1));
+    for bad in ["-1", "60001", "a while"] {
+        let errs = errors(load(
+            None,
+            &env(&[("LLM_AUDIT_PROXY_QUEUE_FULL_WAIT_MS", bad)]),
+            &FlagValues::new(),
+        ));
+        assert_eq!(errs[0].key, "queue.full_wait_ms", "{bad}");
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("LLM_AUDIT_PROXY_QUEUE_FULL_WAIT_MS"),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn durability_keys_default_to_buffered_normal_and_64_mib_and_name_themselves_when_bad() {
     let c = load(None, &env(&[]), &FlagValues::new()).unwrap();
     assert_eq!(c.audit.durability, Durability::Buffered);

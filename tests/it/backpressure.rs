@@ -1,0 +1,246 @@
+//! Back-pressure at admission: a store that works but is slower than the
+//! traffic makes calls wait for room instead of losing their events; a
+//! stalled store still serves calls under fail_open (and counts the drops)
+//! and refuses them under fail_closed, each after a bounded wait.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::slow_store::SlowStore;
+use crate::support::{MockUpstream, TestProxy};
+
+/// Concurrent clients, and calls each sends one after another.
+const CLIENTS: usize = 4;
+const CALLS_EACH: usize = 40;
+
+/// A writer of 8 events per batch behind `store`, a queue of `capacity`
+/// events, and the given wait for room. Under fail_open a quarter of the
+/// queue is left for calls already in flight when waiting starts: 80
+/// leaves 20 events, room for two calls' records per client.
+async fn proxy_on(
+    mock: &MockUpstream,
+    store: &Arc<SlowStore>,
+    capacity: &str,
+    full_wait_ms: &str,
+    extra: &[(&str, &str)],
+) -> TestProxy {
+    let mut env = vec![
+        ("LLM_AUDIT_PROXY_QUEUE_CAPACITY", capacity),
+        ("LLM_AUDIT_PROXY_QUEUE_MAX_BATCH", "8"),
+        ("LLM_AUDIT_PROXY_QUEUE_COMMIT_INTERVAL_MS", "0"),
+        ("LLM_AUDIT_PROXY_QUEUE_FULL_WAIT_MS", full_wait_ms),
+    ];
+    env.extend_from_slice(extra);
+    TestProxy::start_on_store(&mock.url(), store.clone(), &env).await
+}
+
+/// Sends `CLIENTS` × `CALLS_EACH` calls, each client one after another;
+/// returns each call's request id and status.
+fn send_calls(proxy: &TestProxy, prefix: &str) -> Vec<tokio::task::JoinHandle<Vec<(String, u16)>>> {
+    (0..CLIENTS)
+        .map(|c| {
+            let http = proxy.http.clone();
+            let url = proxy.url("/v1/chat/completions");
+            let prefix = prefix.to_owned();
+            tokio::spawn(async move {
+                let mut done = Vec::new();
+                for i in 0..CALLS_EACH {
+                    let id = format!("{prefix}-{c}-{i}");
+                    let status = http
+                        .post(&url)
+                        .header("x-request-id", &id)
+                        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16();
+                    done.push((id, status));
+                }
+                done
+            })
+        })
+        .collect()
+}
+
+async fn statuses(calls: Vec<tokio::task::JoinHandle<Vec<(String, u16)>>>) -> Vec<(String, u16)> {
+    let mut all = Vec::new();
+    for c in calls {
+        all.extend(c.await.unwrap());
+    }
+    all
+}
+
+/// Waits (bounded) until `metric` is above zero.
+async fn until_positive(proxy: &TestProxy, metric: &str) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = proxy.metric(metric).await;
+        if value > 0.0 || tokio::time::Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Request ids of the stored events of `event_type` among `prefix`'s calls.
+async fn stored_ids(
+    proxy: &TestProxy,
+    event_type: &str,
+    prefix: &str,
+    n: usize,
+) -> BTreeSet<String> {
+    proxy
+        .wait_events(&format!("event_type={event_type}"), n)
+        .await
+        .iter()
+        .filter_map(|e| e["request_id"].as_str())
+        .filter(|id| id.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_store_slower_than_the_traffic_loses_no_event_under_fail_open() {
+    let mock = MockUpstream::start().await;
+    let store = Arc::new(SlowStore::new(Duration::from_millis(20)));
+    // A bound far above any real wait here: the outcome is what is tested.
+    let proxy = proxy_on(&mock, &store, "80", "30000", &[]).await;
+    // The store holds its writes until calls are seen waiting, so the
+    // queue surely fills; then it drains slowly, 8 events per write.
+    store.stall();
+    let calls = send_calls(&proxy, "paced");
+    assert!(until_positive(&proxy, "llm_audit_proxy_queue_waits_total").await > 0.0);
+    store.release();
+    let all = statuses(calls).await;
+    assert!(all.iter().all(|(_, s)| *s == 200), "{all:?}");
+    let expected: BTreeSet<String> = all.into_iter().map(|(id, _)| id).collect();
+    let n = expected.len();
+    assert_eq!(stored_ids(&proxy, "REQUEST", "paced-", n).await, expected);
+    assert_eq!(stored_ids(&proxy, "RESPONSE", "paced-", n).await, expected);
+    assert_eq!(
+        proxy.metric("llm_audit_proxy_events_dropped_total").await,
+        0.0
+    );
+    assert_eq!(
+        proxy
+            .metric("llm_audit_proxy_queue_wait_timeouts_total")
+            .await,
+        0.0
+    );
+    assert!(
+        proxy
+            .metric("llm_audit_proxy_queue_wait_seconds_total")
+            .await
+            > 0.0
+    );
+    assert_eq!(mock.calls(), n);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_wait_the_same_traffic_drops_and_counts_events() {
+    let mock = MockUpstream::start().await;
+    let store = Arc::new(SlowStore::new(Duration::from_millis(20)));
+    let proxy = proxy_on(&mock, &store, "80", "0", &[]).await;
+    store.stall();
+    let all = statuses(send_calls(&proxy, "unpaced")).await;
+    assert!(all.iter().all(|(_, s)| *s == 200), "{all:?}");
+    store.release();
+    // 320 events offered into a queue of 80 behind a store that took none.
+    let dropped = proxy.metric("llm_audit_proxy_events_dropped_total").await;
+    assert!(dropped > 0.0);
+    assert_eq!(proxy.metric("llm_audit_proxy_queue_waits_total").await, 0.0);
+    let n = all.len();
+    let requests = stored_ids(&proxy, "REQUEST", "unpaced-", n).await;
+    assert!(requests.len() < n, "some REQUESTs were dropped");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_store_still_serves_calls_under_fail_open_and_counts_drops() {
+    let mock = MockUpstream::start().await;
+    let store = Arc::new(SlowStore::new(Duration::ZERO));
+    let proxy = proxy_on(&mock, &store, "20", "20", &[]).await;
+    store.stall();
+    let all = statuses(send_calls(&proxy, "stalled")).await;
+    assert!(all.iter().all(|(_, s)| *s == 200), "{all:?}");
+    assert_eq!(mock.calls(), all.len());
+    assert!(
+        proxy
+            .metric("llm_audit_proxy_queue_wait_timeouts_total")
+            .await
+            > 0.0
+    );
+    assert!(proxy.metric("llm_audit_proxy_events_dropped_total").await > 0.0);
+    store.release();
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_store_under_fail_closed_refuses_calls_after_the_wait() {
+    let mock = MockUpstream::start().await;
+    let store = Arc::new(SlowStore::new(Duration::ZERO));
+    let proxy = proxy_on(
+        &mock,
+        &store,
+        "16",
+        "20",
+        &[("LLM_AUDIT_PROXY_ON_STORE_FAILURE", "fail_closed")],
+    )
+    .await;
+    store.stall();
+    let all = statuses(send_calls(&proxy, "closed")).await;
+    let served = all.iter().filter(|(_, s)| *s == 200).count();
+    let refused = all.iter().filter(|(_, s)| *s == 503).count();
+    assert_eq!(served + refused, all.len(), "{all:?}");
+    assert!(
+        refused > 0,
+        "a full queue behind a stalled store refuses calls"
+    );
+    assert_eq!(mock.calls(), served, "refused calls never reach upstream");
+    assert!(
+        proxy
+            .metric("llm_audit_proxy_queue_wait_timeouts_total")
+            .await
+            > 0.0
+    );
+    assert_eq!(
+        proxy.metric("llm_audit_proxy_events_dropped_total").await,
+        0.0
+    );
+    store.release();
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_under_fail_closed_waits_for_room_instead_of_being_refused() {
+    let mock = MockUpstream::start().await;
+    let store = Arc::new(SlowStore::new(Duration::from_millis(20)));
+    // Room for the events of 4 calls; 4 clients each send 40.
+    let proxy = proxy_on(
+        &mock,
+        &store,
+        "16",
+        "30000",
+        &[("LLM_AUDIT_PROXY_ON_STORE_FAILURE", "fail_closed")],
+    )
+    .await;
+    store.stall();
+    let calls = send_calls(&proxy, "burst");
+    assert!(until_positive(&proxy, "llm_audit_proxy_queue_waits_total").await > 0.0);
+    store.release();
+    let all = statuses(calls).await;
+    assert!(all.iter().all(|(_, s)| *s == 200), "{all:?}");
+    let expected: BTreeSet<String> = all.into_iter().map(|(id, _)| id).collect();
+    let n = expected.len();
+    assert_eq!(stored_ids(&proxy, "RESPONSE", "burst-", n).await, expected);
+    assert_eq!(
+        proxy.metric("llm_audit_proxy_events_dropped_total").await,
+        0.0
+    );
+    proxy.stop().await;
+}
