@@ -372,19 +372,40 @@ pub fn compliance_event(verdict: &Verdict, request_id: &str) -> NewEvent {
             ),
         )
     } else {
-        NewEvent::new(
-            EventType::ComplianceViolation,
-            format!(
-                "Policy {} violated in the {}: {} ({}).",
-                verdict.policy_name,
-                verdict.direction,
-                FindingsSummary(&verdict.findings),
-                verdict.action
-            ),
-        )
-        .with_level(event_level(verdict.severity))
+        NewEvent::new(EventType::ComplianceViolation, violation_message(verdict))
+            .with_level(event_level(verdict.severity))
     };
     event.with_request_id(request_id).with_metadata(metadata)
+}
+
+/// `Policy NAME violated in the DIRECTION: SUMMARY (ACTION).`, written
+/// into one string of the right size (one is made for every violation).
+fn violation_message(verdict: &Verdict) -> String {
+    let name = verdict.policy_name.as_str();
+    let (direction, action) = (verdict.direction.as_str(), verdict.action.as_str());
+    let summary: usize = verdict
+        .findings
+        .keys()
+        .map(|kind| kind.len() + ", x".len() + 20)
+        .sum();
+    let mut out = String::with_capacity(40 + name.len() + direction.len() + summary + action.len());
+    out.push_str("Policy ");
+    out.push_str(name);
+    out.push_str(" violated in the ");
+    out.push_str(direction);
+    out.push_str(": ");
+    for (i, (kind, n)) in verdict.findings.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(kind);
+        out.push_str(" x");
+        out.push_str(itoa::Buffer::new().format(*n));
+    }
+    out.push_str(" (");
+    out.push_str(action);
+    out.push_str(").");
+    out
 }
 
 /// The metadata of one COMPLIANCE_CHECK listing the policies that passed
@@ -414,19 +435,6 @@ struct ComplianceMetadata<'a> {
     policy_name: &'a str,
     result: bool,
     severity: Option<&'a str>,
-}
-
-/// [`Verdict::summary`] written straight into the message.
-struct FindingsSummary<'a>(&'a BTreeMap<&'static str, u64>);
-
-impl fmt::Display for FindingsSummary<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (kind, n)) in self.0.iter().enumerate() {
-            let separator = if i == 0 { "" } else { ", " };
-            write!(f, "{separator}{kind} x{n}")?;
-        }
-        Ok(())
-    }
 }
 
 /// `[{"count", "entity_type"}]`, sorted by entity type.

@@ -826,3 +826,45 @@ fn a_body_read_as_a_view_is_searched_and_stored_as_its_parsed_value() {
     }
     assert!(redacted > 60, "{redacted} bodies had something to redact");
 }
+
+#[test]
+fn a_violation_message_names_the_policy_side_findings_and_action() {
+    let verdict = |findings: &[(&'static str, u64)], direction, action| Verdict {
+        policy_name: "pii-contact-redact".into(),
+        action,
+        severity: Severity::High,
+        direction,
+        passed: findings.is_empty(),
+        findings: findings.iter().copied().collect::<BTreeMap<_, _>>(),
+    };
+    for (findings, direction, action) in [
+        (&[("EMAIL", 1)][..], Direction::Request, Action::Redact),
+        (
+            &[("PHONE", 2), ("EMAIL", 1), ("IP_ADDRESS", u64::MAX)][..],
+            Direction::Response,
+            Action::Block,
+        ),
+        (&[][..], Direction::Request, Action::Log),
+    ] {
+        let v = verdict(findings, direction, action);
+        assert_eq!(
+            violation_message(&v),
+            format!(
+                "Policy {} violated in the {}: {} ({}).",
+                v.policy_name,
+                v.direction,
+                v.summary(),
+                v.action
+            )
+        );
+    }
+    let v = verdict(
+        &[("PHONE", 2), ("EMAIL", 1)],
+        Direction::Request,
+        Action::Redact,
+    );
+    assert_eq!(
+        compliance_event(&v, "req-1").message,
+        "Policy pii-contact-redact violated in the request: EMAIL x1, PHONE x2 (redact)."
+    );
+}
