@@ -191,11 +191,15 @@ impl Recent {
         {
             return false;
         }
-        out.extend(r.found[..usize::from(r.hits)].iter().map(|&(entry, start, end)| Hit {
-            entry: usize::from(entry),
-            start: usize::from(start),
-            end: usize::from(end),
-        }));
+        out.extend(
+            r.found[..usize::from(r.hits)]
+                .iter()
+                .map(|&(entry, start, end)| Hit {
+                    entry: usize::from(entry),
+                    start: usize::from(start),
+                    end: usize::from(end),
+                }),
+        );
         true
     }
 
