@@ -589,16 +589,20 @@ impl Matcher {
             return self.search(text, out);
         }
         // Not remembered while the thread's memory is in use (a search
-        // inside a search): then the text is searched.
-        let recalled = RECENT.with(|cell| {
-            cell.try_borrow()
-                .is_ok_and(|recent| recent.recall(self.id, text.as_bytes(), out))
-        });
+        // inside a search) or gone (the thread ends): then the text is
+        // searched.
+        let recalled = RECENT
+            .try_with(|cell| {
+                cell.try_borrow()
+                    .is_ok_and(|recent| recent.recall(self.id, text.as_bytes(), out))
+            })
+            .unwrap_or(false);
         if recalled {
             return;
         }
         self.search(text, out);
-        RECENT.with(|cell| {
+        // A thread being torn down has no memory left: nothing to keep.
+        let _ = RECENT.try_with(|cell| {
             if let Ok(mut recent) = cell.try_borrow_mut() {
                 recent.remember(self.id, text.as_bytes(), out);
             }
