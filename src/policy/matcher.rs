@@ -15,7 +15,7 @@
 //! Short texts that passed the quick test are remembered with what was
 //! found in them, per thread (see [`Recent`]): header values, paths, model
 //! names and object kinds recur from call to call, and the same text
-//! always holds the same matches.
+//! always holds the same matches. Texts holding a secret are not kept.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -601,6 +601,11 @@ impl Matcher {
             return;
         }
         self.search(text, out);
+        // A credential is not held on to after its call: a text with one
+        // is searched each time it comes.
+        if out.iter().any(|h| self.entries[h.entry].secret) {
+            return;
+        }
         // A thread being torn down has no memory left: nothing to keep.
         let _ = RECENT.try_with(|cell| {
             if let Ok(mut recent) = cell.try_borrow_mut() {
@@ -1104,6 +1109,14 @@ mod tests {
             assert_eq!(out.len(), 1);
         }
         assert!(remembered(&builtin, wide));
+        // A text holding a secret is found each time, never kept.
+        let key = "key AKIAZ7Q3L5XW2N4R6T8Y";
+        for _ in 0..2 {
+            builtin.find(key, &mut out);
+            assert_eq!(out, reference(&builtin, key));
+            assert!(builtin.entries[out[0].entry].secret);
+        }
+        assert!(!remembered(&builtin, key));
         // The empty matcher remembers nothing.
         let empty = Matcher::empty();
         empty.find("10.0.3.17", &mut out);
