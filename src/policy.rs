@@ -208,6 +208,11 @@ pub struct BodyFindings {
     text: Vec<Piece>,
     other: Vec<Piece>,
     keys: Vec<Piece>,
+    /// For a body searched as a view, the node of each piece of `text`
+    /// and of `other` (empty otherwise): the record replaces those
+    /// strings without listing the view's strings again.
+    text_nodes: Vec<NodeId>,
+    other_nodes: Vec<NodeId>,
 }
 
 /// Per-entry match counts of one search, on the stack for up to
@@ -372,19 +377,40 @@ pub fn compliance_event(verdict: &Verdict, request_id: &str) -> NewEvent {
             ),
         )
     } else {
-        NewEvent::new(
-            EventType::ComplianceViolation,
-            format!(
-                "Policy {} violated in the {}: {} ({}).",
-                verdict.policy_name,
-                verdict.direction,
-                FindingsSummary(&verdict.findings),
-                verdict.action
-            ),
-        )
-        .with_level(event_level(verdict.severity))
+        NewEvent::new(EventType::ComplianceViolation, violation_message(verdict))
+            .with_level(event_level(verdict.severity))
     };
     event.with_request_id(request_id).with_metadata(metadata)
+}
+
+/// `Policy NAME violated in the DIRECTION: SUMMARY (ACTION).`, written
+/// into one string of the right size (one is made for every violation).
+fn violation_message(verdict: &Verdict) -> String {
+    let name = verdict.policy_name.as_str();
+    let (direction, action) = (verdict.direction.as_str(), verdict.action.as_str());
+    let summary: usize = verdict
+        .findings
+        .keys()
+        .map(|kind| kind.len() + ", x".len() + 20)
+        .sum();
+    let mut out = String::with_capacity(40 + name.len() + direction.len() + summary + action.len());
+    out.push_str("Policy ");
+    out.push_str(name);
+    out.push_str(" violated in the ");
+    out.push_str(direction);
+    out.push_str(": ");
+    for (i, (kind, n)) in verdict.findings.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(kind);
+        out.push_str(" x");
+        out.push_str(itoa::Buffer::new().format(*n));
+    }
+    out.push_str(" (");
+    out.push_str(action);
+    out.push_str(").");
+    out
 }
 
 /// The metadata of one COMPLIANCE_CHECK listing the policies that passed
@@ -414,19 +440,6 @@ struct ComplianceMetadata<'a> {
     policy_name: &'a str,
     result: bool,
     severity: Option<&'a str>,
-}
-
-/// [`Verdict::summary`] written straight into the message.
-struct FindingsSummary<'a>(&'a BTreeMap<&'static str, u64>);
-
-impl fmt::Display for FindingsSummary<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (kind, n)) in self.0.iter().enumerate() {
-            let separator = if i == 0 { "" } else { ", " };
-            write!(f, "{separator}{kind} x{n}")?;
-        }
-        Ok(())
-    }
 }
 
 /// `[{"count", "entity_type"}]`, sorted by entity type.
@@ -1007,9 +1020,13 @@ impl PolicySet {
     /// [`Self::inspect_found`]).
     pub fn gate_request_view_for_record(&self, view: &JsonView<'_>) -> (GateVerdict, BodyFindings) {
         let strings = places::view_strings(view);
-        self.gate_places_for_record(&strings.text, &strings.other, |search, counts, pieces| {
-            search_view_keys(&self.matcher, search, view, counts, pieces);
-        })
+        let (verdict, mut findings) =
+            self.gate_places_for_record(&strings.text, &strings.other, |search, counts, pieces| {
+                search_view_keys(&self.matcher, search, view, counts, pieces);
+            });
+        findings.text_nodes = nodes_of(&findings.text, &strings.text);
+        findings.other_nodes = nodes_of(&findings.other, &strings.other);
+        (verdict, findings)
     }
 
     /// The gate over a body's text and other strings, and its keys, which
@@ -1025,6 +1042,8 @@ impl PolicySet {
             text: Vec::new(),
             other: Vec::new(),
             keys: Vec::new(),
+            text_nodes: Vec::new(),
+            other_nodes: Vec::new(),
         };
         with_search(|search| {
             let counts = &mut findings.counts;
@@ -1066,15 +1085,21 @@ impl PolicySet {
     ) -> Option<ViewInspection> {
         let stored = self.stored_for(Some(direction));
         let select = |e: usize| self.always[e] || stored[e];
+        if let Some(found) = &findings {
+            if found.keys.iter().any(|p| select(p.entry)) {
+                return None;
+            }
+            if let Some(replaced) = replace_at_nodes(&self.matcher, view, found, &select) {
+                return Some(ViewInspection {
+                    scan: self.verdicts(&found.counts, direction),
+                    replaced,
+                });
+            }
+        }
         let strings = places::view_strings(view);
         let (text, other) = (&strings.text, &strings.other);
         let (counts, text_pieces, other_pieces) = match findings {
-            Some(found) => {
-                if found.keys.iter().any(|p| select(p.entry)) {
-                    return None;
-                }
-                (Counts::Heap(found.counts), found.text, found.other)
-            }
+            Some(found) => (Counts::Heap(found.counts), found.text, found.other),
             None => {
                 let mut counts = Counts::zeroed(self.matcher.entries().len());
                 let searched = with_search(|search| {
@@ -1639,6 +1664,58 @@ fn count_view(matcher: &Matcher, view: &JsonView<'_>) -> (Vec<u64>, bool) {
             search_view_keys(matcher, search, view, counts, pieces);
         },
     )
+}
+
+/// The node of the string each of `pieces` is in.
+fn nodes_of(pieces: &[Piece], strings: &[(NodeId, Cow<'_, str>)]) -> Vec<NodeId> {
+    pieces.iter().map(|p| strings[p.string].0).collect()
+}
+
+/// The stored text of each string of `view` that holds a piece of
+/// `found` that `select` accepts, by node, sorted, taken from the nodes
+/// the request path's search noted: what [`PolicySet::inspect_view`]
+/// replaces, without listing the view's strings again. `None` when the
+/// findings hold no nodes, or pieces out of order (a value found across a
+/// seam), or a node that is not a string: then the strings are listed.
+fn replace_at_nodes(
+    matcher: &Matcher,
+    view: &JsonView<'_>,
+    found: &BodyFindings,
+    select: &dyn Fn(usize) -> bool,
+) -> Option<Vec<(NodeId, String)>> {
+    let key = |p: &Piece| (p.string, p.start, p.entry);
+    let groups = [
+        (&found.text, &found.text_nodes),
+        (&found.other, &found.other_nodes),
+    ];
+    if groups
+        .iter()
+        .any(|(pieces, nodes)| pieces.len() != nodes.len() || !pieces.is_sorted_by_key(key))
+    {
+        return None;
+    }
+    let mut replaced = Vec::new();
+    for (pieces, nodes) in groups {
+        let mut first = 0;
+        for group in pieces.chunk_by(|a, b| a.string == b.string) {
+            let node = nodes[first];
+            first += group.len();
+            if !group.iter().any(|p| select(p.entry)) {
+                continue;
+            }
+            let text = view.at(node)?.as_str()?;
+            let hits = group.iter().filter(|p| select(p.entry)).map(|p| Hit {
+                entry: p.entry,
+                start: p.start,
+                end: p.end,
+            });
+            if let (Cow::Owned(new), _) = matcher.redact_hits(&text, hits) {
+                replaced.push((node, new));
+            }
+        }
+    }
+    replaced.sort_unstable_by_key(|(node, _)| *node);
+    Some(replaced)
 }
 
 /// Searches every object key of a view on its own, in document order, as

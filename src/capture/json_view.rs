@@ -203,6 +203,14 @@ impl<'a> JsonView<'a> {
         self.nodes.is_empty()
     }
 
+    /// The node `id` of this view; `None` when the view has no such node.
+    pub fn at(&self, id: NodeId) -> Option<At<'_, 'a>> {
+        (usize::try_from(id.0).ok()? < self.nodes.len()).then_some(At {
+            view: self,
+            id: id.0,
+        })
+    }
+
     pub fn root(&self) -> At<'_, 'a> {
         At {
             view: self,

@@ -137,10 +137,7 @@ fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
 fn hash_fields(fields: [&[u8]; 9]) -> String {
     let mut staged = Staged::new();
     for bytes in fields {
-        staged.push(decimal(bytes.len(), &mut itoa::Buffer::new()));
-        staged.push(b":");
-        staged.push(bytes);
-        staged.push(b"\n");
+        staged.push_field(bytes);
     }
     lower_hex(&staged.finish())
 }
@@ -163,6 +160,30 @@ impl Staged {
             buf: [0; 512],
             len: 0,
         }
+    }
+
+    /// One field of the encoding. Its length, `:` and `\n` are a few
+    /// bytes each, written a byte at a time: a copy call per piece costs
+    /// more than the piece.
+    fn push_field(&mut self, bytes: &[u8]) {
+        let mut digits = itoa::Buffer::new();
+        let digits = decimal(bytes.len(), &mut digits);
+        self.push_small(digits);
+        self.push_small(b":");
+        self.push(bytes);
+        self.push_small(b"\n");
+    }
+
+    /// As [`Self::push`], for a piece of a few bytes.
+    fn push_small(&mut self, bytes: &[u8]) {
+        if self.len + bytes.len() > self.buf.len() {
+            self.hasher.update(&self.buf[..self.len]);
+            self.len = 0;
+        }
+        for (to, &b) in self.buf[self.len..].iter_mut().zip(bytes) {
+            *to = b;
+        }
+        self.len += bytes.len();
     }
 
     fn push(&mut self, bytes: &[u8]) {

@@ -11,11 +11,17 @@
 //! have no longest length), so a detector that matches once in a long text
 //! reads a few bytes around that match, not the text. Validators (Luhn,
 //! mod-97, ranges, parsing) run on the candidates alone.
+//!
+//! Short texts that passed the quick test are remembered with what was
+//! found in them, per thread (see [`Recent`]): header values, paths, model
+//! names and object kinds recur from call to call, and the same text
+//! always holds the same matches. Texts holding a secret are not kept.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::panic::{RefUnwindSafe, UnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use regex::{Regex, RegexSet, RegexSetBuilder};
@@ -70,6 +76,9 @@ pub(crate) struct Hit {
 /// The compiled detectors, in priority order.
 #[derive(Debug, Clone)]
 pub(crate) struct Matcher {
+    /// Tells this matcher's remembered texts from another's (0: none are
+    /// remembered); clones share it, as they find the same matches.
+    id: u64,
     entries: Vec<Entry>,
     set: RegexSet,
     /// Where each detector's matches end; `None` when the detectors do not
@@ -109,6 +118,120 @@ thread_local! {
     static SPANS: RefCell<Vec<Span>> = const { RefCell::new(Vec::new()) };
     /// The matches of one text, for [`Matcher::find_with`].
     static HITS: RefCell<Vec<Hit>> = const { RefCell::new(Vec::new()) };
+    /// Short texts searched lately on this thread, with their matches.
+    static RECENT: RefCell<Recent> = const { RefCell::new(Recent { slots: Vec::new() }) };
+}
+
+/// Numbers the matchers, for [`Matcher::id`].
+static NEXT_MATCHER: AtomicU64 = AtomicU64::new(1);
+
+/// Longest text remembered with its matches.
+const RECENT_LEN: usize = 64;
+
+/// How many texts a thread remembers (a power of two): one per slot, the
+/// slot chosen by the text's hash, the newest text keeping it.
+const RECENT_SLOTS: usize = 256;
+
+/// Most matches of a text that is remembered; a text with more is
+/// searched each time.
+const RECENT_HITS: usize = 4;
+
+/// Short texts searched lately, with their matches: what a search found
+/// in a text it finds there again, so a text seen before costs a hash
+/// and a comparison. The text is kept whole and compared, never trusted
+/// to its hash.
+struct Recent {
+    /// Allocated on the first search of the thread.
+    slots: Vec<Remembered>,
+}
+
+/// One remembered text: its matcher, bytes and matches (in its offsets;
+/// the entry's index fits 16 bits, offsets 8).
+#[derive(Clone, Copy)]
+struct Remembered {
+    matcher: u64,
+    len: u8,
+    hits: u8,
+    text: [u8; RECENT_LEN],
+    found: [(u16, u8, u8); RECENT_HITS],
+}
+
+impl Recent {
+    const EMPTY: Remembered = Remembered {
+        matcher: 0,
+        len: 0,
+        hits: 0,
+        text: [0; RECENT_LEN],
+        found: [(0, 0, 0); RECENT_HITS],
+    };
+
+    /// The slot of `text`: a multiplicative hash of its bytes, eight at a
+    /// time.
+    fn slot(matcher: u64, text: &[u8]) -> usize {
+        const K: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut h = (matcher ^ text.len() as u64).wrapping_mul(K);
+        let mut chunks = text.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            h = (h.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(K);
+        (h >> 56) as usize & (RECENT_SLOTS - 1)
+    }
+
+    /// Fills `out` with the matches remembered for `text`; `false` when it
+    /// is not remembered.
+    fn recall(&self, matcher: u64, text: &[u8], out: &mut Vec<Hit>) -> bool {
+        let Some(r) = self.slots.get(Self::slot(matcher, text)) else {
+            return false;
+        };
+        if r.matcher != matcher || usize::from(r.len) != text.len() || &r.text[..text.len()] != text
+        {
+            return false;
+        }
+        out.extend(
+            r.found[..usize::from(r.hits)]
+                .iter()
+                .map(|&(entry, start, end)| Hit {
+                    entry: usize::from(entry),
+                    start: usize::from(start),
+                    end: usize::from(end),
+                }),
+        );
+        true
+    }
+
+    /// Remembers `found` as the matches of `text` (at most
+    /// [`RECENT_LEN`] bytes), unless there are too many.
+    fn remember(&mut self, matcher: u64, text: &[u8], found: &[Hit]) {
+        if found.len() > RECENT_HITS {
+            return;
+        }
+        let mut r = Self::EMPTY;
+        for (slot, h) in r.found.iter_mut().zip(found) {
+            let (Ok(entry), Ok(start), Ok(end)) = (
+                u16::try_from(h.entry),
+                u8::try_from(h.start),
+                u8::try_from(h.end),
+            ) else {
+                return;
+            };
+            *slot = (entry, start, end);
+        }
+        let (Ok(len), Ok(hits)) = (u8::try_from(text.len()), u8::try_from(found.len())) else {
+            return;
+        };
+        if self.slots.is_empty() {
+            self.slots = vec![Self::EMPTY; RECENT_SLOTS];
+        }
+        r.matcher = matcher;
+        r.len = len;
+        r.hits = hits;
+        r.text[..text.len()].copy_from_slice(text);
+        self.slots[Self::slot(matcher, text)] = r;
+    }
 }
 
 /// Most matches whose buffer a thread keeps for its next text.
@@ -423,6 +546,7 @@ impl Matcher {
             })
             .collect();
         Ok(Self {
+            id: NEXT_MATCHER.fetch_add(1, Ordering::Relaxed),
             entries,
             set,
             ends,
@@ -434,6 +558,7 @@ impl Matcher {
     /// No detectors: finds nothing.
     pub fn empty() -> Self {
         Self {
+            id: 0,
             entries: Vec::new(),
             set: RegexSet::empty(),
             ends: None,
@@ -460,6 +585,37 @@ impl Matcher {
         if text.len() <= QUICK_LEN && text.is_ascii() && !self.may_match(text) {
             return;
         }
+        if text.len() > RECENT_LEN || self.id == 0 {
+            return self.search(text, out);
+        }
+        // Not remembered while the thread's memory is in use (a search
+        // inside a search) or gone (the thread ends): then the text is
+        // searched.
+        let recalled = RECENT
+            .try_with(|cell| {
+                cell.try_borrow()
+                    .is_ok_and(|recent| recent.recall(self.id, text.as_bytes(), out))
+            })
+            .unwrap_or(false);
+        if recalled {
+            return;
+        }
+        self.search(text, out);
+        // A credential is not held on to after its call: a text with one
+        // is searched each time it comes.
+        if out.iter().any(|h| self.entries[h.entry].secret) {
+            return;
+        }
+        // A thread being torn down has no memory left: nothing to keep.
+        let _ = RECENT.try_with(|cell| {
+            if let Ok(mut recent) = cell.try_borrow_mut() {
+                recent.remember(self.id, text.as_bytes(), out);
+            }
+        });
+    }
+
+    /// [`Self::find`] past its quick tests: the folded text searched.
+    fn search(&self, text: &str, out: &mut Vec<Hit>) {
         let folded = Folded::new(text);
         self.find_folded(folded.text(), out);
         if !folded.is_unchanged() {
@@ -858,6 +1014,114 @@ mod tests {
         for value in ["127.0.0.1:40123", "a@b.io", "+1 415 555 2671", "Bearer x"] {
             assert!(builtin.may_match(value), "{value}");
         }
+    }
+
+    /// Whether `text` is remembered for `matcher` on this thread.
+    fn remembered(matcher: &Matcher, text: &str) -> bool {
+        RECENT.with(|cell| {
+            cell.borrow()
+                .recall(matcher.id, text.as_bytes(), &mut Vec::new())
+        })
+    }
+
+    #[test]
+    fn a_remembered_text_gives_what_a_search_finds() {
+        let matcher = everything();
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let mut out = Vec::new();
+        let mut recalled = 0;
+        for _ in 0..3000 {
+            // Short texts: up to three pieces, cut to at most the length
+            // remembered, so matches end at the text's end as often as not.
+            let mut text = String::new();
+            for _ in 0..=rng.below(3) {
+                text.push_str(SEPARATORS[rng.below(SEPARATORS.len())]);
+                text.push_str(PIECES[rng.below(PIECES.len())]);
+            }
+            let mut cut = text.len().min(rng.below(RECENT_LEN + 8));
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            let expected = reference(&matcher, &text);
+            matcher.find(&text, &mut out);
+            assert_eq!(out, expected, "{text:?}");
+            recalled += usize::from(remembered(&matcher, &text));
+            // Found again, from memory when it was remembered.
+            matcher.find(&text, &mut out);
+            assert_eq!(out, expected, "again: {text:?}");
+        }
+        assert!(recalled > 1000, "{recalled}");
+    }
+
+    #[test]
+    fn what_is_remembered_belongs_to_one_text_and_one_matcher() {
+        let builtin = Matcher::new(
+            builtin::ALL
+                .iter()
+                .map(|b| Entry::builtin(b).unwrap())
+                .collect(),
+        )
+        .unwrap();
+        let mut entries = builtin.entries.clone();
+        entries.push(Entry::custom(
+            "CUSTOM_PATTERN",
+            compile_pattern("[0-9]{3}").unwrap(),
+        ));
+        let custom = Matcher::new(entries).unwrap();
+        let mut out = Vec::new();
+        // The same text, clean for one matcher and a match for the other.
+        for _ in 0..2 {
+            builtin.find("order 412", &mut out);
+            assert!(out.is_empty());
+            custom.find("order 412", &mut out);
+            assert_eq!(out.len(), 1);
+        }
+        // A clone finds what its original finds, and shares its memory.
+        let copy = custom.clone();
+        copy.find("order 412", &mut out);
+        assert_eq!(out.len(), 1);
+        // A text one byte longer than remembered is searched each time.
+        let long = format!("mail jane.doe@example.com {}", "x".repeat(RECENT_LEN));
+        let long = &long[..RECENT_LEN + 1];
+        builtin.find(long, &mut out);
+        assert_eq!(out, reference(&builtin, long));
+        assert!(!remembered(&builtin, long));
+        // Texts that differ in one byte at the end are told apart.
+        builtin.find("ip 10.0.3.17", &mut out);
+        assert_eq!(out.len(), 1);
+        builtin.find("ip 10.0.3.1x", &mut out);
+        assert_eq!(out, reference(&builtin, "ip 10.0.3.1x"));
+        // More matches than are remembered: searched each time, found
+        // all the same.
+        let many = "1.2.3.4 5.6.7.8 9.9.9.9 8.8.4.4 1.1.1.1";
+        for _ in 0..2 {
+            builtin.find(many, &mut out);
+            assert_eq!(out, reference(&builtin, many));
+        }
+        assert!(!remembered(&builtin, many));
+        // Non-ASCII text is remembered in its own offsets.
+        let wide = "card ４１１１ １１１１ １１１１ １１１１";
+        assert!(wide.len() <= RECENT_LEN);
+        for _ in 0..2 {
+            builtin.find(wide, &mut out);
+            assert_eq!(out, reference(&builtin, wide));
+            assert_eq!(out.len(), 1);
+        }
+        assert!(remembered(&builtin, wide));
+        // A text holding a secret is found each time, never kept.
+        let key = "key AKIAZ7Q3L5XW2N4R6T8Y";
+        for _ in 0..2 {
+            builtin.find(key, &mut out);
+            assert_eq!(out, reference(&builtin, key));
+            assert!(builtin.entries[out[0].entry].secret);
+        }
+        assert!(!remembered(&builtin, key));
+        // The empty matcher remembers nothing.
+        let empty = Matcher::empty();
+        empty.find("10.0.3.17", &mut out);
+        assert!(out.is_empty());
+        assert!(!remembered(&empty, "10.0.3.17"));
     }
 
     #[test]

@@ -784,6 +784,7 @@ fn a_body_read_as_a_view_is_searched_and_stored_as_its_parsed_value() {
         .map(str::to_owned),
     );
     let mut redacted = 0;
+    let mut at_nodes = 0;
     for set in &sets {
         for text in &texts {
             let value: Value = serde_json::from_str(text).unwrap();
@@ -804,7 +805,17 @@ fn a_body_read_as_a_view_is_searched_and_stored_as_its_parsed_value() {
             let (by_value, by_value_findings) = set.gate_request_for_record(&value);
             assert_eq!(verdict, by_value, "{text}");
             assert_eq!(findings.counts, by_value_findings.counts, "{text}");
-            for given in [None, Some(findings)] {
+            // Replaced at the nodes the gate noted, and (without them) in
+            // the listed strings: the same stored text either way.
+            let mut listed = findings.clone();
+            listed.text_nodes.clear();
+            listed.other_nodes.clear();
+            if !findings.text.is_empty() || !findings.other.is_empty() {
+                at_nodes += usize::from(
+                    replace_at_nodes(&set.matcher, &view, &findings, &|_| true).is_some(),
+                );
+            }
+            for given in [None, Some(listed), Some(findings)] {
                 match set.inspect_view(&view, Direction::Request, false, given) {
                     Some(got) => {
                         assert_eq!(got.scan, expected.scan, "{text}");
@@ -825,4 +836,47 @@ fn a_body_read_as_a_view_is_searched_and_stored_as_its_parsed_value() {
         }
     }
     assert!(redacted > 60, "{redacted} bodies had something to redact");
+    assert!(at_nodes > 60, "{at_nodes} bodies replaced at their nodes");
+}
+
+#[test]
+fn a_violation_message_names_the_policy_side_findings_and_action() {
+    let verdict = |findings: &[(&'static str, u64)], direction, action| Verdict {
+        policy_name: "pii-contact-redact".into(),
+        action,
+        severity: Severity::High,
+        direction,
+        passed: findings.is_empty(),
+        findings: findings.iter().copied().collect::<BTreeMap<_, _>>(),
+    };
+    for (findings, direction, action) in [
+        (&[("EMAIL", 1)][..], Direction::Request, Action::Redact),
+        (
+            &[("PHONE", 2), ("EMAIL", 1), ("IP_ADDRESS", u64::MAX)][..],
+            Direction::Response,
+            Action::Block,
+        ),
+        (&[][..], Direction::Request, Action::Log),
+    ] {
+        let v = verdict(findings, direction, action);
+        assert_eq!(
+            violation_message(&v),
+            format!(
+                "Policy {} violated in the {}: {} ({}).",
+                v.policy_name,
+                v.direction,
+                v.summary(),
+                v.action
+            )
+        );
+    }
+    let v = verdict(
+        &[("PHONE", 2), ("EMAIL", 1)],
+        Direction::Request,
+        Action::Redact,
+    );
+    assert_eq!(
+        compliance_event(&v, "req-1").message,
+        "Policy pii-contact-redact violated in the request: EMAIL x1, PHONE x2 (redact)."
+    );
 }
