@@ -503,6 +503,20 @@ mod tests {
         stats.room.notify_one();
     }
 
+    type Admitted = Result<Option<Reservation>, Refusal>;
+
+    /// A call admitted on a task of its own, waiting if it must.
+    fn spawn_admit(admission: &Admission) -> tokio::task::JoinHandle<Admitted> {
+        let admission = admission.clone();
+        tokio_util::task::TaskTracker::new().spawn(async move { admission.admit().await })
+    }
+
+    /// A call told to wait, waiting on a task of its own.
+    fn spawn_wait(admission: &Admission) -> tokio::task::JoinHandle<Admitted> {
+        let admission = admission.clone();
+        tokio_util::task::TaskTracker::new().spawn(async move { admission.wait_for_room().await })
+    }
+
     async fn until_waiting(stats: &PipelineStats, n: u64) {
         while stats.room_waiters.load(Ordering::Relaxed) < n {
             tokio::task::yield_now().await;
@@ -647,10 +661,7 @@ mod tests {
     async fn a_waiting_call_goes_on_when_the_writer_takes_events() {
         let (admission, stats, _setter) = queued(100, 1 << 30, LONG);
         stats.queue_depth.store(100, Ordering::Relaxed);
-        let call = {
-            let admission = admission.clone();
-            tokio_util::task::TaskTracker::new().spawn(async move { admission.admit().await })
-        };
+        let call = spawn_admit(&admission);
         until_waiting(&stats, 1).await;
         take(&stats, 50);
         assert!(call.await.unwrap().unwrap().is_none());
@@ -663,19 +674,12 @@ mod tests {
     async fn later_calls_queue_behind_a_waiting_one() {
         let (admission, stats, _setter) = queued(100, 1 << 30, LONG);
         stats.queue_depth.store(100, Ordering::Relaxed);
-        let first = {
-            let admission = admission.clone();
-            tokio_util::task::TaskTracker::new().spawn(async move { admission.admit().await })
-        };
+        let first = spawn_admit(&admission);
         until_waiting(&stats, 1).await;
         // Room, but someone waits: a new call does not jump the line.
         stats.queue_depth.store(0, Ordering::Relaxed);
         assert!(matches!(admission.try_admit(), Attempt::Wait));
-        let second = {
-            let admission = admission.clone();
-            tokio_util::task::TaskTracker::new()
-                .spawn(async move { admission.wait_for_room().await })
-        };
+        let second = spawn_wait(&admission);
         // One ring lets both through: the first passes the turn on.
         stats.room.notify_one();
         assert!(first.await.unwrap().unwrap().is_none());
@@ -688,11 +692,7 @@ mod tests {
         let (admission, stats, _setter) = reserved(EVENTS_PER_CALL as usize, 1 << 30, LONG);
         let held = done(admission.try_admit()).unwrap();
         assert!(matches!(admission.try_admit(), Attempt::Wait));
-        let call = {
-            let admission = admission.clone();
-            tokio_util::task::TaskTracker::new()
-                .spawn(async move { admission.wait_for_room().await })
-        };
+        let call = spawn_wait(&admission);
         until_waiting(&stats, 1).await;
         drop(held);
         let admitted = call.await.unwrap().unwrap();
@@ -728,10 +728,7 @@ mod tests {
     async fn a_store_turning_unhealthy_ends_the_wait_as_an_unhealthy_store_does() {
         let (admission, stats, setter) = reserved(100, 1 << 30, LONG);
         stats.queue_depth.store(100, Ordering::Relaxed);
-        let call = {
-            let admission = admission.clone();
-            tokio_util::task::TaskTracker::new().spawn(async move { admission.admit().await })
-        };
+        let call = spawn_admit(&admission);
         until_waiting(&stats, 1).await;
         setter.set(false);
         assert_eq!(call.await.unwrap().unwrap_err(), Refusal::StoreUnhealthy);

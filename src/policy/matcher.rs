@@ -792,13 +792,22 @@ mod tests {
     use super::*;
     use crate::policy::{builtin, compile_keywords, compile_pattern};
 
+    fn builtin_entries() -> Vec<Entry> {
+        builtin::ALL
+            .iter()
+            .map(|b| Entry::builtin(b).unwrap())
+            .collect()
+    }
+
+    /// The built-in detectors alone.
+    fn builtin_only() -> Matcher {
+        Matcher::new(builtin_entries()).unwrap()
+    }
+
     /// Every built-in detector, user patterns (anchored ones too) and two
     /// keyword lists, one of them non-ASCII (Unicode word boundaries).
     fn everything() -> Matcher {
-        let mut entries: Vec<Entry> = builtin::ALL
-            .iter()
-            .map(|b| Entry::builtin(b).unwrap())
-            .collect();
+        let mut entries = builtin_entries();
         for pattern in [
             r"^ticket-[0-9]+$",
             r"(?m)^ID: [0-9]{3,}",
@@ -987,13 +996,7 @@ mod tests {
 
     #[test]
     fn short_clean_values_are_told_clean_without_a_search() {
-        let builtin = Matcher::new(
-            builtin::ALL
-                .iter()
-                .map(|b| Entry::builtin(b).unwrap())
-                .collect(),
-        )
-        .unwrap();
+        let builtin = builtin_only();
         for value in [
             "1024",
             "412",
@@ -1056,13 +1059,7 @@ mod tests {
 
     #[test]
     fn what_is_remembered_belongs_to_one_text_and_one_matcher() {
-        let builtin = Matcher::new(
-            builtin::ALL
-                .iter()
-                .map(|b| Entry::builtin(b).unwrap())
-                .collect(),
-        )
-        .unwrap();
+        let builtin = builtin_only();
         let mut entries = builtin.entries.clone();
         entries.push(Entry::custom(
             "CUSTOM_PATTERN",
