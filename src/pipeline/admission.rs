@@ -451,43 +451,33 @@ mod tests {
     /// Short enough that a test reaches the bound quickly.
     const SHORT: Duration = Duration::from_millis(20);
 
-    fn reserved(
-        capacity: usize,
-        max_bytes: u64,
-        full_wait: Duration,
-    ) -> (Admission, Arc<PipelineStats>, health::StoreHealthSetter) {
+    type Gated = (Admission, Arc<PipelineStats>, health::StoreHealthSetter);
+
+    /// A gate judging room by `room`, on fresh counters and a healthy store.
+    fn gate(room: Room, full_wait: Duration) -> Gated {
         let stats = Arc::new(PipelineStats::default());
         let (setter, health) = health::channel();
-        let admission = Admission::with_room(
-            stats.clone(),
-            health,
-            Room::Reserved {
-                capacity: capacity as u64,
-                max_bytes,
-                bytes_per_call: MIN_BYTES_PER_CALL,
-            },
-            full_wait,
-        );
+        let admission = Admission::with_room(stats.clone(), health, room, full_wait);
         (admission, stats, setter)
     }
 
-    fn queued(
-        capacity: u64,
-        max_bytes: u64,
-        full_wait: Duration,
-    ) -> (Admission, Arc<PipelineStats>, health::StoreHealthSetter) {
-        let stats = Arc::new(PipelineStats::default());
-        let (setter, health) = health::channel();
-        let admission = Admission::with_room(
-            stats.clone(),
-            health,
-            Room::Queued {
-                high_events: high_water(capacity),
-                high_bytes: high_water(max_bytes),
-            },
-            full_wait,
-        );
-        (admission, stats, setter)
+    /// `fail_closed`'s gate.
+    fn reserved(capacity: usize, max_bytes: u64, full_wait: Duration) -> Gated {
+        let room = Room::Reserved {
+            capacity: capacity as u64,
+            max_bytes,
+            bytes_per_call: MIN_BYTES_PER_CALL,
+        };
+        gate(room, full_wait)
+    }
+
+    /// `fail_open`'s gate.
+    fn queued(capacity: u64, max_bytes: u64, full_wait: Duration) -> Gated {
+        let room = Room::Queued {
+            high_events: high_water(capacity),
+            high_bytes: high_water(max_bytes),
+        };
+        gate(room, full_wait)
     }
 
     fn done(attempt: Attempt) -> Result<Option<Reservation>, Refusal> {

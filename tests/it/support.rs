@@ -31,6 +31,20 @@ pub struct TestProxy {
     pub http: reqwest::Client,
 }
 
+/// The configuration of a test proxy: loopback listeners on ephemeral
+/// ports, `upstream`, text logs, then `base` and `extra` pairs.
+fn test_config(upstream: &str, base: &[(&str, &str)], extra: &[(&str, &str)]) -> config::Config {
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("LLM_AUDIT_PROXY_LISTEN".into(), "127.0.0.1:0".into());
+    env.insert("LLM_AUDIT_PROXY_ADMIN_LISTEN".into(), "127.0.0.1:0".into());
+    env.insert("LLM_AUDIT_PROXY_UPSTREAM".into(), upstream.into());
+    env.insert("LLM_AUDIT_PROXY_LOG_FORMAT".into(), "text".into());
+    for (k, v) in base.iter().chain(extra) {
+        env.insert((*k).into(), (*v).into());
+    }
+    config::load(None, &env, &FlagValues::new()).unwrap()
+}
+
 impl TestProxy {
     pub async fn start(upstream: &str) -> Self {
         Self::start_with(upstream, &[]).await
@@ -46,21 +60,9 @@ impl TestProxy {
 
     /// Starts on an existing store folder (for restart tests).
     pub async fn start_in(upstream: &str, dir: &Path, extra: &[(&str, &str)]) -> Self {
-        let mut env: HashMap<String, String> = HashMap::new();
-        env.insert("LLM_AUDIT_PROXY_LISTEN".into(), "127.0.0.1:0".into());
-        env.insert("LLM_AUDIT_PROXY_ADMIN_LISTEN".into(), "127.0.0.1:0".into());
-        env.insert("LLM_AUDIT_PROXY_UPSTREAM".into(), upstream.into());
-        env.insert(
-            "LLM_AUDIT_PROXY_FILE_PATH".into(),
-            dir.display().to_string(),
-        );
-        env.insert("LLM_AUDIT_PROXY_LOG_FORMAT".into(), "text".into());
-        for (k, v) in extra {
-            env.insert((*k).into(), (*v).into());
-        }
-        let config = config::load(None, &env, &FlagValues::new()).unwrap();
-        let running = app::start(config).await.unwrap();
-        Self::around(running, None)
+        let dir = dir.display().to_string();
+        let config = test_config(upstream, &[("LLM_AUDIT_PROXY_FILE_PATH", &dir)], extra);
+        Self::around(app::start(config).await.unwrap())
     }
 
     /// Starts on `store` instead of one the configuration opens (the
@@ -70,28 +72,18 @@ impl TestProxy {
         store: llm_audit_proxy::store::SharedStore,
         extra: &[(&str, &str)],
     ) -> Self {
-        let mut env: HashMap<String, String> = HashMap::new();
-        env.insert("LLM_AUDIT_PROXY_LISTEN".into(), "127.0.0.1:0".into());
-        env.insert("LLM_AUDIT_PROXY_ADMIN_LISTEN".into(), "127.0.0.1:0".into());
-        env.insert("LLM_AUDIT_PROXY_UPSTREAM".into(), upstream.into());
-        env.insert("LLM_AUDIT_PROXY_STORAGE".into(), "memory".into());
-        env.insert("LLM_AUDIT_PROXY_LOG_FORMAT".into(), "text".into());
-        for (k, v) in extra {
-            env.insert((*k).into(), (*v).into());
-        }
-        let config = config::load(None, &env, &FlagValues::new()).unwrap();
-        let running = app::start_with_store(config, store).await.unwrap();
-        Self::around(running, None)
+        let config = test_config(upstream, &[("LLM_AUDIT_PROXY_STORAGE", "memory")], extra);
+        Self::around(app::start_with_store(config, store).await.unwrap())
     }
 
-    fn around(running: Running, tmp: Option<tempfile::TempDir>) -> Self {
+    fn around(running: Running) -> Self {
         let proxy_url = format!("http://{}", running.proxy_addr);
         let admin_url = format!("http://{}", running.admin_addr);
         Self {
             running: Some(running),
             proxy_url,
             admin_url,
-            _tmp: tmp,
+            _tmp: None,
             http: reqwest::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(30))
