@@ -96,9 +96,9 @@ async fn purges(store: &dyn AuditStore) {
     assert_eq!(r.removed, 0);
 
     // Events large enough that half the store is more than an empty one
-    // takes (SQLite: a page for each table and index), so the cap below is
-    // reachable.
-    let mut events = spread_events(1, GENESIS_HASH, 40, 6000);
+    // takes (SQLite: a 16 KiB page for each table and index, about 400 KB),
+    // so the cap below is reachable.
+    let mut events = spread_events(1, GENESIS_HASH, 40, 24_000);
     for batch in events.chunks(7) {
         store.append_batch(batch.to_vec().into()).await.unwrap();
     }

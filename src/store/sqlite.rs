@@ -43,9 +43,17 @@ pub const DB_FILE: &str = "audit.db";
 /// How long a statement waits for another connection's lock before the
 /// store reports itself unavailable.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// WAL pages (4 KiB each) after which a commit checkpoints: the WAL file
-/// stays near 32 MiB at most.
-const WAL_CHECKPOINT_PAGES: i64 = 8000;
+/// Page size of a new store. Every WAL frame is two `pwrite`s (its header
+/// and its page) and a checkpoint copies it with a `pread` and a `pwrite`,
+/// whatever the page holds; at 16 KiB instead of SQLite's default 4 KiB a
+/// saturated writer makes about half the file syscalls per call for the
+/// same bytes, and splits B-tree pages a quarter as often. A store created
+/// with another size keeps it: the size is fixed when the file is made.
+const PAGE_SIZE: i64 = 16 * 1024;
+/// WAL bytes after which a commit checkpoints (`wal_autocheckpoint`, set
+/// in pages of the store's own size): the WAL file stays near 32 MiB.
+const WAL_CHECKPOINT_BYTES: i64 = 32 * 1024 * 1024;
+
 /// Rows read per export step.
 const EXPORT_CHUNK: usize = 1000;
 /// Chunks an export may read ahead of its consumer.
@@ -111,6 +119,9 @@ impl SqliteStore {
         writer
             .call(move |conn| {
                 configure(conn)?;
+                // Only takes effect on a file with no tables yet, and must
+                // come before WAL mode is set.
+                conn.pragma_update(None, "page_size", PAGE_SIZE)?;
                 // WAL lets readers in other processes run beside the writer;
                 // NORMAL is durable across application crashes, and WAL
                 // keeps the file consistent across power loss.
@@ -129,7 +140,12 @@ impl SqliteStore {
                 // Each checkpoint syncs the WAL and the file and rewrites the
                 // index pages every batch touched; at the default 1,000 pages
                 // a busy writer checkpointed about ten times a second.
-                conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+                let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+                conn.pragma_update(
+                    None,
+                    "wal_autocheckpoint",
+                    WAL_CHECKPOINT_BYTES / page_size.max(512),
+                )?;
                 schema::migrate(conn)?;
                 // Made once; later opens keep the first one.
                 conn.execute(

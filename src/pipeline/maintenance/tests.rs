@@ -23,8 +23,10 @@ async fn fill(store: &SharedStore, old: usize, new: usize) -> Handle {
         .unwrap();
     let long_ago = crate::event::now() - chrono::Duration::days(100);
     for i in 0..old + new {
+        // Large enough that half of 400 events is well above what an empty
+        // SQLite store takes (a 16 KiB page for each table and index).
         let mut e = NewEvent::new(EventType::Request, format!("call {i}"))
-            .with_metadata(json!({"body": "x".repeat(1000)}));
+            .with_metadata(json!({"body": "x".repeat(4000)}));
         if i < old {
             e.timestamp = long_ago + chrono::Duration::seconds(i as i64);
         }

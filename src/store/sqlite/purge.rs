@@ -22,9 +22,10 @@ const DELETE_CHUNK: i64 = 10_000;
 /// Fewest rows a size-cap step deletes, so the loop converges quickly when
 /// it is close to the cap (pages are freed only once they are empty).
 const MIN_CAP_STEP: i64 = 64;
-/// Hands at most 2048 pages back to the file system per call, so appends
-/// interleave with a long vacuum. (PRAGMA arguments cannot be bound.)
-const VACUUM_STEP: &str = "PRAGMA incremental_vacuum(2048)";
+/// Hands at most 512 pages (8 MiB of 16 KiB pages) back to the file system
+/// per call, so appends interleave with a long vacuum. (PRAGMA arguments
+/// cannot be bound.)
+const VACUUM_STEP: &str = "PRAGMA incremental_vacuum(512)";
 /// How long the closing checkpoint waits for readers before giving up; a
 /// busy checkpoint is retried by SQLite's own auto-checkpoint later.
 const CHECKPOINT_WAIT: Duration = Duration::from_millis(100);

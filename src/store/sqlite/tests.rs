@@ -401,6 +401,60 @@ async fn new_stores_use_incremental_auto_vacuum() {
     assert_eq!(mode, schema::AUTO_VACUUM_INCREMENTAL);
 }
 
+/// `page_size` of the file and the writer's `wal_autocheckpoint`.
+async fn page_settings(store: &SqliteStore) -> (i64, i64) {
+    store
+        .writer()
+        .unwrap()
+        .call(|conn| -> Result<_, StoreError> {
+            let get = |name: &str| conn.pragma_query_value(None, name, |r| r.get::<_, i64>(0));
+            Ok((get("page_size")?, get("wal_autocheckpoint")?))
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_new_store_has_16_kib_pages_and_checkpoints_every_32_mib_of_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store.append_batch(sample_events().into()).await.unwrap();
+    assert_eq!(page_settings(&store).await, (16384, 2048));
+    drop(store);
+    // The size is the file's: another connection reads it too.
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let size: i64 = conn
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .unwrap();
+    assert_eq!(size, 16384);
+}
+
+#[tokio::test]
+async fn a_store_made_with_4_kib_pages_keeps_them_and_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = sample_events();
+    {
+        // A store as earlier releases made it: SQLite's default page size.
+        let mut conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "page_size", 4096).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        schema::migrate(&mut conn).unwrap();
+    }
+    {
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store.append_batch(events.clone().into()).await.unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    // The checkpoint interval is still 32 MiB of WAL, in its pages.
+    assert_eq!(page_settings(&store).await, (4096, 8192));
+    let exported: Vec<_> = store
+        .export(EventFilter::default())
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert_eq!(exported, events);
+}
+
 #[tokio::test]
 async fn a_version_1_store_is_vacuumed_into_incremental_mode_and_keeps_its_events() {
     let dir = tempfile::tempdir().unwrap();
