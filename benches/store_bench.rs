@@ -215,7 +215,6 @@ const INDEXES: &[&str] = &[
     "events_timestamp",
     "events_type_seq",
     "events_request_id",
-    "events_level_seq",
     "events_type_ts",
 ];
 

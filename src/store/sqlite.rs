@@ -311,6 +311,7 @@ impl AuditStore for SqliteStore {
                         ])?;
                     }
                 }
+                count_levels(&tx, &events)?;
                 browse::index_batch(&tx, &events)?;
                 if let Some(c) = events
                     .iter()
@@ -495,7 +496,11 @@ impl AuditStore for SqliteStore {
             )?;
             let by_rank: BTreeMap<i64, u64> = {
                 let mut stmt = conn.prepare_cached(
-                    "SELECT level_rank, COUNT(*) FROM events GROUP BY level_rank",
+                    if schema::user_version(conn)? < schema::LEVEL_COUNTS_SINCE {
+                        "SELECT level_rank, COUNT(*) FROM events GROUP BY level_rank"
+                    } else {
+                        "SELECT level_rank, events FROM level_counts WHERE events > 0"
+                    },
                 )?;
                 let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?)))?;
                 rows.map(|r| r.map(|(rank, n)| (rank, n.max(0) as u64)))
@@ -723,6 +728,27 @@ fn from_call(error: tokio_rusqlite::Error<StoreError>) -> StoreError {
         }
         other => StoreError::Other(other.to_string()),
     }
+}
+
+/// Adds a batch's events to the per-level counts (schema migration 9), in
+/// the transaction that stores them: one upsert per level the batch holds.
+fn count_levels(tx: &rusqlite::Transaction<'_>, events: &[AuditEvent]) -> Result<(), StoreError> {
+    let mut counts = [0i64; Level::ALL.len()];
+    for e in events {
+        if let Some(i) = Level::ALL.iter().position(|l| *l == e.level) {
+            counts[i] += 1;
+        }
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO level_counts (level_rank, events) VALUES (?1, ?2) \
+         ON CONFLICT (level_rank) DO UPDATE SET events = events + excluded.events",
+    )?;
+    for (level, n) in Level::ALL.iter().zip(counts) {
+        if n > 0 {
+            upsert.execute(params![level.rank(), n])?;
+        }
+    }
+    Ok(())
 }
 
 fn configure(conn: &rusqlite::Connection) -> Result<(), StoreError> {

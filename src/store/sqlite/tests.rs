@@ -628,8 +628,9 @@ pub(super) fn query_plan(conn: &rusqlite::Connection, sql: &str, params: &[SqlVa
 }
 
 /// Each secondary index is there for a filter of the API or for the
-/// counts of `/api/stats` (`events_level_seq`: the minimum-level filter
-/// walks the table by seq): this is the plan that uses it.
+/// counts of `/api/stats` (the per-level counts have a table of their own,
+/// and the minimum-level filter walks the table by seq): this is the plan
+/// that uses it.
 /// Written per row, each costs about 1 to 2 µs of CPU per event
 /// (`store_bench index-cost`); a filter without its index walks the table
 /// (seconds on a million events).
@@ -719,10 +720,6 @@ async fn every_index_serves_the_filter_it_is_kept_for() {
             "COVERING INDEX events_type",
         ),
         (
-            "SELECT level_rank, COUNT(*) FROM events GROUP BY level_rank",
-            "COVERING INDEX events_level_seq",
-        ),
-        (
             "SELECT seq FROM events WHERE id = 'x'",
             "sqlite_autoindex_events_1 (id=?)",
         ),
@@ -732,4 +729,113 @@ async fn every_index_serves_the_filter_it_is_kept_for() {
         assert!(plan.contains(index), "{sql}: {plan}");
     }
     drop(store);
+}
+
+/// Events of every level, `n` of them, sealed from `from_seq`, an hour apart.
+fn leveled(from_seq: i64, prev: &str, n: i64) -> Vec<AuditEvent> {
+    let base = crate::event::parse_timestamp("2026-01-01T00:00:00Z").unwrap();
+    let mut prev = prev.to_owned();
+    (from_seq..from_seq + n)
+        .map(|seq| {
+            let level = Level::ALL[(seq as usize * 7) % Level::ALL.len()];
+            let mut e = NewEvent::new(EventType::Custom, format!("event {seq}")).with_level(level);
+            e.timestamp = base + chrono::Duration::hours(seq);
+            let e = e.seal(seq, &prev);
+            prev.clone_from(&e.hash);
+            e
+        })
+        .collect()
+}
+
+/// The per-level counts as the events table holds them.
+fn counted_levels(dir: &std::path::Path) -> BTreeMap<String, u64> {
+    let conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT level, COUNT(*) FROM events GROUP BY level")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+#[tokio::test]
+async fn level_counts_follow_appends_retention_and_the_size_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let events = leveled(1, GENESIS_HASH, 60);
+    for batch in events.chunks(9) {
+        store.append_batch(batch.to_vec().into()).await.unwrap();
+    }
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.by_level.len(), Level::ALL.len());
+    assert_eq!(stats.by_level, counted_levels(dir.path()));
+    store.purge_before(events[25].timestamp).await.unwrap();
+    assert_eq!(
+        store.stats().await.unwrap().by_level,
+        counted_levels(dir.path())
+    );
+    store.enforce_max_bytes(0).await.unwrap();
+    let by_level = store.stats().await.unwrap().by_level;
+    assert_eq!(by_level, counted_levels(dir.path()));
+    // A level with no event left is not listed.
+    assert_eq!(by_level.values().sum::<u64>(), 1, "{by_level:?}");
+    // A failed batch adds nothing.
+    let again = leveled(61, GENESIS_HASH, 3);
+    let mut dup = again.clone();
+    dup[2].seq = 61;
+    assert!(store.append_batch(dup.into()).await.is_err());
+    assert_eq!(store.stats().await.unwrap().by_level, by_level);
+}
+
+#[tokio::test]
+async fn migration_9_counts_the_levels_of_an_existing_store_and_drops_their_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = leveled(1, GENESIS_HASH, 40);
+    {
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store
+            .append_batch(events[..30].to_vec().into())
+            .await
+            .unwrap();
+    }
+    // The file as schema version 8 left it.
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER events_level_counts_delete; DROP TABLE level_counts; \
+         CREATE INDEX events_level_seq ON events (level_rank, seq); \
+         PRAGMA user_version = 8;",
+    )
+    .unwrap();
+    drop(conn);
+    // Read-only, it is not migrated and counts from the events.
+    let old = SqliteStore::open_read_only(dir.path()).await.unwrap();
+    let by_level = old.stats().await.unwrap().by_level;
+    assert_eq!(by_level.values().sum::<u64>(), 30);
+    assert_eq!(by_level, counted_levels(dir.path()));
+    drop(old);
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    assert_eq!(schema::user_version(&conn).unwrap(), schema::SCHEMA_VERSION);
+    let index: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'events_level_seq'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(index, 0);
+    assert_eq!(
+        store.stats().await.unwrap().by_level,
+        counted_levels(dir.path())
+    );
+    store
+        .append_batch(events[30..].to_vec().into())
+        .await
+        .unwrap();
+    let by_level = store.stats().await.unwrap().by_level;
+    assert_eq!(by_level.values().sum::<u64>(), 40);
+    assert_eq!(by_level, counted_levels(dir.path()));
 }
