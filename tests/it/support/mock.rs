@@ -306,6 +306,23 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             }
             full(StatusCode::OK, "application/json", body)
         }
+        // As OpenAI does: vectors as base64 of little-endian f32s when the
+        // request asks for them so (the Node SDK does by default).
+        p if p.ends_with("/embeddings") && json["encoding_format"] == "base64" => {
+            let mut answer: serde_json::Value =
+                serde_json::from_str(&fixture("embeddings.json")).unwrap();
+            let floats: Vec<u8> = answer["data"][0]["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|f| (f.as_f64().unwrap() as f32).to_le_bytes())
+                .collect();
+            use base64::Engine as _;
+            answer["data"][0]["embedding"] = base64::engine::general_purpose::STANDARD
+                .encode(floats)
+                .into();
+            full(StatusCode::OK, "application/json", answer.to_string())
+        }
         p if p.ends_with("/embeddings") => full(
             StatusCode::OK,
             "application/json",
