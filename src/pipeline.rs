@@ -2,9 +2,10 @@
 //!
 //! Producers hold a [`Handle`] and *offer* events: a full queue drops the
 //! event and counts it, so an offer never waits. New calls are held back
-//! for a bounded time while the queue is nearly full ([`admission`]), so a
-//! store slower than the traffic slows the calls down instead of losing
-//! their events; what happens to calls while the store is broken is
+//! for a bounded time while the queue is nearly full ([`admission`]), and
+//! a call record whose events find no room waits for it on its own task
+//! for as long ([`held`]), so a store slower than the traffic slows the
+//! calls down instead of losing their events; what happens to calls while the store is broken is
 //! `audit.on_store_failure`'s choice, enforced by the proxy through
 //! [`health::StoreHealth`] and [`admission`]. One writer task
 //! ([`writer`]) is the only place `seq` and the hash chain are stamped, so
@@ -23,6 +24,7 @@ pub mod builder;
 pub mod checkpoint;
 mod drop_log;
 pub mod health;
+pub mod held;
 pub mod losses;
 pub mod maintenance;
 pub mod record;
@@ -106,6 +108,13 @@ pub struct PipelineStats {
     pub(crate) records_building: AtomicU64,
     /// Calls held at admission now.
     pub(crate) room_waiters: AtomicU64,
+    /// Events that found no room in the queue and were held for it (see
+    /// [`held`]), and of them, those held now and their bytes.
+    pub events_held: AtomicU64,
+    pub(crate) held_events: AtomicU64,
+    pub(crate) held_bytes: AtomicU64,
+    /// Rung (to every held record) by the writer after each batch it takes.
+    pub(crate) held_room: Notify,
     /// Rung when the queue may have room again: by the writer after each
     /// batch it takes, and as `fail_closed` reservations are released.
     pub(crate) room: Notify,
@@ -136,6 +145,10 @@ impl Default for PipelineStats {
             records_building: AtomicU64::default(),
             room_waiters: AtomicU64::default(),
             room: Notify::new(),
+            events_held: AtomicU64::default(),
+            held_events: AtomicU64::default(),
+            held_bytes: AtomicU64::default(),
+            held_room: Notify::new(),
             // 100 µs to ~3 s.
             write_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
@@ -216,6 +229,7 @@ impl Drop for WriterBell {
 }
 
 /// Why an offer was not queued.
+#[derive(Clone, Copy)]
 enum NotQueued {
     OverBudget,
     Full,
@@ -223,6 +237,10 @@ enum NotQueued {
 }
 
 impl NotQueued {
+    fn is_closed(&self) -> bool {
+        matches!(self, NotQueued::Closed)
+    }
+
     fn drop_reason(&self) -> DropReason {
         match self {
             NotQueued::OverBudget => DropReason::OverBudget,
@@ -303,36 +321,59 @@ impl Handle {
         }
     }
 
-    /// Counts a prepared event into the queue's bounds and sends it.
+    /// Counts a prepared event into the queue's bounds and sends it; drops
+    /// and counts it when it does not fit.
     fn enqueue(
         &self,
         event: NewEvent,
         msg: impl FnOnce(NewEvent) -> WriterMsg,
     ) -> Result<(), NotQueued> {
         self.stats.offered.fetch_add(1, Ordering::Relaxed);
+        self.queue(event, msg).map_err(|(refused, _)| {
+            self.count_drop(refused);
+            refused
+        })
+    }
+
+    /// Counts a prepared event into the queue's bounds and sends it as
+    /// `msg`; gives it back, counted nowhere, when it does not fit.
+    #[expect(
+        clippy::result_large_err,
+        reason = "a refused event comes back by value, to be held without an allocation"
+    )]
+    fn queue(
+        &self,
+        event: NewEvent,
+        msg: impl FnOnce(NewEvent) -> WriterMsg,
+    ) -> Result<(), (NotQueued, NewEvent)> {
         let bytes = queued_bytes(&event);
         // Counted before sending: the writer may take the event (and count
-        // it out) before `try_send` even returns.
+        // it out) before the send even returns.
         let before = self.stats.queue_bytes.fetch_add(bytes, Ordering::Relaxed);
         let refused = if before + bytes > self.max_bytes {
-            Some(NotQueued::OverBudget)
+            NotQueued::OverBudget
         } else {
             self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-            match self.tx.try_send(msg(event)) {
-                Ok(()) => None,
+            match self.tx.try_reserve() {
+                Ok(permit) => {
+                    permit.send(msg(event));
+                    return Ok(());
+                }
                 Err(error) => {
                     self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                    Some(match error {
-                        mpsc::error::TrySendError::Full(_) => NotQueued::Full,
-                        mpsc::error::TrySendError::Closed(_) => NotQueued::Closed,
-                    })
+                    match error {
+                        mpsc::error::TrySendError::Full(()) => NotQueued::Full,
+                        mpsc::error::TrySendError::Closed(()) => NotQueued::Closed,
+                    }
                 }
             }
         };
-        let Some(refused) = refused else {
-            return Ok(());
-        };
         self.stats.queue_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        Err((refused, event))
+    }
+
+    /// Counts an offered event that was not queued as dropped.
+    fn count_drop(&self, refused: NotQueued) {
         let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         match refused {
             NotQueued::OverBudget => {
@@ -353,7 +394,6 @@ impl Handle {
         {
             drop_log::log_drops(counts, dropped);
         }
-        Err(refused)
     }
 
     /// Waits until every event queued before this call has been written

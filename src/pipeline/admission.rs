@@ -29,8 +29,10 @@
 //! calls). Room promised to calls in flight is deliberately not counted: a
 //! thousand open streams hold no queued events, and must neither make new
 //! calls wait nor cost memory. Calls in flight with bodies near the
-//! capture cap can still overshoot the byte headroom; their extra events
-//! are dropped and counted as before.
+//! capture cap can still overshoot the byte headroom; their events are
+//! then held on the record's task until the writer makes room
+//! ([`super::held`]), and count as coming, at their actual size, while
+//! they wait.
 //!
 //! **Under `fail_closed`** (and strict durability) each admitted call
 //! reserves a share of the queue, in events and in bytes, until its record
@@ -39,7 +41,7 @@
 //! never trips it. "Full" is then "no room left to promise", and a call
 //! waits for a reservation as above.
 //!
-//! The common case, room and nobody waiting, reads four counters and
+//! The common case, room and nobody waiting, reads six counters and
 //! neither allocates, locks nor awaits.
 
 use std::pin::pin;
@@ -301,14 +303,18 @@ impl Gate {
             } => {
                 let depth = stats.queue_depth.load(Ordering::Relaxed);
                 let bytes = stats.queue_bytes.load(Ordering::Relaxed);
-                let coming = EVENTS_PER_RECORD * stats.records_building.load(Ordering::Relaxed);
+                let building = EVENTS_PER_RECORD * stats.records_building.load(Ordering::Relaxed);
                 // The coming events' bytes are not known before they are
                 // built: taken at the queued events' average size.
-                let coming_bytes = if coming == 0 || depth == 0 {
+                let building_bytes = if building == 0 || depth == 0 {
                     0
                 } else {
-                    coming.saturating_mul(bytes / depth)
+                    building.saturating_mul(bytes / depth)
                 };
+                // Events held for room are known exactly.
+                let coming = building + stats.held_events.load(Ordering::Relaxed);
+                let coming_bytes =
+                    building_bytes.saturating_add(stats.held_bytes.load(Ordering::Relaxed));
                 depth + coming < high_events && bytes.saturating_add(coming_bytes) < high_bytes
             }
             Room::Reserved {
@@ -619,6 +625,20 @@ mod tests {
         stats.records_building.store(9, Ordering::Relaxed);
         assert!(done(admission.try_admit()).unwrap().is_none());
         stats.records_building.store(10, Ordering::Relaxed);
+        assert!(matches!(admission.try_admit(), Attempt::Wait));
+    }
+
+    #[test]
+    fn events_held_for_room_count_as_coming_at_their_own_size() {
+        // Marks of 75 events and 3,000 bytes.
+        let (admission, stats, _setter) = queued(100, 4_000, LONG);
+        stats.held_events.store(74, Ordering::Relaxed);
+        stats.held_bytes.store(2_999, Ordering::Relaxed);
+        assert!(done(admission.try_admit()).unwrap().is_none());
+        stats.held_events.store(75, Ordering::Relaxed);
+        assert!(matches!(admission.try_admit(), Attempt::Wait));
+        stats.held_events.store(1, Ordering::Relaxed);
+        stats.held_bytes.store(3_000, Ordering::Relaxed);
         assert!(matches!(admission.try_admit(), Attempt::Wait));
     }
 

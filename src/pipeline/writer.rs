@@ -401,6 +401,8 @@ impl Writer {
             // whether or not anyone waits, so a call that is just starting
             // to wait cannot miss it.
             self.stats.room.notify_one();
+            // Every record whose events are held for room tries again.
+            self.stats.held_room.notify_waiters();
         }
         // One batch in the store at a time, so batches land in chain
         // order; this one was sealed while the previous was written.
