@@ -231,7 +231,6 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             store_health.clone(),
             config.queue.capacity,
             config.queue.max_bytes,
-            config.capture.max_body_bytes,
             config.queue.full_wait,
         )
     } else {

@@ -28,6 +28,7 @@ pub mod held;
 pub mod losses;
 pub mod maintenance;
 pub mod record;
+pub mod reservation;
 pub mod shipper;
 pub mod unclean;
 pub mod writer;
@@ -41,8 +42,9 @@ use crate::event::{AuditEvent, Level, NewEvent};
 
 use drop_log::{DropLog, DropReason, DROP_LOG_INTERVAL};
 
-pub use admission::{Admission, Attempt, Refusal, Reservation};
+pub use admission::{Admission, Attempt, Refusal};
 pub use health::StoreHealth;
+pub use reservation::Reservation;
 pub use writer::{spawn_writer, WriterConfig};
 
 /// Bytes an event is counted for in the queue's byte budget besides its
@@ -329,14 +331,16 @@ impl Handle {
         msg: impl FnOnce(NewEvent) -> WriterMsg,
     ) -> Result<(), NotQueued> {
         self.stats.offered.fetch_add(1, Ordering::Relaxed);
-        self.queue(event, msg).map_err(|(refused, _)| {
+        self.queue(event, msg, None).map_err(|(refused, _)| {
             self.count_drop(refused);
             refused
         })
     }
 
     /// Counts a prepared event into the queue's bounds and sends it as
-    /// `msg`; gives it back, counted nowhere, when it does not fit.
+    /// `msg`; gives it back, counted nowhere, when it does not fit. An
+    /// event `within` its call's reservation takes its bytes from it and is
+    /// queued even past `queue.max_bytes`: that room was promised.
     #[expect(
         clippy::result_large_err,
         reason = "a refused event comes back by value, to be held without an allocation"
@@ -345,12 +349,15 @@ impl Handle {
         &self,
         event: NewEvent,
         msg: impl FnOnce(NewEvent) -> WriterMsg,
+        within: Option<&Reservation>,
     ) -> Result<(), (NotQueued, NewEvent)> {
         let bytes = queued_bytes(&event);
         // Counted before sending: the writer may take the event (and count
-        // it out) before the send even returns.
+        // it out) before the send even returns. Counted in before taken
+        // from the reservation, so the room never looks larger than it is.
         let before = self.stats.queue_bytes.fetch_add(bytes, Ordering::Relaxed);
-        let refused = if before + bytes > self.max_bytes {
+        let promised = within.filter(|r| r.take(bytes));
+        let refused = if promised.is_none() && before + bytes > self.max_bytes {
             NotQueued::OverBudget
         } else {
             self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
@@ -368,6 +375,9 @@ impl Handle {
                 }
             }
         };
+        if let Some(reservation) = promised {
+            reservation.give_back(bytes);
+        }
         self.stats.queue_bytes.fetch_sub(bytes, Ordering::Relaxed);
         Err((refused, event))
     }
@@ -558,6 +568,54 @@ mod tests {
         assert_eq!(logged + pending.total(), 999);
         assert_eq!(pending.queue_full, pending.total());
         drop(rx);
+    }
+
+    #[test]
+    fn an_event_within_its_calls_reservation_is_queued_past_the_byte_budget() {
+        let (handle, mut rx) = handle(16, 1024);
+        let stats = handle.stats().clone();
+        let event = || NewEvent::new(EventType::Custom, "x".repeat(2_000));
+        let bytes = queued_bytes(&event());
+        // A reservation grown to hold one such event, not two.
+        stats.reserved_events.store(4, Ordering::Relaxed);
+        stats.reserved_bytes.store(bytes + 10, Ordering::Relaxed);
+        let reservation = Reservation::counted(stats.clone(), 4, bytes + 10);
+        let within = Some(&reservation);
+        assert!(handle.queue(event(), WriterMsg::Event, within).is_ok());
+        assert_eq!(reservation.bytes(), 10);
+        assert_eq!(stats.reserved_bytes.load(Ordering::Relaxed), 10);
+        assert_eq!(stats.queue_bytes.load(Ordering::Relaxed), bytes);
+        // Past both the budget and the reservation: refused, and the
+        // reservation keeps what it had.
+        let (refused, _) = handle.queue(event(), WriterMsg::Event, within).unwrap_err();
+        assert!(matches!(refused, NotQueued::OverBudget));
+        assert_eq!(reservation.bytes(), 10);
+        assert_eq!(stats.queue_bytes.load(Ordering::Relaxed), bytes);
+        // Without one, over the budget.
+        assert!(!handle.offer(event()));
+        assert!(matches!(rx.try_recv(), Ok(WriterMsg::Event(_))));
+        drop(reservation);
+        assert_eq!(stats.reserved_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_refused_event_gives_back_what_it_took_from_its_reservation() {
+        // A queue with no slot left.
+        let (handle, _rx) = handle(1, u64::MAX);
+        assert!(handle.offer(NewEvent::new(EventType::Custom, "first")));
+        let stats = handle.stats().clone();
+        stats.reserved_bytes.store(10_000, Ordering::Relaxed);
+        let reservation = Reservation::counted(stats.clone(), 0, 10_000);
+        let (refused, _) = handle
+            .queue(
+                NewEvent::new(EventType::Custom, "second"),
+                WriterMsg::Event,
+                Some(&reservation),
+            )
+            .unwrap_err();
+        assert!(matches!(refused, NotQueued::Full));
+        assert_eq!(reservation.bytes(), 10_000);
+        assert_eq!(stats.reserved_bytes.load(Ordering::Relaxed), 10_000);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{queued_bytes, Handle, StoreHealth, WriterMsg};
+use super::{queued_bytes, Handle, Reservation, StoreHealth, WriterMsg};
 use crate::event::NewEvent;
 
 /// When a record's events may be held, and for how long.
@@ -50,6 +50,8 @@ pub(crate) struct Offers<'a> {
     handle: &'a Handle,
     /// `None`: nothing is ever held.
     holding: Option<&'a Holding>,
+    /// The call's room under `fail_closed`, which its events are queued in.
+    reservation: Option<&'a Reservation>,
     /// Events held so far, in the order offered.
     held: VecDeque<NewEvent>,
     /// When the first of them was held.
@@ -63,6 +65,8 @@ pub(crate) struct Offers<'a> {
 pub(crate) struct Held {
     handle: Handle,
     holding: Holding,
+    /// Kept (room still promised) until the events are offered.
+    reservation: Option<Reservation>,
     events: VecDeque<NewEvent>,
     /// When the first event was held: the bound runs from there.
     since: Instant,
@@ -85,10 +89,15 @@ impl Holding {
 // === impl Offers ===
 
 impl<'a> Offers<'a> {
-    pub(crate) fn new(handle: &'a Handle, holding: Option<&'a Holding>) -> Self {
+    pub(crate) fn new(
+        handle: &'a Handle,
+        holding: Option<&'a Holding>,
+        reservation: Option<&'a Reservation>,
+    ) -> Self {
         Self {
             handle,
             holding,
+            reservation,
             held: VecDeque::new(),
             since: None,
         }
@@ -112,7 +121,7 @@ impl<'a> Offers<'a> {
                 && stats.held_events.load(Ordering::Relaxed) > 0
                 && self.may_hold();
             if !behind_others {
-                match handle.queue(event, WriterMsg::Event) {
+                match handle.queue(event, WriterMsg::Event, self.reservation) {
                     Ok(()) => return,
                     Err((refused, _)) if refused.is_closed() || !self.may_hold() => {
                         return handle.count_drop(refused);
@@ -133,6 +142,7 @@ impl<'a> Offers<'a> {
         Some(Held {
             handle: self.handle.clone(),
             holding: holding.clone(),
+            reservation: self.reservation.cloned(),
             events: self.held,
             since,
         })
@@ -176,7 +186,10 @@ impl Held {
                 // try and the wait still wakes this record.
                 let mut rung = pin!(stats.held_room.notified());
                 rung.as_mut().enable();
-                match self.handle.queue(event, WriterMsg::Event) {
+                match self
+                    .handle
+                    .queue(event, WriterMsg::Event, self.reservation.as_ref())
+                {
                     Ok(()) => break,
                     Err((refused, _))
                         if refused.is_closed() || !waiting || !self.holding.may_hold() =>
@@ -204,7 +217,8 @@ impl Drop for Held {
         let stats = self.handle.stats.clone();
         for event in self.events.drain(..) {
             release(&stats, queued_bytes(&event));
-            if let Err((refused, _)) = self.handle.queue(event, WriterMsg::Event) {
+            let reservation = self.reservation.as_ref();
+            if let Err((refused, _)) = self.handle.queue(event, WriterMsg::Event, reservation) {
                 self.handle.count_drop(refused);
             }
         }

@@ -381,13 +381,13 @@ impl Recorder {
                 // ends; the token keeps shutdown waiting for it.
                 let running = self.tracker.token();
                 self.builder.spawn(move || {
-                    let mut offers = this.offers();
+                    let mut offers = this.offers(&info);
                     let (event, facts, scan) = this.request_event(&info, request.as_ref(), prescan);
                     offers.offer(event);
                     this.offer_compliance(&info, &scan, &mut offers);
                     this.offer_response(&info, &facts, outcome, &mut offers);
                     if let Some(held) = offers.finish() {
-                        this.offer_held_later(held, info);
+                        this.offer_held_later(held);
                     }
                     drop(running);
                 });
@@ -400,7 +400,7 @@ impl Recorder {
         let built = {
             let (this, info) = (self.clone(), info.clone());
             let job = move || {
-                let mut offers = this.offers();
+                let mut offers = this.offers(&info);
                 let (event, facts, scan) = this.request_event(&info, request.as_ref(), prescan);
                 let to_commit = if strict {
                     Some(event)
@@ -452,7 +452,7 @@ impl Recorder {
         let held = self
             .builder
             .run(move || {
-                let mut offers = this.offers();
+                let mut offers = this.offers(&info);
                 this.offer_response(&info, &facts, outcome, &mut offers);
                 offers.finish()
             })
@@ -462,23 +462,20 @@ impl Recorder {
         }
     }
 
-    /// Where a job's events are offered.
-    fn offers(&self) -> Offers<'_> {
-        Offers::new(&self.handle, self.holding.as_ref())
+    /// Where a job's events of `info`'s call are offered.
+    fn offers<'a>(&'a self, info: &'a CallInfo) -> Offers<'a> {
+        Offers::new(
+            &self.handle,
+            self.holding.as_ref(),
+            info.reservation.as_ref(),
+        )
     }
 
-    /// Offers `held` on a task of its own, for a job nobody awaits; `info`
-    /// (with the room it reserved) is kept until then.
-    fn offer_held_later(&self, held: Held, info: CallInfo) {
+    /// Offers `held` on a task of its own, for a job nobody awaits.
+    fn offer_held_later(&self, held: Held) {
         match &self.runtime {
             Some(runtime) => {
-                self.tracker.spawn_on(
-                    async move {
-                        held.offer().await;
-                        drop(info);
-                    },
-                    runtime,
-                );
+                self.tracker.spawn_on(held.offer(), runtime);
             }
             // Offered at once, as without holding.
             None => drop(held),

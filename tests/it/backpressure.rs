@@ -110,6 +110,18 @@ async fn until_positive(proxy: &TestProxy, metric: &str) -> f64 {
     }
 }
 
+/// Waits (bounded) until `metric` is at least `floor`.
+async fn until_at_least(proxy: &TestProxy, metric: &str, floor: f64) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let value = proxy.metric(metric).await;
+        if value >= floor || tokio::time::Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Request ids of the stored events of `event_type` among `prefix`'s calls.
 async fn stored_ids(
     proxy: &TestProxy,
@@ -390,12 +402,9 @@ async fn large_bodies_without_a_wait_are_dropped_and_counted() {
     store.stall();
     let all = statuses(large_calls(&proxy, "unheld")).await;
     assert!(all.iter().all(|(_, s)| *s == 200), "{all:?}");
-    assert!(
-        proxy
-            .metric("llm_audit_proxy_events_dropped_over_budget_total")
-            .await
-            > 0.0
-    );
+    // The records are built after the calls end.
+    let dropped = until_positive(&proxy, "llm_audit_proxy_events_dropped_over_budget_total").await;
+    assert!(dropped > 0.0);
     assert_eq!(proxy.metric("llm_audit_proxy_events_held_total").await, 0.0);
     store.release();
     proxy.stop().await;
@@ -420,7 +429,121 @@ async fn large_bodies_behind_a_stalled_store_are_dropped_and_counted_after_the_w
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(still_held, 0.0);
-    assert!(proxy.metric("llm_audit_proxy_events_dropped_total").await > 0.0);
+    assert!(until_positive(&proxy, "llm_audit_proxy_events_dropped_total").await > 0.0);
     store.release();
+    proxy.stop().await;
+}
+
+/// Streams held open at once under fail_closed.
+const OPEN_STREAMS: usize = 200;
+
+#[tokio::test]
+async fn open_streams_under_fail_closed_leave_room_for_new_calls() {
+    let mock = MockUpstream::start().await;
+    let store = Arc::new(SlowStore::new(Duration::ZERO));
+    // 4 MiB: reserving twice the default 1 MiB capture cap (64 KiB) a call
+    // would hold it all with 64 streams; no wait, so no room is a 503.
+    let proxy = TestProxy::start_on_store(
+        &mock.url(),
+        store.clone(),
+        &[
+            ("LLM_AUDIT_PROXY_ON_STORE_FAILURE", "fail_closed"),
+            ("LLM_AUDIT_PROXY_QUEUE_MAX_BYTES", "4194304"),
+            ("LLM_AUDIT_PROXY_QUEUE_FULL_WAIT_MS", "0"),
+        ],
+    )
+    .await;
+    let opening: Vec<_> = (0..OPEN_STREAMS)
+        .map(|i| {
+            proxy
+                .post_call("/v1/chat/completions", format!("open-{i}"))
+                .header("x-mock-endless", "1")
+                .header("x-mock-chunk-delay-ms", "1000")
+                .json(&json!({"model": "gpt-4o-mini", "stream": true}))
+                .send()
+        })
+        .collect();
+    let mut open = Vec::new();
+    for stream in opening {
+        let stream = stream.await.unwrap();
+        assert_eq!(stream.status(), 200);
+        open.push(stream);
+    }
+    let status = proxy
+        .post_call("/v1/chat/completions", "after-open")
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        status, 200,
+        "a new call is admitted beside the open streams"
+    );
+    let ids = proxy.wait_events("request_id=after-open", 2).await;
+    assert_eq!(ids.len(), 2, "its REQUEST and RESPONSE are stored");
+    drop(open);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn large_calls_admitted_under_fail_closed_have_every_event_stored() {
+    let mock = MockUpstream::start().await;
+    let store = Arc::new(SlowStore::new(Duration::ZERO));
+    // A 1 MiB queue, the default 1 MiB capture cap and no wait: a few
+    // large calls admitted together grow their reservations past the
+    // queue's budget, and nothing but their reservations keeps their
+    // events from being dropped.
+    let proxy = TestProxy::start_on_store(
+        &mock.url(),
+        store.clone(),
+        &[
+            ("LLM_AUDIT_PROXY_ON_STORE_FAILURE", "fail_closed"),
+            ("LLM_AUDIT_PROXY_QUEUE_MAX_BYTES", "1048576"),
+            ("LLM_AUDIT_PROXY_QUEUE_MAX_BATCH", "1"),
+            ("LLM_AUDIT_PROXY_QUEUE_COMMIT_INTERVAL_MS", "0"),
+            ("LLM_AUDIT_PROXY_QUEUE_FULL_WAIT_MS", "0"),
+        ],
+    )
+    .await;
+    store.stall();
+    let chat = json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "a".repeat(600 * 1024)}],
+    });
+    let all = statuses(send_many(&proxy, "admitted", 4, 2, chat, &[LATE_ANSWER])).await;
+    let served: BTreeSet<String> = all
+        .iter()
+        .filter(|(_, s)| *s == 200)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let refused = all.iter().filter(|(_, s)| *s == 503).count();
+    assert_eq!(served.len() + refused, all.len(), "{all:?}");
+    assert!(served.len() >= 3, "the first calls are admitted together");
+    assert_eq!(
+        mock.calls(),
+        served.len(),
+        "refused calls never reach upstream"
+    );
+    // The store moves only once every record has been offered.
+    let offered = until_at_least(
+        &proxy,
+        "llm_audit_proxy_events_offered_total",
+        2.0 * served.len() as f64,
+    )
+    .await;
+    assert!(offered >= 2.0 * served.len() as f64);
+    store.release();
+    for event_type in [EventType::Request, EventType::Response] {
+        let stored = until_stored(&store, &event_type, "admitted-", &served).await;
+        assert_eq!(
+            stored, served,
+            "every admitted call's {event_type:?} is stored"
+        );
+    }
+    assert_eq!(
+        proxy.metric("llm_audit_proxy_events_dropped_total").await,
+        0.0
+    );
     proxy.stop().await;
 }

@@ -56,7 +56,7 @@ impl Queue {
     }
 
     fn offers(&self) -> Offers<'_> {
-        Offers::new(&self.handle, self.holding.as_ref())
+        Offers::new(&self.handle, self.holding.as_ref(), None)
     }
 
     /// What the writer does with a batch: takes every queued event off
@@ -266,7 +266,7 @@ fn filtered_events_are_neither_queued_nor_held() {
         1,
         Arc::new(Notify::new()),
     );
-    let mut offers = Offers::new(&quiet, holding.as_ref());
+    let mut offers = Offers::new(&quiet, holding.as_ref(), None);
     offers.offer(event('a', 10).with_level(Level::Debug));
     assert!(offers.finish().is_none());
     assert_eq!(quiet.stats.filtered.load(Ordering::Relaxed), 1);
