@@ -297,13 +297,24 @@ impl Handle {
             return false;
         }
         self.prepare(&mut event);
-        self.enqueue(event, WriterMsg::Event).is_ok()
+        self.enqueue(event, WriterMsg::Event, None).is_ok()
     }
 
     /// Queues `event` and waits until it is stored, returning it sealed.
     /// For callers that must answer with the stored event (the admin API,
     /// and the request path under `audit.durability = "strict"`).
-    pub async fn submit(&self, mut event: NewEvent) -> Result<AuditEvent, SubmitError> {
+    pub async fn submit(&self, event: NewEvent) -> Result<AuditEvent, SubmitError> {
+        self.submit_within(event, None).await
+    }
+
+    /// As [`submit`](Self::submit), for an event of a call admitted under
+    /// `fail_closed`: queued within the call's `reservation` (see
+    /// [`reservation`]).
+    pub async fn submit_within(
+        &self,
+        mut event: NewEvent,
+        reservation: Option<&Reservation>,
+    ) -> Result<AuditEvent, SubmitError> {
         if !self.enabled {
             return Err(SubmitError::Disabled);
         }
@@ -312,7 +323,7 @@ impl Handle {
         }
         self.prepare(&mut event);
         let (ack_tx, ack_rx) = oneshot::channel();
-        match self.enqueue(event, |e| WriterMsg::EventAck(e, ack_tx)) {
+        match self.enqueue(event, |e| WriterMsg::EventAck(e, ack_tx), reservation) {
             Ok(()) => {
                 self.waited_for.ring();
                 ack_rx.await.unwrap_or(Err(SubmitError::Closed))
@@ -329,9 +340,10 @@ impl Handle {
         &self,
         event: NewEvent,
         msg: impl FnOnce(NewEvent) -> WriterMsg,
+        within: Option<&Reservation>,
     ) -> Result<(), NotQueued> {
         self.stats.offered.fetch_add(1, Ordering::Relaxed);
-        self.queue(event, msg, None).map_err(|(refused, _)| {
+        self.queue(event, msg, within).map_err(|(refused, _)| {
             self.count_drop(refused);
             refused
         })

@@ -419,17 +419,19 @@ impl Recorder {
             }
         };
         let (facts, to_commit, held) = built.unwrap_or_default();
-        // Here rather than on the builder thread: the REQUEST's events are
-        // queued before the RESPONSE's.
-        if let Some(held) = held {
-            held.offer().await;
-        }
         if let (Some(committed), Some(event)) = (committed, to_commit) {
-            let stored = match self.handle.submit(event).await {
+            let reservation = info.reservation.as_ref();
+            let stored = match self.handle.submit_within(event, reservation).await {
                 Ok(_) | Err(SubmitError::BelowLevel | SubmitError::Disabled) => Ok(()),
                 Err(error) => Err(error),
             };
             let _ = committed.send(stored);
+        }
+        // Here rather than on the builder thread, so the REQUEST's events
+        // are queued before the RESPONSE's; after a strict commit, which
+        // the call waits for.
+        if let Some(held) = held {
+            held.offer().await;
         }
         let outcome = match ended {
             Some(outcome) => outcome,
