@@ -116,8 +116,9 @@ impl<'a> Offers<'a> {
         stats.offered.fetch_add(1, Ordering::Relaxed);
         if self.held.is_empty() {
             // Behind another record's held events, unless this one may not
-            // wait.
+            // wait or has room promised.
             let behind_others = self.holding.is_some()
+                && self.reservation.is_none()
                 && stats.held_events.load(Ordering::Relaxed) > 0
                 && self.may_hold();
             if !behind_others {

@@ -272,3 +272,22 @@ fn filtered_events_are_neither_queued_nor_held() {
     assert_eq!(quiet.stats.filtered.load(Ordering::Relaxed), 1);
     assert_eq!(quiet.stats.events_held.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn an_event_within_its_calls_reservation_is_not_held_behind_others() {
+    let mut q = queue(8, bytes_of('b', 1_000) + 100, LONG);
+    let mut first = q.offers();
+    first.offer(event('a', 10));
+    first.offer(event('b', 1_000));
+    let first = first.finish().expect("b is held");
+    let stats = q.handle.stats.clone();
+    let bytes = bytes_of('c', 2_000);
+    stats.reserved_bytes.fetch_add(bytes, Ordering::Relaxed);
+    let reservation = Reservation::counted(stats.clone(), 0, bytes);
+    let mut admitted = Offers::new(&q.handle, q.holding.as_ref(), Some(&reservation));
+    admitted.offer(event('c', 2_000));
+    assert!(admitted.finish().is_none(), "queued in its promised room");
+    assert_eq!(q.take_batch(), "ac");
+    drop(first);
+    assert_eq!(q.take_batch(), "b");
+}
