@@ -11,9 +11,10 @@
 //! off the queue. The wait is on the record's own task, never on a call's
 //! response path. A record's later events are held behind its first
 //! held one (a call's events keep their order), and while any record's
-//! events are held, other records' events queue behind them, so a large
-//! record is not starved by small ones taking every room the writer
-//! makes. At the bound, what is still held is offered anyway and, finding
+//! events are held, other records' events queue behind them (unless their
+//! room was promised under `fail_closed`, see [`super::reservation`]), so
+//! a large record is not starved by small ones taking every room the
+//! writer makes. At the bound, what is still held is offered anyway and, finding
 //! no room, dropped and counted as before. Nothing is held while the
 //! store's health flag says it takes no writes (waiting would not bring
 //! it back), nor when `queue.full_wait_ms` is 0.
