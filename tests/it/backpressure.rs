@@ -361,13 +361,14 @@ async fn until_stored(
     prefix: &str,
     expected: &BTreeSet<String>,
 ) -> BTreeSet<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let stored = ids_in_store(store, event_type, prefix).await;
         if stored == *expected || tokio::time::Instant::now() > deadline {
             return stored;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Each look copies every large event: not too often.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
