@@ -2,8 +2,8 @@
 //! [`super::admission`]): held from admission until the call's record has
 //! queued its events, and grown as the call's bodies are captured.
 //!
-//! A call reserves [`BYTES_PER_CALL`] at admission: its events' metadata
-//! and the first [`BODY_ALLOWANCE`] bytes of each body. Each body's capture
+//! A call reserves 16 KiB at admission: its events' metadata and the
+//! first 4 KiB of each body. Each body's capture
 //! grows the reservation past that, in steps, by what it holds, and never
 //! refuses: a call once admitted is served to its end. So a thousand open
 //! streams with small bodies hold a thousand small reservations, while a
