@@ -40,6 +40,7 @@ use crate::event::chain::canonical_json;
 use crate::event::{EventType, NewEvent};
 use crate::listener::ConnectionCap;
 use crate::pipeline::checkpoint::CheckpointConfig;
+use crate::pipeline::held::Holding;
 use crate::pipeline::losses::LossLedger;
 use crate::pipeline::maintenance::{self, MaintenanceConfig};
 use crate::pipeline::record::Recorder;
@@ -216,6 +217,7 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             config.audit.record_compliance_checks,
         )
         .commit_requests_first(config.audit.durability == Durability::Strict)
+        .hold_offers(Holding::new(config.queue.full_wait, store_health.clone()))
     });
     // Strict durability admits calls as fail_closed does: a call whose
     // REQUEST cannot be committed must not be let in to wait for it.
@@ -229,7 +231,6 @@ pub async fn start_with_store(config: Config, store: SharedStore) -> Result<Runn
             store_health.clone(),
             config.queue.capacity,
             config.queue.max_bytes,
-            config.capture.max_body_bytes,
             config.queue.full_wait,
         )
     } else {

@@ -2,9 +2,10 @@
 //!
 //! Producers hold a [`Handle`] and *offer* events: a full queue drops the
 //! event and counts it, so an offer never waits. New calls are held back
-//! for a bounded time while the queue is nearly full ([`admission`]), so a
-//! store slower than the traffic slows the calls down instead of losing
-//! their events; what happens to calls while the store is broken is
+//! for a bounded time while the queue is nearly full ([`admission`]), and
+//! a call record whose events find no room waits for it on its own task
+//! for as long ([`held`]), so a store slower than the traffic slows the
+//! calls down instead of losing their events; what happens to calls while the store is broken is
 //! `audit.on_store_failure`'s choice, enforced by the proxy through
 //! [`health::StoreHealth`] and [`admission`]. One writer task
 //! ([`writer`]) is the only place `seq` and the hash chain are stamped, so
@@ -23,9 +24,11 @@ pub mod builder;
 pub mod checkpoint;
 mod drop_log;
 pub mod health;
+pub mod held;
 pub mod losses;
 pub mod maintenance;
 pub mod record;
+pub mod reservation;
 pub mod shipper;
 pub mod unclean;
 pub mod writer;
@@ -39,8 +42,9 @@ use crate::event::{AuditEvent, Level, NewEvent};
 
 use drop_log::{DropLog, DropReason, DROP_LOG_INTERVAL};
 
-pub use admission::{Admission, Attempt, Refusal, Reservation};
+pub use admission::{Admission, Attempt, Refusal};
 pub use health::StoreHealth;
+pub use reservation::Reservation;
 pub use writer::{spawn_writer, WriterConfig};
 
 /// Bytes an event is counted for in the queue's byte budget besides its
@@ -106,6 +110,13 @@ pub struct PipelineStats {
     pub(crate) records_building: AtomicU64,
     /// Calls held at admission now.
     pub(crate) room_waiters: AtomicU64,
+    /// Events that found no room in the queue and were held for it (see
+    /// [`held`]), and of them, those held now and their bytes.
+    pub events_held: AtomicU64,
+    pub(crate) held_events: AtomicU64,
+    pub(crate) held_bytes: AtomicU64,
+    /// Rung (to every held record) by the writer after each batch it takes.
+    pub(crate) held_room: Notify,
     /// Rung when the queue may have room again: by the writer after each
     /// batch it takes, and as `fail_closed` reservations are released.
     pub(crate) room: Notify,
@@ -136,6 +147,10 @@ impl Default for PipelineStats {
             records_building: AtomicU64::default(),
             room_waiters: AtomicU64::default(),
             room: Notify::new(),
+            events_held: AtomicU64::default(),
+            held_events: AtomicU64::default(),
+            held_bytes: AtomicU64::default(),
+            held_room: Notify::new(),
             // 100 µs to ~3 s.
             write_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
@@ -216,6 +231,7 @@ impl Drop for WriterBell {
 }
 
 /// Why an offer was not queued.
+#[derive(Clone, Copy)]
 enum NotQueued {
     OverBudget,
     Full,
@@ -223,6 +239,10 @@ enum NotQueued {
 }
 
 impl NotQueued {
+    fn is_closed(&self) -> bool {
+        matches!(self, NotQueued::Closed)
+    }
+
     fn drop_reason(&self) -> DropReason {
         match self {
             NotQueued::OverBudget => DropReason::OverBudget,
@@ -277,13 +297,24 @@ impl Handle {
             return false;
         }
         self.prepare(&mut event);
-        self.enqueue(event, WriterMsg::Event).is_ok()
+        self.enqueue(event, WriterMsg::Event, None).is_ok()
     }
 
     /// Queues `event` and waits until it is stored, returning it sealed.
     /// For callers that must answer with the stored event (the admin API,
     /// and the request path under `audit.durability = "strict"`).
-    pub async fn submit(&self, mut event: NewEvent) -> Result<AuditEvent, SubmitError> {
+    pub async fn submit(&self, event: NewEvent) -> Result<AuditEvent, SubmitError> {
+        self.submit_within(event, None).await
+    }
+
+    /// As [`submit`](Self::submit), for an event of a call admitted under
+    /// `fail_closed`: queued within the call's `reservation` (see
+    /// [`reservation`]).
+    pub async fn submit_within(
+        &self,
+        mut event: NewEvent,
+        reservation: Option<&Reservation>,
+    ) -> Result<AuditEvent, SubmitError> {
         if !self.enabled {
             return Err(SubmitError::Disabled);
         }
@@ -292,7 +323,7 @@ impl Handle {
         }
         self.prepare(&mut event);
         let (ack_tx, ack_rx) = oneshot::channel();
-        match self.enqueue(event, |e| WriterMsg::EventAck(e, ack_tx)) {
+        match self.enqueue(event, |e| WriterMsg::EventAck(e, ack_tx), reservation) {
             Ok(()) => {
                 self.waited_for.ring();
                 ack_rx.await.unwrap_or(Err(SubmitError::Closed))
@@ -303,36 +334,68 @@ impl Handle {
         }
     }
 
-    /// Counts a prepared event into the queue's bounds and sends it.
+    /// Counts a prepared event into the queue's bounds and sends it; drops
+    /// and counts it when it does not fit.
     fn enqueue(
         &self,
         event: NewEvent,
         msg: impl FnOnce(NewEvent) -> WriterMsg,
+        within: Option<&Reservation>,
     ) -> Result<(), NotQueued> {
         self.stats.offered.fetch_add(1, Ordering::Relaxed);
+        self.queue(event, msg, within).map_err(|(refused, _)| {
+            self.count_drop(refused);
+            refused
+        })
+    }
+
+    /// Counts a prepared event into the queue's bounds and sends it as
+    /// `msg`; gives it back, counted nowhere, when it does not fit. An
+    /// event `within` its call's reservation takes its bytes from it and is
+    /// queued even past `queue.max_bytes`: that room was promised.
+    #[expect(
+        clippy::result_large_err,
+        reason = "a refused event comes back by value, to be held without an allocation"
+    )]
+    fn queue(
+        &self,
+        event: NewEvent,
+        msg: impl FnOnce(NewEvent) -> WriterMsg,
+        within: Option<&Reservation>,
+    ) -> Result<(), (NotQueued, NewEvent)> {
         let bytes = queued_bytes(&event);
         // Counted before sending: the writer may take the event (and count
-        // it out) before `try_send` even returns.
+        // it out) before the send even returns. Counted in before taken
+        // from the reservation, so the room never looks larger than it is.
         let before = self.stats.queue_bytes.fetch_add(bytes, Ordering::Relaxed);
-        let refused = if before + bytes > self.max_bytes {
-            Some(NotQueued::OverBudget)
+        let promised = within.filter(|r| r.take(bytes));
+        let refused = if promised.is_none() && before + bytes > self.max_bytes {
+            NotQueued::OverBudget
         } else {
             self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-            match self.tx.try_send(msg(event)) {
-                Ok(()) => None,
+            match self.tx.try_reserve() {
+                Ok(permit) => {
+                    permit.send(msg(event));
+                    return Ok(());
+                }
                 Err(error) => {
                     self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                    Some(match error {
-                        mpsc::error::TrySendError::Full(_) => NotQueued::Full,
-                        mpsc::error::TrySendError::Closed(_) => NotQueued::Closed,
-                    })
+                    match error {
+                        mpsc::error::TrySendError::Full(()) => NotQueued::Full,
+                        mpsc::error::TrySendError::Closed(()) => NotQueued::Closed,
+                    }
                 }
             }
         };
-        let Some(refused) = refused else {
-            return Ok(());
-        };
+        if let Some(reservation) = promised {
+            reservation.give_back(bytes);
+        }
         self.stats.queue_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        Err((refused, event))
+    }
+
+    /// Counts an offered event that was not queued as dropped.
+    fn count_drop(&self, refused: NotQueued) {
         let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         match refused {
             NotQueued::OverBudget => {
@@ -353,7 +416,6 @@ impl Handle {
         {
             drop_log::log_drops(counts, dropped);
         }
-        Err(refused)
     }
 
     /// Waits until every event queued before this call has been written
@@ -518,6 +580,54 @@ mod tests {
         assert_eq!(logged + pending.total(), 999);
         assert_eq!(pending.queue_full, pending.total());
         drop(rx);
+    }
+
+    #[test]
+    fn an_event_within_its_calls_reservation_is_queued_past_the_byte_budget() {
+        let (handle, mut rx) = handle(16, 1024);
+        let stats = handle.stats().clone();
+        let event = || NewEvent::new(EventType::Custom, "x".repeat(2_000));
+        let bytes = queued_bytes(&event());
+        // A reservation grown to hold one such event, not two.
+        stats.reserved_events.store(4, Ordering::Relaxed);
+        stats.reserved_bytes.store(bytes + 10, Ordering::Relaxed);
+        let reservation = Reservation::counted(stats.clone(), 4, bytes + 10);
+        let within = Some(&reservation);
+        assert!(handle.queue(event(), WriterMsg::Event, within).is_ok());
+        assert_eq!(reservation.bytes(), 10);
+        assert_eq!(stats.reserved_bytes.load(Ordering::Relaxed), 10);
+        assert_eq!(stats.queue_bytes.load(Ordering::Relaxed), bytes);
+        // Past both the budget and the reservation: refused, and the
+        // reservation keeps what it had.
+        let (refused, _) = handle.queue(event(), WriterMsg::Event, within).unwrap_err();
+        assert!(matches!(refused, NotQueued::OverBudget));
+        assert_eq!(reservation.bytes(), 10);
+        assert_eq!(stats.queue_bytes.load(Ordering::Relaxed), bytes);
+        // Without one, over the budget.
+        assert!(!handle.offer(event()));
+        assert!(matches!(rx.try_recv(), Ok(WriterMsg::Event(_))));
+        drop(reservation);
+        assert_eq!(stats.reserved_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_refused_event_gives_back_what_it_took_from_its_reservation() {
+        // A queue with no slot left.
+        let (handle, _rx) = handle(1, u64::MAX);
+        assert!(handle.offer(NewEvent::new(EventType::Custom, "first")));
+        let stats = handle.stats().clone();
+        stats.reserved_bytes.store(10_000, Ordering::Relaxed);
+        let reservation = Reservation::counted(stats.clone(), 0, 10_000);
+        let (refused, _) = handle
+            .queue(
+                NewEvent::new(EventType::Custom, "second"),
+                WriterMsg::Event,
+                Some(&reservation),
+            )
+            .unwrap_err();
+        assert!(matches!(refused, NotQueued::Full));
+        assert_eq!(reservation.bytes(), 10_000);
+        assert_eq!(stats.reserved_bytes.load(Ordering::Relaxed), 10_000);
     }
 
     #[test]

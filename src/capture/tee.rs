@@ -71,6 +71,25 @@ pub trait CaptureSink: Send + Sync {
     fn captured(&self, captured: Captured);
 }
 
+/// Told as a capture comes to hold more bytes, so that what the call holds
+/// can be accounted for (a `fail_closed` reservation grows by it).
+pub trait CaptureGrowth: Send + Sync {
+    /// Bytes a capture may hold before it reports any growth.
+    fn allowance(&self) -> usize;
+    /// The capture may now hold `bytes` more than last reported.
+    fn grew(&self, bytes: u64);
+}
+
+/// Growth is reported in steps of this many bytes, so a stream of small
+/// chunks costs one report a step rather than one a chunk.
+const GROWTH_STEP: usize = 16 * 1024;
+
+/// A capture's growth reports, and how far they cover.
+struct Growth {
+    to: Arc<dyn CaptureGrowth>,
+    covered: usize,
+}
+
 /// Where the capture goes when the body ends.
 enum Done {
     Call(OnDone),
@@ -121,6 +140,8 @@ pub struct Capture {
     /// The last bytes seen past the cap (at most [`MARKER_CARRY`]).
     carry: Vec<u8>,
     terminal_past_cap: bool,
+    /// Told as the capture grows past its allowance.
+    growth: Option<Growth>,
 }
 
 pin_project! {
@@ -173,6 +194,30 @@ impl Capture {
             on_first_byte: None,
             carry: Vec::new(),
             terminal_past_cap: false,
+            growth: None,
+        }
+    }
+
+    /// Reports to `to` as the capture comes to hold more than its
+    /// allowance, in steps, never past the cap.
+    pub fn report_growth(&mut self, to: Option<Arc<dyn CaptureGrowth>>) {
+        self.growth = to.map(|to| Growth {
+            covered: to.allowance(),
+            to,
+        });
+        self.report_held();
+    }
+
+    /// Reports what the capture holds beyond what was reported.
+    fn report_held(&mut self) {
+        let held = self.held();
+        let cap = self.cap;
+        if let Some(growth) = &mut self.growth {
+            if held > growth.covered {
+                let covered = held.next_multiple_of(GROWTH_STEP).min(cap).max(held);
+                growth.to.grew((covered - growth.covered) as u64);
+                growth.covered = covered;
+            }
         }
     }
 
@@ -203,6 +248,7 @@ impl Capture {
         if data.len() > room {
             self.watch_past_cap(&data[room..]);
         }
+        self.report_held();
     }
 
     /// As [`Self::observe`], for bytes the caller already holds in one
@@ -217,6 +263,7 @@ impl Capture {
         self.mark_first_byte();
         self.total = data.len() as u64;
         self.shared = Some(data.clone());
+        self.report_held();
     }
 
     /// Notes when the first byte passed, and lets whoever waits for it go.
@@ -552,5 +599,45 @@ mod tests {
         assert!(rx
             .try_recv()
             .is_err_and(|e| e == tokio::sync::oneshot::error::TryRecvError::Closed));
+    }
+
+    /// Sums what a capture reports.
+    #[derive(Default)]
+    struct Grown(std::sync::atomic::AtomicU64);
+
+    impl CaptureGrowth for Grown {
+        fn allowance(&self) -> usize {
+            100
+        }
+        fn grew(&self, bytes: u64) {
+            self.0
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn growth_past_the_allowance_is_reported_in_steps_up_to_the_cap() {
+        let grown = Arc::new(Grown::default());
+        let reported = || grown.0.load(std::sync::atomic::Ordering::Relaxed);
+        let cap = 3 * GROWTH_STEP;
+        let mut capture = Capture::new(cap, Box::new(|_| {}));
+        capture.report_growth(Some(grown.clone()));
+        capture.observe(&[b'a'; 100]);
+        assert_eq!(reported(), 0, "within the allowance");
+        capture.observe(b"b");
+        assert_eq!(reported(), (GROWTH_STEP - 100) as u64, "a step at once");
+        capture.observe(&vec![b'c'; GROWTH_STEP - 200]);
+        assert_eq!(reported(), (GROWTH_STEP - 100) as u64, "within the step");
+        capture.observe(&vec![b'd'; 4 * GROWTH_STEP]);
+        assert_eq!(reported(), (cap - 100) as u64, "never past the cap");
+        // Shared bytes count as held too.
+        let grown = Arc::new(Grown::default());
+        let mut capture = Capture::new(cap, Box::new(|_| {}));
+        capture.report_growth(Some(grown.clone()));
+        capture.observe_shared(&Bytes::from(vec![b'e'; GROWTH_STEP + 1]));
+        assert_eq!(
+            grown.0.load(std::sync::atomic::Ordering::Relaxed),
+            (2 * GROWTH_STEP - 100) as u64
+        );
     }
 }

@@ -29,18 +29,27 @@
 //! calls). Room promised to calls in flight is deliberately not counted: a
 //! thousand open streams hold no queued events, and must neither make new
 //! calls wait nor cost memory. Calls in flight with bodies near the
-//! capture cap can still overshoot the byte headroom; their extra events
-//! are dropped and counted as before.
+//! capture cap can still overshoot the byte headroom; their events are
+//! then held on the record's task until the writer makes room
+//! ([`super::held`]), and count as coming, at their actual size, while
+//! they wait.
 //!
 //! **Under `fail_closed`** (and strict durability) each admitted call
 //! reserves a share of the queue, in events and in bytes, until its record
 //! has been offered (the [`Reservation`] is dropped): reading the store's
 //! health flag alone is not enough, since a full queue or a slow store
-//! never trips it. "Full" is then "no room left to promise", and a call
-//! waits for a reservation as above.
+//! never trips it. A call reserves little at admission (4 events and
+//! 16 KiB) and its reservation grows with what its bodies' captures hold,
+//! never refused once the call is in (see [`super::reservation`]), so open
+//! streams with small bodies leave room for new calls while a large call
+//! holds room for its own events. "Full" is then "no room left to promise"
+//! (queued plus reserved, grown reservations included), and a call waits
+//! for a reservation as above.
 //!
-//! The common case, room and nobody waiting, reads four counters and
-//! neither allocates, locks nor awaits.
+//! The common case, room and nobody waiting, reads six counters and
+//! neither allocates, locks nor awaits under `fail_open`; under
+//! `fail_closed` an admitted call's reservation is one small allocation,
+//! shared with its captures.
 
 use std::pin::pin;
 use std::sync::atomic::Ordering;
@@ -49,19 +58,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Handle, PipelineStats, StoreHealth};
+use super::reservation::{BYTES_PER_CALL, EVENTS_PER_CALL};
+use super::{Handle, PipelineStats, Reservation, StoreHealth};
 
-/// Events one call's record usually queues: REQUEST, RESPONSE, and an
-/// ERROR or a COMPLIANCE_VIOLATION.
-const EVENTS_PER_CALL: u64 = 4;
 /// Events one record-building job offers: a REQUEST and a RESPONSE.
 const EVENTS_PER_RECORD: u64 = 2;
-/// Bounds of the bytes one call reserves: twice its capture cap (both
-/// bodies), within these limits. A typical stored call is far smaller than
-/// its cap; reserving the cap itself would admit only a few dozen calls
-/// into the default budget (64 KiB admits 1,024 calls into 64 MiB).
-const MIN_BYTES_PER_CALL: u64 = 16 * 1024;
-const MAX_BYTES_PER_CALL: u64 = 64 * 1024;
 
 /// Decides whether and when a call may proceed. Cheap to clone.
 #[derive(Clone)]
@@ -84,11 +85,7 @@ enum Room {
     /// `fail_open`: the queued events and bytes are below these marks.
     Queued { high_events: u64, high_bytes: u64 },
     /// `fail_closed`: one more call's events can be promised.
-    Reserved {
-        capacity: u64,
-        max_bytes: u64,
-        bytes_per_call: u64,
-    },
+    Reserved { capacity: u64, max_bytes: u64 },
 }
 
 /// What [`Admission::try_admit`] decided at once.
@@ -109,14 +106,6 @@ pub enum Refusal {
     QueueFull,
     /// The queue's byte budget is spent.
     QueueBytes,
-}
-
-/// Queue room held for one admitted call; released when dropped.
-#[must_use]
-pub struct Reservation {
-    stats: Arc<PipelineStats>,
-    events: u64,
-    bytes: u64,
 }
 
 /// Counts a call among the waiters for as long as it waits.
@@ -153,24 +142,20 @@ impl Admission {
 
     /// `fail_closed`: admits a call only while the store is healthy and the
     /// queue behind `handle` has room for one more call's events, waiting
-    /// up to `full_wait` for that room; `capture_cap` sizes the bytes a
-    /// call reserves.
+    /// up to `full_wait` for that room.
     pub fn closed(
         handle: &Handle,
         health: StoreHealth,
         capacity: usize,
         max_bytes: u64,
-        capture_cap: usize,
         full_wait: Duration,
     ) -> Self {
-        let bytes_per_call = (2 * capture_cap as u64).clamp(MIN_BYTES_PER_CALL, MAX_BYTES_PER_CALL);
         Self::with_room(
             handle.stats().clone(),
             health,
             Room::Reserved {
                 capacity: capacity as u64,
                 max_bytes,
-                bytes_per_call,
             },
             full_wait,
         )
@@ -301,26 +286,29 @@ impl Gate {
             } => {
                 let depth = stats.queue_depth.load(Ordering::Relaxed);
                 let bytes = stats.queue_bytes.load(Ordering::Relaxed);
-                let coming = EVENTS_PER_RECORD * stats.records_building.load(Ordering::Relaxed);
+                let building = EVENTS_PER_RECORD * stats.records_building.load(Ordering::Relaxed);
                 // The coming events' bytes are not known before they are
                 // built: taken at the queued events' average size.
-                let coming_bytes = if coming == 0 || depth == 0 {
+                let building_bytes = if building == 0 || depth == 0 {
                     0
                 } else {
-                    coming.saturating_mul(bytes / depth)
+                    building.saturating_mul(bytes / depth)
                 };
+                // Events held for room are known exactly.
+                let coming = building + stats.held_events.load(Ordering::Relaxed);
+                let coming_bytes =
+                    building_bytes.saturating_add(stats.held_bytes.load(Ordering::Relaxed));
                 depth + coming < high_events && bytes.saturating_add(coming_bytes) < high_bytes
             }
             Room::Reserved {
                 capacity,
                 max_bytes,
-                bytes_per_call,
             } => {
                 let events = stats.queue_depth.load(Ordering::Relaxed)
                     + stats.reserved_events.load(Ordering::Relaxed);
                 let bytes = stats.queue_bytes.load(Ordering::Relaxed)
                     + stats.reserved_bytes.load(Ordering::Relaxed);
-                events + EVENTS_PER_CALL <= capacity && bytes + bytes_per_call <= max_bytes
+                events + EVENTS_PER_CALL <= capacity && bytes + BYTES_PER_CALL <= max_bytes
             }
         }
     }
@@ -348,7 +336,6 @@ impl Gate {
         let Room::Reserved {
             capacity,
             max_bytes,
-            bytes_per_call,
         } = self.room
         else {
             return Err(Refusal::QueueFull);
@@ -362,18 +349,18 @@ impl Gate {
             + EVENTS_PER_CALL;
         let bytes = stats
             .reserved_bytes
-            .fetch_add(bytes_per_call, Ordering::AcqRel)
-            + bytes_per_call;
+            .fetch_add(BYTES_PER_CALL, Ordering::AcqRel)
+            + BYTES_PER_CALL;
         let refusal = if stats.queue_depth.load(Ordering::Relaxed) + events > capacity {
             Refusal::QueueFull
         } else if stats.queue_bytes.load(Ordering::Relaxed) + bytes > max_bytes {
             Refusal::QueueBytes
         } else {
-            return Ok(Reservation {
-                stats: stats.clone(),
-                events: EVENTS_PER_CALL,
-                bytes: bytes_per_call,
-            });
+            return Ok(Reservation::counted(
+                stats.clone(),
+                EVENTS_PER_CALL,
+                BYTES_PER_CALL,
+            ));
         };
         // Given back without ringing: this call may itself be the waiter,
         // and would wake itself for ever.
@@ -382,7 +369,7 @@ impl Gate {
             .fetch_sub(EVENTS_PER_CALL, Ordering::AcqRel);
         stats
             .reserved_bytes
-            .fetch_sub(bytes_per_call, Ordering::AcqRel);
+            .fetch_sub(BYTES_PER_CALL, Ordering::AcqRel);
         Err(refusal)
     }
 }
@@ -415,32 +402,6 @@ impl Refusal {
     }
 }
 
-// === impl Reservation ===
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.stats
-            .reserved_events
-            .fetch_sub(self.events, Ordering::AcqRel);
-        self.stats
-            .reserved_bytes
-            .fetch_sub(self.bytes, Ordering::AcqRel);
-        // The room given back may be what a waiting call waits for.
-        if self.stats.room_waiters.load(Ordering::Relaxed) > 0 {
-            self.stats.room.notify_one();
-        }
-    }
-}
-
-impl std::fmt::Debug for Reservation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reservation")
-            .field("events", &self.events)
-            .field("bytes", &self.bytes)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,7 +427,6 @@ mod tests {
         let room = Room::Reserved {
             capacity: capacity as u64,
             max_bytes,
-            bytes_per_call: MIN_BYTES_PER_CALL,
         };
         gate(room, full_wait)
     }
@@ -553,6 +513,42 @@ mod tests {
     }
 
     #[test]
+    fn a_reservation_grows_past_the_budget_and_new_calls_wait_until_it_is_released() {
+        // Room for four calls' reservations at admission.
+        let (admission, stats, _setter) = reserved(100, 4 * BYTES_PER_CALL, Duration::ZERO);
+        let large = done(admission.try_admit()).unwrap().unwrap();
+        let small = done(admission.try_admit()).unwrap().unwrap();
+        // The large call's capture grows past what is left: never refused.
+        large.growth().grew(3 * BYTES_PER_CALL);
+        assert_eq!(large.bytes(), 4 * BYTES_PER_CALL);
+        assert_eq!(
+            stats.reserved_bytes.load(Ordering::Relaxed),
+            5 * BYTES_PER_CALL
+        );
+        assert_eq!(
+            done(admission.try_admit()).unwrap_err(),
+            Refusal::QueueBytes
+        );
+        drop(large);
+        let next = done(admission.try_admit()).unwrap();
+        drop((small, next));
+        assert_eq!(stats.reserved_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.reserved_events.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn many_small_calls_held_open_leave_room_for_new_ones() {
+        // The old rule reserved 64 KiB a call (twice a 1 MiB capture cap):
+        // 16 calls filled 1 MiB.
+        let (admission, _stats, _setter) = reserved(10_000, 4 << 20, Duration::ZERO);
+        let open: Vec<_> = (0..200)
+            .map(|_| done(admission.try_admit()).unwrap())
+            .collect();
+        assert!(done(admission.try_admit()).unwrap().is_some());
+        drop(open);
+    }
+
+    #[test]
     fn without_a_wait_a_full_queue_refuses_calls_at_once_under_fail_closed() {
         let (admission, stats, _setter) = reserved(100, 1 << 30, Duration::ZERO);
         stats.queue_depth.store(97, Ordering::Relaxed);
@@ -564,7 +560,7 @@ mod tests {
         let (admission, stats, _setter) = reserved(100, 1024 * 1024, Duration::ZERO);
         stats
             .queue_bytes
-            .store(1024 * 1024 - MIN_BYTES_PER_CALL + 1, Ordering::Relaxed);
+            .store(1024 * 1024 - BYTES_PER_CALL + 1, Ordering::Relaxed);
         assert_eq!(
             done(admission.try_admit()).unwrap_err(),
             Refusal::QueueBytes
@@ -619,6 +615,20 @@ mod tests {
         stats.records_building.store(9, Ordering::Relaxed);
         assert!(done(admission.try_admit()).unwrap().is_none());
         stats.records_building.store(10, Ordering::Relaxed);
+        assert!(matches!(admission.try_admit(), Attempt::Wait));
+    }
+
+    #[test]
+    fn events_held_for_room_count_as_coming_at_their_own_size() {
+        // Marks of 75 events and 3,000 bytes.
+        let (admission, stats, _setter) = queued(100, 4_000, LONG);
+        stats.held_events.store(74, Ordering::Relaxed);
+        stats.held_bytes.store(2_999, Ordering::Relaxed);
+        assert!(done(admission.try_admit()).unwrap().is_none());
+        stats.held_events.store(75, Ordering::Relaxed);
+        assert!(matches!(admission.try_admit(), Attempt::Wait));
+        stats.held_events.store(1, Ordering::Relaxed);
+        stats.held_bytes.store(3_000, Ordering::Relaxed);
         assert!(matches!(admission.try_admit(), Attempt::Wait));
     }
 

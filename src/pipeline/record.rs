@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::builder::RecordBuilder;
+use super::held::{Held, Holding, Offers};
 use super::{Handle, SubmitError};
 use crate::capture::body::{body_is_parsed_as_json, body_to_value};
 use crate::capture::bounded::{bound_serialised, bound_text};
@@ -84,6 +85,11 @@ pub struct Recorder {
     /// `audit.durability = "strict"`: each REQUEST is built at once and
     /// committed with an ack the proxy waits for before forwarding.
     commit_requests: bool,
+    /// Whether and how long events that find no room in the queue wait
+    /// for it (see [`super::held`]); `None` drops them at once.
+    holding: Option<Holding>,
+    /// Where a record built by a job nobody awaits waits for room.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// What the proxy knows when a call arrives.
@@ -286,7 +292,16 @@ impl Recorder {
             max_decoded_bytes: capture_cap,
             stored_body_limit: stored_body_limit(capture_cap),
             commit_requests: false,
+            holding: None,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
+    }
+
+    /// Holds a record's events that find no room in the queue, as
+    /// `holding` says, instead of dropping them at once.
+    pub fn hold_offers(mut self, holding: Option<Holding>) -> Self {
+        self.holding = holding;
+        self
     }
 
     /// Under `audit.durability = "strict"`: every call's REQUEST is built
@@ -366,10 +381,14 @@ impl Recorder {
                 // ends; the token keeps shutdown waiting for it.
                 let running = self.tracker.token();
                 self.builder.spawn(move || {
+                    let mut offers = this.offers(&info);
                     let (event, facts, scan) = this.request_event(&info, request.as_ref(), prescan);
-                    this.handle.offer(event);
-                    this.offer_compliance(&info, &scan);
-                    this.offer_response(&info, &facts, outcome);
+                    offers.offer(event);
+                    this.offer_compliance(&info, &scan, &mut offers);
+                    this.offer_response(&info, &facts, outcome, &mut offers);
+                    if let Some(held) = offers.finish() {
+                        this.offer_held_later(held);
+                    }
                     drop(running);
                 });
                 return;
@@ -381,15 +400,16 @@ impl Recorder {
         let built = {
             let (this, info) = (self.clone(), info.clone());
             let job = move || {
+                let mut offers = this.offers(&info);
                 let (event, facts, scan) = this.request_event(&info, request.as_ref(), prescan);
                 let to_commit = if strict {
                     Some(event)
                 } else {
-                    this.handle.offer(event);
+                    offers.offer(event);
                     None
                 };
-                this.offer_compliance(&info, &scan);
-                (facts, to_commit)
+                this.offer_compliance(&info, &scan, &mut offers);
+                (facts, to_commit, offers.finish())
             };
             // Under strict durability the call waits for this REQUEST.
             if strict {
@@ -398,13 +418,20 @@ impl Recorder {
                 self.builder.run(job).await
             }
         };
-        let (facts, to_commit) = built.unwrap_or_default();
+        let (facts, to_commit, held) = built.unwrap_or_default();
         if let (Some(committed), Some(event)) = (committed, to_commit) {
-            let stored = match self.handle.submit(event).await {
+            let reservation = info.reservation.as_ref();
+            let stored = match self.handle.submit_within(event, reservation).await {
                 Ok(_) | Err(SubmitError::BelowLevel | SubmitError::Disabled) => Ok(()),
                 Err(error) => Err(error),
             };
             let _ = committed.send(stored);
+        }
+        // Here rather than on the builder thread, so the REQUEST's events
+        // are queued before the RESPONSE's; after a strict commit, which
+        // the call waits for.
+        if let Some(held) = held {
+            held.offer().await;
         }
         let outcome = match ended {
             Some(outcome) => outcome,
@@ -424,20 +451,54 @@ impl Recorder {
             tokio::time::sleep(STREAMED_RESPONSE_RECORD_DELAY).await;
         }
         let this = self.clone();
-        self.builder
-            .run(move || this.offer_response(&info, &facts, outcome))
+        let held = self
+            .builder
+            .run(move || {
+                let mut offers = this.offers(&info);
+                this.offer_response(&info, &facts, outcome, &mut offers);
+                offers.finish()
+            })
             .await;
+        if let Some(held) = held.flatten() {
+            held.offer().await;
+        }
+    }
+
+    /// Where a job's events of `info`'s call are offered.
+    fn offers<'a>(&'a self, info: &'a CallInfo) -> Offers<'a> {
+        Offers::new(
+            &self.handle,
+            self.holding.as_ref(),
+            info.reservation.as_ref(),
+        )
+    }
+
+    /// Offers `held` on a task of its own, for a job nobody awaits.
+    fn offer_held_later(&self, held: Held) {
+        match &self.runtime {
+            Some(runtime) => {
+                self.tracker.spawn_on(held.offer(), runtime);
+            }
+            // Offered at once, as without holding.
+            None => drop(held),
+        }
     }
 
     /// Builds and offers the RESPONSE (after an ERROR event, when the call
     /// failed) and its compliance events.
-    fn offer_response(&self, info: &CallInfo, facts: &RequestFacts, outcome: ResponseOutcome) {
+    fn offer_response(
+        &self,
+        info: &CallInfo,
+        facts: &RequestFacts,
+        outcome: ResponseOutcome,
+        offers: &mut Offers<'_>,
+    ) {
         if let Some(error) = self.error_event(info, facts, &outcome) {
-            self.handle.offer(error);
+            offers.offer(error);
         }
         let (event, scan) = self.response_event(info, facts, outcome);
-        self.handle.offer(event);
-        self.offer_compliance(info, &scan);
+        offers.offer(event);
+        self.offer_compliance(info, &scan, offers);
     }
 
     /// A COMPLIANCE_VIOLATION for each policy that found something; with
@@ -445,7 +506,7 @@ impl Recorder {
     /// policies that passed. (Every REQUEST and RESPONSE already lists the
     /// policies checked, so passes cost no event by default: one event per
     /// policy per call would outrun the store.)
-    fn offer_compliance(&self, info: &CallInfo, scan: &Scan) {
+    fn offer_compliance(&self, info: &CallInfo, scan: &Scan, offers: &mut Offers<'_>) {
         let mut passed: Vec<&str> = Vec::new();
         let mut direction = None;
         for verdict in &scan.verdicts {
@@ -458,13 +519,12 @@ impl Recorder {
             }
             self.counters
                 .violation(&self.metrics, &verdict.policy_name, verdict.severity);
-            self.handle
-                .offer(compliance_event(verdict, &info.request_id));
+            offers.offer(compliance_event(verdict, &info.request_id));
         }
         if let (true, false, Some(direction)) =
             (self.record_compliance_checks, passed.is_empty(), direction)
         {
-            self.handle.offer(
+            offers.offer(
                 NewEvent::new(
                     EventType::ComplianceCheck,
                     format!(

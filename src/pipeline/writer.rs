@@ -111,6 +111,10 @@ impl Tip {
     }
 }
 
+/// One batch takes at most this share of `queue.max_bytes` in events
+/// (see `Writer::batch_end`).
+const BATCH_SHARES_OF_QUEUE: u64 = 8;
+
 /// A write's first outcome and how long it took.
 type Appended = (Result<(), StoreError>, Duration);
 
@@ -287,6 +291,11 @@ impl Writer {
                 Step::Received(0) => {
                     // The queue is closed and empty: write what lingers
                     // and the stop checkpoint, finish the last write, stop.
+                    // What one batch cannot take first, so that the stop
+                    // checkpoint comes last.
+                    while self.batch_end(&msgs) < msgs.len() {
+                        self.dispatch(&mut msgs, &mut in_flight).await;
+                    }
                     if let Some(c) = &mut self.checkpoints {
                         c.stop();
                     }
@@ -357,7 +366,8 @@ impl Writer {
         let mut acks: Vec<(usize, Ack)> = Vec::new();
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         let mut bytes = 0u64;
-        for msg in msgs.drain(..) {
+        let taken = self.batch_end(msgs);
+        for msg in msgs.drain(..taken) {
             match msg {
                 WriterMsg::Event(e) => {
                     bytes += super::queued_bytes(&e);
@@ -401,6 +411,8 @@ impl Writer {
             // whether or not anyone waits, so a call that is just starting
             // to wait cannot miss it.
             self.stats.room.notify_one();
+            // Every record whose events are held for room tries again.
+            self.stats.held_room.notify_waiters();
         }
         // One batch in the store at a time, so batches land in chain
         // order; this one was sealed while the previous was written.
@@ -429,6 +441,26 @@ impl Writer {
         }
         batch.clear();
         self.sealing = batch;
+    }
+
+    /// How many of `msgs` one batch takes: all of them, unless their events
+    /// hold more than a batch's share of `queue.max_bytes`. The queue makes
+    /// room only as the writer takes a batch, once per write; a write of a
+    /// whole queue of large bodies can outlast `queue.full_wait_ms`, and
+    /// everyone waiting for room would give up. Smaller batches make room
+    /// more often. At least one event is taken.
+    fn batch_end(&self, msgs: &[WriterMsg]) -> usize {
+        let most = (self.cfg.queue_max_bytes / BATCH_SHARES_OF_QUEUE).max(1);
+        let mut bytes = 0u64;
+        for (i, msg) in msgs.iter().enumerate() {
+            if let WriterMsg::Event(e) | WriterMsg::EventAck(e, _) = msg {
+                if bytes > 0 && bytes + super::queued_bytes(e) > most {
+                    return i;
+                }
+                bytes += super::queued_bytes(e);
+            }
+        }
+        msgs.len()
     }
 
     /// Hands `batch` to the store on its own task, so the store writes it

@@ -38,7 +38,7 @@ use crate::config::{FailMode, Upstream};
 use crate::pipeline::record::{
     CallInfo, CallRecord, Failure, ParsedBody, Recorder, RequestPrescan, ResponseOutcome,
 };
-use crate::pipeline::{Admission, Attempt, StoreHealth};
+use crate::pipeline::{Admission, Attempt, Reservation, StoreHealth};
 use crate::policy::{Direction, PolicySet, Verdict};
 use crate::telemetry::metrics::{
     operation_label, CallLabels, KindLabels, Metrics, OperationLabels,
@@ -128,6 +128,9 @@ pub async fn handle(
             return ProxyError::AuditStoreUnavailable.into_response(&request_id);
         }
     };
+    // Under fail_closed, the call's room grows with what its bodies'
+    // captures hold.
+    let growth = reservation.as_ref().map(Reservation::growth);
     let mut record = state.recorder.as_ref().map(|recorder| {
         let provider = match &state.provider_override {
             Some(provider) => Cow::Owned(provider.clone()),
@@ -157,7 +160,11 @@ pub async fn handle(
         .is_none()
         .then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let request_capture = match record.as_mut().and_then(CallRecord::request_sink) {
-        Some(sink) => Capture::into_sink(state.capture_cap, sink),
+        Some(sink) => {
+            let mut capture = Capture::into_sink(state.capture_cap, sink);
+            capture.report_growth(growth.clone());
+            capture
+        }
         None => Capture::new(state.capture_cap, {
             let failed = own_failed_flag.clone();
             Box::new(move |captured: Captured| {
@@ -359,6 +366,7 @@ pub async fn handle(
         )
     };
     response_capture.signal_first_byte(answer_started);
+    response_capture.report_growth(growth);
     let is_sse = parts
         .headers
         .get(header::CONTENT_TYPE)

@@ -336,6 +336,11 @@ impl Collector for PipelineCollector {
                 &s.lost,
             ),
             (
+                "events_held",
+                "Events that found no queue room and were held for it, up to queue.full_wait_ms",
+                &s.events_held,
+            ),
+            (
                 "queue_waits",
                 "Calls held at admission until the queue had room",
                 &s.queue_waits,
@@ -367,6 +372,14 @@ impl Collector for PipelineCollector {
             depth.metric_type(),
         )?;
         depth.encode(metric)?;
+        let held = ConstGauge::new(s.held_events.load(Ordering::Relaxed) as i64);
+        let metric = encoder.encode_descriptor(
+            "queue_held_events",
+            "Events of call records waiting for queue room (see events_held)",
+            None,
+            held.metric_type(),
+        )?;
+        held.encode(metric)?;
         let bytes = ConstGauge::new(s.queue_bytes.load(Ordering::Relaxed) as i64);
         let metric = encoder.encode_descriptor(
             "queue_bytes",
@@ -485,6 +498,8 @@ mod tests {
             "llm_audit_proxy_events_dropped_over_budget_total 0",
             "llm_audit_proxy_record_build_failures_total 0",
             "llm_audit_proxy_queue_waits_total 0",
+            "llm_audit_proxy_events_held_total 0",
+            "llm_audit_proxy_queue_held_events 0",
             "llm_audit_proxy_queue_wait_timeouts_total 0",
             "llm_audit_proxy_queue_wait_seconds_total 0.0",
             "# TYPE llm_audit_proxy_added_latency_seconds histogram",

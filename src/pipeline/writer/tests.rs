@@ -303,6 +303,54 @@ async fn a_flush_waits_for_the_write_in_progress() {
     assert_eq!(store.events().await.len(), 1);
 }
 
+/// A writer whose batches hold at most two of [`event`]'s events by bytes
+/// (and 100 by count), whose first write is held, and which has been
+/// offered six more events meanwhile.
+async fn byte_bounded_writer_behind_a_held_write() -> (Arc<ScriptedStore>, Handle) {
+    let store = ScriptedStore::new(&[], false);
+    let bytes = crate::pipeline::queued_bytes(&event(0));
+    let cfg = WriterConfig {
+        queue_max_bytes: BATCH_SHARES_OF_QUEUE * (2 * bytes + bytes / 2),
+        ..config()
+    };
+    let (handle, _health) = spawn_writer(store.clone(), cfg, &TaskTracker::new())
+        .await
+        .unwrap();
+    assert!(handle.offer(event(0)));
+    wait_for_writes(&store, 1).await;
+    for i in 1..=6 {
+        assert!(handle.offer(event(i)));
+    }
+    (store, handle)
+}
+
+#[tokio::test]
+async fn a_batch_takes_at_most_its_share_of_the_queues_bytes() {
+    let (store, handle) = byte_bounded_writer_behind_a_held_write().await;
+    store.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    handle.flush().await;
+    let events = store.events().await;
+    assert_eq!(events.len(), 7);
+    assert_one_chain(&events);
+    // The first event alone, then six in writes of two at most.
+    assert!(store.calls.load(Ordering::SeqCst) >= 4);
+}
+
+#[tokio::test]
+async fn closing_writes_what_one_batch_could_not_take() {
+    let (store, handle) = byte_bounded_writer_behind_a_held_write().await;
+    let closing = {
+        let handle = handle.clone();
+        TaskTracker::new().spawn(async move { handle.close().await })
+    };
+    store.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    closing.await.unwrap();
+    let events = store.events().await;
+    assert_eq!(events.len(), 7);
+    assert_one_chain(&events);
+    assert_eq!(handle.stats().dropped.load(Ordering::Relaxed), 0);
+}
+
 /// A writer whose writes start at most every `interval`.
 async fn spaced_writer(store: &Arc<ScriptedStore>, interval: Duration) -> Handle {
     let cfg = WriterConfig {
@@ -467,8 +515,13 @@ async fn offers_over_the_byte_budget_are_dropped_counted_and_recorded() {
     handle.flush().await;
     assert_eq!(stats.queue_bytes.load(Ordering::Relaxed), 0);
     let events = store.events().await;
-    let report = events.last().unwrap();
-    assert_eq!(report.metadata.field("error_type"), "events_dropped");
+    assert_eq!(events.len(), 5, "four offers and the report");
+    // In the first batch after the drops (each batch here takes one
+    // event: a share of the byte budget holds less than one).
+    let report = events
+        .iter()
+        .find(|e| e.metadata.field("error_type") == "events_dropped")
+        .unwrap();
     assert_eq!(report.metadata.field("details")["dropped"], 2);
     assert_eq!(report.metadata.field("details")["over_byte_budget"], 2);
     assert_eq!(stats.unreported_losses(), 0);
