@@ -479,6 +479,23 @@ impl Handle {
     }
 }
 
+/// A handle on a queue of `capacity` events and `max_bytes` with no
+/// writer behind it: tests read what it queues from the receiver.
+#[cfg(test)]
+pub(crate) fn test_handle(capacity: usize, max_bytes: u64) -> (Handle, mpsc::Receiver<WriterMsg>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let handle = Handle::new(
+        tx,
+        Level::Debug,
+        true,
+        Arc::new(PipelineStats::default()),
+        None,
+        max_bytes,
+        Arc::new(Notify::new()),
+    );
+    (handle, rx)
+}
+
 /// What a prepared event counts for in the queue's byte budget.
 pub(crate) fn queued_bytes(event: &NewEvent) -> u64 {
     (event.metadata.len() + event.message.len()) as u64 + EVENT_OVERHEAD_BYTES
@@ -513,16 +530,7 @@ mod tests {
     }
 
     fn handle(capacity: usize, max_bytes: u64) -> (Handle, mpsc::Receiver<WriterMsg>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let handle = Handle::new(
-            tx,
-            Level::Debug,
-            true,
-            Arc::new(PipelineStats::default()),
-            None,
-            max_bytes,
-            Arc::new(Notify::new()),
-        );
+        let (handle, rx) = test_handle(capacity, max_bytes);
         // An interval no test outlasts, so the lines do not depend on speed.
         let handle = Handle {
             drop_log: Arc::new(DropLog::new(std::time::Duration::from_secs(3_600))),

@@ -435,6 +435,23 @@ async fn large_bodies_behind_a_stalled_store_are_dropped_and_counted_after_the_w
     proxy.stop().await;
 }
 
+/// A proxy under fail_closed with a queue of `max_bytes` that never waits
+/// for room: no room is a 503.
+async fn fail_closed_proxy(
+    mock: &MockUpstream,
+    store: &Arc<SlowStore>,
+    max_bytes: &str,
+    extra: &[(&str, &str)],
+) -> TestProxy {
+    let mut env = vec![
+        ("LLM_AUDIT_PROXY_ON_STORE_FAILURE", "fail_closed"),
+        ("LLM_AUDIT_PROXY_QUEUE_MAX_BYTES", max_bytes),
+        ("LLM_AUDIT_PROXY_QUEUE_FULL_WAIT_MS", "0"),
+    ];
+    env.extend_from_slice(extra);
+    TestProxy::start_on_store(&mock.url(), store.clone(), &env).await
+}
+
 /// Streams held open at once under fail_closed.
 const OPEN_STREAMS: usize = 200;
 
@@ -443,17 +460,8 @@ async fn open_streams_under_fail_closed_leave_room_for_new_calls() {
     let mock = MockUpstream::start().await;
     let store = Arc::new(SlowStore::new(Duration::ZERO));
     // 4 MiB: reserving twice the default 1 MiB capture cap (64 KiB) a call
-    // would hold it all with 64 streams; no wait, so no room is a 503.
-    let proxy = TestProxy::start_on_store(
-        &mock.url(),
-        store.clone(),
-        &[
-            ("LLM_AUDIT_PROXY_ON_STORE_FAILURE", "fail_closed"),
-            ("LLM_AUDIT_PROXY_QUEUE_MAX_BYTES", "4194304"),
-            ("LLM_AUDIT_PROXY_QUEUE_FULL_WAIT_MS", "0"),
-        ],
-    )
-    .await;
+    // would hold it all with 64 streams.
+    let proxy = fail_closed_proxy(&mock, &store, "4194304", &[]).await;
     let opening: Vec<_> = (0..OPEN_STREAMS)
         .map(|i| {
             proxy
@@ -495,15 +503,13 @@ async fn large_calls_admitted_under_fail_closed_have_every_event_stored() {
     // large calls admitted together grow their reservations past the
     // queue's budget, and nothing but their reservations keeps their
     // events from being dropped.
-    let proxy = TestProxy::start_on_store(
-        &mock.url(),
-        store.clone(),
+    let proxy = fail_closed_proxy(
+        &mock,
+        &store,
+        "1048576",
         &[
-            ("LLM_AUDIT_PROXY_ON_STORE_FAILURE", "fail_closed"),
-            ("LLM_AUDIT_PROXY_QUEUE_MAX_BYTES", "1048576"),
             ("LLM_AUDIT_PROXY_QUEUE_MAX_BATCH", "1"),
             ("LLM_AUDIT_PROXY_QUEUE_COMMIT_INTERVAL_MS", "0"),
-            ("LLM_AUDIT_PROXY_QUEUE_FULL_WAIT_MS", "0"),
         ],
     )
     .await;

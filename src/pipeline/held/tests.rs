@@ -22,16 +22,7 @@ struct Queue {
 }
 
 fn queue(capacity: usize, max_bytes: u64, full_wait: Duration) -> Queue {
-    let (tx, rx) = mpsc::channel(capacity);
-    let handle = Handle::new(
-        tx,
-        Level::Debug,
-        true,
-        Arc::new(PipelineStats::default()),
-        None,
-        max_bytes,
-        Arc::new(Notify::new()),
-    );
+    let (handle, rx) = crate::pipeline::test_handle(capacity, max_bytes);
     let (health, view) = health::channel();
     Queue {
         handle,
