@@ -597,9 +597,7 @@ mod tests {
         let event = || NewEvent::new(EventType::Custom, "x".repeat(2_000));
         let bytes = queued_bytes(&event());
         // A reservation grown to hold one such event, not two.
-        stats.reserved_events.store(4, Ordering::Relaxed);
-        stats.reserved_bytes.store(bytes + 10, Ordering::Relaxed);
-        let reservation = Reservation::counted(stats.clone(), 4, bytes + 10);
+        let reservation = Reservation::new(&stats, 4, bytes + 10);
         let within = Some(&reservation);
         assert!(handle.queue(event(), WriterMsg::Event, within).is_ok());
         assert_eq!(reservation.bytes(), 10);
@@ -624,8 +622,7 @@ mod tests {
         let (handle, _rx) = handle(1, u64::MAX);
         assert!(handle.offer(NewEvent::new(EventType::Custom, "first")));
         let stats = handle.stats().clone();
-        stats.reserved_bytes.store(10_000, Ordering::Relaxed);
-        let reservation = Reservation::counted(stats.clone(), 0, 10_000);
+        let reservation = Reservation::new(&stats, 0, 10_000);
         let (refused, _) = handle
             .queue(
                 NewEvent::new(EventType::Custom, "second"),

@@ -340,37 +340,7 @@ impl Gate {
         else {
             return Err(Refusal::QueueFull);
         };
-        let stats = &self.stats;
-        // Reserve first, then check with the reservation counted, so two
-        // calls racing for the last room cannot both take it.
-        let events = stats
-            .reserved_events
-            .fetch_add(EVENTS_PER_CALL, Ordering::AcqRel)
-            + EVENTS_PER_CALL;
-        let bytes = stats
-            .reserved_bytes
-            .fetch_add(BYTES_PER_CALL, Ordering::AcqRel)
-            + BYTES_PER_CALL;
-        let refusal = if stats.queue_depth.load(Ordering::Relaxed) + events > capacity {
-            Refusal::QueueFull
-        } else if stats.queue_bytes.load(Ordering::Relaxed) + bytes > max_bytes {
-            Refusal::QueueBytes
-        } else {
-            return Ok(Reservation::counted(
-                stats.clone(),
-                EVENTS_PER_CALL,
-                BYTES_PER_CALL,
-            ));
-        };
-        // Given back without ringing: this call may itself be the waiter,
-        // and would wake itself for ever.
-        stats
-            .reserved_events
-            .fetch_sub(EVENTS_PER_CALL, Ordering::AcqRel);
-        stats
-            .reserved_bytes
-            .fetch_sub(BYTES_PER_CALL, Ordering::AcqRel);
-        Err(refusal)
+        Reservation::try_new(&self.stats, capacity, max_bytes)
     }
 }
 

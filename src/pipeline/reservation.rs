@@ -19,7 +19,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::PipelineStats;
+use super::{PipelineStats, Refusal};
 use crate::capture::tee::CaptureGrowth;
 
 /// Events one call reserves: REQUEST, RESPONSE, and an ERROR or a
@@ -50,9 +50,57 @@ struct Promised {
 // === impl Reservation ===
 
 impl Reservation {
-    /// Holds `events` and `bytes` that the caller has already counted in
-    /// `stats`' `reserved_events` and `reserved_bytes`.
-    pub(crate) fn counted(stats: Arc<PipelineStats>, events: u64, bytes: u64) -> Self {
+    /// Holds one call's room ([`EVENTS_PER_CALL`], [`BYTES_PER_CALL`]) if
+    /// the queue, with everything already promised, has it under
+    /// `capacity` events and `max_bytes`; else says why not.
+    pub(crate) fn try_new(
+        stats: &Arc<PipelineStats>,
+        capacity: u64,
+        max_bytes: u64,
+    ) -> Result<Self, Refusal> {
+        // Counted in first, then checked with it counted, so two calls
+        // racing for the last room cannot both take it.
+        let events = stats
+            .reserved_events
+            .fetch_add(EVENTS_PER_CALL, Ordering::AcqRel)
+            + EVENTS_PER_CALL;
+        let bytes = stats
+            .reserved_bytes
+            .fetch_add(BYTES_PER_CALL, Ordering::AcqRel)
+            + BYTES_PER_CALL;
+        let refusal = if stats.queue_depth.load(Ordering::Relaxed) + events > capacity {
+            Refusal::QueueFull
+        } else if stats.queue_bytes.load(Ordering::Relaxed) + bytes > max_bytes {
+            Refusal::QueueBytes
+        } else {
+            return Ok(Self::holding(
+                stats.clone(),
+                EVENTS_PER_CALL,
+                BYTES_PER_CALL,
+            ));
+        };
+        // Given back without ringing: this call may itself be the waiter,
+        // and would wake itself for ever.
+        stats
+            .reserved_events
+            .fetch_sub(EVENTS_PER_CALL, Ordering::AcqRel);
+        stats
+            .reserved_bytes
+            .fetch_sub(BYTES_PER_CALL, Ordering::AcqRel);
+        Err(refusal)
+    }
+
+    /// Holds `events` and `bytes` whatever the queue holds, counting them
+    /// in `stats`.
+    #[cfg(test)]
+    pub(crate) fn new(stats: &Arc<PipelineStats>, events: u64, bytes: u64) -> Self {
+        stats.reserved_events.fetch_add(events, Ordering::AcqRel);
+        stats.reserved_bytes.fetch_add(bytes, Ordering::AcqRel);
+        Self::holding(stats.clone(), events, bytes)
+    }
+
+    /// Holds `events` and `bytes` already counted in `stats`.
+    fn holding(stats: Arc<PipelineStats>, events: u64, bytes: u64) -> Self {
         Self(Arc::new(Promised {
             stats,
             events,
@@ -63,11 +111,6 @@ impl Reservation {
     /// What a body's capture grows this reservation through.
     pub fn growth(&self) -> Arc<dyn CaptureGrowth> {
         self.0.clone()
-    }
-
-    /// Holds `bytes` more, whatever the queue holds.
-    pub fn grow(&self, bytes: u64) {
-        self.0.grow(bytes);
     }
 
     /// Bytes still promised.
@@ -158,13 +201,7 @@ mod tests {
     }
 
     fn reservation(stats: &Arc<PipelineStats>) -> Reservation {
-        stats
-            .reserved_events
-            .fetch_add(EVENTS_PER_CALL, Ordering::Relaxed);
-        stats
-            .reserved_bytes
-            .fetch_add(BYTES_PER_CALL, Ordering::Relaxed);
-        Reservation::counted(stats.clone(), EVENTS_PER_CALL, BYTES_PER_CALL)
+        Reservation::new(stats, EVENTS_PER_CALL, BYTES_PER_CALL)
     }
 
     #[test]
@@ -174,7 +211,7 @@ mod tests {
         let growth = held.growth();
         assert_eq!(growth.allowance(), BODY_ALLOWANCE);
         growth.grew(100_000);
-        held.grow(1);
+        growth.grew(1);
         assert_eq!(held.bytes(), BYTES_PER_CALL + 100_001);
         assert_eq!(
             reserved(&stats),

@@ -273,8 +273,7 @@ fn an_event_within_its_calls_reservation_is_not_held_behind_others() {
     let first = first.finish().expect("b is held");
     let stats = q.handle.stats.clone();
     let bytes = bytes_of('c', 2_000);
-    stats.reserved_bytes.fetch_add(bytes, Ordering::Relaxed);
-    let reservation = Reservation::counted(stats.clone(), 0, bytes);
+    let reservation = Reservation::new(&stats, 0, bytes);
     let mut admitted = Offers::new(&q.handle, q.holding.as_ref(), Some(&reservation));
     admitted.offer(event('c', 2_000));
     assert!(admitted.finish().is_none(), "queued in its promised room");
