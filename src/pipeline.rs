@@ -291,13 +291,22 @@ impl Handle {
     /// Queues `event` without waiting. Returns false when it was filtered
     /// out or dropped (a full queue, a spent byte budget or a closed queue
     /// is counted in [`PipelineStats::dropped`]).
-    pub fn offer(&self, mut event: NewEvent) -> bool {
+    pub fn offer(&self, event: NewEvent) -> bool {
+        let Some(event) = self.prepared(event) else {
+            return false;
+        };
+        self.enqueue(event, WriterMsg::Event, None).is_ok()
+    }
+
+    /// `event` ready to be queued, or `None` (counted as filtered) when
+    /// its level is not recorded.
+    fn prepared(&self, mut event: NewEvent) -> Option<NewEvent> {
         if !self.accepts(event.level) {
             self.stats.filtered.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return None;
         }
         self.prepare(&mut event);
-        self.enqueue(event, WriterMsg::Event, None).is_ok()
+        Some(event)
     }
 
     /// Queues `event` and waits until it is stored, returning it sealed.

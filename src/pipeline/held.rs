@@ -106,14 +106,12 @@ impl<'a> Offers<'a> {
 
     /// Queues `event` if there is room and nothing is held before it;
     /// else holds it, or drops and counts it where nothing may be held.
-    pub(crate) fn offer(&mut self, mut event: NewEvent) {
+    pub(crate) fn offer(&mut self, event: NewEvent) {
         let handle = self.handle;
         let stats = &handle.stats;
-        if !handle.accepts(event.level) {
-            stats.filtered.fetch_add(1, Ordering::Relaxed);
+        let Some(mut event) = handle.prepared(event) else {
             return;
-        }
-        handle.prepare(&mut event);
+        };
         stats.offered.fetch_add(1, Ordering::Relaxed);
         if self.held.is_empty() {
             // Behind another record's held events, unless this one may not
