@@ -7,8 +7,8 @@ import json
 import statistics
 import sys
 
-TARGETS = ["direct", "nginx", "audit-off", "sqlite", "sqlite-strict", "sqlite-strict-full", "file", "sqlite-policies"]
-PROXIES = ["audit-off", "sqlite", "sqlite-strict", "sqlite-strict-full", "file", "sqlite-policies"]
+TARGETS = ["direct", "nginx", "audit-off", "sqlite", "sqlite-strict", "sqlite-strict-full", "file", "sqlite-policies", "sqlite-policies-noindex"]
+PROXIES = ["audit-off", "sqlite", "sqlite-strict", "sqlite-strict-full", "file", "sqlite-policies", "sqlite-policies-noindex"]
 
 
 def load(path):

@@ -9,6 +9,9 @@
 # Targets sqlite-strict and sqlite-strict-full (not in the default set) run
 # the same load with audit.durability = "strict" (and synchronous FULL):
 #   TARGETS="sqlite sqlite-strict sqlite-strict-full" bash bench/run.sh
+# Target sqlite-policies-noindex (not in the default set) is sqlite-policies
+# with audit.sqlite_search_index = false (no console search index):
+#   TARGETS="nginx sqlite-policies sqlite-policies-noindex" bash bench/run.sh
 #
 #   bash bench/run.sh            # full run, about 15 minutes on 2 cores
 #   QUICK=1 bash bench/run.sh    # about 2 minutes, for a smoke test
@@ -504,15 +507,21 @@ for target in $TARGETS; do
     file)
         start_proxy "$target" -- --storage file
         ;;
-    sqlite-policies)
+    sqlite-policies | sqlite-policies-noindex)
         printf '%s\n' "$POLICY_TOML" >"$WORK/policies.toml"
         if ! "$PROXY" check-config "$WORK/policies.toml" >"$WORK/check.out" 2>&1; then
-            log "Skipping sqlite-policies: check-config rejects a configuration with policy packs:"
+            log "Skipping $target: check-config rejects a configuration with policy packs:"
             head -3 "$WORK/check.out" >&2
-            raw '{"label":"sqlite-policies/skipped","reason":"check-config rejected the policy configuration"}'
+            raw "{\"label\":\"$target/skipped\",\"reason\":\"check-config rejected the policy configuration\"}"
             continue
         fi
-        start_proxy "$target" -- --storage sqlite --config "$WORK/policies.toml"
+        if [[ $target == sqlite-policies ]]; then
+            start_proxy "$target" -- --storage sqlite --config "$WORK/policies.toml"
+        else
+            # As sqlite-policies, without the console's search index.
+            start_proxy "$target" LLM_AUDIT_PROXY_SQLITE_SEARCH_INDEX=false -- \
+                --storage sqlite --config "$WORK/policies.toml"
+        fi
         ;;
     *)
         log "Unknown target $target."

@@ -54,7 +54,7 @@ use crate::proxy::{self, ProxyState};
 use crate::readiness::Readiness;
 use crate::store::file::FileStore;
 use crate::store::memory::MemoryStore;
-use crate::store::sqlite::{SqliteStore, Synchronous};
+use crate::store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 use crate::store::verify::verify_chain;
 use crate::store::{SharedStore, StoreError};
 use crate::telemetry::metrics::Metrics;
@@ -105,9 +105,15 @@ pub async fn open_store(audit: &AuditConfig) -> Result<SharedStore, StartError> 
     let kind = audit.storage.as_str();
     let store: SharedStore = match audit.storage {
         StorageKind::Sqlite => Arc::new(
-            SqliteStore::open_with(&audit.file_path, synchronous(audit.sqlite_synchronous))
-                .await
-                .map_err(|source| StartError::Store { kind, source })?,
+            SqliteStore::open_with(
+                &audit.file_path,
+                SqliteOptions {
+                    synchronous: synchronous(audit.sqlite_synchronous),
+                    search_index: audit.sqlite_search_index,
+                },
+            )
+            .await
+            .map_err(|source| StartError::Store { kind, source })?,
         ),
         StorageKind::Memory => Arc::new(MemoryStore::new(audit.memory_limit)),
         StorageKind::File => Arc::new(

@@ -155,6 +155,9 @@ pub struct AuditConfig {
     pub durability: Durability,
     /// How hard the SQLite store syncs each commit (`audit.sqlite_synchronous`).
     pub sqlite_synchronous: SqliteSynchronous,
+    /// Keep the console's search index in the SQLite store
+    /// (`audit.sqlite_search_index`).
+    pub sqlite_search_index: bool,
     /// Record one COMPLIANCE_CHECK per call and direction listing the
     /// policies that passed (violations are always recorded).
     pub record_compliance_checks: bool,
@@ -368,6 +371,7 @@ impl Config {
                 "checkpoint_interval_secs": self.audit.checkpoint_interval.as_secs_f64(),
                 "durability": self.audit.durability.as_str(),
                 "sqlite_synchronous": self.audit.sqlite_synchronous.as_str(),
+                "sqlite_search_index": self.audit.sqlite_search_index,
             },
             "queue": {
                 "capacity": self.queue.capacity,

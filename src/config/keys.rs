@@ -157,6 +157,11 @@ pub const AUDIT_SQLITE_SYNCHRONOUS: Key = key(
     "LLM_AUDIT_PROXY_SQLITE_SYNCHRONOUS",
     None,
 );
+pub const AUDIT_SQLITE_SEARCH_INDEX: Key = key(
+    "audit.sqlite_search_index",
+    "LLM_AUDIT_PROXY_SQLITE_SEARCH_INDEX",
+    None,
+);
 pub const QUEUE_CAPACITY: Key = key("queue.capacity", "LLM_AUDIT_PROXY_QUEUE_CAPACITY", None);
 pub const QUEUE_MAX_BATCH: Key = key("queue.max_batch", "LLM_AUDIT_PROXY_QUEUE_MAX_BATCH", None);
 pub const QUEUE_COMMIT_INTERVAL_MS: Key = key(
@@ -277,6 +282,7 @@ pub const ALL: &[Key] = &[
     AUDIT_CHECKPOINT_INTERVAL,
     AUDIT_DURABILITY,
     AUDIT_SQLITE_SYNCHRONOUS,
+    AUDIT_SQLITE_SEARCH_INDEX,
     QUEUE_CAPACITY,
     QUEUE_MAX_BATCH,
     QUEUE_COMMIT_INTERVAL_MS,

@@ -208,6 +208,7 @@ pub(super) fn load(
                 _ => Err("must be normal or full".to_owned()),
             },
         ),
+        sqlite_search_index: l.get(keys::AUDIT_SQLITE_SEARCH_INDEX, true, parse_bool),
         record_compliance_checks: l.get(keys::AUDIT_RECORD_COMPLIANCE_CHECKS, false, parse_bool),
         signing_key: l.signing_key(),
         // A checkpoint costs one signature (~20 µs) and one small row: at

@@ -79,6 +79,27 @@ pub enum Synchronous {
     Full,
 }
 
+/// How [`SqliteStore::open_with`] sets up the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteOptions {
+    pub synchronous: Synchronous,
+    /// Keep the console's search index (text index, facets and per-minute
+    /// rollups) in each batch's transaction (`audit.sqlite_search_index`).
+    /// Without it the console's search and overview read the events
+    /// themselves, a bounded number per request, and each event written
+    /// costs less.
+    pub search_index: bool,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Normal,
+            search_index: true,
+        }
+    }
+}
+
 /// The SQLite store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -86,6 +107,10 @@ pub struct SqliteStore {
     writer: Option<Connection>,
     reader: Connection,
     path: PathBuf,
+    /// Whether the file holds the console's search index (see
+    /// [`SqliteOptions::search_index`]); searches and overviews without it
+    /// read the events.
+    browse_index: bool,
 }
 
 /// A WHERE clause assembled from fixed fragments with `?` placeholders,
@@ -106,11 +131,11 @@ impl SqliteStore {
     /// creating `dir` too. Sets WAL mode, `synchronous=NORMAL` and a busy
     /// timeout, and applies any pending schema migrations.
     pub async fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
-        Self::open_with(dir, Synchronous::Normal).await
+        Self::open_with(dir, SqliteOptions::default()).await
     }
 
-    /// As [`open`](Self::open), with the given `synchronous` setting.
-    pub async fn open_with(dir: &Path, sync: Synchronous) -> Result<SqliteStore, StoreError> {
+    /// As [`open`](Self::open), with the given options.
+    pub async fn open_with(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
@@ -132,7 +157,7 @@ impl SqliteStore {
                         "cannot switch the store to WAL mode (journal_mode is {mode})"
                     )));
                 }
-                let sync = match sync {
+                let sync = match options.synchronous {
                     Synchronous::Normal => "NORMAL",
                     Synchronous::Full => "FULL",
                 };
@@ -147,6 +172,7 @@ impl SqliteStore {
                     WAL_CHECKPOINT_BYTES / page_size.max(512),
                 )?;
                 schema::migrate(conn)?;
+                schema::set_browse_index(conn, options.search_index)?;
                 // Made once; later opens keep the first one.
                 conn.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
@@ -161,6 +187,7 @@ impl SqliteStore {
             writer: Some(writer),
             reader,
             path,
+            browse_index: options.search_index,
         })
     }
 
@@ -176,10 +203,11 @@ impl SqliteStore {
             )));
         }
         let reader = open_reader(&path).await?;
-        reader
+        let browse_index = reader
             .call(|conn| {
                 let version = schema::user_version(conn)?;
-                schema::check_supported(version)
+                schema::check_supported(version)?;
+                Ok(schema::has_browse_index(conn)?)
             })
             .await
             .map_err(from_call)?;
@@ -187,6 +215,7 @@ impl SqliteStore {
             writer: None,
             reader,
             path,
+            browse_index,
         })
     }
 
@@ -287,6 +316,7 @@ impl AuditStore for SqliteStore {
         if events.is_empty() {
             return Ok(());
         }
+        let browse_index = self.browse_index;
         self.writer()?
             .call(move |conn| {
                 // IMMEDIATE takes the write lock first, so contention shows
@@ -312,7 +342,9 @@ impl AuditStore for SqliteStore {
                     }
                 }
                 count_levels(&tx, &events)?;
-                browse::index_batch(&tx, &events)?;
+                if browse_index {
+                    browse::index_batch(&tx, &events)?;
+                }
                 if let Some(c) = events
                     .iter()
                     .rev()
@@ -439,7 +471,7 @@ impl AuditStore for SqliteStore {
         &self,
         query: &super::browse::SearchQuery,
     ) -> Result<super::browse::SearchPage, StoreError> {
-        if query.is_plain() {
+        if query.is_plain() || !self.browse_index {
             return super::browse::search_by_scan(self, query).await;
         }
         let query = query.clone();
@@ -447,13 +479,16 @@ impl AuditStore for SqliteStore {
     }
 
     fn has_text_index(&self) -> bool {
-        true
+        self.browse_index
     }
 
     async fn overview(
         &self,
         query: &super::browse::OverviewQuery,
     ) -> Result<super::browse::Overview, StoreError> {
+        if !self.browse_index {
+            return super::browse::overview_by_scan(self, query).await;
+        }
         let query = *query;
         self.read(move |conn| browse::overview(conn, &query)).await
     }

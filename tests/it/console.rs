@@ -362,6 +362,48 @@ async fn a_call_page_shows_the_conversation_markers_and_findings() {
     console.proxy.stop().await;
 }
 
+/// `audit.sqlite_search_index = false`: the store keeps no search index,
+/// and the console's search and overview read the events instead.
+#[tokio::test]
+async fn search_and_overview_work_with_the_search_index_off() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut console = ConsoleClient::start_in(
+        &mock.url(),
+        dir.path(),
+        &[("LLM_AUDIT_PROXY_SQLITE_SEARCH_INDEX", "false")],
+    )
+    .await;
+    console.sign_in(ADMIN_TOKEN).await;
+    console.chat("noindex-1", "tell me about kestrels").await;
+    console.chat("noindex-2", "tell me about ospreys").await;
+
+    let page = console.get("/ui/events?q=kestrels").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("noindex-1"), "{}", page.body);
+    assert!(!page.body.contains("noindex-2"));
+    let page = console
+        .get("/ui/events?type=RESPONSE&outcome=completed")
+        .await;
+    assert!(page.body.contains("<span id=\"row-count\">2</span>"));
+    let overview = console.get("/ui/overview?range=1h").await;
+    assert_eq!(overview.status, 200);
+    assert!(overview.body.contains("<svg id=\"chart-calls\""));
+
+    // The file holds no index tables.
+    let db = dir.path().join("audit.db");
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let tables: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_schema WHERE name IN ('events_fts', 'event_facets')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0);
+    console.proxy.stop().await;
+}
+
 #[tokio::test]
 async fn export_holds_exactly_the_filtered_view() {
     let mock = MockUpstream::start().await;

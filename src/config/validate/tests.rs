@@ -324,6 +324,39 @@ fn durability_keys_default_to_buffered_normal_and_64_mib_and_name_themselves_whe
 }
 
 #[test]
+fn the_sqlite_search_index_is_on_by_default_and_its_key_names_itself_when_bad() {
+    let c = load(None, &env(&[]), &FlagValues::new()).unwrap();
+    assert!(c.audit.sqlite_search_index);
+    let f = file("[audit]\nsqlite_search_index = false\n");
+    let c = load(Some(f.path()), &env(&[]), &FlagValues::new()).unwrap();
+    assert!(!c.audit.sqlite_search_index);
+    let c = load(
+        Some(f.path()),
+        &env(&[("LLM_AUDIT_PROXY_SQLITE_SEARCH_INDEX", "true")]),
+        &FlagValues::new(),
+    )
+    .unwrap();
+    assert!(c.audit.sqlite_search_index, "the environment wins");
+    for bad in ["sometimes", "2"] {
+        let errs = errors(load(
+            None,
+            &env(&[("LLM_AUDIT_PROXY_SQLITE_SEARCH_INDEX", bad)]),
+            &FlagValues::new(),
+        ));
+        assert_eq!(errs[0].key, "audit.sqlite_search_index", "{bad:?}");
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("LLM_AUDIT_PROXY_SQLITE_SEARCH_INDEX"),
+            "{bad:?}"
+        );
+    }
+    let f = file("[audit]\nsqlite_search_index = \"no\"\n");
+    let errs = errors(load(Some(f.path()), &env(&[]), &FlagValues::new()));
+    assert_eq!(errs[0].key, "audit.sqlite_search_index");
+}
+
+#[test]
 fn shipping_is_off_by_default() {
     let c = load(None, &env(&[]), &FlagValues::new()).unwrap();
     assert!(!c.shipping.is_enabled());

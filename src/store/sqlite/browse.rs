@@ -521,7 +521,7 @@ mod tests {
     use crate::event::chain::GENESIS_HASH;
     use crate::event::{AuditEvent, EventType, NewEvent};
     use crate::store::browse::{overview_by_scan, search_by_scan};
-    use crate::store::sqlite::{schema, SqliteStore, DB_FILE};
+    use crate::store::sqlite::{schema, SqliteOptions, SqliteStore, DB_FILE};
     use crate::store::{AuditStore, EventFilter};
 
     /// `n` calls a minute apart ending now: REQUEST, RESPONSE and, for
@@ -809,6 +809,161 @@ mod tests {
             overview_by_scan(store.as_ref(), &range).await.unwrap()
         );
         assert_eq!(rolled.calls, 4);
+    }
+
+    fn without_index() -> SqliteOptions {
+        SqliteOptions {
+            search_index: false,
+            ..SqliteOptions::default()
+        }
+    }
+
+    fn browse_tables(dir: &std::path::Path) -> Vec<String> {
+        let conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE name IN ('events_fts', 'event_facets', \
+                 'call_minutes', 'latency_minutes', 'violation_minutes', 'events_browse_delete') \
+                 ORDER BY name",
+            )
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// Every kind of console read, answered by `store`, beside the answers
+    /// of the scan every store has.
+    async fn console_reads(store: &SqliteStore) -> Vec<(Vec<String>, Vec<String>)> {
+        let queries = [
+            text("animal2"),
+            text("THANKS"),
+            text("answer4 follows"),
+            text("animal2 OR animal3"),
+            SearchQuery {
+                model: Some("gpt-b".into()),
+                limit: 50,
+                ..SearchQuery::default()
+            },
+            SearchQuery {
+                outcome: Some("completed".into()),
+                text: Some("animal1".into()),
+                limit: 50,
+                ..SearchQuery::default()
+            },
+        ];
+        let mut out = Vec::new();
+        for q in &queries {
+            let page = store.search(q).await.unwrap();
+            let scanned = search_by_scan(store, q).await.unwrap();
+            out.push((request_ids(&page), request_ids(&scanned)));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn without_the_search_index_no_index_rows_are_kept_and_reads_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with(dir.path(), without_index())
+            .await
+            .unwrap();
+        let events = calls(9);
+        store.append_batch(events.clone().into()).await.unwrap();
+        assert!(browse_tables(dir.path()).is_empty());
+        assert!(!store.has_text_index());
+
+        // Search and overview read the events: the same answers as the scan.
+        let page = store.search(&text("animal2")).await.unwrap();
+        assert_eq!(request_ids(&page), ["REQUEST:call-2"]);
+        for (indexed, scanned) in console_reads(&store).await {
+            assert_eq!(indexed, scanned);
+        }
+        let range = last_hour();
+        let overview = store.overview(&range).await.unwrap();
+        assert_eq!(overview, overview_by_scan(&store, &range).await.unwrap());
+        assert_eq!(overview.calls, 9);
+        assert_eq!(overview.violations_by_policy.values().sum::<u64>(), 3);
+
+        // Retention still deletes events (no trigger is left to fail).
+        store.purge_before(events[5].timestamp).await.unwrap();
+        assert!(store
+            .search(&text("animal0"))
+            .await
+            .unwrap()
+            .records
+            .is_empty());
+
+        // A read-only open (an offline command) sees the same store.
+        drop(store);
+        let read_only = SqliteStore::open_read_only(dir.path()).await.unwrap();
+        assert!(!read_only.has_text_index());
+        let page = read_only.search(&text("animal7")).await.unwrap();
+        assert_eq!(request_ids(&page), ["REQUEST:call-7"]);
+    }
+
+    #[tokio::test]
+    async fn the_search_index_is_dropped_when_turned_off_and_rebuilt_whole_when_back_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = calls(12);
+        let always_on = tempfile::tempdir().unwrap();
+        let reference = SqliteStore::open(always_on.path()).await.unwrap();
+        reference.append_batch(all.clone().into()).await.unwrap();
+
+        // On, then off (events written meanwhile are in no index), then on.
+        let (first, rest) = all.split_at(10);
+        let (second, third) = rest.split_at(1);
+        {
+            let store = SqliteStore::open(dir.path()).await.unwrap();
+            store.append_batch(first.to_vec().into()).await.unwrap();
+        }
+        {
+            let store = SqliteStore::open_with(dir.path(), without_index())
+                .await
+                .unwrap();
+            assert!(browse_tables(dir.path()).is_empty());
+            store.append_batch(second.to_vec().into()).await.unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        assert_eq!(browse_tables(dir.path()).len(), 6);
+        assert!(store.has_text_index());
+        store.append_batch(third.to_vec().into()).await.unwrap();
+
+        // The rebuilt index answers as one that was never off, for events
+        // written before, while and after it was off.
+        assert_eq!(console_reads(&store).await, console_reads(&reference).await);
+        // Event 10 is call 4's REQUEST, the one written while it was off.
+        assert_eq!(second[0].request_id.as_deref(), Some("call-4"));
+        let call_4 = store.search(&text("animal4")).await.unwrap();
+        assert_eq!(request_ids(&call_4), ["REQUEST:call-4"]);
+        let range = last_hour();
+        assert_eq!(
+            store.overview(&range).await.unwrap(),
+            reference.overview(&range).await.unwrap()
+        );
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        assert_eq!(
+            fts_merge_settings(&conn),
+            [("automerge".to_owned(), 16), ("crisismerge".to_owned(), 64)]
+        );
+        let indexes: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'index' \
+                 AND tbl_name = 'event_facets' ORDER BY name",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            indexes,
+            [
+                "event_facets_model",
+                "event_facets_operation",
+                "event_facets_outcome"
+            ]
+        );
     }
 
     /// The plans behind migration 7: a facet search reads its facet's

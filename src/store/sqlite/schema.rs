@@ -83,16 +83,7 @@ const MIGRATIONS: &[Migration] = &[
     // for a missing one, and most rows lack one (a violation has no model
     // or operation, only a RESPONSE has an outcome), so each row written
     // costs 2 index entries here instead of 4.
-    Migration::Sql(
-        "DROP INDEX IF EXISTS event_facets_type_ts;
-    DROP INDEX IF EXISTS event_facets_model;
-    DROP INDEX IF EXISTS event_facets_operation;
-    DROP INDEX IF EXISTS event_facets_outcome;
-    CREATE INDEX event_facets_model ON event_facets (model, seq) WHERE model IS NOT NULL;
-    CREATE INDEX event_facets_operation ON event_facets (operation, seq)
-        WHERE operation IS NOT NULL;
-    CREATE INDEX event_facets_outcome ON event_facets (outcome, seq) WHERE outcome IS NOT NULL;",
-    ),
+    Migration::Sql(FACET_INDEXES),
     // 8: fewer passes of each posting through the text index's merges.
     // Every commit writes a new segment; FTS5 merges `automerge` segments
     // of a level into one of the next, so a posting is rewritten once per
@@ -123,6 +114,62 @@ const LEVEL_COUNTS: &str = "
         UPDATE level_counts SET events = events - 1 WHERE level_rank = old.level_rank;
     END;
     DROP INDEX IF EXISTS events_level_seq;";
+
+/// Migration 7 (see [`MIGRATIONS`]).
+const FACET_INDEXES: &str = "
+    DROP INDEX IF EXISTS event_facets_type_ts;
+    DROP INDEX IF EXISTS event_facets_model;
+    DROP INDEX IF EXISTS event_facets_operation;
+    DROP INDEX IF EXISTS event_facets_outcome;
+    CREATE INDEX event_facets_model ON event_facets (model, seq) WHERE model IS NOT NULL;
+    CREATE INDEX event_facets_operation ON event_facets (operation, seq)
+        WHERE operation IS NOT NULL;
+    CREATE INDEX event_facets_outcome ON event_facets (outcome, seq) WHERE outcome IS NOT NULL;";
+
+/// Removes the console's search index (`audit.sqlite_search_index =
+/// false`): the text index, the facets, the rollups and the trigger that
+/// keeps them. The events are untouched.
+const DROP_BROWSE_INDEX: &str = "
+    DROP TRIGGER IF EXISTS events_browse_delete;
+    DROP TABLE IF EXISTS events_fts;
+    DROP TABLE IF EXISTS event_facets;
+    DROP TABLE IF EXISTS call_minutes;
+    DROP TABLE IF EXISTS latency_minutes;
+    DROP TABLE IF EXISTS violation_minutes;";
+
+/// Whether the file holds the console's search index. Migration 6 makes
+/// it; [`set_browse_index`] may have removed it since.
+pub fn has_browse_index(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema \
+         WHERE type = 'trigger' AND name = 'events_browse_delete')",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Keeps or removes the console's search index, after the migrations
+/// have run. Turned on over a file that lacks it (it was off before), the
+/// index is built from every stored event, as migrations 6 to 8 built it,
+/// in one transaction; turned off, it is dropped, so that a later switch
+/// back on rebuilds it whole instead of trusting rows that stopped
+/// following the events. Later migrations that touch these tables must
+/// allow for their absence.
+pub fn set_browse_index(conn: &mut Connection, on: bool) -> Result<(), StoreError> {
+    if has_browse_index(conn)? == on {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if on {
+        tx.execute_batch(BROWSE_INDEX)?;
+        tx.execute_batch(FACET_INDEXES)?;
+        tx.execute_batch(FTS_MERGE_SETTINGS)?;
+    } else {
+        tx.execute_batch(DROP_BROWSE_INDEX)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
 
 /// Migration 8 (see [`MIGRATIONS`]); kept in FTS5's own config table.
 pub const FTS_MERGE_SETTINGS: &str =

@@ -605,9 +605,15 @@ async fn a_clean_close_leaves_the_whole_store_in_audit_db() {
 #[tokio::test]
 async fn full_synchronous_is_applied_to_the_writer() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_with(dir.path(), Synchronous::Full)
-        .await
-        .unwrap();
+    let store = SqliteStore::open_with(
+        dir.path(),
+        SqliteOptions {
+            synchronous: Synchronous::Full,
+            ..SqliteOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     let sync: i64 = store
         .writer()
         .unwrap()

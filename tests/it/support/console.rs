@@ -29,6 +29,19 @@ impl ConsoleClient {
     /// The proxy with `ADMIN_TOKEN` (both scopes), a read-only and a
     /// write-only token, and `extra` configuration.
     pub async fn start(upstream: &str, extra: &[(&str, &str)]) -> Self {
+        let env = Self::env(extra);
+        let proxy = TestProxy::start_with(upstream, &env).await;
+        Self::on(proxy)
+    }
+
+    /// As [`start`](Self::start), on the store folder `dir`.
+    pub async fn start_in(upstream: &str, dir: &std::path::Path, extra: &[(&str, &str)]) -> Self {
+        let env = Self::env(extra);
+        let proxy = TestProxy::start_in(upstream, dir, &env).await;
+        Self::on(proxy)
+    }
+
+    fn env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         let mut env = vec![
             ("LLM_AUDIT_PROXY_ADMIN_TOKEN", ADMIN_TOKEN),
             (
@@ -41,8 +54,7 @@ impl ConsoleClient {
             ),
         ];
         env.extend_from_slice(extra);
-        let proxy = TestProxy::start_with(upstream, &env).await;
-        Self::on(proxy)
+        env
     }
 
     pub fn on(proxy: TestProxy) -> Self {
