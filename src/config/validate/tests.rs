@@ -145,16 +145,16 @@ fn masked_json_hides_tokens() {
 }
 
 #[test]
-fn max_batch_defaults_to_512_events() {
+fn max_batch_defaults_to_2048_events() {
     let c = load(None, &env(&[]), &FlagValues::new()).unwrap();
-    assert_eq!(c.queue.max_batch, 512);
+    assert_eq!(c.queue.max_batch, 2048);
     let c = load(
         None,
-        &env(&[("LLM_AUDIT_PROXY_QUEUE_MAX_BATCH", "2048")]),
+        &env(&[("LLM_AUDIT_PROXY_QUEUE_MAX_BATCH", "512")]),
         &FlagValues::new(),
     )
     .unwrap();
-    assert_eq!(c.queue.max_batch, 2048);
+    assert_eq!(c.queue.max_batch, 512);
 }
 
 #[test]
