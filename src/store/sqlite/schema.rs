@@ -126,16 +126,25 @@ const FACET_INDEXES: &str = "
         WHERE operation IS NOT NULL;
     CREATE INDEX event_facets_outcome ON event_facets (outcome, seq) WHERE outcome IS NOT NULL;";
 
-/// Removes the console's search index (`audit.sqlite_search_index =
-/// false`): the text index, the facets, the rollups and the trigger that
-/// keeps them. The events are untouched.
-const DROP_BROWSE_INDEX: &str = "
+/// The statements that remove the console's search index: the text index,
+/// the facets, the rollups and the trigger that keeps them. A macro so
+/// that [`BROWSE_INDEX`] starts with the same text (`concat!` takes only
+/// literals).
+macro_rules! drop_browse_index {
+    () => {
+        "
     DROP TRIGGER IF EXISTS events_browse_delete;
     DROP TABLE IF EXISTS events_fts;
     DROP TABLE IF EXISTS event_facets;
     DROP TABLE IF EXISTS call_minutes;
     DROP TABLE IF EXISTS latency_minutes;
-    DROP TABLE IF EXISTS violation_minutes;";
+    DROP TABLE IF EXISTS violation_minutes;"
+    };
+}
+
+/// Removes the console's search index (`audit.sqlite_search_index =
+/// false`). The events are untouched.
+const DROP_BROWSE_INDEX: &str = drop_browse_index!();
 
 /// Whether the file holds the console's search index. Migration 6 makes
 /// it; [`set_browse_index`] may have removed it since.
@@ -186,13 +195,9 @@ pub const FTS_MERGE_SETTINGS: &str =
 /// minute's rollups (reading its facets row before deleting it) and drops
 /// rollup rows of minutes before it, so ranges over purged time count
 /// nothing.
-const BROWSE_INDEX: &str = "
-    DROP TRIGGER IF EXISTS events_browse_delete;
-    DROP TABLE IF EXISTS events_fts;
-    DROP TABLE IF EXISTS event_facets;
-    DROP TABLE IF EXISTS call_minutes;
-    DROP TABLE IF EXISTS latency_minutes;
-    DROP TABLE IF EXISTS violation_minutes;
+const BROWSE_INDEX: &str = concat!(
+    drop_browse_index!(),
+    "
     CREATE VIRTUAL TABLE events_fts USING fts5(
         body, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2'
     );
@@ -290,7 +295,8 @@ const BROWSE_INDEX: &str = "
     INSERT INTO violation_minutes
     SELECT substr(timestamp, 1, 16), coalesce(policy, ''), coalesce(severity, ''), COUNT(*)
     FROM event_facets WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1, 2, 3;
-";
+"
+);
 
 /// `meta` key of the store's stable id.
 pub const META_SOURCE_ID: &str = "source_id";
