@@ -70,10 +70,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let client_ip = peer_ip(peer);
-        let service = service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(forward::handle(state, req, client_ip).await) }
-        });
+        let service = service_fn(move |req| boxed_call(state.clone(), req, client_ip));
         let (http1, http2) = (http1.clone(), http2.clone());
         let watcher = graceful.watcher();
         let (shutdown, cut) = (shutdown.clone(), cut.clone());
@@ -91,7 +88,9 @@ pub async fn serve(
             };
             let io = TokioIo::new(io);
             let served = if is_h2 {
-                let conn = watcher.watch(http2.serve_connection(io, service));
+                // Boxed: the task is sized for its largest branch, and an
+                // HTTP/2 connection's state is the larger and the rarer.
+                let conn = Box::pin(watcher.watch(http2.serve_connection(io, service)));
                 tokio::select! {
                     result = conn => result,
                     () = cut.cancelled() => return,
@@ -127,4 +126,35 @@ pub async fn serve(
 
 fn peer_ip(peer: SocketAddr) -> std::net::IpAddr {
     peer.ip().to_canonical()
+}
+
+/// One call, its future boxed. hyper keeps a slot the size of a service's
+/// future for as long as the connection lives, and a call's future is a
+/// few KB; the box goes once the answer's head is out, so an open stream
+/// or an idle keep-alive connection holds a pointer instead.
+fn boxed_call(
+    state: Arc<ProxyState>,
+    req: hyper::Request<hyper::body::Incoming>,
+    client_ip: std::net::IpAddr,
+) -> impl std::future::Future<Output = Result<hyper::Response<body::ProxyBody>, Infallible>> + Send
+{
+    let call = Box::pin(forward::handle(state, req, client_ip));
+    async move { Ok(call.await) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, B, C, F>(_: impl Fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_connection_keeps_a_pointer_to_its_call_not_the_call() {
+        let slot = future_size(boxed_call);
+        let call = future_size(forward::handle);
+        assert!(slot <= 64, "{slot} bytes held per connection");
+        assert!(call > 16 * slot, "a call's future is {call} bytes");
+    }
 }

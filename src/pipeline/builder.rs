@@ -16,6 +16,7 @@
 //! on with the next job.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -124,22 +125,22 @@ impl RecordBuilder {
     /// full, and returns what it returned (`None` only if the job died).
     /// The job may wait a moment for others, so that one wake-up of the
     /// thread builds several.
-    pub async fn run<T, F>(&self, job: F) -> Option<T>
+    pub fn run<T, F>(&self, job: F) -> impl Future<Output = Option<T>> + Send + 'static
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        self.run_as(job, Urgency::Linger).await
+        self.run_as(job, Urgency::Linger)
     }
 
     /// As [`run`](Self::run), for a job a call waits for: the thread
     /// starts on it at once.
-    pub async fn run_now<T, F>(&self, job: F) -> Option<T>
+    pub fn run_now<T, F>(&self, job: F) -> impl Future<Output = Option<T>> + Send + 'static
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        self.run_as(job, Urgency::Now).await
+        self.run_as(job, Urgency::Now)
     }
 
     /// Runs `job` on the builder thread, or right here when its queue is
@@ -151,7 +152,15 @@ impl RecordBuilder {
         self.hand_in(Box::new(job), Urgency::Linger);
     }
 
-    async fn run_as<T, F>(&self, job: F, urgency: Urgency) -> Option<T>
+    /// Hands the job in when called, not when first polled: the future
+    /// returned holds only the way back, not the job and what it owns, so
+    /// a caller's state machine does not carry the job's size through its
+    /// later waits.
+    fn run_as<T, F>(
+        &self,
+        job: F,
+        urgency: Urgency,
+    ) -> impl Future<Output = Option<T>> + Send + 'static
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
@@ -169,7 +178,7 @@ impl RecordBuilder {
             }
         });
         self.hand_in(job, urgency);
-        result.await.ok()
+        async move { result.await.ok() }
     }
 
     /// Queues `job` for the thread, or runs it here when the queue is
@@ -293,6 +302,24 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[tokio::test]
+    async fn the_future_waiting_for_a_job_holds_none_of_what_the_job_owns() {
+        // A record's task waits on these for as long as its call runs; the
+        // job's captures go with the job, not into the waiting future.
+        let big = [7u8; 4096];
+        for builder in [
+            RecordBuilder::start(4, Default::default()),
+            RecordBuilder::inline(Default::default()),
+        ] {
+            let waiting = builder.run(move || big.iter().map(|&b| usize::from(b)).sum::<usize>());
+            assert!(std::mem::size_of_val(&waiting) <= 64);
+            assert_eq!(waiting.await, Some(7 * 4096));
+            let waiting = builder.run_now(move || big.len());
+            assert!(std::mem::size_of_val(&waiting) <= 64);
+            assert_eq!(waiting.await, Some(4096));
+        }
+    }
 
     #[tokio::test]
     async fn a_job_runs_on_the_builder_thread_and_returns_its_result() {

@@ -421,7 +421,10 @@ impl Recorder {
         let (facts, to_commit, held) = built.unwrap_or_default();
         if let (Some(committed), Some(event)) = (committed, to_commit) {
             let reservation = info.reservation.as_ref();
-            let stored = match self.handle.submit_within(event, reservation).await {
+            // Boxed: only strict durability gets here, and the record's
+            // task, alive as long as its call, should not carry this
+            // future's size for every other call.
+            let stored = match Box::pin(self.handle.submit_within(event, reservation)).await {
                 Ok(_) | Err(SubmitError::BelowLevel | SubmitError::Disabled) => Ok(()),
                 Err(error) => Err(error),
             };
@@ -430,8 +433,10 @@ impl Recorder {
         // Here rather than on the builder thread, so the REQUEST's events
         // are queued before the RESPONSE's; after a strict commit, which
         // the call waits for.
+        // Held events (the queue was full) are rare; boxed for the same
+        // reason.
         if let Some(held) = held {
-            held.offer().await;
+            Box::pin(held.offer()).await;
         }
         let outcome = match ended {
             Some(outcome) => outcome,
@@ -460,7 +465,7 @@ impl Recorder {
             })
             .await;
         if let Some(held) = held.flatten() {
-            held.offer().await;
+            Box::pin(held.offer()).await;
         }
     }
 
