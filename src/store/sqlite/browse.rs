@@ -818,19 +818,32 @@ mod tests {
         }
     }
 
-    fn browse_tables(dir: &std::path::Path) -> Vec<String> {
-        let conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
-        let mut stmt = conn
-            .prepare(
-                "SELECT name FROM sqlite_schema WHERE name IN ('events_fts', 'event_facets', \
-                 'call_minutes', 'latency_minutes', 'violation_minutes', 'events_browse_delete') \
-                 ORDER BY name",
-            )
-            .unwrap();
-        stmt.query_map([], |r| r.get(0))
+    /// The names a `SELECT name …` over the schema returns, in its order.
+    fn schema_names(conn: &rusqlite::Connection, sql: &str) -> Vec<String> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(0))
             .unwrap()
             .map(Result::unwrap)
             .collect()
+    }
+
+    fn facet_indexes(conn: &rusqlite::Connection) -> Vec<String> {
+        schema_names(
+            conn,
+            "SELECT name FROM sqlite_schema WHERE type = 'index' \
+             AND tbl_name = 'event_facets' ORDER BY name",
+        )
+    }
+
+    fn browse_tables(dir: &std::path::Path) -> Vec<String> {
+        let conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
+        schema_names(
+            &conn,
+            "SELECT name FROM sqlite_schema WHERE name IN ('events_fts', 'event_facets', \
+             'call_minutes', 'latency_minutes', 'violation_minutes', 'events_browse_delete') \
+             ORDER BY name",
+        )
     }
 
     /// Every kind of console read, answered by `store`, beside the answers
@@ -946,18 +959,8 @@ mod tests {
             fts_merge_settings(&conn),
             [("automerge".to_owned(), 16), ("crisismerge".to_owned(), 64)]
         );
-        let indexes: Vec<String> = conn
-            .prepare(
-                "SELECT name FROM sqlite_schema WHERE type = 'index' \
-                 AND tbl_name = 'event_facets' ORDER BY name",
-            )
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
         assert_eq!(
-            indexes,
+            facet_indexes(&conn),
             [
                 "event_facets_model",
                 "event_facets_operation",
@@ -1010,15 +1013,8 @@ mod tests {
         };
         assert_eq!(entries("event_facets_outcome"), 30);
         assert_eq!(entries("event_facets_model"), 60);
-        let names: Vec<String> = conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'event_facets' ORDER BY name")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
         assert_eq!(
-            names,
+            facet_indexes(&conn),
             [
                 "event_facets_model",
                 "event_facets_operation",
