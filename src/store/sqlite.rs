@@ -16,7 +16,8 @@ mod schema;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -100,6 +101,12 @@ impl Default for SqliteOptions {
     }
 }
 
+/// Most events appended before the console's index catches up with them.
+pub const INDEX_LAG_EVENTS: usize = 2048;
+/// Longest time an appended event waits for the console's index, while
+/// appends continue (a search or an overview makes it catch up at once).
+pub const INDEX_LAG: Duration = Duration::from_secs(1);
+
 /// The SQLite store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -111,6 +118,18 @@ pub struct SqliteStore {
     /// [`SqliteOptions::search_index`]); searches and overviews without it
     /// read the events.
     browse_index: bool,
+    /// What the writer appended since the index last caught up; only the
+    /// writer's thread takes the lock.
+    index_lag: Arc<Mutex<IndexLag>>,
+}
+
+/// Appended events the console's index has not read yet (see
+/// [`browse::catch_up`]).
+#[derive(Debug, Default)]
+struct IndexLag {
+    events: usize,
+    /// When the oldest of them was appended.
+    since: Option<Instant>,
 }
 
 /// A WHERE clause assembled from fixed fragments with `?` placeholders,
@@ -173,6 +192,12 @@ impl SqliteStore {
                 )?;
                 schema::migrate(conn)?;
                 schema::set_browse_index(conn, options.search_index)?;
+                if options.search_index {
+                    // What a crash left unindexed.
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    browse::catch_up(&tx)?;
+                    tx.commit()?;
+                }
                 // Made once; later opens keep the first one.
                 conn.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
@@ -188,6 +213,7 @@ impl SqliteStore {
             reader,
             path,
             browse_index: options.search_index,
+            index_lag: Arc::default(),
         })
     }
 
@@ -216,7 +242,47 @@ impl SqliteStore {
             reader,
             path,
             browse_index,
+            index_lag: Arc::default(),
         })
+    }
+
+    /// Makes the console's index catch up with every appended event, so a
+    /// search or an overview that follows misses none.
+    async fn catch_up_index(&self) -> Result<(), StoreError> {
+        let (Some(writer), true) = (&self.writer, self.browse_index) else {
+            return Ok(());
+        };
+        let index_lag = Arc::clone(&self.index_lag);
+        writer
+            .call(move |conn| {
+                let mut lag = index_lag.lock().unwrap_or_else(PoisonError::into_inner);
+                if lag.events == 0 {
+                    return Ok(());
+                }
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                browse::catch_up(&tx)?;
+                tx.commit()?;
+                *lag = IndexLag::default();
+                Ok(())
+            })
+            .await
+            .map_err(from_call)
+    }
+
+    /// Whether searches and overviews can be answered from the console's
+    /// index: it is kept, and it covers every stored event (the writer
+    /// makes it; a read-only open, which cannot, reads the events instead
+    /// while the writing process has not caught up).
+    async fn index_is_current(&self) -> Result<bool, StoreError> {
+        if !self.browse_index {
+            return Ok(false);
+        }
+        if self.writer.is_some() {
+            self.catch_up_index().await?;
+            return Ok(true);
+        }
+        let (indexed, newest) = self.read(|conn| browse::index_lag(conn)).await?;
+        Ok(indexed >= newest)
     }
 
     /// One `meta` value; `None` when unset or when the file predates the
@@ -317,6 +383,7 @@ impl AuditStore for SqliteStore {
             return Ok(());
         }
         let browse_index = self.browse_index;
+        let index_lag = Arc::clone(&self.index_lag);
         self.writer()?
             .call(move |conn| {
                 // IMMEDIATE takes the write lock first, so contention shows
@@ -342,8 +409,14 @@ impl AuditStore for SqliteStore {
                     }
                 }
                 count_levels(&tx, &events)?;
-                if browse_index {
-                    browse::index_batch(&tx, &events)?;
+                let mut lag = index_lag.lock().unwrap_or_else(PoisonError::into_inner);
+                let index_now = browse_index && {
+                    lag.events += events.len();
+                    let since = *lag.since.get_or_insert_with(Instant::now);
+                    lag.events >= INDEX_LAG_EVENTS || since.elapsed() >= INDEX_LAG
+                };
+                if index_now {
+                    browse::catch_up(&tx)?;
                 }
                 if let Some(c) = events
                     .iter()
@@ -360,6 +433,9 @@ impl AuditStore for SqliteStore {
                     ])?;
                 }
                 tx.commit()?;
+                if index_now {
+                    *lag = IndexLag::default();
+                }
                 Ok(())
             })
             .await
@@ -471,7 +547,7 @@ impl AuditStore for SqliteStore {
         &self,
         query: &super::browse::SearchQuery,
     ) -> Result<super::browse::SearchPage, StoreError> {
-        if query.is_plain() || !self.browse_index {
+        if query.is_plain() || !self.index_is_current().await? {
             return super::browse::search_by_scan(self, query).await;
         }
         let query = query.clone();
@@ -486,7 +562,7 @@ impl AuditStore for SqliteStore {
         &self,
         query: &super::browse::OverviewQuery,
     ) -> Result<super::browse::Overview, StoreError> {
-        if !self.browse_index {
+        if !self.index_is_current().await? {
             return super::browse::overview_by_scan(self, query).await;
         }
         let query = *query;
@@ -598,6 +674,7 @@ impl AuditStore for SqliteStore {
         let Some(writer) = &self.writer else {
             return Ok(());
         };
+        self.catch_up_index().await?;
         writer
             .call(|conn| {
                 // Copies every committed page into audit.db and empties the

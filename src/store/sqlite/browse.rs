@@ -2,10 +2,10 @@
 //! `event_facets` table (schema migrations 6 and 7), so neither reads event
 //! metadata.
 //!
-//! Both are written by [`index_batch`] in the transaction that appends the
-//! events, from the metadata values the events already carry (no JSON is
-//! parsed again); a trigger removes their rows when retention or the size
-//! cap deletes events.
+//! Both are written by [`catch_up`] from the stored metadata text, read in
+//! one pass with no tree, a thousand or so events at a time (see there);
+//! a trigger removes their rows when retention or the size cap deletes
+//! events.
 //!
 //! A search walks candidate seqs newest first, in batches: from the text
 //! index when there is text, else from the facets index of the first
@@ -16,15 +16,12 @@
 mod facets;
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params_from_iter, CachedStatement, Connection};
+use rusqlite::{params_from_iter, CachedStatement, Connection, OptionalExtension};
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::{read_record, Conditions, COLUMNS};
-use crate::event::{
-    format_timestamp, parse_timestamp, timestamp_text, AuditEvent, EventRecord, EventType,
-};
+use crate::event::{format_timestamp, parse_timestamp, EventRecord};
 use crate::store::browse::{
     Overview, OverviewQuery, RecentViolation, SearchPage, SearchQuery, RECENT_VIOLATIONS,
 };
@@ -35,128 +32,228 @@ const BATCH: i64 = 1000;
 /// Most candidates one page reads.
 pub const MAX_CANDIDATES: usize = 50_000;
 
-/// Writes the facets and the searchable text of `events` (REQUEST,
-/// RESPONSE and COMPLIANCE_VIOLATION; others have none).
-pub fn index_batch(
-    tx: &rusqlite::Transaction<'_>,
-    events: &[AuditEvent],
-) -> Result<(), StoreError> {
-    // Each statement is fetched from the cache only when the batch needs
-    // it: every fetch allocates its cache key again.
-    let mut facets: Option<CachedStatement<'_>> = None;
-    let mut fts: Option<CachedStatement<'_>> = None;
-    // The searchable text, in a buffer the store's thread keeps between
-    // batches (a batch of a busy proxy holds only a few events).
-    let mut text = SEARCH_TEXT.take();
-    let mut rollups = Rollups::default();
-    for e in events {
-        let body = match e.event_type {
-            EventType::Request => Some("request_data"),
-            EventType::Response => Some("response_data"),
-            EventType::ComplianceViolation => None,
+/// `meta` key of the newest seq the console's index covers: events after
+/// it are stored but not yet indexed (see [`catch_up`]).
+pub const META_INDEXED_UPTO: &str = "indexed_upto";
+
+/// Indexes every stored event after [`META_INDEXED_UPTO`] in `tx`, reading
+/// them back from the events table, and moves the mark to the newest seq.
+/// Returns how many events it read.
+///
+/// The writer calls it every [`INDEX_LAG_EVENTS`](super::INDEX_LAG_EVENTS)
+/// events or [`INDEX_LAG`](super::INDEX_LAG), in the transaction of the
+/// batch that crosses either, instead of in every commit: each commit
+/// rewrites every page it touches, and the text index, the facets, their
+/// indexes and the rollups touch as many pages as the events themselves.
+/// Reads flush first, and an open catches up with what a crash left, so
+/// searches and overviews never miss an event. Events purged before their
+/// turn are simply never indexed: the delete trigger finds no rows of
+/// theirs to take back.
+pub fn catch_up(tx: &rusqlite::Transaction<'_>) -> Result<usize, StoreError> {
+    let upto: i64 = tx
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([META_INDEXED_UPTO], |r| r.get::<_, String>(0))
+        .optional()?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut select = tx.prepare_cached(
+        "SELECT seq, timestamp, event_type, metadata FROM events WHERE seq > ?1 ORDER BY seq",
+    )?;
+    let mut rows = select.query([upto])?;
+    let mut indexer = Indexer::new(tx);
+    let mut newest = upto;
+    let mut read = 0usize;
+    while let Some(row) = rows.next()? {
+        newest = row.get(0)?;
+        read += 1;
+        // A row with a column that is not text cannot be indexed; it must
+        // not stop the appends that carry the index forward.
+        let text = |i| row.get_ref(i).ok().and_then(|v| v.as_str().ok());
+        let (Some(timestamp), Some(event_type), Some(metadata)) = (text(1), text(2), text(3))
+        else {
+            continue;
+        };
+        let body = match event_type {
+            "REQUEST" => Some("request_data"),
+            "RESPONSE" => Some("response_data"),
+            "COMPLIANCE_VIOLATION" => None,
             _ => continue,
         };
-        text.clear();
+        indexer.add(newest, timestamp, event_type, body, metadata)?;
+    }
+    drop(rows);
+    drop(select);
+    indexer.finish()?;
+    if newest != upto {
+        tx.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute(rusqlite::params![META_INDEXED_UPTO, newest.to_string()])?;
+    }
+    Ok(read)
+}
+
+/// The newest indexed seq and the newest stored one, for a reader that
+/// cannot make the index catch up (a read-only open).
+pub fn index_lag(conn: &Connection) -> Result<(i64, i64), StoreError> {
+    let newest: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+    let newest = newest.unwrap_or(0);
+    if super::schema::user_version(conn)? < super::schema::INDEXED_UPTO_SINCE {
+        return Ok((newest, newest));
+    }
+    let upto: i64 = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([META_INDEXED_UPTO], |r| r.get::<_, String>(0))
+        .optional()?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok((upto, newest))
+}
+
+/// Writes the facets, searchable text and rollups of events handed to it
+/// one at a time (REQUEST, RESPONSE and COMPLIANCE_VIOLATION; others have
+/// none).
+struct Indexer<'t> {
+    tx: &'t rusqlite::Transaction<'t>,
+    // Each statement is fetched from the cache only when the batch needs
+    // it: every fetch allocates its cache key again.
+    facets: Option<CachedStatement<'t>>,
+    fts: Option<CachedStatement<'t>>,
+    /// The searchable text, in a buffer the store's thread keeps between
+    /// batches.
+    text: String,
+    rollups: Rollups,
+}
+
+impl<'t> Indexer<'t> {
+    fn new(tx: &'t rusqlite::Transaction<'t>) -> Self {
+        Indexer {
+            tx,
+            facets: None,
+            fts: None,
+            text: SEARCH_TEXT.take(),
+            rollups: Rollups::default(),
+        }
+    }
+
+    fn add(
+        &mut self,
+        seq: i64,
+        timestamp: &str,
+        event_type: &str,
+        body: Option<&str>,
+        metadata: &str,
+    ) -> Result<(), StoreError> {
+        self.text.clear();
         // One pass over the metadata text, no tree.
-        let m = facets::read(e.metadata.as_str(), body, &mut text);
-        let timestamp = timestamp_text(&e.timestamp);
-        let timestamp = timestamp.as_str();
-        rollups.add(timestamp, e.event_type.clone(), &m);
-        if facets.is_none() {
-            facets = Some(tx.prepare_cached(
+        let m = facets::read(metadata, body, &mut self.text);
+        self.rollups.add(timestamp, event_type, &m);
+        let tx = self.tx;
+        let facets = match &mut self.facets {
+            Some(s) => s,
+            slot => slot.insert(tx.prepare_cached(
                 "INSERT INTO event_facets (seq, timestamp, event_type, model, operation, \
                  outcome, status, latency_ms, total_tokens, policy, severity) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?);
-        }
-        if let Some(insert) = facets.as_mut() {
-            insert.execute(rusqlite::params![
-                e.seq,
-                timestamp,
-                e.event_type.as_str(),
-                m.model.as_str(),
-                m.operation.as_str(),
-                m.outcome.as_str(),
-                m.status.as_i64(),
-                m.latency_ms.as_f64(),
-                m.total_tokens.as_i64(),
-                m.policy_name.as_str(),
-                m.severity.as_str(),
-            ])?;
-        }
+            )?),
+        };
+        facets.execute(rusqlite::params![
+            seq,
+            timestamp,
+            event_type,
+            m.model.as_str(),
+            m.operation.as_str(),
+            m.outcome.as_str(),
+            m.status.as_i64(),
+            m.latency_ms.as_f64(),
+            m.total_tokens.as_i64(),
+            m.policy_name.as_str(),
+            m.severity.as_str(),
+        ])?;
         if body.is_some() {
-            if fts.is_none() {
-                fts = Some(
+            let fts = match &mut self.fts {
+                Some(s) => s,
+                slot => slot.insert(
                     tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?,
-                );
-            }
-            if let Some(insert) = fts.as_mut() {
-                insert.execute(rusqlite::params![e.seq, text])?;
-            }
+                ),
+            };
+            fts.execute(rusqlite::params![seq, self.text])?;
         }
+        Ok(())
     }
-    drop((facets, fts));
-    rollups.write(tx)?;
-    // A buffer grown by a very large body is not kept.
-    if text.capacity() <= SEARCH_TEXT_KEPT {
-        SEARCH_TEXT.set(text);
+
+    fn finish(self) -> Result<(), StoreError> {
+        let Indexer {
+            tx,
+            facets,
+            fts,
+            text,
+            rollups,
+        } = self;
+        drop((facets, fts));
+        rollups.write(tx)?;
+        // A buffer grown by a very large body is not kept.
+        if text.capacity() <= SEARCH_TEXT_KEPT {
+            SEARCH_TEXT.set(text);
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Most bytes of searchable-text buffer kept between batches.
 const SEARCH_TEXT_KEPT: usize = 64 * 1024;
 
 thread_local! {
-    /// See [`index_batch`].
+    /// See [`Indexer`].
     static SEARCH_TEXT: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
 }
 
-/// A batch's additions to the per-minute rollups, keyed by minute
-/// (`YYYY-MM-DDTHH:MM`). Names are borrowed from the batch's metadata.
+/// The additions of the events indexed together to the per-minute
+/// rollups, keyed by minute (`YYYY-MM-DDTHH:MM`). Keys are copied once,
+/// when first seen: the events indexed together span a minute or two and
+/// a few models.
 #[derive(Default)]
-struct Rollups<'a> {
-    minutes: BTreeMap<String, MinuteRollup<'a>>,
+struct Rollups {
+    minutes: Keyed<MinuteRollup>,
 }
 
 /// One minute's additions.
 #[derive(Default)]
-struct MinuteRollup<'a> {
+struct MinuteRollup {
     /// Model to (calls, errors, tokens).
-    calls: BTreeMap<Cow<'a, str>, (i64, i64, i64)>,
+    calls: Keyed<(i64, i64, i64)>,
     latency: BTreeMap<i64, i64>,
-    /// (policy, severity) to violations.
-    violations: BTreeMap<(Cow<'a, str>, Cow<'a, str>), i64>,
+    /// Policy to severity to violations.
+    violations: Keyed<Keyed<i64>>,
 }
 
-impl<'a> Rollups<'a> {
-    fn add(&mut self, timestamp: &str, event_type: EventType, m: &facets::Facets<'a>) {
-        if !matches!(
-            event_type,
-            EventType::Response | EventType::ComplianceViolation
-        ) {
-            return;
+/// A few values by name, searched in order: minutes, models and policies
+/// indexed together are few.
+type Keyed<V> = Vec<(String, V)>;
+
+/// The value of `key` in `list`, added (and the key copied) when new.
+fn entry_of<'m, V: Default>(list: &'m mut Keyed<V>, key: &str) -> &'m mut V {
+    let at = match list.iter().position(|(k, _)| k == key) {
+        Some(at) => at,
+        None => {
+            list.push((key.to_owned(), V::default()));
+            list.len() - 1
         }
-        let minute = minute_of(timestamp);
-        // A batch spans a minute or two: a new key is rare.
-        if !self.minutes.contains_key(minute) {
-            self.minutes
-                .insert(minute.to_owned(), MinuteRollup::default());
-        }
-        let Some(rollup) = self.minutes.get_mut(minute) else {
-            return;
-        };
-        let text = |s: &facets::Scalar<'a>| match s {
-            facets::Scalar::Text(t) => t.clone(),
-            _ => Cow::Borrowed(""),
-        };
+    };
+    &mut list[at].1
+}
+
+impl Rollups {
+    fn add(&mut self, timestamp: &str, event_type: &str, m: &facets::Facets<'_>) {
         match event_type {
-            EventType::Response => {
+            "RESPONSE" => {
+                let rollup = entry_of(&mut self.minutes, minute_of(timestamp));
                 // As `CallFacts::of` counts an error.
                 let error = m.outcome.as_str().unwrap_or("completed") != "completed"
                     || m.status.as_u64().unwrap_or(200) >= 400;
                 let tokens = m.total_tokens.as_i64().unwrap_or(0);
-                let entry = rollup.calls.entry(text(&m.model)).or_default();
+                let entry = entry_of(&mut rollup.calls, m.model.as_str().unwrap_or(""));
                 entry.0 += 1;
                 entry.1 += i64::from(error);
                 entry.2 += tokens;
@@ -164,19 +261,20 @@ impl<'a> Rollups<'a> {
                     *rollup.latency.entry(latency_bucket(ms)).or_default() += 1;
                 }
             }
-            _ => {
-                *rollup
-                    .violations
-                    .entry((text(&m.policy_name), text(&m.severity)))
-                    .or_default() += 1;
+            "COMPLIANCE_VIOLATION" => {
+                let rollup = entry_of(&mut self.minutes, minute_of(timestamp));
+                let policy = m.policy_name.as_str().unwrap_or("");
+                let by_severity = entry_of(&mut rollup.violations, policy);
+                *entry_of(by_severity, m.severity.as_str().unwrap_or("")) += 1;
             }
+            _ => {}
         }
     }
 
     fn write(self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
         // Only the statements this batch needs (most batches have no
         // violation): each one fetched from the cache allocates.
-        let rollups = self.minutes.values();
+        let rollups = self.minutes.iter().map(|(_, r)| r);
         if rollups.clone().any(|r| !r.calls.is_empty()) {
             let mut calls = tx.prepare_cached(
                 "INSERT INTO call_minutes VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (minute, model) \
@@ -206,8 +304,10 @@ impl<'a> Rollups<'a> {
                  ON CONFLICT (minute, policy, severity) DO UPDATE SET count = count + excluded.count",
             )?;
             for (minute, rollup) in &self.minutes {
-                for ((policy, severity), n) in &rollup.violations {
-                    violations.execute(rusqlite::params![minute, policy, severity, n])?;
+                for (policy, by_severity) in &rollup.violations {
+                    for (severity, n) in by_severity {
+                        violations.execute(rusqlite::params![minute, policy, severity, n])?;
+                    }
                 }
             }
         }
@@ -523,6 +623,8 @@ mod tests {
     use crate::store::browse::{overview_by_scan, search_by_scan};
     use crate::store::sqlite::{schema, SqliteOptions, SqliteStore, DB_FILE};
     use crate::store::{AuditStore, EventFilter};
+
+    mod lag;
 
     /// `n` calls a minute apart ending now: REQUEST, RESPONSE and, for
     /// every third, a violation. Call `i` asks about `animal i`.
@@ -977,6 +1079,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).await.unwrap();
         store.append_batch(calls(30).into()).await.unwrap();
+        store.close().await.unwrap();
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
         let plan = |sql: &str, params: &[SqlValue]| {
             crate::store::sqlite::tests::query_plan(&conn, sql, params)
@@ -1035,6 +1138,8 @@ mod tests {
         {
             let store = SqliteStore::open(dir.path()).await.unwrap();
             store.append_batch(events.into()).await.unwrap();
+            // Builds of version 6 indexed every batch as they stored it.
+            store.close().await.unwrap();
         }
         // The file as schema version 6 left it.
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
@@ -1184,6 +1289,7 @@ mod tests {
             for chunk in events.chunks(7) {
                 store.append_batch(chunk.to_vec().into()).await.unwrap();
             }
+            store.close().await.unwrap();
         }
         // The file as schema version 7 left it: FTS5's defaults.
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();

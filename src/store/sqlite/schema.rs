@@ -101,7 +101,17 @@ const MIGRATIONS: &[Migration] = &[
     // batch's counts with one upsert per level it holds, and a trigger takes
     // purged events back out.
     Migration::Sql(LEVEL_COUNTS),
+    // 10: the console's index may lag the events (the writer indexes a
+    // thousand or so at a time, see `browse::catch_up`); `meta` keeps the
+    // newest seq it covers. Every earlier build indexed in the events'
+    // own transaction, so an existing file is covered up to its newest.
+    Migration::Sql(INDEXED_UPTO),
 ];
+
+/// Migration 10 (see [`MIGRATIONS`]); [`set_browse_index`] sets the same
+/// mark after a rebuild.
+const INDEXED_UPTO: &str = "INSERT OR REPLACE INTO meta (key, value) \
+    SELECT 'indexed_upto', coalesce(MAX(seq), 0) FROM events;";
 
 /// Migration 9 (see [`MIGRATIONS`]). Rebuilt from the events, so a file
 /// whose version was set back is counted again, not twice.
@@ -173,6 +183,7 @@ pub fn set_browse_index(conn: &mut Connection, on: bool) -> Result<(), StoreErro
         tx.execute_batch(BROWSE_INDEX)?;
         tx.execute_batch(FACET_INDEXES)?;
         tx.execute_batch(FTS_MERGE_SETTINGS)?;
+        tx.execute_batch(INDEXED_UPTO)?;
     } else {
         tx.execute_batch(DROP_BROWSE_INDEX)?;
     }
@@ -311,6 +322,10 @@ pub const SHIP_CURSOR_SINCE: i64 = 5;
 /// The first schema version with the `level_counts` table; a store opened
 /// read-only at an older version counts its levels from the events.
 pub const LEVEL_COUNTS_SINCE: i64 = 9;
+
+/// The first schema version that may keep events the console's index has
+/// not read yet; in older files the index covers every event.
+pub const INDEXED_UPTO_SINCE: i64 = 10;
 
 /// `PRAGMA auto_vacuum`'s value for INCREMENTAL.
 pub const AUTO_VACUUM_INCREMENTAL: i64 = 2;
