@@ -17,7 +17,7 @@ mod schema;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -26,6 +26,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_rusqlite::Connection;
 
 use super::{
@@ -102,7 +103,10 @@ impl Default for SqliteOptions {
 }
 
 /// Most events appended before the console's index catches up with them.
-pub const INDEX_LAG_EVENTS: usize = 2048;
+/// Enough that each page of the index is written once for hundreds of
+/// events, not once per commit; few enough that the catch-up holds the
+/// writer for a few milliseconds at a time.
+pub const INDEX_LAG_EVENTS: usize = 512;
 /// Longest time an appended event waits for the console's index, while
 /// appends continue (a search or an overview makes it catch up at once).
 pub const INDEX_LAG: Duration = Duration::from_secs(1);

@@ -3,7 +3,7 @@
 //! metadata.
 //!
 //! Both are written by [`catch_up`] from the stored metadata text, read in
-//! one pass with no tree, a thousand or so events at a time (see there);
+//! one pass with no tree, a few hundred events at a time (see there);
 //! a trigger removes their rows when retention or the size cap deletes
 //! events.
 //!

@@ -102,7 +102,7 @@ const MIGRATIONS: &[Migration] = &[
     // purged events back out.
     Migration::Sql(LEVEL_COUNTS),
     // 10: the console's index may lag the events (the writer indexes a
-    // thousand or so at a time, see `browse::catch_up`); `meta` keeps the
+    // few hundred at a time, see `browse::catch_up`); `meta` keeps the
     // newest seq it covers. Every earlier build indexed in the events'
     // own transaction, so an existing file is covered up to its newest.
     Migration::Sql(INDEXED_UPTO),

@@ -160,7 +160,10 @@ async fn events_purged_before_they_were_indexed_leave_nothing_in_the_index() {
     let events = calls(12);
     // The first half indexed, the rest stored only.
     let half = events.len() / 2;
-    store.append_batch(events[..half].to_vec().into()).await.unwrap();
+    store
+        .append_batch(events[..half].to_vec().into())
+        .await
+        .unwrap();
     store.search(&text("animal0")).await.unwrap();
     append_in_small_batches(&store, &events[half..]).await;
     assert_eq!(indexed_rows(dir.path()), half as i64);
@@ -174,7 +177,12 @@ async fn events_purged_before_they_were_indexed_leave_nothing_in_the_index() {
         (events.len() - half - 4) as i64,
         "one row per remaining event, none for a purged one"
     );
-    assert!(store.search(&text("animal0")).await.unwrap().records.is_empty());
+    assert!(store
+        .search(&text("animal0"))
+        .await
+        .unwrap()
+        .records
+        .is_empty());
     let overview = store.overview(&last_hour()).await.unwrap();
     let responses_left = events[half + 4..]
         .iter()
@@ -188,7 +196,10 @@ async fn a_read_only_open_reads_the_events_while_the_writer_is_behind() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).await.unwrap();
     let events = calls(6);
-    store.append_batch(events[..4].to_vec().into()).await.unwrap();
+    store
+        .append_batch(events[..4].to_vec().into())
+        .await
+        .unwrap();
     store.search(&text("animal0")).await.unwrap();
     append_in_small_batches(&store, &events[4..]).await;
     assert_eq!(indexed_rows(dir.path()), 4);
