@@ -38,7 +38,6 @@ pub const META_INDEXED_UPTO: &str = "indexed_upto";
 
 /// Indexes every stored event after [`META_INDEXED_UPTO`] in `tx`, reading
 /// them back from the events table, and moves the mark to the newest seq.
-/// Returns how many events it read.
 ///
 /// The writer calls it every [`INDEX_LAG_EVENTS`](super::INDEX_LAG_EVENTS)
 /// events or [`INDEX_LAG`](super::INDEX_LAG), in the transaction of the
@@ -49,23 +48,16 @@ pub const META_INDEXED_UPTO: &str = "indexed_upto";
 /// searches and overviews never miss an event. Events purged before their
 /// turn are simply never indexed: the delete trigger finds no rows of
 /// theirs to take back.
-pub fn catch_up(tx: &rusqlite::Transaction<'_>) -> Result<usize, StoreError> {
-    let upto: i64 = tx
-        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-        .query_row([META_INDEXED_UPTO], |r| r.get::<_, String>(0))
-        .optional()?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+pub fn catch_up(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let upto = indexed_upto(tx)?;
     let mut select = tx.prepare_cached(
         "SELECT seq, timestamp, event_type, metadata FROM events WHERE seq > ?1 ORDER BY seq",
     )?;
     let mut rows = select.query([upto])?;
     let mut indexer = Indexer::new(tx);
     let mut newest = upto;
-    let mut read = 0usize;
     while let Some(row) = rows.next()? {
         newest = row.get(0)?;
-        read += 1;
         // A row with a column that is not text cannot be indexed; it must
         // not stop the appends that carry the index forward.
         let text = |i| row.get_ref(i).ok().and_then(|v| v.as_str().ok());
@@ -91,7 +83,16 @@ pub fn catch_up(tx: &rusqlite::Transaction<'_>) -> Result<usize, StoreError> {
         )?
         .execute(rusqlite::params![META_INDEXED_UPTO, newest.to_string()])?;
     }
-    Ok(read)
+    Ok(())
+}
+
+/// [`META_INDEXED_UPTO`]; 0 when unset.
+fn indexed_upto(conn: &Connection) -> Result<i64, StoreError> {
+    let value: Option<String> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([META_INDEXED_UPTO], |r| r.get(0))
+        .optional()?;
+    Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
 /// The newest indexed seq and the newest stored one, for a reader that
@@ -102,12 +103,7 @@ pub fn index_lag(conn: &Connection) -> Result<(i64, i64), StoreError> {
     if super::schema::user_version(conn)? < super::schema::INDEXED_UPTO_SINCE {
         return Ok((newest, newest));
     }
-    let upto: i64 = conn
-        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-        .query_row([META_INDEXED_UPTO], |r| r.get::<_, String>(0))
-        .optional()?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let upto = indexed_upto(conn)?;
     Ok((upto, newest))
 }
 
