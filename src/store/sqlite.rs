@@ -11,6 +11,7 @@
 //! Retention and the size cap live in `sqlite/purge.rs`.
 
 mod browse;
+mod deferred;
 mod purge;
 mod schema;
 
@@ -195,13 +196,12 @@ impl SqliteStore {
                     WAL_CHECKPOINT_BYTES / page_size.max(512),
                 )?;
                 schema::migrate(conn)?;
+                // What a crash left uncounted and unindexed, before the
+                // index may be rebuilt from the events or dropped.
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                deferred::catch_up(&tx, schema::has_browse_index(&tx)?)?;
+                tx.commit()?;
                 schema::set_browse_index(conn, options.search_index)?;
-                if options.search_index {
-                    // What a crash left unindexed.
-                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    browse::catch_up(&tx)?;
-                    tx.commit()?;
-                }
                 // Made once; later opens keep the first one.
                 conn.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
@@ -250,12 +250,13 @@ impl SqliteStore {
         })
     }
 
-    /// Makes the console's index catch up with every appended event, so a
-    /// search or an overview that follows misses none.
-    async fn catch_up_index(&self) -> Result<(), StoreError> {
-        let (Some(writer), true) = (&self.writer, self.browse_index) else {
+    /// Makes the level counts and the console's index catch up with every
+    /// appended event, so a search or an overview that follows misses none.
+    async fn catch_up_now(&self) -> Result<(), StoreError> {
+        let Some(writer) = &self.writer else {
             return Ok(());
         };
+        let browse_index = self.browse_index;
         let index_lag = Arc::clone(&self.index_lag);
         writer
             .call(move |conn| {
@@ -264,7 +265,7 @@ impl SqliteStore {
                     return Ok(());
                 }
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                browse::catch_up(&tx)?;
+                deferred::catch_up(&tx, browse_index)?;
                 tx.commit()?;
                 *lag = IndexLag::default();
                 Ok(())
@@ -282,10 +283,10 @@ impl SqliteStore {
             return Ok(false);
         }
         if self.writer.is_some() {
-            self.catch_up_index().await?;
+            self.catch_up_now().await?;
             return Ok(true);
         }
-        let (indexed, newest) = self.read(|conn| browse::index_lag(conn)).await?;
+        let (indexed, newest) = self.read(|conn| deferred::lag(conn)).await?;
         Ok(indexed >= newest)
     }
 
@@ -412,15 +413,12 @@ impl AuditStore for SqliteStore {
                         ])?;
                     }
                 }
-                count_levels(&tx, &events)?;
                 let mut lag = index_lag.lock().unwrap_or_else(PoisonError::into_inner);
-                let index_now = browse_index && {
-                    lag.events += events.len();
-                    let since = *lag.since.get_or_insert_with(Instant::now);
-                    lag.events >= INDEX_LAG_EVENTS || since.elapsed() >= INDEX_LAG
-                };
-                if index_now {
-                    browse::catch_up(&tx)?;
+                lag.events += events.len();
+                let since = *lag.since.get_or_insert_with(Instant::now);
+                let catch_up = lag.events >= INDEX_LAG_EVENTS || since.elapsed() >= INDEX_LAG;
+                if catch_up {
+                    deferred::catch_up(&tx, browse_index)?;
                 }
                 if let Some(c) = events
                     .iter()
@@ -437,7 +435,7 @@ impl AuditStore for SqliteStore {
                     ])?;
                 }
                 tx.commit()?;
-                if index_now {
+                if catch_up {
                     *lag = IndexLag::default();
                 }
                 Ok(())
@@ -610,14 +608,22 @@ impl AuditStore for SqliteStore {
                 "SELECT event_type, COUNT(*) FROM events GROUP BY event_type",
             )?;
             let by_rank: BTreeMap<i64, u64> = {
-                let mut stmt = conn.prepare_cached(
-                    if schema::user_version(conn)? < schema::LEVEL_COUNTS_SINCE {
-                        "SELECT level_rank, COUNT(*) FROM events GROUP BY level_rank"
-                    } else {
-                        "SELECT level_rank, events FROM level_counts WHERE events > 0"
-                    },
-                )?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?)))?;
+                let version = schema::user_version(conn)?;
+                // The counts kept, and those of the events the writer has
+                // not counted yet (see `sqlite/deferred.rs`).
+                let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get::<_, i64>(1)?));
+                let mut stmt;
+                let rows = if version < schema::LEVEL_COUNTS_SINCE {
+                    stmt = conn.prepare_cached(LEVELS_COUNTED)?;
+                    stmt.query_map([], row)?
+                } else if version < schema::INDEXED_UPTO_SINCE {
+                    stmt = conn.prepare_cached(LEVELS_KEPT)?;
+                    stmt.query_map([], row)?
+                } else {
+                    let counted_upto = deferred::indexed_upto(conn)?;
+                    stmt = conn.prepare_cached(LEVELS_KEPT_AND_TAIL)?;
+                    stmt.query_map([counted_upto], row)?
+                };
                 rows.map(|r| r.map(|(rank, n)| (rank, n.max(0) as u64)))
                     .collect::<Result<_, _>>()?
             };
@@ -678,7 +684,7 @@ impl AuditStore for SqliteStore {
         let Some(writer) = &self.writer else {
             return Ok(());
         };
-        self.catch_up_index().await?;
+        self.catch_up_now().await?;
         writer
             .call(|conn| {
                 // Copies every committed page into audit.db and empties the
@@ -846,26 +852,17 @@ fn from_call(error: tokio_rusqlite::Error<StoreError>) -> StoreError {
     }
 }
 
-/// Adds a batch's events to the per-level counts (schema migration 9), in
-/// the transaction that stores them: one upsert per level the batch holds.
-fn count_levels(tx: &rusqlite::Transaction<'_>, events: &[AuditEvent]) -> Result<(), StoreError> {
-    let mut counts = [0i64; Level::ALL.len()];
-    for e in events {
-        if let Some(i) = Level::ALL.iter().position(|l| *l == e.level) {
-            counts[i] += 1;
-        }
-    }
-    let mut upsert = tx.prepare_cached(
-        "INSERT INTO level_counts (level_rank, events) VALUES (?1, ?2) \
-         ON CONFLICT (level_rank) DO UPDATE SET events = events + excluded.events",
-    )?;
-    for (level, n) in Level::ALL.iter().zip(counts) {
-        if n > 0 {
-            upsert.execute(params![level.rank(), n])?;
-        }
-    }
-    Ok(())
-}
+/// Events by level rank in a file older than the `level_counts` table.
+const LEVELS_COUNTED: &str = "SELECT level_rank, COUNT(*) FROM events GROUP BY level_rank";
+/// Events by level rank from the `level_counts` table of a file whose
+/// writer counted every event as it stored it.
+const LEVELS_KEPT: &str = "SELECT level_rank, events FROM level_counts WHERE events > 0";
+/// Events by level rank: the counts kept up to the mark `?1`, and the
+/// events after it.
+const LEVELS_KEPT_AND_TAIL: &str = "SELECT level_rank, SUM(n) FROM ( \
+     SELECT level_rank, events AS n FROM level_counts \
+     UNION ALL SELECT level_rank, COUNT(*) FROM events WHERE seq > ?1 GROUP BY level_rank \
+     ) GROUP BY level_rank HAVING SUM(n) > 0";
 
 fn configure(conn: &rusqlite::Connection) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;

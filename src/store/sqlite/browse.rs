@@ -2,10 +2,10 @@
 //! `event_facets` table (schema migrations 6 and 7), so neither reads event
 //! metadata.
 //!
-//! Both are written by [`catch_up`] from the stored metadata text, read in
-//! one pass with no tree, a few hundred events at a time (see there);
-//! a trigger removes their rows when retention or the size cap deletes
-//! events.
+//! Both are written by [`Indexer`] from the stored metadata text, read in
+//! one pass with no tree, a few hundred events at a time (see
+//! `sqlite/deferred.rs`); a trigger removes their rows when retention or
+//! the size cap deletes events.
 //!
 //! A search walks candidate seqs newest first, in batches: from the text
 //! index when there is text, else from the facets index of the first
@@ -16,7 +16,7 @@
 mod facets;
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params_from_iter, CachedStatement, Connection, OptionalExtension};
+use rusqlite::{params_from_iter, CachedStatement, Connection};
 
 use std::collections::BTreeMap;
 
@@ -32,85 +32,10 @@ const BATCH: i64 = 1000;
 /// Most candidates one page reads.
 pub const MAX_CANDIDATES: usize = 50_000;
 
-/// `meta` key of the newest seq the console's index covers: events after
-/// it are stored but not yet indexed (see [`catch_up`]).
-pub const META_INDEXED_UPTO: &str = "indexed_upto";
-
-/// Indexes every stored event after [`META_INDEXED_UPTO`] in `tx`, reading
-/// them back from the events table, and moves the mark to the newest seq.
-///
-/// The writer calls it every [`INDEX_LAG_EVENTS`](super::INDEX_LAG_EVENTS)
-/// events or [`INDEX_LAG`](super::INDEX_LAG), in the transaction of the
-/// batch that crosses either, instead of in every commit: each commit
-/// rewrites every page it touches, and the text index, the facets, their
-/// indexes and the rollups touch as many pages as the events themselves.
-/// Reads flush first, and an open catches up with what a crash left, so
-/// searches and overviews never miss an event. Events purged before their
-/// turn are simply never indexed: the delete trigger finds no rows of
-/// theirs to take back.
-pub fn catch_up(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
-    let upto = indexed_upto(tx)?;
-    let mut select = tx.prepare_cached(
-        "SELECT seq, timestamp, event_type, metadata FROM events WHERE seq > ?1 ORDER BY seq",
-    )?;
-    let mut rows = select.query([upto])?;
-    let mut indexer = Indexer::new(tx);
-    let mut newest = upto;
-    while let Some(row) = rows.next()? {
-        newest = row.get(0)?;
-        // A row with a column that is not text cannot be indexed; it must
-        // not stop the appends that carry the index forward.
-        let text = |i| row.get_ref(i).ok().and_then(|v| v.as_str().ok());
-        let (Some(timestamp), Some(event_type), Some(metadata)) = (text(1), text(2), text(3))
-        else {
-            continue;
-        };
-        let body = match event_type {
-            "REQUEST" => Some("request_data"),
-            "RESPONSE" => Some("response_data"),
-            "COMPLIANCE_VIOLATION" => None,
-            _ => continue,
-        };
-        indexer.add(newest, timestamp, event_type, body, metadata)?;
-    }
-    drop(rows);
-    drop(select);
-    indexer.finish()?;
-    if newest != upto {
-        tx.prepare_cached(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )?
-        .execute(rusqlite::params![META_INDEXED_UPTO, newest.to_string()])?;
-    }
-    Ok(())
-}
-
-/// [`META_INDEXED_UPTO`]; 0 when unset.
-fn indexed_upto(conn: &Connection) -> Result<i64, StoreError> {
-    let value: Option<String> = conn
-        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-        .query_row([META_INDEXED_UPTO], |r| r.get(0))
-        .optional()?;
-    Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
-}
-
-/// The newest indexed seq and the newest stored one, for a reader that
-/// cannot make the index catch up (a read-only open).
-pub fn index_lag(conn: &Connection) -> Result<(i64, i64), StoreError> {
-    let newest: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
-    let newest = newest.unwrap_or(0);
-    if super::schema::user_version(conn)? < super::schema::INDEXED_UPTO_SINCE {
-        return Ok((newest, newest));
-    }
-    let upto = indexed_upto(conn)?;
-    Ok((upto, newest))
-}
-
 /// Writes the facets, searchable text and rollups of events handed to it
 /// one at a time (REQUEST, RESPONSE and COMPLIANCE_VIOLATION; others have
-/// none).
-struct Indexer<'t> {
+/// none), for [`catch_up`](super::deferred::catch_up).
+pub(super) struct Indexer<'t> {
     tx: &'t rusqlite::Transaction<'t>,
     // Each statement is fetched from the cache only when the batch needs
     // it: every fetch allocates its cache key again.
@@ -123,7 +48,7 @@ struct Indexer<'t> {
 }
 
 impl<'t> Indexer<'t> {
-    fn new(tx: &'t rusqlite::Transaction<'t>) -> Self {
+    pub(super) fn new(tx: &'t rusqlite::Transaction<'t>) -> Self {
         Indexer {
             tx,
             facets: None,
@@ -133,7 +58,7 @@ impl<'t> Indexer<'t> {
         }
     }
 
-    fn add(
+    pub(super) fn add(
         &mut self,
         seq: i64,
         timestamp: &str,
@@ -179,7 +104,7 @@ impl<'t> Indexer<'t> {
         Ok(())
     }
 
-    fn finish(self) -> Result<(), StoreError> {
+    pub(super) fn finish(self) -> Result<(), StoreError> {
         let Indexer {
             tx,
             facets,

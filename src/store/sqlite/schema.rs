@@ -101,17 +101,26 @@ const MIGRATIONS: &[Migration] = &[
     // batch's counts with one upsert per level it holds, and a trigger takes
     // purged events back out.
     Migration::Sql(LEVEL_COUNTS),
-    // 10: the console's index may lag the events (the writer indexes a
-    // few hundred at a time, see `browse::catch_up`); `meta` keeps the
-    // newest seq it covers. Every earlier build indexed in the events'
-    // own transaction, so an existing file is covered up to its newest.
+    // 10: the level counts and the console's index may trail the events
+    // (the writer adds a few hundred at a time, see `sqlite/deferred.rs`);
+    // `meta` keeps the newest seq they cover. Every earlier build counted
+    // and indexed in the events' own transaction, so an existing file is
+    // covered up to its newest. The level counts' delete trigger takes
+    // back only events at or before the mark: one deleted before it was
+    // counted never will be.
     Migration::Sql(INDEXED_UPTO),
 ];
 
-/// Migration 10 (see [`MIGRATIONS`]); [`set_browse_index`] sets the same
-/// mark after a rebuild.
-const INDEXED_UPTO: &str = "INSERT OR REPLACE INTO meta (key, value) \
-    SELECT 'indexed_upto', coalesce(MAX(seq), 0) FROM events;";
+/// Migration 10 (see [`MIGRATIONS`]).
+const INDEXED_UPTO: &str = "
+    INSERT OR REPLACE INTO meta (key, value)
+        SELECT 'indexed_upto', coalesce(MAX(seq), 0) FROM events;
+    DROP TRIGGER IF EXISTS events_level_counts_delete;
+    CREATE TRIGGER events_level_counts_delete AFTER DELETE ON events
+    WHEN old.seq <= (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'indexed_upto')
+    BEGIN
+        UPDATE level_counts SET events = events - 1 WHERE level_rank = old.level_rank;
+    END;";
 
 /// Migration 9 (see [`MIGRATIONS`]). Rebuilt from the events, so a file
 /// whose version was set back is counted again, not twice.
@@ -173,7 +182,9 @@ pub fn has_browse_index(conn: &Connection) -> rusqlite::Result<bool> {
 /// in one transaction; turned off, it is dropped, so that a later switch
 /// back on rebuilds it whole instead of trusting rows that stopped
 /// following the events. Later migrations that touch these tables must
-/// allow for their absence.
+/// allow for their absence. An open calls it after the level counts and
+/// any index caught up with the events (`sqlite/deferred.rs`), so a
+/// rebuild covers exactly what the mark says is covered.
 pub fn set_browse_index(conn: &mut Connection, on: bool) -> Result<(), StoreError> {
     if has_browse_index(conn)? == on {
         return Ok(());
@@ -183,7 +194,6 @@ pub fn set_browse_index(conn: &mut Connection, on: bool) -> Result<(), StoreErro
         tx.execute_batch(BROWSE_INDEX)?;
         tx.execute_batch(FACET_INDEXES)?;
         tx.execute_batch(FTS_MERGE_SETTINGS)?;
-        tx.execute_batch(INDEXED_UPTO)?;
     } else {
         tx.execute_batch(DROP_BROWSE_INDEX)?;
     }
@@ -323,8 +333,9 @@ pub const SHIP_CURSOR_SINCE: i64 = 5;
 /// read-only at an older version counts its levels from the events.
 pub const LEVEL_COUNTS_SINCE: i64 = 9;
 
-/// The first schema version that may keep events the console's index has
-/// not read yet; in older files the index covers every event.
+/// The first schema version that may keep events the level counts and the
+/// console's index have not taken in yet; in older files they cover every
+/// event.
 pub const INDEXED_UPTO_SINCE: i64 = 10;
 
 /// `PRAGMA auto_vacuum`'s value for INCREMENTAL.

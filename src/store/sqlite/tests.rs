@@ -808,6 +808,72 @@ async fn level_counts_follow_appends_retention_and_the_size_cap() {
     assert_eq!(store.stats().await.unwrap().by_level, by_level);
 }
 
+/// The events the `level_counts` table holds, past the store (the writer
+/// adds them a few hundred at a time).
+fn kept_level_total(dir: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
+    conn.query_row(
+        "SELECT coalesce(SUM(events), 0) FROM level_counts",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// Whatever the writer has not counted yet, the stats are exact: right
+/// after small commits, after purging events never counted, after a crash,
+/// read-only beside a writer that is behind, and with the console's index
+/// left out (the counts trail the events all the same).
+#[tokio::test]
+async fn level_counts_trail_the_events_and_the_stats_stay_exact() {
+    for search_index in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            search_index,
+            ..SqliteOptions::default()
+        };
+        let events = leveled(1, GENESIS_HASH, 60);
+        {
+            let store = SqliteStore::open_with(dir.path(), options).await.unwrap();
+            for batch in events[..40].chunks(3) {
+                store.append_batch(batch.to_vec().into()).await.unwrap();
+            }
+            assert_eq!(kept_level_total(dir.path()), 0, "none counted yet");
+            let by_level = store.stats().await.unwrap().by_level;
+            assert_eq!(by_level.values().sum::<u64>(), 40);
+            assert_eq!(by_level, counted_levels(dir.path()));
+            // Retention takes events that were never counted.
+            store.purge_before(events[10].timestamp).await.unwrap();
+            assert_eq!(
+                store.stats().await.unwrap().by_level,
+                counted_levels(dir.path())
+            );
+            // Read-only, beside the writer that is behind.
+            let reader = SqliteStore::open_read_only(dir.path()).await.unwrap();
+            assert_eq!(
+                reader.stats().await.unwrap().by_level,
+                counted_levels(dir.path())
+            );
+            // Dropped without `close`: the process died.
+        }
+        assert_eq!(kept_level_total(dir.path()), 0);
+        let store = SqliteStore::open_with(dir.path(), options).await.unwrap();
+        assert_eq!(kept_level_total(dir.path()), 30, "counted at the open");
+        store
+            .append_batch(events[40..].to_vec().into())
+            .await
+            .unwrap();
+        // Counted events purged are taken back out of the counts.
+        store.purge_before(events[20].timestamp).await.unwrap();
+        let by_level = store.stats().await.unwrap().by_level;
+        assert_eq!(by_level.values().sum::<u64>(), 40);
+        assert_eq!(by_level, counted_levels(dir.path()));
+        store.close().await.unwrap();
+        assert_eq!(kept_level_total(dir.path()), 40, "counted at the close");
+        assert_eq!(store.stats().await.unwrap().by_level, by_level);
+    }
+}
+
 #[tokio::test]
 async fn migration_9_counts_the_levels_of_an_existing_store_and_drops_their_index() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::store::sqlite::{INDEX_LAG, INDEX_LAG_EVENTS};
+use rusqlite::OptionalExtension;
 
 /// Rows in the facets table, read past the store (as another process
 /// would see the file).

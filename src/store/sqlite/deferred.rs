@@ -1,0 +1,108 @@
+//! What the writer adds a few hundred events at a time instead of in every
+//! commit: the per-level counts of `/api/stats` and, when kept, the
+//! console's index (facets, text index, rollups; see `sqlite/browse.rs`).
+//!
+//! Each commit rewrites every page it touches, and these tables touch as
+//! many pages as the events themselves, so the writer calls [`catch_up`]
+//! every [`INDEX_LAG_EVENTS`](super::INDEX_LAG_EVENTS) events or
+//! [`INDEX_LAG`](super::INDEX_LAG), in the transaction of the batch that
+//! crosses either. [`META_INDEXED_UPTO`] says how far they go. Searches and
+//! overviews make the writer catch up first, the stats add the counts of
+//! the events past the mark, and an open catches up with what a crash
+//! left, so no reader misses a stored event. Events deleted before their
+//! turn are simply never counted or indexed: the delete triggers take back
+//! only what lies at or before the mark.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::browse::Indexer;
+use crate::event::Level;
+use crate::store::StoreError;
+
+/// `meta` key of the newest seq the level counts and the console's index
+/// cover: events after it are stored but not yet counted or indexed.
+pub const META_INDEXED_UPTO: &str = "indexed_upto";
+
+/// Counts, and with `index` indexes, every stored event after
+/// [`META_INDEXED_UPTO`] in `tx`, reading them back from the events table
+/// (their pages are in SQLite's cache; the text is borrowed, not copied),
+/// and moves the mark to the newest seq.
+pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), StoreError> {
+    let upto = indexed_upto(tx)?;
+    let mut select = tx.prepare_cached(
+        "SELECT seq, timestamp, event_type, level_rank, metadata FROM events \
+         WHERE seq > ?1 ORDER BY seq",
+    )?;
+    let mut rows = select.query([upto])?;
+    let mut indexer = index.then(|| Indexer::new(tx));
+    let mut levels = [0i64; Level::ALL.len()];
+    let mut newest = upto;
+    while let Some(row) = rows.next()? {
+        newest = row.get(0)?;
+        let rank: i64 = row.get(3)?;
+        if let Some(i) = Level::ALL.iter().position(|l| l.rank() == rank) {
+            levels[i] += 1;
+        }
+        let Some(indexer) = indexer.as_mut() else {
+            continue;
+        };
+        // A row with a column that is not text cannot be indexed; it must
+        // not stop the appends that carry the index forward.
+        let text = |i| row.get_ref(i).ok().and_then(|v| v.as_str().ok());
+        let (Some(timestamp), Some(event_type), Some(metadata)) = (text(1), text(2), text(4))
+        else {
+            continue;
+        };
+        let body = match event_type {
+            "REQUEST" => Some("request_data"),
+            "RESPONSE" => Some("response_data"),
+            "COMPLIANCE_VIOLATION" => None,
+            _ => continue,
+        };
+        indexer.add(newest, timestamp, event_type, body, metadata)?;
+    }
+    drop(rows);
+    drop(select);
+    if let Some(indexer) = indexer {
+        indexer.finish()?;
+    }
+    if newest == upto {
+        return Ok(());
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO level_counts (level_rank, events) VALUES (?1, ?2) \
+         ON CONFLICT (level_rank) DO UPDATE SET events = events + excluded.events",
+    )?;
+    for (level, n) in Level::ALL.iter().zip(levels) {
+        if n > 0 {
+            upsert.execute(rusqlite::params![level.rank(), n])?;
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(rusqlite::params![META_INDEXED_UPTO, newest.to_string()])?;
+    Ok(())
+}
+
+/// [`META_INDEXED_UPTO`]; 0 when unset.
+pub fn indexed_upto(conn: &Connection) -> Result<i64, StoreError> {
+    let value: Option<String> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([META_INDEXED_UPTO], |r| r.get(0))
+        .optional()?;
+    Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// The mark and the newest stored seq, for a reader that cannot make the
+/// writer catch up (a read-only open). Files older than the mark counted
+/// and indexed every event in its own transaction.
+pub fn lag(conn: &Connection) -> Result<(i64, i64), StoreError> {
+    let newest: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+    let newest = newest.unwrap_or(0);
+    if super::schema::user_version(conn)? < super::schema::INDEXED_UPTO_SINCE {
+        return Ok((newest, newest));
+    }
+    Ok((indexed_upto(conn)?, newest))
+}
