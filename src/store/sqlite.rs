@@ -620,9 +620,8 @@ impl AuditStore for SqliteStore {
                     stmt = conn.prepare_cached(LEVELS_KEPT)?;
                     stmt.query_map([], row)?
                 } else {
-                    let counted_upto = deferred::indexed_upto(conn)?;
                     stmt = conn.prepare_cached(LEVELS_KEPT_AND_TAIL)?;
-                    stmt.query_map([counted_upto], row)?
+                    stmt.query_map([deferred::META_INDEXED_UPTO], row)?
                 };
                 rows.map(|r| r.map(|(rank, n)| (rank, n.max(0) as u64)))
                     .collect::<Result<_, _>>()?
@@ -857,11 +856,14 @@ const LEVELS_COUNTED: &str = "SELECT level_rank, COUNT(*) FROM events GROUP BY l
 /// Events by level rank from the `level_counts` table of a file whose
 /// writer counted every event as it stored it.
 const LEVELS_KEPT: &str = "SELECT level_rank, events FROM level_counts WHERE events > 0";
-/// Events by level rank: the counts kept up to the mark `?1`, and the
-/// events after it.
+/// Events by level rank: the counts kept up to the mark (`meta` key
+/// `?1`), and the events after it. One statement, so one snapshot: a
+/// catch-up committed between two reads would count its events twice.
 const LEVELS_KEPT_AND_TAIL: &str = "SELECT level_rank, SUM(n) FROM ( \
      SELECT level_rank, events AS n FROM level_counts \
-     UNION ALL SELECT level_rank, COUNT(*) FROM events WHERE seq > ?1 GROUP BY level_rank \
+     UNION ALL SELECT level_rank, COUNT(*) FROM events WHERE seq > coalesce( \
+         (SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?1), 0) \
+     GROUP BY level_rank \
      ) GROUP BY level_rank HAVING SUM(n) > 0";
 
 fn configure(conn: &rusqlite::Connection) -> Result<(), StoreError> {
