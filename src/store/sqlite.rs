@@ -103,13 +103,15 @@ impl Default for SqliteOptions {
     }
 }
 
-/// Most events appended before the console's index catches up with them.
+/// Most events appended before the level counts and the console's index
+/// catch up with them (`sqlite/deferred.rs`).
 /// Enough that each page of the index is written once for hundreds of
 /// events, not once per commit; few enough that the catch-up holds the
 /// writer for a few milliseconds at a time.
 pub const INDEX_LAG_EVENTS: usize = 512;
-/// Longest time an appended event waits for the console's index, while
-/// appends continue (a search or an overview makes it catch up at once).
+/// Longest time an appended event waits for them, while appends continue
+/// (a search or an overview makes them catch up at once; the stats count
+/// what they have not).
 pub const INDEX_LAG: Duration = Duration::from_secs(1);
 
 /// The SQLite store. Cheap to share behind an `Arc`.
@@ -123,13 +125,13 @@ pub struct SqliteStore {
     /// [`SqliteOptions::search_index`]); searches and overviews without it
     /// read the events.
     browse_index: bool,
-    /// What the writer appended since the index last caught up; only the
-    /// writer's thread takes the lock.
+    /// What the writer appended since the last catch-up; only the writer's
+    /// thread takes the lock.
     index_lag: Arc<Mutex<IndexLag>>,
 }
 
-/// Appended events the console's index has not read yet (see
-/// [`browse::catch_up`]).
+/// Appended events the level counts and the console's index have not
+/// taken in yet (see [`deferred::catch_up`]).
 #[derive(Debug, Default)]
 struct IndexLag {
     events: usize,
