@@ -125,8 +125,8 @@ pub struct SqliteStore {
     /// [`SqliteOptions::search_index`]); searches and overviews without it
     /// read the events.
     browse_index: bool,
-    /// What the writer appended since the last catch-up; only the writer's
-    /// thread takes the lock.
+    /// What the writer appended since the last catch-up; the writer's
+    /// thread holds the lock across an append, readers only try it.
     index_lag: Arc<Mutex<IndexLag>>,
 }
 
@@ -258,6 +258,14 @@ impl SqliteStore {
         let Some(writer) = &self.writer else {
             return Ok(());
         };
+        // Nothing pending, and no append under way (an append holds the
+        // lock from counting its events to its commit): a read need not
+        // queue behind the writer's work.
+        if let Ok(lag) = self.index_lag.try_lock() {
+            if lag.events == 0 {
+                return Ok(());
+            }
+        }
         let browse_index = self.browse_index;
         let index_lag = Arc::clone(&self.index_lag);
         writer

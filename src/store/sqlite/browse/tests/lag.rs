@@ -25,6 +25,18 @@ fn indexed_upto(dir: &std::path::Path) -> Option<i64> {
     .map(|v| v.parse().unwrap())
 }
 
+/// `calls(n)`, numbered to follow `events`.
+fn calls_after(events: &[AuditEvent], n: i64) -> Vec<AuditEvent> {
+    let mut more = calls(n);
+    let mut prev = events.last().unwrap().hash.clone();
+    for (i, e) in more.iter_mut().enumerate() {
+        e.seq = events.len() as i64 + 1 + i as i64;
+        e.prev_hash.clone_from(&prev);
+        prev.clone_from(&e.hash);
+    }
+    more
+}
+
 async fn append_in_small_batches(store: &SqliteStore, events: &[AuditEvent]) {
     for chunk in events.chunks(4) {
         store.append_batch(chunk.to_vec().into()).await.unwrap();
@@ -61,13 +73,7 @@ async fn small_commits_leave_the_index_behind_until_a_read_or_the_event_bound() 
     reads_agree(&store).await;
 
     // An overview catches up as well.
-    let mut more = calls(3);
-    let mut prev = events.last().unwrap().hash.clone();
-    for (i, e) in more.iter_mut().enumerate() {
-        e.seq = events.len() as i64 + 1 + i as i64;
-        e.prev_hash.clone_from(&prev);
-        prev.clone_from(&e.hash);
-    }
+    let more = calls_after(&events, 3);
     append_in_small_batches(&store, &more).await;
     assert_eq!(indexed_rows(dir.path()), events.len() as i64);
     let overview = store.overview(&last_hour()).await.unwrap();
@@ -141,14 +147,7 @@ async fn events_a_crash_left_unindexed_are_indexed_at_the_next_open() {
     assert_eq!(indexed_rows(dir.path()), events.len() as i64);
     reads_agree(&store).await;
     // `close` leaves nothing behind either.
-    let more = calls(2)
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut e)| {
-            e.seq = events.len() as i64 + 1 + i as i64;
-            e
-        })
-        .collect::<Vec<_>>();
+    let more = calls_after(&events, 2);
     store.append_batch(more.clone().into()).await.unwrap();
     store.close().await.unwrap();
     assert_eq!(indexed_rows(dir.path()), (events.len() + more.len()) as i64);
