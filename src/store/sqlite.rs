@@ -11,6 +11,7 @@
 //! Retention and the size cap live in `sqlite/purge.rs`.
 
 mod browse;
+mod by_type;
 mod deferred;
 mod purge;
 mod schema;
@@ -128,6 +129,9 @@ pub struct SqliteStore {
     /// What the writer appended since the last catch-up; the writer's
     /// thread holds the lock across an append, readers only try it.
     index_lag: Arc<Mutex<IndexLag>>,
+    /// Whether selections by type read the by-type tables (schema version
+    /// 11 on); older files, opened read-only, have them as indexes.
+    type_keys: bool,
 }
 
 /// Appended events the level counts and the console's index have not
@@ -220,6 +224,7 @@ impl SqliteStore {
             path,
             browse_index: options.search_index,
             index_lag: Arc::default(),
+            type_keys: true,
         })
     }
 
@@ -235,11 +240,14 @@ impl SqliteStore {
             )));
         }
         let reader = open_reader(&path).await?;
-        let browse_index = reader
+        let (browse_index, type_keys) = reader
             .call(|conn| {
                 let version = schema::user_version(conn)?;
                 schema::check_supported(version)?;
-                Ok(schema::has_browse_index(conn)?)
+                Ok((
+                    schema::has_browse_index(conn)?,
+                    version >= schema::TYPE_KEYS_SINCE,
+                ))
             })
             .await
             .map_err(from_call)?;
@@ -249,6 +257,7 @@ impl SqliteStore {
             path,
             browse_index,
             index_lag: Arc::default(),
+            type_keys,
         })
     }
 
@@ -339,7 +348,7 @@ impl SqliteStore {
         E: Sequenced + Send + 'static,
     {
         let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
-        let (sql, params) = page_sql(query, limit);
+        let (sql, params) = page_sql(query, limit, self.type_keys);
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&sql)?;
             let mut rows = stmt.query(params_from_iter(params.iter()))?;
@@ -368,10 +377,11 @@ impl SqliteStore {
         };
         let (tx, rx) = mpsc::channel::<EventChunk<E>>(EXPORT_READ_AHEAD);
         let path = self.path.clone();
+        let type_keys = self.type_keys;
         // Detached on purpose: the task ends on its own when the export is
         // done or the receiver (the download) is dropped.
         drop(runtime.spawn_blocking(move || {
-            if let Err(error) = export_chunks(&path, &filter, &tx, read) {
+            if let Err(error) = export_chunks(&path, &filter, type_keys, &tx, read) {
                 let _ = tx.blocking_send(Err(error));
             }
         }));
@@ -605,6 +615,7 @@ impl AuditStore for SqliteStore {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let path = self.path.clone();
+        let type_keys = self.type_keys;
         self.read(move |conn| {
             let mut stats = StoreStats::default();
             let (total, oldest, newest): (i64, Option<String>, Option<String>) = conn
@@ -615,7 +626,11 @@ impl AuditStore for SqliteStore {
             stats.newest_timestamp = newest;
             stats.by_type = group_counts(
                 conn,
-                "SELECT event_type, COUNT(*) FROM events GROUP BY event_type",
+                if type_keys {
+                    by_type::COUNTS_SQL
+                } else {
+                    "SELECT event_type, COUNT(*) FROM events GROUP BY event_type"
+                },
             )?;
             let by_rank: BTreeMap<i64, u64> = {
                 let version = schema::user_version(conn)?;
@@ -643,16 +658,23 @@ impl AuditStore for SqliteStore {
                     .ok_or_else(|| StoreError::Corrupt(format!("unknown level rank {rank}")))?;
                 stats.by_level.insert(level.as_str().to_owned(), count);
             }
-            stats.violations_by_policy = group_counts(
-                conn,
-                "SELECT COALESCE(json_extract(metadata, '$.policy_name'), ''), COUNT(*) \
-                 FROM events WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1",
-            )?;
-            stats.violations_by_severity = group_counts(
-                conn,
-                "SELECT COALESCE(json_extract(metadata, '$.severity'), ''), COUNT(*) \
-                 FROM events WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1",
-            )?;
+            let violations = if type_keys {
+                format!("seq IN ({})", by_type::VIOLATION_SEQS_SQL)
+            } else {
+                "event_type = 'COMPLIANCE_VIOLATION'".to_owned()
+            };
+            for (field, counts) in [
+                ("policy_name", &mut stats.violations_by_policy),
+                ("severity", &mut stats.violations_by_severity),
+            ] {
+                *counts = group_counts(
+                    conn,
+                    &format!(
+                        "SELECT COALESCE(json_extract(metadata, '$.{field}'), ''), COUNT(*) \
+                         FROM events WHERE {violations} GROUP BY 1"
+                    ),
+                )?;
+            }
             stats.store_bytes = purge::disk_bytes(&path);
             Ok(stats)
         })
@@ -815,8 +837,19 @@ impl From<rusqlite::Error> for StoreError {
 /// keeps the planner from reading `seq >= m` as a range over the table.
 /// With a cursor the default plan is kept: it walks `events_type_seq`
 /// down from the cursor and stops after one page.
-fn page_sql(query: &EventQuery, limit: usize) -> (String, Vec<SqlValue>) {
+///
+/// A file with the by-type tables (`sqlite/by_type.rs`) takes a page that
+/// selects by type from them instead.
+fn page_sql(query: &EventQuery, limit: usize, type_keys: bool) -> (String, Vec<SqlValue>) {
     let filter = &query.filter;
+    if type_keys && by_type::applies(filter) {
+        let walk = by_type::Walk::Down {
+            below: query.before_seq,
+        };
+        let (seqs, params) = by_type::seqs_sql(filter, walk, limit + 1);
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE seq IN ({seqs}) ORDER BY seq DESC");
+        return (sql, params);
+    }
     let mut conditions = Conditions::from_filter(filter);
     let fetch = SqlValue::Integer(limit as i64 + 1);
     let type_in_window = filter.event_types.len() == 1
@@ -904,6 +937,7 @@ async fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 fn export_chunks<E: Sequenced>(
     path: &Path,
     filter: &EventFilter,
+    type_keys: bool,
     tx: &mpsc::Sender<EventChunk<E>>,
     read: ReadRow<E>,
 ) -> Result<(), StoreError> {
@@ -915,25 +949,35 @@ fn export_chunks<E: Sequenced>(
     let Some(head) = head else {
         return Ok(());
     };
-    let mut conditions = Conditions::from_filter(filter);
-    conditions.push("seq <= ?", head);
-    conditions.push("seq > ?", 0);
-    let sql = format!(
-        "SELECT {COLUMNS} FROM events{} ORDER BY seq ASC LIMIT ?",
-        conditions.where_sql()
-    );
-    conditions
-        .params
-        .push(SqlValue::Integer(EXPORT_CHUNK as i64));
-    let after_index = conditions.params.len() - 2;
-    let mut stmt = conn.prepare(&sql)?;
+    // The next chunk's SQL (the same text every time) and values.
+    let chunk_after = |after: i64| {
+        if type_keys && by_type::applies(filter) {
+            let walk = by_type::Walk::Up { after, head };
+            let (seqs, params) = by_type::seqs_sql(filter, walk, EXPORT_CHUNK);
+            let sql =
+                format!("SELECT {COLUMNS} FROM events WHERE seq IN ({seqs}) ORDER BY seq ASC");
+            return (sql, params);
+        }
+        let mut conditions = Conditions::from_filter(filter);
+        conditions.push("seq <= ?", head);
+        conditions.push("seq > ?", after);
+        conditions
+            .params
+            .push(SqlValue::Integer(EXPORT_CHUNK as i64));
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events{} ORDER BY seq ASC LIMIT ?",
+            conditions.where_sql()
+        );
+        (sql, conditions.params)
+    };
+    let mut stmt = conn.prepare(&chunk_after(i64::MIN).0)?;
     let mut after = i64::MIN;
     loop {
         if tx.is_closed() {
             return Ok(());
         }
-        conditions.params[after_index] = SqlValue::Integer(after);
-        let mut rows = stmt.query(params_from_iter(conditions.params.iter()))?;
+        let (_, params) = chunk_after(after);
+        let mut rows = stmt.query(params_from_iter(params.iter()))?;
         let mut chunk = Vec::with_capacity(EXPORT_CHUNK);
         while let Some(row) = rows.next()? {
             match read(row) {
@@ -1016,7 +1060,7 @@ fn read_record(row: &rusqlite::Row<'_>) -> Result<EventRecord, StoreError> {
 
 fn group_counts(
     conn: &rusqlite::Connection,
-    sql: &'static str,
+    sql: &str,
 ) -> Result<BTreeMap<String, u64>, StoreError> {
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;

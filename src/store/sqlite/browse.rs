@@ -396,9 +396,20 @@ fn facet_candidates_sql(column: &str) -> String {
     )
 }
 
-/// The newest violations of a range, walked in `events_type_ts`, each
-/// with its policy and severity from its facets row.
+/// The newest violations of a range, walked in `events_by_type_time`,
+/// each with its policy and severity from its facets row. An overview
+/// reads the index only once it covers every stored event, and the
+/// by-type tables trail the events with it.
 const RECENT_VIOLATIONS_SQL: &str =
+    "SELECT e.seq, e.timestamp, e.request_id, coalesce(f.policy, ''), coalesce(f.severity, '') \
+     FROM events_by_type_time k CROSS JOIN events e ON e.seq = k.seq \
+     JOIN event_facets f ON f.seq = k.seq \
+     WHERE k.event_type = 'COMPLIANCE_VIOLATION' AND k.timestamp >= ?1 AND k.timestamp < ?2 \
+     ORDER BY k.timestamp DESC LIMIT ?3";
+
+/// As [`RECENT_VIOLATIONS_SQL`], for a file older than the by-type tables
+/// (opened read-only), walked in its index `events_type_ts`.
+const RECENT_VIOLATIONS_BEFORE_TYPE_KEYS_SQL: &str =
     "SELECT e.seq, e.timestamp, e.request_id, coalesce(f.policy, ''), coalesce(f.severity, '') \
      FROM events e JOIN event_facets f ON f.seq = e.seq \
      WHERE e.event_type = 'COMPLIANCE_VIOLATION' AND e.timestamp >= ?1 AND e.timestamp < ?2 \
@@ -474,7 +485,12 @@ pub fn overview(conn: &Connection, query: &OverviewQuery) -> Result<Overview, St
             }
         }
     }
-    let mut stmt = conn.prepare_cached(RECENT_VIOLATIONS_SQL)?;
+    let recent_sql = if super::schema::user_version(conn)? >= super::schema::TYPE_KEYS_SINCE {
+        RECENT_VIOLATIONS_SQL
+    } else {
+        RECENT_VIOLATIONS_BEFORE_TYPE_KEYS_SQL
+    };
+    let mut stmt = conn.prepare_cached(recent_sql)?;
     let recent = stmt.query_map(
         rusqlite::params![start, end, RECENT_VIOLATIONS as i64],
         |r| {
@@ -1021,7 +1037,10 @@ mod tests {
             SqlValue::Integer(10),
         ];
         let plan = plan(RECENT_VIOLATIONS_SQL, &params);
-        assert!(plan.contains("events_type_ts (event_type=?"), "{plan}");
+        assert!(
+            plan.contains("SEARCH k USING PRIMARY KEY (event_type=? AND timestamp>?"),
+            "{plan}"
+        );
         assert!(!plan.contains("SCAN"), "{plan}");
         // Only rows with the facet are in its index.
         let entries = |index: &str| -> i64 {

@@ -1,14 +1,15 @@
 //! What the writer adds a few hundred events at a time instead of in every
-//! commit: the per-level counts of `/api/stats` and, when kept, the
-//! console's index (facets, text index, rollups; see `sqlite/browse.rs`).
+//! commit: the per-level counts of `/api/stats`, the by-type lookups
+//! (`events_by_type`, `events_by_type_time`) and, when kept, the console's
+//! index (facets, text index, rollups; see `sqlite/browse.rs`).
 //!
 //! Each commit rewrites every page it touches, and these tables touch as
 //! many pages as the events themselves, so the writer calls [`catch_up`]
 //! every [`INDEX_LAG_EVENTS`](super::INDEX_LAG_EVENTS) events or
 //! [`INDEX_LAG`](super::INDEX_LAG), in the transaction of the batch that
 //! crosses either. [`META_INDEXED_UPTO`] says how far they go. Searches and
-//! overviews make the writer catch up first, the stats add the counts of
-//! the events past the mark, and an open catches up with what a crash
+//! overviews make the writer catch up first, the stats and the by-type
+//! queries add the events past the mark, and an open catches up with what a crash
 //! left, so no reader misses a stored event. Events deleted before their
 //! turn are simply never counted or indexed: the delete triggers take back
 //! only what lies at or before the mark.
@@ -35,6 +36,11 @@ pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), Store
     )?;
     let mut rows = select.query([upto])?;
     let mut indexer = index.then(|| Indexer::new(tx));
+    let mut by_type =
+        tx.prepare_cached("INSERT INTO events_by_type (event_type, seq) VALUES (?1, ?2)")?;
+    let mut by_type_time = tx.prepare_cached(
+        "INSERT INTO events_by_type_time (event_type, timestamp, seq) VALUES (?1, ?2, ?3)",
+    )?;
     let mut levels = [0i64; Level::ALL.len()];
     let mut newest = upto;
     while let Some(row) = rows.next()? {
@@ -43,14 +49,15 @@ pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), Store
         if let Some(i) = Level::ALL.iter().position(|l| l.rank() == rank) {
             levels[i] += 1;
         }
-        let Some(indexer) = indexer.as_mut() else {
+        // A row with a column that is not text cannot be keyed or indexed;
+        // it must not stop the appends that carry the mark forward.
+        let text = |i| row.get_ref(i).ok().and_then(|v| v.as_str().ok());
+        let (Some(timestamp), Some(event_type)) = (text(1), text(2)) else {
             continue;
         };
-        // A row with a column that is not text cannot be indexed; it must
-        // not stop the appends that carry the index forward.
-        let text = |i| row.get_ref(i).ok().and_then(|v| v.as_str().ok());
-        let (Some(timestamp), Some(event_type), Some(metadata)) = (text(1), text(2), text(4))
-        else {
+        by_type.execute(rusqlite::params![event_type, newest])?;
+        by_type_time.execute(rusqlite::params![event_type, timestamp, newest])?;
+        let (Some(indexer), Some(metadata)) = (indexer.as_mut(), text(4)) else {
             continue;
         };
         let body = match event_type {
@@ -63,6 +70,8 @@ pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), Store
     }
     drop(rows);
     drop(select);
+    drop(by_type);
+    drop(by_type_time);
     if let Some(indexer) = indexer {
         indexer.finish()?;
     }

@@ -109,7 +109,61 @@ const MIGRATIONS: &[Migration] = &[
     // back only events at or before the mark: one deleted before it was
     // counted never will be.
     Migration::Sql(INDEXED_UPTO),
+    // 11: the by-type lookups trail the events with the level counts. As
+    // indexes of `events` they were written in every commit, and worse
+    // than other indexes: each type's newest entries sit in the middle of
+    // the tree, in a leaf it shares with the next type, and SQLite's
+    // rebalancing packs that leaf full again, so nearly every commit
+    // rewrote two or three leaves and their parent per type. As tables
+    // of their own (the same keys) the catch-up writes them a few hundred
+    // events at a time; readers add the events past the mark.
+    Migration::Sql(TYPE_KEYS),
 ];
+
+/// The newest seq the deferred tables cover (see `sqlite/deferred.rs`),
+/// as SQL: 0 when unset.
+macro_rules! indexed_upto_sql {
+    () => {
+        "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'indexed_upto'), 0)"
+    };
+}
+pub(super) use indexed_upto_sql;
+
+/// Migration 11 (see [`MIGRATIONS`]). Filled up to the mark; an open
+/// catches up with the rest.
+const TYPE_KEYS: &str = concat!(
+    "
+    DROP TRIGGER IF EXISTS events_type_keys_delete;
+    DROP TABLE IF EXISTS events_by_type;
+    DROP TABLE IF EXISTS events_by_type_time;
+    CREATE TABLE events_by_type (
+        event_type TEXT NOT NULL, seq INTEGER NOT NULL,
+        PRIMARY KEY (event_type, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE events_by_type_time (
+        event_type TEXT NOT NULL, timestamp TEXT NOT NULL, seq INTEGER NOT NULL,
+        PRIMARY KEY (event_type, timestamp, seq)
+    ) WITHOUT ROWID;
+    INSERT INTO events_by_type
+        SELECT event_type, seq FROM events WHERE seq <= ",
+    indexed_upto_sql!(),
+    " ORDER BY event_type, seq;
+    INSERT INTO events_by_type_time
+        SELECT event_type, timestamp, seq FROM events WHERE seq <= ",
+    indexed_upto_sql!(),
+    " ORDER BY event_type, timestamp, seq;
+    CREATE TRIGGER events_type_keys_delete AFTER DELETE ON events
+    WHEN old.seq <= ",
+    indexed_upto_sql!(),
+    "
+    BEGIN
+        DELETE FROM events_by_type WHERE event_type = old.event_type AND seq = old.seq;
+        DELETE FROM events_by_type_time
+        WHERE event_type = old.event_type AND timestamp = old.timestamp AND seq = old.seq;
+    END;
+    DROP INDEX IF EXISTS events_type_seq;
+    DROP INDEX IF EXISTS events_type_ts;"
+);
 
 /// Migration 10 (see [`MIGRATIONS`]).
 const INDEXED_UPTO: &str = "
@@ -337,6 +391,11 @@ pub const LEVEL_COUNTS_SINCE: i64 = 9;
 /// console's index have not taken in yet; in older files they cover every
 /// event.
 pub const INDEXED_UPTO_SINCE: i64 = 10;
+
+/// The first schema version whose by-type lookups are the tables
+/// `events_by_type` and `events_by_type_time`, which trail the events
+/// (older files have them as indexes of `events`).
+pub const TYPE_KEYS_SINCE: i64 = 11;
 
 /// `PRAGMA auto_vacuum`'s value for INCREMENTAL.
 pub const AUTO_VACUUM_INCREMENTAL: i64 = 2;
