@@ -826,20 +826,19 @@ impl From<rusqlite::Error> for StoreError {
 ///
 /// The page's seqs are selected first, then its rows, so the seqs can come
 /// from a covering index without reading every matching row only to sort
-/// it away. A page of one type in a time window, the common audit
-/// question, walks that window in `events_type_ts`. Sorting the whole
-/// window by seq costs most of the time, so a threshold is found first:
-/// the window's newest `limit + 1` rows *by time* (a short walk from the
-/// window's end in the index) have seqs at or above some `m`, so at least
-/// `limit + 1` rows of the window do, and the page is exactly the newest
-/// of those. Only rows at or above `m` then reach the sort; for events
-/// stored roughly in time order, that is about one page. The unary `+`
-/// keeps the planner from reading `seq >= m` as a range over the table.
-/// With a cursor the default plan is kept: it walks `events_type_seq`
-/// down from the cursor and stops after one page.
-///
-/// A file with the by-type tables (`sqlite/by_type.rs`) takes a page that
-/// selects by type from them instead.
+/// it away. A page that selects by type takes its seqs from the by-type
+/// tables (`sqlite/by_type.rs`), or, in a file older than them (opened
+/// read-only), from their indexes: one type in a time window, the common
+/// audit question, walks that window in `events_type_ts`. Sorting the
+/// whole window by seq costs most of the time, so a threshold is found
+/// first: the window's newest `limit + 1` rows *by time* (a short walk
+/// from the window's end in the index) have seqs at or above some `m`, so
+/// at least `limit + 1` rows of the window do, and the page is exactly the
+/// newest of those. Only rows at or above `m` then reach the sort; for
+/// events stored roughly in time order, that is about one page. The unary
+/// `+` keeps the planner from reading `seq >= m` as a range over the
+/// table. With a cursor the default plan is kept: it walks
+/// `events_type_seq` down from the cursor and stops after one page.
 fn page_sql(query: &EventQuery, limit: usize, type_keys: bool) -> (String, Vec<SqlValue>) {
     let filter = &query.filter;
     if type_keys && by_type::applies(filter) {

@@ -1009,7 +1009,7 @@ mod tests {
     }
 
     /// The plans behind migration 7: a facet search reads its facet's
-    /// partial index, and the latest violations walk `events_type_ts`, so
+    /// partial index, and the latest violations walk `events_by_type_time`, so
     /// no other index of `event_facets` is needed.
     #[tokio::test]
     async fn facet_searches_and_latest_violations_use_the_kept_indexes() {

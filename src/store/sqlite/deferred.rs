@@ -20,12 +20,13 @@ use super::browse::Indexer;
 use crate::event::Level;
 use crate::store::StoreError;
 
-/// `meta` key of the newest seq the level counts and the console's index
-/// cover: events after it are stored but not yet counted or indexed.
+/// `meta` key of the newest seq the level counts, the by-type tables and
+/// the console's index cover: events after it are stored but not yet
+/// counted, keyed or indexed.
 pub const META_INDEXED_UPTO: &str = "indexed_upto";
 
-/// Counts, and with `index` indexes, every stored event after
-/// [`META_INDEXED_UPTO`] in `tx`, reading them back from the events table
+/// Counts and keys by type, and with `index` indexes, every stored event
+/// after [`META_INDEXED_UPTO`] in `tx`, reading them back from the events table
 /// (their pages are in SQLite's cache; the text is borrowed, not copied),
 /// and moves the mark to the newest seq.
 pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), StoreError> {
