@@ -15,8 +15,8 @@ use super::schema::indexed_upto_sql;
 use super::Conditions;
 use crate::store::EventFilter;
 
-/// Events past the mark: stored, not yet in the by-type tables.
-const PAST_THE_MARK: &str = concat!("seq > ", indexed_upto_sql!());
+/// The mark: events after it are stored, not yet in the by-type tables.
+const MARK: &str = indexed_upto_sql!();
 
 /// Whether a page or an export with this filter takes its seqs from the
 /// by-type tables: it names types and no request id (whose index, on
@@ -84,11 +84,20 @@ pub fn seqs_sql(filter: &EventFilter, walk: Walk, fetch: usize) -> (String, Vec<
     let (types_k, type_values) = types_condition(filter, "k.event_type");
     let (types_e, _) = types_condition(filter, "event_type");
     let others = other_conditions(filter);
-    let (bound, bound_values, order) = match walk {
-        Walk::Down { below: None } => (String::new(), Vec::new(), "DESC"),
-        Walk::Down { below: Some(b) } => (" AND {seq} < ?".to_owned(), vec![b.into()], "DESC"),
+    // Each arm's seq bounds. The events past the mark are walked from the
+    // mark: one lower bound, `max`ed, so the walk never starts at an
+    // export's older `after` and reads the whole table up to the mark.
+    let (keys_bound, tail_bound, bound_values, order) = match walk {
+        Walk::Down { below: None } => ("", format!("seq > {MARK}"), Vec::new(), "DESC"),
+        Walk::Down { below: Some(b) } => (
+            " AND k.seq < ?",
+            format!("seq > {MARK} AND seq < ?"),
+            vec![b.into()],
+            "DESC",
+        ),
         Walk::Up { after, head } => (
-            " AND {seq} > ? AND {seq} <= ?".to_owned(),
+            " AND k.seq > ? AND k.seq <= ?",
+            format!("seq > max({MARK}, ?) AND seq <= ?"),
             vec![after.into(), head.into()],
             "ASC",
         ),
@@ -111,13 +120,12 @@ pub fn seqs_sql(filter: &EventFilter, walk: Walk, fetch: usize) -> (String, Vec<
     }
     sql.push(&types_k, &type_values)
         .push(&others_sql, &others.params)
-        .push(&bound.replace("{seq}", "k.seq"), &bound_values);
+        .push(keys_bound, &bound_values);
     sql.push(" UNION ALL SELECT seq FROM events NOT INDEXED WHERE ", &[])
-        .push(PAST_THE_MARK, &[])
+        .push(&tail_bound, &bound_values)
         .push(" AND ", &[])
         .push(&types_e, &type_values)
         .push(&others_sql, &others.params)
-        .push(&bound.replace("{seq}", "seq"), &bound_values)
         .push(&format!(" ORDER BY 1 {order} LIMIT ?"), &[fetch]);
     (sql.text, sql.params)
 }
@@ -140,7 +148,7 @@ fn type_in_window(filter: &EventFilter, fetch: SqlValue) -> (String, Vec<SqlValu
     let keys =
         |columns: &str| format!("SELECT {columns} FROM events_by_type_time WHERE {conditions}");
     let tail = |columns: &str| {
-        format!("SELECT {columns} FROM events NOT INDEXED WHERE {PAST_THE_MARK} AND {conditions}")
+        format!("SELECT {columns} FROM events NOT INDEXED WHERE seq > {MARK} AND {conditions}")
     };
     let mut threshold = Sql::default();
     threshold

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::event::chain::GENESIS_HASH;
 use crate::event::{AuditEvent, EventType, Level, NewEvent};
-use crate::store::sqlite::{schema, SqliteStore, DB_FILE};
+use crate::store::sqlite::{by_type, schema, SqliteStore, DB_FILE};
 use crate::store::{AuditStore, EventFilter, EventQuery};
 
 fn base() -> DateTime<Utc> {
@@ -347,4 +347,70 @@ async fn migration_11_moves_the_type_indexes_into_tables_that_trail_the_events()
     append_in_small_batches(&store, &more).await;
     let stored: Vec<AuditEvent> = stored.into_iter().chain(more).collect();
     selections_agree(&store, &stored).await;
+}
+
+/// SQLite's count of virtual-machine steps for one run of `sql`: what a
+/// query reads, independent of the machine's speed.
+fn vm_steps(conn: &rusqlite::Connection, sql: &str, params: &[rusqlite::types::Value]) -> i32 {
+    let mut stmt = conn.prepare(sql).unwrap();
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(params), |r| r.get::<_, i64>(0))
+        .unwrap();
+    assert!(rows.map(Result::unwrap).count() <= 5);
+    stmt.get_status(rusqlite::StatementStatus::VmStep)
+}
+
+/// What a walk by type alone reads does not grow with the store: the
+/// table arm seeks its keys, and the events past the mark are walked from
+/// the mark (an export's first chunks start far below it). (A walk that
+/// also filters on time or level reads the type's keys until a page
+/// matches, as the index did.)
+#[tokio::test]
+async fn each_walk_reads_about_one_page_however_large_the_store() {
+    let mut steps = Vec::new();
+    for n in [300, 3000] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let events = events_after(&[], n);
+        store.append_batch(events.clone().into()).await.unwrap();
+        store.close().await.unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let head = events.last().unwrap().seq;
+        let walks = [
+            by_type::Walk::Down { below: None },
+            by_type::Walk::Down {
+                below: Some(head / 2),
+            },
+            by_type::Walk::Up { after: 0, head },
+            by_type::Walk::Up {
+                after: head / 2,
+                head,
+            },
+        ];
+        let mut these = Vec::new();
+        let by_type_alone = filters().into_iter().filter(|f| {
+            by_type::applies(f)
+                && *f
+                    == EventFilter {
+                        event_types: f.event_types.clone(),
+                        ..EventFilter::default()
+                    }
+        });
+        for filter in by_type_alone {
+            for walk in walks {
+                let (sql, params) = by_type::seqs_sql(&filter, walk, 5);
+                these.push((
+                    format!("{filter:?} {walk:?}"),
+                    vm_steps(&conn, &sql, &params),
+                ));
+            }
+        }
+        steps.push(these);
+    }
+    for ((what, small), (_, large)) in steps[0].iter().zip(&steps[1]) {
+        assert!(
+            *large < small * 3,
+            "{what}: {small} steps on 300 events, {large} on 3,000"
+        );
+    }
 }
