@@ -71,7 +71,8 @@ const CREATE_INCOMING: &str = "CREATE TEMP TABLE IF NOT EXISTS audit_events_inco
         metadata, prev_hash, hash
     FROM audit_events WITH NO DATA";
 
-/// The binary `COPY` of a batch, in [`INCOMING_TYPES`] order.
+/// The binary `COPY` of a batch; its column types are the first eleven of
+/// [`DIRECT_TYPES`].
 const COPY_INCOMING: &str = "COPY audit_events_incoming
     (seq, \"timestamp\", id, event_type, level, level_rank, message, request_id, metadata,
      prev_hash, hash)
