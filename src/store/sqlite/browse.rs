@@ -1009,8 +1009,9 @@ mod tests {
     }
 
     /// The plans behind migration 7: a facet search reads its facet's
-    /// partial index, and the latest violations walk `events_by_type_time`, so
-    /// no other index of `event_facets` is needed.
+    /// partial index, and the latest violations walk `events_by_type_time`
+    /// (before migration 11 the index `events_type_ts`), so no other index
+    /// of `event_facets` is needed.
     #[tokio::test]
     async fn facet_searches_and_latest_violations_use_the_kept_indexes() {
         let dir = tempfile::tempdir().unwrap();

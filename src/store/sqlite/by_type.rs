@@ -5,9 +5,10 @@
 //! has two arms: the table, which covers the events up to the mark, and
 //! the events past the mark, read from `events` itself by seq (at most a
 //! few hundred, the newest; `NOT INDEXED`, so the planner never walks a
-//! time window in `events_timestamp` instead). Both arms read one snapshot, since they
-//! are one statement, and a compound `ORDER BY ... LIMIT` merges them,
-//! each arm in its own order, so a page stops after its rows.
+//! time window in `events_timestamp` instead). Both arms read one
+//! snapshot, since they are one statement, and a compound `ORDER BY ...
+//! LIMIT` merges them, each arm in its own order, so a page stops after
+//! its rows.
 
 use rusqlite::types::Value as SqlValue;
 

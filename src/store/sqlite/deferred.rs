@@ -9,10 +9,10 @@
 //! [`INDEX_LAG`](super::INDEX_LAG), in the transaction of the batch that
 //! crosses either. [`META_INDEXED_UPTO`] says how far they go. Searches and
 //! overviews make the writer catch up first, the stats and the by-type
-//! queries add the events past the mark, and an open catches up with what a crash
-//! left, so no reader misses a stored event. Events deleted before their
-//! turn are simply never counted or indexed: the delete triggers take back
-//! only what lies at or before the mark.
+//! queries add the events past the mark, and an open catches up with what
+//! a crash left, so no reader misses a stored event. Events deleted before
+//! their turn are simply never counted, keyed or indexed: the delete
+//! triggers take back only what lies at or before the mark.
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -26,9 +26,9 @@ use crate::store::StoreError;
 pub const META_INDEXED_UPTO: &str = "indexed_upto";
 
 /// Counts and keys by type, and with `index` indexes, every stored event
-/// after [`META_INDEXED_UPTO`] in `tx`, reading them back from the events table
-/// (their pages are in SQLite's cache; the text is borrowed, not copied),
-/// and moves the mark to the newest seq.
+/// after [`META_INDEXED_UPTO`] in `tx`, reading them back from the events
+/// table (their pages are in SQLite's cache; the text is borrowed, not
+/// copied), and moves the mark to the newest seq.
 pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), StoreError> {
     let upto = indexed_upto(tx)?;
     let mut select = tx.prepare_cached(
