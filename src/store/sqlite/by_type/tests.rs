@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::event::chain::GENESIS_HASH;
 use crate::event::{AuditEvent, EventType, Level, NewEvent};
-use crate::store::sqlite::{by_type, schema, SqliteStore, DB_FILE};
+use crate::store::sqlite::{by_type, schema, SqliteOptions, SqliteStore, DB_FILE};
 use crate::store::{AuditStore, EventFilter, EventQuery};
 
 fn base() -> DateTime<Utc> {
@@ -232,6 +232,30 @@ async fn selections_by_type_are_exact_however_far_the_tables_trail() {
         stored.len() as i64
     );
     selections_agree(&reader, &stored).await;
+}
+
+/// The tables are kept without the console's search index too.
+#[tokio::test]
+async fn selections_by_type_are_exact_without_the_search_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        search_index: false,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open_with(dir.path(), options).await.unwrap();
+    let first = events_after(&[], 40);
+    store.append_batch(first.clone().into()).await.unwrap();
+    store.catch_up_now().await.unwrap();
+    let second = events_after(&first, 30);
+    append_in_small_batches(&store, &second).await;
+    assert_eq!(keyed_rows(dir.path(), "events_by_type"), first.len() as i64);
+    let stored: Vec<AuditEvent> = first.iter().chain(&second).cloned().collect();
+    selections_agree(&store, &stored).await;
+    store.close().await.unwrap();
+    assert_eq!(
+        keyed_rows(dir.path(), "events_by_type"),
+        stored.len() as i64
+    );
 }
 
 #[tokio::test]
