@@ -133,9 +133,11 @@ pub fn seqs_sql(filter: &EventFilter, walk: Walk, fetch: usize) -> (String, Vec<
 
 /// The newest page of one type in a time window, the common audit
 /// question: the window is walked in `events_by_type_time`. As in
-/// `page_sql` (`sqlite.rs`), the window's newest `fetch` rows by time give
-/// a seq `m` at or above which at least `fetch` of its rows lie, and only
-/// rows at or above `m` are sorted by seq.
+/// `page_sql` (`sqlite.rs`), the window's newest `fetch` keys by time give
+/// a seq `m` at or above which at least `fetch` of its keys lie, and only
+/// keys at or above `m` are sorted by seq. The events past the mark need
+/// no threshold: there are few of them, and each has a higher seq than
+/// any key, so the page is the newest `fetch` of both arms either way.
 fn type_in_window(filter: &EventFilter, fetch: SqlValue) -> (String, Vec<SqlValue>) {
     let (types, type_values) = types_condition(filter, "event_type");
     let window = other_conditions(filter);
@@ -148,22 +150,21 @@ fn type_in_window(filter: &EventFilter, fetch: SqlValue) -> (String, Vec<SqlValu
     values.extend(window.params);
     let keys =
         |columns: &str| format!("SELECT {columns} FROM events_by_type_time WHERE {conditions}");
-    let tail = |columns: &str| {
-        format!("SELECT {columns} FROM events NOT INDEXED WHERE seq > {MARK} AND {conditions}")
-    };
-    let mut threshold = Sql::default();
-    threshold
-        .push(" AND +seq >= (SELECT MIN(seq) FROM (", &[])
-        .push(&keys("seq, timestamp"), &values)
-        .push(" UNION ALL ", &[])
-        .push(&tail("seq, timestamp"), &values)
-        .push(" ORDER BY 2 DESC LIMIT ?))", std::slice::from_ref(&fetch));
     let mut sql = Sql::default();
     sql.push(&keys("seq"), &values)
-        .push(&threshold.text, &threshold.params)
-        .push(" UNION ALL ", &[])
-        .push(&tail("seq"), &values)
-        .push(&threshold.text, &threshold.params)
+        .push(" AND +seq >= (SELECT MIN(seq) FROM (", &[])
+        .push(&keys("seq"), &values)
+        .push(
+            " ORDER BY timestamp DESC LIMIT ?))",
+            std::slice::from_ref(&fetch),
+        )
+        .push(
+            " UNION ALL SELECT seq FROM events NOT INDEXED WHERE seq > ",
+            &[],
+        )
+        .push(MARK, &[])
+        .push(" AND ", &[])
+        .push(&conditions, &values)
         .push(" ORDER BY 1 DESC LIMIT ?", &[fetch]);
     (sql.text, sql.params)
 }
