@@ -445,14 +445,11 @@ impl AuditStore for SqliteStore {
                     .rev()
                     .find(|e| e.event_type == EventType::Checkpoint)
                 {
-                    tx.prepare_cached(
-                        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    )?
-                    .execute(params![
+                    schema::set_meta(
+                        &tx,
                         schema::META_LATEST_CHECKPOINT,
-                        format!("{}:{}", c.seq, c.hash)
-                    ])?;
+                        &format!("{}:{}", c.seq, c.hash),
+                    )?;
                 }
                 tx.commit()?;
                 if catch_up {
@@ -646,7 +643,7 @@ impl AuditStore for SqliteStore {
                     stmt.query_map([], row)?
                 } else {
                     stmt = conn.prepare_cached(LEVELS_KEPT_AND_TAIL)?;
-                    stmt.query_map([deferred::META_INDEXED_UPTO], row)?
+                    stmt.query_map([], row)?
                 };
                 rows.map(|r| r.map(|(rank, n)| (rank, n.max(0) as u64)))
                     .collect::<Result<_, _>>()?
@@ -748,14 +745,9 @@ impl Conditions {
     fn from_filter(filter: &EventFilter) -> Self {
         let mut c = Conditions::default();
         if !filter.event_types.is_empty() {
-            let placeholders = vec!["?"; filter.event_types.len()].join(", ");
-            c.fragments.push(format!("event_type IN ({placeholders})"));
-            c.params.extend(
-                filter
-                    .event_types
-                    .iter()
-                    .map(|t| SqlValue::Text(t.as_str().to_owned())),
-            );
+            let (fragment, values) = Self::types_in("event_type", &filter.event_types);
+            c.fragments.push(fragment);
+            c.params.extend(values);
         }
         // Stored timestamps are fixed-width UTC text, so text order is time
         // order and the bounds compare as strings.
@@ -778,6 +770,16 @@ impl Conditions {
             );
         }
         c
+    }
+
+    /// `column IN (?, ...)` over `types`, and its values.
+    fn types_in(column: &str, types: &[EventType]) -> (String, Vec<SqlValue>) {
+        let placeholders = vec!["?"; types.len()].join(", ");
+        let values = types
+            .iter()
+            .map(|t| SqlValue::Text(t.as_str().to_owned()))
+            .collect();
+        (format!("{column} IN ({placeholders})"), values)
     }
 
     fn push(&mut self, fragment: &'static str, value: impl Into<SqlValue>) {
@@ -898,15 +900,17 @@ const LEVELS_COUNTED: &str = "SELECT level_rank, COUNT(*) FROM events GROUP BY l
 /// Events by level rank from the `level_counts` table of a file whose
 /// writer counted every event as it stored it.
 const LEVELS_KEPT: &str = "SELECT level_rank, events FROM level_counts WHERE events > 0";
-/// Events by level rank: the counts kept up to the mark (`meta` key
-/// `?1`), and the events after it. One statement, so one snapshot: a
-/// catch-up committed between two reads would count its events twice.
-const LEVELS_KEPT_AND_TAIL: &str = "SELECT level_rank, SUM(n) FROM ( \
+/// Events by level rank: the counts kept up to the mark, and the events
+/// after it. One statement, so one snapshot: a catch-up committed between
+/// two reads would count its events twice.
+const LEVELS_KEPT_AND_TAIL: &str = concat!(
+    "SELECT level_rank, SUM(n) FROM ( \
      SELECT level_rank, events AS n FROM level_counts \
-     UNION ALL SELECT level_rank, COUNT(*) FROM events WHERE seq > coalesce( \
-         (SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?1), 0) \
-     GROUP BY level_rank \
-     ) GROUP BY level_rank HAVING SUM(n) > 0";
+     UNION ALL SELECT level_rank, COUNT(*) FROM events WHERE seq > ",
+    schema::indexed_upto_sql!(),
+    " GROUP BY level_rank \
+     ) GROUP BY level_rank HAVING SUM(n) > 0"
+);
 
 fn configure(conn: &rusqlite::Connection) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -949,8 +953,9 @@ fn export_chunks<E: Sequenced>(
         return Ok(());
     };
     // The next chunk's SQL (the same text every time) and values.
+    let keyed = type_keys && by_type::applies(filter);
     let chunk_after = |after: i64| {
-        if type_keys && by_type::applies(filter) {
+        if keyed {
             let walk = by_type::Walk::Up { after, head };
             let (seqs, params) = by_type::seqs_sql(filter, walk, EXPORT_CHUNK);
             let sql =

@@ -58,17 +58,6 @@ fn other_conditions(filter: &EventFilter) -> Conditions {
     })
 }
 
-/// `event_type IN (?, ...)` and its values.
-fn types_condition(filter: &EventFilter, column: &str) -> (String, Vec<SqlValue>) {
-    let placeholders = vec!["?"; filter.event_types.len()].join(", ");
-    let values = filter
-        .event_types
-        .iter()
-        .map(|t| SqlValue::Text(t.as_str().to_owned()))
-        .collect();
-    (format!("{column} IN ({placeholders})"), values)
-}
-
 /// The seqs of at most `fetch` matching events, in the walk's order.
 pub fn seqs_sql(filter: &EventFilter, walk: Walk, fetch: usize) -> (String, Vec<SqlValue>) {
     let fetch = SqlValue::Integer(fetch as i64);
@@ -82,8 +71,8 @@ pub fn seqs_sql(filter: &EventFilter, walk: Walk, fetch: usize) -> (String, Vec<
             return type_in_window(filter, fetch);
         }
     }
-    let (types_k, type_values) = types_condition(filter, "k.event_type");
-    let (types_e, _) = types_condition(filter, "event_type");
+    let (types_k, type_values) = Conditions::types_in("k.event_type", &filter.event_types);
+    let (types_e, _) = Conditions::types_in("event_type", &filter.event_types);
     let others = other_conditions(filter);
     // Each arm's seq bounds. The events past the mark are walked from the
     // mark: one lower bound, `max`ed, so the walk never starts at an
@@ -139,7 +128,7 @@ pub fn seqs_sql(filter: &EventFilter, walk: Walk, fetch: usize) -> (String, Vec<
 /// no threshold: there are few of them, and each has a higher seq than
 /// any key, so the page is the newest `fetch` of both arms either way.
 fn type_in_window(filter: &EventFilter, fetch: SqlValue) -> (String, Vec<SqlValue>) {
-    let (types, type_values) = types_condition(filter, "event_type");
+    let (types, type_values) = Conditions::types_in("event_type", &filter.event_types);
     let window = other_conditions(filter);
     let mut conditions = types;
     for f in &window.fragments {

@@ -88,11 +88,7 @@ pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), Store
             upsert.execute(rusqlite::params![level.rank(), n])?;
         }
     }
-    tx.prepare_cached(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )?
-    .execute(rusqlite::params![META_INDEXED_UPTO, newest.to_string()])?;
+    super::schema::set_meta(tx, META_INDEXED_UPTO, &newest.to_string())?;
     Ok(())
 }
 

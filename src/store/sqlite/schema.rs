@@ -122,7 +122,8 @@ const MIGRATIONS: &[Migration] = &[
 ];
 
 /// The newest seq the deferred tables cover (see `sqlite/deferred.rs`),
-/// as SQL: 0 when unset.
+/// as SQL: 0 when unset. A macro so that SQL constants can `concat!` it;
+/// its key is `deferred::META_INDEXED_UPTO`.
 macro_rules! indexed_upto_sql {
     () => {
         "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'indexed_upto'), 0)"
@@ -373,6 +374,16 @@ const BROWSE_INDEX: &str = concat!(
     FROM event_facets WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1, 2, 3;
 "
 );
+
+/// Sets one `meta` value (an upsert by key).
+pub fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([key, value])?;
+    Ok(())
+}
 
 /// `meta` key of the store's stable id.
 pub const META_SOURCE_ID: &str = "source_id";

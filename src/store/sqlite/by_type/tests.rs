@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::event::chain::GENESIS_HASH;
 use crate::event::{AuditEvent, EventType, Level, NewEvent};
-use crate::store::sqlite::{by_type, schema, SqliteOptions, SqliteStore, DB_FILE};
+use crate::store::sqlite::{by_type, deferred, schema, SqliteOptions, SqliteStore, DB_FILE};
 use crate::store::{AuditStore, EventFilter, EventQuery};
 
 fn base() -> DateTime<Utc> {
@@ -437,4 +437,11 @@ async fn each_walk_reads_about_one_page_however_large_the_store() {
             "{what}: {small} steps on 300 events, {large} on 3,000"
         );
     }
+}
+
+/// The SQL of the mark reads the key the catch-up writes.
+#[test]
+fn the_mark_in_sql_reads_the_key_the_catch_up_writes() {
+    let key = format!("key = '{}'", deferred::META_INDEXED_UPTO);
+    assert!(schema::indexed_upto_sql!().contains(&key));
 }
