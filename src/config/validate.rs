@@ -472,78 +472,68 @@ impl Layers<'_> {
     /// The checkpoint signing key, from `audit.signing_key_file` or
     /// `audit.signing_key` (never both).
     fn signing_key(&mut self) -> Option<CheckpointSigner> {
-        let from_file = self.get(keys::AUDIT_SIGNING_KEY_FILE, None, |r| {
+        self.secret(
+            keys::AUDIT_SIGNING_KEY_FILE,
+            keys::AUDIT_SIGNING_KEY,
+            |text| {
+                CheckpointSigner::from_text(text)
+                    .map_err(|e| format!("{e} (make one with `llm-audit-proxy keygen`)"))
+            },
+        )
+    }
+
+    /// The PostgreSQL shipping target, from `shipping.postgres_dsn_file`
+    /// (a mounted Secret) or `shipping.postgres_dsn` (never both). The DSN
+    /// is checked here, so `check-config` names a malformed one.
+    fn postgres_target(&mut self) -> Option<PostgresTarget> {
+        self.secret(
+            keys::SHIPPING_POSTGRES_DSN_FILE,
+            keys::SHIPPING_POSTGRES_DSN,
+            parse_postgres_dsn,
+        )
+        .map(|dsn| PostgresTarget { dsn })
+    }
+
+    /// A secret given either in a file named by `file_key` (a mounted
+    /// Secret) or inline in `inline_key`, never both; an empty value is
+    /// unset. `parse` reads the trimmed text, and its messages must not
+    /// repeat it: neither do the ones made here.
+    fn secret<T>(
+        &mut self,
+        file_key: Key,
+        inline_key: Key,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let from_file = self.get(file_key, None, |r| {
             let path = parse_string(r)?;
             if path.is_empty() {
                 return Ok(None);
             }
             let text =
                 std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
-            CheckpointSigner::from_text(&text)
+            parse(text.trim())
                 .map(Some)
-                .map_err(|e| format!("{path}: {e} (make one with `llm-audit-proxy keygen`)"))
+                .map_err(|e| format!("{path}: {e}"))
         });
-        let inline = self.get(keys::AUDIT_SIGNING_KEY, None, |r| {
+        let inline = self.get(inline_key, None, |r| {
             let text = parse_string(r)?;
             if text.trim().is_empty() {
                 return Ok(None);
             }
-            // The message never repeats the value: it is a secret.
-            CheckpointSigner::from_text(&text)
-                .map(Some)
-                .map_err(|e| format!("{e} (make one with `llm-audit-proxy keygen`)"))
+            parse(text.trim()).map(Some)
         });
         if from_file.is_some() && inline.is_some() {
-            let origin = self.origin_of(keys::AUDIT_SIGNING_KEY);
+            let origin = self.origin_of(inline_key);
             self.errors.push(ConfigError {
-                key: keys::AUDIT_SIGNING_KEY.name.to_owned(),
+                key: inline_key.name.to_owned(),
                 message: format!(
-                    "set either audit.signing_key ({}) or audit.signing_key_file ({}), not both",
-                    keys::AUDIT_SIGNING_KEY.env,
-                    keys::AUDIT_SIGNING_KEY_FILE.env
+                    "set either {} ({}) or {} ({}), not both",
+                    inline_key.name, inline_key.env, file_key.name, file_key.env
                 ),
                 origin,
             });
         }
         from_file.or(inline)
-    }
-
-    /// The PostgreSQL shipping target, from `shipping.postgres_dsn_file`
-    /// (a mounted Secret) or `shipping.postgres_dsn` (never both). The DSN
-    /// is checked here, so `check-config` names a malformed one; messages
-    /// never repeat it, since it carries the password.
-    fn postgres_target(&mut self) -> Option<PostgresTarget> {
-        let from_file = self.get(keys::SHIPPING_POSTGRES_DSN_FILE, None, |r| {
-            let path = parse_string(r)?;
-            if path.is_empty() {
-                return Ok(None);
-            }
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
-            parse_postgres_dsn(text.trim())
-                .map(Some)
-                .map_err(|e| format!("{path}: {e}"))
-        });
-        let inline = self.get(keys::SHIPPING_POSTGRES_DSN, None, |r| {
-            let text = parse_string(r)?;
-            if text.trim().is_empty() {
-                return Ok(None);
-            }
-            parse_postgres_dsn(text.trim()).map(Some)
-        });
-        if from_file.is_some() && inline.is_some() {
-            let origin = self.origin_of(keys::SHIPPING_POSTGRES_DSN);
-            self.errors.push(ConfigError {
-                key: keys::SHIPPING_POSTGRES_DSN.name.to_owned(),
-                message: format!(
-                    "set either shipping.postgres_dsn ({}) or shipping.postgres_dsn_file ({}), not both",
-                    keys::SHIPPING_POSTGRES_DSN.env,
-                    keys::SHIPPING_POSTGRES_DSN_FILE.env
-                ),
-                origin,
-            });
-        }
-        from_file.or(inline).map(|dsn| PostgresTarget { dsn })
     }
 
     /// The HTTP shipping target: `shipping.http_url`, and its bearer token
@@ -558,43 +548,27 @@ impl Layers<'_> {
             }
             parse_http_target_url(s.trim()).map(Some)
         });
-        let from_file = self.get(keys::SHIPPING_HTTP_TOKEN_FILE, None, |r| {
-            let path = parse_string(r)?;
-            if path.is_empty() {
-                return Ok(None);
-            }
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
-            parse_token(text.trim())
-                .map(Some)
-                .map_err(|e| format!("{path}: {e}"))
-        });
-        let inline = self.get(keys::SHIPPING_HTTP_TOKEN, None, |r| {
-            let text = parse_string(r)?;
-            if text.trim().is_empty() {
-                return Ok(None);
-            }
-            parse_token(text.trim()).map(Some)
-        });
+        let token = self.secret(
+            keys::SHIPPING_HTTP_TOKEN_FILE,
+            keys::SHIPPING_HTTP_TOKEN,
+            parse_token,
+        );
         let timeout = self.get(
             keys::SHIPPING_HTTP_TIMEOUT,
             Duration::from_secs(30),
             parse_secs,
         );
-        if from_file.is_some() && inline.is_some() {
-            let origin = self.origin_of(keys::SHIPPING_HTTP_TOKEN);
-            self.errors.push(ConfigError {
-                key: keys::SHIPPING_HTTP_TOKEN.name.to_owned(),
-                message: format!(
-                    "set either shipping.http_token ({}) or shipping.http_token_file ({}), not both",
-                    keys::SHIPPING_HTTP_TOKEN.env,
-                    keys::SHIPPING_HTTP_TOKEN_FILE.env
-                ),
-                origin,
-            });
-        }
         let url = url?;
-        let Some(token) = from_file.or(inline) else {
+        let Some(token) = token else {
+            // A token given but refused has its own error already.
+            let token_keys = [keys::SHIPPING_HTTP_TOKEN, keys::SHIPPING_HTTP_TOKEN_FILE];
+            if self
+                .errors
+                .iter()
+                .any(|e| token_keys.iter().any(|k| k.name == e.key))
+            {
+                return None;
+            }
             let origin = self.origin_of(keys::SHIPPING_HTTP_URL);
             self.errors.push(ConfigError {
                 key: keys::SHIPPING_HTTP_TOKEN.name.to_owned(),

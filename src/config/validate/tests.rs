@@ -431,3 +431,86 @@ fn postgres_dsn_and_dsn_file_together_are_refused() {
     ));
     assert_eq!(errs[0].key, "shipping.batch_size");
 }
+
+/// Each secret that may come inline or from a file (a mounted Secret):
+/// its file key, its inline key, and a valid value.
+fn secrets_given_inline_or_in_a_file() -> Vec<(Key, Key, String)> {
+    vec![
+        (
+            keys::AUDIT_SIGNING_KEY_FILE,
+            keys::AUDIT_SIGNING_KEY,
+            CheckpointSigner::generate().unwrap().private_key_text(),
+        ),
+        (
+            keys::SHIPPING_POSTGRES_DSN_FILE,
+            keys::SHIPPING_POSTGRES_DSN,
+            "postgres://audit:s3cr3t-pw@db.example:5432/audit".to_owned(),
+        ),
+        (
+            keys::SHIPPING_HTTP_TOKEN_FILE,
+            keys::SHIPPING_HTTP_TOKEN,
+            "tok-s3cr3t-0123456789abcdef".to_owned(),
+        ),
+    ]
+}
+
+/// The HTTP token is read only beside a URL.
+fn with_its_companions(file_key: Key, pairs: &mut Vec<(&'static str, &'static str)>) {
+    if file_key.name == keys::SHIPPING_HTTP_TOKEN_FILE.name {
+        pairs.push((keys::SHIPPING_HTTP_URL.env, "http://127.0.0.1:9/ingest"));
+    }
+}
+
+fn leak(text: &str) -> &'static str {
+    Box::leak(text.to_owned().into_boxed_str())
+}
+
+#[test]
+fn every_secret_comes_from_its_file_or_inline_and_both_at_once_are_refused_without_the_value() {
+    for (file_key, inline_key, value) in secrets_given_inline_or_in_a_file() {
+        let secret = file(&format!("{value}\n"));
+        let path = leak(secret.path().to_str().unwrap());
+
+        // Either alone is taken, the file's text without its newline.
+        for pair in [(file_key.env, path), (inline_key.env, leak(&value))] {
+            let mut pairs = vec![pair];
+            with_its_companions(file_key, &mut pairs);
+            let loaded = load(None, &env(&pairs), &FlagValues::new());
+            assert!(loaded.is_ok(), "{}: {:?}", pair.0, loaded.err());
+        }
+
+        // Both: one error, on the inline key, naming both variables.
+        let mut pairs = vec![(file_key.env, path), (inline_key.env, leak(&value))];
+        with_its_companions(file_key, &mut pairs);
+        let errs = errors(load(None, &env(&pairs), &FlagValues::new()));
+        assert_eq!(errs.len(), 1, "{}: {errs:?}", inline_key.name);
+        assert_eq!(errs[0].key, inline_key.name);
+        let text = errs[0].to_string();
+        assert!(text.contains("not both"), "{text}");
+        assert!(
+            text.contains(inline_key.env) && text.contains(file_key.env),
+            "{text}"
+        );
+        assert!(!text.contains(&value), "{text}");
+
+        // A file that cannot be read names its key and its path.
+        let mut pairs = vec![(file_key.env, "/nonexistent/secret")];
+        with_its_companions(file_key, &mut pairs);
+        let errs = errors(load(None, &env(&pairs), &FlagValues::new()));
+        assert_eq!(errs.len(), 1, "{}: {errs:?}", file_key.name);
+        assert_eq!(errs[0].key, file_key.name);
+        assert!(
+            errs[0].to_string().contains("/nonexistent/secret"),
+            "{errs:?}"
+        );
+
+        // A malformed value in the file names the file key, not the value.
+        let bad = file("not a valid secret value, s3cr3t\n");
+        let mut pairs = vec![(file_key.env, leak(bad.path().to_str().unwrap()))];
+        with_its_companions(file_key, &mut pairs);
+        let errs = errors(load(None, &env(&pairs), &FlagValues::new()));
+        assert_eq!(errs.len(), 1, "{}: {errs:?}", file_key.name);
+        assert_eq!(errs[0].key, file_key.name);
+        assert!(!errs[0].to_string().contains("s3cr3t"), "{errs:?}");
+    }
+}
