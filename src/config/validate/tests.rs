@@ -432,24 +432,45 @@ fn postgres_dsn_and_dsn_file_together_are_refused() {
     assert_eq!(errs[0].key, "shipping.batch_size");
 }
 
+/// What a loaded config holds of one secret, as text to compare.
+type SecretOf = fn(&Config) -> Option<String>;
+
 /// Each secret that may come inline or from a file (a mounted Secret):
-/// its file key, its inline key, and a valid value.
-fn secrets_given_inline_or_in_a_file() -> Vec<(Key, Key, String)> {
+/// its file key, its inline key, a valid value, and what a config loaded
+/// with that value holds.
+fn secrets_given_inline_or_in_a_file() -> Vec<(Key, Key, String, String, SecretOf)> {
+    let signer = CheckpointSigner::generate().unwrap();
     vec![
         (
             keys::AUDIT_SIGNING_KEY_FILE,
             keys::AUDIT_SIGNING_KEY,
-            CheckpointSigner::generate().unwrap().private_key_text(),
+            signer.private_key_text(),
+            signer.key_id().to_owned(),
+            |c| c.audit.signing_key.as_ref().map(|k| k.key_id().to_owned()),
         ),
         (
             keys::SHIPPING_POSTGRES_DSN_FILE,
             keys::SHIPPING_POSTGRES_DSN,
             "postgres://audit:s3cr3t-pw@db.example:5432/audit".to_owned(),
+            "postgres://audit:s3cr3t-pw@db.example:5432/audit".to_owned(),
+            |c| {
+                c.shipping
+                    .postgres
+                    .as_ref()
+                    .map(|t| t.dsn.expose().to_owned())
+            },
         ),
         (
             keys::SHIPPING_HTTP_TOKEN_FILE,
             keys::SHIPPING_HTTP_TOKEN,
             "tok-s3cr3t-0123456789abcdef".to_owned(),
+            "tok-s3cr3t-0123456789abcdef".to_owned(),
+            |c| {
+                c.shipping
+                    .http
+                    .as_ref()
+                    .map(|t| t.token.expose().to_owned())
+            },
         ),
     ]
 }
@@ -467,7 +488,7 @@ fn leak(text: &str) -> &'static str {
 
 #[test]
 fn every_secret_comes_from_its_file_or_inline_and_both_at_once_are_refused_without_the_value() {
-    for (file_key, inline_key, value) in secrets_given_inline_or_in_a_file() {
+    for (file_key, inline_key, value, held, held_of) in secrets_given_inline_or_in_a_file() {
         let secret = file(&format!("{value}\n"));
         let path = leak(secret.path().to_str().unwrap());
 
@@ -476,7 +497,13 @@ fn every_secret_comes_from_its_file_or_inline_and_both_at_once_are_refused_witho
             let mut pairs = vec![pair];
             with_its_companions(file_key, &mut pairs);
             let loaded = load(None, &env(&pairs), &FlagValues::new());
-            assert!(loaded.is_ok(), "{}: {:?}", pair.0, loaded.err());
+            let config = loaded.unwrap_or_else(|e| panic!("{}: {e:?}", pair.0));
+            assert_eq!(
+                held_of(&config).as_deref(),
+                Some(held.as_str()),
+                "{}",
+                pair.0
+            );
         }
 
         // Both: one error, on the inline key, naming both variables.
