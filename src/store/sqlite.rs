@@ -58,6 +58,11 @@ const PAGE_SIZE: i64 = 16 * 1024;
 /// in pages of the store's own size): the WAL file stays near 32 MiB.
 const WAL_CHECKPOINT_BYTES: i64 = 32 * 1024 * 1024;
 
+/// The oldest and newest stored timestamps, for the stats: each read from
+/// one end of `events_timestamp`.
+const OLDEST_SQL: &str = "SELECT MIN(timestamp) FROM events";
+const NEWEST_SQL: &str = "SELECT MAX(timestamp) FROM events";
+
 /// Rows read per export step.
 const EXPORT_CHUNK: usize = 1000;
 /// Chunks an export may read ahead of its consumer.
@@ -620,9 +625,18 @@ impl AuditStore for SqliteStore {
         let type_keys = self.type_keys;
         self.read(move |conn| {
             let mut stats = StoreStats::default();
-            let (total, oldest, newest): (i64, Option<String>, Option<String>) = conn
-                .prepare_cached("SELECT COUNT(*), MIN(timestamp), MAX(timestamp) FROM events")?
-                .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            // Three statements: SQLite answers a lone MIN or MAX from the
+            // end of `events_timestamp`, but with a COUNT beside them it
+            // reads every row (46 ms against 2.5 on 275,000 events).
+            let total: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM events")?
+                .query_row([], |r| r.get(0))?;
+            let oldest: Option<String> = conn
+                .prepare_cached(OLDEST_SQL)?
+                .query_row([], |r| r.get(0))?;
+            let newest: Option<String> = conn
+                .prepare_cached(NEWEST_SQL)?
+                .query_row([], |r| r.get(0))?;
             stats.total_events = total.max(0) as u64;
             stats.oldest_timestamp = oldest;
             stats.newest_timestamp = newest;

@@ -776,6 +776,14 @@ async fn every_index_serves_the_filter_it_is_kept_for() {
             "SELECT seq FROM events WHERE id = 'x'",
             "sqlite_autoindex_events_1 (id=?)",
         ),
+        (
+            OLDEST_SQL,
+            "SEARCH events USING COVERING INDEX events_timestamp",
+        ),
+        (
+            NEWEST_SQL,
+            "SEARCH events USING COVERING INDEX events_timestamp",
+        ),
     ];
     for (sql, index) in stats {
         let plan = query_plan(&conn, sql, &[]);
