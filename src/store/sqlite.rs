@@ -624,6 +624,10 @@ impl AuditStore for SqliteStore {
         let path = self.path.clone();
         let type_keys = self.type_keys;
         self.read(move |conn| {
+            // One read transaction, so that every count is of the same
+            // snapshot while the writer commits (the total is the sum by
+            // type, and by level).
+            let conn = &conn.transaction()?;
             let mut stats = StoreStats::default();
             // Three statements: SQLite answers a lone MIN or MAX from the
             // end of `events_timestamp`, but with a COUNT beside them it

@@ -960,3 +960,47 @@ async fn migration_9_counts_the_levels_of_an_existing_store_and_drops_their_inde
     assert_eq!(by_level.values().sum::<u64>(), 40);
     assert_eq!(by_level, counted_levels(dir.path()));
 }
+
+/// The stats are counted in one snapshot: read while the writer commits,
+/// the total is always the sum by type and the sum by level, and the
+/// newest timestamp belongs to the events counted.
+#[tokio::test]
+async fn stats_read_while_the_writer_commits_are_of_one_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let events = leveled(1, GENESIS_HASH, 600);
+    let written = std::sync::atomic::AtomicBool::new(false);
+    let write = async {
+        for batch in events.chunks(3) {
+            store.append_batch(batch.to_vec().into()).await.unwrap();
+        }
+        written.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    // The store's writer and reader are threads of their own: the two
+    // futures below wait on them at once.
+    let read = async {
+        let base = crate::event::parse_timestamp("2026-01-01T00:00:00Z").unwrap();
+        let mut reads = 0;
+        while !written.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+            let stats = store.stats().await.unwrap();
+            let by_type: u64 = stats.by_type.values().sum();
+            let by_level: u64 = stats.by_level.values().sum();
+            assert_eq!(stats.total_events, by_type, "{stats:?}");
+            assert_eq!(stats.total_events, by_level, "{stats:?}");
+            if stats.total_events > 0 {
+                let newest = stats.newest_timestamp.as_deref().unwrap();
+                let expected = base + chrono::Duration::hours(stats.total_events as i64);
+                assert_eq!(
+                    crate::event::parse_timestamp(newest).unwrap(),
+                    expected,
+                    "{stats:?}"
+                );
+            }
+            reads += 1;
+        }
+        reads
+    };
+    let ((), reads) = tokio::join!(write, read);
+    assert!(reads > 1, "{reads}");
+    assert_eq!(store.stats().await.unwrap().total_events, 600);
+}
