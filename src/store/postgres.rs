@@ -135,15 +135,6 @@ impl PostgresStore {
             .join("\n"))
     }
 
-    /// The (name, count) rows of a `GROUP BY` query, as a map.
-    async fn counts(&self, sql: &str) -> Result<BTreeMap<String, u64>, StoreError> {
-        let rows = self.pool.query(sql, &[]).await?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64))
-            .collect())
-    }
-
     /// One page of records, newest first, from `query.before_seq` (a row
     /// id) down.
     async fn page(&self, query: &EventQuery) -> Result<RecordPage, StoreError> {
@@ -271,34 +262,31 @@ impl AuditStore for PostgresStore {
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        let mut stats = StoreStats::default();
-        stats.by_type = self
-            .counts("SELECT event_type, count(*) FROM audit_events GROUP BY event_type")
-            .await?;
-        stats.total_events = stats.by_type.values().sum();
-        stats.by_level = self
-            .counts("SELECT level, count(*) FROM audit_events GROUP BY level")
-            .await?;
-        stats.violations_by_policy = self
-            .counts(
+        // One snapshot, so that the counts agree while pods ship.
+        let rows = self
+            .pool
+            .query_snapshot(&[
+                "SELECT event_type, count(*) FROM audit_events GROUP BY event_type",
+                "SELECT level, count(*) FROM audit_events GROUP BY level",
                 "SELECT COALESCE(metadata::jsonb ->> 'policy_name', ''), count(*) \
                  FROM audit_events WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1",
-            )
-            .await?;
-        stats.violations_by_severity = self
-            .counts(
                 "SELECT COALESCE(metadata::jsonb ->> 'severity', ''), count(*) \
                  FROM audit_events WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1",
-            )
-            .await?;
-        let row = self
-            .pool
-            .query(
                 "SELECT MIN(\"timestamp\"), MAX(\"timestamp\") FROM audit_events",
-                &[],
-            )
+            ])
             .await?;
-        if let Some(row) = row.first() {
+        let [by_type, by_level, by_policy, by_severity, range] = rows.as_slice() else {
+            return Err(StoreError::Other(
+                "central store: the stats read fewer results than asked".into(),
+            ));
+        };
+        let mut stats = StoreStats::default();
+        stats.by_type = counts_of(by_type);
+        stats.total_events = stats.by_type.values().sum();
+        stats.by_level = counts_of(by_level);
+        stats.violations_by_policy = counts_of(by_policy);
+        stats.violations_by_severity = counts_of(by_severity);
+        if let Some(row) = range.first() {
             stats.oldest_timestamp = row
                 .get::<_, Option<DateTime<Utc>>>(0)
                 .map(|t| format_timestamp(&t));
@@ -342,6 +330,13 @@ fn read_only(what: &str) -> StoreError {
     ))
 }
 
+/// Rows of (name, count) as a map.
+fn counts_of(rows: &[Row]) -> BTreeMap<String, u64> {
+    rows.iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64))
+        .collect()
+}
+
 // === impl Pool ===
 
 impl Pool {
@@ -376,6 +371,29 @@ impl Pool {
             broken: false,
             _permit: permit,
         })
+    }
+
+    /// Runs each statement in one read-only `REPEATABLE READ`
+    /// transaction: every result is of the same snapshot.
+    async fn query_snapshot(&self, sqls: &[&str]) -> Result<Vec<Vec<Row>>, StoreError> {
+        let mut lease = self.lease().await?;
+        let client = lease.client_mut()?;
+        let result = async {
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let mut results = Vec::with_capacity(sqls.len());
+            for sql in sqls {
+                results.push(tx.query(*sql, &[]).await?);
+            }
+            tx.commit().await?;
+            Ok(results)
+        }
+        .await;
+        lease.check(result)
     }
 
     async fn query(

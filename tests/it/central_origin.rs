@@ -387,3 +387,49 @@ async fn the_pod_and_policy_filters_use_central_indexes() {
     .await;
     assert!(numeric.is_empty(), "a number is not a policy name");
 }
+
+/// The central store's stats are counted in one snapshot: read while
+/// rows arrive, the total (the sum by type) is always the sum by level.
+#[tokio::test]
+async fn central_stats_read_while_rows_arrive_are_of_one_snapshot() {
+    let Some(pg) = PgCluster::start().await else {
+        return;
+    };
+    let store = PostgresStore::open(&Secret::new(pg.dsn())).await.unwrap();
+    let client = pg.client().await;
+    let written = std::sync::atomic::AtomicBool::new(false);
+    let write = async {
+        for round in 0..100 {
+            let (first, last) = (round * 20 + 1, round * 20 + 20);
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO audit_events (source_id, seq, \"timestamp\", id, event_type,
+                         level, level_rank, message, request_id, metadata, prev_hash, hash,
+                         pod, namespace, node)
+                     SELECT 'source-s', i, date_trunc('month', now()) + i * interval '1 second',
+                         'id-' || i,
+                         CASE WHEN i % 2 = 0 THEN 'REQUEST' ELSE 'RESPONSE' END,
+                         CASE WHEN i % 3 = 0 THEN 'WARNING' ELSE 'INFO' END,
+                         CASE WHEN i % 3 = 0 THEN 2 ELSE 1 END,
+                         'm', 'req-' || i, '{{}}', 'p', 'h', 'pod', 'ns', 'node'
+                     FROM generate_series({first}, {last}) AS i"
+                ))
+                .await
+                .unwrap();
+        }
+        written.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let read = async {
+        let mut reads = 0;
+        while !written.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+            let stats = store.stats().await.unwrap();
+            let by_level: u64 = stats.by_level.values().sum();
+            assert_eq!(stats.total_events, by_level, "{stats:?}");
+            reads += 1;
+        }
+        reads
+    };
+    let ((), reads) = tokio::join!(write, read);
+    assert!(reads > 1, "{reads}");
+    assert_eq!(store.stats().await.unwrap().total_events, 2000);
+}
