@@ -650,8 +650,8 @@ impl AuditStore for SqliteStore {
             )?;
             // Every event has a type, and the counts are of one snapshot.
             stats.total_events = stats.by_type.values().sum();
+            let version = schema::user_version(conn)?;
             let by_rank: BTreeMap<i64, u64> = {
-                let version = schema::user_version(conn)?;
                 // The counts kept, and those of the events the writer has
                 // not counted yet (see `sqlite/deferred.rs`).
                 let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get::<_, i64>(1)?));
@@ -676,22 +676,13 @@ impl AuditStore for SqliteStore {
                     .ok_or_else(|| StoreError::Corrupt(format!("unknown level rank {rank}")))?;
                 stats.by_level.insert(level.as_str().to_owned(), count);
             }
-            let violations = if type_keys {
-                format!("seq IN ({})", by_type::VIOLATION_SEQS_SQL)
+            if version >= schema::VIOLATION_COUNTS_SINCE {
+                stats.violations_by_policy = group_counts(conn, VIOLATIONS_BY_POLICY)?;
+                stats.violations_by_severity = group_counts(conn, VIOLATIONS_BY_SEVERITY)?;
             } else {
-                "event_type = 'COMPLIANCE_VIOLATION'".to_owned()
-            };
-            for (field, counts) in [
-                ("policy_name", &mut stats.violations_by_policy),
-                ("severity", &mut stats.violations_by_severity),
-            ] {
-                *counts = group_counts(
-                    conn,
-                    &format!(
-                        "SELECT COALESCE(json_extract(metadata, '$.{field}'), ''), COUNT(*) \
-                         FROM events WHERE {violations} GROUP BY 1"
-                    ),
-                )?;
+                let by = |field| violations_read_by(field, type_keys);
+                stats.violations_by_policy = group_counts(conn, &by("policy_name"))?;
+                stats.violations_by_severity = group_counts(conn, &by("severity"))?;
             }
             stats.store_bytes = purge::disk_bytes(&path);
             Ok(stats)
@@ -932,6 +923,45 @@ const LEVELS_KEPT_AND_TAIL: &str = concat!(
     " GROUP BY level_rank \
      ) GROUP BY level_rank HAVING SUM(n) > 0"
 );
+
+/// Violations by one key of their metadata (see `schema::violation_key_sql`)
+/// from `violation_counts`: the counts kept up to the mark and the
+/// violations after it, in one statement (one snapshot).
+macro_rules! violations_kept_and_tail {
+    ($column:literal, $field:literal) => {
+        concat!(
+            "SELECT ",
+            $column,
+            ", SUM(n) FROM ( \
+             SELECT ",
+            $column,
+            ", events AS n FROM violation_counts \
+             UNION ALL SELECT ",
+            schema::violation_key_sql!("metadata", $field),
+            ", COUNT(*) FROM events NOT INDEXED WHERE seq > ",
+            schema::indexed_upto_sql!(),
+            " AND event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1 \
+             ) GROUP BY 1 HAVING SUM(n) > 0"
+        )
+    };
+}
+const VIOLATIONS_BY_POLICY: &str = violations_kept_and_tail!("policy", "policy_name");
+const VIOLATIONS_BY_SEVERITY: &str = violations_kept_and_tail!("severity", "severity");
+
+/// Violations by one key of their metadata in a file older than
+/// `violation_counts` (opened read-only): every violation's metadata read.
+fn violations_read_by(field: &str, type_keys: bool) -> String {
+    let violations = if type_keys {
+        format!("seq IN ({})", by_type::VIOLATION_SEQS_SQL)
+    } else {
+        "event_type = 'COMPLIANCE_VIOLATION'".to_owned()
+    };
+    let key = match field {
+        "severity" => schema::violation_key_sql!("metadata", "severity"),
+        _ => schema::violation_key_sql!("metadata", "policy_name"),
+    };
+    format!("SELECT {key}, COUNT(*) FROM events WHERE {violations} GROUP BY 1")
+}
 
 fn configure(conn: &rusqlite::Connection) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;

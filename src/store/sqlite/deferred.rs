@@ -1,7 +1,8 @@
-//! What the writer adds a few hundred events at a time instead of in every
-//! commit: the per-level counts of `/api/stats`, the by-type lookups
-//! (`events_by_type`, `events_by_type_time`) and, when kept, the console's
-//! index (facets, text index, rollups; see `sqlite/browse.rs`).
+//! What the writer adds many events at a time instead of in every commit:
+//! the counts of `/api/stats` by level and by violation policy and
+//! severity, the by-type lookups (`events_by_type`, `events_by_type_time`)
+//! and, when kept, the console's index (facets, text index, rollups; see
+//! `sqlite/browse.rs`).
 //!
 //! Each commit rewrites every page it touches, and these tables touch as
 //! many pages as the events themselves, so the writer calls [`catch_up`]
@@ -43,6 +44,7 @@ pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), Store
         "INSERT INTO events_by_type_time (event_type, timestamp, seq) VALUES (?1, ?2, ?3)",
     )?;
     let mut levels = [0i64; Level::ALL.len()];
+    let mut violations = 0usize;
     let mut newest = upto;
     while let Some(row) = rows.next()? {
         newest = row.get(0)?;
@@ -56,6 +58,7 @@ pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), Store
         let (Some(timestamp), Some(event_type)) = (text(1), text(2)) else {
             continue;
         };
+        violations += usize::from(event_type == "COMPLIANCE_VIOLATION");
         by_type.execute(rusqlite::params![event_type, newest])?;
         by_type_time.execute(rusqlite::params![event_type, timestamp, newest])?;
         let (Some(indexer), Some(metadata)) = (indexer.as_mut(), text(4)) else {
@@ -88,9 +91,27 @@ pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), Store
             upsert.execute(rusqlite::params![level.rank(), n])?;
         }
     }
+    if violations > 0 {
+        tx.prepare_cached(COUNT_VIOLATIONS)?
+            .execute([upto, newest])?;
+    }
     super::schema::set_meta(tx, META_INDEXED_UPTO, &newest.to_string())?;
     Ok(())
 }
+
+/// Adds the violations in `(?1, ?2]` to `violation_counts`, keyed as the
+/// delete trigger and the stats key them. SQL, not the metadata read in
+/// the loop above, so that the key is the very expression the trigger
+/// takes back with; the rows are in SQLite's cache from that loop.
+const COUNT_VIOLATIONS: &str = concat!(
+    "INSERT INTO violation_counts (policy, severity, events) SELECT ",
+    super::schema::violation_key_sql!("metadata", "policy_name"),
+    ", ",
+    super::schema::violation_key_sql!("metadata", "severity"),
+    ", COUNT(*) FROM events NOT INDEXED \
+     WHERE seq > ?1 AND seq <= ?2 AND event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1, 2 \
+     ON CONFLICT (policy, severity) DO UPDATE SET events = events + excluded.events"
+);
 
 /// [`META_INDEXED_UPTO`]; 0 when unset.
 pub fn indexed_upto(conn: &Connection) -> Result<i64, StoreError> {

@@ -9,6 +9,8 @@ use crate::event::NewEvent;
 use crate::store::conformance::{conformance_suite, sample_events};
 use crate::store::SharedStore;
 
+mod violation_counts;
+
 fn chain(from_seq: i64, prev: &str, n: i64) -> Vec<AuditEvent> {
     let mut prev = prev.to_owned();
     (from_seq..from_seq + n)
@@ -772,6 +774,10 @@ async fn every_index_serves_the_filter_it_is_kept_for() {
             by_type::VIOLATION_SEQS_SQL,
             "SEARCH events_by_type USING PRIMARY KEY (event_type=?)",
         ),
+        (VIOLATIONS_BY_POLICY, "SCAN violation_counts"),
+        (VIOLATIONS_BY_POLICY, past_the_mark),
+        (VIOLATIONS_BY_SEVERITY, "SCAN violation_counts"),
+        (VIOLATIONS_BY_SEVERITY, past_the_mark),
         (
             "SELECT seq FROM events WHERE id = 'x'",
             "sqlite_autoindex_events_1 (id=?)",
@@ -1003,4 +1009,28 @@ async fn stats_read_while_the_writer_commits_are_of_one_snapshot() {
     let ((), reads) = tokio::join!(write, read);
     assert!(reads > 1, "{reads}");
     assert_eq!(store.stats().await.unwrap().total_events, 600);
+}
+
+/// Appends `events` as a build did between catch-ups: rows only, past
+/// the mark.
+pub(super) fn insert_past_the_mark(conn: &rusqlite::Connection, events: &[AuditEvent]) {
+    for e in events {
+        conn.execute(
+            crate::store::sqlite::INSERT,
+            rusqlite::params![
+                e.seq,
+                e.id,
+                crate::event::timestamp_text(&e.timestamp).as_str(),
+                e.event_type.as_str(),
+                e.level.as_str(),
+                e.level.rank(),
+                e.message,
+                e.request_id,
+                e.metadata_text(),
+                e.prev_hash,
+                e.hash,
+            ],
+        )
+        .unwrap();
+    }
 }

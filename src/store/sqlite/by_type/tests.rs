@@ -291,30 +291,6 @@ async fn purged_events_leave_the_tables_whether_or_not_they_were_in_them() {
     selections_agree(&reopened, &stored).await;
 }
 
-/// Appends `events` as a build of schema version 10 did between
-/// catch-ups: rows only, past the mark.
-fn insert_past_the_mark(conn: &rusqlite::Connection, events: &[AuditEvent]) {
-    for e in events {
-        conn.execute(
-            crate::store::sqlite::INSERT,
-            rusqlite::params![
-                e.seq,
-                e.id,
-                crate::event::timestamp_text(&e.timestamp).as_str(),
-                e.event_type.as_str(),
-                e.level.as_str(),
-                e.level.rank(),
-                e.message,
-                e.request_id,
-                e.metadata_text(),
-                e.prev_hash,
-                e.hash,
-            ],
-        )
-        .unwrap();
-    }
-}
-
 #[tokio::test]
 async fn migration_11_moves_the_type_indexes_into_tables_that_trail_the_events() {
     let dir = tempfile::tempdir().unwrap();
@@ -337,7 +313,7 @@ async fn migration_11_moves_the_type_indexes_into_tables_that_trail_the_events()
              PRAGMA user_version = 10;",
         )
         .unwrap();
-        insert_past_the_mark(&conn, &second);
+        crate::store::sqlite::tests::insert_past_the_mark(&conn, &second);
     }
     let stored: Vec<AuditEvent> = first.iter().chain(&second).cloned().collect();
     // Read-only, the older file is read through its indexes.
