@@ -65,6 +65,86 @@ where
 
     let (store, _guard) = make().await;
     purges(&*store).await;
+
+    let (store, _guard) = make().await;
+    violation_keys(&*store).await;
+}
+
+/// What a violation's metadata may hold under `policy_name` and
+/// `severity`: the packs' names and severities, and what an imported or
+/// hand-written record may carry instead (a number, an object, null,
+/// nothing). Varies with `seq` over every case.
+pub(crate) fn violation_metadata(seq: i64) -> serde_json::Value {
+    let policy = match seq % 7 {
+        0 => json!(42),
+        1 => serde_json::Value::Null,
+        2 | 5 => json!("pii-basic"),
+        3 => json!("secrets"),
+        _ => json!("team-policy"),
+    };
+    let severity = match seq % 5 {
+        0 => json!({"level": "high"}),
+        1 | 3 => json!("high"),
+        2 => json!("medium"),
+        _ => json!("low"),
+    };
+    if seq % 11 == 0 {
+        return json!({"detail": "no policy or severity"});
+    }
+    json!({"policy_name": policy, "severity": severity})
+}
+
+/// Violations counted by one key of their metadata, as every store counts
+/// them: a key that is not a string counts as the empty string.
+pub(crate) fn violations_by(events: &[AuditEvent], field: &str) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for e in events {
+        if e.event_type == EventType::ComplianceViolation {
+            let key = e.metadata.field(field);
+            *counts
+                .entry(key.as_str().unwrap_or_default().to_owned())
+                .or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Violations whose policy or severity is not a string are counted under
+/// the empty string, never refused or counted under their JSON text;
+/// other events that carry the same keys are not counted.
+async fn violation_keys(store: &dyn AuditStore) {
+    let mut prev = GENESIS_HASH.to_owned();
+    let events: Vec<AuditEvent> = (1..=60)
+        .map(|seq| {
+            let event_type = if seq % 3 == 0 {
+                EventType::Request
+            } else {
+                EventType::ComplianceViolation
+            };
+            let mut e = NewEvent::new(event_type, format!("event {seq}"))
+                .with_metadata(violation_metadata(seq));
+            e.timestamp = ts(seq);
+            let sealed = e.seal(seq, &prev);
+            prev.clone_from(&sealed.hash);
+            sealed
+        })
+        .collect();
+    store.append_batch(events.clone().into()).await.unwrap();
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        stats.violations_by_policy,
+        violations_by(&events, "policy_name")
+    );
+    assert_eq!(
+        stats.violations_by_severity,
+        violations_by(&events, "severity")
+    );
+    for key in ["", "pii-basic", "secrets", "team-policy"] {
+        assert!(stats.violations_by_policy.contains_key(key), "{stats:?}");
+    }
+    for key in ["", "high", "medium", "low"] {
+        assert!(stats.violations_by_severity.contains_key(key), "{stats:?}");
+    }
 }
 
 /// Events six hours apart, `seq * 6h` after 2026-01-01T00:00Z (a

@@ -268,9 +268,13 @@ impl AuditStore for PostgresStore {
             .query_snapshot(&[
                 "SELECT event_type, count(*) FROM audit_events GROUP BY event_type",
                 "SELECT level, count(*) FROM audit_events GROUP BY level",
-                "SELECT COALESCE(metadata::jsonb ->> 'policy_name', ''), count(*) \
+                // A key that is not a string counts as the empty string, as
+                // in the local stores; the policy column already holds
+                // only strings.
+                "SELECT COALESCE(policy_name, ''), count(*) \
                  FROM audit_events WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1",
-                "SELECT COALESCE(metadata::jsonb ->> 'severity', ''), count(*) \
+                "SELECT CASE WHEN jsonb_typeof(metadata::jsonb -> 'severity') = 'string' \
+                 THEN metadata::jsonb ->> 'severity' ELSE '' END, count(*) \
                  FROM audit_events WHERE event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1",
                 "SELECT MIN(\"timestamp\"), MAX(\"timestamp\") FROM audit_events",
             ])

@@ -433,3 +433,67 @@ async fn central_stats_read_while_rows_arrive_are_of_one_snapshot() {
     assert!(reads > 1, "{reads}");
     assert_eq!(store.stats().await.unwrap().total_events, 2000);
 }
+
+/// Violations are counted by policy and severity as the local stores count
+/// them: a key that is not a string counts as the empty string, and other
+/// events that carry the keys are not counted.
+#[tokio::test]
+async fn central_stats_count_violations_under_string_keys_only() {
+    let Some(pg) = PgCluster::start().await else {
+        return;
+    };
+    let store = PostgresStore::open(&Secret::new(pg.dsn())).await.unwrap();
+    let client = pg.client().await;
+    let rows = [
+        (
+            "COMPLIANCE_VIOLATION",
+            r#"{"policy_name": "pii-basic", "severity": "high"}"#,
+        ),
+        (
+            "COMPLIANCE_VIOLATION",
+            r#"{"policy_name": "pii-basic", "severity": "low"}"#,
+        ),
+        (
+            "COMPLIANCE_VIOLATION",
+            r#"{"policy_name": 42, "severity": {"level": "high"}}"#,
+        ),
+        (
+            "COMPLIANCE_VIOLATION",
+            r#"{"policy_name": null, "severity": "low"}"#,
+        ),
+        (
+            "COMPLIANCE_VIOLATION",
+            r#"{"detail": "no policy or severity"}"#,
+        ),
+        (
+            "REQUEST",
+            r#"{"policy_name": "secrets", "severity": "high"}"#,
+        ),
+    ];
+    for (i, (event_type, metadata)) in rows.iter().enumerate() {
+        let seq = i as i64 + 1;
+        client
+            .execute(
+                "INSERT INTO audit_events (source_id, seq, \"timestamp\", id, event_type,
+                     level, level_rank, message, request_id, metadata, prev_hash, hash)
+                 VALUES ('source-v', $1::bigint,
+                     date_trunc('month', now()) + $1::bigint * interval '1 second',
+                     'id-' || $1::bigint, $2, 'INFO', 1, 'm', NULL, $3, 'p', 'h')",
+                &[&seq, event_type, metadata],
+            )
+            .await
+            .unwrap();
+    }
+    let stats = store.stats().await.unwrap();
+    let counts = |pairs: &[(&str, u64)]| -> std::collections::BTreeMap<String, u64> {
+        pairs.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect()
+    };
+    assert_eq!(
+        stats.violations_by_policy,
+        counts(&[("", 3), ("pii-basic", 2)])
+    );
+    assert_eq!(
+        stats.violations_by_severity,
+        counts(&[("", 2), ("high", 1), ("low", 2)])
+    );
+}

@@ -4,37 +4,10 @@
 //! the file and memory stores count them: a key that is not a string
 //! counts as the empty string.
 
-use std::collections::BTreeMap;
-
-use serde_json::{json, Value};
-
 use super::super::*;
 use crate::event::chain::GENESIS_HASH;
 use crate::event::NewEvent;
-
-/// What a violation's metadata may hold under its keys: the packs' names
-/// and severities, and what an imported or hand-written record may carry
-/// instead (a number, an object, null, nothing).
-fn violation_metadata(seq: i64) -> Value {
-    let policy = match seq % 7 {
-        0 => json!(42),
-        1 => Value::Null,
-        2 | 5 => json!("pii-basic"),
-        3 => json!("secrets"),
-        _ => json!("team-policy"),
-    };
-    let severity = match seq % 5 {
-        0 => json!({"level": "high"}),
-        1 | 3 => json!("high"),
-        2 => json!("medium"),
-        _ => json!("low"),
-    };
-    let mut metadata = json!({"policy_name": policy, "severity": severity});
-    if seq % 11 == 0 {
-        metadata = json!({"detail": "no policy or severity"});
-    }
-    metadata
-}
+use crate::store::conformance::{violation_metadata, violations_by};
 
 /// `n` events after seq `from - 1`: every second one a violation, the
 /// rest requests and responses that carry the same keys (which must not
@@ -59,24 +32,16 @@ fn events_from(from: i64, prev: &str, n: i64) -> Vec<AuditEvent> {
         .collect()
 }
 
-/// The counts by one key over `stored`, as the other stores count them.
-fn counted(stored: &[AuditEvent], field: &str) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
-    for e in stored {
-        if e.event_type == EventType::ComplianceViolation {
-            let key = e.metadata.field(field);
-            *counts
-                .entry(key.as_str().unwrap_or_default().to_owned())
-                .or_default() += 1;
-        }
-    }
-    counts
-}
-
 async fn stats_agree(store: &SqliteStore, stored: &[AuditEvent]) {
     let stats = store.stats().await.unwrap();
-    assert_eq!(stats.violations_by_policy, counted(stored, "policy_name"));
-    assert_eq!(stats.violations_by_severity, counted(stored, "severity"));
+    assert_eq!(
+        stats.violations_by_policy,
+        violations_by(stored, "policy_name")
+    );
+    assert_eq!(
+        stats.violations_by_severity,
+        violations_by(stored, "severity")
+    );
 }
 
 /// The violations `violation_counts` holds, past the store.
@@ -100,19 +65,6 @@ fn violations_in(stored: &[AuditEvent]) -> i64 {
 async fn append_in_small_batches(store: &SqliteStore, events: &[AuditEvent]) {
     for batch in events.chunks(3) {
         store.append_batch(batch.to_vec().into()).await.unwrap();
-    }
-}
-
-#[test]
-fn the_test_events_hold_every_kind_of_key() {
-    let events = events_from(1, GENESIS_HASH, 80);
-    let by_policy = counted(&events, "policy_name");
-    let by_severity = counted(&events, "severity");
-    for key in ["", "pii-basic", "secrets", "team-policy"] {
-        assert!(by_policy.contains_key(key), "{by_policy:?}");
-    }
-    for key in ["", "high", "medium", "low"] {
-        assert!(by_severity.contains_key(key), "{by_severity:?}");
     }
 }
 
