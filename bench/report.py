@@ -221,7 +221,8 @@ def main():
         w("| figure | queries | p50 ms | p99 ms |")
         w("|---|---|---|---|")
         for key, name in [("query_type_time", "RESPONSE + 1 h range + limit 100"),
-                          ("query_request_id", "request_id")]:
+                          ("query_request_id", "request_id"),
+                          ("stats", "`/api/stats`")]:
             q = S.get(key, {})
             w(f"| {name} | {fmt(q.get('queries'))} | {fmt(q.get('p50_ms'))} | {fmt(q.get('p99_ms'))} |")
         w("")

@@ -36,6 +36,7 @@ else
     : "${STREAM_DURATION:=10}" "${STORE_EVENTS:=1000000}" "${QUERIES:=1000}"
     : "${COUNT_DURATION:=10}"
 fi
+: "${STORE_VIOLATIONS:=0}"    # COMPLIANCE_VIOLATION events per call of the generated store
 : "${CONNS:=64}"              # connections for throughput at saturation
 : "${RATE:=1000}"             # calls/s of the fixed-rate latency run
 : "${RATE_CONNS:=64}"
@@ -560,7 +561,8 @@ fi
 # --- store figures -----------------------------------------------------------
 if [[ "$SKIP_STORE" != 1 ]]; then
     log "Generating a SQLite store of $STORE_EVENTS events."
-    gen=$("$STORE_BENCH" generate --dir "$WORK/big-store" --events "$STORE_EVENTS")
+    gen=$("$STORE_BENCH" generate --dir "$WORK/big-store" --events "$STORE_EVENTS" \
+        --violations "$STORE_VIOLATIONS")
     raw "$gen"
     base=$(sed 's/.*"base":"\([^"]*\)".*/\1/' <<<"$gen")
     raw "{\"store\":\"size\",\"bytes\":$(du -sb "$WORK/big-store" | cut -f1)}"
@@ -579,7 +581,7 @@ if [[ "$SKIP_STORE" != 1 ]]; then
     while IFS= read -r line; do
         raw "$line"
     done < <("$STORE_BENCH" measure --admin "$ADMIN" --events "$STORE_EVENTS" \
-        --base "$base" --pid "$TARGET_PID" --queries "$QUERIES" --max-secs "$QUERY_MAX_SECS")
+        --violations "$STORE_VIOLATIONS" --base "$base" --pid "$TARGET_PID" --queries "$QUERIES" --max-secs "$QUERY_MAX_SECS")
     stop_target
 fi
 

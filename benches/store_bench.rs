@@ -8,12 +8,16 @@
 //!   in batches of 10,000.
 //!   Recent times, so the server's retention keeps them; prints the first
 //!   call's time as `base`.
+//!   `--violations V` adds V COMPLIANCE_VIOLATION events to each call (a
+//!   policy run whose every prompt holds an entity the packs find).
 //! - `measure --admin HOST:PORT --events N --base TIME --pid PID [--queries Q]`: against
 //!   `serve` on that store, the p50/p99 of Q filtered queries of each kind
 //!   (RESPONSE in a random one-hour window, limit 100; one random
-//!   request_id), then each export format read to the end, with events/s,
-//!   MB/s and the server's RSS around it. Each query kind stops early after
-//!   `--max-secs` (120). Prints one JSON line per figure.
+//!   request_id), of up to 50 reads of `/api/stats`, then each export
+//!   format read to the end, with events/s, MB/s and the server's RSS
+//!   around it. Give it the `--violations` the store was generated with.
+//!   Each query kind stops early after `--max-secs` (120). Prints one
+//!   JSON line per figure.
 //! - `index-cost --dir DIR --events N`: the cost of each secondary index
 //!   on writes. For each set of indexes (today's, each one left out, the
 //!   ones kept), a fresh store in DIR gets N pre-sealed events of the
@@ -74,6 +78,7 @@ async fn main() {
     let mut only_set: Option<String> = None;
     let mut batch: usize = 40;
     let mut sql = String::new();
+    let mut violations: u64 = 0;
     while let Some(arg) = args.next() {
         let val = args.next().unwrap_or_default();
         match arg.as_str() {
@@ -86,6 +91,7 @@ async fn main() {
             "--set" => only_set = Some(val),
             "--batch" => batch = val.parse().unwrap(),
             "--sql" => sql = val,
+            "--violations" => violations = val.parse().unwrap(),
             "--base" => base = Some(parse_timestamp(&val).expect("--base RFC 3339")),
             other => {
                 eprintln!("store_bench: unknown argument {other}");
@@ -94,8 +100,12 @@ async fn main() {
         }
     }
     match cmd.as_str() {
-        "generate" => generate(dir, events).await,
-        "measure" => measure(admin, events, base.expect("--base"), pid, queries, max_secs).await,
+        "generate" => generate(dir, events, violations).await,
+        "measure" => {
+            let base = base.expect("--base");
+            let calls = events.div_ceil(2 + violations).max(1);
+            measure(admin, events, calls, base, pid, queries, max_secs).await
+        }
         "index-cost" => index_cost(dir, events, batch, only_set, &sql).await,
         _ => {
             eprintln!("usage: store_bench generate|measure [options]");
@@ -104,7 +114,7 @@ async fn main() {
     }
 }
 
-fn call_events(base: DateTime<Utc>, call: u64) -> [NewEvent; 2] {
+fn call_events(base: DateTime<Utc>, call: u64, violations: u64) -> Vec<NewEvent> {
     let at = base + chrono::Duration::milliseconds(call as i64 * CALL_SPACING_MS);
     let rid = format!("bench-{call:08}");
     let prompt = format!(
@@ -163,15 +173,39 @@ fn call_events(base: DateTime<Utc>, call: u64) -> [NewEvent; 2] {
             "outcome": "completed"
         }));
     response.timestamp = at + chrono::Duration::milliseconds(812);
-    [request, response]
+    let mut events = vec![request];
+    for i in 0..violations {
+        let (policy, severity, entity) = if (call + i) % 3 == 0 {
+            ("secrets", "high", "api_key")
+        } else {
+            ("pii-basic", "medium", "email")
+        };
+        let mut violation = NewEvent::new(
+            EventType::ComplianceViolation,
+            format!("Policy {policy} violated in the request: {entity} x1 (redact)."),
+        )
+        .with_request_id(format!("bench-{call:08}"))
+        .with_metadata(json!({
+            "action": "redact",
+            "direction": "request",
+            "findings": [{"entity_type": entity, "count": 1}],
+            "policy_name": policy,
+            "result": false,
+            "severity": severity
+        }));
+        violation.timestamp = at;
+        events.push(violation);
+    }
+    events.push(response);
+    events
 }
 
-async fn generate(dir: PathBuf, events: u64) {
+async fn generate(dir: PathBuf, events: u64, violations: u64) {
     let started = Instant::now();
     let store = Arc::new(SqliteStore::open(&dir).await.unwrap());
     let mut prev = GENESIS_HASH.to_owned();
     let mut seq: i64 = 0;
-    let calls = events.div_ceil(2);
+    let calls = events.div_ceil(2 + violations);
     let base = Utc::now().trunc_subsecs(0)
         - chrono::Duration::milliseconds(calls as i64 * CALL_SPACING_MS)
         - chrono::Duration::minutes(1);
@@ -179,7 +213,7 @@ async fn generate(dir: PathBuf, events: u64) {
     // The next batch is sealed while the store writes the previous one.
     let mut pending: Option<tokio::task::JoinHandle<()>> = None;
     for call in 0..calls {
-        for ev in call_events(base, call) {
+        for ev in call_events(base, call, violations) {
             if seq as u64 >= events {
                 break;
             }
@@ -219,7 +253,7 @@ async fn index_cost(dir: PathBuf, events: u64, batch: usize, only_set: Option<St
     let mut sealed = Vec::with_capacity(events as usize);
     let mut prev = GENESIS_HASH.to_owned();
     for call in 0..events.div_ceil(2) {
-        for ev in call_events(base, call) {
+        for ev in call_events(base, call, 0) {
             let e = ev.seal(sealed.len() as i64 + 1, &prev);
             prev.clone_from(&e.hash);
             sealed.push(e);
@@ -305,13 +339,13 @@ async fn get(sender: &mut Sender, addr: SocketAddr, path: &str) -> (u16, Bytes) 
 async fn measure(
     admin: SocketAddr,
     events: u64,
+    calls: u64,
     base: DateTime<Utc>,
     pid: u32,
     queries: usize,
     max_secs: f64,
 ) {
     let mut sender = connect(admin).await.unwrap();
-    let calls = events.div_ceil(2).max(1);
     let span_ms = calls as i64 * CALL_SPACING_MS;
     let mut rng = Rng::new(0x5eed);
     let ms = |us: u64| us as f64 / 1000.0;
@@ -366,6 +400,30 @@ async fn measure(
     println!(
         "{}",
         json!({"store": "query_request_id", "queries": lat.len(), "hits": hits,
+               "p50_ms": ms(percentile(&lat, 50.0)), "p99_ms": ms(percentile(&lat, 99.0))})
+    );
+    // The stats the console's overview and `/api/stats` read: counts by
+    // type, level, policy and severity, and the time range.
+    let mut lat = Vec::new();
+    let began = Instant::now();
+    for _ in 0..queries.min(50) {
+        if began.elapsed().as_secs_f64() > max_secs {
+            break;
+        }
+        let t = Instant::now();
+        let (status, body) = get(&mut sender, admin, "/api/stats").await;
+        lat.push(t.elapsed().as_micros() as u64);
+        assert_eq!(
+            status,
+            200,
+            "/api/stats: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    lat.sort_unstable();
+    println!(
+        "{}",
+        json!({"store": "stats", "queries": lat.len(),
                "p50_ms": ms(percentile(&lat, 50.0)), "p99_ms": ms(percentile(&lat, 99.0))})
     );
     drop(sender);

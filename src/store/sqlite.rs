@@ -640,9 +640,12 @@ impl AuditStore for SqliteStore {
                 .query_row([], |r| r.get(0))?;
             stats.oldest_timestamp = oldest;
             stats.newest_timestamp = newest;
+            let version = schema::user_version(conn)?;
             stats.by_type = group_counts(
                 conn,
-                if type_keys {
+                if version >= schema::STATS_COUNTS_SINCE {
+                    TYPES_KEPT_AND_TAIL
+                } else if type_keys {
                     by_type::COUNTS_SQL
                 } else {
                     "SELECT event_type, COUNT(*) FROM events GROUP BY event_type"
@@ -650,7 +653,6 @@ impl AuditStore for SqliteStore {
             )?;
             // Every event has a type, and the counts are of one snapshot.
             stats.total_events = stats.by_type.values().sum();
-            let version = schema::user_version(conn)?;
             let by_rank: BTreeMap<i64, u64> = {
                 // The counts kept, and those of the events the writer has
                 // not counted yet (see `sqlite/deferred.rs`).
@@ -676,7 +678,7 @@ impl AuditStore for SqliteStore {
                     .ok_or_else(|| StoreError::Corrupt(format!("unknown level rank {rank}")))?;
                 stats.by_level.insert(level.as_str().to_owned(), count);
             }
-            if version >= schema::VIOLATION_COUNTS_SINCE {
+            if version >= schema::STATS_COUNTS_SINCE {
                 stats.violations_by_policy = group_counts(conn, VIOLATIONS_BY_POLICY)?;
                 stats.violations_by_severity = group_counts(conn, VIOLATIONS_BY_SEVERITY)?;
             } else {
@@ -922,6 +924,16 @@ const LEVELS_KEPT_AND_TAIL: &str = concat!(
     schema::indexed_upto_sql!(),
     " GROUP BY level_rank \
      ) GROUP BY level_rank HAVING SUM(n) > 0"
+);
+
+/// Events by type: the counts kept up to the mark, and the events after
+/// it, in one statement (one snapshot).
+const TYPES_KEPT_AND_TAIL: &str = concat!(
+    "SELECT event_type, SUM(n) FROM ( \
+     SELECT event_type, events AS n FROM type_counts \
+     UNION ALL SELECT event_type, COUNT(*) FROM events NOT INDEXED WHERE seq > ",
+    schema::indexed_upto_sql!(),
+    " GROUP BY event_type) GROUP BY event_type HAVING SUM(n) > 0"
 );
 
 /// Violations by one key of their metadata (see `schema::violation_key_sql`)

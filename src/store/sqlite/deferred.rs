@@ -1,6 +1,6 @@
 //! What the writer adds many events at a time instead of in every commit:
-//! the counts of `/api/stats` by level and by violation policy and
-//! severity, the by-type lookups (`events_by_type`, `events_by_type_time`)
+//! the counts of `/api/stats` by type, by level and by violation policy
+//! and severity, the by-type lookups (`events_by_type`, `events_by_type_time`)
 //! and, when kept, the console's index (facets, text index, rollups; see
 //! `sqlite/browse.rs`).
 //!
@@ -44,6 +44,9 @@ pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), Store
         "INSERT INTO events_by_type_time (event_type, timestamp, seq) VALUES (?1, ?2, ?3)",
     )?;
     let mut levels = [0i64; Level::ALL.len()];
+    // Few types, so a list searched in order; the key is copied once per
+    // type, not per event.
+    let mut types: Vec<(String, i64)> = Vec::new();
     let mut violations = 0usize;
     let mut newest = upto;
     while let Some(row) = rows.next()? {
@@ -58,6 +61,10 @@ pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), Store
         let (Some(timestamp), Some(event_type)) = (text(1), text(2)) else {
             continue;
         };
+        match types.iter_mut().find(|(t, _)| t == event_type) {
+            Some((_, n)) => *n += 1,
+            None => types.push((event_type.to_owned(), 1)),
+        }
         violations += usize::from(event_type == "COMPLIANCE_VIOLATION");
         by_type.execute(rusqlite::params![event_type, newest])?;
         by_type_time.execute(rusqlite::params![event_type, timestamp, newest])?;
@@ -90,6 +97,13 @@ pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), Store
         if n > 0 {
             upsert.execute(rusqlite::params![level.rank(), n])?;
         }
+    }
+    let mut add_type = tx.prepare_cached(
+        "INSERT INTO type_counts (event_type, events) VALUES (?1, ?2) \
+         ON CONFLICT (event_type) DO UPDATE SET events = events + excluded.events",
+    )?;
+    for (event_type, n) in &types {
+        add_type.execute(rusqlite::params![event_type, n])?;
     }
     if violations > 0 {
         tx.prepare_cached(COUNT_VIOLATIONS)?

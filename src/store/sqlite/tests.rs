@@ -9,7 +9,7 @@ use crate::event::NewEvent;
 use crate::store::conformance::{conformance_suite, sample_events};
 use crate::store::SharedStore;
 
-mod violation_counts;
+mod stats_counts;
 
 fn chain(from_seq: i64, prev: &str, n: i64) -> Vec<AuditEvent> {
     let mut prev = prev.to_owned();
@@ -774,6 +774,8 @@ async fn every_index_serves_the_filter_it_is_kept_for() {
             by_type::VIOLATION_SEQS_SQL,
             "SEARCH events_by_type USING PRIMARY KEY (event_type=?)",
         ),
+        (TYPES_KEPT_AND_TAIL, "SCAN type_counts"),
+        (TYPES_KEPT_AND_TAIL, past_the_mark),
         (VIOLATIONS_BY_POLICY, "SCAN violation_counts"),
         (VIOLATIONS_BY_POLICY, past_the_mark),
         (VIOLATIONS_BY_SEVERITY, "SCAN violation_counts"),

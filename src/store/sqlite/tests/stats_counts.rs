@@ -1,8 +1,10 @@
-//! `violation_counts` trails the events with the other deferred tables;
-//! whatever it holds at a moment, the stats count violations by policy and
-//! by severity exactly as a count over every stored violation does, and as
-//! the file and memory stores count them: a key that is not a string
-//! counts as the empty string.
+//! `type_counts` and `violation_counts` trail the events with the other
+//! deferred tables; whatever they hold at a moment, the stats count events
+//! by type, and violations by policy and by severity, exactly as a count
+//! over every stored event does, and as the file and memory stores count
+//! them: a violation key that is not a string counts as the empty string.
+
+use std::collections::BTreeMap;
 
 use super::super::*;
 use crate::event::chain::GENESIS_HASH;
@@ -34,6 +36,12 @@ fn events_from(from: i64, prev: &str, n: i64) -> Vec<AuditEvent> {
 
 async fn stats_agree(store: &SqliteStore, stored: &[AuditEvent]) {
     let stats = store.stats().await.unwrap();
+    let mut by_type = BTreeMap::new();
+    for e in stored {
+        *by_type.entry(e.event_type.as_str().to_owned()).or_default() += 1;
+    }
+    assert_eq!(stats.by_type, by_type);
+    assert_eq!(stats.total_events, stored.len() as u64);
     assert_eq!(
         stats.violations_by_policy,
         violations_by(stored, "policy_name")
@@ -44,15 +52,30 @@ async fn stats_agree(store: &SqliteStore, stored: &[AuditEvent]) {
     );
 }
 
-/// The violations `violation_counts` holds, past the store.
+/// The violations `violation_counts` holds, past the store; the events
+/// `type_counts` holds must be every one up to the same mark.
 fn kept(dir: &std::path::Path) -> i64 {
     let conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
-    conn.query_row(
-        "SELECT coalesce(SUM(events), 0) FROM violation_counts",
-        [],
-        |r| r.get(0),
-    )
-    .unwrap()
+    let sum = |table: &str| -> i64 {
+        conn.query_row(
+            &format!("SELECT coalesce(SUM(events), 0) FROM {table}"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let up_to_mark: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT COUNT(*) FROM events WHERE seq <= {}",
+                schema::indexed_upto_sql!()
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(sum("type_counts"), up_to_mark);
+    sum("violation_counts")
 }
 
 fn violations_in(stored: &[AuditEvent]) -> i64 {
@@ -137,7 +160,7 @@ async fn a_failed_batch_counts_no_violation() {
 }
 
 #[tokio::test]
-async fn migration_12_counts_the_violations_of_an_existing_store() {
+async fn migration_12_counts_the_types_and_violations_of_an_existing_store() {
     let dir = tempfile::tempdir().unwrap();
     let first = events_from(1, GENESIS_HASH, 50);
     let second = events_from(51, &first[49].hash, 30);
@@ -152,13 +175,15 @@ async fn migration_12_counts_the_violations_of_an_existing_store() {
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
         conn.execute_batch(
             "DROP TRIGGER events_violation_counts_delete; DROP TABLE violation_counts; \
+             DROP TRIGGER events_type_counts_delete; DROP TABLE type_counts; \
              PRAGMA user_version = 11;",
         )
         .unwrap();
         super::insert_past_the_mark(&conn, &second);
     }
     let stored: Vec<AuditEvent> = first.iter().chain(&second).cloned().collect();
-    // Read-only, the older file is counted from the violations' metadata.
+    // Read-only, the older file is counted from the by-type table and the
+    // violations' metadata.
     let reader = SqliteStore::open_read_only(dir.path()).await.unwrap();
     stats_agree(&reader, &stored).await;
     drop(reader);
