@@ -27,7 +27,7 @@
 //!   runs that set alone, e.g. under `perf stat` to count its allocations;
 //!   `--batch B` appends B events a transaction (at 5 ms commits a proxy
 //!   serving 500 calls/s writes about 5); `--sql S` runs S on each fresh
-//!   store first (to try a setting).
+//!   store first (to try a setting); `--violations V` as for `generate`.
 
 #![expect(
     clippy::unwrap_used,
@@ -106,7 +106,7 @@ async fn main() {
             let calls = events.div_ceil(2 + violations).max(1);
             measure(admin, events, calls, base, pid, queries, max_secs).await
         }
-        "index-cost" => index_cost(dir, events, batch, only_set, &sql).await,
+        "index-cost" => index_cost(dir, events, violations, batch, only_set, &sql).await,
         _ => {
             eprintln!("usage: store_bench generate|measure [options]");
             std::process::exit(64);
@@ -248,12 +248,19 @@ async fn generate(dir: PathBuf, events: u64, violations: u64) {
 /// the writer's catch-up fills, not indexes; see `sqlite/by_type.rs`).
 const INDEXES: &[&str] = &["events_timestamp", "events_request_id"];
 
-async fn index_cost(dir: PathBuf, events: u64, batch: usize, only_set: Option<String>, sql: &str) {
+async fn index_cost(
+    dir: PathBuf,
+    events: u64,
+    violations: u64,
+    batch: usize,
+    only_set: Option<String>,
+    sql: &str,
+) {
     let base = Utc::now().trunc_subsecs(0);
     let mut sealed = Vec::with_capacity(events as usize);
     let mut prev = GENESIS_HASH.to_owned();
-    for call in 0..events.div_ceil(2) {
-        for ev in call_events(base, call, 0) {
+    for call in 0..events.div_ceil(2 + violations) {
+        for ev in call_events(base, call, violations) {
             let e = ev.seal(sealed.len() as i64 + 1, &prev);
             prev.clone_from(&e.hash);
             sealed.push(e);

@@ -32,10 +32,7 @@ pub const META_INDEXED_UPTO: &str = "indexed_upto";
 /// copied), and moves the mark to the newest seq.
 pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), StoreError> {
     let upto = indexed_upto(tx)?;
-    let mut select = tx.prepare_cached(
-        "SELECT seq, timestamp, event_type, level_rank, metadata FROM events \
-         WHERE seq > ?1 ORDER BY seq",
-    )?;
+    let mut select = tx.prepare_cached(CATCH_UP_ROWS)?;
     let mut rows = select.query([upto])?;
     let mut indexer = index.then(|| Indexer::new(tx));
     let mut by_type =
@@ -44,10 +41,10 @@ pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), Store
         "INSERT INTO events_by_type_time (event_type, timestamp, seq) VALUES (?1, ?2, ?3)",
     )?;
     let mut levels = [0i64; Level::ALL.len()];
-    // Few types, so a list searched in order; the key is copied once per
-    // type, not per event.
+    // Few types and violation keys, so lists searched in order; a key is
+    // copied once per catch-up, not per event.
     let mut types: Vec<(String, i64)> = Vec::new();
-    let mut violations = 0usize;
+    let mut violations: Vec<(String, String, i64)> = Vec::new();
     let mut newest = upto;
     while let Some(row) = rows.next()? {
         newest = row.get(0)?;
@@ -58,14 +55,27 @@ pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), Store
         // A row with a column that is not text cannot be keyed or indexed;
         // it must not stop the appends that carry the mark forward.
         let text = |i| row.get_ref(i).ok().and_then(|v| v.as_str().ok());
+        // Counted as the delete triggers take them back: by type whatever
+        // the other columns hold, a violation under the keys the select
+        // read.
+        if let Some(event_type) = text(2) {
+            match types.iter_mut().find(|(t, _)| t == event_type) {
+                Some((_, n)) => *n += 1,
+                None => types.push((event_type.to_owned(), 1)),
+            }
+        }
+        if let (Some(policy), Some(severity)) = (text(5), text(6)) {
+            let kept = violations
+                .iter_mut()
+                .find(|(p, s, _)| p == policy && s == severity);
+            match kept {
+                Some((_, _, n)) => *n += 1,
+                None => violations.push((policy.to_owned(), severity.to_owned(), 1)),
+            }
+        }
         let (Some(timestamp), Some(event_type)) = (text(1), text(2)) else {
             continue;
         };
-        match types.iter_mut().find(|(t, _)| t == event_type) {
-            Some((_, n)) => *n += 1,
-            None => types.push((event_type.to_owned(), 1)),
-        }
-        violations += usize::from(event_type == "COMPLIANCE_VIOLATION");
         by_type.execute(rusqlite::params![event_type, newest])?;
         by_type_time.execute(rusqlite::params![event_type, timestamp, newest])?;
         let (Some(indexer), Some(metadata)) = (indexer.as_mut(), text(4)) else {
@@ -105,26 +115,27 @@ pub fn catch_up(tx: &rusqlite::Transaction<'_>, index: bool) -> Result<(), Store
     for (event_type, n) in &types {
         add_type.execute(rusqlite::params![event_type, n])?;
     }
-    if violations > 0 {
-        tx.prepare_cached(COUNT_VIOLATIONS)?
-            .execute([upto, newest])?;
+    let mut add_violations = tx.prepare_cached(
+        "INSERT INTO violation_counts (policy, severity, events) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (policy, severity) DO UPDATE SET events = events + excluded.events",
+    )?;
+    for (policy, severity, n) in &violations {
+        add_violations.execute(rusqlite::params![policy, severity, n])?;
     }
     super::schema::set_meta(tx, META_INDEXED_UPTO, &newest.to_string())?;
     Ok(())
 }
 
-/// Adds the violations in `(?1, ?2]` to `violation_counts`, keyed as the
-/// delete trigger and the stats key them. SQL, not the metadata read in
-/// the loop above, so that the key is the very expression the trigger
-/// takes back with; the rows are in SQLite's cache from that loop.
-const COUNT_VIOLATIONS: &str = concat!(
-    "INSERT INTO violation_counts (policy, severity, events) SELECT ",
+/// The rows a catch-up reads back, with a violation's keys (null for
+/// other events) read by the very expression the delete trigger takes it
+/// back with (`schema::violation_key_sql`).
+const CATCH_UP_ROWS: &str = concat!(
+    "SELECT seq, timestamp, event_type, level_rank, metadata, \
+     CASE WHEN event_type = 'COMPLIANCE_VIOLATION' THEN ",
     super::schema::violation_key_sql!("metadata", "policy_name"),
-    ", ",
+    " END, CASE WHEN event_type = 'COMPLIANCE_VIOLATION' THEN ",
     super::schema::violation_key_sql!("metadata", "severity"),
-    ", COUNT(*) FROM events NOT INDEXED \
-     WHERE seq > ?1 AND seq <= ?2 AND event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1, 2 \
-     ON CONFLICT (policy, severity) DO UPDATE SET events = events + excluded.events"
+    " END FROM events WHERE seq > ?1 ORDER BY seq"
 );
 
 /// [`META_INDEXED_UPTO`]; 0 when unset.
