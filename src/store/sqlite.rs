@@ -682,9 +682,11 @@ impl AuditStore for SqliteStore {
                 stats.violations_by_policy = group_counts(conn, VIOLATIONS_BY_POLICY)?;
                 stats.violations_by_severity = group_counts(conn, VIOLATIONS_BY_SEVERITY)?;
             } else {
-                let by = |field| violations_read_by(field, type_keys);
-                stats.violations_by_policy = group_counts(conn, &by("policy_name"))?;
-                stats.violations_by_severity = group_counts(conn, &by("severity"))?;
+                let policy = schema::violation_key_sql!("metadata", "policy_name");
+                let severity = schema::violation_key_sql!("metadata", "severity");
+                let by = |key| violations_read_by(key, type_keys);
+                stats.violations_by_policy = group_counts(conn, &by(policy))?;
+                stats.violations_by_severity = group_counts(conn, &by(severity))?;
             }
             stats.store_bytes = purge::disk_bytes(&path);
             Ok(stats)
@@ -960,19 +962,16 @@ macro_rules! violations_kept_and_tail {
 const VIOLATIONS_BY_POLICY: &str = violations_kept_and_tail!("policy", "policy_name");
 const VIOLATIONS_BY_SEVERITY: &str = violations_kept_and_tail!("severity", "severity");
 
-/// Violations by one key of their metadata in a file older than
-/// `violation_counts` (opened read-only): every violation's metadata read.
-fn violations_read_by(field: &str, type_keys: bool) -> String {
+/// Violations by one key of their metadata (`key_sql`, a
+/// `schema::violation_key_sql`) in a file older than `violation_counts`
+/// (opened read-only): every violation's metadata read.
+fn violations_read_by(key_sql: &str, type_keys: bool) -> String {
     let violations = if type_keys {
         format!("seq IN ({})", by_type::VIOLATION_SEQS_SQL)
     } else {
         "event_type = 'COMPLIANCE_VIOLATION'".to_owned()
     };
-    let key = match field {
-        "severity" => schema::violation_key_sql!("metadata", "severity"),
-        _ => schema::violation_key_sql!("metadata", "policy_name"),
-    };
-    format!("SELECT {key}, COUNT(*) FROM events WHERE {violations} GROUP BY 1")
+    format!("SELECT {key_sql}, COUNT(*) FROM events WHERE {violations} GROUP BY 1")
 }
 
 fn configure(conn: &rusqlite::Connection) -> Result<(), StoreError> {
