@@ -96,7 +96,7 @@ async fn append_in_small_batches(store: &SqliteStore, events: &[AuditEvent]) {
 /// after purging counted ones, and after the close; with the console's
 /// index and without.
 #[tokio::test]
-async fn violation_counts_trail_the_events_and_the_stats_stay_exact() {
+async fn type_and_violation_counts_trail_the_events_and_the_stats_stay_exact() {
     for search_index in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let options = SqliteOptions {
