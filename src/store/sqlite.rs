@@ -916,51 +916,46 @@ const LEVELS_COUNTED: &str = "SELECT level_rank, COUNT(*) FROM events GROUP BY l
 /// Events by level rank from the `level_counts` table of a file whose
 /// writer counted every event as it stored it.
 const LEVELS_KEPT: &str = "SELECT level_rank, events FROM level_counts WHERE events > 0";
-/// Events by level rank: the counts kept up to the mark, and the events
-/// after it. One statement, so one snapshot: a catch-up committed between
-/// two reads would count its events twice.
-const LEVELS_KEPT_AND_TAIL: &str = concat!(
-    "SELECT level_rank, SUM(n) FROM ( \
-     SELECT level_rank, events AS n FROM level_counts \
-     UNION ALL SELECT level_rank, COUNT(*) FROM events WHERE seq > ",
-    schema::indexed_upto_sql!(),
-    " GROUP BY level_rank \
-     ) GROUP BY level_rank HAVING SUM(n) > 0"
-);
-
-/// Events by type: the counts kept up to the mark, and the events after
-/// it, in one statement (one snapshot).
-const TYPES_KEPT_AND_TAIL: &str = concat!(
-    "SELECT event_type, SUM(n) FROM ( \
-     SELECT event_type, events AS n FROM type_counts \
-     UNION ALL SELECT event_type, COUNT(*) FROM events NOT INDEXED WHERE seq > ",
-    schema::indexed_upto_sql!(),
-    " GROUP BY event_type) GROUP BY event_type HAVING SUM(n) > 0"
-);
-
-/// Violations by one key of their metadata (see `schema::violation_key_sql`)
-/// from `violation_counts`: the counts kept up to the mark and the
-/// violations after it, in one statement (one snapshot).
-macro_rules! violations_kept_and_tail {
-    ($column:literal, $field:literal) => {
+/// The counts a table keeps up to the mark, by its `$key` column, and the
+/// events after it, keyed by `$tail_key` over the events (`$tail_filter`
+/// narrows them), in one statement: one snapshot, since a catch-up
+/// committed between two reads would count its events twice. Keys left
+/// at zero by purges are not listed.
+macro_rules! kept_and_tail {
+    ($key:literal, $table:literal, $tail_key:expr, $tail_filter:literal) => {
         concat!(
             "SELECT ",
-            $column,
-            ", SUM(n) FROM ( \
-             SELECT ",
-            $column,
-            ", events AS n FROM violation_counts \
-             UNION ALL SELECT ",
-            schema::violation_key_sql!("metadata", $field),
+            $key,
+            ", SUM(n) FROM (SELECT ",
+            $key,
+            ", events AS n FROM ",
+            $table,
+            " UNION ALL SELECT ",
+            $tail_key,
             ", COUNT(*) FROM events NOT INDEXED WHERE seq > ",
             schema::indexed_upto_sql!(),
-            " AND event_type = 'COMPLIANCE_VIOLATION' GROUP BY 1 \
-             ) GROUP BY 1 HAVING SUM(n) > 0"
+            $tail_filter,
+            " GROUP BY 1) GROUP BY 1 HAVING SUM(n) > 0"
         )
     };
 }
-const VIOLATIONS_BY_POLICY: &str = violations_kept_and_tail!("policy", "policy_name");
-const VIOLATIONS_BY_SEVERITY: &str = violations_kept_and_tail!("severity", "severity");
+/// Events by level rank.
+const LEVELS_KEPT_AND_TAIL: &str = kept_and_tail!("level_rank", "level_counts", "level_rank", "");
+/// Events by type.
+const TYPES_KEPT_AND_TAIL: &str = kept_and_tail!("event_type", "type_counts", "event_type", "");
+/// Violations by policy and by severity (see `schema::violation_key_sql`).
+const VIOLATIONS_BY_POLICY: &str = kept_and_tail!(
+    "policy",
+    "violation_counts",
+    schema::violation_key_sql!("metadata", "policy_name"),
+    " AND event_type = 'COMPLIANCE_VIOLATION'"
+);
+const VIOLATIONS_BY_SEVERITY: &str = kept_and_tail!(
+    "severity",
+    "violation_counts",
+    schema::violation_key_sql!("metadata", "severity"),
+    " AND event_type = 'COMPLIANCE_VIOLATION'"
+);
 
 /// Violations by one key of their metadata (`key_sql`, a
 /// `schema::violation_key_sql`) in a file older than `violation_counts`
